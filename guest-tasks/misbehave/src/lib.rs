@@ -1,0 +1,224 @@
+//! `misbehave.wasm`: a task module that misbehaves on purpose, for the host's failure tests.
+//!
+//! Input: `{"mode": "..."}` plus the mode's fields:
+//!
+//! | mode | what it does | ends with |
+//! |---|---|---|
+//! | `loop` | spins forever, no host calls | never (fuel / timeout) |
+//! | `membomb` | allocates and fills 1 MiB chunks forever, keeping them all | a trap once memory is exhausted (allocation failure aborts) |
+//! | `flood` | writes `"bytes"` (default [`DEFAULT_FLOOD_BYTES`]) of text to stdout, then the same to stderr, in 64 KiB writes | `Ok({"flooded": N})` |
+//! | `escape` | tries to read `/etc/passwd`, create `escape.txt`, list `/`, connect TCP to `"addr"` (default [`DEFAULT_ESCAPE_ADDR`]), count env vars and args | `Ok({"read": .., "create": .., "list": .., "connect": .., "env": N, "args": N})` |
+//! | `panic` | panics | a trap |
+//! | `fail` | fails | `Err("the task failed on purpose")` |
+//! | `sleep` | sleeps `"ms"` milliseconds in 10 ms steps | `Ok({"slept_ms": ms})` |
+//! | `save_loop` | saves `{"i": i}` for i = 0, 1, ... up to `"count"` (default: forever); with `"bytes"`, each checkpoint is padded to that many bytes | `Ok({"saved": count})`; `Err("conflict")` on a conflict; `Err(<the error>)` on any other checkpoint error (too large, storage) |
+//!
+//! In `escape`, each attempt is reported as `"ok: ..."` or `"error: ..."`; the mode never
+//! panics. A missing or unknown mode is an `Err`.
+
+use std::hint::black_box;
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use taskhost_guest::{Input, Task, checkpoint, log};
+
+/// Bytes written to each of stdout and stderr by `flood` when the input has no `"bytes"`.
+pub const DEFAULT_FLOOD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Size of each write in `flood`.
+pub const FLOOD_WRITE: usize = 64 * 1024;
+
+/// Size of each allocation in `membomb`.
+pub const MEMBOMB_CHUNK: usize = 1024 * 1024;
+
+/// Address `escape` tries to connect to when the input has no `"addr"` (the discard port on
+/// loopback).
+pub const DEFAULT_ESCAPE_ADDR: &str = "127.0.0.1:9";
+
+/// Step of the `sleep` mode, in milliseconds.
+pub const SLEEP_STEP_MS: u64 = 10;
+
+const MODES: &str = "loop, membomb, flood, escape, panic, fail, sleep, save_loop";
+
+struct Misbehave;
+
+impl Task for Misbehave {
+    fn run(input: String) -> Result<String, String> {
+        let input = Input::parse(&input)?;
+        let Some(mode) = input.str("mode") else {
+            return Err(format!(
+                "the input has no \"mode\": it must be one of {MODES}"
+            ));
+        };
+        match mode {
+            "loop" => spin(),
+            "membomb" => membomb(),
+            "flood" => flood(input.u64_or("bytes", DEFAULT_FLOOD_BYTES)?),
+            "escape" => Ok(escape(input.str("addr").unwrap_or(DEFAULT_ESCAPE_ADDR))),
+            "panic" => panic!("misbehave: panicking on purpose"),
+            "fail" => Err("the task failed on purpose".into()),
+            "sleep" => sleep(input.u64("ms")?),
+            "save_loop" => {
+                let count = match input.get("count") {
+                    None => None,
+                    Some(_) => Some(input.u64("count")?),
+                };
+                let bytes = match input.get("bytes") {
+                    None => None,
+                    Some(_) => Some(input.u64("bytes")?),
+                };
+                save_loop(count, bytes)
+            }
+            other => Err(format!(
+                "unknown mode \"{other}\": it must be one of {MODES}"
+            )),
+        }
+    }
+}
+
+/// Spins forever without calling the host. `black_box` keeps the optimizer from proving
+/// the loop useless.
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = black_box(x.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB chunks forever, writing every byte of each and keeping them all alive.
+/// Ends in a trap when the allocator cannot grow memory (Rust aborts on allocation failure).
+fn membomb() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let fill = black_box((chunks.len() % 251) as u8 | 1);
+        let chunk = vec![fill; MEMBOMB_CHUNK];
+        chunks.push(black_box(chunk));
+        black_box(&chunks);
+    }
+}
+
+/// Writes `bytes` of text to stdout, then to stderr, in [`FLOOD_WRITE`]-byte writes.
+/// A failed write stops that stream (logged), never the task.
+fn flood(bytes: u64) -> Result<String, String> {
+    // 64-byte lines, so every full write ends on a line boundary.
+    let line = b"flood flood flood flood flood flood flood flood flood flood floo\n";
+    let block: Vec<u8> = line.iter().copied().cycle().take(FLOOD_WRITE).collect();
+
+    flood_stream("stdout", &mut std::io::stdout().lock(), &block, bytes);
+    flood_stream("stderr", &mut std::io::stderr().lock(), &block, bytes);
+    Ok(format!("{{\"flooded\": {bytes}}}"))
+}
+
+fn flood_stream(name: &str, out: &mut dyn Write, block: &[u8], bytes: u64) {
+    let mut written: u64 = 0;
+    while written < bytes {
+        let n = (bytes - written).min(block.len() as u64) as usize;
+        if let Err(e) = out.write_all(&block[..n]) {
+            log::warn(format!("flood: {name} failed after {written} bytes: {e}"));
+            return;
+        }
+        written += n as u64;
+    }
+    if let Err(e) = out.flush() {
+        log::warn(format!("flood: flushing {name} failed: {e}"));
+    }
+}
+
+/// What `escape` found: each attempt as `"ok: ..."` or `"error: ..."`.
+#[derive(Serialize)]
+struct Escape {
+    read: String,
+    create: String,
+    list: String,
+    connect: String,
+    env: usize,
+    args: usize,
+}
+
+/// Tries to leave the sandbox in every way a task could; reports each attempt.
+fn escape(addr: &str) -> String {
+    let read =
+        describe(std::fs::read("/etc/passwd").map(|data| format!("read {} bytes", data.len())));
+    let create = describe(std::fs::File::create("escape.txt").map(|_| "created".to_string()));
+    let list = describe(std::fs::read_dir("/").map(|entries| {
+        let names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        format!("{} entries: {}", names.len(), names.join(", "))
+    }));
+    let connect = describe(
+        std::net::TcpStream::connect(addr).map(|s| match s.peer_addr() {
+            Ok(peer) => format!("connected to {peer}"),
+            Err(_) => format!("connected to {addr}"),
+        }),
+    );
+    // The `_os` variants: a non-UTF-8 variable must not panic the probe.
+    let env = std::env::vars_os().count();
+    let args = std::env::args_os().count();
+
+    let report = Escape {
+        read,
+        create,
+        list,
+        connect,
+        env,
+        args,
+    };
+    serde_json::to_string(&report)
+        .unwrap_or_else(|e| format!("{{\"error\": \"could not encode the report: {e}\"}}"))
+}
+
+fn describe(result: std::io::Result<String>) -> String {
+    match result {
+        Ok(what) => format!("ok: {what}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Sleeps `ms` milliseconds in [`SLEEP_STEP_MS`] steps (the last one shorter).
+fn sleep(ms: u64) -> Result<String, String> {
+    let mut left = ms;
+    while left > 0 {
+        let step = left.min(SLEEP_STEP_MS);
+        std::thread::sleep(Duration::from_millis(step));
+        left -= step;
+    }
+    Ok(format!("{{\"slept_ms\": {ms}}}"))
+}
+
+/// Saves `{"i": i}` for i = 0, 1, ... (`count` times, or forever). With `bytes`, each
+/// checkpoint is `{"i": i, "pad": "xx..."}` padded to exactly `bytes` bytes (or the
+/// shortest such document, if `bytes` is smaller than that).
+fn save_loop(count: Option<u64>, bytes: Option<u64>) -> Result<String, String> {
+    let mut i: u64 = 0;
+    while count.is_none_or(|count| i < count) {
+        let result = match bytes {
+            None => checkpoint::save(&serde_json::json!({ "i": i })),
+            Some(bytes) => checkpoint::save_bytes(&padded(i, bytes)),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_conflict() => return Err("conflict".into()),
+            Err(e) => return Err(format!("{e}")),
+        }
+        i += 1;
+    }
+    Ok(format!("{{\"saved\": {i}}}"))
+}
+
+fn padded(i: u64, bytes: u64) -> Vec<u8> {
+    let head = format!("{{\"i\":{i},\"pad\":\"");
+    let tail = "\"}";
+    let pad = usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(head.len() + tail.len());
+    let mut doc = Vec::with_capacity(head.len() + pad + tail.len());
+    doc.extend_from_slice(head.as_bytes());
+    doc.resize(head.len() + pad, b'x');
+    doc.extend_from_slice(tail.as_bytes());
+    doc
+}
+
+taskhost_guest::export_task!(Misbehave);

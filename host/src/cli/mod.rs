@@ -1,0 +1,79 @@
+//! Command-line commands. Each subcommand lives in its own module; this one parses
+//! arguments and dispatches.
+//!
+//! **API boundary:** the CLI turns flags and environment variables into the library's
+//! config structs and exit codes; no other module reads the environment.
+
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes shared by the commands (documented in `--help`).
+pub mod exit {
+    /// The task reported a failure (`run` returned err).
+    pub const TASK_FAILED: u8 = 1;
+    /// The module is not a usable task module.
+    pub const BAD_MODULE: u8 = 3;
+    /// The task trapped or hit a limit; its checkpoint is kept.
+    pub const TRAPPED: u8 = 4;
+    /// Another worker owns the job.
+    pub const CONFLICT: u8 = 5;
+    /// Storage failed.
+    pub const STORAGE: u8 = 6;
+    /// Interrupted (Ctrl-C / SIGTERM); the checkpoint is durable.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "taskhost",
+    version,
+    about = "Runs WebAssembly task modules for long jobs on interruptible nodes, with checkpoints.",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Run(run::RunArgs),
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::main(args).await,
+    }
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("shutdown requested: stopping tasks at their next yield");
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,127 @@
+//! `taskhost run FILE.wasm --input JSON`: one job locally, no queue.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::exit;
+use crate::checkpoint::Limits;
+use crate::exec::{Executor, JobEnd};
+use crate::ids::JobId;
+use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
+use crate::store::dir::DirStore;
+
+/// Run one job of a task module locally, resuming from its checkpoint in the store.
+///
+/// Prints the result document as the last line of stdout. Exit codes: 0 done,
+/// 1 the task reported a failure, 3 not a usable task module, 4 the task trapped or hit a
+/// limit (its checkpoint is kept: run again to resume), 5 another worker owns the job,
+/// 6 storage failed, 130 interrupted (checkpoint saved).
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The task module (a wasm32-wasip2 component of the taskhost:task world).
+    pub module: PathBuf,
+    /// The job document (JSON) given to the task as its input.
+    #[arg(long)]
+    pub input: String,
+    /// Directory used as the object store (checkpoints, results).
+    #[arg(long, env = "STORE_DIR", default_value = ".taskhost/store")]
+    pub store: PathBuf,
+    /// Job id; defaults to the input's "job_id", else "local".
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// Fuel budget of this run (about one unit per wasm instruction); unlimited if unset.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory limit of the task in MiB.
+    #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
+    pub memory_mb: u64,
+    /// Wall-clock limit of this run in seconds; unlimited if unset.
+    #[arg(long)]
+    pub timeout_secs: Option<f64>,
+}
+
+pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let job_id = match &args.job_id {
+        Some(id) => id.clone(),
+        None => serde_json::from_str::<serde_json::Value>(&args.input)
+            .ok()
+            .and_then(|v| v.get("job_id")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "local".to_owned()),
+    };
+    let job: JobId = job_id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid job id: {e}"))?;
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let hash = crate::ids::ModuleHash::of(&bytes);
+    let module = match runtime.prepare(bytes, Some(hash)).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {} is {e}", args.module.display());
+            return Ok(ExitCode::from(exit::BAD_MODULE));
+        }
+    };
+    let store = DirStore::open(&args.store)?;
+    let limits = JobLimits {
+        memory_bytes: (args.memory_mb as usize) << 20,
+        fuel: args.fuel,
+        timeout: args.timeout_secs.map(Duration::from_secs_f64),
+    };
+    let executor = Executor {
+        store,
+        runtime,
+        worker_id: format!("run-{}", std::process::id()),
+        limits,
+        checkpoint_limits: Limits::default(),
+    };
+    let cancel = super::shutdown_token();
+    let end = executor.execute(&job, &module, &args.input, cancel).await;
+    Ok(report(&job, end))
+}
+
+fn report(job: &JobId, end: JobEnd) -> ExitCode {
+    match end {
+        JobEnd::AlreadyDone(result) => {
+            eprintln!("job {job} was already done; its stored result:");
+            println!("{result}");
+            ExitCode::SUCCESS
+        }
+        JobEnd::Done { result, attempt } => {
+            eprintln!("job {job} done (attempt {attempt})");
+            println!("{result}");
+            ExitCode::SUCCESS
+        }
+        JobEnd::TaskFailed(msg) => {
+            eprintln!("error: the task failed: {msg}");
+            ExitCode::from(exit::TASK_FAILED)
+        }
+        JobEnd::Trapped {
+            kind,
+            message,
+            failures,
+        } => {
+            eprintln!(
+                "error: the task stopped ({kind:?}: {message}); failure {failures} counted, \
+                 checkpoint kept: run again to resume"
+            );
+            ExitCode::from(exit::TRAPPED)
+        }
+        JobEnd::Conflict => {
+            eprintln!("error: another worker owns job {job} now; nothing was written");
+            ExitCode::from(exit::CONFLICT)
+        }
+        JobEnd::Cancelled => {
+            eprintln!("interrupted: job {job}'s checkpoint is saved; run again to resume");
+            ExitCode::from(exit::INTERRUPTED)
+        }
+        JobEnd::Storage(msg) => {
+            eprintln!("error: storage failed, nothing is lost, try again: {msg}");
+            ExitCode::from(exit::STORAGE)
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Validated identifiers: a [`JobId`] or a [`ModuleHash`] can only hold a valid value, so
+//! code that builds storage keys from them never sees a path separator or an empty string.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// Longest job id accepted (DESIGN.md: 1..=200 characters).
+pub const MAX_JOB_ID_LEN: usize = 200;
+
+/// A job id: 1..=200 characters from `[A-Za-z0-9._-]`, and not `.` or `..`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for JobId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > MAX_JOB_ID_LEN {
+            return Err(format!(
+                "job_id must be 1 to {MAX_JOB_ID_LEN} characters long (got {})",
+                s.len()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "job_id may only contain A-Z a-z 0-9 . _ - (found {c:?})"
+            ));
+        }
+        if s == "." || s == ".." {
+            return Err("job_id may not be \".\" or \"..\"".into());
+        }
+        Ok(JobId(s.to_owned()))
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The sha256 of a task module's bytes; written `sha256:<64 lowercase hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleHash([u8; 32]);
+
+impl ModuleHash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        ModuleHash(Sha256::digest(bytes).into())
+    }
+
+    /// The 64 lowercase hex digits, without the `sha256:` prefix.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl FromStr for ModuleHash {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hexpart = s.strip_prefix("sha256:").ok_or_else(|| {
+            format!("module reference {s:?} must look like sha256:<64 lowercase hex digits>")
+        })?;
+        if hexpart.len() != 64
+            || !hexpart
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "module reference {s:?} must look like sha256:<64 lowercase hex digits>"
+            ));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hexpart, &mut out).map_err(|e| e.to_string())?;
+        Ok(ModuleHash(out))
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids() {
+        let long = "a".repeat(201);
+        let cases: &[(&str, bool)] = &[
+            ("job-0", true),
+            ("A.b_c-9", true),
+            (&long[..200], true),
+            (&long, false),
+            ("", false),
+            ("a/b", false),
+            ("..", false),
+            ("a b", false),
+            ("é", false),
+        ];
+        for (input, ok) in cases {
+            assert_eq!(input.parse::<JobId>().is_ok(), *ok, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn module_hashes() {
+        let h = ModuleHash::of(b"abc");
+        assert_eq!(
+            h.to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(h.to_string().parse::<ModuleHash>().unwrap(), h);
+        for bad in [
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+            "sha256:ba78",
+            "md5:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ] {
+            assert!(bad.parse::<ModuleHash>().is_err(), "{bad}");
+        }
+    }
+}

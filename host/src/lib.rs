@@ -1,0 +1,11 @@
+//! taskhost: a WASM-sandboxed task host for long-running jobs on interruptible nodes.
+//!
+//! See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod exec;
+pub mod ids;
+pub mod pubsub;
+pub mod runtime;
+pub mod store;

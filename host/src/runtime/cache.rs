@@ -1,0 +1,106 @@
+//! Compiled task modules: in memory (ready to instantiate) and on disk (serialized code).
+//!
+//! The disk cache is keyed by the module's sha256 and the engine's compatibility hash, so a
+//! host upgrade or a different CPU never loads incompatible code. Files are written by this
+//! module only, into a directory created with mode 700, through a temporary file and an
+//! atomic rename; bytes that came from outside (R2, a user's file) are never deserialized:
+//! they are always compiled.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::bindings::TaskPre;
+use super::host::HostState;
+use crate::ids::ModuleHash;
+
+/// A module compiled, linked against the host and ready to instantiate.
+pub type Prepared = Arc<TaskPre<HostState>>;
+
+pub(super) struct ModuleCache {
+    engine: Engine,
+    dir: Option<PathBuf>,
+    mem: Mutex<HashMap<ModuleHash, Prepared>>,
+}
+
+impl ModuleCache {
+    pub(super) fn new(engine: &Engine, dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let dir = match dir {
+            None => None,
+            Some(base) => {
+                let mut h = DefaultHasher::new();
+                engine.precompile_compatibility_hash().hash(&mut h);
+                let dir = base.join(format!("compiled-{:016x}", h.finish()));
+                create_private_dir(&dir)?;
+                Some(dir)
+            }
+        };
+        Ok(ModuleCache {
+            engine: engine.clone(),
+            dir,
+            mem: Mutex::default(),
+        })
+    }
+
+    pub(super) fn memory(&self, hash: &ModuleHash) -> Option<Prepared> {
+        self.mem.lock().unwrap().get(hash).cloned()
+    }
+
+    pub(super) fn insert(&self, hash: ModuleHash, p: Prepared) -> Prepared {
+        self.mem.lock().unwrap().entry(hash).or_insert(p).clone()
+    }
+
+    fn path(&self, hash: &ModuleHash) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(format!("{}.cwasm", hash.hex())))
+    }
+
+    pub(super) fn disk(&self, hash: &ModuleHash) -> Option<Component> {
+        let path = self.path(hash)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: `path` lies in our private cache directory (mode 700) and is only ever
+        // written by `store_disk` below, from `Component::serialize` of a component this
+        // engine compiled from bytes whose sha256 is the file name; it is written to a
+        // temporary file and renamed into place, so it is never partial. wasmtime checks
+        // the engine compatibility header again on load.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled module");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Best effort: a failure only costs a recompile later.
+    pub(super) fn store_disk(&self, hash: &ModuleHash, component: &Component) {
+        let Some(path) = self.path(hash) else { return };
+        let result = (|| -> anyhow::Result<()> {
+            let bytes = component.serialize()?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the compiled-module cache");
+        }
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the module cache {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}

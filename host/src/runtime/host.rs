@@ -1,0 +1,167 @@
+//! The host side of the WIT world: what a task can call, and the store's data.
+//!
+//! Host functions here never block and never fail the store: checkpoint saves go to the
+//! in-memory [`Checkpointer`] (uploads happen in the background), so none of them is
+//! `async`. Errors are WIT errors the guest handles (the inner result), not traps.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::taskhost::task::{checkpoint, job, log, progress};
+use super::output::LogPipe;
+use crate::checkpoint::{CheckpointError, Checkpointer};
+
+/// Longest log message kept from a task (bytes); longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 8192;
+
+/// Everything a running task's store holds.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: MemoryLimiter,
+    pub(super) job: Arc<str>,
+    pub(super) attempt: u32,
+    pub(super) checkpoint: Checkpointer,
+    pub(super) stderr: LogPipe,
+    /// The first progress report of this run (proves where a resumed run started).
+    pub(super) first_progress: Option<(u64, u64)>,
+}
+
+impl HostState {
+    pub(super) fn new(
+        job: Arc<str>,
+        attempt: u32,
+        checkpoint: Checkpointer,
+        memory_bytes: usize,
+    ) -> Self {
+        let stdout = LogPipe::new(job.clone(), "stdout");
+        let stderr = LogPipe::new(job.clone(), "stderr");
+        // Nothing is granted: no preopened directories, no env, no args, no network
+        // (TCP/UDP/DNS are off by default and the address check denies everything).
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout)
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        let limits = MemoryLimiter {
+            limit: memory_bytes,
+            hit: false,
+        };
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            job,
+            attempt,
+            checkpoint,
+            stderr,
+            first_progress: None,
+        }
+    }
+}
+
+/// Caps each linear memory of the task; remembers that the cap was hit so the failure is
+/// reported as "memory limit" whatever the guest's allocator does next.
+pub struct MemoryLimiter {
+    limit: usize,
+    pub(super) hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit || maximum.is_some_and(|m| desired > m) {
+            self.hit = true;
+            // Trap at once instead of letting the guest's allocator abort less clearly.
+            wasmtime::bail!("memory limit of {} bytes reached", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 1M entries is far beyond any sane task.
+        Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn to_wit(e: CheckpointError) -> checkpoint::CheckpointError {
+    match e {
+        CheckpointError::Conflict => checkpoint::CheckpointError::Conflict,
+        CheckpointError::TooLarge(n) => checkpoint::CheckpointError::TooLarge(n),
+        CheckpointError::Storage(m) => checkpoint::CheckpointError::Storage(m),
+    }
+}
+
+impl checkpoint::Host for HostState {
+    fn save(&mut self, data: Vec<u8>) -> Result<(), checkpoint::CheckpointError> {
+        let _span = tracing::trace_span!("checkpoint.save", job = %self.job, bytes = data.len()).entered();
+        self.checkpoint.save(data).map_err(to_wit)
+    }
+
+    fn load(&mut self) -> Result<Option<Vec<u8>>, checkpoint::CheckpointError> {
+        let _span = tracing::trace_span!("checkpoint.load", job = %self.job).entered();
+        self.checkpoint.load().map_err(to_wit)
+    }
+}
+
+impl progress::Host for HostState {
+    fn report(&mut self, done: u64, total: u64) {
+        self.first_progress.get_or_insert((done, total));
+        self.checkpoint.report_progress(done, total);
+    }
+}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("...");
+        }
+        let job = &*self.job;
+        match level {
+            log::Level::Trace => tracing::trace!(job, "{message}"),
+            log::Level::Debug => tracing::debug!(job, "{message}"),
+            log::Level::Info => tracing::info!(job, "{message}"),
+            log::Level::Warn => tracing::warn!(job, "{message}"),
+            log::Level::Error => tracing::error!(job, "{message}"),
+        }
+    }
+}
+
+impl job::Host for HostState {
+    fn id(&mut self) -> String {
+        self.job.to_string()
+    }
+
+    fn attempt(&mut self) -> u32 {
+        self.attempt
+    }
+}

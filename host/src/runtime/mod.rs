@@ -1,0 +1,425 @@
+//! The sandboxed task runtime: one wasmtime [`Engine`], compiled task modules cached on disk
+//! and in memory, and [`Runtime::run`], which runs one job of a module under limits.
+//!
+//! **Invariants:** a task gets no filesystem, network, environment or arguments; every run
+//! gets a fresh store that is thrown away afterwards; fuel metering makes the guest yield to
+//! tokio about every [`DEFAULT_FUEL_YIELD_INTERVAL`] units of fuel (~1 ms of guest work),
+//! so timers, lease extension and checkpoint uploads keep running beside CPU-bound tasks;
+//! compiled code is only ever deserialized from files this process's engine wrote.
+//!
+//! **API boundary:** the runtime knows nothing of Pub/Sub or object storage: it gets bytes
+//! and a [`Checkpointer`], and returns an [`Outcome`].
+
+mod cache;
+mod host;
+pub mod output;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use crate::checkpoint::Checkpointer;
+use crate::ids::{JobId, ModuleHash};
+pub use cache::Prepared;
+use host::HostState;
+
+/// Generated bindings of the WIT world `taskhost:task/task`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "task",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+/// Default memory cap per task (all linear memories together are capped per memory).
+pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
+/// Fuel between two yields to the async runtime; about 1 ms of guest work on this class of
+/// machine (fuel counts roughly one unit per wasm instruction).
+pub const DEFAULT_FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+/// Default wall-clock limit of one run: none (long jobs are the point); set per job.
+pub const DEFAULT_TIMEOUT: Option<Duration> = None;
+
+/// Engine-wide settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled modules are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Fuel between two yields to tokio.
+    pub fuel_yield_interval: u64,
+    /// Fuel metering on (the default). Off exists only to measure its cost: without it a
+    /// task never yields and fuel budgets are ignored.
+    pub fuel_metering: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: default_cache_dir(),
+            fuel_yield_interval: DEFAULT_FUEL_YIELD_INTERVAL,
+            fuel_metering: true,
+        }
+    }
+}
+
+/// `$TASKHOST_CACHE_DIR`, else `$XDG_CACHE_HOME/taskhost`, else `~/.cache/taskhost`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("TASKHOST_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("taskhost"))
+}
+
+/// Limits of one run of a job.
+#[derive(Clone, Debug)]
+pub struct JobLimits {
+    /// Largest size of each linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Fuel budget of this run (a CPU cap); `None` is unlimited.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit of this run; `None` is unlimited.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            memory_bytes: DEFAULT_MEMORY_LIMIT,
+            fuel: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Why a file is not a usable task module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleError {
+    /// The bytes are not WebAssembly at all.
+    NotWasm,
+    /// A core module, not a component (build with `--target wasm32-wasip2`).
+    CoreModule,
+    /// A component that does not compile.
+    Invalid(String),
+    /// A component of another world (missing export or unknown imports).
+    WrongWorld(String),
+    /// The bytes fetched do not hash to the module's name.
+    HashMismatch { expected: ModuleHash, actual: ModuleHash },
+}
+
+impl std::fmt::Display for ModuleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleError::NotWasm => f.write_str("not a WebAssembly file"),
+            ModuleError::CoreModule => f.write_str(
+                "a core WebAssembly module, not a component: build task modules with --target wasm32-wasip2",
+            ),
+            ModuleError::Invalid(m) => write!(f, "not a valid WebAssembly component: {m}"),
+            ModuleError::WrongWorld(m) => write!(
+                f,
+                "a component of another world, not a taskhost:task@0.1.0 task: {m}"
+            ),
+            ModuleError::HashMismatch { expected, actual } => {
+                write!(f, "module bytes hash to {actual}, not {expected} (corrupted or tampered with)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ModuleError {}
+
+/// How a trap is classified (each is a failure counted against the job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The run's fuel budget ran out.
+    Fuel,
+    /// A linear memory hit the memory limit.
+    Memory,
+    /// Wasm stack overflow.
+    Stack,
+    /// The wall-clock limit passed.
+    Timeout,
+    /// The task panicked (Rust aborts through `unreachable`).
+    Panic,
+    /// Any other trap (out-of-bounds access, division by zero, ...).
+    Other,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `run` returned ok: the result document.
+    Finished(String),
+    /// `run` returned err: a permanent failure reported by the task.
+    TaskError(String),
+    /// The task trapped or hit a limit.
+    Trapped { kind: TrapKind, message: String },
+    /// Another worker owns the job now; whatever the task returned is discarded.
+    Conflict,
+    /// Cancelled by the host (shutdown, lost lease) at a yield point.
+    Cancelled,
+}
+
+/// What [`Runtime::run`] reports.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// Fuel this run consumed.
+    pub fuel_used: u64,
+    /// The first progress the task reported in this run, if any.
+    pub first_progress: Option<(u64, u64)>,
+    /// From the call to [`Runtime::run`] until the task's `run` was entered (store created,
+    /// component instantiated).
+    pub startup: Duration,
+    pub elapsed: Duration,
+    /// Output bytes dropped because the task wrote more than the log keeps.
+    pub output_dropped: u64,
+}
+
+/// One job to run.
+pub struct RunRequest<'a> {
+    pub job: &'a JobId,
+    /// 1 for the first run, n for the n-th.
+    pub attempt: u32,
+    pub input: &'a str,
+    pub limits: &'a JobLimits,
+    pub checkpoint: Checkpointer,
+    /// Cancelled ⇒ the task stops at its next yield.
+    pub cancel: CancellationToken,
+}
+
+/// The engine, the linker and the module caches. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache: Arc<cache::ModuleCache>,
+    fuel_yield_interval: u64,
+    fuel_metering: bool,
+}
+
+fn engine_config(fuel_metering: bool) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    cfg.consume_fuel(fuel_metering);
+    cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    cfg
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(config.fuel_metering))?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let cache = cache::ModuleCache::new(&engine, config.cache_dir)?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache: Arc::new(cache),
+            fuel_yield_interval: config.fuel_yield_interval.max(1),
+            fuel_metering: config.fuel_metering,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A module already prepared in this process's memory.
+    pub fn cached(&self, hash: &ModuleHash) -> Option<Prepared> {
+        self.cache.memory(hash)
+    }
+
+    /// A module from memory, or else from the disk cache (then kept in memory).
+    pub fn load_cached(&self, hash: &ModuleHash) -> Option<Prepared> {
+        if let Some(p) = self.cache.memory(hash) {
+            return Some(p);
+        }
+        let component = self.cache.disk(hash)?;
+        match self.link(&component) {
+            Ok(p) => {
+                tracing::info!(module = %hash, "module loaded from the disk cache");
+                Some(self.cache.insert(*hash, p))
+            }
+            Err(e) => {
+                tracing::warn!(module = %hash, error = %e, "cached module no longer links; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Checks, compiles, links and caches a module (memory and disk), blocking the calling
+    /// thread for the compile (call it from `spawn_blocking` in async code, or use
+    /// [`Runtime::prepare`]). `expected` is checked against the bytes' sha256 first.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        expected: Option<&ModuleHash>,
+    ) -> Result<Prepared, ModuleError> {
+        let hash = ModuleHash::of(bytes);
+        if let Some(expected) = expected
+            && *expected != hash
+        {
+            return Err(ModuleError::HashMismatch {
+                expected: *expected,
+                actual: hash,
+            });
+        }
+        check_header(bytes)?;
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        tracing::info!(
+            module = %hash,
+            ms = started.elapsed().as_millis() as u64,
+            "module compiled"
+        );
+        let prepared = self.link(&component)?;
+        self.cache.store_disk(&hash, &component);
+        Ok(self.cache.insert(hash, prepared))
+    }
+
+    /// [`Runtime::load_cached`], else [`Runtime::compile`] on a blocking thread.
+    pub async fn prepare(
+        &self,
+        bytes: Vec<u8>,
+        expected: Option<ModuleHash>,
+    ) -> Result<Prepared, ModuleError> {
+        if let Some(h) = expected
+            && let Some(p) = self.load_cached(&h)
+        {
+            return Ok(p);
+        }
+        let rt = self.clone();
+        tokio::task::spawn_blocking(move || rt.compile(&bytes, expected.as_ref()))
+            .await
+            .map_err(|e| ModuleError::Invalid(format!("compiler thread failed: {e}")))?
+    }
+
+    fn link(&self, component: &Component) -> Result<Prepared, ModuleError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
+        let pre = bindings::TaskPre::new(pre)
+            .map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
+        Ok(Arc::new(pre))
+    }
+
+    /// Runs one job of a prepared module to its end, a trap, a limit, a conflict or
+    /// cancellation. Never panics on guest behaviour; the store is dropped afterwards.
+    pub async fn run(&self, module: &Prepared, req: RunRequest<'_>) -> RunReport {
+        let started = Instant::now();
+        let job: Arc<str> = req.job.as_str().into();
+        let state = HostState::new(
+            job.clone(),
+            req.attempt,
+            req.checkpoint.clone(),
+            req.limits.memory_bytes,
+        );
+        let stderr = state.stderr.clone();
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let budget = req.limits.fuel.unwrap_or(u64::MAX);
+        if self.fuel_metering {
+            store.set_fuel(budget).expect("fuel is enabled");
+            store
+                .fuel_async_yield_interval(Some(self.fuel_yield_interval))
+                .expect("fuel is enabled");
+        }
+
+        enum End {
+            Done(wasmtime::Result<Result<String, String>>),
+            TimedOut,
+            Cancelled,
+        }
+        let mut startup = Duration::ZERO;
+        let end = {
+            let input = req.input;
+            let store = &mut store;
+            let startup = &mut startup;
+            let call = async move {
+                let task = module.instantiate_async(&mut *store).await?;
+                *startup = started.elapsed();
+                task.call_run(&mut *store, input).await
+            };
+            let timeout = async {
+                match req.limits.timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = call => End::Done(r),
+                _ = timeout => End::TimedOut,
+                _ = req.cancel.cancelled() => End::Cancelled,
+            }
+        };
+        let fuel_used = if self.fuel_metering {
+            budget - store.get_fuel().unwrap_or(0)
+        } else {
+            0
+        };
+        let state = store.data();
+        let outcome = if req.checkpoint.is_conflicted() {
+            Outcome::Conflict
+        } else {
+            match end {
+                End::Done(Ok(Ok(result))) => Outcome::Finished(result),
+                End::Done(Ok(Err(msg))) => Outcome::TaskError(msg),
+                End::Done(Err(e)) => classify_trap(&e, state.limits.hit, stderr.last_line()),
+                End::TimedOut => Outcome::Trapped {
+                    kind: TrapKind::Timeout,
+                    message: format!(
+                        "wall-clock limit of {:?} reached",
+                        req.limits.timeout.unwrap_or_default()
+                    ),
+                },
+                End::Cancelled => Outcome::Cancelled,
+            }
+        };
+        RunReport {
+            outcome,
+            fuel_used,
+            first_progress: state.first_progress,
+            startup,
+            elapsed: started.elapsed(),
+            output_dropped: stderr.dropped(),
+        }
+    }
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(ModuleError::CoreModule),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => Err(ModuleError::NotWasm),
+    }
+}
+
+fn classify_trap(e: &wasmtime::Error, memory_hit: bool, last_stderr: Option<String>) -> Outcome {
+    let (kind, message) = if memory_hit {
+        (TrapKind::Memory, format!("{e:#}"))
+    } else {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => (TrapKind::Fuel, "fuel budget exhausted".to_owned()),
+            Some(Trap::StackOverflow) => (TrapKind::Stack, "wasm stack overflow".to_owned()),
+            Some(Trap::UnreachableCodeReached) => (
+                TrapKind::Panic,
+                match last_stderr {
+                    Some(line) => format!("task panicked: {line}"),
+                    None => "task aborted (unreachable)".to_owned(),
+                },
+            ),
+            _ => (TrapKind::Other, format!("{e:#}")),
+        }
+    };
+    Outcome::Trapped { kind, message }
+}

@@ -1,0 +1,256 @@
+//! The directory backend: each key is a file under a root directory.
+//!
+//! Conditional writes hold an exclusive `flock` on a per-key lock file while they compare
+//! the current tag and rename a fully written temporary file into place, so they are atomic
+//! across threads and processes on one machine. Readers never lock: `rename` is atomic, so a
+//! reader sees the old or the new bytes, never a mix. The tag is a hash of the bytes, like
+//! an S3 ETag (the MD5 of the body): identical bytes give an identical tag.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use super::{ETag, Object, ObjectStore, Precondition, StoreError};
+
+/// A bucket kept in a local directory.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// Opens (creating if needed) the store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create the store directory {}", root.display()))?;
+        Ok(DirStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let ok = !key.is_empty()
+            && key.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && !part.starts_with('.')
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
+        if !ok {
+            return Err(StoreError::Other(anyhow::anyhow!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn etag_of(bytes: &[u8]) -> ETag {
+    ETag(hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
+fn read(path: &Path) -> io::Result<Option<Object>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(Object {
+            etag: etag_of(&bytes),
+            bytes,
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A name in the same directory that no `list` returns and no key can take.
+fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, StoreError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let ctx = || format!("writing {}", path.display());
+    let dir = path.parent().expect("keys always have a parent");
+    fs::create_dir_all(dir).with_context(ctx)?;
+
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(hidden_sibling(path, "lock"))
+        .with_context(ctx)?;
+    lock.lock().with_context(ctx)?;
+
+    let current = read(path).with_context(ctx)?;
+    let holds = match (pre, &current) {
+        (Precondition::None, _) => true,
+        (Precondition::Absent, cur) => cur.is_none(),
+        (Precondition::Matches(tag), Some(cur)) => &cur.etag == tag,
+        (Precondition::Matches(_), None) => false,
+    };
+    if !holds {
+        return Err(StoreError::PreconditionFailed);
+    }
+
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        // Durable before visible: a crash never leaves a truncated object behind the key.
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(StoreError::Other(anyhow::Error::new(e).context(ctx())));
+    }
+    Ok(etag_of(bytes))
+    // `lock` is released when dropped here, after the rename.
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
+    // Walk only the directory that can hold matches.
+    let start = match prefix.rfind('/') {
+        Some(i) => root.join(&prefix[..i]),
+        None => root.to_path_buf(),
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                let key = rel.to_string_lossy().replace('\\', "/");
+                if key.starts_with(prefix) {
+                    out.push(key);
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn join_err(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Other(anyhow::anyhow!("store worker thread failed: {e}"))
+}
+
+impl ObjectStore for DirStore {
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || {
+            read(&path).with_context(|| format!("reading {}", path.display()))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(StoreError::Other)
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || put_blocking(&path, &bytes, &pre))
+            .await
+            .map_err(join_err)?
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        Ok(tokio::fs::try_exists(&path)
+            .await
+            .with_context(|| format!("checking {}", path.display()))?)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            list_blocking(&root, &prefix).with_context(|| format!("listing {prefix:?}"))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(StoreError::Other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conditional_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DirStore::open(tmp.path()).unwrap();
+        assert!(s.get("jobs/a/checkpoint").await.unwrap().is_none());
+        let t1 = s.put("jobs/a/checkpoint", b"one".to_vec(), Precondition::Absent).await.unwrap();
+        assert!(matches!(
+            s.put("jobs/a/checkpoint", b"two".to_vec(), Precondition::Absent).await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        let t2 = s
+            .put("jobs/a/checkpoint", b"two".to_vec(), Precondition::Matches(t1.clone()))
+            .await
+            .unwrap();
+        assert_ne!(t1, t2);
+        // A stale writer (holding t1) loses.
+        assert!(matches!(
+            s.put("jobs/a/checkpoint", b"three".to_vec(), Precondition::Matches(t1)).await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        let got = s.get("jobs/a/checkpoint").await.unwrap().unwrap();
+        assert_eq!(got.bytes, b"two");
+        assert_eq!(got.etag, t2);
+        assert!(matches!(
+            s.put("jobs/b/x", b"x".to_vec(), Precondition::Matches(t2)).await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
+        assert!(s.exists("jobs/a/checkpoint").await.unwrap());
+        assert!(s.path("../etc/passwd").is_err());
+        assert!(s.path("jobs/.hidden").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_create_only_has_one_winner() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DirStore::open(tmp.path()).unwrap();
+        for key in ["k/1", "k/2", "k/3"] {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        s.put(key, format!("writer {i}").into_bytes(), Precondition::Absent)
+                            .await
+                            .is_ok()
+                    })
+                })
+                .collect();
+            let mut wins = 0;
+            for h in handles {
+                wins += h.await.unwrap() as usize;
+            }
+            assert_eq!(wins, 1, "{key}");
+        }
+    }
+}

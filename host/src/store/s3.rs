@@ -1,0 +1,441 @@
+//! [`ObjectStore`] on Cloudflare R2, or any S3 server, through the S3 API.
+//!
+//! Configuration (environment names of the guide's `worker.env`):
+//!
+//! | [`S3Config`] field   | environment                |
+//! |----------------------|----------------------------|
+//! | `endpoint_url`       | `R2_S3_ENDPOINT_URL`       |
+//! | `bucket`             | `R2_BUCKET_NAME`           |
+//! | `access_key_id`      | `R2_AWS_ACCESS_KEY_ID`     |
+//! | `secret_access_key`  | `R2_AWS_SECRET_ACCESS_KEY` |
+//! | `prefix` (optional)  | prepended to every key     |
+//!
+//! How the trait maps onto S3:
+//! - [`Precondition::Absent`] sends `If-None-Match: *`, [`Precondition::Matches`] sends
+//!   `If-Match: <etag>`. HTTP 412 becomes [`StoreError::PreconditionFailed`], and so does
+//!   409 `ConditionalRequestConflict` (R2 and S3 answer it to the loser of two concurrent
+//!   conditional writes) and 404 `NoSuchKey` to an `If-Match` write (the object it was
+//!   conditional on is gone).
+//! - `get` maps 404 `NoSuchKey` to `Ok(None)`; `exists` uses HEAD; `list` pages through
+//!   ListObjectsV2. A missing bucket is an error, never `None` / `false`.
+//! - Tags are the server's `ETag` header exactly as sent (quotes included): S3 and R2
+//!   accept it back verbatim in `If-Match`. S3 ETags of single-part uploads are the MD5
+//!   of the bytes, so rewriting identical bytes keeps the tag: the checkpoint layer adds a
+//!   nonce so that every write differs.
+//!
+//! Transport: region `auto`, path-style addressing, static credentials, checksums only
+//! where an operation requires them (the SDK's default CRC32 checksums upset S3-compatible
+//! servers), timeouts [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_ATTEMPT_TIMEOUT`] and
+//! [`DEFAULT_OPERATION_TIMEOUT`], and the SDK's standard retry ([`DEFAULT_MAX_ATTEMPTS`]
+//! attempts with jittered exponential backoff for 5xx, throttling, timeouts and connection
+//! errors; 4xx answers, 412 included, are never retried).
+//!
+//! **Caveat (retries and conditional writes):** if a conditional write lands but its
+//! response is lost (connection reset, timeout), the SDK's retry of the same request finds
+//! its own object and gets 412, so the caller sees `PreconditionFailed` for a write that
+//! happened. That errs on the safe side of fencing (a worker stops and the job is resumed
+//! elsewhere from the checkpoint it just wrote); a caller that must tell the two apart can
+//! read the object back and compare its bytes (the checkpoint nonce makes them unique).
+//!
+//! **Invariant:** no error message and no `Debug` output contains the secret key.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::create_bucket::CreateBucketError;
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{ETag, Object, ObjectStore, Precondition, StoreError};
+
+/// Time allowed to open a TCP/TLS connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for one attempt, from sending the request (body included) to the response
+/// headers. Large enough for a module upload of tens of MB on a slow node.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for a whole operation, retries and backoff included.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Attempts per operation (first try included) of the SDK's standard retry.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// The only region R2 has. S3-compatible servers that care are mapped by their own setup.
+pub const REGION: &str = "auto";
+
+/// Where the bucket is and how to reach it.
+///
+/// `Debug` shows everything but the secret key.
+#[derive(Clone)]
+pub struct S3Config {
+    /// `R2_S3_ENDPOINT_URL`, e.g. `https://<account>.r2.cloudflarestorage.com`.
+    pub endpoint_url: String,
+    /// `R2_BUCKET_NAME`.
+    pub bucket: String,
+    /// `R2_AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `R2_AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// Prepended to every key, so that several deployments can share one bucket.
+    /// `Some("team-a")` and `Some("team-a/")` both put keys under `team-a/`;
+    /// `None` and `Some("")` mean no prefix.
+    pub prefix: Option<String>,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// An [`ObjectStore`] on one S3 bucket (R2 in production, moto in tests).
+///
+/// Cheap to clone: clones share the HTTP connection pool.
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    endpoint_url: String,
+    bucket: String,
+    /// Empty, or ends with `/`.
+    prefix: String,
+    /// Set once the bucket is known to exist, so that a 404 without an error code (HEAD has
+    /// no body) can be told from a missing bucket with one request, once.
+    bucket_seen: std::sync::Arc<AtomicBool>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Store {
+    /// Builds the client. Makes no request: a wrong endpoint or key shows on first use
+    /// (or call [`S3Store::ensure_bucket`] to check at once).
+    ///
+    /// Errors if the endpoint, the bucket or the access key id is empty.
+    pub fn new(config: S3Config) -> anyhow::Result<S3Store> {
+        let S3Config {
+            endpoint_url,
+            bucket,
+            access_key_id,
+            secret_access_key,
+            prefix,
+        } = config;
+        anyhow::ensure!(
+            !endpoint_url.trim().is_empty(),
+            "the S3 endpoint URL (R2_S3_ENDPOINT_URL) is empty"
+        );
+        anyhow::ensure!(
+            !bucket.trim().is_empty(),
+            "the bucket name (R2_BUCKET_NAME) is empty"
+        );
+        anyhow::ensure!(
+            !access_key_id.is_empty(),
+            "the access key id (R2_AWS_ACCESS_KEY_ID) is empty"
+        );
+
+        let credentials =
+            Credentials::new(access_key_id, secret_access_key, None, None, "taskhost");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(endpoint_url.clone())
+            .region(Region::new(REGION))
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(DEFAULT_ATTEMPT_TIMEOUT)
+                    .operation_timeout(DEFAULT_OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS))
+            .build();
+
+        let prefix = match prefix.as_deref().map(|p| p.trim_matches('/')) {
+            None | Some("") => String::new(),
+            Some(p) => format!("{p}/"),
+        };
+        Ok(S3Store {
+            client: Client::from_conf(conf),
+            endpoint_url,
+            bucket,
+            prefix,
+            bucket_seen: Default::default(),
+        })
+    }
+
+    /// The bucket this store writes to.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Makes sure the bucket exists, for `taskhost setup`. `Ok(true)` if this call created
+    /// it, `Ok(false)` if it was there already (HeadBucket succeeds, or CreateBucket answers
+    /// `BucketAlreadyOwnedByYou`). A key scoped to one bucket may not create buckets: that
+    /// is fine as long as the bucket exists and the key can reach it.
+    pub async fn ensure_bucket(&self) -> anyhow::Result<bool> {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            self.bucket_seen.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), CreateBucketError::BucketAlreadyOwnedByYou(_)) =>
+            {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(anyhow!(
+                "S3 CreateBucket of bucket `{}` at {} failed: {}",
+                self.bucket,
+                self.endpoint_url,
+                describe(&e)
+            )),
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn fail<E>(&self, op: &str, key: &str, err: &SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        StoreError::Other(anyhow!(
+            "S3 {op} of `{key}` in bucket `{}` failed: {}",
+            self.bucket,
+            describe(err)
+        ))
+    }
+
+    /// Called on a 404 that may mean "no such key" or "no such bucket": errors unless the
+    /// bucket exists (checked with one HeadBucket per store, then remembered).
+    async fn confirm_bucket(&self, op: &str, key: &str) -> Result<(), StoreError> {
+        if self.bucket_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Other(anyhow!(
+                "S3 {op} of `{key}` failed: bucket `{}` is not reachable (check R2_BUCKET_NAME): {}",
+                self.bucket,
+                describe(&e)
+            ))),
+        }
+    }
+}
+
+/// HTTP status of the server's answer, if there was one.
+fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// One line that says what went wrong, whether it was transient, and what to check.
+/// Never contains credentials: the SDK's errors carry none.
+fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            // HEAD answers have no body, hence no code.
+            let code = se.err().code().map(|c| format!(" {c}")).unwrap_or_default();
+            let message = se
+                .err()
+                .message()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let hint = match (status, code.trim()) {
+                (401 | 403, _) => " (check R2_AWS_ACCESS_KEY_ID and R2_AWS_SECRET_ACCESS_KEY)",
+                (_, "NoSuchBucket") => " (check R2_BUCKET_NAME)",
+                _ => "",
+            };
+            let class = if status >= 500 || status == 429 {
+                "transient, retries exhausted"
+            } else {
+                "not transient"
+            };
+            format!("HTTP {status}{code}{message}{hint} [{class}]")
+        }
+        SdkError::TimeoutError(_) => "timed out [transient, retries exhausted]".to_string(),
+        SdkError::DispatchFailure(_) => {
+            format!(
+                "could not reach the server: {} [transient, retries exhausted]",
+                DisplayErrorContext(err)
+            )
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+fn etag_of(op: &str, key: &str, etag: Option<&str>) -> Result<ETag, StoreError> {
+    match etag {
+        Some(t) if !t.is_empty() => Ok(ETag(t.to_string())),
+        _ => Err(StoreError::Other(anyhow!(
+            "S3 {op} of `{key}`: the response has no ETag"
+        ))),
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let full = self.full_key(key);
+        let resp = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) if status(&e) == Some(404) => match e.code() {
+                Some("NoSuchKey") => return Ok(None),
+                None => {
+                    self.confirm_bucket("GetObject", &full).await?;
+                    return Ok(None);
+                }
+                Some(_) => return Err(self.fail("GetObject", &full, &e)),
+            },
+            Err(e) => return Err(self.fail("GetObject", &full, &e)),
+        };
+        let etag = etag_of("GetObject", &full, resp.e_tag())?;
+        let bytes = resp
+            .body
+            .collect()
+            .await
+            .with_context(|| {
+                format!("S3 GetObject of `{full}`: reading the body failed [transient]")
+            })?
+            .into_bytes()
+            .to_vec();
+        Ok(Some(Object { bytes, etag }))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
+        let full = self.full_key(key);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .body(ByteStream::from(bytes));
+        req = match &pre {
+            Precondition::None => req,
+            Precondition::Absent => req.if_none_match("*"),
+            Precondition::Matches(tag) => req.if_match(tag.0.clone()),
+        };
+        match req.send().await {
+            Ok(resp) => etag_of("PutObject", &full, resp.e_tag()),
+            Err(e) => {
+                let conditional = pre != Precondition::None;
+                let lost = match (status(&e), e.code()) {
+                    (Some(412), _) => conditional,
+                    (Some(409), Some("ConditionalRequestConflict")) => conditional,
+                    (Some(404), Some("NoSuchKey")) => matches!(pre, Precondition::Matches(_)),
+                    _ => false,
+                };
+                if lost {
+                    tracing::debug!(key = %full, precondition = ?pre, "S3 conditional write lost");
+                    Err(StoreError::PreconditionFailed)
+                } else {
+                    Err(self.fail("PutObject", &full, &e))
+                }
+            }
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => match e.code() {
+                Some("NoSuchBucket") => Err(self.fail("HeadObject", &full, &e)),
+                _ => {
+                    self.confirm_bucket("HeadObject", &full).await?;
+                    Ok(false)
+                }
+            },
+            Err(e) => Err(self.fail("HeadObject", &full, &e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let full = self.full_key(prefix);
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.fail("ListObjectsV2", &format!("{full}*"), &e))?;
+            keys.extend(
+                resp.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .filter_map(|k| k.strip_prefix(self.prefix.as_str()))
+                    .map(str::to_string),
+            );
+            match resp.next_continuation_token() {
+                Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}

@@ -1,0 +1,513 @@
+//! The sandboxed runtime against the real task modules: results, limits, resume, isolation.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use taskhost::checkpoint::{self, Checkpointer, Limits};
+use taskhost::exec::{Executor, JobEnd};
+use taskhost::ids::JobId;
+use taskhost::runtime::{
+    JobLimits, ModuleError, Outcome, Prepared, RunReport, RunRequest, Runtime, RuntimeConfig,
+    TrapKind,
+};
+use taskhost::store::dir::DirStore;
+use taskhost::store::{ObjectStore, Precondition};
+use tokio_util::sync::CancellationToken;
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+async fn prepare(rt: &Runtime, name: &str) -> Prepared {
+    rt.prepare(support::guests::bytes(name), None).await.unwrap()
+}
+
+fn fast_ckpt() -> Limits {
+    Limits {
+        min_write_interval: Duration::from_millis(20),
+        ..Limits::default()
+    }
+}
+
+fn executor(store: DirStore, rt: Runtime, limits: JobLimits) -> Executor<DirStore> {
+    Executor {
+        store,
+        runtime: rt,
+        worker_id: "test".into(),
+        limits,
+        checkpoint_limits: fast_ckpt(),
+    }
+}
+
+/// Runs a module once on a fresh claimed checkpoint and returns the report.
+async fn run_once(rt: &Runtime, module: &Prepared, input: &str, limits: JobLimits) -> RunReport {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let job: JobId = "j".parse().unwrap();
+    let claimed = checkpoint::claim(&store, &job, "test").await.unwrap();
+    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt());
+    rt.run(
+        module,
+        RunRequest {
+            job: &job,
+            attempt: 1,
+            input,
+            limits: &limits,
+            checkpoint: ckpt,
+            cancel: CancellationToken::new(),
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn step_counter_gives_the_guides_result() {
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let r = run_once(&rt, &m, r#"{"job_id":"job-0","steps":600}"#, JobLimits::default()).await;
+    let Outcome::Finished(doc) = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(v, serde_json::json!({"job_id":"job-0","steps":600,"sum":180300}));
+    // The task reports where it starts: step 0 on a fresh job.
+    assert_eq!(r.first_progress, Some((0, 600)));
+    assert!(r.fuel_used > 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_task_error() {
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let r = run_once(&rt, &m, r#"{"job_id":"x"}"#, JobLimits::default()).await;
+    assert!(matches!(r.outcome, Outcome::TaskError(ref m) if m.contains("steps")), "{:?}", r.outcome);
+}
+
+/// A run cut off by its fuel budget (then by a timeout) resumes from its checkpoint and
+/// ends with the same result as an uninterrupted run.
+#[tokio::test]
+async fn interrupted_runs_resume_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let job: JobId = "resume-1".parse().unwrap();
+    let steps = 3_000_000u64;
+    let input = format!(r#"{{"job_id":"resume-1","steps":{steps},"checkpoint_every":1000}}"#);
+
+    // Attempt 1: a fuel budget far below what the job needs.
+    let ex = executor(
+        store.clone(),
+        rt.clone(),
+        JobLimits {
+            fuel: Some(20_000_000),
+            ..JobLimits::default()
+        },
+    );
+    let end = ex.execute(&job, &m, &input, CancellationToken::new()).await;
+    assert!(
+        matches!(end, JobEnd::Trapped { kind: TrapKind::Fuel, failures: 1, .. }),
+        "{end:?}"
+    );
+    let saved = saved_step(&store, &job).await;
+    assert!(saved > 0 && saved < steps, "saved step {saved}");
+
+    // Attempt 2: a timeout cuts it off again (step_ms makes it slow), later than attempt 1.
+    let slow = format!(r#"{{"job_id":"resume-1","steps":{steps},"checkpoint_every":1,"step_ms":1}}"#);
+    let ex2 = executor(
+        store.clone(),
+        rt.clone(),
+        JobLimits {
+            timeout: Some(Duration::from_millis(300)),
+            ..JobLimits::default()
+        },
+    );
+    let end = ex2.execute(&job, &m, &slow, CancellationToken::new()).await;
+    assert!(
+        matches!(end, JobEnd::Trapped { kind: TrapKind::Timeout, failures: 2, .. }),
+        "{end:?}"
+    );
+    let saved2 = saved_step(&store, &job).await;
+    assert!(saved2 > saved, "attempt 2 saved {saved2}, attempt 1 {saved}");
+
+    // Attempt 3: no limits; it must start right after the saved step.
+    let ex3 = executor(store.clone(), rt.clone(), JobLimits::default());
+    let claimed = checkpoint::claim(&store, &job, "t").await.unwrap();
+    assert_eq!(claimed.header.attempts, 3);
+    let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt());
+    let report = ex3
+        .runtime
+        .run(
+            &m,
+            RunRequest {
+                job: &job,
+                attempt: 3,
+                input: &input,
+                limits: &JobLimits::default(),
+                checkpoint: ckpt.clone(),
+                cancel: CancellationToken::new(),
+            },
+        )
+        .await;
+    // The task's first progress report is where it starts: the step attempt 2 saved.
+    assert_eq!(report.first_progress.map(|p| p.0), Some(saved2));
+    let Outcome::Finished(doc) = report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(v["sum"], serde_json::json!(steps * (steps + 1) / 2));
+    ckpt.flush().await.unwrap();
+}
+
+async fn saved_step(store: &DirStore, job: &JobId) -> u64 {
+    let obj = store.get(&checkpoint::key(job)).await.unwrap().unwrap();
+    let (_, data) = checkpoint::decode(&obj.bytes).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&data.expect("task data saved")).unwrap();
+    v["step"].as_u64().unwrap()
+}
+
+/// Fuel yields keep a current-thread runtime responsive while a CPU-bound task runs.
+#[tokio::test(flavor = "current_thread")]
+async fn cpu_bound_task_does_not_starve_the_runtime() {
+    let rt = runtime();
+    let m = prepare(&rt, "prime_count").await;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let t = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        let mut iv = tokio::time::interval(Duration::from_millis(5));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let r = run_once(&rt, &m, r#"{"job_id":"p","n":3000000}"#, JobLimits::default()).await;
+    ticker.abort();
+    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+    let expected = r.elapsed.as_millis() as u64 / 5;
+    let got = ticks.load(Ordering::Relaxed);
+    assert!(
+        r.elapsed > Duration::from_millis(100),
+        "the task must run long enough to matter ({:?})",
+        r.elapsed
+    );
+    // Without yields the ticker gets at most 2 ticks (before and after the run). The bound
+    // is loose because the OS may deschedule this thread on a shared, loaded machine.
+    assert!(
+        got >= 10 && got * 10 >= expected,
+        "{got} ticks in {:?} (expected ~{expected})",
+        r.elapsed
+    );
+}
+
+#[tokio::test]
+async fn memory_bomb_traps_at_the_limit() {
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let limits = JobLimits {
+        memory_bytes: 64 << 20,
+        ..JobLimits::default()
+    };
+    let r = run_once(&rt, &m, r#"{"mode":"membomb"}"#, limits).await;
+    assert!(
+        matches!(r.outcome, Outcome::Trapped { kind: TrapKind::Memory, .. }),
+        "{:?}",
+        r.outcome
+    );
+}
+
+#[tokio::test]
+async fn infinite_loop_is_stopped_by_fuel_and_by_timeout() {
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let r = run_once(
+        &rt,
+        &m,
+        r#"{"mode":"loop"}"#,
+        JobLimits {
+            fuel: Some(50_000_000),
+            ..JobLimits::default()
+        },
+    )
+    .await;
+    assert!(matches!(r.outcome, Outcome::Trapped { kind: TrapKind::Fuel, .. }), "{:?}", r.outcome);
+    assert!(r.fuel_used >= 50_000_000);
+
+    let r = run_once(
+        &rt,
+        &m,
+        r#"{"mode":"loop"}"#,
+        JobLimits {
+            timeout: Some(Duration::from_millis(200)),
+            ..JobLimits::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(r.outcome, Outcome::Trapped { kind: TrapKind::Timeout, .. }),
+        "{:?}",
+        r.outcome
+    );
+}
+
+#[tokio::test]
+async fn a_panic_is_reported_with_its_message() {
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let r = run_once(&rt, &m, r#"{"mode":"panic"}"#, JobLimits::default()).await;
+    match r.outcome {
+        Outcome::Trapped { kind: TrapKind::Panic, message } => {
+            assert!(message.contains("panicked"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cancellation_stops_a_running_task() {
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let job: JobId = "c".parse().unwrap();
+    let claimed = checkpoint::claim(&store, &job, "t").await.unwrap();
+    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt());
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.cancel();
+    });
+    let r = rt
+        .run(
+            &m,
+            RunRequest {
+                job: &job,
+                attempt: 1,
+                input: r#"{"mode":"loop"}"#,
+                limits: &JobLimits::default(),
+                checkpoint: ckpt,
+                cancel,
+            },
+        )
+        .await;
+    assert_eq!(r.outcome, Outcome::Cancelled);
+}
+
+#[tokio::test]
+async fn files_that_are_not_task_modules_get_clear_errors() {
+    let rt = runtime();
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let cases: Vec<(&str, Vec<u8>, fn(&ModuleError) -> bool)> = vec![
+        ("text", b"hello world".to_vec(), |e| *e == ModuleError::NotWasm),
+        ("empty", vec![], |e| *e == ModuleError::NotWasm),
+        ("core module", core_module, |e| *e == ModuleError::CoreModule),
+        ("truncated component", support::guests::bytes("step_counter")[..1000].to_vec(), |e| {
+            matches!(e, ModuleError::Invalid(_))
+        }),
+        ("other world", support::guests::bytes("other_world"), |e| {
+            matches!(e, ModuleError::WrongWorld(_))
+        }),
+    ];
+    for (name, bytes, check) in cases {
+        let err = match rt.prepare(bytes, None).await {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e,
+        };
+        assert!(check(&err), "{name}: {err:?}");
+        assert!(!err.to_string().is_empty());
+    }
+    // A hash that does not match the bytes.
+    let bytes = support::guests::bytes("step_counter");
+    let wrong = taskhost::ids::ModuleHash::of(b"something else");
+    assert!(matches!(
+        rt.prepare(bytes, Some(wrong)).await,
+        Err(ModuleError::HashMismatch { .. })
+    ));
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test]
+async fn flooding_stdout_does_not_grow_host_memory() {
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let flood: u64 = 128 << 20;
+    let before = rss_bytes();
+    let r = run_once(
+        &rt,
+        &m,
+        &format!(r#"{{"mode":"flood","bytes":{flood}}}"#),
+        JobLimits::default(),
+    )
+    .await;
+    let grew = rss_bytes().saturating_sub(before);
+    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+    assert!(r.output_dropped > flood / 2, "dropped {}", r.output_dropped);
+    // 256 MiB went through stdout and stderr; the host kept a bounded amount.
+    assert!(grew < 48 << 20, "RSS grew by {grew} bytes");
+}
+
+#[tokio::test]
+async fn a_task_cannot_reach_files_sockets_or_environment() {
+    // A listener the task would reach if networking were granted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let r = run_once(
+        &rt,
+        &m,
+        &format!(r#"{{"mode":"escape","addr":"{addr}"}}"#),
+        JobLimits::default(),
+    )
+    .await;
+    let Outcome::Finished(doc) = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    for k in ["read", "create", "list", "connect"] {
+        let s = v[k].as_str().unwrap_or_default();
+        assert!(s.starts_with("error"), "{k} was allowed: {doc}");
+    }
+    assert_eq!(v["env"], 0, "{doc}");
+    assert!(v["args"].as_u64().unwrap() <= 1, "{doc}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "the task connected to the host");
+    assert!(!std::path::Path::new("escape.txt").exists());
+}
+
+/// A worker whose checkpoint was claimed by another gets a conflict and writes nothing more.
+#[tokio::test]
+async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let job: JobId = "stale".parse().unwrap();
+
+    // At the protocol level.
+    let a = checkpoint::claim(&store, &job, "a").await.unwrap();
+    let ckpt_a = Checkpointer::start(store.clone(), &job, a, fast_ckpt());
+    ckpt_a.save(b"from a".to_vec()).unwrap();
+    ckpt_a.flush().await.unwrap();
+    let b = checkpoint::claim(&store, &job, "b").await.unwrap();
+    assert_eq!(b.data.as_deref(), Some(&b"from a"[..]));
+    assert_eq!(b.header.attempts, 2);
+    ckpt_a.save(b"stale".to_vec()).unwrap();
+    assert_eq!(ckpt_a.flush().await, Err(checkpoint::CheckpointError::Conflict));
+    assert_eq!(ckpt_a.save(b"again".to_vec()), Err(checkpoint::CheckpointError::Conflict));
+    let now = store.get(&checkpoint::key(&job)).await.unwrap().unwrap();
+    let (h, data) = checkpoint::decode(&now.bytes).unwrap();
+    assert_eq!(h.owner, "b");
+    assert_eq!(data.as_deref(), Some(&b"from a"[..]));
+
+    // Through a running task: another worker claims mid-run; the task sees the conflict.
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let job2: JobId = "stale-2".parse().unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    let thief = {
+        let store = store.clone();
+        let job2 = job2.clone();
+        tokio::spawn(async move {
+            // Wait until the first worker has claimed, then take the job over.
+            loop {
+                if store.exists(&checkpoint::key(&job2)).await.unwrap() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The running worker writes often: our claim may lose a race; retry until won.
+            loop {
+                match checkpoint::claim(&store, &job2, "thief").await {
+                    Ok(c) => break c,
+                    Err(checkpoint::CheckpointError::Conflict) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    let end = ex
+        .execute(&job2, &m, r#"{"mode":"save_loop"}"#, CancellationToken::new())
+        .await;
+    assert_eq!(end, JobEnd::Conflict);
+    let stolen = thief.await.unwrap();
+    let after = store.get(&checkpoint::key(&job2)).await.unwrap().unwrap();
+    let (h, _) = checkpoint::decode(&after.bytes).unwrap();
+    assert_eq!(h.owner, "thief");
+    assert_eq!(h.nonce, stolen.header.nonce, "the stale worker wrote after the takeover");
+    assert!(!store.exists(&taskhost::exec::result_key(&job2)).await.unwrap());
+}
+
+#[tokio::test]
+async fn checkpoints_over_the_limit_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let job: JobId = "big".parse().unwrap();
+    let claimed = checkpoint::claim(&store, &job, "t").await.unwrap();
+    let ckpt = Checkpointer::start(
+        store,
+        &job,
+        claimed,
+        Limits {
+            max_bytes: 1024,
+            ..fast_ckpt()
+        },
+    );
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let r = rt
+        .run(
+            &m,
+            RunRequest {
+                job: &job,
+                attempt: 1,
+                input: r#"{"mode":"save_loop","count":1,"bytes":4096}"#,
+                limits: &JobLimits::default(),
+                checkpoint: ckpt,
+                cancel: CancellationToken::new(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(r.outcome, Outcome::TaskError(ref m) if m.contains("1024")),
+        "{:?}",
+        r.outcome
+    );
+}
+
+#[tokio::test]
+async fn a_finished_job_is_not_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let job: JobId = "once".parse().unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    let input = r#"{"job_id":"once","steps":10}"#;
+    let first = ex.execute(&job, &m, input, CancellationToken::new()).await;
+    assert!(matches!(first, JobEnd::Done { attempt: 1, .. }), "{first:?}");
+    let second = ex.execute(&job, &m, input, CancellationToken::new()).await;
+    assert!(matches!(second, JobEnd::AlreadyDone(ref r) if r.contains("55")), "{second:?}");
+    // The second call did not claim: attempts stay at 1.
+    let h = checkpoint::peek(&store, &job).await.unwrap().unwrap();
+    assert_eq!(h.attempts, 1);
+    // A result is create-only.
+    assert!(
+        store
+            .put(&taskhost::exec::result_key(&job), b"x".to_vec(), Precondition::Absent)
+            .await
+            .is_err()
+    );
+}

@@ -1,0 +1,201 @@
+//! A real S3 server for tests: moto's S3 backend behind `tests/s3/serve.py`, which handles
+//! one request at a time (so conditional writes are atomic, as on R2) and checks SigV4
+//! signatures against [`ACCESS_KEY_ID`] / [`SECRET_ACCESS_KEY`].
+//!
+//! ```text
+//! let s3 = S3Server::start().await;      // fresh server, fresh bucket
+//! let store = s3.store("");              // S3Store on it, no key prefix
+//! ```
+//!
+//! The Python venv comes from `tests/s3/setup-venv.sh` (run once per test binary; it
+//! reuses `${TASKHOST_VENV:-$HOME/.cache/taskhost/venv}`). A server that does not answer
+//! within [`START_TIMEOUT`] fails the test with its log: tests never skip. The process is
+//! killed by PID on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use taskhost::store::s3::{S3Config, S3Store};
+
+/// The key pair `serve.py` accepts (passed to it explicitly).
+pub const ACCESS_KEY_ID: &str = "taskhost-test";
+pub const SECRET_ACCESS_KEY: &str = "taskhost-test-secret";
+/// The bucket [`S3Server::start`] creates.
+pub const BUCKET: &str = "taskhost-test";
+/// How long a server may take to answer its health check.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `serve.py` with a fresh bucket.
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The venv's python, after running `setup-venv.sh` once per process.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let script = repo_root().join("tests/s3/setup-venv.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{}\n{}",
+            script.display(),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let venv = stdout.lines().last().unwrap_or_default().trim().to_string();
+        let python = Path::new(&venv).join("bin/python");
+        assert!(
+            python.exists(),
+            "{} printed {venv:?}, which has no bin/python",
+            script.display()
+        );
+        python
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn health_ok(port: u16) -> bool {
+    let Ok(mut conn) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1))
+    else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!(
+        "GET /_taskhost/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    if conn.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
+
+impl S3Server {
+    /// Starts a server on a free port, waits until it answers, creates [`BUCKET`].
+    /// Panics (with the server's log) if any of that fails.
+    pub async fn start() -> S3Server {
+        let server = tokio::task::spawn_blocking(Self::spawn).await.unwrap();
+        let created = server.store("").ensure_bucket().await.unwrap_or_else(|e| {
+            panic!(
+                "creating the test bucket failed: {e:#}\n{}",
+                server.log_text()
+            )
+        });
+        assert!(created, "a fresh server already had bucket {BUCKET}");
+        server
+    }
+
+    fn spawn() -> S3Server {
+        let python = python();
+        let serve = repo_root().join("tests/s3/serve.py");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serve.log");
+        // A free port may be taken between our probe and the server's bind: try a few.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let log_file = std::fs::File::create(&log).unwrap();
+            let mut child = Command::new(python)
+                .arg(&serve)
+                .arg(port.to_string())
+                .env("S3_TEST_ACCESS_KEY_ID", ACCESS_KEY_ID)
+                .env("S3_TEST_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {} {}: {e}", python.display(), serve.display())
+                });
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    if last_log.contains("Address already in use") {
+                        break; // lost the port race: try another
+                    }
+                    panic!("the S3 test server exited ({status}) before answering:\n{last_log}");
+                }
+                if health_ok(port) {
+                    return S3Server {
+                        child,
+                        port,
+                        log,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "the S3 test server did not answer on port {port} within {START_TIMEOUT:?}:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("the S3 test server could not bind a free port in 3 tries:\n{last_log}");
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A config for [`BUCKET`] on this server with the right keys; `prefix` "" = none.
+    pub fn config(&self, prefix: &str) -> S3Config {
+        S3Config {
+            endpoint_url: self.endpoint(),
+            bucket: BUCKET.to_string(),
+            access_key_id: ACCESS_KEY_ID.to_string(),
+            secret_access_key: SECRET_ACCESS_KEY.to_string(),
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+        }
+    }
+
+    /// An [`S3Store`] on [`BUCKET`]; `prefix` "" = none.
+    pub fn store(&self, prefix: &str) -> S3Store {
+        S3Store::new(self.config(prefix)).unwrap()
+    }
+
+    /// What the server has written to stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        // Child::kill sends SIGKILL to this PID only; wait reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""S3 test server for taskhost: moto's S3 backend, one request at a time, with real auth.
+
+    serve.py PORT        # listens on 127.0.0.1:PORT until killed
+
+Run it with the venv's python (tests/s3/setup-venv.sh prints where the venv is). The test
+helper host/tests/support/s3.rs starts one per test and waits for `GET /_taskhost/health`.
+
+What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
+
+* One request at a time. A global lock is held while moto handles a request, from the
+  moment its body has been read until its response body has been produced. moto itself
+  checks `If-None-Match: *` / `If-Match` on PutObject (412 PreconditionFailed, checked
+  against 5.2.5's source and by host/tests/store_s3.rs), but without a lock: under the
+  stock threaded moto_server two concurrent create-only writers can both pass the check
+  and both "win". With the lock the check and the write are atomic, as on R2 and S3,
+  which is what the fencing protocol relies on. The HTTP server itself stays threaded so
+  that clients keep their keep-alive connections and never wait in the listen backlog.
+
+* SigV4 signatures are verified. moto accepts any credentials by default; this server
+  accepts only ACCESS_KEY_ID / SECRET_ACCESS_KEY below (or the environment variables
+  S3_TEST_ACCESS_KEY_ID / S3_TEST_SECRET_ACCESS_KEY), answers 403 InvalidAccessKeyId or
+  SignatureDoesNotMatch otherwise, and checks the body against `x-amz-content-sha256`
+  (403 XAmzContentSHA256Mismatch), so the tests can check what a wrong secret does.
+
+* Region "auto" (R2's only region) is presented to moto as us-east-1: moto models AWS
+  regions and would demand `LocationConstraint=auto` on CreateBucket, which R2 does not
+  need. The signature is checked before this rewrite, against what the client sent.
+
+Nothing else is changed: every S3 behaviour the tests see is moto's.
+"""
+
+import hashlib
+import hmac
+import io
+import logging
+import os
+import re
+import sys
+import threading
+from urllib.parse import quote, unquote
+
+ACCESS_KEY_ID = os.environ.get("S3_TEST_ACCESS_KEY_ID", "taskhost-test")
+SECRET_ACCESS_KEY = os.environ.get("S3_TEST_SECRET_ACCESS_KEY", "taskhost-test-secret")
+HEALTH_PATH = "/_taskhost/health"
+
+AUTH_RE = re.compile(
+    r"AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*"
+    r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<sig>[0-9a-f]+)"
+)
+
+
+def error_response(start_response, status, code, message):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    ).encode()
+    start_response(
+        status,
+        [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def header_value(environ, name):
+    if name == "content-type":
+        return environ.get("CONTENT_TYPE")
+    if name == "content-length":
+        return environ.get("CONTENT_LENGTH")
+    return environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+
+def canonical_query(query):
+    """SigV4 canonical query string: each name and value URI-encoded (RFC 3986), sorted."""
+    pairs = []
+    for part in query.split("&") if query else []:
+        name, _, value = part.partition("=")
+        enc = lambda s: quote(unquote(s.replace("+", " ")), safe="-_.~")  # noqa: E731
+        pairs.append((enc(name), enc(value)))
+    pairs.sort()
+    return "&".join(f"{n}={v}" for n, v in pairs)
+
+
+def check_signature(environ, body):
+    """Returns None when the request is signed with our key, else (status, code, message)."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    m = AUTH_RE.match(auth)
+    if not m:
+        return ("403 Forbidden", "AccessDenied", "Missing or unsupported Authorization")
+    cred = m.group("cred").split("/")
+    if len(cred) != 5:
+        return ("403 Forbidden", "AuthorizationHeaderMalformed", "Bad credential scope")
+    key_id, date, region, service, terminator = cred
+    if key_id != ACCESS_KEY_ID:
+        return (
+            "403 Forbidden",
+            "InvalidAccessKeyId",
+            "The AWS Access Key Id you provided does not exist in our records.",
+        )
+    payload_hash = header_value(environ, "x-amz-content-sha256") or ""
+    if not (payload_hash.startswith("UNSIGNED-PAYLOAD") or payload_hash.startswith("STREAMING-")):
+        if hashlib.sha256(body).hexdigest() != payload_hash:
+            return (
+                "400 Bad Request",
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            )
+    amz_date = header_value(environ, "x-amz-date") or ""
+    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ["PATH_INFO"]
+    path, _, query = raw_uri.partition("?")
+    signed = m.group("signed").split(";")
+    canonical_headers = ""
+    for name in signed:
+        value = header_value(environ, name) or ""
+        canonical_headers += f"{name}:{' '.join(value.split())}\n"
+    canonical_request = "\n".join(
+        [
+            environ["REQUEST_METHOD"],
+            path,
+            canonical_query(query),
+            canonical_headers,
+            ";".join(signed),
+            payload_hash,
+        ]
+    )
+    scope = f"{date}/{region}/{service}/{terminator}"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + SECRET_ACCESS_KEY).encode()
+    for part in (date, region, service, terminator):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, m.group("sig")):
+        return (
+            "403 Forbidden",
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided.",
+        )
+    return None
+
+
+class OneAtATime:
+    """WSGI middleware: health check, auth, region mapping, and the global request lock."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == HEALTH_PATH:
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+            return [b"ok"]
+
+        # Read the whole body outside the lock: a slow client must not hold up the others.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+
+        failure = check_signature(environ, body)
+        if failure:
+            return error_response(start_response, *failure)
+
+        auth = environ["HTTP_AUTHORIZATION"]
+        environ["HTTP_AUTHORIZATION"] = auth.replace("/auto/s3/aws4_request", "/us-east-1/s3/aws4_request")
+
+        with self.lock:
+            captured = {}
+
+            def capture(status, headers, exc_info=None):
+                captured["status"], captured["headers"] = status, headers
+                return lambda data: captured.setdefault("written", []).append(data)
+
+            result = self.app(environ, capture)
+            try:
+                chunks = captured.get("written", []) + [bytes(c) for c in result]
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        start_response(captured["status"], captured["headers"])
+        return chunks
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: serve.py PORT", file=sys.stderr)
+        sys.exit(2)
+    port = int(sys.argv[1])
+
+    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = OneAtATime(create_backend_app("s3"))
+    server = make_server(
+        "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
+    )
+    print(f"taskhost S3 test server (moto) on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

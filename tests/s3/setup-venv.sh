@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Makes (or reuses) the Python venv that runs the S3 test server (tests/s3/serve.py).
+#
+#   tests/s3/setup-venv.sh          # prints the venv's path as its last line
+#
+# Where: ${TASKHOST_VENV:-$HOME/.cache/taskhost/venv}. Idempotent: a venv that already has
+# the pinned moto is reused as it is. Uses the machine's python3 (3.9+).
+#
+# moto[s3] only, not moto[server]: the server extra pulls in every AWS service's
+# dependencies and takes minutes to install; serve.py needs just the S3 backend plus
+# flask/flask-cors (which moto's WSGI dispatcher imports).
+set -euo pipefail
+
+MOTO_VERSION=5.2.5
+FLASK_VERSION=3.1.3
+FLASK_CORS_VERSION=6.0.5
+VENV="${TASKHOST_VENV:-$HOME/.cache/taskhost/venv}"
+
+have_moto() {
+    # Package metadata only: importing moto takes seconds, this takes milliseconds.
+    [ -x "$VENV/bin/python" ] &&
+        "$VENV/bin/python" - "$MOTO_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+ok = version("moto") == sys.argv[1] and version("flask") and version("flask-cors")
+sys.exit(0 if ok else 1)
+PY
+}
+
+if have_moto; then
+    echo "moto $MOTO_VERSION already in $VENV" >&2
+    echo "$VENV"
+    exit 0
+fi
+
+command -v python3 >/dev/null || { echo "setup-venv.sh: python3 not found" >&2; exit 1; }
+mkdir -p "$(dirname "$VENV")"
+# Another process (a parallel test binary) may be creating it too: serialize on a lock.
+exec 9>"$VENV.lock"
+if command -v flock >/dev/null; then flock 9; fi
+if have_moto; then
+    echo "moto $MOTO_VERSION already in $VENV" >&2
+    echo "$VENV"
+    exit 0
+fi
+
+echo "creating $VENV with moto[s3]==$MOTO_VERSION" >&2
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "moto[s3]==$MOTO_VERSION" "flask==$FLASK_VERSION" "flask-cors==$FLASK_CORS_VERSION" >&2
+have_moto || { echo "setup-venv.sh: moto did not install into $VENV" >&2; exit 1; }
+echo "$VENV"
