@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use taskhost::checkpoint::{self, Checkpointer, Limits};
 use taskhost::ids::{JobId, ModuleHash};
-use taskhost::runtime::{JobLimits, Outcome, Prepared, RunReport, RunRequest, Runtime, RuntimeConfig};
+use taskhost::runtime::{
+    JobLimits, Outcome, Prepared, RunReport, RunRequest, Runtime, RuntimeConfig,
+};
 use taskhost::store::dir::DirStore;
 use tokio_util::sync::CancellationToken;
 
@@ -25,13 +27,24 @@ fn wasm(name: &str) -> Vec<u8> {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/target"),
     };
-    let path = dir.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let path = dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the task modules with tests/build-guests.sh", path.display())
+        panic!(
+            "{}: {e}; build the task modules with tests/build-guests.sh",
+            path.display()
+        )
     })
 }
 
-async fn run(rt: &Runtime, module: &Prepared, store: &DirStore, job: &str, input: &str) -> RunReport {
+async fn run(
+    rt: &Runtime,
+    module: &Prepared,
+    store: &DirStore,
+    job: &str,
+    input: &str,
+) -> RunReport {
     let job: JobId = job.parse().unwrap();
     let claimed = checkpoint::claim(store, &job, "bench").await.unwrap();
     let ckpt = Checkpointer::start(store.clone(), &job, claimed, Limits::default());
@@ -67,7 +80,11 @@ async fn main() {
     let prime_bytes = wasm("prime_count");
     let step_bytes = wasm("step_counter");
 
-    let metered = Runtime::new(RuntimeConfig { cache_dir: None, ..Default::default() }).unwrap();
+    let metered = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..Default::default()
+    })
+    .unwrap();
     let unmetered = Runtime::new(RuntimeConfig {
         cache_dir: None,
         fuel_metering: false,
@@ -83,9 +100,19 @@ async fn main() {
     let (mut native, mut plain, mut fuel) = (Duration::MAX, Duration::MAX, Duration::MAX);
     for round in 0..ROUNDS {
         let t = Instant::now();
-        assert_eq!(std::hint::black_box(prime_core::count_primes(0, std::hint::black_box(N))), expected);
+        assert_eq!(
+            std::hint::black_box(prime_core::count_primes(0, std::hint::black_box(N))),
+            expected
+        );
         native = native.min(t.elapsed());
-        let r = run(&unmetered, &m_unmetered, &store, &format!("u{round}"), &input).await;
+        let r = run(
+            &unmetered,
+            &m_unmetered,
+            &store,
+            &format!("u{round}"),
+            &input,
+        )
+        .await;
         plain = plain.min(r.elapsed);
         let r = run(&metered, &m_metered, &store, &format!("m{round}"), &input).await;
         if let Outcome::Finished(doc) = &r.outcome {
@@ -106,11 +133,17 @@ async fn main() {
 
     // Cold compile (no cache anywhere).
     for (name, bytes) in [("step_counter", &step_bytes), ("prime_count", &prime_bytes)] {
-        let rt = Runtime::new(RuntimeConfig { cache_dir: None, ..Default::default() }).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            ..Default::default()
+        })
+        .unwrap();
         let t = Instant::now();
         let b = bytes.clone();
         let rt2 = rt.clone();
-        tokio::task::spawn_blocking(move || rt2.compile(&b, None).unwrap()).await.unwrap();
+        tokio::task::spawn_blocking(move || rt2.compile(&b, None).unwrap())
+            .await
+            .unwrap();
         println!(
             "cold compile {name} ({} KiB): {:.1} ms",
             bytes.len() / 1024,
@@ -123,7 +156,11 @@ async fn main() {
     let m_step = metered.prepare(step_bytes.clone(), None).await.unwrap();
     let mut starts = Vec::with_capacity(STARTS);
     for i in 0..STARTS {
-        starts.push(run(&metered, &m_step, &store, &format!("s{i}"), tiny).await.startup);
+        starts.push(
+            run(&metered, &m_step, &store, &format!("s{i}"), tiny)
+                .await
+                .startup,
+        );
     }
     starts.sort();
     println!(
@@ -135,15 +172,21 @@ async fn main() {
     // Warm start from the disk cache: a fresh runtime (empty memory cache) each time.
     let cache = tmp.path().join("cache");
     let hash = ModuleHash::of(&step_bytes);
-    Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..Default::default() })
-        .unwrap()
-        .prepare(step_bytes.clone(), Some(hash))
-        .await
-        .unwrap();
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.clone()),
+        ..Default::default()
+    })
+    .unwrap()
+    .prepare(step_bytes.clone(), Some(hash))
+    .await
+    .unwrap();
     let mut disk = Vec::with_capacity(DISK_STARTS);
     for i in 0..DISK_STARTS {
-        let rt = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..Default::default() })
-            .unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         let t = Instant::now();
         let m = rt.load_cached(&hash).expect("in the disk cache");
         let load = t.elapsed();

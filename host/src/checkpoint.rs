@@ -177,9 +177,8 @@ pub async fn claim<S: ObjectStore>(
     let (mut header, data, pre) = match current {
         None => (Header::default(), None, Precondition::Absent),
         Some(obj) => {
-            let (h, d) = decode(&obj.bytes).map_err(|e| {
-                CheckpointError::Storage(format!("{key} is unreadable: {e:#}"))
-            })?;
+            let (h, d) = decode(&obj.bytes)
+                .map_err(|e| CheckpointError::Storage(format!("{key} is unreadable: {e:#}")))?;
             (h, d, Precondition::Matches(obj.etag))
         }
     };
@@ -354,7 +353,9 @@ impl Checkpointer {
             Err(CheckpointError::Conflict)
         } else if st.dirty {
             Err(CheckpointError::Storage(
-                st.error.clone().unwrap_or_else(|| "checkpoint writer stopped".into()),
+                st.error
+                    .clone()
+                    .unwrap_or_else(|| "checkpoint writer stopped".into()),
             ))
         } else {
             Ok(())
@@ -401,7 +402,10 @@ async fn writer<S: ObjectStore>(
                 encode(&st.header, st.latest.as_deref().map(|v| v.as_slice()))
             };
             last_write = Instant::now();
-            match store.put(&key, bytes, Precondition::Matches(etag.clone())).await {
+            match store
+                .put(&key, bytes, Precondition::Matches(etag.clone()))
+                .await
+            {
                 Ok(tag) => {
                     etag = tag;
                     backoff = Duration::from_millis(200);
@@ -413,7 +417,10 @@ async fn writer<S: ObjectStore>(
                     }
                 }
                 Err(StoreError::PreconditionFailed) => {
-                    tracing::warn!(key, "checkpoint changed under us: another worker owns the job; stopping writes");
+                    tracing::warn!(
+                        key,
+                        "checkpoint changed under us: another worker owns the job; stopping writes"
+                    );
                     shared.state.lock().unwrap().conflict = true;
                     break Err(CheckpointError::Conflict);
                 }

@@ -68,7 +68,9 @@ impl<S: ObjectStore + Clone> Executor<S> {
         cancel: CancellationToken,
     ) -> JobEnd {
         match self.store.get(&result_key(job)).await {
-            Ok(Some(obj)) => return JobEnd::AlreadyDone(String::from_utf8_lossy(&obj.bytes).into()),
+            Ok(Some(obj)) => {
+                return JobEnd::AlreadyDone(String::from_utf8_lossy(&obj.bytes).into());
+            }
             Ok(None) => {}
             Err(e) => return JobEnd::Storage(e.to_string()),
         }
@@ -119,7 +121,11 @@ impl<S: ObjectStore + Clone> Executor<S> {
                 }
                 match self
                     .store
-                    .put(&result_key(job), result.clone().into_bytes(), Precondition::Absent)
+                    .put(
+                        &result_key(job),
+                        result.clone().into_bytes(),
+                        Precondition::Absent,
+                    )
                     .await
                 {
                     Ok(_) => JobEnd::Done { result, attempt },
@@ -128,7 +134,9 @@ impl<S: ObjectStore + Clone> Executor<S> {
                             Ok(Some(obj)) => {
                                 JobEnd::AlreadyDone(String::from_utf8_lossy(&obj.bytes).into())
                             }
-                            Ok(None) => JobEnd::Storage("result vanished after a create conflict".into()),
+                            Ok(None) => {
+                                JobEnd::Storage("result vanished after a create conflict".into())
+                            }
                             Err(e) => JobEnd::Storage(e.to_string()),
                         }
                     }
@@ -142,7 +150,11 @@ impl<S: ObjectStore + Clone> Executor<S> {
                 }
                 match self
                     .store
-                    .put(&error_key(job), msg.clone().into_bytes(), Precondition::None)
+                    .put(
+                        &error_key(job),
+                        msg.clone().into_bytes(),
+                        Precondition::None,
+                    )
                     .await
                 {
                     Ok(_) => JobEnd::TaskFailed(msg),

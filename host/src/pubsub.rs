@@ -864,13 +864,16 @@ impl Pubsub {
             }
             messages.push(message);
         }
+        // Stop pulling before nacking (see `Subscription::shutdown`), then flush the acks and
+        // nacks.
+        let flushed = subscription.shutdown_token();
+        drop(subscription);
         to_nack.into_iter().for_each(LeaseHandle::nack);
-        // Flush the acks (and nack anything received but not handed out) before returning.
-        if tokio::time::timeout(self.rpc_timeout, subscription.shutdown())
+        if tokio::time::timeout(self.rpc_timeout, flushed.shutdown())
             .await
             .is_err()
         {
-            tracing::warn!(subscription = %sub_id, "pull_some: shutdown did not finish in time");
+            tracing::warn!(subscription = %sub_id, "pull_some: acks not flushed in time");
         }
         Ok(messages)
     }
@@ -1002,10 +1005,19 @@ impl Subscription {
     /// Stops pulling, nacks the messages not handed out, then waits until every handed-out
     /// message is acked, nacked or dropped and the pending ack/nack RPCs are done. Call it
     /// before exiting so acks are not lost; it waits as long as any handle lives.
+    ///
+    /// To hand jobs back on exit (SIGTERM), stop pulling *first* (this call, or dropping the
+    /// subscription), then nack: a message nacked while its stream is still open can be sent
+    /// straight back to that stream as it closes, and then waits out a whole ack deadline
+    /// before anyone else gets it.
     pub async fn shutdown(self) {
-        let token = self.shutdown.clone();
+        let token = self.shutdown_token();
         drop(self);
         token.shutdown().await;
+    }
+
+    fn shutdown_token(&self) -> ShutdownToken {
+        self.shutdown.clone()
     }
 }
 

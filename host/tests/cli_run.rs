@@ -35,7 +35,11 @@ fn run_prints_the_result_and_resumes_after_a_limit() {
     let wasm = support::guests::wasm("step_counter");
     let wasm = wasm.to_str().unwrap();
 
-    let out = taskhost(&store, &cache, &["run", wasm, "--input", r#"{"job_id":"job-0","steps":600}"#]);
+    let out = taskhost(
+        &store,
+        &cache,
+        &["run", wasm, "--input", r#"{"job_id":"job-0","steps":600}"#],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();
     assert_eq!(v["sum"], 180300);
@@ -43,18 +47,38 @@ fn run_prints_the_result_and_resumes_after_a_limit() {
 
     // A second process reuses the compiled module from the disk cache, and the finished
     // job is not run again.
-    let out = taskhost(&store, &cache, &["run", wasm, "--input", r#"{"job_id":"job-0","steps":600}"#]);
+    let out = taskhost(
+        &store,
+        &cache,
+        &["run", wasm, "--input", r#"{"job_id":"job-0","steps":600}"#],
+    );
     assert!(out.status.success());
-    assert!(stderr(&out).contains("loaded from the disk cache"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("module compiled"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("loaded from the disk cache"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("module compiled"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("already done"), "{}", stderr(&out));
     assert_eq!(last_line(&out), v.to_string());
 
     // Cut off by fuel: exit 4, checkpoint kept; rerun resumes and finishes.
     let input = r#"{"job_id":"big","steps":4000000,"checkpoint_every":1000}"#;
-    let out = taskhost(&store, &cache, &["run", wasm, "--input", input, "--fuel", "30000000"]);
+    let out = taskhost(
+        &store,
+        &cache,
+        &["run", wasm, "--input", input, "--fuel", "30000000"],
+    );
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stderr(&out).contains("run again to resume"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run again to resume"),
+        "{}",
+        stderr(&out)
+    );
     let out = taskhost(&store, &cache, &["run", wasm, "--input", input]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("attempt 2"), "{}", stderr(&out));
@@ -77,19 +101,54 @@ fn run_explains_each_failure_class() {
         (&core, "{}", &[], 3, "not a component"),
         (&other, "{}", &[], 3, "another world"),
         (Path::new("/nonexistent.wasm"), "{}", &[], 1, "cannot read"),
-        (&misbehave, r#"{"mode":"fail"}"#, &[], 1, "the task failed: the task failed on purpose"),
+        (
+            &misbehave,
+            r#"{"mode":"fail"}"#,
+            &[],
+            1,
+            "the task failed: the task failed on purpose",
+        ),
         (&misbehave, r#"{"mode":"panic"}"#, &[], 4, "panicked"),
-        (&misbehave, r#"{"mode":"loop"}"#, &["--fuel", "1000000"], 4, "fuel budget exhausted"),
-        (&misbehave, r#"{"mode":"loop"}"#, &["--timeout-secs", "0.2"], 4, "wall-clock limit"),
-        (&misbehave, r#"{"mode":"membomb"}"#, &["--memory-mb", "32"], 4, "memory limit"),
+        (
+            &misbehave,
+            r#"{"mode":"loop"}"#,
+            &["--fuel", "1000000"],
+            4,
+            "fuel budget exhausted",
+        ),
+        (
+            &misbehave,
+            r#"{"mode":"loop"}"#,
+            &["--timeout-secs", "0.2"],
+            4,
+            "wall-clock limit",
+        ),
+        (
+            &misbehave,
+            r#"{"mode":"membomb"}"#,
+            &["--memory-mb", "32"],
+            4,
+            "memory limit",
+        ),
     ];
     for (i, (module, input, extra, code, msg)) in cases.iter().enumerate() {
         let job = format!("case-{i}");
-        let mut args = vec!["run", module.to_str().unwrap(), "--input", input, "--job-id", &job];
+        let mut args = vec![
+            "run",
+            module.to_str().unwrap(),
+            "--input",
+            input,
+            "--job-id",
+            &job,
+        ];
         args.extend_from_slice(extra);
         let out = taskhost(&store, &cache, &args);
         assert_eq!(out.status.code(), Some(*code), "case {i}: {}", stderr(&out));
-        assert!(stderr(&out).contains(msg), "case {i}: wanted {msg:?} in {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(msg),
+            "case {i}: wanted {msg:?} in {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -100,7 +159,15 @@ fn run_help_explains_the_flags() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--input", "--store", "--job-id", "--fuel", "--memory-mb", "--timeout-secs", "Exit codes"] {
+    for flag in [
+        "--input",
+        "--store",
+        "--job-id",
+        "--fuel",
+        "--memory-mb",
+        "--timeout-secs",
+        "Exit codes",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }

@@ -522,3 +522,32 @@ async fn an_unreachable_server_is_a_clear_error_in_bounded_time() {
     .expect("pull_some hangs");
     check("pull_some", err.unwrap_err(), started);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_experiment_nack() {
+    let emulator = PubsubEmulator::start();
+    let pubsub = connect(&emulator).await;
+    queue(&pubsub, "peek", 10, None).await;
+    pubsub.publish("peek", vec![job(1)]).await.unwrap();
+    let t0 = Instant::now();
+    let peek = pubsub
+        .pull_some("peek-worker", 1, Duration::from_secs(30), Settle::Nack)
+        .await
+        .unwrap();
+    eprintln!("peek {:?} after {:?}", peek.len(), t0.elapsed());
+    let t1 = Instant::now();
+    let again = pubsub
+        .pull_some("peek-worker", 1, Duration::from_secs(90), Settle::Ack)
+        .await
+        .unwrap();
+    eprintln!("again {:?} after {:?}", again.len(), t1.elapsed());
+    eprintln!(
+        "{}",
+        emulator
+            .log_text()
+            .lines()
+            .filter(|l| !l.contains("non-HTTP/2"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

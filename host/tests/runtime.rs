@@ -26,7 +26,9 @@ fn runtime() -> Runtime {
 }
 
 async fn prepare(rt: &Runtime, name: &str) -> Prepared {
-    rt.prepare(support::guests::bytes(name), None).await.unwrap()
+    rt.prepare(support::guests::bytes(name), None)
+        .await
+        .unwrap()
 }
 
 fn fast_ckpt() -> Limits {
@@ -71,12 +73,21 @@ async fn run_once(rt: &Runtime, module: &Prepared, input: &str, limits: JobLimit
 async fn step_counter_gives_the_guides_result() {
     let rt = runtime();
     let m = prepare(&rt, "step_counter").await;
-    let r = run_once(&rt, &m, r#"{"job_id":"job-0","steps":600}"#, JobLimits::default()).await;
+    let r = run_once(
+        &rt,
+        &m,
+        r#"{"job_id":"job-0","steps":600}"#,
+        JobLimits::default(),
+    )
+    .await;
     let Outcome::Finished(doc) = r.outcome else {
         panic!("{:?}", r.outcome)
     };
     let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
-    assert_eq!(v, serde_json::json!({"job_id":"job-0","steps":600,"sum":180300}));
+    assert_eq!(
+        v,
+        serde_json::json!({"job_id":"job-0","steps":600,"sum":180300})
+    );
     // The task reports where it starts: step 0 on a fresh job.
     assert_eq!(r.first_progress, Some((0, 600)));
     assert!(r.fuel_used > 0);
@@ -87,7 +98,11 @@ async fn bad_input_is_a_task_error() {
     let rt = runtime();
     let m = prepare(&rt, "step_counter").await;
     let r = run_once(&rt, &m, r#"{"job_id":"x"}"#, JobLimits::default()).await;
-    assert!(matches!(r.outcome, Outcome::TaskError(ref m) if m.contains("steps")), "{:?}", r.outcome);
+    assert!(
+        matches!(r.outcome, Outcome::TaskError(ref m) if m.contains("steps")),
+        "{:?}",
+        r.outcome
+    );
 }
 
 /// A run cut off by its fuel budget (then by a timeout) resumes from its checkpoint and
@@ -113,14 +128,22 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
     );
     let end = ex.execute(&job, &m, &input, CancellationToken::new()).await;
     assert!(
-        matches!(end, JobEnd::Trapped { kind: TrapKind::Fuel, failures: 1, .. }),
+        matches!(
+            end,
+            JobEnd::Trapped {
+                kind: TrapKind::Fuel,
+                failures: 1,
+                ..
+            }
+        ),
         "{end:?}"
     );
     let saved = saved_step(&store, &job).await;
     assert!(saved > 0 && saved < steps, "saved step {saved}");
 
     // Attempt 2: a timeout cuts it off again (step_ms makes it slow), later than attempt 1.
-    let slow = format!(r#"{{"job_id":"resume-1","steps":{steps},"checkpoint_every":1,"step_ms":1}}"#);
+    let slow =
+        format!(r#"{{"job_id":"resume-1","steps":{steps},"checkpoint_every":1,"step_ms":1}}"#);
     let ex2 = executor(
         store.clone(),
         rt.clone(),
@@ -131,11 +154,21 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
     );
     let end = ex2.execute(&job, &m, &slow, CancellationToken::new()).await;
     assert!(
-        matches!(end, JobEnd::Trapped { kind: TrapKind::Timeout, failures: 2, .. }),
+        matches!(
+            end,
+            JobEnd::Trapped {
+                kind: TrapKind::Timeout,
+                failures: 2,
+                ..
+            }
+        ),
         "{end:?}"
     );
     let saved2 = saved_step(&store, &job).await;
-    assert!(saved2 > saved, "attempt 2 saved {saved2}, attempt 1 {saved}");
+    assert!(
+        saved2 > saved,
+        "attempt 2 saved {saved2}, attempt 1 {saved}"
+    );
 
     // Attempt 3: no limits; it must start right after the saved step.
     let ex3 = executor(store.clone(), rt.clone(), JobLimits::default());
@@ -188,7 +221,13 @@ async fn cpu_bound_task_does_not_starve_the_runtime() {
             t.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let r = run_once(&rt, &m, r#"{"job_id":"p","n":3000000}"#, JobLimits::default()).await;
+    let r = run_once(
+        &rt,
+        &m,
+        r#"{"job_id":"p","n":3000000}"#,
+        JobLimits::default(),
+    )
+    .await;
     ticker.abort();
     assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
     let expected = r.elapsed.as_millis() as u64 / 5;
@@ -217,7 +256,13 @@ async fn memory_bomb_traps_at_the_limit() {
     };
     let r = run_once(&rt, &m, r#"{"mode":"membomb"}"#, limits).await;
     assert!(
-        matches!(r.outcome, Outcome::Trapped { kind: TrapKind::Memory, .. }),
+        matches!(
+            r.outcome,
+            Outcome::Trapped {
+                kind: TrapKind::Memory,
+                ..
+            }
+        ),
         "{:?}",
         r.outcome
     );
@@ -237,7 +282,17 @@ async fn infinite_loop_is_stopped_by_fuel_and_by_timeout() {
         },
     )
     .await;
-    assert!(matches!(r.outcome, Outcome::Trapped { kind: TrapKind::Fuel, .. }), "{:?}", r.outcome);
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::Trapped {
+                kind: TrapKind::Fuel,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
     assert!(r.fuel_used >= 50_000_000);
 
     let r = run_once(
@@ -251,7 +306,13 @@ async fn infinite_loop_is_stopped_by_fuel_and_by_timeout() {
     )
     .await;
     assert!(
-        matches!(r.outcome, Outcome::Trapped { kind: TrapKind::Timeout, .. }),
+        matches!(
+            r.outcome,
+            Outcome::Trapped {
+                kind: TrapKind::Timeout,
+                ..
+            }
+        ),
         "{:?}",
         r.outcome
     );
@@ -263,7 +324,10 @@ async fn a_panic_is_reported_with_its_message() {
     let m = prepare(&rt, "misbehave").await;
     let r = run_once(&rt, &m, r#"{"mode":"panic"}"#, JobLimits::default()).await;
     match r.outcome {
-        Outcome::Trapped { kind: TrapKind::Panic, message } => {
+        Outcome::Trapped {
+            kind: TrapKind::Panic,
+            message,
+        } => {
             assert!(message.contains("panicked"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -305,13 +369,20 @@ async fn cancellation_stops_a_running_task() {
 async fn files_that_are_not_task_modules_get_clear_errors() {
     let rt = runtime();
     let core_module = b"\0asm\x01\0\0\0".to_vec();
-    let cases: Vec<(&str, Vec<u8>, fn(&ModuleError) -> bool)> = vec![
-        ("text", b"hello world".to_vec(), |e| *e == ModuleError::NotWasm),
-        ("empty", vec![], |e| *e == ModuleError::NotWasm),
-        ("core module", core_module, |e| *e == ModuleError::CoreModule),
-        ("truncated component", support::guests::bytes("step_counter")[..1000].to_vec(), |e| {
-            matches!(e, ModuleError::Invalid(_))
+    type Check = fn(&ModuleError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        ("text", b"hello world".to_vec(), |e| {
+            *e == ModuleError::NotWasm
         }),
+        ("empty", vec![], |e| *e == ModuleError::NotWasm),
+        ("core module", core_module, |e| {
+            *e == ModuleError::CoreModule
+        }),
+        (
+            "truncated component",
+            support::guests::bytes("step_counter")[..1000].to_vec(),
+            |e| matches!(e, ModuleError::Invalid(_)),
+        ),
         ("other world", support::guests::bytes("other_world"), |e| {
             matches!(e, ModuleError::WrongWorld(_))
         }),
@@ -404,8 +475,14 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
     assert_eq!(b.data.as_deref(), Some(&b"from a"[..]));
     assert_eq!(b.header.attempts, 2);
     ckpt_a.save(b"stale".to_vec()).unwrap();
-    assert_eq!(ckpt_a.flush().await, Err(checkpoint::CheckpointError::Conflict));
-    assert_eq!(ckpt_a.save(b"again".to_vec()), Err(checkpoint::CheckpointError::Conflict));
+    assert_eq!(
+        ckpt_a.flush().await,
+        Err(checkpoint::CheckpointError::Conflict)
+    );
+    assert_eq!(
+        ckpt_a.save(b"again".to_vec()),
+        Err(checkpoint::CheckpointError::Conflict)
+    );
     let now = store.get(&checkpoint::key(&job)).await.unwrap().unwrap();
     let (h, data) = checkpoint::decode(&now.bytes).unwrap();
     assert_eq!(h.owner, "b");
@@ -439,15 +516,28 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
         })
     };
     let end = ex
-        .execute(&job2, &m, r#"{"mode":"save_loop"}"#, CancellationToken::new())
+        .execute(
+            &job2,
+            &m,
+            r#"{"mode":"save_loop"}"#,
+            CancellationToken::new(),
+        )
         .await;
     assert_eq!(end, JobEnd::Conflict);
     let stolen = thief.await.unwrap();
     let after = store.get(&checkpoint::key(&job2)).await.unwrap().unwrap();
     let (h, _) = checkpoint::decode(&after.bytes).unwrap();
     assert_eq!(h.owner, "thief");
-    assert_eq!(h.nonce, stolen.header.nonce, "the stale worker wrote after the takeover");
-    assert!(!store.exists(&taskhost::exec::result_key(&job2)).await.unwrap());
+    assert_eq!(
+        h.nonce, stolen.header.nonce,
+        "the stale worker wrote after the takeover"
+    );
+    assert!(
+        !store
+            .exists(&taskhost::exec::result_key(&job2))
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -497,16 +587,26 @@ async fn a_finished_job_is_not_run_again() {
     let ex = executor(store.clone(), rt, JobLimits::default());
     let input = r#"{"job_id":"once","steps":10}"#;
     let first = ex.execute(&job, &m, input, CancellationToken::new()).await;
-    assert!(matches!(first, JobEnd::Done { attempt: 1, .. }), "{first:?}");
+    assert!(
+        matches!(first, JobEnd::Done { attempt: 1, .. }),
+        "{first:?}"
+    );
     let second = ex.execute(&job, &m, input, CancellationToken::new()).await;
-    assert!(matches!(second, JobEnd::AlreadyDone(ref r) if r.contains("55")), "{second:?}");
+    assert!(
+        matches!(second, JobEnd::AlreadyDone(ref r) if r.contains("55")),
+        "{second:?}"
+    );
     // The second call did not claim: attempts stay at 1.
     let h = checkpoint::peek(&store, &job).await.unwrap().unwrap();
     assert_eq!(h.attempts, 1);
     // A result is create-only.
     assert!(
         store
-            .put(&taskhost::exec::result_key(&job), b"x".to_vec(), Precondition::Absent)
+            .put(
+                &taskhost::exec::result_key(&job),
+                b"x".to_vec(),
+                Precondition::Absent
+            )
             .await
             .is_err()
     );

@@ -4,7 +4,13 @@
 //! **API boundary:** the CLI turns flags and environment variables into the library's
 //! config structs and exit codes; no other module reads the environment.
 
+pub mod config;
+mod module;
 mod run;
+mod setup;
+pub mod status;
+pub mod submit;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -40,6 +46,17 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create the topics, subscriptions, schema and bucket (idempotent).
+    Setup(setup::SetupArgs),
+    /// Manage task modules in the bucket.
+    Module(module::ModuleArgs),
+    /// Publish jobs (the guide's data.csv or JSON lines).
+    Submit(submit::SubmitArgs),
+    /// Lease jobs from Pub/Sub and run them until SIGTERM.
+    Worker(worker::WorkerArgs),
+    /// Show the state, progress, attempts, failures and result of jobs.
+    Status(status::StatusArgs),
+    /// Run one job of a task module locally, no queue, resuming from its checkpoint.
     Run(run::RunArgs),
 }
 
@@ -57,6 +74,11 @@ pub fn init_logging() {
 
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Setup(args) => setup::main(args).await,
+        Command::Module(args) => module::main(args).await,
+        Command::Submit(args) => submit::main(args).await,
+        Command::Worker(args) => worker::main(args).await,
+        Command::Status(args) => status::main(args).await,
         Command::Run(args) => run::main(args).await,
     }
 }

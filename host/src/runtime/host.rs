@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::taskhost::task::{checkpoint, job, log, progress};
@@ -118,7 +118,8 @@ fn to_wit(e: CheckpointError) -> checkpoint::CheckpointError {
 
 impl checkpoint::Host for HostState {
     fn save(&mut self, data: Vec<u8>) -> Result<(), checkpoint::CheckpointError> {
-        let _span = tracing::trace_span!("checkpoint.save", job = %self.job, bytes = data.len()).entered();
+        let _span =
+            tracing::trace_span!("checkpoint.save", job = %self.job, bytes = data.len()).entered();
         self.checkpoint.save(data).map_err(to_wit)
     }
 

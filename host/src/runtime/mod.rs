@@ -110,7 +110,10 @@ pub enum ModuleError {
     /// A component of another world (missing export or unknown imports).
     WrongWorld(String),
     /// The bytes fetched do not hash to the module's name.
-    HashMismatch { expected: ModuleHash, actual: ModuleHash },
+    HashMismatch {
+        expected: ModuleHash,
+        actual: ModuleHash,
+    },
 }
 
 impl std::fmt::Display for ModuleError {
@@ -308,8 +311,8 @@ impl Runtime {
             .linker
             .instantiate_pre(component)
             .map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
-        let pre = bindings::TaskPre::new(pre)
-            .map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            bindings::TaskPre::new(pre).map_err(|e| ModuleError::WrongWorld(format!("{e:#}")))?;
         Ok(Arc::new(pre))
     }
 

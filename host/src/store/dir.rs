@@ -47,7 +47,9 @@ impl DirStore {
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             });
         if !ok {
-            return Err(StoreError::Other(anyhow::anyhow!("invalid object key {key:?}")));
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "invalid object key {key:?}"
+            )));
         }
         Ok(self.root.join(key))
     }
@@ -70,7 +72,10 @@ fn read(path: &Path) -> io::Result<Option<Object>> {
 
 /// A name in the same directory that no `list` returns and no key can take.
 fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
     path.with_file_name(format!(".{name}.{suffix}"))
 }
 
@@ -203,26 +208,40 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = DirStore::open(tmp.path()).unwrap();
         assert!(s.get("jobs/a/checkpoint").await.unwrap().is_none());
-        let t1 = s.put("jobs/a/checkpoint", b"one".to_vec(), Precondition::Absent).await.unwrap();
+        let t1 = s
+            .put("jobs/a/checkpoint", b"one".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
         assert!(matches!(
-            s.put("jobs/a/checkpoint", b"two".to_vec(), Precondition::Absent).await,
+            s.put("jobs/a/checkpoint", b"two".to_vec(), Precondition::Absent)
+                .await,
             Err(StoreError::PreconditionFailed)
         ));
         let t2 = s
-            .put("jobs/a/checkpoint", b"two".to_vec(), Precondition::Matches(t1.clone()))
+            .put(
+                "jobs/a/checkpoint",
+                b"two".to_vec(),
+                Precondition::Matches(t1.clone()),
+            )
             .await
             .unwrap();
         assert_ne!(t1, t2);
         // A stale writer (holding t1) loses.
         assert!(matches!(
-            s.put("jobs/a/checkpoint", b"three".to_vec(), Precondition::Matches(t1)).await,
+            s.put(
+                "jobs/a/checkpoint",
+                b"three".to_vec(),
+                Precondition::Matches(t1)
+            )
+            .await,
             Err(StoreError::PreconditionFailed)
         ));
         let got = s.get("jobs/a/checkpoint").await.unwrap().unwrap();
         assert_eq!(got.bytes, b"two");
         assert_eq!(got.etag, t2);
         assert!(matches!(
-            s.put("jobs/b/x", b"x".to_vec(), Precondition::Matches(t2)).await,
+            s.put("jobs/b/x", b"x".to_vec(), Precondition::Matches(t2))
+                .await,
             Err(StoreError::PreconditionFailed)
         ));
         assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
@@ -240,9 +259,13 @@ mod tests {
                 .map(|i| {
                     let s = s.clone();
                     tokio::spawn(async move {
-                        s.put(key, format!("writer {i}").into_bytes(), Precondition::Absent)
-                            .await
-                            .is_ok()
+                        s.put(
+                            key,
+                            format!("writer {i}").into_bytes(),
+                            Precondition::Absent,
+                        )
+                        .await
+                        .is_ok()
                     })
                 })
                 .collect();

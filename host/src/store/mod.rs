@@ -9,6 +9,7 @@
 //! [`StoreError::PreconditionFailed`]; two writers racing on the same precondition never
 //! both succeed.
 
+pub mod any;
 pub mod dir;
 pub mod s3;
 
@@ -54,7 +55,9 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::PreconditionFailed => f.write_str("precondition failed (object changed or exists)"),
+            StoreError::PreconditionFailed => {
+                f.write_str("precondition failed (object changed or exists)")
+            }
             StoreError::Other(e) => write!(f, "{e:#}"),
         }
     }

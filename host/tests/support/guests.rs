@@ -9,7 +9,9 @@ pub fn wasm(name: &str) -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/target"),
     };
-    let path = dir.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let path = dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: build the task modules first with tests/build-guests.sh \

@@ -1,0 +1,117 @@
+//! Settings shared by several commands, from flags or the guide's environment names
+//! (`worker.env`, `submitter.env`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::pubsub::{DEFAULT_ACK_DEADLINE_SECS, Pubsub, PubsubConfig};
+use crate::store::any::AnyStore;
+use crate::store::dir::DirStore;
+use crate::store::s3::{S3Config, S3Store};
+
+/// Where objects live: R2 (any S3 server) when `R2_BUCKET_NAME` is set, else a directory.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// R2/S3 bucket; when unset, the directory `--store-dir` is the store.
+    #[arg(long, env = "R2_BUCKET_NAME")]
+    pub bucket: Option<String>,
+    /// R2/S3 endpoint, e.g. https://<account>.r2.cloudflarestorage.com.
+    #[arg(long, env = "R2_S3_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// R2 access key id.
+    #[arg(long, env = "R2_AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key_id: Option<String>,
+    /// R2 secret access key (prefer the environment: flags show up in `ps`).
+    #[arg(long, env = "R2_AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+    /// Optional key prefix inside the bucket (several deployments in one bucket).
+    #[arg(long, env = "R2_KEY_PREFIX")]
+    pub key_prefix: Option<String>,
+    /// The directory store used when no bucket is configured.
+    #[arg(
+        long = "store-dir",
+        env = "STORE_DIR",
+        default_value = ".taskhost/store"
+    )]
+    pub store_dir: PathBuf,
+}
+
+impl StoreArgs {
+    pub fn open(&self) -> anyhow::Result<AnyStore> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(AnyStore::Dir(DirStore::open(&self.store_dir)?));
+        };
+        let need = |v: &Option<String>, name: &str| {
+            v.clone()
+                .ok_or_else(|| anyhow::anyhow!("R2_BUCKET_NAME is set but {name} is not"))
+        };
+        Ok(AnyStore::S3(S3Store::new(S3Config {
+            endpoint_url: need(&self.endpoint_url, "R2_S3_ENDPOINT_URL")?,
+            bucket: bucket.clone(),
+            access_key_id: need(&self.access_key_id, "R2_AWS_ACCESS_KEY_ID")?,
+            secret_access_key: need(&self.secret_access_key, "R2_AWS_SECRET_ACCESS_KEY")?,
+            prefix: self.key_prefix.clone(),
+        })?))
+    }
+}
+
+/// The Pub/Sub project and how to reach it.
+#[derive(Args, Debug, Clone)]
+pub struct PubsubArgs {
+    /// Google Cloud project id.
+    #[arg(long, env = "PROJECT_ID")]
+    pub project_id: String,
+    /// host:port of the Pub/Sub emulator (plain HTTP, no credentials).
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    pub emulator_host: Option<String>,
+    /// Service-account key file; default: application default credentials.
+    #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+}
+
+impl PubsubArgs {
+    pub async fn connect(&self) -> anyhow::Result<Pubsub> {
+        let mut cfg = PubsubConfig::new(self.project_id.clone());
+        cfg.emulator_host = self.emulator_host.clone().filter(|h| !h.is_empty());
+        cfg.credentials_file = self.credentials.clone();
+        Ok(Pubsub::connect(&cfg).await?)
+    }
+}
+
+/// The jobs topic and its dead-letter topic.
+#[derive(Args, Debug, Clone)]
+pub struct TopicArgs {
+    /// The jobs topic.
+    #[arg(long, env = "TOPIC_ID", default_value = "jobs")]
+    pub topic_id: String,
+    /// The dead-letter topic; default: "<TOPIC_ID>-dead-letter".
+    #[arg(long, env = "DEAD_LETTER_TOPIC_ID")]
+    pub dead_letter_topic_id: Option<String>,
+}
+
+impl TopicArgs {
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-dead-letter", self.topic_id))
+    }
+}
+
+/// The pull subscription.
+#[derive(Args, Debug, Clone)]
+pub struct SubscriptionArgs {
+    /// The jobs subscription.
+    #[arg(long, env = "SUBSCRIPTION_ID", default_value = "jobs-sub")]
+    pub subscription_id: String,
+    /// Lease length in seconds (10..=600); the worker extends it for as long as a job runs.
+    #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = DEFAULT_ACK_DEADLINE_SECS)]
+    pub ack_deadline_seconds: u32,
+}
+
+impl SubscriptionArgs {
+    /// The dead-letter topic's own subscription (read by `status` and by operators).
+    pub fn dead_letter_subscription(topic: &TopicArgs) -> String {
+        format!("{}-sub", topic.dead_letter_topic())
+    }
+}

@@ -1,0 +1,173 @@
+//! `taskhost status [JOB_ID...]`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::config::StoreArgs;
+use crate::checkpoint::{self, Header};
+use crate::exec;
+use crate::ids::JobId;
+use crate::store::ObjectStore;
+use crate::store::any::AnyStore;
+
+/// A checkpoint written within this many seconds means a worker is running the job.
+const RUNNING_WITHIN: Duration = Duration::from_secs(120);
+
+/// Show per job: state (queued / running / waiting / done / failed), progress, attempts,
+/// failures, and the result or error.
+///
+/// With no JOB_ID, every job the store knows about (jobs that no worker has started yet
+/// are only known by id: name them). "waiting" means the job has a checkpoint that no
+/// worker has written for a while: it will resume when a worker gets its message.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Jobs to show; default: all jobs in the store.
+    pub jobs: Vec<String>,
+    /// One JSON document per job, one per line, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every 2 s with progress bars until every job is done or failed.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct JobStatus {
+    pub job_id: String,
+    pub state: &'static str,
+    pub progress: Option<(u64, u64)>,
+    pub attempts: u32,
+    pub failures: u32,
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
+pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStatus> {
+    let text =
+        |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
+    let result = text(store.get(&exec::result_key(job)).await?);
+    let error = text(store.get(&exec::error_key(job)).await?);
+    let header: Option<Header> = checkpoint::peek(store, job).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let state = match (&result, &error, &header) {
+        (Some(_), _, _) => "done",
+        (None, Some(_), _) => "failed",
+        (None, None, Some(h))
+            if now_ms.saturating_sub(h.updated_ms) < RUNNING_WITHIN.as_millis() as u64 =>
+        {
+            "running"
+        }
+        (None, None, Some(_)) => "waiting",
+        (None, None, None) => "queued",
+    };
+    let h = header.unwrap_or_default();
+    Ok(JobStatus {
+        job_id: job.to_string(),
+        state,
+        progress: h.progress,
+        attempts: h.attempts,
+        failures: h.failures,
+        result,
+        error,
+    })
+}
+
+async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobId>> {
+    if !named.is_empty() {
+        return named
+            .iter()
+            .map(|s| s.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}")))
+            .collect();
+    }
+    let mut ids: Vec<JobId> = store
+        .list("jobs/")
+        .await?
+        .iter()
+        .filter_map(|k| k.strip_prefix("jobs/")?.split('/').next()?.parse().ok())
+        .collect();
+    ids.dedup();
+    Ok(ids)
+}
+
+pub async fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let ids = all_jobs(&store, &args.jobs).await?;
+    if args.watch {
+        return watch(&store, &ids).await;
+    }
+    for id in &ids {
+        let s = job_status(&store, id).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            println!("{}", line(&s));
+        }
+    }
+    if ids.is_empty() && !args.json {
+        eprintln!("no jobs in the store yet");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn line(s: &JobStatus) -> String {
+    let progress = match s.progress {
+        Some((d, t)) if t > 0 => format!("{d}/{t} ({:.0}%)", d as f64 * 100.0 / t as f64),
+        Some((d, _)) => d.to_string(),
+        None => "-".into(),
+    };
+    let tail = match (&s.result, &s.error) {
+        (Some(r), _) => format!("result {r}"),
+        (None, Some(e)) => format!("error {e}"),
+        _ => String::new(),
+    };
+    format!(
+        "{:<24} {:<8} {:<18} attempts {:<3} failures {:<3} {tail}",
+        s.job_id, s.state, progress, s.attempts, s.failures
+    )
+}
+
+async fn watch(store: &AnyStore, ids: &[JobId]) -> anyhow::Result<ExitCode> {
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template("{prefix:<24} {bar:30} {pos}/{len} {msg}")
+        .expect("valid template");
+    let bars: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let b = multi.add(indicatif::ProgressBar::new(1).with_style(style.clone()));
+            b.set_prefix(id.to_string());
+            b
+        })
+        .collect();
+    loop {
+        let mut open = 0;
+        for (id, bar) in ids.iter().zip(&bars) {
+            let s = job_status(store, id).await?;
+            if let Some((d, t)) = s.progress {
+                bar.set_length(t.max(1));
+                bar.set_position(d);
+            }
+            bar.set_message(format!(
+                "{} (attempts {}, failures {})",
+                s.state, s.attempts, s.failures
+            ));
+            if !matches!(s.state, "done" | "failed") {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for b in bars {
+        b.finish();
+    }
+    Ok(ExitCode::SUCCESS)
+}

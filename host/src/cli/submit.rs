@@ -1,0 +1,181 @@
+//! `taskhost submit --module sha256:<hex> FILE`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::config::{PubsubArgs, StoreArgs, TopicArgs};
+use crate::ids::{JobId, ModuleHash};
+use crate::pubsub::OutgoingMessage;
+use crate::store::ObjectStore;
+
+/// Messages per publish call (the client batches them further).
+const BATCH: usize = 500;
+
+/// Publish jobs to the jobs topic.
+///
+/// FILE is the guide's data.csv (a header `job_id,steps`; other columns become fields too,
+/// numbers as numbers) or JSON lines (one job document per line); `-` reads standard input.
+/// Every job gets the message attribute `module` (so the guide's Avro schema stays valid).
+/// The module must already be in the bucket (`taskhost module push`). Prints how many jobs
+/// were published.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Jobs file: .csv, or JSON lines; `-` for standard input.
+    pub file: PathBuf,
+    /// The task module every job runs (as printed by `taskhost module push`).
+    #[arg(long, env = "DEFAULT_MODULE")]
+    pub module: ModuleHash,
+    #[command(flatten)]
+    pub pubsub: PubsubArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Reads jobs from CSV (when the text's first line has no `{`) or JSON lines.
+pub fn parse_jobs(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if first.trim_start().starts_with('{') {
+        parse_json_lines(text)
+    } else {
+        parse_csv(text)
+    }
+}
+
+fn parse_json_lines(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
+    let mut jobs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("line {}: not JSON", i + 1))?;
+        let id = v
+            .get("job_id")
+            .and_then(|j| j.as_str())
+            .ok_or_else(|| anyhow::anyhow!("line {}: no \"job_id\" string", i + 1))?;
+        let id: JobId = id
+            .parse()
+            .map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+        jobs.push((id, serde_json::to_string(&v)?));
+    }
+    Ok(jobs)
+}
+
+fn parse_csv(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = rdr.headers()?.clone();
+    anyhow::ensure!(
+        headers.iter().any(|h| h == "job_id"),
+        "the CSV header has no job_id column (expected job_id,steps)"
+    );
+    let mut jobs = Vec::new();
+    for (i, row) in rdr.records().enumerate() {
+        let row = row.with_context(|| format!("CSV row {}", i + 2))?;
+        let mut doc = serde_json::Map::new();
+        for (h, v) in headers.iter().zip(row.iter()) {
+            let value = match v.parse::<i64>() {
+                Ok(n) if h != "job_id" => serde_json::Value::from(n),
+                _ => serde_json::Value::from(v),
+            };
+            doc.insert(h.to_owned(), value);
+        }
+        let id: JobId = doc["job_id"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("CSV row {}: {e}", i + 2))?;
+        jobs.push((id, serde_json::Value::Object(doc).to_string()));
+    }
+    Ok(jobs)
+}
+
+pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let jobs = parse_jobs(&text)?;
+    anyhow::ensure!(!jobs.is_empty(), "no jobs in {}", args.file.display());
+
+    let store = args.store.open()?;
+    if !store.exists(&crate::modules::key(&args.module)).await? {
+        anyhow::bail!(
+            "module {} is not in the bucket: push it first with `taskhost module push FILE.wasm`",
+            args.module
+        );
+    }
+    let ps = args.pubsub.connect().await?;
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(jobs.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template("publishing {bar:40} {pos}/{len} jobs")
+                .expect("valid template"),
+        )
+    };
+    let mut published = 0usize;
+    for chunk in jobs.chunks(BATCH) {
+        let messages = chunk
+            .iter()
+            .map(|(_, doc)| OutgoingMessage {
+                data: doc.clone().into_bytes(),
+                attributes: BTreeMap::from([("module".to_owned(), args.module.to_string())]),
+            })
+            .collect();
+        match ps.publish(&args.topics.topic_id, messages).await {
+            Ok(ids) => published += ids.len(),
+            Err(e) => {
+                bar.abandon();
+                anyhow::bail!(
+                    "{e}; {published} jobs were published before this batch \
+                     (resubmitting is safe: a job whose result exists is not run again)"
+                );
+            }
+        }
+        bar.set_position(published as u64);
+    }
+    bar.finish_and_clear();
+    println!("published {published} jobs to {}", args.topics.topic_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guide_csv_and_json_lines() {
+        let csv = "job_id,steps\njob-0,600\njob-1, 10\n";
+        let jobs = parse_jobs(csv).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].1, r#"{"job_id":"job-0","steps":600}"#);
+        assert_eq!(jobs[1].1, r#"{"job_id":"job-1","steps":10}"#);
+        let jl = "{\"job_id\":\"a\",\"steps\":3}\n\n{\"job_id\":\"b\",\"n\":5}\n";
+        let jobs = parse_jobs(jl).unwrap();
+        assert_eq!(jobs[1].0.as_str(), "b");
+        for bad in [
+            "steps\n5\n",
+            "job_id,steps\na/b,1\n",
+            "{\"steps\":1}\n",
+            "{nope\n",
+        ] {
+            assert!(parse_jobs(bad).is_err(), "{bad}");
+        }
+    }
+}

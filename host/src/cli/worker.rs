@@ -1,0 +1,84 @@
+//! `taskhost worker`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs};
+use crate::checkpoint::Limits;
+use crate::exec::Executor;
+use crate::ids::ModuleHash;
+use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
+use crate::worker::{self, DEFAULT_MAX_FAILURES, WorkerConfig};
+
+/// Lease jobs from the subscription and run them, WORKER_SLOTS at a time, until SIGTERM.
+///
+/// On SIGTERM (or Ctrl-C): stops pulling, stops running tasks at their next yield, flushes
+/// their checkpoints, hands their messages back at once, and exits 0.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub pubsub: PubsubArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub subscription: SubscriptionArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Jobs run at once (default: the number of CPUs).
+    #[arg(long, env = "WORKER_SLOTS")]
+    pub slots: Option<usize>,
+    /// Trapped runs (panic, fuel, memory, timeout) after which a job is dead-lettered.
+    #[arg(long, env = "MAX_FAILURES", default_value_t = DEFAULT_MAX_FAILURES)]
+    pub max_failures: u32,
+    /// Module for messages that name none (sha256:<hex>).
+    #[arg(long, env = "DEFAULT_MODULE")]
+    pub default_module: Option<ModuleHash>,
+    /// Memory limit per task in MiB.
+    #[arg(long, env = "TASK_MEMORY_MB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
+    pub memory_mb: u64,
+    /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
+    #[arg(long, env = "TASK_FUEL")]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per run in seconds; unlimited if unset.
+    #[arg(long, env = "TASK_TIMEOUT_SECONDS")]
+    pub timeout_secs: Option<f64>,
+}
+
+pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let pubsub = args.pubsub.connect().await?;
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let executor = Executor {
+        store,
+        runtime,
+        worker_id: format!("{host}-{}", std::process::id()),
+        limits: JobLimits {
+            memory_bytes: (args.memory_mb as usize) << 20,
+            fuel: args.fuel,
+            timeout: args.timeout_secs.map(Duration::from_secs_f64),
+        },
+        checkpoint_limits: Limits::default(),
+    };
+    let config = WorkerConfig {
+        subscription_id: args.subscription.subscription_id.clone(),
+        dead_letter_topic_id: args.topics.dead_letter_topic(),
+        ack_deadline_secs: args.subscription.ack_deadline_seconds,
+        slots,
+        max_failures: args.max_failures,
+        default_module: args.default_module,
+    };
+    let shutdown = super::shutdown_token();
+    worker::run(pubsub, executor, config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

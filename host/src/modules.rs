@@ -1,0 +1,73 @@
+//! Task modules in the bucket: `modules/<sha256-hex>.wasm`, written create-only, verified
+//! against their name on every fetch, compiled (never deserialized) when fetched.
+
+use crate::ids::ModuleHash;
+use crate::runtime::{ModuleError, Prepared, Runtime};
+use crate::store::{ObjectStore, Precondition, StoreError};
+
+pub fn key(hash: &ModuleHash) -> String {
+    format!("modules/{}.wasm", hash.hex())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// No such module in the bucket.
+    Missing(ModuleHash),
+    /// The module exists but is unusable (tampered with, not a component, wrong world).
+    Module(ModuleHash, ModuleError),
+    /// The store failed; retry later.
+    Storage(String),
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::Missing(h) => write!(f, "module {h} is not in the bucket"),
+            ResolveError::Module(h, e) => write!(f, "module {h} is unusable: {e}"),
+            ResolveError::Storage(m) => write!(f, "cannot fetch the module: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
+/// The module named `hash`, from memory, else the disk cache, else the bucket (verified
+/// against `hash`, then compiled and cached).
+pub async fn resolve<S: ObjectStore>(
+    runtime: &Runtime,
+    store: &S,
+    hash: &ModuleHash,
+) -> Result<Prepared, ResolveError> {
+    if let Some(p) = runtime.load_cached(hash) {
+        return Ok(p);
+    }
+    let obj = store
+        .get(&key(hash))
+        .await
+        .map_err(|e| ResolveError::Storage(e.to_string()))?
+        .ok_or(ResolveError::Missing(*hash))?;
+    tracing::info!(module = %hash, bytes = obj.bytes.len(), "module fetched from the bucket");
+    runtime
+        .prepare(obj.bytes, Some(*hash))
+        .await
+        .map_err(|e| ResolveError::Module(*hash, e))
+}
+
+/// Checks that `bytes` is a task module of our world, then uploads it create-only.
+/// Returns its hash and whether it was uploaded now (`false`: it was already there).
+pub async fn push<S: ObjectStore>(
+    runtime: &Runtime,
+    store: &S,
+    bytes: Vec<u8>,
+) -> anyhow::Result<(ModuleHash, bool)> {
+    let hash = ModuleHash::of(&bytes);
+    runtime
+        .prepare(bytes.clone(), Some(hash))
+        .await
+        .map_err(|e| anyhow::anyhow!("not uploaded: the file is {e}"))?;
+    match store.put(&key(&hash), bytes, Precondition::Absent).await {
+        Ok(_) => Ok((hash, true)),
+        Err(StoreError::PreconditionFailed) => Ok((hash, false)),
+        Err(e) => Err(anyhow::anyhow!("uploading {}: {e}", key(&hash))),
+    }
+}
