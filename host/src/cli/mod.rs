@@ -45,18 +45,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Each variant takes its help from its arguments struct's doc comment.
 pub enum Command {
-    /// Create the topics, subscriptions, schema and bucket (idempotent).
     Setup(setup::SetupArgs),
-    /// Manage task modules in the bucket.
     Module(module::ModuleArgs),
-    /// Publish jobs (the guide's data.csv or JSON lines).
     Submit(submit::SubmitArgs),
-    /// Lease jobs from Pub/Sub and run them until SIGTERM.
     Worker(worker::WorkerArgs),
-    /// Show the state, progress, attempts, failures and result of jobs.
     Status(status::StatusArgs),
-    /// Run one job of a task module locally, no queue, resuming from its checkpoint.
     Run(run::RunArgs),
 }
 

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::config::StoreArgs;
 use crate::runtime::{Runtime, RuntimeConfig};
 
+/// Manage task modules in the bucket.
 #[derive(Args, Debug)]
 pub struct ModuleArgs {
     #[command(subcommand)]

@@ -8,7 +8,9 @@ use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs};
 use crate::pubsub::{DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, SubscriptionSettings, TopicSchema};
 use crate::store::any::AnyStore;
 
-/// Create the jobs topic, the dead-letter topic, the pull subscription (ack deadline,
+/// Create the topics, subscriptions, schema and bucket the worker needs (idempotent).
+///
+/// Creates the jobs topic, the dead-letter topic, the pull subscription (ack deadline,
 /// dead-letter policy, retention), a subscription on the dead-letter topic, optionally the
 /// guide's Avro schema on the jobs topic, and the bucket where the server allows it.
 ///

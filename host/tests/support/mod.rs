@@ -2,6 +2,7 @@
 //! official Pub/Sub emulator, an S3 server) started on free ports and stopped by PID.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod guests;
 pub mod pubsub;
 pub mod s3;

@@ -1,0 +1,336 @@
+//! The real `taskhost` binary as a child process, for end-to-end tests.
+//!
+//! ```text
+//! let env = CliEnv::new(&emulator, &s3, "project", "topic");   // the servers' env vars
+//! let out = env.run(&["setup"]).await.success();               // one command, bounded
+//! let worker = env.set("WORKER_SLOTS", "2").spawn("w1", &["worker"]);  // killed on drop
+//! ```
+//!
+//! Every process gets a clean environment (only `PATH`, `RUST_LOG=info` and the variables of
+//! its [`CliEnv`]) and a private, fresh `TASKHOST_CACHE_DIR`, so no two processes share a
+//! compiled-module cache. A [`Proc`] is SIGKILLed and reaped when dropped; a one-shot
+//! [`CliEnv::run`] is killed if it outlives [`RUN_TIMEOUT`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::pubsub::PubsubEmulator;
+use super::s3::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+
+/// The `taskhost` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_taskhost");
+/// Longest a one-shot command (`setup`, `submit`, `status`, `module push`) may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The environment of the `taskhost` processes of one test, plus a private directory for
+/// their caches, logs and files.
+#[derive(Clone)]
+pub struct CliEnv {
+    vars: BTreeMap<String, String>,
+    dir: Arc<tempfile::TempDir>,
+    seq: Arc<AtomicUsize>,
+}
+
+/// What a finished one-shot command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics (with everything it printed) unless the command exited 0.
+    pub fn success(self) -> Output {
+        assert!(self.status.success(), "taskhost failed: {self}");
+        self
+    }
+
+    /// Panics unless the command exited non-zero.
+    pub fn failure(self) -> Output {
+        assert!(!self.status.success(), "taskhost should have failed: {self}");
+        self
+    }
+
+    /// The last non-empty line of stdout.
+    pub fn last_line(&self) -> &str {
+        self.stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`taskhost {}` ({})\n--- stdout\n{}--- stderr\n{}---",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl CliEnv {
+    /// The variables for the emulator and the S3 server (bucket [`BUCKET`], no key prefix),
+    /// `PROJECT_ID` = `project`, `TOPIC_ID` = `topic`, `SUBSCRIPTION_ID` = `<topic>-sub`.
+    pub fn new(emulator: &PubsubEmulator, s3: &S3Server, project: &str, topic: &str) -> CliEnv {
+        let vars = [
+            ("PROJECT_ID", project.to_string()),
+            ("PUBSUB_EMULATOR_HOST", emulator.host()),
+            ("TOPIC_ID", topic.to_string()),
+            ("SUBSCRIPTION_ID", format!("{topic}-sub")),
+            ("R2_BUCKET_NAME", BUCKET.to_string()),
+            ("R2_S3_ENDPOINT_URL", s3.endpoint()),
+            ("R2_AWS_ACCESS_KEY_ID", ACCESS_KEY_ID.to_string()),
+            ("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        CliEnv {
+            vars,
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+            seq: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A copy with `name` set to `value` (same private directory).
+    pub fn set(&self, name: &str, value: impl Into<String>) -> CliEnv {
+        let mut env = self.clone();
+        env.vars.insert(name.to_string(), value.into());
+        env
+    }
+
+    /// The value of `name` in this environment.
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not set"))
+    }
+
+    /// The private directory of this test's processes (their working directory).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `text` to `name` in [`CliEnv::dir`] and returns its path.
+    pub fn write_file(&self, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A fresh path in the private directory, `<n>-<label><ext>`.
+    fn fresh(&self, label: &str, ext: &str) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.dir().join(format!("{n}-{label}{ext}"))
+    }
+
+    fn command(&self, label: &str, args: &[&str]) -> Command {
+        let cache = self.fresh(label, ".cache");
+        std::fs::create_dir(&cache).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&self.vars)
+            .env("TASKHOST_CACHE_DIR", &cache)
+            .current_dir(self.dir())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `taskhost ARGS` to its end (killed and failing the test after [`RUN_TIMEOUT`]).
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let env = self.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || env.run_blocking(args))
+            .await
+            .unwrap()
+    }
+
+    fn run_blocking(&self, args: Vec<String>) -> Output {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let label = args.first().map_or("run", String::as_str);
+        let out_path = self.fresh(label, ".stdout");
+        let err_path = self.fresh(label, ".stderr");
+        let child = self
+            .command(label, &argv)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let mut proc = Proc {
+            child,
+            name: label.to_string(),
+            log: err_path.clone(),
+            reaped: false,
+        };
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = proc.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "`taskhost {}` did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
+                    args.join(" "),
+                    proc.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            args,
+            status,
+            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        }
+    }
+
+    /// Starts `taskhost ARGS` in the background (stdout and stderr into one log file).
+    /// The returned [`Proc`] kills it on drop.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let log = self.fresh(name, ".log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(name, args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+            log,
+            reaped: false,
+        }
+    }
+}
+
+/// A background `taskhost` process, SIGKILLed and reaped on drop if still running.
+pub struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+    /// Waited for: its PID may have been reused, never signal it again.
+    reaped: bool,
+}
+
+impl Proc {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Everything it wrote so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status if it has exited (reaping it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        // Once reaped, std's handle answers from the status it kept.
+        let status = self.child.try_wait().unwrap();
+        if status.is_some() {
+            self.reaped = true;
+        }
+        status
+    }
+
+    /// Panics (with its log) if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.try_wait() {
+            panic!(
+                "taskhost {} exited unexpectedly ({status}); log:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        if self.reaped {
+            return;
+        }
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours. The child has
+        // not been waited for yet, so its PID cannot have been reused.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`, then panics with its log) for its exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout).await
+    }
+
+    /// Sends SIGKILL (a node vanishing) and reaps it.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().unwrap();
+        self.reaped = true;
+        status
+    }
+
+    /// Waits (at most `timeout`, then panics with its log) until it exits.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "taskhost {} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (at most `timeout`) until its log contains `needle`; panics with the log if it
+    /// exits or the time is up.
+    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            self.assert_running();
+            if Instant::now() > deadline {
+                panic!(
+                    "taskhost {} did not log {needle:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // Child::kill sends SIGKILL to this PID only; wait reaps it.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
