@@ -7,6 +7,7 @@ pub mod cli;
 pub mod exec;
 pub mod ids;
 pub mod job;
+pub mod localqueue;
 pub mod modules;
 pub mod pubsub;
 pub mod runtime;

@@ -70,7 +70,11 @@
 //! - `GetSchema` never answers: the crate's admin clients speak REST (the publisher and the
 //!   subscriber speak gRPC) and always send `view` as an integer query parameter, which the
 //!   emulator's REST gateway cannot map (same for `ListSchemas`). An existing schema is
-//!   therefore recognized with `ValidateMessage`.
+//!   therefore recognized with `ValidateMessage`;
+//! - it does not handle a client closing a stream (`NoSuchMethodError` on RST_STREAM in its
+//!   log): a message nacked as or after its stream closes comes back only when its ack
+//!   deadline has lapsed, once or twice (10-20 s with a 10 s deadline), not at once; new
+//!   messages are not affected (see [`Subscription::shutdown`]).
 //!
 //! A call a server does not implement fails with [`PubsubError::is_unimplemented`] and says so.
 
@@ -345,7 +349,9 @@ impl Default for SubscribeSettings {
 pub enum Settle {
     /// Acknowledge: the message is consumed.
     Ack,
-    /// Nack: the message stays in the subscription (and its delivery attempt count grows).
+    /// Nack: the message stays in the subscription, with one more delivery attempt counted.
+    /// Pub/Sub offers it again at once; the emulator only after 10-20 s (see
+    /// [`Subscription::shutdown`]).
     Nack,
 }
 
@@ -426,12 +432,7 @@ impl Pubsub {
         }
         let publisher = publisher.build().await.map_err(build_error("publisher"))?;
 
-        let mut subscriber = Subscriber::builder().with_credentials(credentials);
-        if let Some(e) = &endpoint {
-            subscriber = subscriber.with_endpoint(e.clone());
-        }
-        let subscriber = subscriber
-            .build()
+        let subscriber = new_subscriber(&credentials, endpoint.as_deref())
             .await
             .map_err(build_error("subscriber"))?;
 
@@ -842,8 +843,11 @@ impl Pubsub {
         settle: Settle,
     ) -> Result<Vec<IncomingMessage>, PubsubError> {
         let deadline = tokio::time::Instant::now() + wait;
+        // The shortest deadline: a message whose settlement is lost (see `Settle::Nack`) is
+        // back within 10 s.
         let settings = SubscribeSettings {
             max_outstanding_messages: max.max(1),
+            ack_deadline_secs: MIN_ACK_DEADLINE_SECS,
             ..SubscribeSettings::default()
         };
         let mut subscription = self.subscribe(sub_id, &settings).await?;
@@ -1008,8 +1012,10 @@ impl Subscription {
     ///
     /// To hand jobs back on exit (SIGTERM), stop pulling *first* (this call, or dropping the
     /// subscription), then nack: a message nacked while its stream is still open can be sent
-    /// straight back to that stream as it closes, and then waits out a whole ack deadline
-    /// before anyone else gets it.
+    /// straight back to that stream as it closes. Emulator gap: it does not handle a client
+    /// closing a stream (`NoSuchMethodError` on RST_STREAM in its log), and a message nacked as
+    /// or after its stream closes (including the inbox's) comes back only once its ack deadline
+    /// has lapsed, sometimes twice, instead of at once.
     pub async fn shutdown(self) {
         let token = self.shutdown_token();
         drop(self);
@@ -1153,6 +1159,18 @@ async fn pump(
         }
     };
     inbox.close(end);
+}
+
+/// A subscriber client: one gRPC connection pool.
+async fn new_subscriber(
+    credentials: &Credentials,
+    endpoint: Option<&str>,
+) -> Result<Subscriber, google_cloud_gax::client_builder::Error> {
+    let mut builder = Subscriber::builder().with_credentials(credentials.clone());
+    if let Some(e) = endpoint {
+        builder = builder.with_endpoint(e);
+    }
+    builder.build().await
 }
 
 /// The settings shared by the three admin clients.

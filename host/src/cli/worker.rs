@@ -47,6 +47,8 @@ pub struct WorkerArgs {
 }
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
+    let shutdown = super::shutdown_token();
     let store = args.store.open()?;
     let pubsub = args.pubsub.connect().await?;
     let runtime = Runtime::new(RuntimeConfig::default())?;
@@ -78,7 +80,6 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_failures: args.max_failures,
         default_module: args.default_module,
     };
-    let shutdown = super::shutdown_token();
     worker::run(pubsub, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -53,7 +53,10 @@ impl Output {
 
     /// Panics unless the command exited non-zero.
     pub fn failure(self) -> Output {
-        assert!(!self.status.success(), "taskhost should have failed: {self}");
+        assert!(
+            !self.status.success(),
+            "taskhost should have failed: {self}"
+        );
         self
     }
 
