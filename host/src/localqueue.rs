@@ -15,7 +15,8 @@
 //!
 //! Several processes (and several [`LocalQueue`]s in one process) may use one file at once:
 //! SQLite in WAL mode, every write a `BEGIN IMMEDIATE` transaction, a [`BUSY_TIMEOUT`] for the
-//! write lock.
+//! write lock. The file must be on a local filesystem (WAL needs shared memory between the
+//! processes: not NFS).
 //!
 //! # Invariants
 //! - **A message is leased to at most one [`LocalLease`] at a time**, across threads and
@@ -32,8 +33,9 @@
 //!   times.** Then, instead of an (n+1)-th delivery, it is published to the dead-letter topic
 //!   (fanned out to that topic's subscriptions, under a new message id) and removed from the
 //!   subscription, in one transaction: never lost, never in both.
-//! - **An acked message never comes back** (its row is deleted), unless its lease had already
-//!   been lost when the ack ran.
+//! - **An acked message never comes back** once the ack's write committed (its row is
+//!   deleted), unless its lease had already been lost when the ack ran. [`LocalLease::ack`]
+//!   returns before that write; [`LocalSubscription::shutdown`] waits for it.
 //! - SQLite is only called on blocking threads (`spawn_blocking`), never on the async threads.
 //!
 //! **API boundary:** only this module knows the file's schema. Callers see ids, the `pubsub`
@@ -55,7 +57,15 @@
 //! `lease_token`; an extension moves `visible_at_ms`; a nack sets it to 0 and clears the token;
 //! an ack deletes the row. A `messages` row goes when its last delivery does. Message ids are
 //! the `messages` row ids (never reused), as decimal strings. Times are wall-clock
-//! milliseconds since the Unix epoch, shared by every process on the machine.
+//! milliseconds since the Unix epoch, shared by every process on the machine (a clock step
+//! moves every lease's deadline by as much).
+//!
+//! # Durability
+//! `ensure_*`, `publish` and acks are on disk when they return (`synchronous = FULL`).
+//! Claims, extensions and nacks are committed without waiting for the disk
+//! (`synchronous = NORMAL`; the next fsynced commit or checkpoint takes them along): a
+//! process crash loses none of them, a power loss may undo the last few, which only hands a
+//! message out again, never loses one. Every write is one transaction: all of it or nothing.
 //!
 //! # Leases and their extension
 //! Each [`LocalSubscription`] has one tokio task that, every third of the ack deadline, moves
@@ -63,8 +73,9 @@
 //! limit: a job can hold its message for hours. The task (and so the lease) lives as long as
 //! the subscription or any of its [`LocalLease`]s does. A process that dies sends nothing: its
 //! leases lapse at most one ack deadline after their last extension, and the messages are
-//! handed to the next claimer with the attempt count incremented. The task must keep being
-//! polled (the task runtime yields to tokio every ~1 ms for exactly this reason).
+//! handed to the next claimer with the attempt count incremented. A lease that lapsed but was
+//! not claimed again is simply extended again (its token still matches). The task must keep
+//! being polled (the task runtime yields to tokio every ~1 ms for exactly this reason).
 //!
 //! # Differences from Pub/Sub
 //! - Ack deadlines from [`MIN_LOCAL_ACK_DEADLINE_SECS`] (1 s) are accepted, below Pub/Sub's
@@ -73,7 +84,8 @@
 //!   `message_retention` any non-zero duration (Pub/Sub: 10 minutes..=31 days).
 //! - [`IncomingMessage::delivery_attempt`] is always `Some`: the count is kept with or
 //!   without a dead-letter policy (Pub/Sub reports `None` without one).
-//! - Acks and nacks are reliable (a transaction, retried on a busy database), not best effort.
+//! - Acks and nacks are reliable (a transaction, retried on a busy database), not best
+//!   effort; an ack is fsynced.
 //! - `publish` is atomic: all messages or none.
 //! - Nothing is prefetched, so there is no inbox and [`SubscribeSettings::hand_back_after`]
 //!   has nothing to act on: a message is claimed only for a free slot.
@@ -1417,6 +1429,17 @@ impl std::error::Error for LocalQueueError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_cross_threads_and_errors_convert_to_anyhow() {
+        fn shared<T: Send + Sync + 'static>() {}
+        fn sent<T: Send + 'static>() {}
+        shared::<LocalQueue>();
+        shared::<LocalQueueError>();
+        sent::<LocalSubscription>();
+        sent::<LocalDelivery>();
+        sent::<LocalLease>();
+    }
 
     #[test]
     fn full_names_become_ids() {

@@ -165,8 +165,8 @@ pub enum Ensured {
 /// Settings of a subscription created by [`Pubsub::ensure_subscription`].
 #[derive(Clone, Debug)]
 pub struct SubscriptionSettings {
-    /// The subscription's ack deadline (10..=600 s), used until the subscriber's first lease
-    /// extension and by clients that do not extend.
+    /// The subscription's ack deadline (10..=600 s), for pulls that set none of their own
+    /// ([`Pubsub::subscribe`] sets `ACK_DEADLINE_SECONDS` on its stream).
     pub ack_deadline_secs: u32,
     /// The dead-letter topic (it must exist). `None`: no dead-letter policy, and then Pub/Sub
     /// reports no delivery attempt count either.
@@ -244,7 +244,7 @@ pub struct IncomingMessage {
     /// The attributes.
     pub attributes: BTreeMap<String, String>,
     /// 1 for the first delivery, n for the n-th; `None` when the subscription has no
-    /// dead-letter policy (Pub/Sub only counts attempts then).
+    /// dead-letter policy (Pub/Sub counts attempts only when it has one).
     pub delivery_attempt: Option<u32>,
 }
 

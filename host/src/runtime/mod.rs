@@ -41,6 +41,8 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
 /// Fuel between two yields to the async runtime; about 1 ms of guest work on this class of
 /// machine (fuel counts roughly one unit per wasm instruction).
 pub const DEFAULT_FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+/// Default instance slots of the pooling allocator (see [`RuntimeConfig::max_concurrent_tasks`]).
+pub const DEFAULT_MAX_CONCURRENT_TASKS: u32 = 64;
 /// Default wall-clock limit of one run: none (long jobs are the point); set per job.
 pub const DEFAULT_TIMEOUT: Option<Duration> = None;
 
@@ -51,6 +53,10 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Fuel between two yields to tokio.
     pub fuel_yield_interval: u64,
+    /// Most tasks running at once in this process: the pooling allocator keeps this many
+    /// instance slots (memories, tables, async stacks) ready, so starting a task does no
+    /// `mmap`. A task started beyond it fails to instantiate.
+    pub max_concurrent_tasks: u32,
     /// Fuel metering on (the default). Off exists only to measure its cost: without it a
     /// task never yields and fuel budgets are ignored.
     pub fuel_metering: bool,
@@ -62,6 +68,7 @@ impl Default for RuntimeConfig {
             cache_dir: default_cache_dir(),
             fuel_yield_interval: DEFAULT_FUEL_YIELD_INTERVAL,
             fuel_metering: true,
+            max_concurrent_tasks: DEFAULT_MAX_CONCURRENT_TASKS,
         }
     }
 }
@@ -207,17 +214,34 @@ pub struct Runtime {
     fuel_metering: bool,
 }
 
-fn engine_config(fuel_metering: bool) -> Config {
+fn engine_config(fuel_metering: bool, slots: u32) -> Config {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.consume_fuel(fuel_metering);
+    // Pooled instance slots: a warm start reuses a slot (copy-on-write memory image, no
+    // mmap), which is what makes starting a cached module take microseconds. A wasip2
+    // component holds a few core instances (the task plus WASI adapter shims).
+    let slots = slots.max(1);
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 8)
+        .total_stacks(slots)
+        // Each task's own limit is enforced by the store's limiter, not by the pool.
+        .max_memory_size(4 << 30)
+        .linear_memory_keep_resident(64 << 10);
+    cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
     cfg
 }
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config(config.fuel_metering))?;
+        let engine = Engine::new(&engine_config(
+            config.fuel_metering,
+            config.max_concurrent_tasks,
+        ))?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
