@@ -10,6 +10,7 @@ pub mod job;
 pub mod localqueue;
 pub mod modules;
 pub mod pubsub;
+pub mod queue;
 pub mod runtime;
 pub mod store;
 pub mod worker;

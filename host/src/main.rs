@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = taskhost::cli::Cli::parse();
-    taskhost::cli::init_logging();
+    taskhost::cli::init_logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

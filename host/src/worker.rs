@@ -22,7 +22,8 @@ use crate::exec::{self, Executor, JobEnd};
 use crate::ids::ModuleHash;
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
-use crate::pubsub::{Delivery, IncomingMessage, OutgoingMessage, Pubsub, SubscribeSettings};
+use crate::pubsub::{IncomingMessage, OutgoingMessage, SubscribeSettings};
+use crate::queue::{Lease, Queue, QueueDelivery};
 use crate::store::{ObjectStore, Precondition};
 
 /// Default number of trapped runs after which a job is dead-lettered.
@@ -63,12 +64,12 @@ impl Stats {
 /// Runs until `shutdown` is cancelled (then drains as described in the module docs) or the
 /// subscription fails permanently.
 pub async fn run<S: ObjectStore + Clone>(
-    pubsub: Pubsub,
+    queue: Queue,
     executor: Executor<S>,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
-    let mut sub = pubsub
+    let mut sub = queue
         .subscribe(
             &config.subscription_id,
             &SubscribeSettings {
@@ -86,7 +87,7 @@ pub async fn run<S: ObjectStore + Clone>(
     );
     let stats = Arc::new(Stats::default());
     let ctx = Arc::new(Ctx {
-        pubsub,
+        queue,
         executor,
         config,
         stats: stats.clone(),
@@ -102,7 +103,7 @@ pub async fn run<S: ObjectStore + Clone>(
                     jobs.spawn(async move { ctx.handle(delivery, cancel).await });
                 }
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(anyhow::Error::new(e).context("the subscription failed")),
+                Err(e) => break Err(e.context("the subscription failed")),
             },
             Some(joined) = jobs.join_next(), if !jobs.is_empty() => {
                 if let Err(e) = joined {
@@ -134,15 +135,15 @@ pub async fn run<S: ObjectStore + Clone>(
 }
 
 struct Ctx<S> {
-    pubsub: Pubsub,
+    queue: Queue,
     executor: Executor<S>,
     config: WorkerConfig,
     stats: Arc<Stats>,
 }
 
 impl<S: ObjectStore + Clone> Ctx<S> {
-    async fn handle(&self, delivery: Delivery, cancel: CancellationToken) {
-        let Delivery { message, handle } = delivery;
+    async fn handle(&self, delivery: QueueDelivery, cancel: CancellationToken) {
+        let QueueDelivery { message, handle } = delivery;
         let attempt = message.delivery_attempt.unwrap_or(1);
         let job = match JobMessage::parse(
             &message.data,
@@ -250,7 +251,7 @@ impl<S: ObjectStore + Clone> Ctx<S> {
         message: &IncomingMessage,
         job: Option<&JobMessage>,
         reason: &str,
-        handle: crate::pubsub::LeaseHandle,
+        handle: Lease,
     ) {
         if let Some(job) = job {
             let key = exec::error_key(&job.job_id);
@@ -272,7 +273,7 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             attributes,
         };
         match self
-            .pubsub
+            .queue
             .publish(&self.config.dead_letter_topic_id, vec![out])
             .await
         {

@@ -390,17 +390,18 @@ async fn a_held_lease_outlives_the_ack_deadline_many_times() {
         .await
         .unwrap();
 
-    // The held message: two workers on the subscription, one holds it.
+    // The held message: one worker holds it while a second one (started after the first got
+    // it: the emulator sends messages to any open stream) watches the subscription.
     let mut sub = pubsub
-        .subscribe("long-worker", &settings(2, ACK_DEADLINE))
-        .await
-        .unwrap();
-    let mut other = pubsub
         .subscribe("long-worker", &settings(2, ACK_DEADLINE))
         .await
         .unwrap();
     let held = next_within(&mut sub, Duration::from_secs(30)).await;
     assert_eq!(held.message.message_id, ids[0]);
+    let mut other = pubsub
+        .subscribe("long-worker", &settings(2, ACK_DEADLINE))
+        .await
+        .unwrap();
     let hold_until = Instant::now() + HOLD;
     let watch_until = hold_until + Duration::from_secs(12);
     let other_watch = tokio::spawn(async move {

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::pubsub::{DEFAULT_ACK_DEADLINE_SECS, Pubsub, PubsubConfig};
+use crate::localqueue::LocalQueue;
+use crate::pubsub::{
+    DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, Pubsub, PubsubConfig,
+    SubscriptionSettings,
+};
+use crate::queue::Queue;
 use crate::store::any::AnyStore;
 use crate::store::dir::DirStore;
 use crate::store::s3::{S3Config, S3Store};
@@ -56,12 +61,16 @@ impl StoreArgs {
     }
 }
 
-/// The Pub/Sub project and how to reach it.
+/// The queue: Google Cloud Pub/Sub when `PROJECT_ID` is set, else the embedded queue file.
 #[derive(Args, Debug, Clone)]
 pub struct PubsubArgs {
-    /// Google Cloud project id.
+    /// Google Cloud project id; when unset, the embedded queue (`--queue-file`) is used.
     #[arg(long, env = "PROJECT_ID")]
-    pub project_id: String,
+    pub project_id: Option<String>,
+    /// The embedded queue (SQLite; several processes on one machine may share it), used when
+    /// no PROJECT_ID is set.
+    #[arg(long, env = "QUEUE_FILE", default_value = ".taskhost/queue.sqlite")]
+    pub queue_file: PathBuf,
     /// host:port of the Pub/Sub emulator (plain HTTP, no credentials).
     #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
     pub emulator_host: Option<String>,
@@ -71,11 +80,18 @@ pub struct PubsubArgs {
 }
 
 impl PubsubArgs {
-    pub async fn connect(&self) -> anyhow::Result<Pubsub> {
-        let mut cfg = PubsubConfig::new(self.project_id.clone());
+    /// Connects to Pub/Sub, or opens the embedded queue when no project is configured.
+    pub async fn connect(&self) -> anyhow::Result<Queue> {
+        let Some(project) = self.project_id.clone().filter(|p| !p.is_empty()) else {
+            let q = LocalQueue::open(&self.queue_file).await.map_err(|e| {
+                anyhow::anyhow!("cannot open the queue {}: {e}", self.queue_file.display())
+            })?;
+            return Ok(Queue::Local(q));
+        };
+        let mut cfg = PubsubConfig::new(project);
         cfg.emulator_host = self.emulator_host.clone().filter(|h| !h.is_empty());
         cfg.credentials_file = self.credentials.clone();
-        Ok(Pubsub::connect(&cfg).await?)
+        Ok(Queue::PubSub(Pubsub::connect(&cfg).await?))
     }
 }
 
@@ -114,4 +130,41 @@ impl SubscriptionArgs {
     pub fn dead_letter_subscription(topic: &TopicArgs) -> String {
         format!("{}-sub", topic.dead_letter_topic())
     }
+}
+
+/// Creates (idempotently) the topics and subscriptions of `topics`/`sub`: what `taskhost
+/// setup` does, and what the embedded queue does by itself so that it needs no setup step.
+/// Returns each resource's name and what happened to it.
+pub async fn ensure_queue(
+    queue: &Queue,
+    topics: &TopicArgs,
+    sub: &SubscriptionArgs,
+) -> anyhow::Result<Vec<(&'static str, String, Ensured)>> {
+    let mut said = Vec::new();
+    let topic = &topics.topic_id;
+    let dlt = topics.dead_letter_topic();
+    said.push(("topic", topic.clone(), queue.ensure_topic(topic).await?));
+    said.push(("topic", dlt.clone(), queue.ensure_topic(&dlt).await?));
+    let settings = SubscriptionSettings {
+        ack_deadline_secs: sub.ack_deadline_seconds,
+        dead_letter_topic_id: Some(dlt.clone()),
+        max_delivery_attempts: DEFAULT_MAX_DELIVERY_ATTEMPTS,
+        ..SubscriptionSettings::default()
+    };
+    said.push((
+        "subscription",
+        sub.subscription_id.clone(),
+        queue
+            .ensure_subscription(&sub.subscription_id, topic, &settings)
+            .await?,
+    ));
+    let dls = SubscriptionArgs::dead_letter_subscription(topics);
+    said.push((
+        "subscription",
+        dls.clone(),
+        queue
+            .ensure_subscription(&dls, &dlt, &SubscriptionSettings::default())
+            .await?,
+    ));
+    Ok(said)
 }

@@ -5,6 +5,7 @@
 //! config structs and exit codes; no other module reads the environment.
 
 pub mod config;
+mod demo;
 mod module;
 mod run;
 mod setup;
@@ -53,12 +54,18 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     Status(status::StatusArgs),
     Run(run::RunArgs),
+    Demo(demo::DemoArgs),
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
-pub fn init_logging() {
+/// Logs to stderr; `RUST_LOG` overrides the default level (`info`; `warn` for the demo,
+/// whose workers log to files).
+pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let default = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -75,6 +82,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::main(args).await,
         Command::Status(args) => status::main(args).await,
         Command::Run(args) => run::main(args).await,
+        Command::Demo(args) => demo::main(args).await,
     }
 }
 

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs};
-use crate::pubsub::{DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, SubscriptionSettings, TopicSchema};
+use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
+use crate::pubsub::{Ensured, TopicSchema};
+use crate::queue::Queue;
 use crate::store::any::AnyStore;
 
 /// Create the topics, subscriptions, schema and bucket the worker needs (idempotent).
@@ -42,54 +43,35 @@ fn said(what: &str, name: &str, e: Ensured) {
 }
 
 pub async fn main(args: SetupArgs) -> anyhow::Result<ExitCode> {
-    let ps = args.pubsub.connect().await?;
+    let queue = args.pubsub.connect().await?;
     let topic = &args.topics.topic_id;
-    match &args.schema_id {
-        Some(schema) => {
-            let r = ps.ensure_schema_on_topic(topic, schema).await?;
-            said("schema", schema, r.schema);
-            match r.topic {
-                TopicSchema::Created => said("topic", topic, Ensured::Created),
-                TopicSchema::Found => said("topic", topic, Ensured::Found),
-                TopicSchema::ExistsWithoutSchema => println!(
-                    "found   topic {topic} (it has no schema: messages are not checked; \
-                     recreate the topic to attach {schema})"
-                ),
-                TopicSchema::ExistsWithOtherSchema {
-                    schema: other,
-                    encoding,
-                } => println!(
-                    "found   topic {topic} (with another schema {other}, {encoding}; left unchanged)"
-                ),
+    if let Some(schema) = &args.schema_id {
+        match &queue {
+            Queue::PubSub(ps) => {
+                let r = ps.ensure_schema_on_topic(topic, schema).await?;
+                said("schema", schema, r.schema);
+                match r.topic {
+                    TopicSchema::Created | TopicSchema::Found => {}
+                    TopicSchema::ExistsWithoutSchema => println!(
+                        "note: topic {topic} exists without a schema: messages are not checked; \
+                         recreate the topic to attach {schema}"
+                    ),
+                    TopicSchema::ExistsWithOtherSchema {
+                        schema: other,
+                        encoding,
+                    } => println!(
+                        "note: topic {topic} has another schema ({other}, {encoding}); left unchanged"
+                    ),
+                }
+            }
+            Queue::Local(_) => {
+                println!("skipped schema {schema}: the embedded queue has no schemas")
             }
         }
-        None => said("topic", topic, ps.ensure_topic(topic).await?),
     }
-    let dlt = args.topics.dead_letter_topic();
-    said("topic", &dlt, ps.ensure_topic(&dlt).await?);
-    let sub = &args.subscription.subscription_id;
-    said(
-        "subscription",
-        sub,
-        ps.ensure_subscription(
-            sub,
-            topic,
-            &SubscriptionSettings {
-                ack_deadline_secs: args.subscription.ack_deadline_seconds,
-                dead_letter_topic_id: Some(dlt.clone()),
-                max_delivery_attempts: DEFAULT_MAX_DELIVERY_ATTEMPTS,
-                ..SubscriptionSettings::default()
-            },
-        )
-        .await?,
-    );
-    let dls = SubscriptionArgs::dead_letter_subscription(&args.topics);
-    said(
-        "subscription",
-        &dls,
-        ps.ensure_subscription(&dls, &dlt, &SubscriptionSettings::default())
-            .await?,
-    );
+    for (what, name, ensured) in ensure_queue(&queue, &args.topics, &args.subscription).await? {
+        said(what, &name, ensured);
+    }
     match args.store.open()? {
         AnyStore::S3(s3) => match s3.ensure_bucket().await {
             Ok(created) => said(

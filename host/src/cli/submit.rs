@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::config::{PubsubArgs, StoreArgs, TopicArgs};
+use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
 use crate::ids::{JobId, ModuleHash};
 use crate::pubsub::OutgoingMessage;
+use crate::queue::Queue;
 use crate::store::ObjectStore;
 
 /// Messages per publish call (the client batches them further).
@@ -34,6 +35,9 @@ pub struct SubmitArgs {
     pub pubsub: PubsubArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
+    /// Used only by the embedded queue, which creates its subscription on first use.
+    #[command(flatten)]
+    pub subscription: SubscriptionArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     /// No progress bar.
@@ -121,6 +125,9 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let ps = args.pubsub.connect().await?;
+    if let Queue::Local(_) = ps {
+        ensure_queue(&ps, &args.topics, &args.subscription).await?;
+    }
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs};
+use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
 use crate::checkpoint::Limits;
 use crate::exec::Executor;
 use crate::ids::ModuleHash;
+use crate::queue::Queue;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
 use crate::worker::{self, DEFAULT_MAX_FAILURES, WorkerConfig};
 
@@ -50,7 +51,11 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
     let store = args.store.open()?;
-    let pubsub = args.pubsub.connect().await?;
+    let queue = args.pubsub.connect().await?;
+    if let Queue::Local(_) = queue {
+        // The embedded queue needs no setup step.
+        ensure_queue(&queue, &args.topics, &args.subscription).await?;
+    }
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let slots = args
         .slots
@@ -80,6 +85,6 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_failures: args.max_failures,
         default_module: args.default_module,
     };
-    worker::run(pubsub, executor, config, shutdown).await?;
+    worker::run(queue, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
