@@ -63,6 +63,9 @@ fn default_module() -> PathBuf {
     base.join("wasm32-wasip2/release/step_counter.wasm")
 }
 
+/// The jobs a killed worker held: job id -> (durable step, ms since that checkpoint).
+type Held = BTreeMap<String, (u64, u64)>;
+
 /// Kills the worker processes on every way out.
 struct Workers(Vec<(u32, Child)>);
 
@@ -226,7 +229,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             b
         })
         .collect();
-    let mut killed: Option<(u32, BTreeMap<String, (u64, u64)>)> = None; // pid, job -> (durable step, ms since checkpoint)
+    let mut killed: Option<(u32, Held)> = None;
     let mut resumed: BTreeMap<String, u64> = BTreeMap::new();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let statuses = loop {
@@ -264,7 +267,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 let now_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
-                let held: BTreeMap<String, (u64, u64)> = all
+                let held: Held = all
                     .iter()
                     .filter(|(s, h)| owner_pid(&h.owner) == Some(pid) && s.state != "done")
                     .map(|(s, h)| {
