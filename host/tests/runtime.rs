@@ -246,6 +246,41 @@ async fn cpu_bound_task_does_not_starve_the_runtime() {
     );
 }
 
+/// A task sleeping through the WASI clock does not block the host thread: a current-thread
+/// runtime keeps ticking while it sleeps.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sleeping_task_does_not_block_the_thread() {
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let t = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        let mut iv = tokio::time::interval(Duration::from_millis(5));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let r = run_once(
+        &rt,
+        &m,
+        r#"{"job_id":"s","steps":20,"step_ms":20}"#,
+        JobLimits::default(),
+    )
+    .await;
+    ticker.abort();
+    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+    assert!(r.elapsed >= Duration::from_millis(400), "{:?}", r.elapsed);
+    let got = ticks.load(Ordering::Relaxed);
+    // A blocking sleep would leave the ticker at most 2 ticks; ~80 are possible.
+    assert!(
+        got >= 20,
+        "{got} ticks while the task slept {:?}",
+        r.elapsed
+    );
+}
+
 #[tokio::test]
 async fn memory_bomb_traps_at_the_limit() {
     let rt = runtime();
