@@ -206,11 +206,9 @@ async fn saved_step(store: &DirStore, job: &JobId) -> u64 {
     v["step"].as_u64().unwrap()
 }
 
-/// Fuel yields keep a current-thread runtime responsive while a CPU-bound task runs.
-#[tokio::test(flavor = "current_thread")]
-async fn cpu_bound_task_does_not_starve_the_runtime() {
-    let rt = runtime();
-    let m = prepare(&rt, "prime_count").await;
+/// A task that counts 5 ms ticks on the current runtime: it only ticks when the runtime's
+/// thread is free.
+fn spawn_ticker() -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let ticks = Arc::new(AtomicU64::new(0));
     let t = ticks.clone();
     let ticker = tokio::spawn(async move {
@@ -221,6 +219,15 @@ async fn cpu_bound_task_does_not_starve_the_runtime() {
             t.fetch_add(1, Ordering::Relaxed);
         }
     });
+    (ticks, ticker)
+}
+
+/// Fuel yields keep a current-thread runtime responsive while a CPU-bound task runs.
+#[tokio::test(flavor = "current_thread")]
+async fn cpu_bound_task_does_not_starve_the_runtime() {
+    let rt = runtime();
+    let m = prepare(&rt, "prime_count").await;
+    let (ticks, ticker) = spawn_ticker();
     let r = run_once(
         &rt,
         &m,
@@ -252,16 +259,7 @@ async fn cpu_bound_task_does_not_starve_the_runtime() {
 async fn a_sleeping_task_does_not_block_the_thread() {
     let rt = runtime();
     let m = prepare(&rt, "step_counter").await;
-    let ticks = Arc::new(AtomicU64::new(0));
-    let t = ticks.clone();
-    let ticker = tokio::spawn(async move {
-        let mut iv = tokio::time::interval(Duration::from_millis(5));
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            iv.tick().await;
-            t.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let (ticks, ticker) = spawn_ticker();
     let r = run_once(
         &rt,
         &m,
