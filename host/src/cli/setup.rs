@@ -45,13 +45,16 @@ fn said(what: &str, name: &str, e: Ensured) {
 pub async fn main(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let queue = args.pubsub.connect().await?;
     let topic = &args.topics.topic_id;
+    // When the schema step creates the jobs topic, that is what `setup` reports for it.
+    let mut topic_from_schema = None;
     if let Some(schema) = &args.schema_id {
         match &queue {
             Queue::PubSub(ps) => {
                 let r = ps.ensure_schema_on_topic(topic, schema).await?;
                 said("schema", schema, r.schema);
                 match r.topic {
-                    TopicSchema::Created | TopicSchema::Found => {}
+                    TopicSchema::Created => topic_from_schema = Some(Ensured::Created),
+                    TopicSchema::Found => topic_from_schema = Some(Ensured::Found),
                     TopicSchema::ExistsWithoutSchema => println!(
                         "note: topic {topic} exists without a schema: messages are not checked; \
                          recreate the topic to attach {schema}"
@@ -70,6 +73,10 @@ pub async fn main(args: SetupArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for (what, name, ensured) in ensure_queue(&queue, &args.topics, &args.subscription).await? {
+        let ensured = match topic_from_schema {
+            Some(e) if what == "topic" && name == *topic => e,
+            _ => ensured,
+        };
         said(what, &name, ensured);
     }
     match args.store.open()? {
