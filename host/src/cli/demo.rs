@@ -9,8 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::config::{SubscriptionArgs, TopicArgs, ensure_queue};
-use super::status::{JobStatus, job_status};
-use crate::checkpoint;
+use super::status::{JobStatus, read_job};
 use crate::ids::JobId;
 use crate::localqueue::LocalQueue;
 use crate::pubsub::OutgoingMessage;
@@ -235,11 +234,11 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let statuses = loop {
         let mut all = Vec::with_capacity(jobs.len());
         for ((id, _), bar) in jobs.iter().zip(&bars) {
-            let s = job_status(&store, id).await?;
+            // One read of the result, error and checkpoint per job per poll.
+            let (s, header) = read_job(&store, id).await?;
             if let Some((done, _)) = s.progress {
                 bar.set_position(done);
             }
-            let header = checkpoint::peek(&store, id).await?.unwrap_or_default();
             let note = if resumed.contains_key(id.as_str()) {
                 ", resumed"
             } else {

@@ -48,6 +48,11 @@ pub struct JobStatus {
 }
 
 pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStatus> {
+    Ok(read_job(store, job).await?.0)
+}
+
+/// A job's status and its checkpoint header (default when it has none), read once.
+pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatus, Header)> {
     let text =
         |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
     let result = text(store.get(&exec::result_key(job)).await?);
@@ -68,7 +73,7 @@ pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStat
         (None, None, None) => "queued",
     };
     let h = header.unwrap_or_default();
-    Ok(JobStatus {
+    let status = JobStatus {
         job_id: job.to_string(),
         state,
         progress: h.progress,
@@ -76,7 +81,8 @@ pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStat
         failures: h.failures,
         result,
         error,
-    })
+    };
+    Ok((status, h))
 }
 
 async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobId>> {
