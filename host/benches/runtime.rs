@@ -46,8 +46,12 @@ async fn run(
     input: &str,
 ) -> RunReport {
     let job: JobId = job.parse().unwrap();
-    let claimed = checkpoint::claim(store, &job, "bench").await.unwrap();
-    let ckpt = Checkpointer::start(store.clone(), &job, claimed, Limits::default());
+    let result = taskhost::exec::result_key(&job);
+    let lease = taskhost::queue::lease::LeaseView::detached(Duration::from_secs(60)).0;
+    let claimed = checkpoint::claim(store, &job, "bench", &lease, &result)
+        .await
+        .unwrap();
+    let ckpt = Checkpointer::start(store.clone(), &job, claimed, Limits::default(), lease);
     let r = rt
         .run(
             module,

@@ -1,18 +1,25 @@
-//! The checkpoint object and the fencing protocol (DESIGN.md "Lease, yield and fencing").
+//! The checkpoint object, the ownership rule and the fencing protocol (docs/design.md
+//! "Leases and ownership").
 //!
 //! `jobs/<job_id>/checkpoint` holds a small versioned [`Header`] (attempts, failures,
-//! progress, fuel used, a per-write nonce) and the task's own bytes. It is also the job's
-//! fence: a worker [`claim`]s it with a conditional write, and every later write is
-//! conditional on the tag it last wrote. A worker whose lease lapsed and whose job was
-//! claimed by another gets `PreconditionFailed`, learns it lost the job, and never writes
-//! again.
+//! progress, fuel used, owner and its lease, a per-write nonce) and the task's own bytes. It
+//! is the job's fence: a worker [`claim`]s it with a conditional write, and every later write
+//! is conditional on the tag it last wrote. A worker whose job was claimed by another gets
+//! `PreconditionFailed`, learns it lost the job, stops the task and never writes again.
+//!
+//! **Ownership:** the header carries the owner's lease (`lease_until_ms`, refreshed after
+//! every extension of the owner's queue lease; 0 = released). A claim takes over only a
+//! released or expired one (see [`claim`]), so a duplicate message never steals a live
+//! owner's job.
 //!
 //! Saves from the task do not wait for the upload: [`Checkpointer::save`] keeps the newest
 //! bytes in memory and a background writer uploads them, coalescing saves so that a key is
 //! written at most once per [`Limits::min_write_interval`] (R2 allows one write per second
-//! per key). [`Checkpointer::finish`] makes the last save durable.
+//! per key). [`Checkpointer::flush`] makes the last save durable; [`Checkpointer::finish`]
+//! ends a finished job without waiting for that spacing.
 //!
-//! **Invariant:** after a conflict, nothing is written by this worker for this job.
+//! **Invariant:** after a conflict or a lost lease, nothing is written by this worker for
+//! this job.
 //! **API boundary:** this module speaks only [`ObjectStore`]; it works the same on R2 and on
 //! a directory.
 
@@ -22,8 +29,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::ids::JobId;
+use crate::queue::lease::LeaseView;
 use crate::store::{ETag, ObjectStore, Precondition, StoreError};
 
 const MAGIC: &[u8; 4] = b"THCP";
@@ -33,6 +42,18 @@ const FORMAT_VERSION: u8 = 1;
 pub const DEFAULT_MAX_CHECKPOINT_BYTES: usize = 16 * 1024 * 1024;
 /// Default least time between two writes of one checkpoint object (R2: 1 write/s/key).
 pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// How far apart two machines' clocks may be: a claim treats an owner's lease as expired
+/// this long before its recorded end, and a finishing owner needs at least this much of its
+/// lease left to write the result. 2 s, or a quarter of the owner's lease period if that is
+/// shorter (see [`skew_allowance_ms`]).
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// The clock-skew allowance for a lease of `period_ms` (0: unknown): at most a quarter of
+/// the period, so an owner that refreshes every half period is never taken over.
+pub fn skew_allowance_ms(period_ms: u64) -> u64 {
+    let max = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
+    if period_ms == 0 { max } else { max.min(period_ms / 4) }
+}
 
 /// The storage key of a job's checkpoint.
 pub fn key(job: &JobId) -> String {
@@ -58,6 +79,13 @@ pub struct Header {
     /// Which worker wrote this version (for `status`).
     #[serde(default)]
     pub owner: String,
+    /// Until when the owner's lease holds (ms since the Unix epoch); 0: released (a header
+    /// written before this field existed reads as released).
+    #[serde(default)]
+    pub lease_until_ms: u64,
+    /// The owner's lease period (its ack deadline) in ms; 0: unknown.
+    #[serde(default)]
+    pub lease_period_ms: u64,
     /// Milliseconds since the Unix epoch at this write.
     #[serde(default)]
     pub updated_ms: u64,
@@ -106,7 +134,7 @@ fn nonce() -> String {
     hex::encode(b)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -163,34 +191,114 @@ pub struct Claimed {
     etag: ETag,
 }
 
-/// Claims the job's checkpoint for this worker: reads it, increments `attempts`, and writes
-/// it back conditionally (`If-None-Match: *` when there is none, `If-Match` otherwise).
+/// Why a claim did not take the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Another worker holds the job under a live lease (or claimed it just now). Hand the
+    /// message back for at least one lease period.
+    Busy { owner: String, until_ms: u64 },
+    /// The job's result exists: nothing to run.
+    AlreadyDone,
+    /// The checkpoint object is not one this host can read (corrupt, or a newer format).
+    Unreadable(String),
+    /// The store failed; retry later.
+    Storage(String),
+}
+
+impl std::fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimError::Busy { owner, until_ms } => {
+                write!(f, "worker `{owner}` holds the job (lease until {until_ms} ms)")
+            }
+            ClaimError::AlreadyDone => f.write_str("the job's result exists"),
+            ClaimError::Unreadable(m) | ClaimError::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Claims the job's checkpoint for `owner` under `lease` (its guaranteed end now is recorded
+/// as the owner's lease).
 ///
-/// `Err(Conflict)` means another worker claimed it between our read and our write.
+/// First a create-only write (`If-None-Match: *`): on a new job that one request is the whole
+/// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read, the
+/// result is checked for ([`ClaimError::AlreadyDone`]), and the claim takes the job over only
+/// if its lease is released or expired (`lease_until_ms <= now + skew allowance`), with a
+/// write `If-Match` on the tag read, incrementing `attempts`. A live lease, or a claim that
+/// loses the race for the write, is [`ClaimError::Busy`].
 pub async fn claim<S: ObjectStore>(
     store: &S,
     job: &JobId,
     owner: &str,
-) -> Result<Claimed, CheckpointError> {
+    lease: &LeaseView,
+    result_key: &str,
+) -> Result<Claimed, ClaimError> {
     let key = key(job);
-    let current = store.get(&key).await.map_err(storage)?;
-    let (mut header, data, pre) = match current {
-        None => (Header::default(), None, Precondition::Absent),
-        Some(obj) => {
-            let (h, d) = decode(&obj.bytes)
-                .map_err(|e| CheckpointError::Storage(format!("{key} is unreadable: {e:#}")))?;
-            (h, d, Precondition::Matches(obj.etag))
-        }
+    let lease_until_ms = lease.until().unix_ms;
+    let lease_period_ms = lease.deadline.as_millis() as u64;
+    let fresh = |mut header: Header| {
+        header.attempts += 1;
+        header.owner = owner.to_owned();
+        header.lease_until_ms = lease_until_ms;
+        header.lease_period_ms = lease_period_ms;
+        header.updated_ms = now_ms();
+        header.nonce = nonce();
+        header
     };
-    header.attempts += 1;
-    header.owner = owner.to_owned();
-    header.updated_ms = now_ms();
-    header.nonce = nonce();
-    let etag = store
-        .put(&key, encode(&header, data.as_deref()), pre)
+    let header = fresh(Header::default());
+    match store
+        .put(&key, encode(&header, None), Precondition::Absent)
         .await
-        .map_err(write_error)?;
-    Ok(Claimed { header, data, etag })
+    {
+        Ok(etag) => {
+            return Ok(Claimed {
+                header,
+                data: None,
+                etag,
+            });
+        }
+        Err(StoreError::PreconditionFailed) => {}
+        Err(e) => return Err(ClaimError::Storage(e.to_string())),
+    }
+    let Some(current) = store
+        .get(&key)
+        .await
+        .map_err(|e| ClaimError::Storage(e.to_string()))?
+    else {
+        return Err(ClaimError::Storage(format!("{key} vanished while being claimed")));
+    };
+    let (header, data) = decode(&current.bytes)
+        .map_err(|e| ClaimError::Unreadable(format!("{key} is unreadable: {e:#}")))?;
+    if store
+        .exists(result_key)
+        .await
+        .map_err(|e| ClaimError::Storage(e.to_string()))?
+    {
+        return Err(ClaimError::AlreadyDone);
+    }
+    let skew = skew_allowance_ms(header.lease_period_ms);
+    if header.lease_until_ms > now_ms().saturating_add(skew) {
+        return Err(ClaimError::Busy {
+            owner: header.owner,
+            until_ms: header.lease_until_ms,
+        });
+    }
+    let header = fresh(header);
+    match store
+        .put(
+            &key,
+            encode(&header, data.as_deref()),
+            Precondition::Matches(current.etag),
+        )
+        .await
+    {
+        Ok(etag) => Ok(Claimed { header, data, etag }),
+        Err(StoreError::PreconditionFailed) => Err(ClaimError::Busy {
+            owner: "another worker (claimed it just now)".into(),
+            until_ms: lease_until_ms,
+        }),
+        Err(e) => Err(ClaimError::Storage(e.to_string())),
+    }
 }
 
 /// Reads a job's checkpoint header without claiming it (for `status`).
@@ -198,17 +306,6 @@ pub async fn peek<S: ObjectStore>(store: &S, job: &JobId) -> anyhow::Result<Opti
     match store.get(&key(job)).await? {
         None => Ok(None),
         Some(obj) => Ok(Some(decode(&obj.bytes)?.0)),
-    }
-}
-
-fn storage(e: StoreError) -> CheckpointError {
-    CheckpointError::Storage(e.to_string())
-}
-
-fn write_error(e: StoreError) -> CheckpointError {
-    match e {
-        StoreError::PreconditionFailed => CheckpointError::Conflict,
-        other => storage(other),
     }
 }
 
@@ -226,6 +323,7 @@ struct State {
     latest: Option<Arc<Vec<u8>>>,
     /// Whether `latest` or the header changed since the last write.
     dirty: bool,
+    /// Another worker took the job over (412), or our lease is gone: write nothing more.
     conflict: bool,
     /// The last write's error, cleared by a successful write.
     error: Option<String>,
@@ -233,8 +331,24 @@ struct State {
 }
 
 enum Cmd {
-    /// Write now if anything is dirty (still honouring the interval), then answer.
-    Flush(oneshot::Sender<Result<(), CheckpointError>>),
+    /// Write what is dirty (honouring the interval), then answer; `release` first sets the
+    /// header's lease to 0 so the next worker may claim the job at once.
+    Flush {
+        release: bool,
+        done: oneshot::Sender<Result<(), CheckpointError>>,
+    },
+    /// Stop writing (pending saves are dropped) and answer with the last write's tag.
+    Finish(oneshot::Sender<Result<Proof, CheckpointError>>),
+}
+
+/// What [`Checkpointer::finish`] hands the caller: the tag of this worker's last write and
+/// the lease that write recorded. While that lease has not expired (minus
+/// [`skew_allowance_ms`]) no other worker may claim the job, so an unchanged tag proves
+/// ownership until then.
+#[derive(Clone, Debug)]
+pub struct Proof {
+    pub etag: ETag,
+    pub lease_until_ms: u64,
 }
 
 /// The task's view of its checkpoint, and the host's handle on the background writer.
@@ -244,17 +358,21 @@ pub struct Checkpointer {
     shared: Arc<Shared>,
     cmds: mpsc::UnboundedSender<Cmd>,
     max_bytes: usize,
+    stopped: CancellationToken,
 }
 
 impl Checkpointer {
-    /// Starts the background writer for a claimed checkpoint. The writer stops when every
-    /// `Checkpointer` clone is dropped, or at the first conflict.
+    /// Starts the background writer for a claimed checkpoint. It refreshes the header's
+    /// lease after every extension of `lease`, and stops writing for good at the first
+    /// conflict or when `lease` is lost. The writer ends when every clone is dropped.
     pub fn start<S: ObjectStore + Clone>(
         store: S,
         job: &JobId,
         claimed: Claimed,
         limits: Limits,
+        lease: LeaseView,
     ) -> Checkpointer {
+        let written_until = claimed.header.lease_until_ms;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 header: claimed.header,
@@ -267,18 +385,24 @@ impl Checkpointer {
             wake: Notify::new(),
         });
         let (cmds, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(
+        let stopped = CancellationToken::new();
+        let writer = Writer {
             store,
-            key(job),
-            claimed.etag,
-            shared.clone(),
-            rx,
-            limits.min_write_interval,
-        ));
+            key: key(job),
+            etag: claimed.etag,
+            written_until,
+            shared: shared.clone(),
+            interval: limits.min_write_interval,
+            lease,
+            stopped: stopped.clone(),
+            released: false,
+        };
+        tokio::spawn(writer.run(rx));
         Checkpointer {
             shared,
             cmds,
             max_bytes: limits.max_bytes,
+            stopped,
         }
     }
 
@@ -288,7 +412,7 @@ impl Checkpointer {
             return Err(CheckpointError::TooLarge(self.max_bytes as u64));
         }
         {
-            let mut st = self.shared.state.lock().unwrap();
+            let mut st = self.lock();
             if st.conflict {
                 return Err(CheckpointError::Conflict);
             }
@@ -301,7 +425,7 @@ impl Checkpointer {
 
     /// The newest checkpoint data (saved in this run or loaded by the claim).
     pub fn load(&self) -> Result<Option<Vec<u8>>, CheckpointError> {
-        let st = self.shared.state.lock().unwrap();
+        let st = self.lock();
         if st.conflict {
             return Err(CheckpointError::Conflict);
         }
@@ -310,45 +434,65 @@ impl Checkpointer {
 
     /// Records progress; stored with the next write.
     pub fn report_progress(&self, done: u64, total: u64) {
-        self.shared.state.lock().unwrap().header.progress = Some((done, total));
+        self.lock().header.progress = Some((done, total));
     }
 
-    /// Changes the header (failures, fuel, ...); stored with the next write or [`finish`].
-    ///
-    /// [`finish`]: Checkpointer::finish
+    /// Changes the header (failures, fuel, ...); stored with the next write or flush.
     pub fn update_header(&self, f: impl FnOnce(&mut Header)) {
-        let mut st = self.shared.state.lock().unwrap();
+        let mut st = self.lock();
         f(&mut st.header);
         st.dirty = true;
     }
 
     /// A copy of the current header.
     pub fn header(&self) -> Header {
-        self.shared.state.lock().unwrap().header.clone()
+        self.lock().header.clone()
     }
 
-    /// Whether another worker took the job over.
+    /// Whether this worker lost the job (a conflict, or its lease is gone).
     pub fn is_conflicted(&self) -> bool {
-        self.shared.state.lock().unwrap().conflict
+        self.lock().conflict
+    }
+
+    /// Cancelled once this worker lost the job: the task should stop.
+    pub fn stopped(&self) -> CancellationToken {
+        self.stopped.clone()
     }
 
     /// Number of completed writes (excluding the claim).
     pub fn writes(&self) -> u64 {
-        self.shared.state.lock().unwrap().writes
+        self.lock().writes
     }
 
     /// Makes everything saved so far durable (waiting out the write interval if needed).
-    /// `Err(Conflict)` if the job was taken over; `Err(Storage)` if the store keeps failing.
-    pub async fn flush(&self) -> Result<(), CheckpointError> {
-        let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Flush(tx)).is_err() {
+    /// With `release`, the written header gives the job up (lease 0): the next worker may
+    /// claim it at once. `Err(Conflict)` if the job was lost; `Err(Storage)` if the store
+    /// keeps failing.
+    pub async fn flush(&self, release: bool) -> Result<(), CheckpointError> {
+        let (done, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Flush { release, done }).is_err() {
             return self.final_state();
         }
         rx.await.unwrap_or_else(|_| self.final_state())
     }
 
+    /// Stops the writer for good without writing what is pending, and returns the tag of the
+    /// last write (see [`Proof`]). `Err(Conflict)` if the job was lost.
+    pub async fn finish(&self) -> Result<Proof, CheckpointError> {
+        let (done, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Finish(done)).is_err() {
+            return Err(self.final_state().err().unwrap_or(CheckpointError::Conflict));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(self.final_state().err().unwrap_or(CheckpointError::Conflict)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.shared)
+    }
+
     fn final_state(&self) -> Result<(), CheckpointError> {
-        let st = self.shared.state.lock().unwrap();
+        let st = self.lock();
         if st.conflict {
             Err(CheckpointError::Conflict)
         } else if st.dirty {
@@ -363,99 +507,168 @@ impl Checkpointer {
     }
 }
 
-/// Attempts of one flush before it reports a storage error (the SDK retries inside each).
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
+    // Every update is one assignment: the state stays consistent if a holder panicked.
+    shared.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Failed writes in a row after which a waiting flush reports a storage error (the SDK
+/// retries inside each).
 const FLUSH_TRIES: u32 = 5;
 
-async fn writer<S: ObjectStore>(
+/// The background writer of one checkpoint.
+struct Writer<S> {
     store: S,
     key: String,
-    mut etag: ETag,
+    /// The tag of our last write: every write is `If-Match` on it.
+    etag: ETag,
+    /// The lease our last write recorded.
+    written_until: u64,
     shared: Arc<Shared>,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
     interval: Duration,
-) {
-    let mut last_write = Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let flush = tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                Some(Cmd::Flush(tx)) => Some(tx),
-                None => return,
-            },
-            _ = shared.wake.notified() => None,
-        };
-        let mut tries = 0;
-        let result = loop {
-            // One write per interval per key; saves that arrive meanwhile are coalesced.
-            tokio::time::sleep_until(last_write + interval).await;
-            let bytes = {
-                let mut st = shared.state.lock().unwrap();
-                if st.conflict {
-                    break Err(CheckpointError::Conflict);
+    lease: LeaseView,
+    stopped: CancellationToken,
+    /// A flush released the job: no more lease refreshes.
+    released: bool,
+}
+
+impl<S: ObjectStore> Writer<S> {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        // The claim was a write too: R2 allows one write per second per key.
+        let mut next_write = Instant::now() + self.interval;
+        let mut failures = 0u32;
+        let mut backoff = Duration::from_millis(200);
+        let mut waiting: Vec<oneshot::Sender<Result<(), CheckpointError>>> = Vec::new();
+        let mut lease = self.lease.clone();
+        loop {
+            let dirty = lock(&self.shared).dirty;
+            if !dirty {
+                for w in waiting.drain(..) {
+                    let _ = w.send(Ok(()));
                 }
-                if !st.dirty {
-                    break Ok(());
-                }
-                st.header.nonce = nonce();
-                st.header.updated_ms = now_ms();
-                st.dirty = false;
-                encode(&st.header, st.latest.as_deref().map(|v| v.as_slice()))
-            };
-            last_write = Instant::now();
-            match store
-                .put(&key, bytes, Precondition::Matches(etag.clone()))
-                .await
-            {
-                Ok(tag) => {
-                    etag = tag;
-                    backoff = Duration::from_millis(200);
-                    let mut st = shared.state.lock().unwrap();
-                    st.error = None;
-                    st.writes += 1;
-                    if !st.dirty {
-                        break Ok(());
+            }
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => return,
+                    Some(Cmd::Flush { release, done }) => {
+                        if release && !self.released {
+                            self.released = true;
+                            let mut st = lock(&self.shared);
+                            st.header.lease_until_ms = 0;
+                            st.dirty = true;
+                        }
+                        waiting.push(done);
                     }
-                }
-                Err(StoreError::PreconditionFailed) => {
-                    tracing::warn!(
-                        key,
-                        "checkpoint changed under us: another worker owns the job; stopping writes"
-                    );
-                    shared.state.lock().unwrap().conflict = true;
-                    break Err(CheckpointError::Conflict);
-                }
-                Err(StoreError::Other(e)) => {
-                    let msg = format!("{e:#}");
-                    tracing::warn!(key, error = %msg, "checkpoint write failed; will retry");
-                    {
-                        let mut st = shared.state.lock().unwrap();
-                        st.dirty = true;
-                        st.error = Some(msg.clone());
+                    Some(Cmd::Finish(done)) => {
+                        let _ = done.send(Ok(Proof {
+                            etag: self.etag.clone(),
+                            lease_until_ms: self.written_until,
+                        }));
+                        for w in waiting.drain(..) {
+                            let _ = w.send(Err(CheckpointError::Storage("the job finished".into())));
+                        }
+                        return;
                     }
-                    tries += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    if flush.is_none() {
-                        // Retry from the top of the outer loop, so that a flush waiting
-                        // in the channel is not starved by background retries.
-                        shared.wake.notify_one();
-                        break Err(CheckpointError::Storage(msg));
+                },
+                _ = self.shared.wake.notified() => {}
+                changed = lease.until.changed(), if !self.released => {
+                    if changed.is_err() {
+                        // The lease's keeper is gone (the job is settling): no more refreshes.
+                        self.released = true;
+                        continue;
                     }
-                    if tries >= FLUSH_TRIES {
-                        break Err(CheckpointError::Storage(msg));
+                    let until = lease.until().unix_ms;
+                    let mut st = lock(&self.shared);
+                    st.header.lease_until_ms = until;
+                    st.dirty = true;
+                }
+                _ = self.lease.lost.cancelled() => {
+                    tracing::warn!(key = %self.key, "lease lost: writing nothing more for this job");
+                    self.lose();
+                    break;
+                }
+                _ = tokio::time::sleep_until(next_write), if dirty => {
+                    match self.write().await {
+                        Ok(()) => {
+                            failures = 0;
+                            backoff = Duration::from_millis(200);
+                            next_write = Instant::now() + self.interval;
+                        }
+                        Err(CheckpointError::Conflict) => break,
+                        Err(e) => {
+                            failures += 1;
+                            next_write = Instant::now() + backoff.max(self.interval);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            if failures >= FLUSH_TRIES {
+                                for w in waiting.drain(..) {
+                                    let _ = w.send(Err(e.clone()));
+                                }
+                            }
+                        }
                     }
                 }
             }
-        };
-        if let Some(tx) = flush {
-            let _ = tx.send(result);
         }
-        if shared.state.lock().unwrap().conflict {
-            // Answer any further flushes with the conflict, write nothing more.
-            while let Some(Cmd::Flush(tx)) = cmds.recv().await {
-                let _ = tx.send(Err(CheckpointError::Conflict));
+        // Lost the job: answer every further request with the conflict, write nothing.
+        for w in waiting.drain(..) {
+            let _ = w.send(Err(CheckpointError::Conflict));
+        }
+        while let Some(cmd) = cmds.recv().await {
+            match cmd {
+                Cmd::Flush { done, .. } => drop(done.send(Err(CheckpointError::Conflict))),
+                Cmd::Finish(done) => drop(done.send(Err(CheckpointError::Conflict))),
             }
-            return;
+        }
+    }
+
+    /// Marks the job lost and stops the task.
+    fn lose(&self) {
+        lock(&self.shared).conflict = true;
+        self.stopped.cancel();
+    }
+
+    /// One fenced write of the current state.
+    async fn write(&mut self) -> Result<(), CheckpointError> {
+        let (bytes, until) = {
+            let mut st = lock(&self.shared);
+            if st.conflict {
+                return Err(CheckpointError::Conflict);
+            }
+            st.header.nonce = nonce();
+            st.header.updated_ms = now_ms();
+            st.dirty = false;
+            let bytes = encode(&st.header, st.latest.as_deref().map(|v| v.as_slice()));
+            (bytes, st.header.lease_until_ms)
+        };
+        match self
+            .store
+            .put(&self.key, bytes, Precondition::Matches(self.etag.clone()))
+            .await
+        {
+            Ok(tag) => {
+                self.etag = tag;
+                self.written_until = until;
+                let mut st = lock(&self.shared);
+                st.error = None;
+                st.writes += 1;
+                Ok(())
+            }
+            Err(StoreError::PreconditionFailed) => {
+                tracing::warn!(
+                    key = %self.key,
+                    "checkpoint changed under us: another worker owns the job; stopping the task"
+                );
+                self.lose();
+                Err(CheckpointError::Conflict)
+            }
+            Err(StoreError::Other(e)) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(key = %self.key, error = %msg, "checkpoint write failed; will retry");
+                let mut st = lock(&self.shared);
+                st.dirty = true;
+                st.error = Some(msg.clone());
+                Err(CheckpointError::Storage(msg))
+            }
         }
     }
 }

@@ -1,16 +1,21 @@
-//! Running one job end to end against a store: skip if done, claim the checkpoint, run the
-//! task, make its checkpoint durable, then write the result (or error) and count failures.
+//! Running one job end to end against a store: claim the checkpoint (or learn that the job
+//! is done or busy), run the task, then write the result (or error) and count failures.
 //!
 //! Used by `taskhost run` and by the worker; the caller decides what to do with the queue
 //! message from the returned [`JobEnd`].
 //!
-//! **Invariants:** the result is written create-only and only after a fenced checkpoint
-//! write proved this worker still owns the job; after a conflict nothing is written.
+//! **Invariants:** the result is written create-only, and only after this worker proved it
+//! still owns the job: the checkpoint's tag is the one it last wrote, and the lease that write
+//! recorded has at least the clock-skew allowance ([`skew_allowance_ms`]) left, so no other worker can have claimed it
+//! since. After a conflict or a lost lease nothing is written.
 
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{self, CheckpointError, Checkpointer, Limits};
+use crate::checkpoint::{
+    self, CheckpointError, Checkpointer, ClaimError, Limits, now_ms, skew_allowance_ms,
+};
 use crate::ids::JobId;
+use crate::queue::lease::LeaseView;
 use crate::runtime::{JobLimits, Outcome, Prepared, RunRequest, Runtime, TrapKind};
 use crate::store::{ObjectStore, Precondition, StoreError};
 
@@ -26,7 +31,7 @@ pub fn error_key(job: &JobId) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
     /// A result already existed: nothing ran. Ack.
-    AlreadyDone(String),
+    AlreadyDone,
     /// The result is durable now. Ack.
     Done { result: String, attempt: u32 },
     /// The task reported a permanent failure; `jobs/<id>/error` is written. Dead-letter.
@@ -38,11 +43,19 @@ pub enum JobEnd {
         message: String,
         failures: u32,
     },
-    /// Another worker owns the job. Write nothing; neither ack nor count.
+    /// Another worker holds the job under a live lease. Nothing ran; hand the message back
+    /// for at least one lease period.
+    Busy { owner: String, until_ms: u64 },
+    /// Another worker took the job over (the checkpoint changed under us). The task was
+    /// stopped; nothing was written; count nothing.
     Conflict,
-    /// Stopped by the host; the checkpoint is durable. Nack.
+    /// Our queue lease is gone. The task was stopped; nothing was written; count nothing.
+    LeaseLost,
+    /// Stopped by the host (shutdown); the checkpoint is durable and released. Nack now.
     Cancelled,
-    /// The store failed; nothing is lost, retry later. Nack.
+    /// The checkpoint cannot be read by this host (corrupt, or a newer format). Permanent.
+    Unreadable(String),
+    /// The store failed; nothing is lost, retry later. Nack with backoff.
     Storage(String),
 }
 
@@ -58,26 +71,31 @@ pub struct Executor<S> {
 }
 
 impl<S: ObjectStore + Clone> Executor<S> {
-    /// Runs `job` (see the module docs). `on_start` is called with the claimed checkpoint
-    /// header before the task starts.
+    /// Runs `job` under `lease` (see the module docs). `shutdown` stops the task at its next
+    /// yield and flushes its checkpoint; a lost lease or a conflict stops it without writing.
     pub async fn execute(
         &self,
         job: &JobId,
         module: &Prepared,
         input: &str,
-        cancel: CancellationToken,
+        lease: LeaseView,
+        shutdown: CancellationToken,
     ) -> JobEnd {
-        match self.store.get(&result_key(job)).await {
-            Ok(Some(obj)) => {
-                return JobEnd::AlreadyDone(String::from_utf8_lossy(&obj.bytes).into());
-            }
-            Ok(None) => {}
-            Err(e) => return JobEnd::Storage(e.to_string()),
-        }
-        let claimed = match checkpoint::claim(&self.store, job, &self.worker_id).await {
+        let result_key = result_key(job);
+        let claimed = match checkpoint::claim(
+            &self.store,
+            job,
+            &self.worker_id,
+            &lease,
+            &result_key,
+        )
+        .await
+        {
             Ok(c) => c,
-            Err(CheckpointError::Conflict) => return JobEnd::Conflict,
-            Err(e) => return JobEnd::Storage(e.to_string()),
+            Err(ClaimError::AlreadyDone) => return JobEnd::AlreadyDone,
+            Err(ClaimError::Busy { owner, until_ms }) => return JobEnd::Busy { owner, until_ms },
+            Err(ClaimError::Unreadable(m)) => return JobEnd::Unreadable(m),
+            Err(ClaimError::Storage(m)) => return JobEnd::Storage(m),
         };
         let attempt = claimed.header.attempts;
         let resumed = claimed.data.is_some();
@@ -87,7 +105,22 @@ impl<S: ObjectStore + Clone> Executor<S> {
             job,
             claimed,
             self.checkpoint_limits.clone(),
+            lease.clone(),
         );
+        // The task stops at its next yield on shutdown, on a lost lease, or on a conflict.
+        let stop = CancellationToken::new();
+        let watcher = tokio::spawn({
+            let (stop, lost, lost_job) = (stop.clone(), lease.lost.clone(), ckpt.stopped());
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = lost.cancelled() => {}
+                    _ = lost_job.cancelled() => {}
+                }
+                stop.cancel();
+            }
+        });
         let report = self
             .runtime
             .run(
@@ -98,12 +131,12 @@ impl<S: ObjectStore + Clone> Executor<S> {
                     input,
                     limits: &self.limits,
                     checkpoint: ckpt.clone(),
-                    cancel,
+                    cancel: stop,
                 },
             )
             .await;
+        watcher.abort();
         let fuel = report.fuel_used;
-        ckpt.update_header(|h| h.fuel_used = h.fuel_used.saturating_add(fuel));
         tracing::info!(
             job = %job,
             attempt,
@@ -112,49 +145,21 @@ impl<S: ObjectStore + Clone> Executor<S> {
             outcome = ?report.outcome,
             "task run ended"
         );
+        if lease.lost.is_cancelled() {
+            return JobEnd::LeaseLost;
+        }
+        ckpt.update_header(|h| h.fuel_used = h.fuel_used.saturating_add(fuel));
 
         match report.outcome {
-            Outcome::Finished(result) => {
-                // The fenced flush proves we still own the job before the result is written.
-                if let Err(e) = ckpt.flush().await {
-                    return ckpt_end(e);
-                }
-                match self
-                    .store
-                    .put(
-                        &result_key(job),
-                        result.clone().into_bytes(),
-                        Precondition::Absent,
-                    )
-                    .await
-                {
-                    Ok(_) => JobEnd::Done { result, attempt },
-                    Err(StoreError::PreconditionFailed) => {
-                        match self.store.get(&result_key(job)).await {
-                            Ok(Some(obj)) => {
-                                JobEnd::AlreadyDone(String::from_utf8_lossy(&obj.bytes).into())
-                            }
-                            Ok(None) => {
-                                JobEnd::Storage("result vanished after a create conflict".into())
-                            }
-                            Err(e) => JobEnd::Storage(e.to_string()),
-                        }
-                    }
-                    Err(e) => JobEnd::Storage(e.to_string()),
-                }
-            }
+            Outcome::Finished(result) => self.store_result(job, &ckpt, result, attempt).await,
             Outcome::TaskError(msg) => {
                 ckpt.update_header(|h| h.last_failure = Some(msg.clone()));
-                if let Err(e) = ckpt.flush().await {
+                if let Err(e) = ckpt.flush(true).await {
                     return ckpt_end(e);
                 }
                 match self
                     .store
-                    .put(
-                        &error_key(job),
-                        msg.clone().into_bytes(),
-                        Precondition::None,
-                    )
+                    .put(&error_key(job), msg.clone().into_bytes(), Precondition::None)
                     .await
                 {
                     Ok(_) => JobEnd::TaskFailed(msg),
@@ -167,7 +172,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
                     h.last_failure = Some(message.clone());
                 });
                 let failures = ckpt.header().failures;
-                match ckpt.flush().await {
+                match ckpt.flush(true).await {
                     Ok(()) => JobEnd::Trapped {
                         kind,
                         message,
@@ -177,10 +182,49 @@ impl<S: ObjectStore + Clone> Executor<S> {
                 }
             }
             Outcome::Conflict => JobEnd::Conflict,
-            Outcome::Cancelled => match ckpt.flush().await {
+            Outcome::Cancelled if ckpt.is_conflicted() => JobEnd::Conflict,
+            Outcome::Cancelled => match ckpt.flush(true).await {
                 Ok(()) => JobEnd::Cancelled,
                 Err(e) => ckpt_end(e),
             },
+        }
+    }
+
+    /// Ends a finished job without waiting for the checkpoint's write spacing: pending saves
+    /// are dropped (the result supersedes them), ownership is proven by the checkpoint's tag
+    /// (one HEAD), and the result is written create-only.
+    async fn store_result(
+        &self,
+        job: &JobId,
+        ckpt: &Checkpointer,
+        result: String,
+        attempt: u32,
+    ) -> JobEnd {
+        let period_ms = ckpt.header().lease_period_ms;
+        let proof = match ckpt.finish().await {
+            Ok(p) => p,
+            Err(e) => return ckpt_end(e),
+        };
+        let margin = skew_allowance_ms(period_ms);
+        if proof.lease_until_ms <= now_ms().saturating_add(margin) {
+            // Our recorded lease is (about to be) over (its refresh failed): another worker
+            // may claim the job, so the result must not be written by us.
+            tracing::warn!(job = %job, "the lease recorded in the checkpoint is ending; not writing the result");
+            return JobEnd::LeaseLost;
+        }
+        match self.store.head(&checkpoint::key(job)).await {
+            Ok(Some(tag)) if tag == proof.etag => {}
+            Ok(_) => return JobEnd::Conflict,
+            Err(e) => return JobEnd::Storage(e.to_string()),
+        }
+        match self
+            .store
+            .put(&result_key(job), result.clone().into_bytes(), Precondition::Absent)
+            .await
+        {
+            Ok(_) => JobEnd::Done { result, attempt },
+            Err(StoreError::PreconditionFailed) => JobEnd::AlreadyDone,
+            Err(e) => JobEnd::Storage(e.to_string()),
         }
     }
 }

@@ -1,29 +1,36 @@
-//! The worker: leases job messages from Pub/Sub and runs them, `slots` at a time.
+//! The worker: leases job messages and runs them, `slots` at a time.
 //!
-//! Per message: validate → skip if the result exists → resolve the module (memory → disk
-//! cache → bucket → verify → compile) → [`Executor::execute`] (claim, run, durable result)
-//! → ack / nack / dead-letter as the failure classes of DESIGN.md say.
+//! The receive loop pulls only when a slot is free, and asks for exactly as many messages as
+//! there are free slots, so it never holds a message it cannot start at once. Each pulled
+//! message gets a [`Lease`] (extended every half deadline) and a task: parse → resolve the
+//! module (memory → disk cache → bucket → verify → compile) → [`Executor::execute`] (claim,
+//! run, durable result) → [`decide`] → ack / nack with a delay / dead-letter.
 //!
 //! **Invariants:** a message is acked only after its result (or its error, for a
-//! dead-lettered job) is durable, or after it was published to the dead-letter topic;
-//! a lapsed lease or an interruption is never counted as a failure (only traps are, in the
-//! checkpoint header); on shutdown no new message is taken, running tasks stop at their next
-//! yield, their checkpoints are flushed and their messages nacked at once.
-//! **API boundary:** only this module and `pubsub` know about acks and deliveries.
+//! dead-lettered job) is durable, or after it was published to the dead-letter topic; a lapsed
+//! lease, a conflict or an interruption is never counted as a failure (only traps are, in the
+//! checkpoint header); a message goes back for a transient reason only with a delay (never an
+//! immediate nack loop). On shutdown no new message is taken, running tasks stop at their next
+//! yield, their checkpoints are flushed (released) and their messages handed back at once,
+//! all within `shutdown_timeout`.
+//! **API boundary:** only this module and `queue` know about acks and deliveries.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::now_ms;
 use crate::exec::{self, Executor, JobEnd};
 use crate::ids::ModuleHash;
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
-use crate::pubsub::{IncomingMessage, OutgoingMessage, SubscribeSettings};
-use crate::queue::{Lease, Queue, QueueDelivery};
+use crate::queue::lease::Lease;
+use crate::queue::{IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue};
 use crate::store::{ObjectStore, Precondition};
 
 /// Default number of trapped runs after which a job is dead-lettered.
@@ -31,6 +38,16 @@ pub const DEFAULT_MAX_FAILURES: u32 = 3;
 /// Deliveries of a job whose module is missing before it is dead-lettered (the module may
 /// still be on its way to the bucket).
 pub const MISSING_MODULE_DELIVERIES: u32 = 3;
+/// Default time a worker takes at most to stop after SIGTERM: 10 s.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// First delay of a message handed back for a transient reason; it doubles with every
+/// delivery attempt up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// Longest delay of a handed-back message: 600 s, Pub/Sub's longest ack deadline.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(MAX_ACK_DEADLINE_SECS as u64);
+/// Wait after an empty pull; it doubles up to [`MAX_IDLE_WAIT`] while pulls stay empty.
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(50);
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Pub/Sub allows attribute values of at most 1024 bytes.
 const MAX_ATTRIBUTE: usize = 1024;
 
@@ -38,10 +55,13 @@ const MAX_ATTRIBUTE: usize = 1024;
 pub struct WorkerConfig {
     pub subscription_id: String,
     pub dead_letter_topic_id: String,
-    pub ack_deadline_secs: u32,
+    /// `ACK_DEADLINE_SECONDS`: each lease extension sets the deadline this far ahead.
+    pub ack_deadline: Duration,
     pub slots: usize,
     pub max_failures: u32,
     pub default_module: Option<ModuleHash>,
+    /// `SHUTDOWN_TIMEOUT_SECONDS`: the longest a shutdown waits for tasks to flush.
+    pub shutdown_timeout: Duration,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -51,7 +71,9 @@ pub struct Stats {
     pub already_done: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub retried: AtomicU64,
+    pub busy: AtomicU64,
     pub conflicts: AtomicU64,
+    pub leases_lost: AtomicU64,
     pub interrupted: AtomicU64,
 }
 
@@ -59,6 +81,55 @@ impl Stats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// What to do with a message once its job has ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Done for good: acknowledge.
+    Ack,
+    /// Hand back after this delay (zero: at once, for another worker).
+    HandBack(Duration),
+    /// Publish to the dead-letter topic with this reason, then acknowledge.
+    DeadLetter(String),
+}
+
+/// The message's fate for a job end: a pure function of the end, the delivery attempt (1 for
+/// the first), the failure limit and the ack deadline.
+pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Duration) -> Decision {
+    match end {
+        JobEnd::Done { .. } | JobEnd::AlreadyDone => Decision::Ack,
+        JobEnd::TaskFailed(msg) => Decision::DeadLetter(format!("the task failed: {msg}")),
+        JobEnd::Trapped {
+            kind,
+            message,
+            failures,
+        } if *failures >= max_failures => Decision::DeadLetter(format!(
+            "failed {failures} times (limit {max_failures}); last: {kind:?}: {message}"
+        )),
+        JobEnd::Trapped { .. } | JobEnd::Storage(_) => Decision::HandBack(retry_delay(attempt)),
+        JobEnd::Busy { .. } => Decision::HandBack(busy_delay(attempt, ack_deadline)),
+        // The job is someone else's now, or ours is over: hand back at once (a no-op when
+        // the lease has lapsed, as it has by then).
+        JobEnd::Conflict | JobEnd::LeaseLost | JobEnd::Cancelled => {
+            Decision::HandBack(Duration::ZERO)
+        }
+        JobEnd::Unreadable(msg) => {
+            Decision::DeadLetter(format!("the job's checkpoint cannot be used: {msg}"))
+        }
+    }
+}
+
+/// [`FIRST_RETRY_DELAY`] doubled per delivery attempt, capped at [`MAX_RETRY_DELAY`].
+pub fn retry_delay(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    (FIRST_RETRY_DELAY * (1u32 << doublings)).min(MAX_RETRY_DELAY)
+}
+
+/// A busy job's message comes back after at least one lease period, doubling per attempt.
+pub fn busy_delay(attempt: u32, ack_deadline: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    (ack_deadline * (1u32 << doublings)).clamp(ack_deadline, MAX_RETRY_DELAY.max(ack_deadline))
 }
 
 /// Runs until `shutdown` is cancelled (then drains as described in the module docs) or the
@@ -69,20 +140,11 @@ pub async fn run<S: ObjectStore + Clone>(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
-    let mut sub = queue
-        .subscribe(
-            &config.subscription_id,
-            &SubscribeSettings {
-                max_outstanding_messages: config.slots.max(1),
-                ack_deadline_secs: config.ack_deadline_secs,
-                ..SubscribeSettings::default()
-            },
-        )
-        .await?;
+    let slots = config.slots.max(1);
     tracing::info!(
         subscription = %config.subscription_id,
-        slots = config.slots,
-        ack_deadline_secs = config.ack_deadline_secs,
+        slots,
+        ack_deadline_secs = config.ack_deadline.as_secs(),
         "worker started"
     );
     let stats = Arc::new(Stats::default());
@@ -92,46 +154,105 @@ pub async fn run<S: ObjectStore + Clone>(
         config,
         stats: stats.clone(),
     });
+    let free = Arc::new(Semaphore::new(slots));
     let mut jobs = JoinSet::new();
+    let mut idle = MIN_IDLE_WAIT;
+    let mut failing = Duration::ZERO;
     let result = loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            permit = Arc::clone(&free).acquire_owned() => permit.expect("never closed"),
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = Arc::clone(&free).try_acquire_owned() {
+            permits.push(p);
+        }
+        while let Some(joined) = jobs.try_join_next() {
+            log_panic(joined);
+        }
+        let sub = &ctx.config.subscription_id;
+        let pulled = ctx
+            .queue
+            .pull(sub, permits.len(), ctx.config.ack_deadline)
+            .await;
+        let wait = match pulled {
+            Ok(batch) if batch.is_empty() => {
+                failing = Duration::ZERO;
+                idle = (idle * 2).min(MAX_IDLE_WAIT);
+                idle
+            }
+            Ok(batch) => {
+                failing = Duration::ZERO;
+                idle = MIN_IDLE_WAIT;
+                for (received, permit) in batch.into_iter().zip(permits.drain(..)) {
+                    let lease = Lease::start(
+                        ctx.queue.clone(),
+                        sub,
+                        &received,
+                        ctx.config.ack_deadline,
+                    );
+                    if shutdown.is_cancelled() {
+                        // Pulled as the shutdown began: hand it straight back.
+                        let _ = lease.nack(Duration::ZERO).await;
+                        continue;
+                    }
+                    let ctx = Arc::clone(&ctx);
+                    let cancel = shutdown.clone();
+                    jobs.spawn(async move { ctx.handle(received.message, lease, permit, cancel).await });
+                }
+                continue;
+            }
+            Err(e) if e.is_transient() => {
+                failing = (failing * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in = ?failing, "cannot pull; taking no jobs until the queue answers");
+                failing
+            }
+            Err(e) => break Err(anyhow::Error::new(e).context("the subscription failed")),
+        };
+        drop(permits);
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            next = sub.next() => match next {
-                Ok(Some(delivery)) => {
-                    let ctx = ctx.clone();
-                    let cancel = shutdown.child_token();
-                    jobs.spawn(async move { ctx.handle(delivery, cancel).await });
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e.context("the subscription failed")),
-            },
-            Some(joined) = jobs.join_next(), if !jobs.is_empty() => {
-                if let Err(e) = joined {
-                    tracing::error!(error = %e, "a job handler panicked; its message was nacked");
-                }
-            }
+            _ = tokio::time::sleep(wait) => {}
         }
     };
     tracing::info!(
         running = jobs.len(),
-        "worker stopping: no new jobs; waiting for running ones"
+        "worker stopping: no new jobs; stopping running ones at their next yield"
     );
-    while let Some(joined) = jobs.join_next().await {
-        if let Err(e) = joined {
-            tracing::error!(error = %e, "a job handler panicked; its message was nacked");
+    let drained = tokio::time::timeout(ctx.config.shutdown_timeout, async {
+        while let Some(joined) = jobs.join_next().await {
+            log_panic(joined);
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            unfinished = jobs.len(),
+            timeout = ?ctx.config.shutdown_timeout,
+            "shutdown timeout: exiting without the rest; their leases lapse and their work since the last checkpoint is redone"
+        );
+        jobs.abort_all();
     }
-    sub.shutdown().await;
     tracing::info!(
         done = stats.done.load(Ordering::Relaxed),
         already_done = stats.already_done.load(Ordering::Relaxed),
         dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
         retried = stats.retried.load(Ordering::Relaxed),
+        busy = stats.busy.load(Ordering::Relaxed),
         conflicts = stats.conflicts.load(Ordering::Relaxed),
+        leases_lost = stats.leases_lost.load(Ordering::Relaxed),
         interrupted = stats.interrupted.load(Ordering::Relaxed),
         "worker stopped"
     );
     result.map(|()| stats)
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a job handler panicked; its message was handed back");
+    }
 }
 
 struct Ctx<S> {
@@ -142,8 +263,13 @@ struct Ctx<S> {
 }
 
 impl<S: ObjectStore + Clone> Ctx<S> {
-    async fn handle(&self, delivery: QueueDelivery, cancel: CancellationToken) {
-        let QueueDelivery { message, handle } = delivery;
+    async fn handle(
+        &self,
+        message: IncomingMessage,
+        lease: Lease,
+        _slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
         let attempt = message.delivery_attempt.unwrap_or(1);
         let job = match JobMessage::parse(
             &message.data,
@@ -153,106 +279,100 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             Ok(job) => job,
             Err(reason) => {
                 tracing::warn!(message_id = %message.message_id, %reason, "poison message");
-                return self.dead_letter(&message, None, &reason, handle).await;
+                return self.dead_letter(&message, None, &reason, lease).await;
             }
         };
         let id = &job.job_id;
         let store = &self.executor.store;
-        match store.exists(&exec::result_key(id)).await {
-            Ok(true) => {
-                tracing::info!(job = %id, "result already exists; acking without running");
-                Stats::bump(&self.stats.already_done);
-                return handle.ack();
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "storage failed; handing the job back");
-                Stats::bump(&self.stats.retried);
-                return handle.nack();
-            }
-        }
         let module = match modules::resolve(&self.executor.runtime, store, &job.module).await {
             Ok(m) => m,
             Err(ResolveError::Missing(h)) if attempt < MISSING_MODULE_DELIVERIES => {
-                tracing::warn!(job = %id, module = %h, attempt, "module not in the bucket (yet); handing the job back");
+                let delay = retry_delay(attempt);
+                tracing::warn!(job = %id, module = %h, attempt, retry_in = ?delay, "module not in the bucket (yet); handing the job back");
                 Stats::bump(&self.stats.retried);
-                return handle.nack();
+                return settle(lease.nack(delay).await);
             }
             Err(ResolveError::Storage(m)) => {
-                tracing::warn!(job = %id, error = %m, "cannot fetch the module; handing the job back");
+                let delay = retry_delay(attempt);
+                tracing::warn!(job = %id, error = %m, retry_in = ?delay, "cannot fetch the module; handing the job back");
                 Stats::bump(&self.stats.retried);
-                return handle.nack();
+                return settle(lease.nack(delay).await);
             }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "unusable module");
                 let reason = e.to_string();
-                return self
-                    .dead_letter(&message, Some(&job), &reason, handle)
-                    .await;
+                return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
         };
-        match self.executor.execute(id, &module, &job.input, cancel).await {
+        let end = self
+            .executor
+            .execute(id, &module, &job.input, lease.view(), shutdown)
+            .await;
+        self.count(id, &end);
+        match decide(&end, attempt, self.config.max_failures, self.config.ack_deadline) {
+            Decision::Ack => settle(lease.ack().await),
+            Decision::HandBack(delay) => settle(lease.nack(delay).await),
+            Decision::DeadLetter(reason) => {
+                self.dead_letter(&message, Some(&job), &reason, lease).await
+            }
+        }
+    }
+
+    /// One log line and one counter per job end.
+    fn count(&self, id: &crate::ids::JobId, end: &JobEnd) {
+        let s = &self.stats;
+        match end {
             JobEnd::Done { attempt, .. } => {
                 tracing::info!(job = %id, attempt, "job done; result stored");
-                Stats::bump(&self.stats.done);
-                handle.ack();
+                Stats::bump(&s.done);
             }
-            JobEnd::AlreadyDone(_) => {
-                Stats::bump(&self.stats.already_done);
-                handle.ack();
+            JobEnd::AlreadyDone => {
+                tracing::info!(job = %id, "result already exists; acking without running");
+                Stats::bump(&s.already_done);
             }
-            JobEnd::TaskFailed(msg) => {
-                let reason = format!("the task failed: {msg}");
-                self.dead_letter(&message, Some(&job), &reason, handle)
-                    .await;
-            }
+            JobEnd::TaskFailed(_) | JobEnd::Unreadable(_) => {}
             JobEnd::Trapped {
                 kind,
-                message: what,
+                message,
                 failures,
             } => {
-                if failures >= self.config.max_failures {
-                    let reason = format!(
-                        "failed {failures} times (limit {}); last: {kind:?}: {what}",
-                        self.config.max_failures
-                    );
-                    self.dead_letter(&message, Some(&job), &reason, handle)
-                        .await;
-                } else {
-                    tracing::warn!(job = %id, ?kind, failures, "task trapped: {what}; handing the job back");
-                    Stats::bump(&self.stats.retried);
-                    handle.nack();
-                }
+                tracing::warn!(job = %id, ?kind, failures, "task trapped: {message}");
+                Stats::bump(&s.retried);
+            }
+            JobEnd::Busy { owner, until_ms } => {
+                let left_ms = until_ms.saturating_sub(now_ms());
+                tracing::info!(job = %id, %owner, left_ms, "another worker runs this job; handing this copy back for later");
+                Stats::bump(&s.busy);
             }
             JobEnd::Conflict => {
-                // Another worker owns the job: write nothing, count nothing. Our lease has
-                // lapsed anyway, so handing the message back is a no-op for Pub/Sub.
                 tracing::warn!(job = %id, "another worker owns this job now; stopped without writing");
-                Stats::bump(&self.stats.conflicts);
-                handle.nack();
+                Stats::bump(&s.conflicts);
+            }
+            JobEnd::LeaseLost => {
+                tracing::warn!(job = %id, "lease lost; stopped without writing");
+                Stats::bump(&s.leases_lost);
             }
             JobEnd::Cancelled => {
                 tracing::info!(job = %id, "stopped for shutdown; checkpoint flushed; handing the job back");
-                Stats::bump(&self.stats.interrupted);
-                handle.nack();
+                Stats::bump(&s.interrupted);
             }
             JobEnd::Storage(m) => {
-                tracing::warn!(job = %id, error = %m, "storage failed; handing the job back");
-                Stats::bump(&self.stats.retried);
-                handle.nack();
+                tracing::warn!(job = %id, error = %m, "storage failed; handing the job back for later");
+                Stats::bump(&s.retried);
             }
         }
     }
 
     /// Records the reason (for a valid job), publishes the message to the dead-letter topic
-    /// with an `error` attribute, then acks; nacks instead if the publish fails.
+    /// with an `error` attribute, then acks; hands it back for later if either fails.
     async fn dead_letter(
         &self,
         message: &IncomingMessage,
         job: Option<&JobMessage>,
         reason: &str,
-        handle: Lease,
+        lease: Lease,
     ) {
+        let later = retry_delay(message.delivery_attempt.unwrap_or(1));
         if let Some(job) = job {
             let key = exec::error_key(&job.job_id);
             if let Err(e) = self
@@ -261,8 +381,9 @@ impl<S: ObjectStore + Clone> Ctx<S> {
                 .put(&key, reason.as_bytes().to_vec(), Precondition::None)
                 .await
             {
-                tracing::warn!(job = %job.job_id, error = %e, "cannot write the job's error; handing it back");
-                return handle.nack();
+                tracing::warn!(job = %job.job_id, error = %e, "cannot write the job's error; handing it back for later");
+                Stats::bump(&self.stats.retried);
+                return settle(lease.nack(later).await);
             }
         }
         let mut attributes: BTreeMap<String, String> = message.attributes.clone();
@@ -285,14 +406,21 @@ impl<S: ObjectStore + Clone> Ctx<S> {
                     "dead-lettered"
                 );
                 Stats::bump(&self.stats.dead_lettered);
-                handle.ack();
+                settle(lease.ack().await);
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot publish to the dead-letter topic; handing the message back");
+                tracing::error!(error = %e, "cannot publish to the dead-letter topic; handing the message back for later");
                 Stats::bump(&self.stats.retried);
-                handle.nack();
+                settle(lease.nack(later).await);
             }
         }
+    }
+}
+
+/// Logs a failed ack or nack: the message then comes back when its lease lapses.
+fn settle(result: Result<(), crate::queue::QueueError>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not settle a message; it comes back when its lease lapses");
     }
 }
 
@@ -305,4 +433,67 @@ fn truncate(s: &str, max: usize) -> String {
         cut -= 1;
     }
     format!("{}...", &s[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::TrapKind;
+
+    #[test]
+    fn decisions() {
+        let d = Duration::from_secs(10);
+        let trapped = |failures| JobEnd::Trapped {
+            kind: TrapKind::Panic,
+            message: "boom".into(),
+            failures,
+        };
+        let cases: Vec<(JobEnd, u32, Decision)> = vec![
+            (JobEnd::Done { result: "r".into(), attempt: 1 }, 1, Decision::Ack),
+            (JobEnd::AlreadyDone, 7, Decision::Ack),
+            (
+                JobEnd::TaskFailed("bad input".into()),
+                1,
+                Decision::DeadLetter("the task failed: bad input".into()),
+            ),
+            (trapped(1), 1, Decision::HandBack(Duration::from_secs(10))),
+            (trapped(2), 2, Decision::HandBack(Duration::from_secs(20))),
+            (
+                trapped(3),
+                3,
+                Decision::DeadLetter("failed 3 times (limit 3); last: Panic: boom".into()),
+            ),
+            (JobEnd::Storage("down".into()), 1, Decision::HandBack(Duration::from_secs(10))),
+            (JobEnd::Storage("down".into()), 4, Decision::HandBack(Duration::from_secs(80))),
+            (JobEnd::Storage("down".into()), 99, Decision::HandBack(MAX_RETRY_DELAY)),
+            (
+                JobEnd::Busy { owner: "w".into(), until_ms: 0 },
+                1,
+                Decision::HandBack(Duration::from_secs(10)),
+            ),
+            (
+                JobEnd::Busy { owner: "w".into(), until_ms: 0 },
+                3,
+                Decision::HandBack(Duration::from_secs(40)),
+            ),
+            (JobEnd::Conflict, 1, Decision::HandBack(Duration::ZERO)),
+            (JobEnd::LeaseLost, 1, Decision::HandBack(Duration::ZERO)),
+            (JobEnd::Cancelled, 1, Decision::HandBack(Duration::ZERO)),
+            (
+                JobEnd::Unreadable("format 9".into()),
+                1,
+                Decision::DeadLetter("the job's checkpoint cannot be used: format 9".into()),
+            ),
+        ];
+        for (end, attempt, want) in cases {
+            assert_eq!(decide(&end, attempt, 3, d), want, "{end:?} attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn busy_delay_is_at_least_one_lease_even_beyond_the_cap() {
+        let long = Duration::from_secs(900);
+        assert_eq!(busy_delay(1, long), long);
+        assert_eq!(busy_delay(50, Duration::from_secs(60)), MAX_RETRY_DELAY);
+    }
 }

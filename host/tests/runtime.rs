@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use taskhost::checkpoint::{self, Checkpointer, Limits};
+use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits};
 use taskhost::exec::{Executor, JobEnd};
+use taskhost::queue::lease::LeaseView;
+use taskhost::queue::Stamp;
 use taskhost::ids::JobId;
 use taskhost::runtime::{
     JobLimits, ModuleError, Outcome, Prepared, RunReport, RunRequest, Runtime, RuntimeConfig,
@@ -38,6 +40,33 @@ fn fast_ckpt() -> Limits {
     }
 }
 
+/// A lease that renews itself for as long as the test runs.
+fn live_lease() -> LeaseView {
+    LeaseView::detached(Duration::from_secs(60)).0
+}
+
+/// A lease that is never extended: it ends `for_ms` from now.
+fn static_lease(for_ms: u64) -> LeaseView {
+    let (_, until) = tokio::sync::watch::channel(Stamp::now().plus(Duration::from_millis(for_ms)));
+    LeaseView {
+        lost: CancellationToken::new(),
+        until,
+        deadline: Duration::from_millis(for_ms),
+    }
+}
+
+/// Claims `job` for `owner` under a lease that ends `for_ms` from now.
+async fn claim_for(store: &DirStore, job: &JobId, owner: &str, for_ms: u64) -> Claimed {
+    let result = taskhost::exec::result_key(job);
+    checkpoint::claim(store, job, owner, &static_lease(for_ms), &result)
+        .await
+        .unwrap()
+}
+
+async fn claim(store: &DirStore, job: &JobId, owner: &str) -> Claimed {
+    claim_for(store, job, owner, 60_000).await
+}
+
 fn executor(store: DirStore, rt: Runtime, limits: JobLimits) -> Executor<DirStore> {
     Executor {
         store,
@@ -53,8 +82,8 @@ async fn run_once(rt: &Runtime, module: &Prepared, input: &str, limits: JobLimit
     let tmp = tempfile::tempdir().unwrap();
     let store = DirStore::open(tmp.path()).unwrap();
     let job: JobId = "j".parse().unwrap();
-    let claimed = checkpoint::claim(&store, &job, "test").await.unwrap();
-    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt());
+    let claimed = claim(&store, &job, "test").await;
+    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt(), live_lease());
     rt.run(
         module,
         RunRequest {
@@ -126,7 +155,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             ..JobLimits::default()
         },
     );
-    let end = ex.execute(&job, &m, &input, CancellationToken::new()).await;
+    let end = ex.execute(&job, &m, &input, live_lease(), CancellationToken::new()).await;
     assert!(
         matches!(
             end,
@@ -152,7 +181,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             ..JobLimits::default()
         },
     );
-    let end = ex2.execute(&job, &m, &slow, CancellationToken::new()).await;
+    let end = ex2.execute(&job, &m, &slow, live_lease(), CancellationToken::new()).await;
     assert!(
         matches!(
             end,
@@ -172,9 +201,9 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
 
     // Attempt 3: no limits; it must start right after the saved step.
     let ex3 = executor(store.clone(), rt.clone(), JobLimits::default());
-    let claimed = checkpoint::claim(&store, &job, "t").await.unwrap();
+    let claimed = claim(&store, &job, "t").await;
     assert_eq!(claimed.header.attempts, 3);
-    let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt());
+    let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
     let report = ex3
         .runtime
         .run(
@@ -196,7 +225,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
     };
     let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(v["sum"], serde_json::json!(steps * (steps + 1) / 2));
-    ckpt.flush().await.unwrap();
+    ckpt.flush(false).await.unwrap();
 }
 
 async fn saved_step(store: &DirStore, job: &JobId) -> u64 {
@@ -374,8 +403,8 @@ async fn cancellation_stops_a_running_task() {
     let tmp = tempfile::tempdir().unwrap();
     let store = DirStore::open(tmp.path()).unwrap();
     let job: JobId = "c".parse().unwrap();
-    let claimed = checkpoint::claim(&store, &job, "t").await.unwrap();
-    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt());
+    let claimed = claim(&store, &job, "t").await;
+    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt(), live_lease());
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -500,16 +529,16 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
     let job: JobId = "stale".parse().unwrap();
 
     // At the protocol level.
-    let a = checkpoint::claim(&store, &job, "a").await.unwrap();
-    let ckpt_a = Checkpointer::start(store.clone(), &job, a, fast_ckpt());
+    let a = claim_for(&store, &job, "a", 0).await;
+    let ckpt_a = Checkpointer::start(store.clone(), &job, a, fast_ckpt(), static_lease(0));
     ckpt_a.save(b"from a".to_vec()).unwrap();
-    ckpt_a.flush().await.unwrap();
-    let b = checkpoint::claim(&store, &job, "b").await.unwrap();
+    ckpt_a.flush(false).await.unwrap();
+    let b = claim(&store, &job, "b").await;
     assert_eq!(b.data.as_deref(), Some(&b"from a"[..]));
     assert_eq!(b.header.attempts, 2);
     ckpt_a.save(b"stale".to_vec()).unwrap();
     assert_eq!(
-        ckpt_a.flush().await,
+        ckpt_a.flush(false).await,
         Err(checkpoint::CheckpointError::Conflict)
     );
     assert_eq!(
@@ -539,20 +568,23 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             // The running worker writes often: our claim may lose a race; retry until won.
+            let result = taskhost::exec::result_key(&job2);
             loop {
-                match checkpoint::claim(&store, &job2, "thief").await {
+                match checkpoint::claim(&store, &job2, "thief", &live_lease(), &result).await {
                     Ok(c) => break c,
-                    Err(checkpoint::CheckpointError::Conflict) => continue,
+                    Err(checkpoint::ClaimError::Busy { .. }) => continue,
                     Err(e) => panic!("{e}"),
                 }
             }
         })
     };
+    // The running worker's lease is never extended: it has expired when the thief claims.
     let end = ex
         .execute(
             &job2,
             &m,
             r#"{"mode":"save_loop"}"#,
+            static_lease(100),
             CancellationToken::new(),
         )
         .await;
@@ -578,7 +610,7 @@ async fn checkpoints_over_the_limit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let store = DirStore::open(tmp.path()).unwrap();
     let job: JobId = "big".parse().unwrap();
-    let claimed = checkpoint::claim(&store, &job, "t").await.unwrap();
+    let claimed = claim(&store, &job, "t").await;
     let ckpt = Checkpointer::start(
         store,
         &job,
@@ -587,6 +619,7 @@ async fn checkpoints_over_the_limit_are_refused() {
             max_bytes: 1024,
             ..fast_ckpt()
         },
+        live_lease(),
     );
     let rt = runtime();
     let m = prepare(&rt, "misbehave").await;
@@ -619,16 +652,19 @@ async fn a_finished_job_is_not_run_again() {
     let job: JobId = "once".parse().unwrap();
     let ex = executor(store.clone(), rt, JobLimits::default());
     let input = r#"{"job_id":"once","steps":10}"#;
-    let first = ex.execute(&job, &m, input, CancellationToken::new()).await;
+    let first = ex.execute(&job, &m, input, live_lease(), CancellationToken::new()).await;
     assert!(
         matches!(first, JobEnd::Done { attempt: 1, .. }),
         "{first:?}"
     );
-    let second = ex.execute(&job, &m, input, CancellationToken::new()).await;
-    assert!(
-        matches!(second, JobEnd::AlreadyDone(ref r) if r.contains("55")),
-        "{second:?}"
-    );
+    let second = ex.execute(&job, &m, input, live_lease(), CancellationToken::new()).await;
+    assert_eq!(second, JobEnd::AlreadyDone);
+    let stored = store
+        .get(&taskhost::exec::result_key(&job))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stored.bytes).contains("55"));
     // The second call did not claim: attempts stay at 1.
     let h = checkpoint::peek(&store, &job).await.unwrap().unwrap();
     assert_eq!(h.attempts, 1);

@@ -23,7 +23,8 @@ use sha2::{Digest, Sha256};
 use support::cli::{CliEnv, Output, Proc};
 use support::pubsub::PubsubEmulator;
 use support::s3::S3Server;
-use taskhost::pubsub::{IncomingMessage, MessageValidity, OutgoingMessage, Pubsub, Settle};
+use taskhost::queue::pubsub::MessageValidity;
+use taskhost::queue::{IncomingMessage, OutgoingMessage, Pubsub, Queue, Settle};
 use taskhost::store::s3::S3Store;
 use taskhost::store::{ObjectStore, Precondition};
 
@@ -194,7 +195,7 @@ impl Stack {
         wait: Duration,
         settle: Settle,
     ) -> Vec<IncomingMessage> {
-        self.pubsub
+        Queue::PubSub(self.pubsub.clone())
             .pull_some(sub, max, wait, settle)
             .await
             .unwrap_or_else(|e| panic!("pull from {sub}: {e:#}"))

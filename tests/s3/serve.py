@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """S3 test server for taskhost: moto's S3 backend, one request at a time, with real auth.
 
-    serve.py PORT        # listens on 127.0.0.1:PORT until killed
+    serve.py PORT                        # listens on 127.0.0.1:PORT until killed
+    serve.py PORT --request-log FILE     # ... and appends one line per request to FILE
 
 Run it with the venv's python (tests/s3/setup-venv.sh prints where the venv is). The test
 helper host/tests/support/s3.rs starts one per test and waits for `GET /_taskhost/health`.
@@ -26,6 +27,11 @@ What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
 * Region "auto" (R2's only region) is presented to moto as us-east-1: moto models AWS
   regions and would demand `LocationConstraint=auto` on CreateBucket, which R2 does not
   need. The signature is checked before this rewrite, against what the client sent.
+
+* Optional request log (`--request-log FILE`, used by tests/bench/churn.py to count S3
+  requests per job): one tab-separated line per request, health checks excepted, written
+  after its response is produced: `METHOD <tab> RAW-URI <tab> STATUS <tab> USER-AGENT`.
+  Without the flag nothing is logged.
 
 Nothing else is changed: every S3 behaviour the tests see is moto's.
 """
@@ -146,17 +152,44 @@ def check_signature(environ, body):
 
 
 class OneAtATime:
-    """WSGI middleware: health check, auth, region mapping, and the global request lock."""
+    """WSGI middleware: health check, auth, region mapping, the global request lock, and the
+    optional request log."""
 
-    def __init__(self, app):
+    def __init__(self, app, request_log=None):
         self.app = app
         self.lock = threading.Lock()
+        # The optional request log (a line-buffered text file) and the lock of its writes.
+        self.request_log = request_log
+        self.log_lock = threading.Lock()
+
+    def log_request(self, environ, status):
+        if self.request_log is None:
+            return
+        uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+        fields = [
+            environ.get("REQUEST_METHOD", ""),
+            uri,
+            status.split(" ", 1)[0],
+            environ.get("HTTP_USER_AGENT", ""),
+        ]
+        line = "\t".join(f.replace("\t", " ").replace("\n", " ") for f in fields) + "\n"
+        with self.log_lock:
+            self.request_log.write(line)
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == HEALTH_PATH:
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
             return [b"ok"]
+        if self.request_log is None:
+            return self.handle(environ, start_response)
 
+        def logged(status, headers, exc_info=None):
+            self.log_request(environ, status)
+            return start_response(status, headers, exc_info)
+
+        return self.handle(environ, logged)
+
+    def handle(self, environ, start_response):
         # Read the whole body outside the lock: a slow client must not hold up the others.
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
@@ -187,16 +220,21 @@ class OneAtATime:
 
 
 def main():
-    if len(sys.argv) != 2:
-        print("usage: serve.py PORT", file=sys.stderr)
+    args = sys.argv[1:]
+    request_log = None
+    if len(args) == 3 and args[1] == "--request-log":
+        request_log = open(args[2], "a", buffering=1, encoding="utf-8")
+        args = args[:1]
+    if len(args) != 1:
+        print("usage: serve.py PORT [--request-log FILE]", file=sys.stderr)
         sys.exit(2)
-    port = int(sys.argv[1])
+    port = int(args[0])
 
     from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = OneAtATime(create_backend_app("s3"))
+    app = OneAtATime(create_backend_app("s3"), request_log)
     server = make_server(
         "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
     )

@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::localqueue::LocalQueue;
-use crate::pubsub::{
-    DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, Pubsub, PubsubConfig,
+use crate::queue::pubsub::PubsubConfig;
+use crate::queue::{
+    DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
-use crate::queue::Queue;
 use crate::store::any::AnyStore;
 use crate::store::dir::DirStore;
 use crate::store::s3::{S3Config, S3Store};
@@ -120,7 +119,9 @@ pub struct SubscriptionArgs {
     /// The jobs subscription.
     #[arg(long, env = "SUBSCRIPTION_ID", default_value = "jobs-sub")]
     pub subscription_id: String,
-    /// Lease length in seconds (10..=600); the worker extends it for as long as a job runs.
+    /// Lease length in seconds (Pub/Sub: 10..=600; the embedded queue and the emulator take
+    /// any from 1). The worker extends each lease every half of it for as long as a job runs;
+    /// a dead worker's jobs come back at most this long after its last extension.
     #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = DEFAULT_ACK_DEADLINE_SECS)]
     pub ack_deadline_seconds: u32,
 }

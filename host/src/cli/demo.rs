@@ -11,8 +11,8 @@ use clap::Args;
 use super::config::{SubscriptionArgs, TopicArgs, ensure_queue};
 use super::status::{JobStatus, read_job};
 use crate::ids::JobId;
-use crate::localqueue::LocalQueue;
-use crate::pubsub::OutgoingMessage;
+use crate::queue::LocalQueue;
+use crate::queue::OutgoingMessage;
 use crate::queue::Queue;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::any::AnyStore;
@@ -118,9 +118,9 @@ fn spawn_worker(dir: &Path, n: usize, slots: usize) -> anyhow::Result<(u32, Chil
     Ok((child.id(), child))
 }
 
-/// The pid in a checkpoint owner "<host>-<pid>".
+/// The pid in a checkpoint owner "<host>-<pid>-<random>" (a worker's id).
 fn owner_pid(owner: &str) -> Option<u32> {
-    owner.rsplit('-').next()?.parse().ok()
+    owner.rsplit('-').nth(1)?.parse().ok()
 }
 
 /// A wrong or missing result, as a sentence; `None` if the result is right.
@@ -394,6 +394,6 @@ mod tests {
         ] {
             assert!(check_result("a", 3, bad).is_some(), "{bad:?}");
         }
-        assert_eq!(owner_pid("host-name-1234"), Some(1234));
+        assert_eq!(owner_pid("host-name-1234-a1b2c3"), Some(1234));
     }
 }

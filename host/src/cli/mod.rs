@@ -93,12 +93,22 @@ pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("can install a SIGTERM handler");
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .expect("can install a SIGINT handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
-        tracing::warn!("shutdown requested: stopping tasks at their next yield");
+        tracing::warn!(
+            "shutdown requested: stopping tasks at their next yield (signal again to exit at once)"
+        );
         t.cancel();
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("second signal: exiting at once; unflushed work is redone elsewhere");
+        std::process::exit(130);
     });
     token
 }

@@ -9,9 +9,11 @@ use clap::Args;
 
 use super::exit;
 use crate::checkpoint::Limits;
-use crate::exec::{Executor, JobEnd};
+use crate::exec::{Executor, JobEnd, result_key};
+use crate::queue::lease::LeaseView;
 use crate::ids::JobId;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
+use crate::store::ObjectStore;
 use crate::store::dir::DirStore;
 
 /// Run one job of a task module locally, resuming from its checkpoint in the store.
@@ -80,17 +82,31 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         checkpoint_limits: Limits::default(),
     };
     let cancel = super::shutdown_token();
-    let end = executor.execute(&job, &module, &args.input, cancel).await;
+    // No queue here: the job's lease renews itself while this process runs.
+    let (lease, renewing) = LeaseView::detached(RUN_LEASE);
+    let end = executor
+        .execute(&job, &module, &args.input, lease, cancel)
+        .await;
+    renewing.cancel();
+    if end == JobEnd::AlreadyDone {
+        let stored = executor.store.get(&result_key(&job)).await?;
+        eprintln!("job {job} was already done; its stored result:");
+        println!(
+            "{}",
+            stored.map_or_else(String::new, |o| String::from_utf8_lossy(&o.bytes).into_owned())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     Ok(report(&job, end))
 }
 
+/// The lease `taskhost run` records in the checkpoint header, renewed every half of it: a
+/// killed `run` blocks other claimers of the job for at most this long.
+const RUN_LEASE: Duration = Duration::from_secs(10);
+
 fn report(job: &JobId, end: JobEnd) -> ExitCode {
     match end {
-        JobEnd::AlreadyDone(result) => {
-            eprintln!("job {job} was already done; its stored result:");
-            println!("{result}");
-            ExitCode::SUCCESS
-        }
+        JobEnd::AlreadyDone => ExitCode::SUCCESS,
         JobEnd::Done { result, attempt } => {
             eprintln!("job {job} done (attempt {attempt})");
             println!("{result}");
@@ -111,9 +127,17 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
             );
             ExitCode::from(exit::TRAPPED)
         }
-        JobEnd::Conflict => {
+        JobEnd::Conflict | JobEnd::LeaseLost => {
             eprintln!("error: another worker owns job {job} now; nothing was written");
             ExitCode::from(exit::CONFLICT)
+        }
+        JobEnd::Busy { owner, .. } => {
+            eprintln!("error: job {job} is running on `{owner}` now; try again later");
+            ExitCode::from(exit::CONFLICT)
+        }
+        JobEnd::Unreadable(msg) => {
+            eprintln!("error: job {job}'s checkpoint cannot be used: {msg}");
+            ExitCode::from(exit::STORAGE)
         }
         JobEnd::Cancelled => {
             eprintln!("interrupted: job {job}'s checkpoint is saved; run again to resume");

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use crate::pubsub::{Ensured, TopicSchema};
+use crate::queue::Ensured;
+use crate::queue::pubsub::TopicSchema;
 use crate::queue::Queue;
 use crate::store::any::AnyStore;
 

@@ -14,7 +14,6 @@ use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
 
 /// A checkpoint written within this many seconds means a worker is running the job.
-const RUNNING_WITHIN: Duration = Duration::from_secs(120);
 
 /// Show per job: state (queued / running / waiting / done / failed), progress, attempts,
 /// failures, and the result or error.
@@ -64,19 +63,22 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let state = match (&result, &error, &header) {
         (Some(_), _, _) => "done",
         (None, Some(_), _) => "failed",
-        (None, None, Some(h))
-            if now_ms.saturating_sub(h.updated_ms) < RUNNING_WITHIN.as_millis() as u64 =>
-        {
-            "running"
-        }
+        // A live owner's lease: someone runs it now.
+        (None, None, Some(h)) if h.lease_until_ms > now_ms => "running",
         (None, None, Some(_)) => "waiting",
         (None, None, None) => "queued",
     };
     let h = header.unwrap_or_default();
+    // A finished job's last saves are superseded by its result (never uploaded): it is
+    // complete by definition.
+    let progress = match state {
+        "done" => h.progress.map(|(_, total)| (total, total)),
+        _ => h.progress,
+    };
     let status = JobStatus {
         job_id: job.to_string(),
         state,
-        progress: h.progress,
+        progress,
         attempts: h.attempts,
         failures: h.failures,
         result,

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
 use crate::ids::{JobId, ModuleHash};
-use crate::pubsub::OutgoingMessage;
+use crate::queue::OutgoingMessage;
 use crate::queue::Queue;
 use crate::store::ObjectStore;
 

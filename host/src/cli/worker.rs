@@ -11,12 +11,17 @@ use crate::exec::Executor;
 use crate::ids::ModuleHash;
 use crate::queue::Queue;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
-use crate::worker::{self, DEFAULT_MAX_FAILURES, WorkerConfig};
+use crate::worker::{self, DEFAULT_MAX_FAILURES, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig};
 
 /// Lease jobs from the subscription and run them, WORKER_SLOTS at a time, until SIGTERM.
 ///
-/// On SIGTERM (or Ctrl-C): stops pulling, stops running tasks at their next yield, flushes
-/// their checkpoints, hands their messages back at once, and exits 0.
+/// Pulls only as many messages as it has free slots, and extends each lease every half
+/// ACK_DEADLINE_SECONDS while its job runs.
+///
+/// On SIGTERM (or Ctrl-C): stops pulling at once, stops running tasks at their next yield,
+/// flushes their checkpoints (released, so another worker may resume them at once), hands
+/// their messages back, and exits 0 within SHUTDOWN_TIMEOUT_SECONDS. A second signal exits at
+/// once (code 130).
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     #[command(flatten)]
@@ -45,6 +50,10 @@ pub struct WorkerArgs {
     /// Wall-clock limit per run in seconds; unlimited if unset.
     #[arg(long, env = "TASK_TIMEOUT_SECONDS")]
     pub timeout_secs: Option<f64>,
+    /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
+    /// redone from the last checkpoint elsewhere (never a wrong result).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+    pub shutdown_timeout_secs: f64,
 }
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -69,7 +78,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let executor = Executor {
         store,
         runtime,
-        worker_id: format!("{host}-{}", std::process::id()),
+        worker_id: format!("{host}-{}-{}", std::process::id(), short_random()),
         limits: JobLimits {
             memory_bytes: (args.memory_mb as usize) << 20,
             fuel: args.fuel,
@@ -80,11 +89,24 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = WorkerConfig {
         subscription_id: args.subscription.subscription_id.clone(),
         dead_letter_topic_id: args.topics.dead_letter_topic(),
-        ack_deadline_secs: args.subscription.ack_deadline_seconds,
+        ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
         slots,
         max_failures: args.max_failures,
         default_module: args.default_module,
+        shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(|_| {
+            anyhow::anyhow!(
+                "SHUTDOWN_TIMEOUT_SECONDS must be a non-negative number of seconds, not {}",
+                args.shutdown_timeout_secs
+            )
+        })?,
     };
     worker::run(queue, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Six hex digits: keeps worker ids unique where every container's process is PID 1.
+fn short_random() -> String {
+    let mut b = [0u8; 3];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    hex::encode(b)
 }

@@ -25,10 +25,10 @@ impl ObjectStore for AnyStore {
         }
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         match self {
-            AnyStore::Dir(s) => s.exists(key).await,
-            AnyStore::S3(s) => s.exists(key).await,
+            AnyStore::Dir(s) => s.head(key).await,
+            AnyStore::S3(s) => s.head(key).await,
         }
     }
 

@@ -180,11 +180,8 @@ impl ObjectStore for DirStore {
             .map_err(join_err)?
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        let path = self.path(key)?;
-        Ok(tokio::fs::try_exists(&path)
-            .await
-            .with_context(|| format!("checking {}", path.display()))?)
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
+        Ok(self.get(key).await?.map(|obj| obj.etag))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

@@ -88,8 +88,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         pre: Precondition,
     ) -> impl Future<Output = Result<ETag, StoreError>> + Send;
 
-    /// Whether an object exists (cheaper than `get` for large objects).
-    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The tag of the object's current version, without its bytes (S3 `HeadObject`).
+    /// `Ok(None)` means it does not exist.
+    fn head(&self, key: &str) -> impl Future<Output = Result<Option<ETag>, StoreError>> + Send;
+
+    /// Whether an object exists (a [`head`](ObjectStore::head)).
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move { Ok(self.head(key).await?.is_some()) }
+    }
 
     /// Keys under `prefix`, in lexical order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;

@@ -387,7 +387,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         let full = self.full_key(key);
         match self
             .client
@@ -397,12 +397,12 @@ impl ObjectStore for S3Store {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(resp) => Ok(Some(etag_of("HeadObject", &full, resp.e_tag())?)),
             Err(e) if status(&e) == Some(404) => match e.code() {
                 Some("NoSuchBucket") => Err(self.fail("HeadObject", &full, &e)),
                 _ => {
                     self.confirm_bucket("HeadObject", &full).await?;
-                    Ok(false)
+                    Ok(None)
                 }
             },
             Err(e) => Err(self.fail("HeadObject", &full, &e)),

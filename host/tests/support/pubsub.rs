@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use taskhost::pubsub::PubsubConfig;
+use taskhost::queue::pubsub::PubsubConfig;
 
 /// The emulator shipped with the machine image's Google Cloud SDK.
 pub const EMULATOR_BIN: &str =

@@ -1,0 +1,267 @@
+//! One leased message, kept alive for as long as its job runs: written once, above both
+//! backends.
+//!
+//! A [`Lease`] extends its message's ack deadline every half deadline (the guide's cadence),
+//! counted from the send time of the last successful extension. A failed extension is
+//! retried at once with backoff ([`FIRST_RETRY`] doubling up to [`MAX_RETRY`]) until it
+//! succeeds or the lease's guaranteed end passes, so a lease survives the queue being
+//! unreachable for up to half a deadline.
+//!
+//! The lease is **lost** when an extension is refused (the backend says the ack id is no
+//! longer ours, or the call fails permanently) or when its guaranteed end passes without a
+//! successful extension. Then [`LeaseView::lost`] is cancelled at once: the job stops at its
+//! next yield and writes nothing more.
+//!
+//! **Invariant:** [`LeaseView::until`] never runs ahead of the server's deadline: it is the
+//! send time of the request that set the deadline plus that deadline, and the server counts
+//! from when it received the request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Queue, QueueError, Received, Stamp};
+
+/// First wait before retrying a failed extension.
+pub const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait between two tries of a failing extension.
+pub const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Time limit of one extension, ack or nack call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries of an ack or a nack before giving up (the lease then lapses by itself).
+const SETTLE_TRIES: u32 = 3;
+
+/// What a job sees of its lease: whether it is lost, and until when it is guaranteed.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LeaseView {
+    /// Cancelled once the lease is known to be gone.
+    pub lost: CancellationToken,
+    /// The lease's guaranteed end, updated after each successful extension.
+    pub until: watch::Receiver<Stamp>,
+    /// The ack deadline each extension sets.
+    pub deadline: Duration,
+}
+
+impl LeaseView {
+    /// A lease that no queue backs (`taskhost run`): it renews itself every half `deadline`
+    /// for as long as the returned token is not cancelled, and is never lost.
+    pub fn detached(deadline: Duration) -> (LeaseView, CancellationToken) {
+        let (tx, rx) = watch::channel(Stamp::now().plus(deadline));
+        let stop = CancellationToken::new();
+        let done = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(deadline / 2);
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tick.tick() => { tx.send_replace(Stamp::now().plus(deadline)); }
+                }
+            }
+        });
+        let view = LeaseView {
+            lost: CancellationToken::new(),
+            until: rx,
+            deadline,
+        };
+        (view, stop)
+    }
+
+    /// The guaranteed end now.
+    pub fn until(&self) -> Stamp {
+        *self.until.borrow()
+    }
+}
+
+struct Shared {
+    queue: Queue,
+    subscription: String,
+    ack_id: String,
+    deadline: Duration,
+}
+
+/// The lease on one pulled message. Ack it, nack it, or drop it (= hand back at once, best
+/// effort, in the background).
+pub struct Lease {
+    shared: Arc<Shared>,
+    view: LeaseView,
+    keeper: tokio::task::JoinHandle<()>,
+    settled: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("ack_id", &self.shared.ack_id)
+            .field("until", &self.view.until())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// Starts keeping the lease of `received` (pulled from `subscription` of `queue`),
+    /// extending it by `deadline` each time.
+    pub fn start(queue: Queue, subscription: &str, received: &Received, deadline: Duration) -> Lease {
+        let shared = Arc::new(Shared {
+            queue,
+            subscription: subscription.to_owned(),
+            ack_id: received.ack_id.clone(),
+            deadline,
+        });
+        let (tx, rx) = watch::channel(received.leased_until);
+        let lost = CancellationToken::new();
+        let keeper = tokio::spawn(keep(Arc::clone(&shared), tx, lost.clone()));
+        Lease {
+            shared,
+            view: LeaseView {
+                lost,
+                until: rx,
+                deadline,
+            },
+            keeper,
+            settled: false,
+        }
+    }
+
+    /// What the job sees of this lease.
+    pub fn view(&self) -> LeaseView {
+        self.view.clone()
+    }
+
+    /// Whether the lease is known to be gone.
+    pub fn is_lost(&self) -> bool {
+        self.view.lost.is_cancelled()
+    }
+
+    /// Stops extending and acknowledges (a few tries). `Err`: the ack did not go through;
+    /// the message will come back, and the job's stored result absorbs it.
+    pub async fn ack(mut self) -> Result<(), QueueError> {
+        self.stop();
+        let s = Arc::clone(&self.shared);
+        retry(|| async {
+            s.queue
+                .acknowledge(&s.subscription, std::slice::from_ref(&s.ack_id))
+                .await
+        })
+        .await
+    }
+
+    /// Stops extending and hands the message back after `delay` (zero: now; the queue
+    /// redelivers it, possibly to another worker, counting a delivery attempt). `delay` is
+    /// capped at 600 s, Pub/Sub's longest deadline.
+    pub async fn nack(mut self, delay: Duration) -> Result<(), QueueError> {
+        self.stop();
+        nack(&self.shared, delay).await
+    }
+
+    fn stop(&mut self) {
+        self.settled = true;
+        self.keeper.abort();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.keeper.abort();
+        let shared = Arc::clone(&self.shared);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = nack(&shared, Duration::ZERO).await;
+            });
+        }
+    }
+}
+
+async fn nack(shared: &Shared, delay: Duration) -> Result<(), QueueError> {
+    let delay = delay.min(Duration::from_secs(super::MAX_ACK_DEADLINE_SECS.into()));
+    retry(|| async {
+        shared
+            .queue
+            .modify_ack_deadline(&shared.subscription, std::slice::from_ref(&shared.ack_id), delay)
+            .await
+            .map(drop)
+    })
+    .await
+}
+
+/// Runs `call` up to [`SETTLE_TRIES`] times while it fails transiently, each try bounded by
+/// [`CALL_TIMEOUT`].
+async fn retry<F, Fut>(call: F) -> Result<(), QueueError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), QueueError>>,
+{
+    let mut wait = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+            Ok(r) => r,
+            Err(_) => Err(QueueError::timeout(CALL_TIMEOUT)),
+        };
+        match result {
+            Err(e) if e.is_transient() && tries < SETTLE_TRIES => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The keeper task: extends every half deadline until aborted or the lease is lost.
+async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: CancellationToken) {
+    let Shared {
+        queue,
+        subscription,
+        ack_id,
+        deadline,
+    } = &*shared;
+    let ack_ids = std::slice::from_ref(ack_id);
+    loop {
+        let end = *until.borrow();
+        tokio::time::sleep_until(end.instant.checked_sub(*deadline / 2).unwrap_or(end.instant))
+            .await;
+        let mut wait = FIRST_RETRY;
+        loop {
+            let sent = Stamp::now();
+            let Some(left) = end.instant.checked_duration_since(sent.instant).filter(|d| !d.is_zero())
+            else {
+                tracing::warn!(subscription, "lease lost: its deadline passed without a successful extension");
+                lost.cancel();
+                return;
+            };
+            let call = queue.modify_ack_deadline(subscription, ack_ids, *deadline);
+            match tokio::time::timeout(left.min(CALL_TIMEOUT), call).await {
+                Ok(Ok(refused)) if !refused.is_empty() => {
+                    tracing::warn!(subscription, "lease lost: the queue refused its extension (the message was handed to someone else)");
+                    lost.cancel();
+                    return;
+                }
+                Ok(Ok(_)) => {
+                    until.send_replace(sent.plus(*deadline));
+                    break;
+                }
+                Ok(Err(e)) if !e.is_transient() => {
+                    tracing::warn!(subscription, error = %e, "lease lost: its extension failed permanently");
+                    lost.cancel();
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(subscription, error = %e, retry_in = ?wait, "lease extension failed; retrying");
+                }
+                Err(_) => {
+                    tracing::warn!(subscription, retry_in = ?wait, "lease extension timed out; retrying");
+                }
+            }
+            let left = end.instant.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(wait.min(left)).await;
+            wait = (wait * 2).min(MAX_RETRY);
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! The embedded queue: Pub/Sub's lease, delivery-attempt and dead-letter semantics in one
+//! SQLite file, for `taskhost demo` and single-machine use (no server, no cloud, no Java).
+//!
+//! It offers the calls of `crate::queue::Queue` with the same meaning as on Pub/Sub:
+//! - `mod.rs`: the file (open, schema, connection pool, transactions) and [`LocalQueueError`];
+//! - `admin.rs`: `ensure_topic`, `ensure_subscription`, `backlog`;
+//! - `publish.rs`: `publish` (fan-out to the topic's subscriptions, all or none);
+//! - `receive.rs`: `pull`, `modify_ack_deadline`, `acknowledge`, and dead-lettering.
+//!
+//! Several processes (and several [`LocalQueue`]s in one process) may use one file at once:
+//! SQLite in WAL mode, every write a `BEGIN IMMEDIATE` transaction, a [`BUSY_TIMEOUT`] for the
+//! write lock. The file must be on a local filesystem (WAL needs shared memory between the
+//! processes: not NFS).
+//!
+//! # Invariants
+//! - **A message is leased to at most one puller at a time**, across threads and processes. A
+//!   pull is one `BEGIN IMMEDIATE` transaction that picks ready rows and stamps each with a
+//!   fresh random lease token; the ack id is `<message id>:<token>`. Extensions, acks and
+//!   nacks change a row only while it still carries that token: a holder whose lease lapsed
+//!   and was pulled by someone else changes nothing any more, and `modify_ack_deadline` says
+//!   so (its lease is reported lost).
+//! - **Every hand-out is a delivery attempt**: the pull's transaction increments `attempts`,
+//!   and `IncomingMessage::delivery_attempt` is its new value (1 for the first delivery).
+//! - **With a dead-letter topic, a message is handed out at most `max_delivery_attempts`
+//!   times.** Then, instead of an (n+1)-th delivery, it is published to the dead-letter topic
+//!   (fanned out to that topic's subscriptions, under a new message id) and removed from the
+//!   subscription, in one transaction: never lost, never in both.
+//! - **An acked message never comes back** once the ack's write committed (its row is
+//!   deleted), unless its lease had already been lost when the ack ran.
+//! - SQLite is only called on blocking threads (`spawn_blocking`), never on the async threads.
+//!
+//! **API boundary:** only this module knows the file's schema. It imports nothing from the
+//! Pub/Sub backend.
+//!
+//! # Schema (`PRAGMA user_version` = 1)
+//! ```sql
+//! topics        (name PK)
+//! subscriptions (name PK, topic, ack_deadline_secs, dead_letter_topic NULL,
+//!                max_delivery_attempts, retention_ms)
+//! messages      (id INTEGER PK AUTOINCREMENT, topic, data BLOB, attributes TEXT (JSON object),
+//!                published_ms)
+//! deliveries    (subscription, message_id, attempts, visible_at_ms, lease_token NULL,
+//!                lease_pid NULL, published_ms;  PK (subscription, message_id))
+//! ```
+//! `publish` inserts one `messages` row and one `deliveries` row per subscription of the topic
+//! (a topic without subscriptions drops the message, as Pub/Sub does). A delivery is *ready*
+//! when `visible_at_ms <= now`; a pull sets `visible_at_ms = now + ack deadline` and a new
+//! `lease_token`; an extension or a delayed nack moves `visible_at_ms`; a nack now sets it to 0
+//! and clears the token; an ack deletes the row. A `messages` row goes when its last delivery
+//! does. Message ids are the `messages` row ids (never reused), as decimal strings. Times are
+//! wall-clock milliseconds since the Unix epoch, shared by every process on the machine.
+//!
+//! # Durability
+//! `ensure_*`, `publish` and acks are on disk when they return (`synchronous = FULL`).
+//! Pulls, extensions and nacks are committed without waiting for the disk
+//! (`synchronous = NORMAL`; the next fsynced commit or checkpoint takes them along): a
+//! process crash loses none of them, a power loss may undo the last few, which only hands a
+//! message out again, never loses one. Every write is one transaction: all of it or nothing.
+//!
+//! # Differences from Pub/Sub
+//! - Ack deadlines from [`MIN_LOCAL_ACK_DEADLINE_SECS`] (1 s) are accepted, below Pub/Sub's
+//!   10 s minimum, so tests of lapsed leases are fast; the maximum is Pub/Sub's 600 s.
+//!   `max_delivery_attempts` may be any value from 1 (Pub/Sub: 5..=100), and
+//!   `message_retention` any non-zero duration (Pub/Sub: 10 minutes..=31 days).
+//! - `IncomingMessage::delivery_attempt` is always `Some`: the count is kept with or
+//!   without a dead-letter policy (Pub/Sub reports `None` without one).
+//! - A lost lease is reported by `modify_ack_deadline` (Pub/Sub at-least-once: never).
+//! - `publish` is atomic: all messages or none.
+//! - Unacked messages older than the subscription's retention are dropped when the
+//!   subscription is next pulled from, not on a timer.
+//! - Dead-lettered copies carry the attributes `CloudPubSubDeadLetterSourceSubscription` and
+//!   `CloudPubSubDeadLetterSourceDeliveryCount`, as Pub/Sub's do (not the other
+//!   `CloudPubSubDeadLetterSource*` ones).
+
+mod admin;
+mod publish;
+mod receive;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::Notify;
+
+
+/// Smallest ack deadline the local queue accepts: 1 s (Pub/Sub's is 10 s).
+pub const MIN_LOCAL_ACK_DEADLINE_SECS: u32 = 1;
+/// How long one SQLite call waits for another connection's write lock before failing with a
+/// transient error: 10 s.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attribute of a dead-lettered copy: the subscription it was dead-lettered from.
+pub const DEAD_LETTER_SOURCE_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";
+/// Attribute of a dead-lettered copy: how many times it had been delivered.
+pub const DEAD_LETTER_SOURCE_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
+
+/// The schema version in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// Connections kept open for reuse per [`LocalQueue`].
+const MAX_POOLED_CONNECTIONS: usize = 4;
+/// Dead-letterings done by one claim before it gives up the write lock for a while.
+const DEAD_LETTERS_PER_CLAIM: usize = 100;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    name TEXT PRIMARY KEY NOT NULL,
+    topic TEXT NOT NULL REFERENCES topics(name),
+    ack_deadline_secs INTEGER NOT NULL,
+    dead_letter_topic TEXT REFERENCES topics(name),
+    max_delivery_attempts INTEGER NOT NULL,
+    retention_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    data BLOB NOT NULL,
+    attributes TEXT NOT NULL,
+    published_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    subscription TEXT NOT NULL REFERENCES subscriptions(name),
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    attempts INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    lease_token INTEGER,
+    lease_pid INTEGER,
+    published_ms INTEGER NOT NULL,
+    PRIMARY KEY (subscription, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries(message_id);
+";
+
+/// A queue in one SQLite file: topics, subscriptions, messages and their leases. Cheap to
+/// clone (the clones share a small connection pool).
+#[derive(Clone)]
+pub struct LocalQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+    /// Signalled after every publish, ack, nack and dead-lettering through this queue: wakes
+    /// this queue's waiting subscribers before their next poll.
+    changed: Notify,
+}
+
+impl fmt::Debug for LocalQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalQueue")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many messages of a subscription wait, and how many are leased.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Ready to be handed out now (new, nacked, or whose lease lapsed).
+    pub ready: u64,
+    /// Under a lease that has not lapsed.
+    pub leased: u64,
+}
+
+impl LocalQueue {
+    /// Opens the queue file at `path`, creating it (and its parent directories) and the schema
+    /// if need be, and switches it to WAL mode.
+    ///
+    /// Errors: the file cannot be created or opened, is not a SQLite database, or holds a
+    /// schema version this build does not know (a newer taskhost made it).
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, LocalQueueError> {
+        let path = path.as_ref().to_path_buf();
+        let queue = Self {
+            inner: Arc::new(Inner {
+                path,
+                pool: Mutex::new(Vec::new()),
+                changed: Notify::new(),
+            }),
+        };
+        let q = queue.clone();
+        blocking(move || {
+            let shown = q.inner.path.display().to_string();
+            q.init().map_err(|f| f.into_error("open", &shown))
+        })
+        .await?;
+        Ok(queue)
+    }
+
+    /// The queue file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a blocking thread; commits if it is `Ok`.
+    async fn write<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        f: impl FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
+    ) -> Result<T, LocalQueueError> {
+        let queue = self.clone();
+        let resource = resource.to_string();
+        blocking(move || queue.write_now(operation, &resource, Durability::Fsync, f)).await
+    }
+
+    /// Runs `f` outside any explicit transaction on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        f: impl FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
+    ) -> Result<T, LocalQueueError> {
+        let queue = self.clone();
+        let resource = resource.to_string();
+        blocking(move || {
+            queue
+                .with_conn(|conn| f(conn))
+                .map_err(|fail| fail.into_error(operation, &resource))
+        })
+        .await
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the current (blocking) thread; commits
+    /// if it is `Ok`, with `durability`.
+    fn write_now<T>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        durability: Durability,
+        f: impl FnOnce(&Connection) -> Result<T, Fail>,
+    ) -> Result<T, LocalQueueError> {
+        self.with_conn(|conn| {
+            let synchronous = match durability {
+                Durability::Fsync => "FULL",
+                Durability::Lazy => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", synchronous)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .map_err(|fail| fail.into_error(operation, resource))
+    }
+
+    /// Runs `f` with a pooled connection (a new one if none is free). Blocking.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Fail>) -> Result<T, Fail> {
+        let pooled = self.lock_pool().pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let result = f(&mut conn);
+        let mut pool = self.lock_pool();
+        if pool.len() < MAX_POOLED_CONNECTIONS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, Vec<Connection>> {
+        // A pool of idle connections stays consistent even if a holder panicked.
+        self.inner.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection with the busy timeout, WAL, full sync and foreign keys. Blocking.
+    fn connect(&self) -> Result<Connection, Fail> {
+        let conn = Connection::open(&self.inner.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Switching to WAL needs a moment of exclusive access; the busy handler is not always
+        // consulted for it, so a concurrent opener retries here. The mode is persistent: once
+        // set on the file, this is a read.
+        let mut tries = 0;
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+                Err(e) if is_busy(&e) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Fail::Invalid(format!(
+                "cannot switch the file to WAL mode (got `{mode}`): is it on a network filesystem?"
+            )));
+        }
+        // `synchronous` is set per transaction (see `Durability`).
+        conn.pragma_update(None, "foreign_keys", true)?;
+        Ok(conn)
+    }
+
+    /// Creates the parent directory, the file and the schema. Blocking.
+    fn init(&self) -> Result<(), Fail> {
+        if let Some(parent) = self
+            .inner
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Fail::Invalid(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            match version {
+                0 => {
+                    tx.execute_batch(SCHEMA)?;
+                    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                }
+                SCHEMA_VERSION => {}
+                other => {
+                    return Err(Fail::Invalid(format!(
+                        "schema version {other}, this taskhost knows {SCHEMA_VERSION}: \
+                         made by a newer taskhost?"
+                    )));
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
+
+
+/// When a committed write reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Before the commit returns (`synchronous = FULL`): publishes, acks, admin calls.
+    Fsync,
+    /// At the next fsynced commit or checkpoint (`synchronous = NORMAL`, still atomic and
+    /// safe from corruption): claims, extensions, nacks, releases. A power loss can undo the
+    /// last of them, which only hands a message out again (sooner), never loses one.
+    Lazy,
+}
+
+
+/// A subscription's settings, as stored.
+#[derive(Debug, PartialEq, Eq)]
+struct Policy {
+    topic: String,
+    ack_deadline_secs: u32,
+    dead_letter_topic: Option<String>,
+    max_delivery_attempts: u32,
+    retention_ms: i64,
+}
+
+impl Policy {
+    /// The dead-letter topic, if a message delivered `attempts` times must go there instead of
+    /// being delivered again.
+    fn dead_letter_due(&self, attempts: u32) -> Option<&str> {
+        self.dead_letter_topic
+            .as_deref()
+            .filter(|_| attempts >= self.max_delivery_attempts)
+    }
+
+    /// An existing subscription (`self`) against the wanted one: another topic is an error,
+    /// other differences are warnings.
+    fn compare(&self, wanted: &Policy, name: &str) -> Result<(), Fail> {
+        if self.topic != wanted.topic {
+            return Err(Fail::Invalid(format!(
+                "exists on topic `{}`, not on `{}`; use another subscription id",
+                self.topic, wanted.topic
+            )));
+        }
+        if self != wanted {
+            tracing::warn!(
+                subscription = %name,
+                existing = ?self,
+                wanted = ?wanted,
+                "existing local subscription has other settings; left unchanged"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn read_policy(conn: &Connection, sub: &str) -> Result<Option<Policy>, Fail> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT topic, ack_deadline_secs, dead_letter_topic, max_delivery_attempts, retention_ms
+             FROM subscriptions WHERE name = ?1",
+        )?
+        .query_row(params![sub], |r| {
+            Ok(Policy {
+                topic: r.get(0)?,
+                ack_deadline_secs: r.get(1)?,
+                dead_letter_topic: r.get(2)?,
+                max_delivery_attempts: r.get(3)?,
+                retention_ms: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+fn require_topic(conn: &Connection, topic: &str) -> Result<(), Fail> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM topics WHERE name = ?1)",
+        params![topic],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(Fail::NotFound(format!("topic `{topic}` does not exist")))
+    }
+}
+
+/// Inserts a message and fans it out to the topic's subscriptions; drops it if there are
+/// A random lease token (nanoseconds, pid and a counter if the OS has no randomness).
+fn new_token() -> i64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let token = getrandom::u64().unwrap_or_else(|_| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nanos ^ (u64::from(std::process::id()) << 32) ^ count.rotate_left(17)
+    });
+    token as i64
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `id`, or the last segment of a full `projects/<p>/<kind>/<id>` name. Empty ids are refused.
+fn resource_id(operation: &'static str, kind: &str, id: &str) -> Result<String, LocalQueueError> {
+    let short = id
+        .strip_prefix("projects/")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(_, rest)| rest.strip_prefix(kind))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(id);
+    if short.is_empty() {
+        return Err(Fail::Invalid(format!("empty {kind} id")).into_error(operation, id));
+    }
+    Ok(short.to_string())
+}
+
+/// Runs `f` on tokio's blocking pool; a panic in `f` is resumed here.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LocalQueueError> + Send + 'static,
+) -> Result<T, LocalQueueError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Fail::Invalid(format!("blocking task cancelled: {e}")).into_error("run", "")),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Why an internal step failed, before it is labelled with the operation.
+#[derive(Debug)]
+enum Fail {
+    Sql(Box<rusqlite::Error>),
+    NotFound(String),
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(Box::new(e))
+    }
+}
+
+impl Fail {
+    fn into_error(self, operation: &'static str, resource: &str) -> LocalQueueError {
+        let (kind, detail, source) = match self {
+            Fail::Sql(e) => {
+                let kind = if is_busy(&e) {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Storage
+                };
+                (kind, e.to_string(), Some(e))
+            }
+            Fail::NotFound(d) => (ErrorKind::NotFound, d, None),
+            Fail::Invalid(d) => (ErrorKind::Invalid, d, None),
+        };
+        LocalQueueError {
+            operation,
+            resource: resource.to_string(),
+            detail,
+            kind,
+            source,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorKind {
+    NotFound,
+    Invalid,
+    Transient,
+    Storage,
+}
+
+/// A failed local-queue operation: which operation, on which resource, and why.
+///
+/// `Display` is one line: ``local queue <operation> `<resource>`: <detail>``; the SQLite
+/// error, when there is one, is the [`source`](std::error::Error::source).
+#[derive(Debug)]
+pub struct LocalQueueError {
+    operation: &'static str,
+    resource: String,
+    detail: String,
+    kind: ErrorKind,
+    source: Option<Box<rusqlite::Error>>,
+}
+
+impl LocalQueueError {
+    /// The operation that failed (`open`, `publish`, `claim`...).
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The topic, subscription or file concerned.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The topic or subscription (or one it refers to) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+
+    /// A setting or id was refused, or the file is not a queue this build can use.
+    pub fn is_invalid(&self) -> bool {
+        self.kind == ErrorKind::Invalid
+    }
+
+    /// Worth retrying: another connection held the write lock longer than [`BUSY_TIMEOUT`].
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+impl fmt::Display for LocalQueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.resource.is_empty() {
+            write!(f, "local queue {}: {}", self.operation, self.detail)
+        } else {
+            write!(
+                f,
+                "local queue {} `{}`: {}",
+                self.operation, self.resource, self.detail
+            )
+        }
+    }
+}
+
+impl std::error::Error for LocalQueueError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_cross_threads_and_errors_convert_to_anyhow() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<LocalQueue>();
+        shared::<LocalQueueError>();
+    }
+
+    #[test]
+    fn full_names_become_ids() {
+        for (kind, name, want) in [
+            ("topics", "jobs", Some("jobs")),
+            ("topics", "projects/p/topics/jobs", Some("jobs")),
+            ("subscriptions", "projects/p/subscriptions/w", Some("w")),
+            // Another kind's path is kept whole: it is not a name of this kind.
+            (
+                "topics",
+                "projects/p/subscriptions/w",
+                Some("projects/p/subscriptions/w"),
+            ),
+            ("topics", "", None),
+            ("topics", "projects/p/topics/", None),
+        ] {
+            let got = resource_id("test", kind, name).ok();
+            assert_eq!(got.as_deref(), want, "{kind} {name}");
+        }
+    }
+
+    #[test]
+    fn dead_letter_is_due_at_the_limit_only_with_a_topic() {
+        let mut policy = Policy {
+            topic: "t".into(),
+            ack_deadline_secs: 10,
+            dead_letter_topic: Some("dead".into()),
+            max_delivery_attempts: 3,
+            retention_ms: 1,
+        };
+        assert_eq!(policy.dead_letter_due(2), None);
+        assert_eq!(policy.dead_letter_due(3), Some("dead"));
+        assert_eq!(policy.dead_letter_due(4), Some("dead"));
+        policy.dead_letter_topic = None;
+        assert_eq!(policy.dead_letter_due(100), None);
+    }
+
+    #[test]
+    fn busy_errors_are_transient_others_are_not() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let err = Fail::from(busy).into_error("claim", "w");
+        assert!(err.is_transient());
+        assert_eq!(
+            err.to_string().split(':').next(),
+            Some("local queue claim `w`")
+        );
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        assert!(!Fail::from(full).into_error("ack", "w").is_transient());
+        assert!(
+            Fail::NotFound("x".into())
+                .into_error("a", "b")
+                .is_not_found()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("queue.db");
+        LocalQueue::open(&path).await.unwrap();
+        // Reopening a current file is fine.
+        LocalQueue::open(&path).await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = LocalQueue::open(&path).await.unwrap_err();
+        assert!(err.is_invalid(), "{err}");
+        assert!(err.to_string().contains("newer taskhost"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let err = LocalQueue::open(&path).await.unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert!(err.to_string().contains("queue.db"), "{err}");
+    }
+}

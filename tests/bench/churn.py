@@ -1,0 +1,877 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: taskhost against the guide's worker design (guide_worker.py).
+
+    tests/bench/run.sh [FLAGS]                          # installs and builds, then runs this
+    $VENV/bin/python tests/bench/churn.py [FLAGS]       # VENV from tests/s3/setup-venv.sh --bench
+
+It starts the official Pub/Sub emulator and the S3 test server (tests/s3/serve.py) on free
+ports, then runs each contender on its own fresh topic, subscriptions and bucket, with the
+same job messages (step-counter jobs: {"job_id", "steps", "step_ms"}):
+
+* taskhost: `taskhost setup`, `taskhost module push step_counter.wasm`, `taskhost submit`,
+  then P `taskhost worker` processes; a job is done when `jobs/<id>/result` holds the right
+  sum.
+* guide: the topic, subscriptions and bucket made with the official clients, the same
+  messages published, then P `guide_worker.py` processes (one job per process); a job is
+  done when `<id>/result.txt` holds the right sum.
+
+Scenarios:
+
+* `--scenario churn` (default): 3 worker processes, 40 jobs of uniform(30..69) steps of
+  100 ms; every uniform(3, 6) s one random worker is SIGKILLed and restarted at once (the
+  same kill schedule for every contender). taskhost runs twice (WORKER_SLOTS=1 and 2), the
+  guide once. Measures the wall time from the first worker start to the last correct result.
+* `--scenario small`: 1 worker process, no kills, 200 one-step jobs (step_ms 0); taskhost
+  with its default WORKER_SLOTS. Reports jobs/s and S3 requests per job (counted from the S3
+  server's request log, without this script's own requests).
+
+After each contender the workers are stopped (SIGTERM), then the job subscription is pulled
+for one ack deadline + 3 s (--leftover-wait), so that leases held by killed workers have
+lapsed, and the dead-letter subscription (`<topic>-dead-letter-sub`) for 3 s: both must
+deliver nothing (messages are pulled, never acked). A lease that a client extended past the
+ack deadline is not seen. The guide's subscription gets the guide's dead-letter policy (5
+delivery attempts, --guide-max-delivery-attempts); taskhost's is what `taskhost setup` makes.
+
+Exit status: 0 when every contender finished every job correctly with nothing dead-lettered
+and nothing left; 1 otherwise (the figures are printed either way, with the log directory);
+2 when the benchmark itself could not run (a server did not start, a command failed).
+The time results are discovered by polling the bucket every POLL_INTERVAL (0.5 s).
+"""
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+except ImportError as e:  # pragma: no cover - a usage error, said in one sentence
+    sys.exit(
+        f"churn.py: {e}: run it with the venv's python (tests/s3/setup-venv.sh --bench prints "
+        "the venv) or through tests/bench/run.sh"
+    )
+
+REPO = Path(__file__).resolve().parents[2]
+GUIDE_WORKER = Path(__file__).resolve().parent / "guide_worker.py"
+SERVE_PY = REPO / "tests/s3/serve.py"
+EMULATOR_BIN = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+
+# The key pair serve.py is told to accept (host/tests/support/s3.rs uses the same).
+S3_ACCESS_KEY_ID = "taskhost-test"
+S3_SECRET_ACCESS_KEY = "taskhost-test-secret"
+# Marks this script's own S3 requests in the server's request log, so they are not counted.
+DRIVER_USER_AGENT = "taskhost-bench-driver"
+PROJECT_ID = "bench"
+
+EMULATOR_START_TIMEOUT = 90.0  # s: the JVM is slow to start while cargo builds
+S3_START_TIMEOUT = 30.0  # s
+CLI_TIMEOUT = 120.0  # s, for one `taskhost setup|module push|submit`
+RPC_TIMEOUT = 30.0  # s, for one Pub/Sub call of this script
+POLL_INTERVAL = 0.5  # s between two looks at the bucket
+TICK = 0.1  # s, the main loop's sleep
+STOP_TIMEOUT = 20.0  # s a worker gets to exit after SIGTERM before SIGKILL
+MAX_CRASHES = 20  # workers that exit by themselves before a contender is given up
+KILL_EVERY = (3.0, 6.0)  # s, uniform: the kill loop's period
+
+
+class BenchError(Exception):
+    """The benchmark could not run (not a contender's result): exit 2 with this sentence."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+class Children:
+    """Every process this script starts. Each gets its own session (so a Ctrl-C reaches only
+    this script), and all are SIGKILLed by PID (a group's leader: by process group) when the
+    script ends, however it ends."""
+
+    def __init__(self):
+        self.procs = []  # (Popen, kill the whole process group?)
+
+    def start(self, argv, *, env, cwd, stdout, stderr=None, group=False):
+        """Starts `argv` with stdout (and stderr, if not given separately) into files."""
+        out = open(stdout, "ab")
+        err = open(stderr, "ab") if stderr else subprocess.STDOUT
+        try:
+            proc = subprocess.Popen(
+                [str(a) for a in argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise BenchError(f"cannot start {argv[0]}: {e}") from e
+        finally:
+            out.close()
+            if stderr:
+                err.close()
+        self.procs.append((proc, group))
+        return proc
+
+    def kill(self, proc):
+        """SIGKILL (a node vanishing) and reap. Never signals a process already reaped."""
+        group = next((g for p, g in self.procs if p is proc), False)
+        if proc.poll() is None:
+            try:
+                if group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        self.procs = [(p, g) for p, g in self.procs if p is not proc]
+
+    def stop(self, proc, timeout=STOP_TIMEOUT):
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`. Returns its status."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill(proc)
+        return proc.returncode
+
+    def kill_all(self):
+        for proc, _ in reversed(list(self.procs)):
+            self.kill(proc)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Loopback only: never through a proxy.
+NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def answers(url):
+    """GET `url` answers 200 within 2 s."""
+    try:
+        with NO_PROXY_OPENER.open(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def tail(path, lines=40):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_server(children, name, argv_for_port, url_for_port, log_dir, timeout, env=None):
+    """Starts a server on a free port (3 tries, for the race between our probe and its bind)
+    and waits until `url_for_port(port)` answers. Returns (process, port)."""
+    for attempt in range(3):
+        port = free_port()
+        log = log_dir / f"{name}-{attempt}.log"
+        proc = children.start(
+            argv_for_port(port), env=env, cwd=log_dir, stdout=log, group=(name == "emulator")
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                if "Address already in use" in tail(log, 200):
+                    break  # lost the port race: try another one
+                raise BenchError(
+                    f"the {name} exited ({proc.returncode}) before answering; {log}:\n{tail(log)}"
+                )
+            if answers(url_for_port(port)):
+                return proc, port
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the {name} did not answer on port {port} within {timeout:.0f} s; "
+                    f"{log}:\n{tail(log)}"
+                )
+            time.sleep(0.2)
+        children.kill(proc)
+    raise BenchError(f"the {name} could not bind a free port in 3 tries")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs and contenders
+
+
+def make_jobs(scenario, seed, count=None):
+    """The job documents, the same for every contender."""
+    rng = random.Random(seed)
+    if scenario == "churn":
+        n = count or 40
+        return [
+            {"job_id": f"job-{i:03d}", "steps": rng.randint(30, 69), "step_ms": 100}
+            for i in range(n)
+        ]
+    n = count or 200
+    return [{"job_id": f"job-{i:03d}", "steps": 1, "step_ms": 0} for i in range(n)]
+
+
+def expected_result(job):
+    """What step-counter returns (guest-tasks/step-counter/src/lib.rs): the sum of 1..=steps."""
+    n = job["steps"]
+    return {"job_id": job["job_id"], "steps": n, "sum": n * (n + 1) // 2}
+
+
+@dataclass
+class Contender:
+    label: str  # as printed: "taskhost 2 slots", "guide"
+    kind: str  # "taskhost" or "guide"
+    tag: str  # prefix of its topic, subscriptions and bucket
+    slots: int | None = None  # WORKER_SLOTS; None: taskhost's default
+
+    @property
+    def topic(self):
+        return f"{self.tag}-jobs"
+
+    @property
+    def subscription(self):
+        return f"{self.topic}-sub"
+
+    @property
+    def dead_letter_topic(self):
+        return f"{self.topic}-dead-letter"  # taskhost setup's default name
+
+    @property
+    def dead_letter_subscription(self):
+        return f"{self.dead_letter_topic}-sub"
+
+    @property
+    def bucket(self):
+        return f"bench-{self.tag}"
+
+    def result_key(self, job_id):
+        return f"jobs/{job_id}/result" if self.kind == "taskhost" else f"{job_id}/result.txt"
+
+
+@dataclass
+class Outcome:
+    contender: Contender
+    jobs: int
+    correct: int = 0
+    wrong: dict = field(default_factory=dict)  # job_id -> what the result said
+    wall: float | None = None  # first worker start -> last result seen; None: not all seen
+    elapsed: float = 0.0  # how long it ran (the time limit if it did not finish)
+    kills: int = 0
+    crashes: int = 0  # workers that exited by themselves
+    dead_lettered: int = 0
+    left_on_subscription: int = 0
+    leftover_wait: float = 0.0  # how long the job subscription was pulled for that
+    s3_requests: collections.Counter = field(default_factory=collections.Counter)
+    job_starts: int = 0  # runs started (first runs and resumes), from the worker logs
+    resumes: int = 0  # of which resumed from a checkpoint
+    log_dir: Path | None = None
+
+    @property
+    def finished(self):
+        return self.correct == self.jobs
+
+    @property
+    def clean(self):
+        return (
+            self.finished and not self.wrong and self.dead_lettered == 0
+            and self.left_on_subscription == 0
+        )
+
+    def summary(self):
+        done = f"{self.contender.label} {self.correct}/{self.jobs}"
+        if self.wall is None:  # stopped by the time limit (or by crashing workers)
+            return f"{done} in >{self.elapsed:.0f} s (unfinished)"
+        wrong = f" ({len(self.wrong)} wrong)" if self.wrong else ""
+        return f"{done}{wrong} in {self.wall:.1f} s"
+
+
+class Bench:
+    """The servers and clients every contender uses."""
+
+    def __init__(self, args, children, log_dir):
+        self.args = args
+        self.children = children
+        self.log_dir = log_dir
+        self.python = sys.executable  # the venv's: it has moto, google-cloud-pubsub, boto3
+        self.s3_log = log_dir / "s3-requests.log"
+        self.emulator_host = None
+        self.s3_endpoint = None
+
+    # -- servers
+
+    def start_servers(self):
+        print("starting the Pub/Sub emulator and the S3 server ...", file=sys.stderr, flush=True)
+        _, port = start_server(
+            self.children,
+            "emulator",
+            lambda p: [EMULATOR_BIN, "--host=127.0.0.1", f"--port={p}"],
+            lambda p: f"http://127.0.0.1:{p}/",
+            self.log_dir,
+            EMULATOR_START_TIMEOUT,
+            env=dict(os.environ),  # as the Rust tests start it: Java finds what it needs
+        )
+        self.emulator_host = f"127.0.0.1:{port}"
+        # The Python Pub/Sub client reads this itself (no credentials, plain HTTP/2).
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.emulator_host
+        _, port = start_server(
+            self.children,
+            "S3 server",
+            lambda p: [self.python, SERVE_PY, str(p), "--request-log", self.s3_log],
+            lambda p: f"http://127.0.0.1:{p}/_taskhost/health",
+            self.log_dir,
+            S3_START_TIMEOUT,
+            env=clean_env(
+                {
+                    "S3_TEST_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
+                    "S3_TEST_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
+                }
+            ),
+        )
+        self.s3_endpoint = f"http://127.0.0.1:{port}"
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=S3_ACCESS_KEY_ID,
+            aws_secret_access_key=S3_SECRET_ACCESS_KEY,
+            region_name="auto",
+            config=Config(
+                s3={"addressing_style": "path"},
+                user_agent_extra=DRIVER_USER_AGENT,
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        self.publisher = pubsub_v1.PublisherClient()
+        self.subscriber = pubsub_v1.SubscriberClient()
+        print(
+            f"emulator on {self.emulator_host}, S3 server on {self.s3_endpoint}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def s3_log_offset(self):
+        try:
+            return self.s3_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def s3_requests_between(self, start, end):
+        """The workers' S3 requests logged between two offsets, by kind (LIST, GET, PUT,
+        HEAD, ...), without this script's own."""
+        counts = collections.Counter()
+        with open(self.s3_log, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start).decode(errors="replace")
+        for line in data.splitlines():
+            parts = line.split("\t")
+            if len(parts) < 4 or DRIVER_USER_AGENT in parts[3]:
+                continue
+            method, uri = parts[0], parts[1]
+            path, _, query = uri.partition("?")
+            is_bucket = path.strip("/").count("/") == 0
+            kind = "LIST" if method == "GET" and (is_bucket or "list-type" in query) else method
+            counts[kind] += 1
+        return counts
+
+    # -- environment of the contenders' processes
+
+    def worker_env(self, c, home):
+        env = {
+            "PROJECT_ID": PROJECT_ID,
+            "PUBSUB_EMULATOR_HOST": self.emulator_host,
+            "TOPIC_ID": c.topic,
+            "SUBSCRIPTION_ID": c.subscription,
+            "ACK_DEADLINE_SECONDS": str(self.args.ack_deadline),
+            "R2_BUCKET_NAME": c.bucket,
+            "R2_S3_ENDPOINT_URL": self.s3_endpoint,
+            "R2_AWS_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
+            "R2_AWS_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
+            "HOME": str(home),
+        }
+        if c.kind == "taskhost":
+            env["RUST_LOG"] = "info"
+            if c.slots is not None:
+                env["WORKER_SLOTS"] = str(c.slots)
+        else:
+            env["PYTHONUNBUFFERED"] = "1"
+        return clean_env(env)
+
+    # -- one contender
+
+    def prepare_taskhost(self, c, jobs, cdir):
+        """`taskhost setup`, `module push`, `submit`: topics, subscriptions, bucket, jobs."""
+        env = self.worker_env(c, cdir)
+        env["TASKHOST_CACHE_DIR"] = str(cdir / "cli-cache")
+        self.run_cli(["setup"], env, cdir)
+        pushed = self.run_cli(["module", "push", self.args.wasm], env, cdir)
+        module = (pushed.strip().splitlines() or [""])[-1].strip()
+        if not module.startswith("sha256:"):
+            raise BenchError(f"`taskhost module push` printed no module name: {pushed!r}")
+        jobs_file = cdir / "jobs.jsonl"
+        jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs))
+        self.run_cli(["submit", "--quiet", "--module", module, jobs_file], env, cdir)
+
+    def run_cli(self, args, env, cdir):
+        """Runs `taskhost ARGS` to its end (at most CLI_TIMEOUT); returns its stdout."""
+        name = "-".join(str(a) for a in args[:2] if not str(a).startswith(("-", "/")))
+        out, err = cdir / f"cli-{name}.stdout", cdir / f"cli-{name}.stderr"
+        proc = self.children.start(
+            [self.args.taskhost, *args], env=env, cwd=cdir, stdout=out, stderr=err
+        )
+        try:
+            proc.wait(CLI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.children.kill(proc)
+            raise BenchError(
+                f"`taskhost {name}` did not finish within {CLI_TIMEOUT:.0f} s:\n{tail(err)}"
+            )
+        self.children.kill(proc)  # reaps it and forgets it
+        if proc.returncode != 0:
+            raise BenchError(
+                f"`taskhost {' '.join(map(str, args))}` failed ({proc.returncode}):\n"
+                f"{tail(out)}\n{tail(err)}"
+            )
+        return out.read_text(errors="replace")
+
+    def prepare_guide(self, c, jobs):
+        """The guide's setup with the official clients: bucket, topics, the subscription
+        (ack deadline, dead-letter policy), then the same messages published."""
+        self.s3.create_bucket(Bucket=c.bucket)
+        pub, sub = self.publisher, self.subscriber
+        topic = pub.topic_path(PROJECT_ID, c.topic)
+        dlt = pub.topic_path(PROJECT_ID, c.dead_letter_topic)
+        pub.create_topic(request={"name": topic}, timeout=RPC_TIMEOUT)
+        pub.create_topic(request={"name": dlt}, timeout=RPC_TIMEOUT)
+        request = {
+            "name": sub.subscription_path(PROJECT_ID, c.subscription),
+            "topic": topic,
+            "ack_deadline_seconds": self.args.ack_deadline,
+        }
+        if self.args.guide_max_delivery_attempts:
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": dlt,
+                "max_delivery_attempts": self.args.guide_max_delivery_attempts,
+            }
+        sub.create_subscription(request=request, timeout=RPC_TIMEOUT)
+        sub.create_subscription(
+            request={
+                "name": sub.subscription_path(PROJECT_ID, c.dead_letter_subscription),
+                "topic": dlt,
+            },
+            timeout=RPC_TIMEOUT,
+        )
+        futures = [pub.publish(topic, json.dumps(j).encode()) for j in jobs]
+        for f in futures:
+            f.result(timeout=RPC_TIMEOUT)
+
+    def run(self, c, jobs, workers, kill_loop):
+        """Runs contender `c` on fresh state and returns its Outcome."""
+        cdir = self.log_dir / c.tag
+        cdir.mkdir()
+        print(f"== {c.label}: preparing {len(jobs)} jobs", file=sys.stderr, flush=True)
+        if c.kind == "taskhost":
+            self.prepare_taskhost(c, jobs, cdir)
+            argv = [self.args.taskhost, "worker"]
+        else:
+            self.prepare_guide(c, jobs)
+            argv = [self.python, GUIDE_WORKER]
+
+        outcome = Outcome(contender=c, jobs=len(jobs), log_dir=cdir)
+        expected = {j["job_id"]: expected_result(j) for j in jobs}
+        pending = set(expected)  # jobs whose result has not been seen yet
+        pool = WorkerPool(self, c, argv, workers, cdir)
+        kills = random.Random(f"{self.args.seed}-kills")  # the same schedule for everyone
+        s3_start = self.s3_log_offset()
+        print(
+            f"== {c.label}: {workers} worker process(es)"
+            + (", kill loop on" if kill_loop else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        t0 = time.monotonic()
+        try:
+            pool.start_all()
+            deadline = t0 + self.args.time_limit
+            next_kill = t0 + kills.uniform(*KILL_EVERY) if kill_loop else float("inf")
+            next_poll = next_report = t0
+            while pending:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                outcome.crashes += pool.restart_exited()
+                if outcome.crashes > MAX_CRASHES:
+                    print(
+                        f"   {c.label}: {outcome.crashes} workers exited by themselves: giving up",
+                        file=sys.stderr,
+                    )
+                    break
+                if now >= next_kill:
+                    pool.kill_and_restart(kills.randrange(workers))
+                    outcome.kills += 1
+                    next_kill = now + kills.uniform(*KILL_EVERY)
+                if now >= next_poll:
+                    self.check_results(c, expected, pending, outcome)
+                    next_poll = now + POLL_INTERVAL
+                    if not pending:
+                        outcome.wall = time.monotonic() - t0
+                if now >= next_report:
+                    print(
+                        f"   {c.label}: {len(expected) - len(pending)}/{len(expected)} results, "
+                        f"{outcome.kills} kills, {now - t0:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    next_report = now + 10
+                time.sleep(TICK)
+            outcome.elapsed = time.monotonic() - t0
+        finally:
+            pool.stop_all()
+        outcome.s3_requests = self.s3_requests_between(s3_start, self.s3_log_offset())
+        outcome.job_starts, outcome.resumes = pool.count_job_starts()
+        outcome.leftover_wait = self.leftover_wait()
+        outcome.left_on_subscription = self.count_left(c.subscription, outcome.leftover_wait)
+        outcome.dead_lettered = self.count_left(c.dead_letter_subscription, 3.0)
+        return outcome
+
+    def check_results(self, c, expected, pending, outcome):
+        """One look at the bucket: reads each new result object and checks its sum."""
+        prefix = "jobs/" if c.kind == "taskhost" else ""
+        keys, token = set(), None
+        try:
+            for _ in range(100):  # pages of 1000 keys: far more than any scenario has
+                kw = {"Bucket": c.bucket, "Prefix": prefix}
+                if token:
+                    kw["ContinuationToken"] = token
+                page = self.s3.list_objects_v2(**kw)
+                keys.update(o["Key"] for o in page.get("Contents", []))
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
+        except (BotoCoreError, ClientError) as e:
+            print(f"   listing {c.bucket} failed (trying again): {e}", file=sys.stderr)
+            return
+        for job_id in sorted(pending):
+            key = c.result_key(job_id)
+            if key not in keys:
+                continue
+            try:
+                body = self.s3.get_object(Bucket=c.bucket, Key=key)["Body"].read()
+            except (BotoCoreError, ClientError) as e:
+                print(f"   reading {key} failed (trying again): {e}", file=sys.stderr)
+                continue
+            pending.discard(job_id)
+            try:
+                doc = json.loads(body)
+                ok = all(doc.get(k) == v for k, v in expected[job_id].items())
+            except (ValueError, AttributeError):
+                ok = False
+            if ok:
+                outcome.correct += 1
+            else:
+                outcome.wrong[job_id] = body.decode(errors="replace")[:200]
+
+    def leftover_wait(self):
+        """How long to pull the job subscription after the workers stopped: one ack deadline
+        (+3 s) by default, so that leases a killed worker held have lapsed, unless its client
+        extended them further (a streaming pull's stream deadline can be longer)."""
+        if self.args.leftover_wait is not None:
+            return self.args.leftover_wait
+        return self.args.ack_deadline + 3.0
+
+    def count_left(self, subscription, seconds):
+        """Messages that `subscription` delivers within `seconds` (pulled, not acked)."""
+        path = self.subscriber.subscription_path(PROJECT_ID, subscription)
+        seen = set()
+        until = time.monotonic() + seconds
+        for _ in range(100):
+            if time.monotonic() >= until:
+                break
+            try:
+                r = self.subscriber.pull(
+                    request={"subscription": path, "max_messages": 100}, timeout=3
+                )
+                seen.update(m.message.message_id for m in r.received_messages)
+            except gexc.DeadlineExceeded:
+                pass
+            time.sleep(0.5)
+        return len(seen)
+
+
+class WorkerPool:
+    """The P worker processes of one contender, each with its log files and (taskhost) its
+    own compiled-module cache, kept across restarts like a node's disk."""
+
+    def __init__(self, bench, contender, argv, count, cdir):
+        self.bench = bench
+        self.argv = argv
+        self.count = count
+        self.cdir = cdir
+        self.procs = [None] * count
+        self.starts = [0] * count
+        self.envs = []
+        for i in range(count):
+            env = bench.worker_env(contender, cdir)
+            if contender.kind == "taskhost":
+                cache = cdir / f"w{i}-cache"
+                cache.mkdir()
+                env["TASKHOST_CACHE_DIR"] = str(cache)
+            self.envs.append(env)
+
+    def start(self, i):
+        log = self.cdir / f"w{i}.{self.starts[i]}.log"
+        self.starts[i] += 1
+        self.procs[i] = self.bench.children.start(
+            self.argv, env=self.envs[i], cwd=self.cdir, stdout=log
+        )
+
+    def start_all(self):
+        for i in range(self.count):
+            self.start(i)
+
+    def kill_and_restart(self, i):
+        self.bench.children.kill(self.procs[i])
+        self.start(i)
+
+    def restart_exited(self):
+        """Restarts workers that exited by themselves; returns how many."""
+        n = 0
+        for i, p in enumerate(self.procs):
+            if p.poll() is not None:
+                log = self.cdir / f"w{i}.{self.starts[i] - 1}.log"
+                print(
+                    f"   worker {i} exited by itself ({p.returncode}); {log}:\n{tail(log, 10)}",
+                    file=sys.stderr,
+                )
+                self.bench.children.kill(p)
+                self.start(i)
+                n += 1
+        return n
+
+    def stop_all(self):
+        for p in self.procs:
+            if p is not None:
+                self.bench.children.stop(p)
+
+    def count_job_starts(self):
+        """Runs started and resumes, from the logs: step-counter logs `starting N steps` or
+        `resuming at step K`; guide_worker.py logs `starting at step K`."""
+        starts = resumes = 0
+        for log in self.cdir.glob("w*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if "resuming at step" in line:
+                    starts, resumes = starts + 1, resumes + 1
+                elif "starting at step " in line:
+                    starts += 1
+                    resumes += not line.rstrip().split("starting at step ")[1].startswith("0 ")
+                elif "starting " in line and " steps (attempt" in line:
+                    starts += 1
+        return starts, resumes
+
+
+def clean_env(extra):
+    """A minimal environment: PATH (and the locale) plus `extra`; no proxies, no cloud keys."""
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ}
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def detail(o, per_job):
+    req = o.s3_requests
+    total = sum(req.values())
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(req.items()))
+    text = (
+        f"   {o.summary()}: {len(o.wrong)} wrong, {o.kills} kills, {o.crashes} crashed, "
+        f"{o.job_starts} runs started ({o.resumes} resumed), {o.dead_lettered} dead-lettered, "
+        f"{o.left_on_subscription} left on the subscription (pulled for {o.leftover_wait:.0f} s "
+        f"after the workers stopped); S3 requests {total} ({kinds})"
+    )
+    if per_job:
+        text += f" = {total / o.jobs:.2f}/job"
+    for job_id, body in sorted(o.wrong.items())[:5]:
+        text += f"\n     wrong result for {job_id}: {body}"
+    return text
+
+
+def ratio(guide, host):
+    """guide time / taskhost time (above 1: taskhost is faster). When one side did not
+    finish, its time limit bounds the ratio; when neither did, there is none."""
+    if guide.wall is not None and host.wall is not None and not guide.wrong and not host.wrong:
+        return f"{guide.wall / host.wall:.2f}x"
+    if guide.wall is not None and host.wall is None:
+        return f"<{guide.wall / host.elapsed:.2f}x (taskhost unfinished)"
+    if guide.wall is None and host.wall is not None:
+        return f">{guide.elapsed / host.wall:.2f}x (guide unfinished)"
+    return "n/a (unfinished or wrong)"
+
+
+def report(scenario, outcomes):
+    for o in outcomes:
+        print(detail(o, per_job=(scenario == "small")))
+    guide = next((o for o in outcomes if o.contender.kind == "guide"), None)
+    hosts = [o for o in outcomes if o.contender.kind == "taskhost"]
+    parts = []
+    for o in outcomes:
+        text = o.summary()
+        if scenario == "small" and o.finished:
+            per_job = sum(o.s3_requests.values()) / o.jobs
+            text += f" = {o.jobs / o.wall:.1f} jobs/s, {per_job:.2f} S3 req/job"
+        parts.append(text)
+    if guide and hosts:
+        against = ", ".join(
+            f"{ratio(guide, h)} ({h.contender.label})" if len(hosts) > 1 else ratio(guide, h)
+            for h in hosts
+        )
+        parts.append(f"ratio guide/taskhost {against}")
+    print(f"{scenario}: " + " | ".join(parts), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    target = os.environ.get("CARGO_TARGET_DIR", "target")
+    guests = os.environ.get("GUEST_TARGET_DIR", "guest-tasks/target")
+    ap.add_argument("--scenario", choices=["churn", "small"], default="churn")
+    ap.add_argument(
+        "--taskhost",
+        type=Path,
+        default=REPO / target / "release/taskhost",
+        help="the taskhost binary (default: ${CARGO_TARGET_DIR:-target}/release/taskhost)",
+    )
+    ap.add_argument(
+        "--build", action="store_true", help="run `cargo build --release -p taskhost` first"
+    )
+    ap.add_argument(
+        "--wasm",
+        type=Path,
+        default=REPO / guests / "wasm32-wasip2/release/step_counter.wasm",
+        help="step_counter.wasm (default: in ${GUEST_TARGET_DIR:-guest-tasks/target}, "
+        "built by tests/build-guests.sh)",
+    )
+    ap.add_argument("--seed", type=int, default=1, help="seeds the jobs and the kill schedule")
+    ap.add_argument(
+        "--ack-deadline", type=int, default=10, help="ACK_DEADLINE_SECONDS of both (10)"
+    )
+    ap.add_argument(
+        "--time-limit", type=float, default=300, help="seconds per contender (300)"
+    )
+    ap.add_argument("--jobs", type=int, help="number of jobs (churn 40, small 200)")
+    ap.add_argument("--workers", type=int, help="worker processes (churn 3, small 1)")
+    ap.add_argument(
+        "--only", choices=["taskhost", "guide"], help="run only one side (for debugging)"
+    )
+    ap.add_argument(
+        "--guide-max-delivery-attempts",
+        type=int,
+        default=5,
+        help="the guide's dead-letter policy (5); 0: none",
+    )
+    ap.add_argument(
+        "--leftover-wait",
+        type=float,
+        help="seconds to pull the job subscription for leftovers after the workers stopped "
+        "(default: the ack deadline + 3)",
+    )
+    ap.add_argument(
+        "--keep-logs", action="store_true", help="keep the log directory even on success"
+    )
+    args = ap.parse_args()
+    args.taskhost = args.taskhost.resolve()
+    args.wasm = args.wasm.resolve()
+    return args
+
+
+def contenders(args):
+    if args.scenario == "churn":
+        cs = [
+            Contender("taskhost 1 slot", "taskhost", "th1", slots=1),
+            Contender("taskhost 2 slots", "taskhost", "th2", slots=2),
+            Contender("guide", "guide", "guide"),
+        ]
+    else:
+        cs = [
+            Contender("taskhost (default slots)", "taskhost", "thd"),
+            Contender("guide", "guide", "guide"),
+        ]
+    return [c for c in cs if args.only in (None, c.kind)]
+
+
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main():
+    args = parse_args()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        os.environ.pop(name, None)  # loopback only
+    if args.build:
+        print("cargo build --release -p taskhost", file=sys.stderr, flush=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "taskhost"], cwd=REPO, check=True)
+    if not args.taskhost.is_file():
+        sys.exit(f"churn.py: no taskhost binary at {args.taskhost} (build it, or give --build)")
+    if not args.wasm.is_file():
+        sys.exit(f"churn.py: no {args.wasm}: run tests/build-guests.sh first")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    log_dir = Path(tempfile.mkdtemp(prefix="taskhost-bench-"))
+    children = Children()
+    keep = True
+    try:
+        bench = Bench(args, children, log_dir)
+        bench.start_servers()
+        jobs = make_jobs(args.scenario, args.seed, args.jobs)
+        workers = args.workers or (3 if args.scenario == "churn" else 1)
+        kill_loop = args.scenario == "churn"
+        outcomes = [bench.run(c, jobs, workers, kill_loop) for c in contenders(args)]
+        report(args.scenario, outcomes)
+        ok = all(o.clean for o in outcomes)
+        keep = args.keep_logs or not ok
+        if not ok:
+            print(f"not every contender finished cleanly; logs in {log_dir}", file=sys.stderr)
+        return 0 if ok else 1
+    except BenchError as e:
+        print(f"churn.py: {e}\nlogs in {log_dir}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"churn.py: interrupted; logs in {log_dir}", file=sys.stderr)
+        return 130
+    finally:
+        children.kill_all()
+        if keep:
+            print(f"logs: {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
