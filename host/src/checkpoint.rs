@@ -52,7 +52,11 @@ pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(2);
 /// the period, so an owner that refreshes every half period is never taken over.
 pub fn skew_allowance_ms(period_ms: u64) -> u64 {
     let max = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
-    if period_ms == 0 { max } else { max.min(period_ms / 4) }
+    if period_ms == 0 {
+        max
+    } else {
+        max.min(period_ms / 4)
+    }
 }
 
 /// The storage key of a job's checkpoint.
@@ -209,7 +213,10 @@ impl std::fmt::Display for ClaimError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClaimError::Busy { owner, until_ms } => {
-                write!(f, "worker `{owner}` holds the job (lease until {until_ms} ms)")
+                write!(
+                    f,
+                    "worker `{owner}` holds the job (lease until {until_ms} ms)"
+                )
             }
             ClaimError::AlreadyDone => f.write_str("the job's result exists"),
             ClaimError::Unreadable(m) | ClaimError::Storage(m) => f.write_str(m),
@@ -265,7 +272,9 @@ pub async fn claim<S: ObjectStore>(
         .await
         .map_err(|e| ClaimError::Storage(e.to_string()))?
     else {
-        return Err(ClaimError::Storage(format!("{key} vanished while being claimed")));
+        return Err(ClaimError::Storage(format!(
+            "{key} vanished while being claimed"
+        )));
     };
     let (header, data) = decode(&current.bytes)
         .map_err(|e| ClaimError::Unreadable(format!("{key} is unreadable: {e:#}")))?;
@@ -481,10 +490,17 @@ impl Checkpointer {
     pub async fn finish(&self) -> Result<Proof, CheckpointError> {
         let (done, rx) = oneshot::channel();
         if self.cmds.send(Cmd::Finish(done)).is_err() {
-            return Err(self.final_state().err().unwrap_or(CheckpointError::Conflict));
+            return Err(self
+                .final_state()
+                .err()
+                .unwrap_or(CheckpointError::Conflict));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(self.final_state().err().unwrap_or(CheckpointError::Conflict)))
+        rx.await.unwrap_or_else(|_| {
+            Err(self
+                .final_state()
+                .err()
+                .unwrap_or(CheckpointError::Conflict))
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -82,21 +82,16 @@ impl<S: ObjectStore + Clone> Executor<S> {
         shutdown: CancellationToken,
     ) -> JobEnd {
         let result_key = result_key(job);
-        let claimed = match checkpoint::claim(
-            &self.store,
-            job,
-            &self.worker_id,
-            &lease,
-            &result_key,
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(ClaimError::AlreadyDone) => return JobEnd::AlreadyDone,
-            Err(ClaimError::Busy { owner, until_ms }) => return JobEnd::Busy { owner, until_ms },
-            Err(ClaimError::Unreadable(m)) => return JobEnd::Unreadable(m),
-            Err(ClaimError::Storage(m)) => return JobEnd::Storage(m),
-        };
+        let claimed =
+            match checkpoint::claim(&self.store, job, &self.worker_id, &lease, &result_key).await {
+                Ok(c) => c,
+                Err(ClaimError::AlreadyDone) => return JobEnd::AlreadyDone,
+                Err(ClaimError::Busy { owner, until_ms }) => {
+                    return JobEnd::Busy { owner, until_ms };
+                }
+                Err(ClaimError::Unreadable(m)) => return JobEnd::Unreadable(m),
+                Err(ClaimError::Storage(m)) => return JobEnd::Storage(m),
+            };
         let attempt = claimed.header.attempts;
         let resumed = claimed.data.is_some();
         tracing::info!(job = %job, attempt, resumed, "job started");
@@ -159,7 +154,11 @@ impl<S: ObjectStore + Clone> Executor<S> {
                 }
                 match self
                     .store
-                    .put(&error_key(job), msg.clone().into_bytes(), Precondition::None)
+                    .put(
+                        &error_key(job),
+                        msg.clone().into_bytes(),
+                        Precondition::None,
+                    )
                     .await
                 {
                     Ok(_) => JobEnd::TaskFailed(msg),
@@ -219,7 +218,11 @@ impl<S: ObjectStore + Clone> Executor<S> {
         }
         match self
             .store
-            .put(&result_key(job), result.clone().into_bytes(), Precondition::Absent)
+            .put(
+                &result_key(job),
+                result.clone().into_bytes(),
+                Precondition::Absent,
+            )
             .await
         {
             Ok(_) => JobEnd::Done { result, attempt },

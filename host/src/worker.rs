@@ -185,12 +185,8 @@ pub async fn run<S: ObjectStore + Clone>(
                 failing = Duration::ZERO;
                 idle = MIN_IDLE_WAIT;
                 for (received, permit) in batch.into_iter().zip(permits.drain(..)) {
-                    let lease = Lease::start(
-                        ctx.queue.clone(),
-                        sub,
-                        &received,
-                        ctx.config.ack_deadline,
-                    );
+                    let lease =
+                        Lease::start(ctx.queue.clone(), sub, &received, ctx.config.ack_deadline);
                     if shutdown.is_cancelled() {
                         // Pulled as the shutdown began: hand it straight back.
                         let _ = lease.nack(Duration::ZERO).await;
@@ -198,7 +194,9 @@ pub async fn run<S: ObjectStore + Clone>(
                     }
                     let ctx = Arc::clone(&ctx);
                     let cancel = shutdown.clone();
-                    jobs.spawn(async move { ctx.handle(received.message, lease, permit, cancel).await });
+                    jobs.spawn(
+                        async move { ctx.handle(received.message, lease, permit, cancel).await },
+                    );
                 }
                 continue;
             }
@@ -309,7 +307,12 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             .execute(id, &module, &job.input, lease.view(), shutdown)
             .await;
         self.count(id, &end);
-        match decide(&end, attempt, self.config.max_failures, self.config.ack_deadline) {
+        match decide(
+            &end,
+            attempt,
+            self.config.max_failures,
+            self.config.ack_deadline,
+        ) {
             Decision::Ack => settle(lease.ack().await),
             Decision::HandBack(delay) => settle(lease.nack(delay).await),
             Decision::DeadLetter(reason) => {
@@ -449,7 +452,14 @@ mod tests {
             failures,
         };
         let cases: Vec<(JobEnd, u32, Decision)> = vec![
-            (JobEnd::Done { result: "r".into(), attempt: 1 }, 1, Decision::Ack),
+            (
+                JobEnd::Done {
+                    result: "r".into(),
+                    attempt: 1,
+                },
+                1,
+                Decision::Ack,
+            ),
             (JobEnd::AlreadyDone, 7, Decision::Ack),
             (
                 JobEnd::TaskFailed("bad input".into()),
@@ -463,16 +473,34 @@ mod tests {
                 3,
                 Decision::DeadLetter("failed 3 times (limit 3); last: Panic: boom".into()),
             ),
-            (JobEnd::Storage("down".into()), 1, Decision::HandBack(Duration::from_secs(10))),
-            (JobEnd::Storage("down".into()), 4, Decision::HandBack(Duration::from_secs(80))),
-            (JobEnd::Storage("down".into()), 99, Decision::HandBack(MAX_RETRY_DELAY)),
             (
-                JobEnd::Busy { owner: "w".into(), until_ms: 0 },
+                JobEnd::Storage("down".into()),
                 1,
                 Decision::HandBack(Duration::from_secs(10)),
             ),
             (
-                JobEnd::Busy { owner: "w".into(), until_ms: 0 },
+                JobEnd::Storage("down".into()),
+                4,
+                Decision::HandBack(Duration::from_secs(80)),
+            ),
+            (
+                JobEnd::Storage("down".into()),
+                99,
+                Decision::HandBack(MAX_RETRY_DELAY),
+            ),
+            (
+                JobEnd::Busy {
+                    owner: "w".into(),
+                    until_ms: 0,
+                },
+                1,
+                Decision::HandBack(Duration::from_secs(10)),
+            ),
+            (
+                JobEnd::Busy {
+                    owner: "w".into(),
+                    until_ms: 0,
+                },
                 3,
                 Decision::HandBack(Duration::from_secs(40)),
             ),
@@ -486,7 +514,11 @@ mod tests {
             ),
         ];
         for (end, attempt, want) in cases {
-            assert_eq!(decide(&end, attempt, 3, d), want, "{end:?} attempt {attempt}");
+            assert_eq!(
+                decide(&end, attempt, 3, d),
+                want,
+                "{end:?} attempt {attempt}"
+            );
         }
     }
 

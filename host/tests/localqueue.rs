@@ -336,11 +336,8 @@ async fn messages_leases_and_counts_survive_reopening_the_file() {
         "the nacked message counted, the held one still leased"
     );
     // The lease taken before reopening is still the holder's.
-    assert!(
-        q.modify("worker", &[held.ack_id.clone()], LONG)
-            .await
-            .is_empty()
-    );
+    let held_id = std::slice::from_ref(&held.ack_id);
+    assert!(q.modify("worker", held_id, LONG).await.is_empty());
     q.ack("worker", &[held]).await;
     drop(q);
     assert_eq!(

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits};
 use taskhost::exec::{Executor, JobEnd};
-use taskhost::queue::lease::LeaseView;
-use taskhost::queue::Stamp;
 use taskhost::ids::JobId;
+use taskhost::queue::Stamp;
+use taskhost::queue::lease::LeaseView;
 use taskhost::runtime::{
     JobLimits, ModuleError, Outcome, Prepared, RunReport, RunRequest, Runtime, RuntimeConfig,
     TrapKind,
@@ -155,7 +155,9 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             ..JobLimits::default()
         },
     );
-    let end = ex.execute(&job, &m, &input, live_lease(), CancellationToken::new()).await;
+    let end = ex
+        .execute(&job, &m, &input, live_lease(), CancellationToken::new())
+        .await;
     assert!(
         matches!(
             end,
@@ -181,7 +183,9 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             ..JobLimits::default()
         },
     );
-    let end = ex2.execute(&job, &m, &slow, live_lease(), CancellationToken::new()).await;
+    let end = ex2
+        .execute(&job, &m, &slow, live_lease(), CancellationToken::new())
+        .await;
     assert!(
         matches!(
             end,
@@ -652,12 +656,16 @@ async fn a_finished_job_is_not_run_again() {
     let job: JobId = "once".parse().unwrap();
     let ex = executor(store.clone(), rt, JobLimits::default());
     let input = r#"{"job_id":"once","steps":10}"#;
-    let first = ex.execute(&job, &m, input, live_lease(), CancellationToken::new()).await;
+    let first = ex
+        .execute(&job, &m, input, live_lease(), CancellationToken::new())
+        .await;
     assert!(
         matches!(first, JobEnd::Done { attempt: 1, .. }),
         "{first:?}"
     );
-    let second = ex.execute(&job, &m, input, live_lease(), CancellationToken::new()).await;
+    let second = ex
+        .execute(&job, &m, input, live_lease(), CancellationToken::new())
+        .await;
     assert_eq!(second, JobEnd::AlreadyDone);
     let stored = store
         .get(&taskhost::exec::result_key(&job))

@@ -744,11 +744,12 @@ def report(scenario, outcomes):
             text += f" = {o.jobs / o.wall:.1f} jobs/s, {per_job:.2f} S3 req/job"
         parts.append(text)
     if guide and hosts:
+        # As in "taskhost is N times faster": the guide's time over taskhost's.
         against = ", ".join(
             f"{ratio(guide, h)} ({h.contender.label})" if len(hosts) > 1 else ratio(guide, h)
             for h in hosts
         )
-        parts.append(f"ratio guide/taskhost {against}")
+        parts.append(f"ratio {against} (guide time / taskhost time)")
     print(f"{scenario}: " + " | ".join(parts), flush=True)
 
 

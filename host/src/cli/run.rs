@@ -10,8 +10,8 @@ use clap::Args;
 use super::exit;
 use crate::checkpoint::Limits;
 use crate::exec::{Executor, JobEnd, result_key};
-use crate::queue::lease::LeaseView;
 use crate::ids::JobId;
+use crate::queue::lease::LeaseView;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
 use crate::store::ObjectStore;
 use crate::store::dir::DirStore;
@@ -93,7 +93,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("job {job} was already done; its stored result:");
         println!(
             "{}",
-            stored.map_or_else(String::new, |o| String::from_utf8_lossy(&o.bytes).into_owned())
+            stored.map_or_else(String::new, |o| String::from_utf8_lossy(&o.bytes)
+                .into_owned())
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
 use crate::queue::Ensured;
-use crate::queue::pubsub::TopicSchema;
 use crate::queue::Queue;
+use crate::queue::pubsub::TopicSchema;
 use crate::store::any::AnyStore;
 
 /// Create the topics, subscriptions, schema and bucket the worker needs (idempotent).

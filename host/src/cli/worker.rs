@@ -93,12 +93,14 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         slots,
         max_failures: args.max_failures,
         default_module: args.default_module,
-        shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(|_| {
-            anyhow::anyhow!(
-                "SHUTDOWN_TIMEOUT_SECONDS must be a non-negative number of seconds, not {}",
-                args.shutdown_timeout_secs
-            )
-        })?,
+        shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
+            |_| {
+                anyhow::anyhow!(
+                    "SHUTDOWN_TIMEOUT_SECONDS must be a non-negative number of seconds, not {}",
+                    args.shutdown_timeout_secs
+                )
+            },
+        )?,
     };
     worker::run(queue, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -103,7 +103,12 @@ impl std::fmt::Debug for Lease {
 impl Lease {
     /// Starts keeping the lease of `received` (pulled from `subscription` of `queue`),
     /// extending it by `deadline` each time.
-    pub fn start(queue: Queue, subscription: &str, received: &Received, deadline: Duration) -> Lease {
+    pub fn start(
+        queue: Queue,
+        subscription: &str,
+        received: &Received,
+        deadline: Duration,
+    ) -> Lease {
         let shared = Arc::new(Shared {
             queue,
             subscription: subscription.to_owned(),
@@ -182,7 +187,11 @@ async fn nack(shared: &Shared, delay: Duration) -> Result<(), QueueError> {
     retry(|| async {
         shared
             .queue
-            .modify_ack_deadline(&shared.subscription, std::slice::from_ref(&shared.ack_id), delay)
+            .modify_ack_deadline(
+                &shared.subscription,
+                std::slice::from_ref(&shared.ack_id),
+                delay,
+            )
             .await
             .map(drop)
     })
@@ -225,21 +234,34 @@ async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: Cancellati
     let ack_ids = std::slice::from_ref(ack_id);
     loop {
         let end = *until.borrow();
-        tokio::time::sleep_until(end.instant.checked_sub(*deadline / 2).unwrap_or(end.instant))
-            .await;
+        tokio::time::sleep_until(
+            end.instant
+                .checked_sub(*deadline / 2)
+                .unwrap_or(end.instant),
+        )
+        .await;
         let mut wait = FIRST_RETRY;
         loop {
             let sent = Stamp::now();
-            let Some(left) = end.instant.checked_duration_since(sent.instant).filter(|d| !d.is_zero())
+            let Some(left) = end
+                .instant
+                .checked_duration_since(sent.instant)
+                .filter(|d| !d.is_zero())
             else {
-                tracing::warn!(subscription, "lease lost: its deadline passed without a successful extension");
+                tracing::warn!(
+                    subscription,
+                    "lease lost: its deadline passed without a successful extension"
+                );
                 lost.cancel();
                 return;
             };
             let call = queue.modify_ack_deadline(subscription, ack_ids, *deadline);
             match tokio::time::timeout(left.min(CALL_TIMEOUT), call).await {
                 Ok(Ok(refused)) if !refused.is_empty() => {
-                    tracing::warn!(subscription, "lease lost: the queue refused its extension (the message was handed to someone else)");
+                    tracing::warn!(
+                        subscription,
+                        "lease lost: the queue refused its extension (the message was handed to someone else)"
+                    );
                     lost.cancel();
                     return;
                 }
@@ -259,7 +281,9 @@ async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: Cancellati
                     tracing::warn!(subscription, retry_in = ?wait, "lease extension timed out; retrying");
                 }
             }
-            let left = end.instant.saturating_duration_since(tokio::time::Instant::now());
+            let left = end
+                .instant
+                .saturating_duration_since(tokio::time::Instant::now());
             tokio::time::sleep(wait.min(left)).await;
             wait = (wait * 2).min(MAX_RETRY);
         }

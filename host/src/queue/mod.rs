@@ -377,8 +377,7 @@ impl Queue {
                 break Ok(());
             }
             if got == 0 {
-                tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now()))
-                    .await;
+                tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
             }
         };
         if let Err(e) = self

@@ -263,7 +263,8 @@ impl Proc {
         }
     }
 
-    fn signal(&mut self, signal: libc::c_int) {
+    /// Sends `signal` (unless it has been reaped).
+    pub fn signal(&mut self, signal: libc::c_int) {
         if self.reaped {
             return;
         }

@@ -137,6 +137,17 @@ impl PubsubEmulator {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the emulator's whole process group: a server
+    /// that accepts connections and answers nothing, like an unreachable Pub/Sub.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the group's
+        // leader is not reaped, so the id cannot have been reused.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), signal);
+        }
+    }
+
     /// What the emulator has written to stdout and stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -84,7 +84,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
-
 /// Smallest ack deadline the local queue accepts: 1 s (Pub/Sub's is 10 s).
 pub const MIN_LOCAL_ACK_DEADLINE_SECS: u32 = 1;
 /// How long one SQLite call waits for another connection's write lock before failing with a
@@ -194,7 +193,6 @@ impl LocalQueue {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
-
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a blocking thread; commits if it is `Ok`.
     async fn write<T: Send + 'static>(
@@ -328,7 +326,6 @@ impl LocalQueue {
     }
 }
 
-
 /// When a committed write reaches the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Durability {
@@ -339,7 +336,6 @@ enum Durability {
     /// last of them, which only hands a message out again (sooner), never loses one.
     Lazy,
 }
-
 
 /// A subscription's settings, as stored.
 #[derive(Debug, PartialEq, Eq)]
@@ -412,7 +408,6 @@ fn require_topic(conn: &Connection, topic: &str) -> Result<(), Fail> {
     }
 }
 
-/// Inserts a message and fans it out to the topic's subscriptions; drops it if there are
 /// A random lease token (nanoseconds, pid and a counter if the OS has no randomness).
 fn new_token() -> i64 {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -61,25 +61,28 @@ impl LocalQueue {
         ack_deadline: Duration,
     ) -> Result<Vec<Received>, LocalQueueError> {
         let sub = resource_id("pull", "subscriptions", sub_id)?;
-        let deadline = Duration::from_secs(
-            ack_deadline
-                .as_secs()
-                .clamp(MIN_LOCAL_ACK_DEADLINE_SECS.into(), MAX_ACK_DEADLINE_SECS.into()),
-        );
+        let deadline = Duration::from_secs(ack_deadline.as_secs().clamp(
+            MIN_LOCAL_ACK_DEADLINE_SECS.into(),
+            MAX_ACK_DEADLINE_SECS.into(),
+        ));
         let leased_until = Stamp::now().plus(deadline);
         let (tx, rx) = oneshot::channel();
         let queue = self.clone();
+        let name = sub.clone();
         // Detached: it runs to the end even if this future is dropped, and then hands its
         // claims back if nobody took them.
         drop(tokio::task::spawn_blocking(move || {
-            let claimed = queue.claim_now(&sub, max, deadline);
+            let claimed = queue.claim_now(&name, max, deadline);
             if let Err(Ok(orphans)) = tx.send(claimed) {
-                for c in orphans {
-                    queue.release_now(&sub, c.claim);
-                }
+                queue.release_all(&name, orphans);
             }
         }));
-        let claimed = rx.await.map_err(|_| {
+        let mut pending = PendingPull {
+            rx,
+            queue: self.clone(),
+            sub,
+        };
+        let claimed = (&mut pending.rx).await.map_err(|_| {
             Fail::Invalid("the claiming thread panicked".into()).into_error("pull", sub_id)
         })??;
         Ok(claimed
@@ -198,6 +201,11 @@ impl LocalQueue {
         // A cheap read first: most polls find nothing and need no write lock.
         let ready = self
             .with_conn(|conn| {
+                if read_policy(conn, sub)?.is_none() {
+                    return Err(Fail::NotFound(format!(
+                        "subscription `{sub}` does not exist"
+                    )));
+                }
                 Ok(conn.query_row(
                     "SELECT EXISTS (SELECT 1 FROM deliveries
                                     WHERE subscription = ?1 AND visible_at_ms <= ?2)",
@@ -264,17 +272,41 @@ impl LocalQueue {
         Ok(claimed)
     }
 
-    /// Hands back a claim nobody received, uncounting its attempt. Blocking; best effort (a
+    /// Hands back claims nobody received, uncounting their attempt. Blocking; best effort (a
     /// claim that cannot be released lapses by itself).
-    fn release_now(&self, sub: &str, claim: Claim) {
+    fn release_all(&self, sub: &str, orphans: Vec<Claimed>) {
         let released = self.write_now("release", sub, Durability::Lazy, |tx| {
-            if let Some(attempts) = leased_attempts(tx, sub, claim)? {
-                hand_back(tx, sub, claim.message_id, attempts.saturating_sub(1))?;
+            for c in &orphans {
+                if let Some(attempts) = leased_attempts(tx, sub, c.claim)? {
+                    hand_back(tx, sub, c.claim.message_id, attempts.saturating_sub(1))?;
+                }
             }
             Ok(())
         });
         if let Err(e) = released {
-            tracing::warn!(error = %e, "the message will come back when its lease lapses");
+            tracing::warn!(error = %e, "the messages will come back when their lease lapses");
+        }
+    }
+}
+
+/// The receiving end of a pull's claim: if the pull's future is dropped after the claiming
+/// thread sent its claims but before they were taken, they are handed back here.
+struct PendingPull {
+    rx: oneshot::Receiver<Result<Vec<Claimed>, LocalQueueError>>,
+    queue: LocalQueue,
+    sub: String,
+}
+
+impl Drop for PendingPull {
+    fn drop(&mut self) {
+        if let Ok(Ok(orphans)) = self.rx.try_recv()
+            && !orphans.is_empty()
+        {
+            let (queue, sub) = (self.queue.clone(), std::mem::take(&mut self.sub));
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || queue.release_all(&sub, orphans))),
+                Err(_) => queue.release_all(&sub, orphans),
+            }
         }
     }
 }
@@ -288,7 +320,8 @@ fn parse_all(
         .iter()
         .map(|a| {
             Claim::parse(a).ok_or_else(|| {
-                Fail::Invalid(format!("`{a}` is not an ack id of this queue")).into_error(operation, sub)
+                Fail::Invalid(format!("`{a}` is not an ack id of this queue"))
+                    .into_error(operation, sub)
             })
         })
         .collect()
@@ -390,4 +423,3 @@ fn purge_expired(conn: &Connection, sub: &str, published_before: i64) -> Result<
     }
     Ok(())
 }
-

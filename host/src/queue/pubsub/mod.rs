@@ -160,7 +160,9 @@ impl Pubsub {
         let publisher = publisher.build().await.map_err(build_error("publisher"))?;
 
         let rest = receive::Rest::new(
-            endpoint.clone().unwrap_or_else(|| PRODUCTION_ENDPOINT.to_string()),
+            endpoint
+                .clone()
+                .unwrap_or_else(|| PRODUCTION_ENDPOINT.to_string()),
             credentials.clone(),
         )
         .map_err(|e| PubsubError::new("build client", shown_endpoint.clone(), e))?;

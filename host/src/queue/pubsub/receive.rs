@@ -295,7 +295,12 @@ impl Pubsub {
         let name = self.subscription_path(sub_id);
         for chunk in ack_ids.chunks(MAX_ACK_IDS_PER_CALL) {
             self.rest
-                .call("acknowledge", &name, "acknowledge", json!({"ackIds": chunk}))
+                .call(
+                    "acknowledge",
+                    &name,
+                    "acknowledge",
+                    json!({"ackIds": chunk}),
+                )
                 .await?;
         }
         Ok(())

@@ -1,0 +1,372 @@
+//! The queue contract, run once per backend: the embedded SQLite queue and the official
+//! Pub/Sub emulator. Every case is one async fn over a `Queue`; `contract!` makes a test of
+//! it for each backend.
+//!
+//! The emulator tests share one emulator (started by the first, stopped with the last) and
+//! are isolated by project. Short ack deadlines (2 s) are fine on both: the embedded queue
+//! and the emulator accept them (Pub/Sub's minimum is 10 s).
+
+mod support;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use support::pubsub::PubsubEmulator;
+use taskhost::queue::lease::Lease;
+use taskhost::queue::{
+    IncomingMessage, LocalQueue, OutgoingMessage, Pubsub, Queue, Received, SubscriptionSettings,
+};
+use tokio::time::Instant;
+
+/// The lease of the tests that watch one lapse.
+const SHORT: Duration = Duration::from_secs(2);
+/// A lease that does not lapse during a test.
+const LONG: Duration = Duration::from_secs(60);
+
+/// The backend under test, kept alive for the test's length.
+enum Backend {
+    Local(#[allow(dead_code)] tempfile::TempDir),
+    Emulator(Arc<PubsubEmulator>),
+}
+
+static EMULATOR: tokio::sync::Mutex<Weak<PubsubEmulator>> =
+    tokio::sync::Mutex::const_new(Weak::new());
+
+async fn shared_emulator() -> Arc<PubsubEmulator> {
+    let mut slot = EMULATOR.lock().await;
+    if let Some(e) = slot.upgrade() {
+        return e;
+    }
+    let e = Arc::new(
+        tokio::task::spawn_blocking(PubsubEmulator::start)
+            .await
+            .unwrap(),
+    );
+    *slot = Arc::downgrade(&e);
+    e
+}
+
+/// A queue with the topic [`TOPIC`], its dead-letter topic [`DEAD_TOPIC`] (subscription
+/// [`DEAD_SUB`]) and the subscription [`SUB`] (ack deadline `deadline`, dead-lettering after
+/// `max_attempts`).
+struct Setup {
+    queue: Queue,
+    backend: Backend,
+}
+
+const TOPIC: &str = "jobs";
+const DEAD_TOPIC: &str = "jobs-dl";
+const SUB: &str = "jobs-sub";
+const DEAD_SUB: &str = "jobs-dl-sub";
+
+impl Setup {
+    async fn new(local: bool, name: &str, deadline: Duration, max_attempts: u32) -> Setup {
+        Setup::with(local, false, name, deadline, max_attempts).await
+    }
+
+    /// With `private`, the emulator is this test's own (a test that freezes it must not
+    /// freeze the others).
+    async fn with(
+        local: bool,
+        private: bool,
+        name: &str,
+        deadline: Duration,
+        max_attempts: u32,
+    ) -> Setup {
+        let (queue, backend) = if local {
+            let dir = tempfile::tempdir().unwrap();
+            let q = LocalQueue::open(dir.path().join("q.sqlite")).await.unwrap();
+            (Queue::Local(q), Backend::Local(dir))
+        } else {
+            let emulator = if private {
+                Arc::new(
+                    tokio::task::spawn_blocking(PubsubEmulator::start)
+                        .await
+                        .unwrap(),
+                )
+            } else {
+                shared_emulator().await
+            };
+            let config = emulator.config(&format!("contract-{name}"));
+            let q = Pubsub::connect(&config).await.unwrap();
+            (Queue::PubSub(q), Backend::Emulator(emulator))
+        };
+        queue.ensure_topic(TOPIC).await.unwrap();
+        queue.ensure_topic(DEAD_TOPIC).await.unwrap();
+        let settings = SubscriptionSettings {
+            ack_deadline_secs: deadline.as_secs() as u32,
+            dead_letter_topic_id: Some(DEAD_TOPIC.into()),
+            max_delivery_attempts: max_attempts,
+            ..SubscriptionSettings::default()
+        };
+        queue
+            .ensure_subscription(SUB, TOPIC, &settings)
+            .await
+            .unwrap();
+        queue
+            .ensure_subscription(DEAD_SUB, DEAD_TOPIC, &SubscriptionSettings::default())
+            .await
+            .unwrap();
+        Setup { queue, backend }
+    }
+
+    async fn publish(&self, texts: &[&str]) {
+        let messages = texts
+            .iter()
+            .map(|t| OutgoingMessage {
+                data: t.as_bytes().to_vec(),
+                ..OutgoingMessage::default()
+            })
+            .collect();
+        self.queue.publish(TOPIC, messages).await.unwrap();
+    }
+
+    /// Pulls (at most `max`, each for `deadline`) until something comes or `wait` passes.
+    async fn pull_within(
+        &self,
+        sub: &str,
+        max: usize,
+        deadline: Duration,
+        wait: Duration,
+    ) -> Vec<Received> {
+        let until = Instant::now() + wait;
+        loop {
+            let got = self.queue.pull(sub, max, deadline).await.unwrap();
+            assert!(got.len() <= max, "asked for {max}, got {}", got.len());
+            if !got.is_empty() || Instant::now() >= until {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts that no message of `sub` can be pulled for `span`.
+    async fn nothing_for(&self, sub: &str, span: Duration, why: &str) {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            let got = self.queue.pull(sub, 10, LONG).await.unwrap();
+            assert!(got.is_empty(), "{why}: got {:?}", texts(&got));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn nack(&self, r: &Received, delay: Duration) {
+        let lost = self
+            .queue
+            .modify_ack_deadline(SUB, std::slice::from_ref(&r.ack_id), delay)
+            .await
+            .unwrap();
+        assert!(lost.is_empty(), "{lost:?}");
+    }
+}
+
+fn text(m: &IncomingMessage) -> String {
+    String::from_utf8_lossy(&m.data).into_owned()
+}
+
+fn texts(got: &[Received]) -> Vec<String> {
+    got.iter().map(|r| text(&r.message)).collect()
+}
+
+/// One test per backend for each case: `contract!(case)` makes `local::case` and
+/// `emulator::case`, each calling `case(local: bool)`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod local {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(true).await })*
+        }
+        mod emulator {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(false).await })*
+        }
+    };
+}
+
+contract!(
+    a_nacked_message_comes_back_at_once_with_the_next_attempt,
+    a_lapsed_lease_brings_the_message_back,
+    a_delayed_nack_brings_it_back_after_the_delay,
+    after_max_attempts_the_message_is_dead_lettered,
+    a_pull_leases_at_most_what_it_asks_for,
+    a_kept_lease_outlives_several_deadlines_and_its_ack_is_final,
+    a_lost_lease_is_noticed,
+);
+
+async fn a_nacked_message_comes_back_at_once_with_the_next_attempt(local: bool) {
+    let s = Setup::new(local, "nack", LONG, 100).await;
+    s.publish(&["one"]).await;
+    let first = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(texts(&first), ["one"]);
+    assert_eq!(first[0].message.delivery_attempt, Some(1));
+    let nacked = Instant::now();
+    s.nack(&first[0], Duration::ZERO).await;
+    let again = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(texts(&again), ["one"], "not redelivered after a nack");
+    assert!(
+        nacked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        nacked.elapsed()
+    );
+    assert_eq!(again[0].message.message_id, first[0].message.message_id);
+    assert_eq!(again[0].message.delivery_attempt, Some(2));
+    assert_ne!(
+        again[0].ack_id, first[0].ack_id,
+        "an ack id names one delivery"
+    );
+}
+
+async fn a_lapsed_lease_brings_the_message_back(local: bool) {
+    let s = Setup::new(local, "lapse", SHORT, 100).await;
+    s.publish(&["one"]).await;
+    let first = s.pull_within(SUB, 1, SHORT, Duration::from_secs(10)).await;
+    let pulled = Instant::now();
+    assert_eq!(texts(&first), ["one"]);
+    // Not extended: nobody else gets it while the lease holds, then it comes back.
+    s.nothing_for(SUB, SHORT / 2, "while the lease holds").await;
+    let again = s.pull_within(SUB, 1, LONG, Duration::from_secs(15)).await;
+    assert_eq!(
+        texts(&again),
+        ["one"],
+        "not redelivered after the lease lapsed"
+    );
+    assert!(pulled.elapsed() >= SHORT - Duration::from_millis(200));
+    assert_eq!(again[0].message.delivery_attempt, Some(2));
+    // The first holder's ack is stale: the message stays leased to the second one, and
+    // comes back once that lease is handed back.
+    let _ = s
+        .queue
+        .acknowledge(SUB, std::slice::from_ref(&first[0].ack_id))
+        .await;
+    s.nack(&again[0], Duration::ZERO).await;
+    let third = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(texts(&third), ["one"], "a stale ack consumed the message");
+}
+
+async fn a_delayed_nack_brings_it_back_after_the_delay(local: bool) {
+    let s = Setup::new(local, "delayed", LONG, 100).await;
+    s.publish(&["one"]).await;
+    let first = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    let delay = Duration::from_secs(3);
+    let nacked = Instant::now();
+    s.nack(&first[0], delay).await;
+    s.nothing_for(
+        SUB,
+        delay - Duration::from_millis(500),
+        "before the delay passed",
+    )
+    .await;
+    let again = s.pull_within(SUB, 1, LONG, Duration::from_secs(15)).await;
+    assert_eq!(texts(&again), ["one"], "not back after the delay");
+    assert!(nacked.elapsed() >= delay - Duration::from_millis(200));
+    assert_eq!(again[0].message.delivery_attempt, Some(2));
+}
+
+async fn after_max_attempts_the_message_is_dead_lettered(local: bool) {
+    let max = 5;
+    let s = Setup::new(local, "dead", LONG, max).await;
+    s.publish(&["poison"]).await;
+    for attempt in 1..=max {
+        let got = s.pull_within(SUB, 1, LONG, Duration::from_secs(15)).await;
+        assert_eq!(texts(&got), ["poison"], "delivery {attempt}");
+        assert_eq!(got[0].message.delivery_attempt, Some(attempt));
+        s.nack(&got[0], Duration::ZERO).await;
+    }
+    // (The emulator moves it when the next delivery is due: these pulls are that.)
+    s.nothing_for(SUB, Duration::from_secs(2), "delivered past its limit")
+        .await;
+    let dead = s
+        .queue
+        .pull_some(
+            DEAD_SUB,
+            10,
+            Duration::from_secs(15),
+            taskhost::queue::Settle::Ack,
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(text(&dead[0]), "poison");
+    if local {
+        use taskhost::queue::local::{
+            DEAD_LETTER_SOURCE_DELIVERY_COUNT, DEAD_LETTER_SOURCE_SUBSCRIPTION,
+        };
+        assert_eq!(dead[0].attributes[DEAD_LETTER_SOURCE_SUBSCRIPTION], SUB);
+        assert_eq!(
+            dead[0].attributes[DEAD_LETTER_SOURCE_DELIVERY_COUNT],
+            max.to_string()
+        );
+    }
+}
+
+async fn a_pull_leases_at_most_what_it_asks_for(local: bool) {
+    let s = Setup::new(local, "max", LONG, 100).await;
+    let all: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    s.publish(&all.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while seen.len() < all.len() && Instant::now() < until {
+        // `pull_within` asserts that no pull returns more than 3.
+        let got = s.pull_within(SUB, 3, LONG, Duration::from_secs(5)).await;
+        seen.extend(texts(&got));
+    }
+    seen.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(seen, want, "every message once while all leases hold");
+}
+
+async fn a_kept_lease_outlives_several_deadlines_and_its_ack_is_final(local: bool) {
+    // 3 s: half a deadline of margin for each extension, even on a loaded machine.
+    let deadline = Duration::from_secs(3);
+    let s = Setup::new(local, "keep", deadline, 100).await;
+    s.publish(&["long job"]).await;
+    let got = s
+        .pull_within(SUB, 1, deadline, Duration::from_secs(10))
+        .await;
+    let lease = Lease::start(s.queue.clone(), SUB, &got[0], deadline);
+    // Three deadlines: the lease keeper extends it every half deadline.
+    s.nothing_for(SUB, deadline * 3, "a kept lease lapsed")
+        .await;
+    assert!(!lease.is_lost());
+    assert!(lease.view().until().instant > Instant::now());
+    lease.ack().await.unwrap();
+    s.nothing_for(SUB, deadline * 2, "an acked message came back")
+        .await;
+}
+
+async fn a_lost_lease_is_noticed(local: bool) {
+    let s = Setup::with(local, true, "lost", SHORT, 100).await;
+    s.publish(&["one"]).await;
+    let got = s.pull_within(SUB, 1, SHORT, Duration::from_secs(10)).await;
+    let lease = Lease::start(s.queue.clone(), SUB, &got[0], SHORT);
+    let view = lease.view();
+    let started = Instant::now();
+    match &s.backend {
+        // The message is handed to someone else: the next extension is refused.
+        Backend::Local(_) => {
+            s.nack(&got[0], Duration::ZERO).await;
+            let other = s.pull_within(SUB, 1, LONG, Duration::from_secs(5)).await;
+            assert_eq!(texts(&other), ["one"]);
+        }
+        // Pub/Sub never refuses an extension: make it unreachable past the deadline.
+        Backend::Emulator(emulator) => emulator.freeze(true),
+    }
+    let noticed = tokio::time::timeout(SHORT * 3, view.lost.cancelled()).await;
+    if let Backend::Emulator(emulator) = &s.backend {
+        emulator.freeze(false);
+    }
+    assert!(
+        noticed.is_ok(),
+        "the lost lease went unnoticed for {:?}",
+        started.elapsed()
+    );
+    // Noticed no later than the lease's guaranteed end plus a second.
+    assert!(
+        Instant::now() <= view.until().instant + Duration::from_secs(1),
+        "noticed {:?} after the lease ended",
+        Instant::now() - view.until().instant
+    );
+    assert!(lease.is_lost());
+}
