@@ -13,8 +13,6 @@ use crate::ids::JobId;
 use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
 
-/// A checkpoint written within this many seconds means a worker is running the job.
-
 /// Show per job: state (queued / running / waiting / done / failed), progress, attempts,
 /// failures, and the result or error.
 ///

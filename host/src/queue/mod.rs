@@ -334,10 +334,11 @@ impl Queue {
         if ack_ids.is_empty() {
             return Ok(());
         }
-        Ok(match self {
+        match self {
             Queue::PubSub(q) => q.acknowledge(sub, ack_ids).await?,
             Queue::Local(q) => q.acknowledge(sub, ack_ids).await?,
-        })
+        }
+        Ok(())
     }
 
     /// Reads up to `max` messages from `sub` for at most `wait`, settles each one as told,
