@@ -688,3 +688,61 @@ async fn a_finished_job_is_not_run_again() {
             .is_err()
     );
 }
+
+/// A task that ignores `conflict` errors is stopped by the host within a second of the
+/// takeover, whatever it does with the error; nothing more is written.
+#[tokio::test]
+async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let rt = runtime();
+    let m = prepare(&rt, "misbehave").await;
+    let job: JobId = "stubborn".parse().unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    let key = checkpoint::key(&job);
+    let thief = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            while !store.exists(&key).await.unwrap() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Another worker's claim, as the store sees it: the object changes under us.
+            let header = checkpoint::Header {
+                owner: "thief".into(),
+                nonce: "thief-nonce".into(),
+                ..checkpoint::Header::default()
+            };
+            let taken = checkpoint::encode(&header, Some(b"thief's"));
+            store.put(&key, taken, Precondition::None).await.unwrap();
+            std::time::Instant::now()
+        })
+    };
+    let input = r#"{"mode":"save_loop","ignore_errors":true,"every_ms":20}"#;
+    let end = ex
+        .execute(&job, &m, input, live_lease(), CancellationToken::new())
+        .await;
+    let stopped = std::time::Instant::now();
+    let taken_at = thief.await.unwrap();
+    assert_eq!(end, JobEnd::Conflict);
+    let took = stopped - taken_at;
+    assert!(
+        took < Duration::from_secs(1),
+        "stopped {took:?} after the takeover"
+    );
+    // Nothing written after the takeover, no result.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = store.get(&key).await.unwrap().unwrap();
+    let (h, data) = checkpoint::decode(&now.bytes).unwrap();
+    assert_eq!(
+        (h.owner.as_str(), h.nonce.as_str()),
+        ("thief", "thief-nonce")
+    );
+    assert_eq!(data.as_deref(), Some(&b"thief's"[..]));
+    assert!(
+        !store
+            .exists(&taskhost::exec::result_key(&job))
+            .await
+            .unwrap()
+    );
+}

@@ -836,7 +836,9 @@ def main():
         os.environ.pop(name, None)  # loopback only
     if args.build:
         print("cargo build --release -p taskhost", file=sys.stderr, flush=True)
-        subprocess.run(["cargo", "build", "--release", "-p", "taskhost"], cwd=REPO, check=True)
+        built = subprocess.run(["cargo", "build", "--release", "-p", "taskhost"], cwd=REPO)
+        if built.returncode != 0:
+            sys.exit(f"churn.py: cargo build failed ({built.returncode})")
     if not args.taskhost.is_file():
         sys.exit(f"churn.py: no taskhost binary at {args.taskhost} (build it, or give --build)")
     if not args.wasm.is_file():
@@ -862,6 +864,9 @@ def main():
         return 0 if ok else 1
     except BenchError as e:
         print(f"churn.py: {e}\nlogs in {log_dir}", file=sys.stderr)
+        return 2
+    except (gexc.GoogleAPIError, BotoCoreError, ClientError) as e:
+        print(f"churn.py: a Pub/Sub or S3 call of the benchmark failed: {e!r}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"churn.py: interrupted; logs in {log_dir}", file=sys.stderr)

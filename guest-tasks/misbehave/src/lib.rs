@@ -11,7 +11,7 @@
 //! | `panic` | panics | a trap |
 //! | `fail` | fails | `Err("the task failed on purpose")` |
 //! | `sleep` | sleeps `"ms"` milliseconds in 10 ms steps | `Ok({"slept_ms": ms})` |
-//! | `save_loop` | saves `{"i": i}` for i = 0, 1, ... up to `"count"` (default: forever); with `"bytes"`, each checkpoint is padded to that many bytes | `Ok({"saved": count})`; `Err("conflict")` on a conflict; `Err(<the error>)` on any other checkpoint error (too large, storage) |
+//! | `save_loop` | saves `{"i": i}` for i = 0, 1, ... up to `"count"` (default: forever); with `"bytes"`, each checkpoint is padded to that many bytes; with `"every_ms"`, sleeps between saves; with `"ignore_errors": true`, keeps going after any failed save (a task that ignores `conflict`) | `Ok({"saved": count})`; `Err("conflict")` on a conflict; `Err(<the error>)` on any other checkpoint error (too large, storage) |
 //!
 //! In `escape`, each attempt is reported as `"ok: ..."` or `"error: ..."`; the mode never
 //! panics. A missing or unknown mode is an `Err`.
@@ -68,7 +68,13 @@ impl Task for Misbehave {
                     None => None,
                     Some(_) => Some(input.u64("bytes")?),
                 };
-                save_loop(count, bytes)
+                let ignore_errors =
+                    input.get("ignore_errors") == Some(&serde_json::Value::Bool(true));
+                let every_ms = match input.get("every_ms") {
+                    None => 0,
+                    Some(_) => input.u64("every_ms")?,
+                };
+                save_loop(count, bytes, ignore_errors, every_ms)
             }
             other => Err(format!(
                 "unknown mode \"{other}\": it must be one of {MODES}"
@@ -190,16 +196,26 @@ fn sleep(ms: u64) -> Result<String, String> {
 
 /// Saves `{"i": i}` for i = 0, 1, ... (`count` times, or forever). With `bytes`, each
 /// checkpoint is `{"i": i, "pad": "xx..."}` padded to exactly `bytes` bytes (or the
-/// shortest such document, if `bytes` is smaller than that).
-fn save_loop(count: Option<u64>, bytes: Option<u64>) -> Result<String, String> {
+/// shortest such document, if `bytes` is smaller than that). With `ignore_errors`, a failed
+/// save (even a conflict) does not stop it; with `every_ms`, it sleeps that long between saves.
+fn save_loop(
+    count: Option<u64>,
+    bytes: Option<u64>,
+    ignore_errors: bool,
+    every_ms: u64,
+) -> Result<String, String> {
     let mut i: u64 = 0;
     while count.is_none_or(|count| i < count) {
+        if every_ms > 0 {
+            std::thread::sleep(Duration::from_millis(every_ms));
+        }
         let result = match bytes {
             None => checkpoint::save(&serde_json::json!({ "i": i })),
             Some(bytes) => checkpoint::save_bytes(&padded(i, bytes)),
         };
         match result {
             Ok(()) => {}
+            Err(_) if ignore_errors => {}
             Err(e) if e.is_conflict() => return Err("conflict".into()),
             Err(e) => return Err(format!("{e}")),
         }

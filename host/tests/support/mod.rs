@@ -6,3 +6,4 @@ pub mod cli;
 pub mod guests;
 pub mod pubsub;
 pub mod s3;
+pub mod stack;

@@ -192,6 +192,19 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: it then accepts connections and
+    /// answers nothing, like an unreachable R2.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the child is
+        // not reaped (that happens in Drop), so its PID cannot have been reused.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         // Child::kill sends SIGKILL to this PID only; wait reaps it.

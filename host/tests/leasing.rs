@@ -1,0 +1,385 @@
+//! Leasing under churn, end to end: real `taskhost worker` processes against the official
+//! Pub/Sub emulator and the S3 test server, killed, frozen and stopped while they run.
+//!
+//! Properties, not schedules: every result right, nothing dead-lettered, nothing left on the
+//! subscription, a stale worker writes nothing, bounded times for stopping and handing over.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cli::{CliEnv, Proc};
+use support::s3::S3Server;
+use support::stack::*;
+use taskhost::queue::Settle;
+use taskhost::store::ObjectStore;
+
+/// A short lease, so that a dead worker's jobs come back within seconds (the emulator
+/// accepts deadlines below Pub/Sub's 10 s minimum).
+const LEASE: Duration = Duration::from_secs(4);
+
+/// A step-counter job document.
+fn job(id: &str, steps: u64, step_ms: u64) -> String {
+    format!(r#"{{"job_id":"{id}","steps":{steps},"step_ms":{step_ms}}}"#)
+}
+
+/// A small deterministic generator (no crate needed): xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Asserts that the subscription and its dead-letter subscription hold nothing.
+async fn assert_nothing_left(stack: &Stack) {
+    let dead = stack
+        .pull(
+            &stack.dead_letter_subscription(),
+            100,
+            Duration::from_secs(3),
+            Settle::Nack,
+        )
+        .await;
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let left = stack
+        .pull(
+            &stack.subscription(),
+            100,
+            Duration::from_secs(3),
+            Settle::Nack,
+        )
+        .await;
+    assert!(left.is_empty(), "left on the subscription: {left:?}");
+}
+
+/// Polls `status` until every job is done (workers may be killed and restarted meanwhile).
+async fn wait_all_done(
+    stack: &Stack,
+    ids: &[String],
+    timeout: Duration,
+) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let statuses = stack.status(ids).await;
+        if statuses.values().all(|s| s["state"] == "done") {
+            return statuses;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not done within {timeout:?}: {:#?}",
+            statuses
+                .values()
+                .filter(|s| s["state"] != "done")
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn assert_sum(id: &str, steps: u64, status: &Value) {
+    let result: Value = serde_json::from_str(status["result"].as_str().expect("a result"))
+        .unwrap_or_else(|e| panic!("{id}: result is not JSON: {e}: {status}"));
+    assert_eq!(result["sum"], steps * (steps + 1) / 2, "{id}: {status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_of_sigkills_loses_no_job() {
+    let stack = Stack::setup_with("chaos", LEASE).await;
+    let module = stack.push("step_counter").await;
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let jobs: Vec<(String, u64)> = (0..30)
+        .map(|i| (format!("chaos-{i:02}"), 30 + rng.below(40)))
+        .collect();
+    let text: String = jobs
+        .iter()
+        .map(|(id, steps)| job(id, *steps, 100) + "\n")
+        .collect();
+    stack.submit(&module, "chaos.jsonl", &text).await.success();
+    let cli = stack.cli.set("WORKER_SLOTS", "2");
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|i| cli.spawn(&format!("worker-{i}"), &["worker"]))
+        .collect();
+    let mut logs_of_killed = String::new();
+
+    // At least 60 s of a random worker SIGKILLed (and restarted) every 3 to 6 s.
+    let chaos_until = Instant::now() + Duration::from_secs(60);
+    let mut kills = 0;
+    while Instant::now() < chaos_until {
+        tokio::time::sleep(Duration::from_millis(3000 + rng.below(3000))).await;
+        let i = rng.below(3) as usize;
+        let victim = &mut workers[i];
+        victim.assert_running();
+        victim.kill9();
+        logs_of_killed.push_str(&victim.log());
+        kills += 1;
+        workers[i] = cli.spawn(&format!("worker-{i}-{kills}"), &["worker"]);
+    }
+    let ids: Vec<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
+    let statuses = wait_all_done(&stack, &ids, Duration::from_secs(240)).await;
+    for (id, steps) in &jobs {
+        assert_sum(id, *steps, &statuses[id]);
+    }
+    let resumed = statuses
+        .values()
+        .filter(|s| s["attempts"].as_u64() > Some(1))
+        .count();
+    eprintln!(
+        "{kills} kills; {resumed} of {} jobs ran more than once",
+        jobs.len()
+    );
+    assert!(kills >= 10, "only {kills} kills");
+    assert!(
+        resumed > 0,
+        "no job was interrupted: the chaos proved nothing"
+    );
+    for w in &mut workers {
+        stop(w).await;
+    }
+    assert_nothing_left(&stack).await;
+    let all_logs = logs_of_killed + &logs(&workers.iter_mut().collect::<Vec<_>>());
+    assert!(!all_logs.contains("dead-lettered"), "{all_logs}");
+}
+
+/// A worker frozen (SIGSTOP) past its lease, whose job another worker took over and finished,
+/// writes nothing when it wakes and frees its slot within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_whose_job_moved_writes_nothing_when_it_wakes() {
+    let stack = Stack::setup_with("frozen", LEASE).await;
+    let module = stack.push("step_counter").await;
+    let cli = stack.cli.set("WORKER_SLOTS", "1");
+    let mut a = cli.spawn("worker-a", &["worker"]);
+    let id = "frozen-job".to_string();
+    stack
+        .submit(&module, "frozen.jsonl", &(job(&id, 60, 100) + "\n"))
+        .await
+        .success();
+    a.wait_for_log("job started", WORKER_START).await;
+    wait_progress(&stack, &id, 5).await;
+    a.signal(libc::SIGSTOP);
+
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    let statuses = wait_all_done(&stack, std::slice::from_ref(&id), Duration::from_secs(90)).await;
+    assert_sum(&id, 60, &statuses[&id]);
+    assert!(b.log().contains("resumed=true"), "{}", b.log());
+    stop(&mut b).await;
+    let store = &stack.store;
+    let ckpt_key = format!("jobs/{id}/checkpoint");
+    let result_key = format!("jobs/{id}/result");
+    let before = (
+        store.get(&ckpt_key).await.unwrap().unwrap().bytes,
+        store.get(&result_key).await.unwrap().unwrap().bytes,
+    );
+
+    let woke = Instant::now();
+    a.signal(libc::SIGCONT);
+    a.wait_for_log("stopped without writing", Duration::from_secs(5))
+        .await;
+    let freed = woke.elapsed();
+    assert!(
+        freed < Duration::from_millis(1500),
+        "stopped {freed:?} after waking"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (
+        store.get(&ckpt_key).await.unwrap().unwrap().bytes,
+        store.get(&result_key).await.unwrap().unwrap().bytes,
+    );
+    assert!(before == after, "the stale worker wrote:\n{}", a.log());
+
+    // Its slot is free: it runs the next job.
+    let next = "after-freeze".to_string();
+    stack
+        .submit(&module, "next.jsonl", &(job(&next, 3, 0) + "\n"))
+        .await
+        .success();
+    let statuses = stack
+        .wait_done(
+            std::slice::from_ref(&next),
+            Duration::from_secs(30),
+            &mut [&mut a],
+        )
+        .await;
+    assert_sum(&next, 3, &statuses[&next]);
+    stop(&mut a).await;
+    assert_nothing_left(&stack).await;
+}
+
+/// Polls `status` until `id` has at least `steps` durable steps.
+async fn wait_progress(stack: &Stack, id: &str, steps: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = stack.status(&[id.to_string()]).await;
+        if s[id]["progress"][0].as_u64().unwrap_or(0) >= steps {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no progress: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Two live messages for one job: one run, one result, both messages settled, none
+/// dead-lettered; the second copy neither steals the job nor spins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_messages_for_one_job_run_it_once() {
+    let stack = Stack::setup_with("twins", LEASE).await;
+    let module = stack.push("step_counter").await;
+    let id = "twin".to_string();
+    let line = job(&id, 40, 100) + "\n";
+    stack
+        .submit(&module, "twins.jsonl", &format!("{line}{line}"))
+        .await
+        .success();
+    let cli = stack.cli.set("WORKER_SLOTS", "1");
+    let mut a = cli.spawn("worker-a", &["worker"]);
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    let statuses = stack
+        .wait_done(
+            std::slice::from_ref(&id),
+            Duration::from_secs(60),
+            &mut [&mut a, &mut b],
+        )
+        .await;
+    assert_sum(&id, 40, &statuses[&id]);
+    assert_eq!(
+        statuses[&id]["attempts"], 1,
+        "claimed twice: {:#}",
+        statuses[&id]
+    );
+    // The copy comes back after at least a lease and is acked once the result exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(a.log() + &b.log()).contains("result already exists") {
+        assert!(Instant::now() < deadline, "{}", logs(&[&mut a, &mut b]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(&mut a).await;
+    stop(&mut b).await;
+    let all = a.log() + &b.log();
+    assert_eq!(job_lines(&all, "job started", &id).len(), 1, "{all}");
+    let busy = job_lines(&all, "another worker runs this job", &id).len();
+    assert!(busy >= 1, "the copy was never turned away: {all}");
+    // Each turn-away waits at least a lease: the copy did not spin.
+    assert!(
+        busy <= 60 / LEASE.as_secs() as usize,
+        "{busy} turn-aways: {all}"
+    );
+    assert_nothing_left(&stack).await;
+}
+
+/// SIGTERM: the job is released and runs on another worker within 2 s; the stopped worker
+/// exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_job_to_another_worker_within_two_seconds() {
+    // A long lease: a handover faster than it cannot be a lapse.
+    let stack = Stack::setup_with("handover", Duration::from_secs(30)).await;
+    let module = stack.push("step_counter").await;
+    let cli = stack.cli.set("WORKER_SLOTS", "1");
+    let mut a = cli.spawn("worker-a", &["worker"]);
+    let id = "handover-job".to_string();
+    stack
+        .submit(&module, "handover.jsonl", &(job(&id, 80, 100) + "\n"))
+        .await
+        .success();
+    a.wait_for_log("job started", WORKER_START).await;
+    wait_progress(&stack, &id, 5).await;
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    b.wait_for_log("worker started", WORKER_START).await;
+
+    let signalled = Instant::now();
+    a.signal(libc::SIGTERM);
+    b.wait_for_log("job started", Duration::from_secs(10)).await;
+    let handed = signalled.elapsed();
+    assert!(
+        handed < Duration::from_secs(2),
+        "ran elsewhere {handed:?} after SIGTERM"
+    );
+    let status = a.wait_exit(WORKER_STOP).await;
+    assert_eq!(status.code(), Some(0), "{}", a.log());
+    assert!(b.log().contains("resumed=true"), "{}", b.log());
+    let statuses = stack
+        .wait_done(
+            std::slice::from_ref(&id),
+            Duration::from_secs(60),
+            &mut [&mut b],
+        )
+        .await;
+    assert_sum(&id, 80, &statuses[&id]);
+    stop(&mut b).await;
+    assert_nothing_left(&stack).await;
+}
+
+/// With storage frozen, a drain cannot flush: the worker still exits within
+/// SHUTDOWN_TIMEOUT_SECONDS, and a second signal makes it exit at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
+    let stack = Stack::setup_with("bounded", LEASE).await;
+    // This test's own S3 server: it freezes it.
+    let s3 = S3Server::start().await;
+    let servers = servers().await;
+    let cli = CliEnv::new(&servers.emulator, &s3, "e2e-bounded", "bounded")
+        .set("ACK_DEADLINE_SECONDS", LEASE.as_secs().to_string())
+        .set("WORKER_SLOTS", "1");
+    let module = {
+        let path = support::guests::wasm("step_counter");
+        cli.run(&["module", "push", path.to_str().unwrap()])
+            .await
+            .success()
+            .last_line()
+            .to_string()
+    };
+    for (timeout, second_signal) in [("2", false), ("60", true)] {
+        let id = format!("bounded-{timeout}");
+        let path = cli.write_file(&format!("{id}.jsonl"), job(&id, 200, 100) + "\n");
+        cli.run(&[
+            "submit",
+            "--quiet",
+            "--module",
+            &module,
+            path.to_str().unwrap(),
+        ])
+        .await
+        .success();
+        let mut w = cli
+            .set("SHUTDOWN_TIMEOUT_SECONDS", timeout)
+            .spawn(&format!("worker-{timeout}"), &["worker"]);
+        w.wait_for_log(&format!("job started job={id}"), WORKER_START)
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s3.freeze(true);
+        let signalled = Instant::now();
+        w.signal(libc::SIGTERM);
+        let status = if second_signal {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.assert_running();
+            let again = Instant::now();
+            w.signal(libc::SIGTERM);
+            let status = w.wait_exit(Duration::from_secs(5)).await;
+            let took = again.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "second signal: exit took {took:?}"
+            );
+            assert_eq!(status.code(), Some(130), "{}", w.log());
+            status
+        } else {
+            let status = w.wait_exit(Duration::from_secs(20)).await;
+            let took = signalled.elapsed();
+            assert!(
+                took < Duration::from_secs(5),
+                "SHUTDOWN_TIMEOUT 2 s, exit took {took:?}"
+            );
+            assert_eq!(status.code(), Some(0), "{}", w.log());
+            status
+        };
+        assert!(status.signal().is_none(), "{status}");
+        s3.freeze(false);
+    }
+    drop(stack);
+}

@@ -1,0 +1,264 @@
+//! One test's view of the shared servers (the official Pub/Sub emulator and the S3 test
+//! server, started by the first test of a binary that needs them and stopped with the last),
+//! and the helpers the end-to-end tests share: running `taskhost` commands, waiting for jobs,
+//! reading logs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use taskhost::queue::{IncomingMessage, Pubsub, Queue, Settle};
+use taskhost::store::s3::S3Store;
+
+use super::cli::{CliEnv, Output, Proc};
+use super::pubsub::PubsubEmulator;
+use super::s3::S3Server;
+
+/// The lease of every test subscription (the minimum Pub/Sub allows).
+pub const ACK_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a worker may take to start (connect, subscribe).
+pub const WORKER_START: Duration = Duration::from_secs(60);
+/// How long a worker may take to exit after SIGTERM.
+pub const WORKER_STOP: Duration = Duration::from_secs(30);
+
+/// The servers the tests share.
+pub struct Servers {
+    pub emulator: PubsubEmulator,
+    pub s3: S3Server,
+}
+
+/// The running servers while any test holds them (no test holds them: none run).
+static SERVERS: tokio::sync::Mutex<Weak<Servers>> = tokio::sync::Mutex::const_new(Weak::new());
+
+/// The shared servers, started if no running test holds them. They stop (their `Drop` kills
+/// them) when the last test holding them ends, pass or fail.
+pub async fn servers() -> Arc<Servers> {
+    let mut slot = SERVERS.lock().await;
+    if let Some(servers) = slot.upgrade() {
+        return servers;
+    }
+    let emulator = tokio::task::spawn_blocking(PubsubEmulator::start);
+    let s3 = S3Server::start().await;
+    let servers = Arc::new(Servers {
+        emulator: emulator.await.unwrap(),
+        s3,
+    });
+    *slot = Arc::downgrade(&servers);
+    servers
+}
+
+/// One test's view of the shared servers: its own project, its own key prefix, a library
+/// client for each, and the CLI environment for its topic.
+pub struct Stack {
+    pub cli: CliEnv,
+    pub pubsub: Pubsub,
+    pub store: S3Store,
+    pub topic: String,
+    /// Dropped last: the servers may stop with it.
+    _servers: Arc<Servers>,
+}
+
+impl Stack {
+    /// Project `e2e-<name>`, key prefix `<name>`, topic `<name>` (subscription
+    /// `<name>-sub`, dead-letter topic `<name>-dead-letter`), ACK_DEADLINE_SECONDS=10.
+    /// Nothing created.
+    pub async fn start(name: &str) -> Stack {
+        let servers = servers().await;
+        let project = format!("e2e-{name}");
+        let pubsub = Pubsub::connect(&servers.emulator.config(&project))
+            .await
+            .expect("connect to the emulator");
+        let cli = CliEnv::new(&servers.emulator, &servers.s3, &project, name)
+            .set("ACK_DEADLINE_SECONDS", ACK_DEADLINE.as_secs().to_string())
+            .set("R2_KEY_PREFIX", name);
+        Stack {
+            cli,
+            pubsub,
+            store: servers.s3.store(name),
+            topic: name.to_string(),
+            _servers: servers,
+        }
+    }
+
+    /// [`Stack::start`], then `taskhost setup`.
+    pub async fn setup(topic: &str) -> Stack {
+        Stack::setup_with(topic, ACK_DEADLINE).await
+    }
+
+    /// [`Stack::setup`] with another `ACK_DEADLINE_SECONDS` (the emulator takes any from 1 s).
+    pub async fn setup_with(topic: &str, ack_deadline: Duration) -> Stack {
+        let mut stack = Stack::start(topic).await;
+        stack.cli = stack
+            .cli
+            .set("ACK_DEADLINE_SECONDS", ack_deadline.as_secs().to_string());
+        stack.cli.run(&["setup"]).await.success();
+        stack
+    }
+
+    pub fn subscription(&self) -> String {
+        self.cli.var("SUBSCRIPTION_ID").to_string()
+    }
+
+    pub fn dead_letter_subscription(&self) -> String {
+        format!("{}-dead-letter-sub", self.topic)
+    }
+
+    /// `taskhost module push` of a built guest; returns the `sha256:<hex>` it printed.
+    pub async fn push(&self, guest: &str) -> String {
+        let path = super::guests::wasm(guest);
+        let out = self
+            .cli
+            .run(&["module", "push", path.to_str().unwrap()])
+            .await
+            .success();
+        out.last_line().to_string()
+    }
+
+    /// `taskhost submit --module MODULE FILE` with `text` written to `file_name`.
+    pub async fn submit(&self, module: &str, file_name: &str, text: &str) -> Output {
+        let path = self.cli.write_file(file_name, text);
+        self.cli
+            .run(&[
+                "submit",
+                "--quiet",
+                "--module",
+                module,
+                path.to_str().unwrap(),
+            ])
+            .await
+    }
+
+    /// `taskhost status --json IDS`, by job id.
+    pub async fn status(&self, ids: &[String]) -> BTreeMap<String, Value> {
+        let mut args = vec!["status", "--json"];
+        args.extend(ids.iter().map(String::as_str));
+        let out = self.cli.run(&args).await.success();
+        let statuses: BTreeMap<String, Value> = out
+            .stdout
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("status printed {l:?}, not JSON: {e}\n{out}"));
+                (v["job_id"].as_str().unwrap().to_string(), v)
+            })
+            .collect();
+        assert_eq!(statuses.len(), ids.len(), "{out}");
+        statuses
+    }
+
+    /// Polls `status` until every job is "done"; panics (with the statuses and the workers'
+    /// logs) when a job failed, a worker exited, or `timeout` passed.
+    pub async fn wait_done(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+        workers: &mut [&mut Proc],
+    ) -> BTreeMap<String, Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses = self.status(ids).await;
+            let open: Vec<&Value> = statuses.values().filter(|s| s["state"] != "done").collect();
+            if open.is_empty() {
+                return statuses;
+            }
+            let failed: Vec<&&Value> = open.iter().filter(|s| s["state"] == "failed").collect();
+            assert!(
+                failed.is_empty(),
+                "jobs failed: {failed:#?}\n{}",
+                logs(workers)
+            );
+            for w in workers.iter_mut() {
+                w.assert_running();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} jobs not done within {timeout:?}: {open:#?}\n{}",
+                open.len(),
+                ids.len(),
+                logs(workers)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Up to `max` messages of `sub` read within `wait`, settled as told.
+    pub async fn pull(
+        &self,
+        sub: &str,
+        max: usize,
+        wait: Duration,
+        settle: Settle,
+    ) -> Vec<IncomingMessage> {
+        Queue::PubSub(self.pubsub.clone())
+            .pull_some(sub, max, wait, settle)
+            .await
+            .unwrap_or_else(|e| panic!("pull from {sub}: {e:#}"))
+    }
+}
+
+/// Every worker's log, for failure messages.
+pub fn logs(workers: &[&mut Proc]) -> String {
+    workers
+        .iter()
+        .map(|w| format!("=== log of {}\n{}", w.name(), w.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sends SIGTERM and asserts the worker exits 0.
+pub async fn stop(worker: &mut Proc) {
+    let status = worker.terminate(WORKER_STOP).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{} exited with {status} after SIGTERM; log:\n{}",
+        worker.name(),
+        worker.log()
+    );
+}
+
+/// Lines of `log` that contain `what` and the field `job=<id>`.
+pub fn job_lines<'a>(log: &'a str, what: &str, id: &str) -> Vec<&'a str> {
+    let field = format!("job={id}");
+    log.lines()
+        .filter(|l| l.contains(what) && l.split_whitespace().any(|w| w == field))
+        .collect()
+}
+
+/// The integer after `prefix` in `line` (e.g. `elapsed_ms=` → 1234).
+pub fn number_after(line: &str, prefix: &str) -> Option<u64> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// A job's result document (from `status --json`).
+pub fn result_of(status: &Value) -> Value {
+    let text = status["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no result: {status:#}"));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("result {text:?} is not JSON: {e}"))
+}
+
+/// The job is "done" with the step-counter result of `steps` steps.
+pub fn assert_step_result(id: &str, steps: u64, status: &Value) {
+    assert_eq!(status["state"], "done", "{status:#}");
+    let result = result_of(status);
+    assert_eq!(result["job_id"], id, "{status:#}");
+    assert_eq!(result["steps"], steps, "{status:#}");
+    assert_eq!(result["sum"], steps * (steps + 1) / 2, "{status:#}");
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Whitespace-normalized non-empty lines.
+pub fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect()
+}
