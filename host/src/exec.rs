@@ -55,6 +55,9 @@ pub enum JobEnd {
     Cancelled,
     /// The checkpoint cannot be read by this host (corrupt, or a newer format). Permanent.
     Unreadable(String),
+    /// The host could not start the task (not the task's fault; nothing counted); the
+    /// checkpoint is released. Retry later.
+    HostFault(String),
     /// The store failed; nothing is lost, retry later. Nack with backoff.
     Storage(String),
 }
@@ -181,6 +184,10 @@ impl<S: ObjectStore + Clone> Executor<S> {
                 }
             }
             Outcome::Conflict => JobEnd::Conflict,
+            Outcome::HostFault(msg) => match ckpt.flush(true).await {
+                Ok(()) => JobEnd::HostFault(msg),
+                Err(e) => ckpt_end(e),
+            },
             Outcome::Cancelled if ckpt.is_conflicted() => JobEnd::Conflict,
             Outcome::Cancelled => match ckpt.flush(true).await {
                 Ok(()) => JobEnd::Cancelled,

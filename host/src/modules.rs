@@ -22,7 +22,7 @@ pub enum ResolveError {
 impl std::fmt::Display for ResolveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ResolveError::Missing(h) => write!(f, "module {h} is not in the bucket"),
+            ResolveError::Missing(h) => write!(f, "module {h} is not in the store"),
             ResolveError::Module(h, e) => write!(f, "module {h} is unusable: {e}"),
             ResolveError::Storage(m) => write!(f, "cannot fetch the module: {m}"),
         }

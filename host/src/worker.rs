@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,9 +35,12 @@ use crate::store::{ObjectStore, Precondition};
 
 /// Default number of trapped runs after which a job is dead-lettered.
 pub const DEFAULT_MAX_FAILURES: u32 = 3;
-/// Deliveries of a job whose module is missing before it is dead-lettered (the module may
-/// still be on its way to the bucket).
-pub const MISSING_MODULE_DELIVERIES: u32 = 3;
+/// How long after a job was published a missing module is still waited for
+/// (`MISSING_MODULE_RETRY_SECONDS`): 600 s. The module may still be on its way to the bucket.
+pub const DEFAULT_MISSING_MODULE_RETRY: Duration = Duration::from_secs(600);
+/// Storage failures in a row (across jobs, with no success between) after which the worker
+/// takes no new jobs until the store answers again.
+pub const BREAKER_THRESHOLD: u32 = 3;
 /// Default time a worker takes at most to stop after SIGTERM: 10 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// First delay of a message handed back for a transient reason; it doubles with every
@@ -62,6 +65,9 @@ pub struct WorkerConfig {
     pub default_module: Option<ModuleHash>,
     /// `SHUTDOWN_TIMEOUT_SECONDS`: the longest a shutdown waits for tasks to flush.
     pub shutdown_timeout: Duration,
+    /// `MISSING_MODULE_RETRY_SECONDS`: how long after publication a missing module is
+    /// waited for before the job is dead-lettered.
+    pub missing_module_retry: Duration,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -75,6 +81,7 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     pub leases_lost: AtomicU64,
     pub interrupted: AtomicU64,
+    pub host_faults: AtomicU64,
 }
 
 impl Stats {
@@ -107,7 +114,9 @@ pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Durat
         } if *failures >= max_failures => Decision::DeadLetter(format!(
             "failed {failures} times (limit {max_failures}); last: {kind:?}: {message}"
         )),
-        JobEnd::Trapped { .. } | JobEnd::Storage(_) => Decision::HandBack(retry_delay(attempt)),
+        JobEnd::Trapped { .. } | JobEnd::Storage(_) | JobEnd::HostFault(_) => {
+            Decision::HandBack(retry_delay(attempt))
+        }
         JobEnd::Busy { .. } => Decision::HandBack(busy_delay(attempt, ack_deadline)),
         // The job is someone else's now, or ours is over: hand back at once (a no-op when
         // the lease has lapsed, as it has by then).
@@ -153,9 +162,11 @@ pub async fn run<S: ObjectStore + Clone>(
         executor,
         config,
         stats: stats.clone(),
+        storage_failures: AtomicU32::new(0),
     });
     let free = Arc::new(Semaphore::new(slots));
     let mut jobs = JoinSet::new();
+    let mut breaker_open = false;
     let mut idle = MIN_IDLE_WAIT;
     let mut failing = Duration::ZERO;
     let result = loop {
@@ -169,6 +180,37 @@ pub async fn run<S: ObjectStore + Clone>(
         }
         while let Some(joined) = jobs.try_join_next() {
             log_panic(joined);
+        }
+        if ctx.storage_failures.load(Ordering::Relaxed) >= BREAKER_THRESHOLD {
+            // Storage fails for every job: take none (each would only burn a delivery
+            // attempt) until a probe answers.
+            if !breaker_open {
+                breaker_open = true;
+                tracing::error!(
+                    "storage is failing for every job: taking no new jobs until it answers"
+                );
+            }
+            drop(permits);
+            let wait = match ctx.executor.store.head(PROBE_KEY).await {
+                Ok(_) => {
+                    ctx.storage_failures.store(0, Ordering::Relaxed);
+                    Duration::ZERO
+                }
+                Err(_) => {
+                    failing = (failing * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                    failing
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        if breaker_open {
+            breaker_open = false;
+            failing = Duration::ZERO;
+            tracing::warn!("storage answers again: taking jobs");
         }
         let sub = &ctx.config.subscription_id;
         let pulled = ctx
@@ -240,6 +282,7 @@ pub async fn run<S: ObjectStore + Clone>(
         conflicts = stats.conflicts.load(Ordering::Relaxed),
         leases_lost = stats.leases_lost.load(Ordering::Relaxed),
         interrupted = stats.interrupted.load(Ordering::Relaxed),
+        host_faults = stats.host_faults.load(Ordering::Relaxed),
         "worker stopped"
     );
     result.map(|()| stats)
@@ -258,7 +301,12 @@ struct Ctx<S> {
     executor: Executor<S>,
     config: WorkerConfig,
     stats: Arc<Stats>,
+    /// Storage failures in a row, across jobs (the circuit breaker's count).
+    storage_failures: AtomicU32,
 }
+
+/// The key the circuit breaker reads to learn whether storage answers (it need not exist).
+const PROBE_KEY: &str = "taskhost-probe/health";
 
 impl<S: ObjectStore + Clone> Ctx<S> {
     async fn handle(
@@ -284,13 +332,29 @@ impl<S: ObjectStore + Clone> Ctx<S> {
         let store = &self.executor.store;
         let module = match modules::resolve(&self.executor.runtime, store, &job.module).await {
             Ok(m) => m,
-            Err(ResolveError::Missing(h)) if attempt < MISSING_MODULE_DELIVERIES => {
-                let delay = retry_delay(attempt);
-                tracing::warn!(job = %id, module = %h, attempt, retry_in = ?delay, "module not in the bucket (yet); handing the job back");
-                Stats::bump(&self.stats.retried);
-                return settle(lease.nack(delay).await);
+            Err(ResolveError::Missing(h)) => {
+                let window = self.config.missing_module_retry;
+                let waited = Duration::from_millis(
+                    message
+                        .publish_time_ms
+                        .map_or(0, |t| now_ms().saturating_sub(t)),
+                );
+                if waited < window {
+                    let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
+                    tracing::warn!(job = %id, module = %h, waited_s = waited.as_secs(), retry_in = ?delay, "module not in the store (yet); handing the job back");
+                    Stats::bump(&self.stats.retried);
+                    return settle(lease.nack(delay).await);
+                }
+                let reason = format!(
+                    "module {h} is not in the store {} s after the job was published \
+                     (MISSING_MODULE_RETRY_SECONDS={}): push it with `taskhost module push`",
+                    waited.as_secs(),
+                    window.as_secs()
+                );
+                return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
             Err(ResolveError::Storage(m)) => {
+                self.storage_failures.fetch_add(1, Ordering::Relaxed);
                 let delay = retry_delay(attempt);
                 tracing::warn!(job = %id, error = %m, retry_in = ?delay, "cannot fetch the module; handing the job back");
                 Stats::bump(&self.stats.retried);
@@ -307,6 +371,11 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             .execute(id, &module, &job.input, lease.view(), shutdown)
             .await;
         self.count(id, &end);
+        if matches!(end, JobEnd::Storage(_)) {
+            self.storage_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.storage_failures.store(0, Ordering::Relaxed);
+        }
         match decide(
             &end,
             attempt,
@@ -362,6 +431,10 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             JobEnd::Storage(m) => {
                 tracing::warn!(job = %id, error = %m, "storage failed; handing the job back for later");
                 Stats::bump(&s.retried);
+            }
+            JobEnd::HostFault(m) => {
+                tracing::error!(job = %id, error = %m, "host fault (not counted against the job); handing the job back for later");
+                Stats::bump(&s.host_faults);
             }
         }
     }
@@ -503,6 +576,11 @@ mod tests {
                 },
                 3,
                 Decision::HandBack(Duration::from_secs(40)),
+            ),
+            (
+                JobEnd::HostFault("pool".into()),
+                2,
+                Decision::HandBack(Duration::from_secs(20)),
             ),
             (JobEnd::Conflict, 1, Decision::HandBack(Duration::ZERO)),
             (JobEnd::LeaseLost, 1, Decision::HandBack(Duration::ZERO)),

@@ -721,14 +721,14 @@ def detail(o, per_job):
 
 def ratio(guide, host):
     """guide time / taskhost time (above 1: taskhost is faster). When one side did not
-    finish, its time limit bounds the ratio; when neither did, there is none."""
+    finish, the time it ran bounds the ratio (`<` or `>`); when neither did, there is none."""
     if guide.wall is not None and host.wall is not None and not guide.wrong and not host.wrong:
         return f"{guide.wall / host.wall:.2f}x"
     if guide.wall is not None and host.wall is None:
-        return f"<{guide.wall / host.elapsed:.2f}x (taskhost unfinished)"
+        return f"<{guide.wall / host.elapsed:.2f}x"
     if guide.wall is None and host.wall is not None:
-        return f">{guide.elapsed / host.wall:.2f}x (guide unfinished)"
-    return "n/a (unfinished or wrong)"
+        return f">{guide.elapsed / host.wall:.2f}x"
+    return "n/a"
 
 
 def report(scenario, outcomes):
@@ -745,12 +745,14 @@ def report(scenario, outcomes):
         parts.append(text)
     if guide and hosts:
         # As in "taskhost is N times faster": the guide's time over taskhost's.
-        against = ", ".join(
-            f"{ratio(guide, h)} ({h.contender.label})" if len(hosts) > 1 else ratio(guide, h)
-            for h in hosts
-        )
-        parts.append(f"ratio {against} (guide time / taskhost time)")
+        if len(hosts) == 1:
+            parts.append(f"ratio {ratio(guide, hosts[0])}")
+        else:
+            each = ", ".join(f"{ratio(guide, h)} ({h.contender.label})" for h in hosts)
+            parts.append(f"ratio {each}")
     print(f"{scenario}: " + " | ".join(parts), flush=True)
+    if guide and hosts:
+        print("(ratio: guide time / taskhost time; < or >: bounded by an unfinished side)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -844,8 +846,10 @@ def main():
     if not args.wasm.is_file():
         sys.exit(f"churn.py: no {args.wasm}: run tests/build-guests.sh first")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # Every way of being stopped ends in the `finally` below, which kills the children. SIGINT
+    # too, even when the shell that started this script ignores it (a background job).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     log_dir = Path(tempfile.mkdtemp(prefix="taskhost-bench-"))
     children = Children()
     keep = True

@@ -169,3 +169,30 @@ pub async fn ensure_queue(
     ));
     Ok(said)
 }
+
+/// Largest `TASK_MEMORY_MB`: 4096 (the instance pool reserves 4 GiB of address space per
+/// memory).
+pub const MAX_TASK_MEMORY_MB: u64 = 4096;
+
+/// Per-run limits from the settings, each checked: a memory limit of 1..=4096 MiB, a
+/// wall-clock limit of a finite number of seconds (0: none).
+pub fn job_limits(
+    memory_mb: u64,
+    fuel: Option<u64>,
+    timeout_secs: f64,
+) -> anyhow::Result<crate::runtime::JobLimits> {
+    anyhow::ensure!(
+        (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
+        "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
+    );
+    let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
+        anyhow::anyhow!(
+            "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
+        )
+    })?;
+    Ok(crate::runtime::JobLimits {
+        memory_bytes: (memory_mb as usize) << 20,
+        fuel,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}

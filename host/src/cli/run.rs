@@ -12,7 +12,7 @@ use crate::checkpoint::Limits;
 use crate::exec::{Executor, JobEnd, result_key};
 use crate::ids::JobId;
 use crate::queue::lease::LeaseView;
-use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
+use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
 use crate::store::ObjectStore;
 use crate::store::dir::DirStore;
 
@@ -38,12 +38,12 @@ pub struct RunArgs {
     /// Fuel budget of this run (about one unit per wasm instruction); unlimited if unset.
     #[arg(long)]
     pub fuel: Option<u64>,
-    /// Memory limit of the task in MiB.
+    /// Memory limit of the task in MiB (all its linear memories together), 1..=4096.
     #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
     pub memory_mb: u64,
-    /// Wall-clock limit of this run in seconds; unlimited if unset.
-    #[arg(long)]
-    pub timeout_secs: Option<f64>,
+    /// Wall-clock limit of this run in seconds (default 24 h; 0: none).
+    #[arg(long, default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
+    pub timeout_secs: f64,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -69,11 +69,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let store = DirStore::open(&args.store)?;
-    let limits = JobLimits {
-        memory_bytes: (args.memory_mb as usize) << 20,
-        fuel: args.fuel,
-        timeout: args.timeout_secs.map(Duration::from_secs_f64),
-    };
+    let limits = super::config::job_limits(args.memory_mb, args.fuel, args.timeout_secs)?;
     let executor = Executor {
         store,
         runtime,
@@ -135,6 +131,12 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
         JobEnd::Busy { owner, .. } => {
             eprintln!("error: job {job} is running on `{owner}` now; try again later");
             ExitCode::from(exit::CONFLICT)
+        }
+        JobEnd::HostFault(msg) => {
+            eprintln!(
+                "error: the host could not start the task, nothing is lost, try again: {msg}"
+            );
+            ExitCode::from(exit::STORAGE)
         }
         JobEnd::Unreadable(msg) => {
             eprintln!("error: job {job}'s checkpoint cannot be used: {msg}");

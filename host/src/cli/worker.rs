@@ -5,13 +5,18 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
+use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue, job_limits};
 use crate::checkpoint::Limits;
 use crate::exec::Executor;
 use crate::ids::ModuleHash;
 use crate::queue::Queue;
-use crate::runtime::{DEFAULT_MEMORY_LIMIT, JobLimits, Runtime, RuntimeConfig};
-use crate::worker::{self, DEFAULT_MAX_FAILURES, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig};
+use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
+use crate::store::any::AnyStore;
+use crate::store::{ObjectStore, Precondition};
+use crate::worker::{
+    self, DEFAULT_MAX_FAILURES, DEFAULT_MISSING_MODULE_RETRY, DEFAULT_SHUTDOWN_TIMEOUT,
+    WorkerConfig,
+};
 
 /// Lease jobs from the subscription and run them, WORKER_SLOTS at a time, until SIGTERM.
 ///
@@ -41,58 +46,88 @@ pub struct WorkerArgs {
     /// Module for messages that name none (sha256:<hex>).
     #[arg(long, env = "DEFAULT_MODULE")]
     pub default_module: Option<ModuleHash>,
-    /// Memory limit per task in MiB.
+    /// Memory limit per task in MiB (all its linear memories together), 1..=4096.
     #[arg(long, env = "TASK_MEMORY_MB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
     pub memory_mb: u64,
     /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
     #[arg(long, env = "TASK_FUEL")]
     pub fuel: Option<u64>,
-    /// Wall-clock limit per run in seconds; unlimited if unset.
-    #[arg(long, env = "TASK_TIMEOUT_SECONDS")]
-    pub timeout_secs: Option<f64>,
+    /// Wall-clock limit per run in seconds (default 24 h; 0: none). A run that hits it counts
+    /// as a failure; the job resumes from its checkpoint on the next run.
+    #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
+    pub timeout_secs: f64,
     /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
     /// redone from the last checkpoint elsewhere (never a wrong result).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
     pub shutdown_timeout_secs: f64,
+    /// How long after a job was published its missing module is waited for (the job goes
+    /// back with a growing delay meanwhile), in seconds; then it is dead-lettered.
+    #[arg(long, env = "MISSING_MODULE_RETRY_SECONDS", default_value_t = DEFAULT_MISSING_MODULE_RETRY.as_secs())]
+    pub missing_module_retry_secs: u64,
 }
+
+/// Most `WORKER_SLOTS`: 1024.
+pub const MAX_SLOTS: usize = 1024;
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
+    let limits = job_limits(args.memory_mb, args.fuel, args.timeout_secs)?;
     let store = args.store.open()?;
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
         ensure_queue(&queue, &args.topics, &args.subscription).await?;
     }
-    let runtime = Runtime::new(RuntimeConfig::default())?;
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    anyhow::ensure!(
+        (1..=MAX_SLOTS).contains(&slots),
+        "WORKER_SLOTS must be from 1 to {MAX_SLOTS}, not {slots}"
+    );
+    // One instance slot per job slot: a job never waits for or fails on a full pool.
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".into());
+    let worker_id = format!("{host}-{}-{}", std::process::id(), short_random());
+    let dead_letter_topic = args.topics.dead_letter_topic();
+    let subscription = args.subscription.subscription_id.clone();
+    if !preflight(
+        &store,
+        &queue,
+        &subscription,
+        &dead_letter_topic,
+        &worker_id,
+        &shutdown,
+    )
+    .await?
+    {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = Runtime::new(RuntimeConfig {
+        max_concurrent_tasks: slots as u32,
+        ..RuntimeConfig::default()
+    })?;
+
     let executor = Executor {
         store,
         runtime,
-        worker_id: format!("{host}-{}-{}", std::process::id(), short_random()),
-        limits: JobLimits {
-            memory_bytes: (args.memory_mb as usize) << 20,
-            fuel: args.fuel,
-            timeout: args.timeout_secs.map(Duration::from_secs_f64),
-        },
+        worker_id,
+        limits,
         checkpoint_limits: Limits::default(),
     };
     let config = WorkerConfig {
-        subscription_id: args.subscription.subscription_id.clone(),
-        dead_letter_topic_id: args.topics.dead_letter_topic(),
+        subscription_id: subscription,
+        dead_letter_topic_id: dead_letter_topic,
         ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
         slots,
         max_failures: args.max_failures,
         default_module: args.default_module,
+        missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(
@@ -111,4 +146,57 @@ fn short_random() -> String {
     let mut b = [0u8; 3];
     getrandom::fill(&mut b).expect("the OS random source works");
     hex::encode(b)
+}
+
+/// Checks, before the first pull, what would otherwise fail every job: that the store can be
+/// written (a probe object, written then deleted), and on Pub/Sub that the subscription and
+/// the dead-letter topic exist. A misconfiguration is one clear sentence and a non-zero exit,
+/// with no job touched; a store that does not answer yet is waited for (`Ok(false)`: the
+/// shutdown came first).
+async fn preflight(
+    store: &AnyStore,
+    queue: &Queue,
+    subscription: &str,
+    dead_letter_topic: &str,
+    worker_id: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<bool> {
+    let key = format!("taskhost-probe/{worker_id}");
+    loop {
+        let probed = async {
+            store
+                .put(&key, b"probe".to_vec(), Precondition::None)
+                .await?;
+            store.delete(&key).await
+        }
+        .await;
+        match probed {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "the store does not answer; taking no job until it does (retrying in 5 s)");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            Err(e) => anyhow::bail!(
+                "cannot write to the store, so no job can run: {e} \
+                 (check R2_BUCKET_NAME, R2_S3_ENDPOINT_URL and that the R2 token may read and write the bucket)"
+            ),
+        }
+    }
+    if let Queue::PubSub(pubsub) = queue {
+        if !pubsub.subscription_exists(subscription).await? {
+            anyhow::bail!(
+                "the subscription `{subscription}` does not exist: run `taskhost setup` (or set SUBSCRIPTION_ID)"
+            );
+        }
+        if !pubsub.topic_exists(dead_letter_topic).await? {
+            anyhow::bail!(
+                "the dead-letter topic `{dead_letter_topic}` does not exist, so failed jobs could not be set aside: \
+                 run `taskhost setup` (or set DEAD_LETTER_TOPIC_ID)"
+            );
+        }
+    }
+    Ok(true)
 }

@@ -97,6 +97,8 @@ pub struct IncomingMessage {
     /// 1 for the first delivery, n for the n-th; `None` when the subscription has no
     /// dead-letter policy (Pub/Sub counts attempts only when it has one).
     pub delivery_attempt: Option<u32>,
+    /// When it was published (ms since the Unix epoch), if the server said.
+    pub publish_time_ms: Option<u64>,
 }
 
 /// A pulled message under lease.
@@ -141,6 +143,38 @@ pub fn unix_ms_now() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An RFC 3339 UTC timestamp as Pub/Sub writes it (`2026-12-01T09:22:13.976Z`, up to 9
+/// fraction digits) in ms since the Unix epoch; `None` for anything else.
+pub fn parse_rfc3339_utc_ms(t: &str) -> Option<u64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let ms: i64 = if frac.is_empty() {
+        0
+    } else {
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        format!("{frac:0<3}")[..3].parse().ok()?
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
 /// What [`Queue::pull_some`] does with each message it read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settle {
@@ -170,6 +204,27 @@ pub struct QueueError {
     message: String,
     published: Option<usize>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_timestamps() {
+        use super::parse_rfc3339_utc_ms as p;
+        assert_eq!(p("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(p("2026-12-01T09:22:13.976Z"), Some(1_796_116_933_976));
+        assert_eq!(p("2000-02-29T23:59:59.5Z"), Some(951_868_799_500));
+        assert_eq!(p("2026-12-01T09:22:13.123456789Z"), Some(1_796_116_933_123));
+        for bad in [
+            "",
+            "2026-12-01",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01T09:22:13+01:00",
+            "x",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
 }
 
 impl QueueError {

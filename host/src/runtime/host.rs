@@ -51,6 +51,7 @@ impl HostState {
             .build();
         let limits = MemoryLimiter {
             limit: memory_bytes,
+            used: 0,
             hit: false,
         };
         HostState {
@@ -66,26 +67,52 @@ impl HostState {
     }
 }
 
-/// Caps each linear memory of the task; remembers that the cap was hit so the failure is
-/// reported as "memory limit" whatever the guest's allocator does next.
+/// Most linear memories one task may have (a wasm32-wasip2 component has one).
+pub const MAX_MEMORIES_PER_TASK: usize = 2;
+/// Most core instances one task may have (the task plus a few adapter shims).
+pub const MAX_INSTANCES_PER_TASK: usize = 8;
+/// Most tables one task may have.
+pub const MAX_TABLES_PER_TASK: usize = 8;
+
+/// Caps the task's memory: the sum of all its linear memories (a component may declare
+/// several), and how many memories, instances and tables it has, so one task can neither
+/// take the host's memory nor the instance pool's slots of the others. Remembers that the
+/// memory cap was hit so the failure is reported as "memory limit" whatever the guest's
+/// allocator does next.
 pub struct MemoryLimiter {
     limit: usize,
+    /// Bytes of all the task's linear memories.
+    used: usize,
     pub(super) hit: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit || maximum.is_some_and(|m| desired > m) {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit || maximum.is_some_and(|m| desired > m) {
             self.hit = true;
             // Trap at once instead of letting the guest's allocator abort less clearly.
             wasmtime::bail!("memory limit of {} bytes reached", self.limit);
         }
+        self.used = total;
         Ok(true)
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES_PER_TASK
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES_PER_TASK
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES_PER_TASK
     }
 
     fn table_growing(

@@ -38,6 +38,9 @@ pub mod bindings {
 
 /// Default memory cap per task (all linear memories together are capped per memory).
 pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
+/// Default wall-clock limit of one run (`TASK_TIMEOUT_SECONDS`): 24 h, long enough for
+/// multi-hour jobs, short enough that a task sleeping forever gives its slot back.
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Fuel between two yields to the async runtime; about 1 ms of guest work on this class of
 /// machine (fuel counts roughly one unit per wasm instruction).
 pub const DEFAULT_FUEL_YIELD_INTERVAL: u64 = 1_000_000;
@@ -172,6 +175,9 @@ pub enum Outcome {
     Trapped { kind: TrapKind, message: String },
     /// Another worker owns the job now; whatever the task returned is discarded.
     Conflict,
+    /// The host could not start the task (instance pool exhausted, instantiation failed for
+    /// a reason of the host's): not the task's fault, never counted against the job.
+    HostFault(String),
     /// Cancelled by the host (shutdown, lost lease) at a yield point.
     Cancelled,
 }
@@ -223,10 +229,11 @@ fn engine_config(fuel_metering: bool, slots: u32) -> Config {
     // component holds a few core instances (the task plus WASI adapter shims).
     let slots = slots.max(1);
     let mut pool = wasmtime::PoolingAllocationConfig::default();
+    // Each store is capped at its share (host.rs), so tasks cannot starve each other.
     pool.total_component_instances(slots)
-        .total_core_instances(slots * 8)
-        .total_memories(slots * 2)
-        .total_tables(slots * 8)
+        .total_core_instances(slots * host::MAX_INSTANCES_PER_TASK as u32)
+        .total_memories(slots * host::MAX_MEMORIES_PER_TASK as u32)
+        .total_tables(slots * host::MAX_TABLES_PER_TASK as u32)
         .total_stacks(slots)
         // Each task's own limit is enforced by the store's limiter, not by the pool.
         .max_memory_size(4 << 30)
@@ -401,6 +408,9 @@ impl Runtime {
             match end {
                 End::Done(Ok(Ok(result))) => Outcome::Finished(result),
                 End::Done(Ok(Err(msg))) => Outcome::TaskError(msg),
+                End::Done(Err(e)) if startup.is_zero() && is_host_fault(&e, state.limits.hit) => {
+                    Outcome::HostFault(format!("cannot start the task: {e:#}"))
+                }
                 End::Done(Err(e)) => classify_trap(&e, state.limits.hit, stderr.last_line()),
                 End::TimedOut => Outcome::Trapped {
                     kind: TrapKind::Timeout,
@@ -431,9 +441,28 @@ fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
     }
 }
 
+/// An instantiation error that is the host's doing, not the task's: the pool had no free
+/// slot, or anything but the task's own limits and traps.
+fn is_host_fault(e: &wasmtime::Error, memory_hit: bool) -> bool {
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return true;
+    }
+    // The task's own doing: over its memory, or over its memories / instances / tables
+    // ("resource limit exceeded: memory count too high"), or a trap in its start function.
+    let own = memory_hit
+        || e.downcast_ref::<Trap>().is_some()
+        || format!("{e:#}").contains("resource limit exceeded");
+    !own
+}
+
 fn classify_trap(e: &wasmtime::Error, memory_hit: bool, last_stderr: Option<String>) -> Outcome {
+    // One line, the cause first: the full chain ends with a wasm backtrace.
+    let cause = e.root_cause().to_string();
+    let cause = cause.lines().next().unwrap_or_default().to_owned();
     let (kind, message) = if memory_hit {
-        (TrapKind::Memory, format!("{e:#}"))
+        (TrapKind::Memory, cause)
     } else {
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => (TrapKind::Fuel, "fuel budget exhausted".to_owned()),
@@ -445,7 +474,7 @@ fn classify_trap(e: &wasmtime::Error, memory_hit: bool, last_stderr: Option<Stri
                     None => "task aborted (unreachable)".to_owned(),
                 },
             ),
-            _ => (TrapKind::Other, format!("{e:#}")),
+            _ => (TrapKind::Other, cause),
         }
     };
     Outcome::Trapped { kind, message }

@@ -43,7 +43,8 @@ impl LogPipe {
         }
     }
 
-    /// The last complete line written (for example a panic message on stderr).
+    /// The last complete line written (for example a panic message on stderr), not counting
+    /// Rust's `RUST_BACKTRACE` hint.
     pub fn last_line(&self) -> Option<String> {
         let l = self.lines.lock().unwrap();
         if l.buf.is_empty() {
@@ -92,7 +93,11 @@ impl LogPipe {
                 } else {
                     l.dropped += size;
                 }
-                l.last_line = Some(line);
+                // Rust's panic hook ends with a hint about RUST_BACKTRACE: the line that
+                // says what happened is the one before it.
+                if !line.starts_with("note: run with `RUST_BACKTRACE") {
+                    l.last_line = Some(line);
+                }
             }
         }
     }

@@ -32,6 +32,13 @@ impl ObjectStore for AnyStore {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.delete(key).await,
+            AnyStore::S3(s) => s.delete(key).await,
+        }
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         match self {
             AnyStore::Dir(s) => s.list(prefix).await,

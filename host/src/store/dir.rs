@@ -5,6 +5,9 @@
 //! across threads and processes on one machine. Readers never lock: `rename` is atomic, so a
 //! reader sees the old or the new bytes, never a mix. The tag is a hash of the bytes, like
 //! an S3 ETag (the MD5 of the body): identical bytes give an identical tag.
+//!
+//! A key component that starts with `.` (a job id may) is stored as `%2E...`: names that
+//! start with `.` are this backend's own lock and temporary files, and `%` is in no key.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -41,7 +44,6 @@ impl DirStore {
                 !part.is_empty()
                     && part != "."
                     && part != ".."
-                    && !part.starts_with('.')
                     && part
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -51,8 +53,31 @@ impl DirStore {
                 "invalid object key {key:?}"
             )));
         }
-        Ok(self.root.join(key))
+        Ok(self.root.join(encode(key)))
     }
+}
+
+/// The on-disk form of a key (or key prefix): each component that starts with `.` gets `%2E`
+/// instead.
+fn encode(key: &str) -> String {
+    key.split('/')
+        .map(|part| match part.strip_prefix('.') {
+            Some(rest) => format!("%2E{rest}"),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The key of an on-disk relative path.
+fn decode(rel: &str) -> String {
+    rel.split('/')
+        .map(|part| match part.strip_prefix("%2E") {
+            Some(rest) => format!(".{rest}"),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn etag_of(bytes: &[u8]) -> ETag {
@@ -125,7 +150,7 @@ fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, S
 fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
     // Walk only the directory that can hold matches.
     let start = match prefix.rfind('/') {
-        Some(i) => root.join(&prefix[..i]),
+        Some(i) => root.join(encode(&prefix[..i])),
         None => root.to_path_buf(),
     };
     let mut out = Vec::new();
@@ -147,7 +172,7 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
             if entry.file_type()?.is_dir() {
                 stack.push(path);
             } else if let Ok(rel) = path.strip_prefix(root) {
-                let key = rel.to_string_lossy().replace('\\', "/");
+                let key = decode(&rel.to_string_lossy().replace('\\', "/"));
                 if key.starts_with(prefix) {
                     out.push(key);
                 }
@@ -182,6 +207,17 @@ impl ObjectStore for DirStore {
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         Ok(self.get(key).await?.map(|obj| obj.etag))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Other(
+                anyhow::Error::new(e).context(format!("deleting {}", path.display())),
+            )),
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -244,7 +280,20 @@ mod tests {
         assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
         assert!(s.exists("jobs/a/checkpoint").await.unwrap());
         assert!(s.path("../etc/passwd").is_err());
-        assert!(s.path("jobs/.hidden").is_err());
+        // A component may start with `.` (a job id may): stored under another name, listed
+        // and read back under its own.
+        s.put("jobs/.hidden/x", b"h".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.list("jobs/.hidden/").await.unwrap(),
+            vec!["jobs/.hidden/x"]
+        );
+        assert_eq!(s.get("jobs/.hidden/x").await.unwrap().unwrap().bytes, b"h");
+        s.delete("jobs/.hidden/x").await.unwrap();
+        assert!(!s.exists("jobs/.hidden/x").await.unwrap());
+        s.delete("jobs/.hidden/x").await.unwrap();
+        assert!(s.path("jobs/../x").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

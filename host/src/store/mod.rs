@@ -65,6 +65,17 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// Worth retrying later: the server was unreachable, timed out or answered 5xx / 429
+    /// (after the client's own retries).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::PreconditionFailed => false,
+            StoreError::Other(e) => format!("{e:#}").contains("[transient"),
+        }
+    }
+}
+
 impl From<anyhow::Error> for StoreError {
     fn from(e: anyhow::Error) -> Self {
         StoreError::Other(e)
@@ -91,6 +102,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The tag of the object's current version, without its bytes (S3 `HeadObject`).
     /// `Ok(None)` means it does not exist.
     fn head(&self, key: &str) -> impl Future<Output = Result<Option<ETag>, StoreError>> + Send;
+
+    /// Deletes an object; deleting one that does not exist is not an error.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether an object exists (a [`head`](ObjectStore::head)).
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {

@@ -409,6 +409,22 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            // S3 answers 204 whether or not the object existed.
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.fail("DeleteObject", &full, &e)),
+        }
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let full = self.full_key(prefix);
         let mut keys = Vec::new();

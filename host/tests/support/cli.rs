@@ -109,6 +109,31 @@ impl CliEnv {
         }
     }
 
+    /// The variables for the embedded default (no `PROJECT_ID`, no `R2_BUCKET_NAME`):
+    /// `QUEUE_FILE` = `<dir>/queue.sqlite` and `STORE_DIR` = `<dir>/store` in the private
+    /// directory, `TOPIC_ID` = `topic`, `SUBSCRIPTION_ID` = `<topic>-sub`.
+    pub fn embedded(topic: &str) -> CliEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = [
+            (
+                "QUEUE_FILE",
+                dir.path().join("queue.sqlite").display().to_string(),
+            ),
+            ("STORE_DIR", dir.path().join("store").display().to_string()),
+            ("TOPIC_ID", topic.to_string()),
+            ("SUBSCRIPTION_ID", format!("{topic}-sub")),
+            ("RUST_LOG", "info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        CliEnv {
+            vars,
+            dir: Arc::new(dir),
+            seq: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     /// A copy with `name` set to `value` (same private directory).
     pub fn set(&self, name: &str, value: impl Into<String>) -> CliEnv {
         let mut env = self.clone();

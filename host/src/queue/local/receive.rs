@@ -39,6 +39,7 @@ impl Claim {
 struct Claimed {
     claim: Claim,
     attempts: u32,
+    published_ms: i64,
     data: Vec<u8>,
     attributes: BTreeMap<String, String>,
 }
@@ -94,6 +95,7 @@ impl LocalQueue {
                     data: c.data,
                     attributes: c.attributes,
                     delivery_attempt: Some(c.attempts),
+                    publish_time_ms: u64::try_from(c.published_ms).ok(),
                 },
                 leased_until,
             })
@@ -225,15 +227,15 @@ impl LocalQueue {
             let mut dead_lettered = 0;
             let mut claimed = Vec::new();
             while claimed.len() < max {
-                let next: Option<(i64, u32)> = tx
+                let next: Option<(i64, u32, i64)> = tx
                     .prepare_cached(
-                        "SELECT message_id, attempts FROM deliveries
+                        "SELECT message_id, attempts, published_ms FROM deliveries
                          WHERE subscription = ?1 AND visible_at_ms <= ?2
                          ORDER BY message_id LIMIT 1",
                     )?
-                    .query_row(params![sub, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row(params![sub, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
-                let Some((message_id, attempts)) = next else {
+                let Some((message_id, attempts, published_ms)) = next else {
                     break;
                 };
                 if let Some(dlt) = policy.dead_letter_due(attempts) {
@@ -263,6 +265,7 @@ impl LocalQueue {
                 claimed.push(Claimed {
                     claim: Claim { message_id, token },
                     attempts,
+                    published_ms,
                     data,
                     attributes,
                 });

@@ -288,4 +288,33 @@ impl Pubsub {
             Err(e) => Err(self.rpc_error("validate message", &schema_name, e)),
         }
     }
+
+    /// Whether the topic exists: `Ok(false)` when it does not, `Ok(true)` when it does or the
+    /// credentials may not look (the Publisher role cannot `get` a topic).
+    pub async fn topic_exists(&self, topic_id: &str) -> Result<bool, PubsubError> {
+        let name = self.topic_path(topic_id);
+        match self.topics.get_topic().set_topic(&name).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(false),
+            Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(true),
+            Err(e) => Err(self.rpc_error("get topic", &name, e)),
+        }
+    }
+
+    /// Whether the subscription exists (`Ok(true)` too when the credentials may not look).
+    pub async fn subscription_exists(&self, sub_id: &str) -> Result<bool, PubsubError> {
+        let name = self.subscription_path(sub_id);
+        match self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(&name)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(false),
+            Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(true),
+            Err(e) => Err(self.rpc_error("get subscription", &name, e)),
+        }
+    }
 }

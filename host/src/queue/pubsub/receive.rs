@@ -183,6 +183,8 @@ struct MessageJson {
     attributes: BTreeMap<String, String>,
     #[serde(default)]
     message_id: String,
+    #[serde(default)]
+    publish_time: String,
 }
 
 impl Pubsub {
@@ -254,6 +256,9 @@ impl Pubsub {
                         data,
                         attributes: r.message.attributes,
                         delivery_attempt: r.delivery_attempt.filter(|&n| n > 0),
+                        publish_time_ms: crate::queue::parse_rfc3339_utc_ms(
+                            &r.message.publish_time,
+                        ),
                     },
                     ack_id: r.ack_id,
                     leased_until,
