@@ -46,9 +46,10 @@ async fn run(
     input: &str,
 ) -> RunReport {
     let job: JobId = job.parse().unwrap();
-    let result = taskhost::exec::result_key(&job);
     let lease = taskhost::queue::lease::LeaseView::detached(Duration::from_secs(60)).0;
-    let claimed = checkpoint::claim(store, &job, "bench", &lease, &result)
+    let unbound = taskhost::job::Work::default();
+    let refuse = checkpoint::OtherWork::Refuse;
+    let claimed = checkpoint::claim(store, &job, "bench", &lease, &unbound, refuse)
         .await
         .unwrap();
     let ckpt = Checkpointer::start(store.clone(), &job, claimed, Limits::default(), lease);

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::JobId;
+use crate::job::Work;
 use crate::queue::lease::LeaseView;
 use crate::store::{ETag, ObjectStore, Precondition, StoreError};
 
@@ -61,7 +62,7 @@ pub fn skew_allowance_ms(period_ms: u64) -> u64 {
 
 /// The storage key of a job's checkpoint.
 pub fn key(job: &JobId) -> String {
-    format!("jobs/{job}/checkpoint")
+    crate::keys::checkpoint(job)
 }
 
 /// The bookkeeping the host keeps beside the task's bytes.
@@ -90,6 +91,12 @@ pub struct Header {
     /// The owner's lease period (its ack deadline) in ms; 0: unknown.
     #[serde(default)]
     pub lease_period_ms: u64,
+    /// The work the job is bound to: the module (`sha256:<hex>`)...
+    #[serde(default)]
+    pub module: String,
+    /// ... and the sha256 of its input (empty in checkpoints written before jobs were bound).
+    #[serde(default)]
+    pub input_sha256: String,
     /// Milliseconds since the Unix epoch at this write.
     #[serde(default)]
     pub updated_ms: u64,
@@ -203,6 +210,9 @@ pub enum ClaimError {
     Busy { owner: String, until_ms: u64 },
     /// The job's result exists: nothing to run.
     AlreadyDone,
+    /// The stored job was bound to other work (another module or input), and the message
+    /// did not ask to start over or to upgrade: the reason names both.
+    OtherWork(String),
     /// The checkpoint object is not one this host can read (corrupt, or a newer format).
     Unreadable(String),
     /// The store failed; retry later.
@@ -219,9 +229,25 @@ impl std::fmt::Display for ClaimError {
                 )
             }
             ClaimError::AlreadyDone => f.write_str("the job's result exists"),
-            ClaimError::Unreadable(m) | ClaimError::Storage(m) => f.write_str(m),
+            ClaimError::Unreadable(m) | ClaimError::Storage(m) | ClaimError::OtherWork(m) => {
+                f.write_str(m)
+            }
         }
     }
+}
+
+/// What a claim does with a job stored for other work than the message's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtherWork {
+    /// [`ClaimError::OtherWork`] (the default).
+    #[default]
+    Refuse,
+    /// Start over: delete the stored result and error, discard the checkpoint's data and
+    /// counts (`"restart": true`).
+    Restart,
+    /// Same input, another module: resume from the checkpoint with the new module
+    /// (`"upgrade_module": true`).
+    UpgradeModule,
 }
 
 /// Claims the job's checkpoint for `owner` under `lease` (its guaranteed end now is recorded
@@ -238,9 +264,11 @@ pub async fn claim<S: ObjectStore>(
     job: &JobId,
     owner: &str,
     lease: &LeaseView,
-    result_key: &str,
+    work: &Work,
+    on_other_work: OtherWork,
 ) -> Result<Claimed, ClaimError> {
     let key = key(job);
+    let result_key = crate::keys::result(job);
     let lease_until_ms = lease.until().unix_ms;
     let lease_period_ms = lease.deadline.as_millis() as u64;
     let fresh = |mut header: Header| {
@@ -248,6 +276,8 @@ pub async fn claim<S: ObjectStore>(
         header.owner = owner.to_owned();
         header.lease_until_ms = lease_until_ms;
         header.lease_period_ms = lease_period_ms;
+        header.module = work.module.clone();
+        header.input_sha256 = work.input_sha256.clone();
         header.updated_ms = now_ms();
         header.nonce = nonce();
         header
@@ -278,10 +308,30 @@ pub async fn claim<S: ObjectStore>(
     };
     let (header, data) = decode(&current.bytes)
         .map_err(|e| ClaimError::Unreadable(format!("{key} is unreadable: {e:#}")))?;
-    if store
-        .exists(result_key)
-        .await
-        .map_err(|e| ClaimError::Storage(e.to_string()))?
+    let stored = Work {
+        module: header.module.clone(),
+        input_sha256: header.input_sha256.clone(),
+    };
+    let same = stored.is_unbound() || work.is_unbound() || stored == *work;
+    let start_over = match (same, on_other_work) {
+        (true, _) => false,
+        (false, OtherWork::Restart) => true,
+        (false, OtherWork::UpgradeModule) if stored.input_sha256 == work.input_sha256 => false,
+        (false, _) => {
+            return Err(ClaimError::OtherWork(format!(
+                "job {job} is stored for other work (module {}, input sha256 {}) than this \
+                 message asks for (module {}, input sha256 {}): resubmit it with \
+                 \"restart\": true to start over, or \"upgrade_module\": true to resume \
+                 with the new module on the same input, or run `taskhost job reset {job}`",
+                stored.module, stored.input_sha256, work.module, work.input_sha256
+            )));
+        }
+    };
+    if !start_over
+        && store
+            .exists(&result_key)
+            .await
+            .map_err(|e| ClaimError::Storage(e.to_string()))?
     {
         return Err(ClaimError::AlreadyDone);
     }
@@ -292,7 +342,19 @@ pub async fn claim<S: ObjectStore>(
             until_ms: header.lease_until_ms,
         });
     }
-    let header = fresh(header);
+    let (header, data) = if start_over {
+        // The old work's result and error go first: a crash after them leaves a checkpoint
+        // of the old work, which the next claim starts over again.
+        for stale in [result_key, crate::keys::error(job)] {
+            store
+                .delete(&stale)
+                .await
+                .map_err(|e| ClaimError::Storage(e.to_string()))?;
+        }
+        (fresh(Header::default()), None)
+    } else {
+        (fresh(header), data)
+    };
     match store
         .put(
             &key,

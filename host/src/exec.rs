@@ -12,19 +12,20 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{
-    self, CheckpointError, Checkpointer, ClaimError, Limits, now_ms, skew_allowance_ms,
+    self, CheckpointError, Checkpointer, ClaimError, Limits, OtherWork, now_ms, skew_allowance_ms,
 };
 use crate::ids::JobId;
+use crate::job::Work;
+use crate::keys;
 use crate::queue::lease::LeaseView;
 use crate::runtime::{JobLimits, Outcome, Prepared, RunRequest, Runtime, TrapKind};
 use crate::store::{ObjectStore, Precondition, StoreError};
 
-pub fn result_key(job: &JobId) -> String {
-    format!("jobs/{job}/result")
-}
-
-pub fn error_key(job: &JobId) -> String {
-    format!("jobs/{job}/error")
+/// What a job computes and what to do when its stored state was made for other work.
+#[derive(Clone, Debug, Default)]
+pub struct Binding {
+    pub work: Work,
+    pub on_other_work: OtherWork,
 }
 
 /// How a job's run ended, and so what to do with its message.
@@ -55,6 +56,9 @@ pub enum JobEnd {
     Cancelled,
     /// The checkpoint cannot be read by this host (corrupt, or a newer format). Permanent.
     Unreadable(String),
+    /// The job is stored for other work than the message asks for. Permanent; the reason
+    /// names both.
+    OtherWork(String),
     /// The host could not start the task (not the task's fault; nothing counted); the
     /// checkpoint is released. Retry later.
     HostFault(String),
@@ -81,20 +85,29 @@ impl<S: ObjectStore + Clone> Executor<S> {
         job: &JobId,
         module: &Prepared,
         input: &str,
+        binding: &Binding,
         lease: LeaseView,
         shutdown: CancellationToken,
     ) -> JobEnd {
-        let result_key = result_key(job);
-        let claimed =
-            match checkpoint::claim(&self.store, job, &self.worker_id, &lease, &result_key).await {
-                Ok(c) => c,
-                Err(ClaimError::AlreadyDone) => return JobEnd::AlreadyDone,
-                Err(ClaimError::Busy { owner, until_ms }) => {
-                    return JobEnd::Busy { owner, until_ms };
-                }
-                Err(ClaimError::Unreadable(m)) => return JobEnd::Unreadable(m),
-                Err(ClaimError::Storage(m)) => return JobEnd::Storage(m),
-            };
+        let claimed = match checkpoint::claim(
+            &self.store,
+            job,
+            &self.worker_id,
+            &lease,
+            &binding.work,
+            binding.on_other_work,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(ClaimError::AlreadyDone) => return JobEnd::AlreadyDone,
+            Err(ClaimError::Busy { owner, until_ms }) => {
+                return JobEnd::Busy { owner, until_ms };
+            }
+            Err(ClaimError::Unreadable(m)) => return JobEnd::Unreadable(m),
+            Err(ClaimError::OtherWork(m)) => return JobEnd::OtherWork(m),
+            Err(ClaimError::Storage(m)) => return JobEnd::Storage(m),
+        };
         let attempt = claimed.header.attempts;
         let resumed = claimed.data.is_some();
         tracing::info!(job = %job, attempt, resumed, "job started");
@@ -158,7 +171,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
                 match self
                     .store
                     .put(
-                        &error_key(job),
+                        &keys::error(job),
                         msg.clone().into_bytes(),
                         Precondition::None,
                     )
@@ -218,7 +231,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
             tracing::warn!(job = %job, "the lease recorded in the checkpoint is ending; not writing the result");
             return JobEnd::LeaseLost;
         }
-        match self.store.head(&checkpoint::key(job)).await {
+        match self.store.head(&keys::checkpoint(job)).await {
             Ok(Some(tag)) if tag == proof.etag => {}
             Ok(_) => return JobEnd::Conflict,
             Err(e) => return JobEnd::Storage(e.to_string()),
@@ -226,7 +239,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
         match self
             .store
             .put(
-                &result_key(job),
+                &keys::result(job),
                 result.clone().into_bytes(),
                 Precondition::Absent,
             )

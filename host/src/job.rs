@@ -1,8 +1,16 @@
-//! The job message (DESIGN.md "The job message"): Pub/Sub `data` is a JSON document with a
-//! `job_id`; the module is the data's `module` field, else the message attribute `module`,
-//! else the worker's `DEFAULT_MODULE`. The whole document is the task's input.
+//! The job message (docs/design.md "The job message"): Pub/Sub `data` is a JSON document
+//! with a `job_id`; the module is the data's `module` field, else the message attribute
+//! `module`, else the worker's `DEFAULT_MODULE`. The whole document is the task's input.
+//!
+//! A job is bound to its work: the module and the sha256 of the input ([`JobMessage::work`];
+//! the input without the fields `module`, `restart` and `upgrade_module`, keys sorted), which
+//! the checkpoint records. Two optional boolean fields say what to do when the stored job was
+//! bound to other work: `restart` (start over from nothing) and `upgrade_module` (same input,
+//! resume from the checkpoint with this message's module).
 
 use std::collections::BTreeMap;
+
+use sha2::Digest;
 
 use crate::ids::{JobId, ModuleHash};
 
@@ -13,7 +21,56 @@ pub struct JobMessage {
     pub module: ModuleHash,
     /// The whole data document, given to the task as its input.
     pub input: String,
+    /// What the job computes, as recorded in its checkpoint.
+    pub work: Work,
+    /// `"restart": true`: when the stored job was bound to other work, discard it (its
+    /// checkpoint, result and error) and start over.
+    pub restart: bool,
+    /// `"upgrade_module": true`: when the stored job ran another module on the same input,
+    /// resume from its checkpoint with this message's module.
+    pub upgrade_module: bool,
 }
+
+/// What a job computes: the module and the sha256 (hex) of its input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    pub module: String,
+    pub input_sha256: String,
+}
+
+impl Work {
+    /// The work of `input` (a JSON object; any other text is hashed as it is) on `module`.
+    pub fn of(module: &ModuleHash, input: &str) -> Work {
+        match serde_json::from_str::<serde_json::Value>(input) {
+            Ok(serde_json::Value::Object(obj)) => Work::of_object(module, &obj),
+            _ => Work {
+                module: module.to_string(),
+                input_sha256: hex::encode(sha2::Sha256::digest(input.as_bytes())),
+            },
+        }
+    }
+
+    fn of_object(module: &ModuleHash, obj: &serde_json::Map<String, serde_json::Value>) -> Work {
+        let mut what = obj.clone();
+        for name in NOT_WORK {
+            what.remove(name);
+        }
+        // serde_json's map keeps keys sorted: the same document always hashes the same.
+        let canonical = serde_json::to_vec(&what).expect("a JSON map serializes");
+        Work {
+            module: module.to_string(),
+            input_sha256: hex::encode(sha2::Sha256::digest(&canonical)),
+        }
+    }
+
+    /// Whether no work is recorded (a checkpoint written before jobs were bound).
+    pub fn is_unbound(&self) -> bool {
+        self.module.is_empty() && self.input_sha256.is_empty()
+    }
+}
+
+/// The fields of a job document that say how to run it, not what it computes.
+const NOT_WORK: [&str; 3] = ["module", "restart", "upgrade_module"];
 
 impl JobMessage {
     /// Parses and validates a message. `Err` is the reason a poison message is dead-lettered.
@@ -41,10 +98,20 @@ impl JobMessage {
                 "message names no module (data field or attribute \"module\") and the worker has no DEFAULT_MODULE".to_owned()
             })?,
         };
+        let flag = |name: &str| match obj.get(name) {
+            None | Some(serde_json::Value::Bool(false)) => Ok(false),
+            Some(serde_json::Value::Bool(true)) => Ok(true),
+            Some(_) => Err(format!("{name} must be true or false")),
+        };
+        let (restart, upgrade_module) = (flag("restart")?, flag("upgrade_module")?);
+        let work = Work::of_object(&module, obj);
         Ok(JobMessage {
             job_id,
             module,
             input: text.to_owned(),
+            work,
+            restart,
+            upgrade_module,
         })
     }
 }
@@ -52,6 +119,23 @@ impl JobMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_ignores_how_to_run_and_key_order() {
+        let h = ModuleHash::of(b"m");
+        let attr = BTreeMap::from([("module".to_owned(), h.to_string())]);
+        let work = |doc: &str| JobMessage::parse(doc.as_bytes(), &attr, None).unwrap();
+        let a = work(r#"{"job_id":"a","steps":3,"x":[1,2]}"#);
+        let b = work(&format!(
+            r#"{{"x":[1,2],"restart":true,"module":"{h}","steps":3,"job_id":"a"}}"#
+        ));
+        assert_eq!(a.work, b.work);
+        assert!(!a.restart && b.restart && !b.upgrade_module);
+        let c = work(r#"{"job_id":"a","steps":4,"x":[1,2]}"#);
+        assert_ne!(a.work.input_sha256, c.work.input_sha256);
+        assert_eq!(a.work.module, h.to_string());
+        assert!(JobMessage::parse(br#"{"job_id":"a","restart":1}"#, &attr, None).is_err());
+    }
 
     /// (data, attributes, default module, expected module or a substring of the error)
     type Case<'a> = (

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod exec;
 pub mod ids;
 pub mod job;
+pub mod keys;
 pub mod modules;
 pub mod queue;
 pub mod runtime;

@@ -5,10 +5,6 @@ use crate::ids::ModuleHash;
 use crate::runtime::{ModuleError, Prepared, Runtime};
 use crate::store::{ObjectStore, Precondition, StoreError};
 
-pub fn key(hash: &ModuleHash) -> String {
-    format!("modules/{}.wasm", hash.hex())
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolveError {
     /// No such module in the bucket.
@@ -42,7 +38,7 @@ pub async fn resolve<S: ObjectStore>(
         return Ok(p);
     }
     let obj = store
-        .get(&key(hash))
+        .get(&crate::keys::module(hash))
         .await
         .map_err(|e| ResolveError::Storage(e.to_string()))?
         .ok_or(ResolveError::Missing(*hash))?;
@@ -65,9 +61,15 @@ pub async fn push<S: ObjectStore>(
         .prepare(bytes.clone(), Some(hash))
         .await
         .map_err(|e| anyhow::anyhow!("not uploaded: the file is {e}"))?;
-    match store.put(&key(&hash), bytes, Precondition::Absent).await {
+    match store
+        .put(&crate::keys::module(&hash), bytes, Precondition::Absent)
+        .await
+    {
         Ok(_) => Ok((hash, true)),
         Err(StoreError::PreconditionFailed) => Ok((hash, false)),
-        Err(e) => Err(anyhow::anyhow!("uploading {}: {e}", key(&hash))),
+        Err(e) => Err(anyhow::anyhow!(
+            "uploading {}: {e}",
+            crate::keys::module(&hash)
+        )),
     }
 }

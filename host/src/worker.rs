@@ -24,8 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::now_ms;
-use crate::exec::{self, Executor, JobEnd};
+use crate::checkpoint::{OtherWork, now_ms};
+use crate::exec::{Binding, Executor, JobEnd};
 use crate::ids::ModuleHash;
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
@@ -126,6 +126,7 @@ pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Durat
         JobEnd::Unreadable(msg) => {
             Decision::DeadLetter(format!("the job's checkpoint cannot be used: {msg}"))
         }
+        JobEnd::OtherWork(msg) => Decision::DeadLetter(msg.clone()),
     }
 }
 
@@ -191,7 +192,7 @@ pub async fn run<S: ObjectStore + Clone>(
                 );
             }
             drop(permits);
-            let wait = match ctx.executor.store.head(PROBE_KEY).await {
+            let wait = match ctx.executor.store.head(&crate::keys::probe(PROBE)).await {
                 Ok(_) => {
                     ctx.storage_failures.store(0, Ordering::Relaxed);
                     Duration::ZERO
@@ -305,8 +306,8 @@ struct Ctx<S> {
     storage_failures: AtomicU32,
 }
 
-/// The key the circuit breaker reads to learn whether storage answers (it need not exist).
-const PROBE_KEY: &str = "taskhost-probe/health";
+/// What the circuit breaker reads to learn whether storage answers (it need not exist).
+const PROBE: &str = "health";
 
 impl<S: ObjectStore + Clone> Ctx<S> {
     async fn handle(
@@ -366,9 +367,19 @@ impl<S: ObjectStore + Clone> Ctx<S> {
                 return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
         };
+        let binding = Binding {
+            work: job.work.clone(),
+            on_other_work: if job.restart {
+                OtherWork::Restart
+            } else if job.upgrade_module {
+                OtherWork::UpgradeModule
+            } else {
+                OtherWork::Refuse
+            },
+        };
         let end = self
             .executor
-            .execute(id, &module, &job.input, lease.view(), shutdown)
+            .execute(id, &module, &job.input, &binding, lease.view(), shutdown)
             .await;
         self.count(id, &end);
         if matches!(end, JobEnd::Storage(_)) {
@@ -402,7 +413,7 @@ impl<S: ObjectStore + Clone> Ctx<S> {
                 tracing::info!(job = %id, "result already exists; acking without running");
                 Stats::bump(&s.already_done);
             }
-            JobEnd::TaskFailed(_) | JobEnd::Unreadable(_) => {}
+            JobEnd::TaskFailed(_) | JobEnd::Unreadable(_) | JobEnd::OtherWork(_) => {}
             JobEnd::Trapped {
                 kind,
                 message,
@@ -450,7 +461,7 @@ impl<S: ObjectStore + Clone> Ctx<S> {
     ) {
         let later = retry_delay(message.delivery_attempt.unwrap_or(1));
         if let Some(job) = job {
-            let key = exec::error_key(&job.job_id);
+            let key = crate::keys::error(&job.job_id);
             if let Err(e) = self
                 .executor
                 .store
@@ -581,6 +592,11 @@ mod tests {
                 JobEnd::HostFault("pool".into()),
                 2,
                 Decision::HandBack(Duration::from_secs(20)),
+            ),
+            (
+                JobEnd::OtherWork("stored for other work".into()),
+                1,
+                Decision::DeadLetter("stored for other work".into()),
             ),
             (JobEnd::Conflict, 1, Decision::HandBack(Duration::ZERO)),
             (JobEnd::LeaseLost, 1, Decision::HandBack(Duration::ZERO)),

@@ -171,3 +171,51 @@ fn run_help_explains_the_flags() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+/// `job reset` deletes a job's stored state (asking first; `--yes` for scripts), so the same
+/// job id can then run other work; without it, other work is refused.
+#[test]
+fn job_reset_lets_a_job_id_run_other_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, cache) = (tmp.path().join("store"), tmp.path().join("cache"));
+    let wasm = support::guests::wasm("step_counter");
+    let wasm = wasm.to_str().unwrap();
+    let run = |steps: u32| {
+        let input = format!(r#"{{"job_id":"again","steps":{steps}}}"#);
+        taskhost(&store, &cache, &["run", wasm, "--input", &input])
+    };
+    let reset = |extra: &[&str]| {
+        let mut args = vec!["job", "reset", "again"];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args(&args)
+            .arg("--store-dir")
+            .arg(&store)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert!(run(10).status.success());
+    let other = run(20);
+    assert_eq!(other.status.code(), Some(5), "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("stored for other work"),
+        "{}",
+        stderr(&other)
+    );
+
+    // Not a terminal and no --yes: nothing deleted.
+    let refused = reset(&[]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
+    assert_eq!(run(20).status.code(), Some(5));
+
+    let done = reset(&["--yes"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(said.contains("deleted checkpoint, result"), "{said}");
+    let out = run(20);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();
+    assert_eq!(v["sum"], 210);
+}

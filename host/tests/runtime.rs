@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits};
-use taskhost::exec::{Executor, JobEnd};
+use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits, OtherWork};
+use taskhost::exec::{Binding, Executor, JobEnd};
 use taskhost::ids::JobId;
+use taskhost::job::Work;
 use taskhost::queue::Stamp;
 use taskhost::queue::lease::LeaseView;
 use taskhost::runtime::{
@@ -57,10 +58,17 @@ fn static_lease(for_ms: u64) -> LeaseView {
 
 /// Claims `job` for `owner` under a lease that ends `for_ms` from now.
 async fn claim_for(store: &DirStore, job: &JobId, owner: &str, for_ms: u64) -> Claimed {
-    let result = taskhost::exec::result_key(job);
-    checkpoint::claim(store, job, owner, &static_lease(for_ms), &result)
-        .await
-        .unwrap()
+    let unbound = Work::default();
+    checkpoint::claim(
+        store,
+        job,
+        owner,
+        &static_lease(for_ms),
+        &unbound,
+        OtherWork::Refuse,
+    )
+    .await
+    .unwrap()
 }
 
 async fn claim(store: &DirStore, job: &JobId, owner: &str) -> Claimed {
@@ -156,7 +164,14 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
         },
     );
     let end = ex
-        .execute(&job, &m, &input, live_lease(), CancellationToken::new())
+        .execute(
+            &job,
+            &m,
+            &input,
+            &Binding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
         .await;
     assert!(
         matches!(
@@ -184,7 +199,14 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
         },
     );
     let end = ex2
-        .execute(&job, &m, &slow, live_lease(), CancellationToken::new())
+        .execute(
+            &job,
+            &m,
+            &slow,
+            &Binding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
         .await;
     assert!(
         matches!(
@@ -233,7 +255,11 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
 }
 
 async fn saved_step(store: &DirStore, job: &JobId) -> u64 {
-    let obj = store.get(&checkpoint::key(job)).await.unwrap().unwrap();
+    let obj = store
+        .get(&taskhost::keys::checkpoint(job))
+        .await
+        .unwrap()
+        .unwrap();
     let (_, data) = checkpoint::decode(&obj.bytes).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&data.expect("task data saved")).unwrap();
     v["step"].as_u64().unwrap()
@@ -549,7 +575,11 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
         ckpt_a.save(b"again".to_vec()),
         Err(checkpoint::CheckpointError::Conflict)
     );
-    let now = store.get(&checkpoint::key(&job)).await.unwrap().unwrap();
+    let now = store
+        .get(&taskhost::keys::checkpoint(&job))
+        .await
+        .unwrap()
+        .unwrap();
     let (h, data) = checkpoint::decode(&now.bytes).unwrap();
     assert_eq!(h.owner, "b");
     assert_eq!(data.as_deref(), Some(&b"from a"[..]));
@@ -565,16 +595,23 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
         tokio::spawn(async move {
             // Wait until the first worker has claimed, then take the job over.
             loop {
-                if store.exists(&checkpoint::key(&job2)).await.unwrap() {
+                if store
+                    .exists(&taskhost::keys::checkpoint(&job2))
+                    .await
+                    .unwrap()
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             // The running worker writes often: our claim may lose a race; retry until won.
-            let result = taskhost::exec::result_key(&job2);
+            let unbound = Work::default();
             loop {
-                match checkpoint::claim(&store, &job2, "thief", &live_lease(), &result).await {
+                let lease = live_lease();
+                match checkpoint::claim(&store, &job2, "thief", &lease, &unbound, OtherWork::Refuse)
+                    .await
+                {
                     Ok(c) => break c,
                     Err(checkpoint::ClaimError::Busy { .. }) => continue,
                     Err(e) => panic!("{e}"),
@@ -588,25 +625,25 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
             &job2,
             &m,
             r#"{"mode":"save_loop"}"#,
+            &Binding::default(),
             static_lease(100),
             CancellationToken::new(),
         )
         .await;
     assert_eq!(end, JobEnd::Conflict);
     let stolen = thief.await.unwrap();
-    let after = store.get(&checkpoint::key(&job2)).await.unwrap().unwrap();
+    let after = store
+        .get(&taskhost::keys::checkpoint(&job2))
+        .await
+        .unwrap()
+        .unwrap();
     let (h, _) = checkpoint::decode(&after.bytes).unwrap();
     assert_eq!(h.owner, "thief");
     assert_eq!(
         h.nonce, stolen.header.nonce,
         "the stale worker wrote after the takeover"
     );
-    assert!(
-        !store
-            .exists(&taskhost::exec::result_key(&job2))
-            .await
-            .unwrap()
-    );
+    assert!(!store.exists(&taskhost::keys::result(&job2)).await.unwrap());
 }
 
 #[tokio::test]
@@ -657,18 +694,32 @@ async fn a_finished_job_is_not_run_again() {
     let ex = executor(store.clone(), rt, JobLimits::default());
     let input = r#"{"job_id":"once","steps":10}"#;
     let first = ex
-        .execute(&job, &m, input, live_lease(), CancellationToken::new())
+        .execute(
+            &job,
+            &m,
+            input,
+            &Binding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
         .await;
     assert!(
         matches!(first, JobEnd::Done { attempt: 1, .. }),
         "{first:?}"
     );
     let second = ex
-        .execute(&job, &m, input, live_lease(), CancellationToken::new())
+        .execute(
+            &job,
+            &m,
+            input,
+            &Binding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
         .await;
     assert_eq!(second, JobEnd::AlreadyDone);
     let stored = store
-        .get(&taskhost::exec::result_key(&job))
+        .get(&taskhost::keys::result(&job))
         .await
         .unwrap()
         .unwrap();
@@ -680,7 +731,7 @@ async fn a_finished_job_is_not_run_again() {
     assert!(
         store
             .put(
-                &taskhost::exec::result_key(&job),
+                &taskhost::keys::result(&job),
                 b"x".to_vec(),
                 Precondition::Absent
             )
@@ -699,7 +750,7 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
     let m = prepare(&rt, "misbehave").await;
     let job: JobId = "stubborn".parse().unwrap();
     let ex = executor(store.clone(), rt, JobLimits::default());
-    let key = checkpoint::key(&job);
+    let key = taskhost::keys::checkpoint(&job);
     let thief = {
         let (store, key) = (store.clone(), key.clone());
         tokio::spawn(async move {
@@ -720,7 +771,14 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
     };
     let input = r#"{"mode":"save_loop","ignore_errors":true,"every_ms":20}"#;
     let end = ex
-        .execute(&job, &m, input, live_lease(), CancellationToken::new())
+        .execute(
+            &job,
+            &m,
+            input,
+            &Binding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
         .await;
     let stopped = std::time::Instant::now();
     let taken_at = thief.await.unwrap();
@@ -739,10 +797,97 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
         ("thief", "thief-nonce")
     );
     assert_eq!(data.as_deref(), Some(&b"thief's"[..]));
-    assert!(
-        !store
-            .exists(&taskhost::exec::result_key(&job))
+    assert!(!store.exists(&taskhost::keys::result(&job)).await.unwrap());
+}
+
+/// A job id reused for other work is refused with a reason naming both, unless the message
+/// asks to start over (then the old result is gone) or to resume with a newer module.
+#[tokio::test]
+async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let job: JobId = "reused".parse().unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    let module = taskhost::ids::ModuleHash::of(b"step counter v1");
+    let bind = |input: &str, module: &taskhost::ids::ModuleHash, on_other_work| Binding {
+        work: Work::of(module, input),
+        on_other_work,
+    };
+    let run = |input: &'static str, binding: Binding| {
+        let ex = ex.clone();
+        let (m, job) = (m.clone(), job.clone());
+        async move {
+            ex.execute(
+                &job,
+                &m,
+                input,
+                &binding,
+                live_lease(),
+                CancellationToken::new(),
+            )
             .await
-            .unwrap()
+        }
+    };
+    let ten = r#"{"job_id":"reused","steps":10}"#;
+    let twenty = r#"{"job_id":"reused","steps":20}"#;
+    let first = run(ten, bind(ten, &module, OtherWork::Refuse)).await;
+    assert!(
+        matches!(first, JobEnd::Done { ref result, .. } if result.contains("\"sum\":55")),
+        "{first:?}"
+    );
+
+    // The same work again: done already. Other input: refused, naming both.
+    assert_eq!(
+        run(ten, bind(ten, &module, OtherWork::Refuse)).await,
+        JobEnd::AlreadyDone
+    );
+    let refused = run(twenty, bind(twenty, &module, OtherWork::Refuse)).await;
+    let JobEnd::OtherWork(reason) = &refused else {
+        panic!("{refused:?}")
+    };
+    let (old, new) = (Work::of(&module, ten), Work::of(&module, twenty));
+    assert!(
+        reason.contains(&old.input_sha256) && reason.contains(&new.input_sha256),
+        "{reason}"
+    );
+    assert!(reason.contains("restart"), "{reason}");
+    // Another module on the same input: refused too, unless it is an upgrade.
+    let v2 = taskhost::ids::ModuleHash::of(b"step counter v2");
+    let refused = run(ten, bind(ten, &v2, OtherWork::Refuse)).await;
+    assert!(
+        matches!(&refused, JobEnd::OtherWork(r) if r.contains(&v2.to_string())),
+        "{refused:?}"
+    );
+    assert_eq!(
+        run(ten, bind(ten, &v2, OtherWork::UpgradeModule)).await,
+        JobEnd::AlreadyDone
+    );
+    // An upgrade may not change the input.
+    let refused = run(twenty, bind(twenty, &v2, OtherWork::UpgradeModule)).await;
+    assert!(matches!(refused, JobEnd::OtherWork(_)), "{refused:?}");
+
+    // Start over: the old result goes, the new work runs from nothing.
+    let again = run(twenty, bind(twenty, &module, OtherWork::Restart)).await;
+    assert!(
+        matches!(again, JobEnd::Done { ref result, attempt: 1 } if result.contains("\"sum\":210")),
+        "{again:?}"
+    );
+    let stored = store
+        .get(&taskhost::keys::result(&job))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stored.bytes).contains("\"sum\":210"));
+    let h = checkpoint::peek(&store, &job).await.unwrap().unwrap();
+    assert_eq!(
+        (h.input_sha256.as_str(), h.attempts),
+        (new.input_sha256.as_str(), 1)
+    );
+    // A redelivered restart message finds its own work done: it does not start over again.
+    assert_eq!(
+        run(twenty, bind(twenty, &module, OtherWork::Restart)).await,
+        JobEnd::AlreadyDone
     );
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod demo;
+mod job;
 mod module;
 mod run;
 mod setup;
@@ -55,6 +56,7 @@ pub enum Command {
     Status(status::StatusArgs),
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
+    Job(job::JobArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (`info`; `warn` for the demo,
@@ -83,6 +85,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::main(args).await,
         Command::Run(args) => run::main(args).await,
         Command::Demo(args) => demo::main(args).await,
+        Command::Job(args) => job::main(args).await,
     }
 }
 

@@ -53,10 +53,10 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "uploaded {} as {}",
             args.file.display(),
-            crate::modules::key(&hash)
+            crate::keys::module(&hash)
         );
     } else {
-        eprintln!("{} is already in the bucket", crate::modules::key(&hash));
+        eprintln!("{} is already in the bucket", crate::keys::module(&hash));
     }
     println!("{hash}");
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::exit;
 use crate::checkpoint::Limits;
-use crate::exec::{Executor, JobEnd, result_key};
+use crate::exec::{Binding, Executor, JobEnd};
 use crate::ids::JobId;
 use crate::queue::lease::LeaseView;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
@@ -78,14 +78,19 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         checkpoint_limits: Limits::default(),
     };
     let cancel = super::shutdown_token();
+    // Bound to its work like a worker's job; `run` never discards or upgrades stored work.
+    let binding = Binding {
+        work: crate::job::Work::of(&hash, &args.input),
+        on_other_work: crate::checkpoint::OtherWork::Refuse,
+    };
     // No queue here: the job's lease renews itself while this process runs.
     let (lease, renewing) = LeaseView::detached(RUN_LEASE);
     let end = executor
-        .execute(&job, &module, &args.input, lease, cancel)
+        .execute(&job, &module, &args.input, &binding, lease, cancel)
         .await;
     renewing.cancel();
     if end == JobEnd::AlreadyDone {
-        let stored = executor.store.get(&result_key(&job)).await?;
+        let stored = executor.store.get(&crate::keys::result(&job)).await?;
         eprintln!("job {job} was already done; its stored result:");
         println!(
             "{}",
@@ -137,6 +142,10 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
                 "error: the host could not start the task, nothing is lost, try again: {msg}"
             );
             ExitCode::from(exit::STORAGE)
+        }
+        JobEnd::OtherWork(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(exit::CONFLICT)
         }
         JobEnd::Unreadable(msg) => {
             eprintln!("error: job {job}'s checkpoint cannot be used: {msg}");

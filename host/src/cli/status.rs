@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::config::StoreArgs;
 use crate::checkpoint::{self, Header};
-use crate::exec;
 use crate::ids::JobId;
 use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
@@ -52,8 +51,8 @@ pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStat
 pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatus, Header)> {
     let text =
         |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
-    let result = text(store.get(&exec::result_key(job)).await?);
-    let error = text(store.get(&exec::error_key(job)).await?);
+    let result = text(store.get(&crate::keys::result(job)).await?);
+    let error = text(store.get(&crate::keys::error(job)).await?);
     let header: Option<Header> = checkpoint::peek(store, job).await?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -93,10 +92,16 @@ async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobI
             .collect();
     }
     let mut ids: Vec<JobId> = store
-        .list("jobs/")
+        .list(crate::keys::JOBS_PREFIX)
         .await?
         .iter()
-        .filter_map(|k| k.strip_prefix("jobs/")?.split('/').next()?.parse().ok())
+        .filter_map(|k| {
+            k.strip_prefix(crate::keys::JOBS_PREFIX)?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     ids.dedup();
     Ok(ids)

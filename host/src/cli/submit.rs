@@ -118,7 +118,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!jobs.is_empty(), "no jobs in {}", args.file.display());
 
     let store = args.store.open()?;
-    if !store.exists(&crate::modules::key(&args.module)).await? {
+    if !store.exists(&crate::keys::module(&args.module)).await? {
         anyhow::bail!(
             "module {} is not in the bucket: push it first with `taskhost module push FILE.wasm`",
             args.module

@@ -161,7 +161,7 @@ async fn preflight(
     worker_id: &str,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<bool> {
-    let key = format!("taskhost-probe/{worker_id}");
+    let key = crate::keys::probe(worker_id);
     loop {
         let probed = async {
             store

@@ -16,6 +16,9 @@ use crate::checkpoint::{CheckpointError, Checkpointer};
 
 /// Longest log message kept from a task (bytes); longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 8192;
+/// Bytes of `log.write` messages kept per run (1 MiB, like each output stream); the rest is
+/// counted and dropped.
+pub const MAX_LOG_BYTES_PER_RUN: usize = 1 << 20;
 
 /// Everything a running task's store holds.
 pub struct HostState {
@@ -28,6 +31,9 @@ pub struct HostState {
     pub(super) stderr: LogPipe,
     /// The first progress report of this run (proves where a resumed run started).
     pub(super) first_progress: Option<(u64, u64)>,
+    /// Bytes of `log.write` messages logged in this run, and dropped past the cap.
+    logged: usize,
+    pub(super) log_dropped: u64,
 }
 
 impl HostState {
@@ -63,6 +69,8 @@ impl HostState {
             checkpoint,
             stderr,
             first_progress: None,
+            logged: 0,
+            log_dropped: 0,
         }
     }
 }
@@ -165,6 +173,17 @@ impl progress::Host for HostState {
 
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, mut message: String) {
+        if self.logged >= MAX_LOG_BYTES_PER_RUN {
+            if self.log_dropped == 0 {
+                tracing::warn!(
+                    job = &*self.job,
+                    "the task logged over {MAX_LOG_BYTES_PER_RUN} bytes; dropping the rest"
+                );
+            }
+            self.log_dropped += message.len() as u64;
+            return;
+        }
+        self.logged += message.len();
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
             while !message.is_char_boundary(cut) {

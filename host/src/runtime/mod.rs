@@ -36,8 +36,26 @@ pub mod bindings {
     });
 }
 
-/// Default memory cap per task (all linear memories together are capped per memory).
+/// Default memory cap per task (all its linear memories together).
 pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
+/// Largest result document a task may return: 1 MiB.
+pub const MAX_RESULT_BYTES: usize = 1 << 20;
+/// Longest error text a task's `err` keeps: 16 KiB (the rest is cut).
+pub const MAX_TASK_ERROR_BYTES: usize = 16 << 10;
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with "...".
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max.saturating_sub(3);
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Default wall-clock limit of one run (`TASK_TIMEOUT_SECONDS`): 24 h, long enough for
 /// multi-hour jobs, short enough that a task sleeping forever gives its slot back.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -46,8 +64,6 @@ pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 /// Default instance slots of the pooling allocator (see [`RuntimeConfig::max_concurrent_tasks`]).
 pub const DEFAULT_MAX_CONCURRENT_TASKS: u32 = 64;
-/// Default wall-clock limit of one run: none (long jobs are the point); set per job.
-pub const DEFAULT_TIMEOUT: Option<Duration> = None;
 
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
@@ -103,7 +119,7 @@ impl Default for JobLimits {
         JobLimits {
             memory_bytes: DEFAULT_MEMORY_LIMIT,
             fuel: None,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: Some(DEFAULT_TASK_TIMEOUT),
         }
     }
 }
@@ -406,8 +422,15 @@ impl Runtime {
             Outcome::Conflict
         } else {
             match end {
+                End::Done(Ok(Ok(result))) if result.len() > MAX_RESULT_BYTES => {
+                    Outcome::TaskError(format!(
+                        "the result document is {} bytes, over the limit of {MAX_RESULT_BYTES}: \
+                         store big outputs elsewhere and return a reference",
+                        result.len()
+                    ))
+                }
                 End::Done(Ok(Ok(result))) => Outcome::Finished(result),
-                End::Done(Ok(Err(msg))) => Outcome::TaskError(msg),
+                End::Done(Ok(Err(msg))) => Outcome::TaskError(cut(msg, MAX_TASK_ERROR_BYTES)),
                 End::Done(Err(e)) if startup.is_zero() && is_host_fault(&e, state.limits.hit) => {
                     Outcome::HostFault(format!("cannot start the task: {e:#}"))
                 }
@@ -428,7 +451,7 @@ impl Runtime {
             first_progress: state.first_progress,
             startup,
             elapsed: started.elapsed(),
-            output_dropped: stderr.dropped(),
+            output_dropped: stderr.dropped() + state.log_dropped,
         }
     }
 }
