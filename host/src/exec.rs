@@ -4,10 +4,13 @@
 //! Used by `taskhost run` and by the worker; the caller decides what to do with the queue
 //! message from the returned [`JobEnd`].
 //!
-//! **Invariants:** the result is written create-only, and only after this worker proved it
-//! still owns the job: the checkpoint's tag is the one it last wrote, and the lease that write
-//! recorded has at least the clock-skew allowance ([`skew_allowance_ms`]) left, so no other worker can have claimed it
-//! since. After a conflict or a lost lease nothing is written.
+//! **Invariants:** the result is written create-only, and only while this worker owns the
+//! job: no write of its checkpoint was refused (no conflict), and the lease its last write
+//! recorded has more than twice the clock-skew allowance ([`skew_allowance_ms`]) left. A
+//! claim takes over only a lease that is released or ends within one allowance by its own
+//! clock, so with clocks at most one allowance apart no other worker can have claimed the
+//! job, and none can before the result is written. After a conflict or a lost lease nothing
+//! is written.
 
 use tokio_util::sync::CancellationToken;
 
@@ -210,8 +213,9 @@ impl<S: ObjectStore + Clone> Executor<S> {
     }
 
     /// Ends a finished job without waiting for the checkpoint's write spacing: pending saves
-    /// are dropped (the result supersedes them), ownership is proven by the checkpoint's tag
-    /// (one HEAD), and the result is written create-only.
+    /// are dropped (the result supersedes them), ownership is proven by the lease the last
+    /// checkpoint write recorded (see the module docs), and the result is written
+    /// create-only: a one-step job costs two requests, the claim and the result.
     async fn store_result(
         &self,
         job: &JobId,
@@ -224,17 +228,12 @@ impl<S: ObjectStore + Clone> Executor<S> {
             Ok(p) => p,
             Err(e) => return ckpt_end(e),
         };
-        let margin = skew_allowance_ms(period_ms);
+        let margin = 2 * skew_allowance_ms(period_ms);
         if proof.lease_until_ms <= now_ms().saturating_add(margin) {
             // Our recorded lease is (about to be) over (its refresh failed): another worker
             // may claim the job, so the result must not be written by us.
             tracing::warn!(job = %job, "the lease recorded in the checkpoint is ending; not writing the result");
             return JobEnd::LeaseLost;
-        }
-        match self.store.head(&keys::checkpoint(job)).await {
-            Ok(Some(tag)) if tag == proof.etag => {}
-            Ok(_) => return JobEnd::Conflict,
-            Err(e) => return JobEnd::Storage(e.to_string()),
         }
         match self
             .store

@@ -1,6 +1,8 @@
 //! Task modules in the bucket: `modules/<sha256-hex>.wasm`, written create-only, verified
 //! against their name on every fetch, compiled (never deserialized) when fetched.
 
+use std::sync::Arc;
+
 use crate::ids::ModuleHash;
 use crate::runtime::{ModuleError, Prepared, Runtime};
 use crate::store::{ObjectStore, Precondition, StoreError};
@@ -34,6 +36,25 @@ pub async fn resolve<S: ObjectStore>(
     store: &S,
     hash: &ModuleHash,
 ) -> Result<Prepared, ResolveError> {
+    if let Some(p) = runtime.load_cached(hash) {
+        return Ok(p);
+    }
+    // One fetch and compile per module at a time: the jobs that want it meanwhile wait for
+    // it and then find it cached.
+    let gate = {
+        static LOADING: std::sync::Mutex<Vec<(ModuleHash, Arc<tokio::sync::Mutex<()>>)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut loading = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+        match loading.iter().find(|(h, _)| h == hash) {
+            Some((_, g)) => Arc::clone(g),
+            None => {
+                let g = Arc::new(tokio::sync::Mutex::new(()));
+                loading.push((*hash, Arc::clone(&g)));
+                g
+            }
+        }
+    };
+    let _loading = gate.lock().await;
     if let Some(p) = runtime.load_cached(hash) {
         return Ok(p);
     }

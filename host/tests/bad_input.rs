@@ -401,7 +401,7 @@ fn table(m: &Modules, escape_addr: &str) -> Vec<Case> {
             ])),
         },
         Case {
-            name: "module not in the store (after 3 deliveries)",
+            name: "module not in the store (after MISSING_MODULE_RETRY_SECONDS)",
             data: json(serde_json::json!({"job_id": "bad-absent", "steps": 3})),
             attributes: module_attr(&m.absent),
             job: Some("bad-absent"),
@@ -528,6 +528,8 @@ async fn run_table(b: &Backend) {
         .cli
         .set("WORKER_SLOTS", "2")
         .set("MAX_FAILURES", "1")
+        // A missing module is waited for this long after the job was published.
+        .set("MISSING_MODULE_RETRY_SECONDS", "15")
         .set("TASK_TIMEOUT_SECONDS", "5")
         .set("TASK_FUEL", TASK_FUEL.to_string())
         .set("TASK_MEMORY_MB", TASK_MEMORY_MB.to_string())

@@ -370,3 +370,33 @@ async fn a_lost_lease_is_noticed(local: bool) {
     );
     assert!(lease.is_lost());
 }
+
+/// Pub/Sub unreachable for 40 % of the deadline, starting just before an extension is due:
+/// the lease survives (the retries are short enough to land once it answers again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_a_lease_survives_pubsub_unreachable_for_40_percent_of_its_deadline() {
+    let deadline = Duration::from_secs(5);
+    let s = Setup::with(false, true, "survive", deadline, 100).await;
+    let Backend::Emulator(emulator) = &s.backend else {
+        unreachable!()
+    };
+    s.publish(&["one"]).await;
+    let got = s
+        .pull_within(SUB, 1, deadline, Duration::from_secs(10))
+        .await;
+    let lease = Lease::start(s.queue.clone(), SUB, &got[0], deadline);
+    let view = lease.view();
+    // The first extension is due half a deadline after the pull.
+    let due = got[0].leased_until.instant - deadline / 2;
+    tokio::time::sleep_until(due - Duration::from_millis(100)).await;
+    emulator.freeze(true);
+    tokio::time::sleep(deadline * 2 / 5).await;
+    emulator.freeze(false);
+    // Past the deadline the first extension would have had: still held.
+    tokio::time::sleep_until(got[0].leased_until.instant + Duration::from_secs(1)).await;
+    assert!(!lease.is_lost(), "the lease was lost");
+    assert!(view.until().instant > Instant::now());
+    s.nothing_for(SUB, Duration::from_secs(2), "the lease lapsed")
+        .await;
+    lease.ack().await.unwrap();
+}

@@ -3,9 +3,9 @@
 //!
 //! A [`Lease`] extends its message's ack deadline every half deadline (the guide's cadence),
 //! counted from the send time of the last successful extension. A failed extension is
-//! retried at once with backoff ([`FIRST_RETRY`] doubling up to [`MAX_RETRY`]) until it
-//! succeeds or the lease's guaranteed end passes, so a lease survives the queue being
-//! unreachable for up to half a deadline.
+//! retried at once with backoff ([`FIRST_RETRY`] doubling up to [`MAX_RETRY`]; each try
+//! given a fifth of the deadline, at least 1 s) until it succeeds or the lease's guaranteed
+//! end passes, so a lease survives the queue being unreachable for 40 % of a deadline.
 //!
 //! The lease is **lost** when an extension is refused (the backend says the ack id is no
 //! longer ours, or the call fails permanently) or when its guaranteed end passes without a
@@ -255,8 +255,12 @@ async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: Cancellati
                 lost.cancel();
                 return;
             };
+            // A short limit per try: a hung call must not use up the time left for retries.
+            let limit = (*deadline / 5)
+                .clamp(Duration::from_secs(1), CALL_TIMEOUT)
+                .min(left);
             let call = queue.modify_ack_deadline(subscription, ack_ids, *deadline);
-            match tokio::time::timeout(left.min(CALL_TIMEOUT), call).await {
+            match tokio::time::timeout(limit, call).await {
                 Ok(Ok(refused)) if !refused.is_empty() => {
                     tracing::warn!(
                         subscription,

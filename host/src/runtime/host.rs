@@ -212,3 +212,39 @@ impl job::Host for HostState {
         self.attempt
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_covers_all_memories_together() {
+        let mut l = MemoryLimiter {
+            limit: 100,
+            used: 0,
+            hit: false,
+        };
+        assert!(l.memory_growing(0, 60, None).unwrap());
+        // A second memory may not take the first one's share.
+        assert!(l.memory_growing(0, 60, None).is_err());
+        assert!(l.hit);
+        // Growing an existing memory counts only the growth.
+        let mut l = MemoryLimiter {
+            limit: 100,
+            used: 0,
+            hit: false,
+        };
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert!(l.memory_growing(40, 70, None).unwrap());
+        assert!(l.memory_growing(0, 30, None).unwrap());
+        assert!(l.memory_growing(0, 1, None).is_err());
+        assert_eq!(
+            (l.memories(), l.instances(), l.tables()),
+            (
+                MAX_MEMORIES_PER_TASK,
+                MAX_INSTANCES_PER_TASK,
+                MAX_TABLES_PER_TASK
+            )
+        );
+    }
+}

@@ -302,6 +302,7 @@ impl Pubsub {
     }
 
     /// Whether the subscription exists (`Ok(true)` too when the credentials may not look).
+    /// Remembers its ack deadline for [`Pubsub::pull`].
     pub async fn subscription_exists(&self, sub_id: &str) -> Result<bool, PubsubError> {
         let name = self.subscription_path(sub_id);
         match self
@@ -311,7 +312,12 @@ impl Pubsub {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(sub) => {
+                if let Ok(secs) = u64::try_from(sub.ack_deadline_seconds) {
+                    self.remember_deadline(&name, secs);
+                }
+                Ok(true)
+            }
             Err(e) if code(&e) == Some(Code::NotFound) => Ok(false),
             Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(true),
             Err(e) => Err(self.rpc_error("get subscription", &name, e)),

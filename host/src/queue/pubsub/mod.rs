@@ -28,8 +28,10 @@ mod receive;
 
 pub use admin::{MessageValidity, SchemaOnTopic, TopicSchema};
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use google_cloud_auth::credentials::{self as gcp_credentials, Credentials};
@@ -94,6 +96,9 @@ pub struct Pubsub {
     publisher: BasePublisher,
     rest: receive::Rest,
     emulator: bool,
+    /// The ack deadline of subscriptions looked up with `subscription_exists`: a pull from
+    /// one whose deadline is the one wanted needs no extension right after it.
+    known_deadlines: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Pubsub {
@@ -176,6 +181,7 @@ impl Pubsub {
             publisher,
             rest,
             emulator: config.emulator_host.is_some(),
+            known_deadlines: Arc::default(),
         })
     }
 

@@ -198,9 +198,18 @@ impl Pubsub {
         d.as_secs().clamp(min.into(), MAX_ACK_DEADLINE_SECS.into())
     }
 
-    /// Leases at most `max` messages and sets their deadline to `ack_deadline` from now (one
-    /// `modifyAckDeadline` right after the pull: the pull itself starts the subscription's
-    /// deadline, which this worker does not know).
+    pub(super) fn remember_deadline(&self, subscription: &str, secs: u64) {
+        let mut known = self
+            .known_deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known.insert(subscription.to_owned(), secs);
+    }
+
+    /// Leases at most `max` messages and sets their deadline to `ack_deadline` from now. The
+    /// pull itself starts the subscription's deadline: when that is known to be
+    /// `ack_deadline` (see `subscription_exists`), nothing more is sent; else one
+    /// `modifyAckDeadline` follows the pull.
     pub async fn pull(
         &self,
         sub_id: &str,
@@ -230,18 +239,27 @@ impl Pubsub {
             .collect();
         let extended_at = Stamp::now();
         let deadline_secs = self.clamp_deadline(ack_deadline);
-        let leased_until = match self
-            .modify_ack_deadline(sub_id, &ack_ids, ack_deadline)
-            .await
-        {
-            Ok(_) => extended_at.plus(Duration::from_secs(deadline_secs)),
-            Err(e) => {
-                // The subscription's own deadline still holds, at least Pub/Sub's minimum;
-                // the lease keeper retries the extension at once.
-                tracing::warn!(subscription = %name, error = %e, "could not set the deadline of pulled messages");
-                pulled_at.plus(Duration::from_secs(MIN_ACK_DEADLINE_SECS.into()).min(ack_deadline))
-            }
+        let known = {
+            let known = self
+                .known_deadlines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            known.get(&name).copied()
         };
+        let leased_until = if known == Some(deadline_secs) {
+            pulled_at.plus(Duration::from_secs(deadline_secs))
+        } else {
+            self.extend_pulled(
+                sub_id,
+                &name,
+                &ack_ids,
+                ack_deadline,
+                pulled_at,
+                extended_at,
+            )
+            .await
+        };
+
         let engine = base64::engine::general_purpose::STANDARD;
         answer
             .received_messages
@@ -265,6 +283,31 @@ impl Pubsub {
                 })
             })
             .collect()
+    }
+
+    /// Sets the deadline of just-pulled messages; returns their guaranteed end.
+    async fn extend_pulled(
+        &self,
+        sub_id: &str,
+        name: &str,
+        ack_ids: &[String],
+        ack_deadline: Duration,
+        pulled_at: Stamp,
+        extended_at: Stamp,
+    ) -> Stamp {
+        let secs = self.clamp_deadline(ack_deadline);
+        match self
+            .modify_ack_deadline(sub_id, ack_ids, ack_deadline)
+            .await
+        {
+            Ok(_) => extended_at.plus(Duration::from_secs(secs)),
+            Err(e) => {
+                // The subscription's own deadline still holds, at least Pub/Sub's minimum;
+                // the lease keeper retries the extension at once.
+                tracing::warn!(subscription = %name, error = %e, "could not set the deadline of pulled messages");
+                pulled_at.plus(Duration::from_secs(MIN_ACK_DEADLINE_SECS.into()).min(ack_deadline))
+            }
+        }
     }
 
     /// Sets the deadline of `ack_ids` to `deadline` from now (zero: hand back now). Pub/Sub's

@@ -1,7 +1,8 @@
 //! The worker: leases job messages and runs them, `slots` at a time.
 //!
 //! The receive loop pulls only when a slot is free, and asks for exactly as many messages as
-//! there are free slots, so it never holds a message it cannot start at once. Each pulled
+//! there are free slots, so it never holds a message it cannot start at once. A job frees its
+//! slot when it ends, while its message is being settled. Each pulled
 //! message gets a [`Lease`] (extended every half deadline) and a task: parse → resolve the
 //! module (memory → disk cache → bucket → verify → compile) → [`Executor::execute`] (claim,
 //! run, durable result) → [`decide`] → ack / nack with a delay / dead-letter.
@@ -32,6 +33,10 @@ use crate::modules::{self, ResolveError};
 use crate::queue::lease::Lease;
 use crate::queue::{IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue};
 use crate::store::{ObjectStore, Precondition};
+
+mod decide;
+
+pub use decide::{Decision, busy_delay, decide, retry_delay};
 
 /// Default number of trapped runs after which a job is dead-lettered.
 pub const DEFAULT_MAX_FAILURES: u32 = 3;
@@ -88,58 +93,6 @@ impl Stats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// What to do with a message once its job has ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Done for good: acknowledge.
-    Ack,
-    /// Hand back after this delay (zero: at once, for another worker).
-    HandBack(Duration),
-    /// Publish to the dead-letter topic with this reason, then acknowledge.
-    DeadLetter(String),
-}
-
-/// The message's fate for a job end: a pure function of the end, the delivery attempt (1 for
-/// the first), the failure limit and the ack deadline.
-pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Duration) -> Decision {
-    match end {
-        JobEnd::Done { .. } | JobEnd::AlreadyDone => Decision::Ack,
-        JobEnd::TaskFailed(msg) => Decision::DeadLetter(format!("the task failed: {msg}")),
-        JobEnd::Trapped {
-            kind,
-            message,
-            failures,
-        } if *failures >= max_failures => Decision::DeadLetter(format!(
-            "failed {failures} times (limit {max_failures}); last: {kind:?}: {message}"
-        )),
-        JobEnd::Trapped { .. } | JobEnd::Storage(_) | JobEnd::HostFault(_) => {
-            Decision::HandBack(retry_delay(attempt))
-        }
-        JobEnd::Busy { .. } => Decision::HandBack(busy_delay(attempt, ack_deadline)),
-        // The job is someone else's now, or ours is over: hand back at once (a no-op when
-        // the lease has lapsed, as it has by then).
-        JobEnd::Conflict | JobEnd::LeaseLost | JobEnd::Cancelled => {
-            Decision::HandBack(Duration::ZERO)
-        }
-        JobEnd::Unreadable(msg) => {
-            Decision::DeadLetter(format!("the job's checkpoint cannot be used: {msg}"))
-        }
-        JobEnd::OtherWork(msg) => Decision::DeadLetter(msg.clone()),
-    }
-}
-
-/// [`FIRST_RETRY_DELAY`] doubled per delivery attempt, capped at [`MAX_RETRY_DELAY`].
-pub fn retry_delay(attempt: u32) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(16);
-    (FIRST_RETRY_DELAY * (1u32 << doublings)).min(MAX_RETRY_DELAY)
-}
-
-/// A busy job's message comes back after at least one lease period, doubling per attempt.
-pub fn busy_delay(attempt: u32, ack_deadline: Duration) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(16);
-    (ack_deadline * (1u32 << doublings)).clamp(ack_deadline, MAX_RETRY_DELAY.max(ack_deadline))
 }
 
 /// Runs until `shutdown` is cancelled (then drains as described in the module docs) or the
@@ -314,7 +267,7 @@ impl<S: ObjectStore + Clone> Ctx<S> {
         &self,
         message: IncomingMessage,
         lease: Lease,
-        _slot: OwnedSemaphorePermit,
+        slot: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
         let attempt = message.delivery_attempt.unwrap_or(1);
@@ -381,6 +334,9 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             .executor
             .execute(id, &module, &job.input, &binding, lease.view(), shutdown)
             .await;
+        // The job no longer runs: its slot may take the next message while this one is
+        // settled (the ack, nack or dead-letter publish takes a round trip or two).
+        drop(slot);
         self.count(id, &end);
         if matches!(end, JobEnd::Storage(_)) {
             self.storage_failures.fetch_add(1, Ordering::Relaxed);
@@ -520,106 +476,4 @@ fn truncate(s: &str, max: usize) -> String {
         cut -= 1;
     }
     format!("{}...", &s[..cut])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::TrapKind;
-
-    #[test]
-    fn decisions() {
-        let d = Duration::from_secs(10);
-        let trapped = |failures| JobEnd::Trapped {
-            kind: TrapKind::Panic,
-            message: "boom".into(),
-            failures,
-        };
-        let cases: Vec<(JobEnd, u32, Decision)> = vec![
-            (
-                JobEnd::Done {
-                    result: "r".into(),
-                    attempt: 1,
-                },
-                1,
-                Decision::Ack,
-            ),
-            (JobEnd::AlreadyDone, 7, Decision::Ack),
-            (
-                JobEnd::TaskFailed("bad input".into()),
-                1,
-                Decision::DeadLetter("the task failed: bad input".into()),
-            ),
-            (trapped(1), 1, Decision::HandBack(Duration::from_secs(10))),
-            (trapped(2), 2, Decision::HandBack(Duration::from_secs(20))),
-            (
-                trapped(3),
-                3,
-                Decision::DeadLetter("failed 3 times (limit 3); last: Panic: boom".into()),
-            ),
-            (
-                JobEnd::Storage("down".into()),
-                1,
-                Decision::HandBack(Duration::from_secs(10)),
-            ),
-            (
-                JobEnd::Storage("down".into()),
-                4,
-                Decision::HandBack(Duration::from_secs(80)),
-            ),
-            (
-                JobEnd::Storage("down".into()),
-                99,
-                Decision::HandBack(MAX_RETRY_DELAY),
-            ),
-            (
-                JobEnd::Busy {
-                    owner: "w".into(),
-                    until_ms: 0,
-                },
-                1,
-                Decision::HandBack(Duration::from_secs(10)),
-            ),
-            (
-                JobEnd::Busy {
-                    owner: "w".into(),
-                    until_ms: 0,
-                },
-                3,
-                Decision::HandBack(Duration::from_secs(40)),
-            ),
-            (
-                JobEnd::HostFault("pool".into()),
-                2,
-                Decision::HandBack(Duration::from_secs(20)),
-            ),
-            (
-                JobEnd::OtherWork("stored for other work".into()),
-                1,
-                Decision::DeadLetter("stored for other work".into()),
-            ),
-            (JobEnd::Conflict, 1, Decision::HandBack(Duration::ZERO)),
-            (JobEnd::LeaseLost, 1, Decision::HandBack(Duration::ZERO)),
-            (JobEnd::Cancelled, 1, Decision::HandBack(Duration::ZERO)),
-            (
-                JobEnd::Unreadable("format 9".into()),
-                1,
-                Decision::DeadLetter("the job's checkpoint cannot be used: format 9".into()),
-            ),
-        ];
-        for (end, attempt, want) in cases {
-            assert_eq!(
-                decide(&end, attempt, 3, d),
-                want,
-                "{end:?} attempt {attempt}"
-            );
-        }
-    }
-
-    #[test]
-    fn busy_delay_is_at_least_one_lease_even_beyond_the_cap() {
-        let long = Duration::from_secs(900);
-        assert_eq!(busy_delay(1, long), long);
-        assert_eq!(busy_delay(50, Duration::from_secs(60)), MAX_RETRY_DELAY);
-    }
 }

@@ -28,13 +28,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::JobId;
 use crate::job::Work;
 use crate::queue::lease::LeaseView;
 use crate::store::{ETag, ObjectStore, Precondition, StoreError};
+
+mod writer;
+
+use writer::Writer;
 
 const MAGIC: &[u8; 4] = b"THCP";
 const FORMAT_VERSION: u8 = 1;
@@ -45,18 +48,19 @@ pub const DEFAULT_MAX_CHECKPOINT_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// How far apart two machines' clocks may be: a claim treats an owner's lease as expired
 /// this long before its recorded end, and a finishing owner needs at least this much of its
-/// lease left to write the result. 2 s, or a quarter of the owner's lease period if that is
+/// lease left to write the result. 2 s, or a fifth of the owner's lease period if that is
 /// shorter (see [`skew_allowance_ms`]).
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(2);
 
-/// The clock-skew allowance for a lease of `period_ms` (0: unknown): at most a quarter of
-/// the period, so an owner that refreshes every half period is never taken over.
+/// The clock-skew allowance for a lease of `period_ms` (0: unknown): at most a fifth of the
+/// period. An owner refreshes its lease every half period, so it always has more than twice
+/// the allowance left: it is never taken over, and it can finish (see `exec`).
 pub fn skew_allowance_ms(period_ms: u64) -> u64 {
     let max = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
     if period_ms == 0 {
         max
     } else {
-        max.min(period_ms / 4)
+        max.min(period_ms / 5)
     }
 }
 
@@ -412,13 +416,11 @@ enum Cmd {
     Finish(oneshot::Sender<Result<Proof, CheckpointError>>),
 }
 
-/// What [`Checkpointer::finish`] hands the caller: the tag of this worker's last write and
-/// the lease that write recorded. While that lease has not expired (minus
-/// [`skew_allowance_ms`]) no other worker may claim the job, so an unchanged tag proves
-/// ownership until then.
+/// What [`Checkpointer::finish`] hands the caller: the lease this worker's last write
+/// recorded. While it has more than twice the [`skew_allowance_ms`] left, no other worker may
+/// claim the job.
 #[derive(Clone, Debug)]
 pub struct Proof {
-    pub etag: ETag,
     pub lease_until_ms: u64,
 }
 
@@ -547,8 +549,8 @@ impl Checkpointer {
         rx.await.unwrap_or_else(|_| self.final_state())
     }
 
-    /// Stops the writer for good without writing what is pending, and returns the tag of the
-    /// last write (see [`Proof`]). `Err(Conflict)` if the job was lost.
+    /// Stops the writer for good without writing what is pending, and returns the lease the
+    /// last write recorded (see [`Proof`]). `Err(Conflict)` if the job was lost.
     pub async fn finish(&self) -> Result<Proof, CheckpointError> {
         let (done, rx) = oneshot::channel();
         if self.cmds.send(Cmd::Finish(done)).is_err() {
@@ -588,165 +590,4 @@ impl Checkpointer {
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
     // Every update is one assignment: the state stays consistent if a holder panicked.
     shared.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Failed writes in a row after which a waiting flush reports a storage error (the SDK
-/// retries inside each).
-const FLUSH_TRIES: u32 = 5;
-
-/// The background writer of one checkpoint.
-struct Writer<S> {
-    store: S,
-    key: String,
-    /// The tag of our last write: every write is `If-Match` on it.
-    etag: ETag,
-    /// The lease our last write recorded.
-    written_until: u64,
-    shared: Arc<Shared>,
-    interval: Duration,
-    lease: LeaseView,
-    stopped: CancellationToken,
-    /// A flush released the job: no more lease refreshes.
-    released: bool,
-}
-
-impl<S: ObjectStore> Writer<S> {
-    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-        // The claim was a write too: R2 allows one write per second per key.
-        let mut next_write = Instant::now() + self.interval;
-        let mut failures = 0u32;
-        let mut backoff = Duration::from_millis(200);
-        let mut waiting: Vec<oneshot::Sender<Result<(), CheckpointError>>> = Vec::new();
-        let mut lease = self.lease.clone();
-        loop {
-            let dirty = lock(&self.shared).dirty;
-            if !dirty {
-                for w in waiting.drain(..) {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            tokio::select! {
-                cmd = cmds.recv() => match cmd {
-                    None => return,
-                    Some(Cmd::Flush { release, done }) => {
-                        if release && !self.released {
-                            self.released = true;
-                            let mut st = lock(&self.shared);
-                            st.header.lease_until_ms = 0;
-                            st.dirty = true;
-                        }
-                        waiting.push(done);
-                    }
-                    Some(Cmd::Finish(done)) => {
-                        let _ = done.send(Ok(Proof {
-                            etag: self.etag.clone(),
-                            lease_until_ms: self.written_until,
-                        }));
-                        for w in waiting.drain(..) {
-                            let _ = w.send(Err(CheckpointError::Storage("the job finished".into())));
-                        }
-                        return;
-                    }
-                },
-                _ = self.shared.wake.notified() => {}
-                changed = lease.until.changed(), if !self.released => {
-                    if changed.is_err() {
-                        // The lease's keeper is gone (the job is settling): no more refreshes.
-                        self.released = true;
-                        continue;
-                    }
-                    let until = lease.until().unix_ms;
-                    let mut st = lock(&self.shared);
-                    st.header.lease_until_ms = until;
-                    st.dirty = true;
-                }
-                _ = self.lease.lost.cancelled() => {
-                    tracing::warn!(key = %self.key, "lease lost: writing nothing more for this job");
-                    self.lose();
-                    break;
-                }
-                _ = tokio::time::sleep_until(next_write), if dirty => {
-                    match self.write().await {
-                        Ok(()) => {
-                            failures = 0;
-                            backoff = Duration::from_millis(200);
-                            next_write = Instant::now() + self.interval;
-                        }
-                        Err(CheckpointError::Conflict) => break,
-                        Err(e) => {
-                            failures += 1;
-                            next_write = Instant::now() + backoff.max(self.interval);
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
-                            if failures >= FLUSH_TRIES {
-                                for w in waiting.drain(..) {
-                                    let _ = w.send(Err(e.clone()));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        // Lost the job: answer every further request with the conflict, write nothing.
-        for w in waiting.drain(..) {
-            let _ = w.send(Err(CheckpointError::Conflict));
-        }
-        while let Some(cmd) = cmds.recv().await {
-            match cmd {
-                Cmd::Flush { done, .. } => drop(done.send(Err(CheckpointError::Conflict))),
-                Cmd::Finish(done) => drop(done.send(Err(CheckpointError::Conflict))),
-            }
-        }
-    }
-
-    /// Marks the job lost and stops the task.
-    fn lose(&self) {
-        lock(&self.shared).conflict = true;
-        self.stopped.cancel();
-    }
-
-    /// One fenced write of the current state.
-    async fn write(&mut self) -> Result<(), CheckpointError> {
-        let (bytes, until) = {
-            let mut st = lock(&self.shared);
-            if st.conflict {
-                return Err(CheckpointError::Conflict);
-            }
-            st.header.nonce = nonce();
-            st.header.updated_ms = now_ms();
-            st.dirty = false;
-            let bytes = encode(&st.header, st.latest.as_deref().map(|v| v.as_slice()));
-            (bytes, st.header.lease_until_ms)
-        };
-        match self
-            .store
-            .put(&self.key, bytes, Precondition::Matches(self.etag.clone()))
-            .await
-        {
-            Ok(tag) => {
-                self.etag = tag;
-                self.written_until = until;
-                let mut st = lock(&self.shared);
-                st.error = None;
-                st.writes += 1;
-                Ok(())
-            }
-            Err(StoreError::PreconditionFailed) => {
-                tracing::warn!(
-                    key = %self.key,
-                    "checkpoint changed under us: another worker owns the job; stopping the task"
-                );
-                self.lose();
-                Err(CheckpointError::Conflict)
-            }
-            Err(StoreError::Other(e)) => {
-                let msg = format!("{e:#}");
-                tracing::warn!(key = %self.key, error = %msg, "checkpoint write failed; will retry");
-                let mut st = lock(&self.shared);
-                st.dirty = true;
-                st.error = Some(msg.clone());
-                Err(CheckpointError::Storage(msg))
-            }
-        }
-    }
 }
