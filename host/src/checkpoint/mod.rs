@@ -331,16 +331,16 @@ pub async fn claim<S: ObjectStore>(
             )));
         }
     };
-    if !start_over
-        && store
-            .exists(&result_key)
-            .await
-            .map_err(|e| ClaimError::Storage(e.to_string()))?
-    {
+    let done = store
+        .exists(&result_key)
+        .await
+        .map_err(|e| ClaimError::Storage(e.to_string()))?;
+    if done && !start_over {
         return Err(ClaimError::AlreadyDone);
     }
+    // A finished job's last lease is left to expire: it holds nothing once the result exists.
     let skew = skew_allowance_ms(header.lease_period_ms);
-    if header.lease_until_ms > now_ms().saturating_add(skew) {
+    if !done && header.lease_until_ms > now_ms().saturating_add(skew) {
         return Err(ClaimError::Busy {
             owner: header.owner,
             until_ms: header.lease_until_ms,
