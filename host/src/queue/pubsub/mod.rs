@@ -393,7 +393,7 @@ impl PubsubError {
         self
     }
 
-    /// The operation that failed (`create topic`, `publish`, `streaming pull`...).
+    /// The operation that failed (`create topic`, `publish`, `pull`...).
     pub fn operation(&self) -> &'static str {
         self.operation
     }
