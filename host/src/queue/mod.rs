@@ -270,39 +270,39 @@ impl std::error::Error for QueueError {
     }
 }
 
-impl From<pubsub::PubsubError> for QueueError {
-    fn from(e: pubsub::PubsubError) -> Self {
-        let kind = if e.is_transient() {
-            ErrorKind::Transient
-        } else if e.is_not_found() {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Permanent
+impl QueueError {
+    /// A backend's error, classified by what the backend says of it.
+    fn wrap(
+        e: impl std::error::Error + Send + Sync + 'static,
+        transient: bool,
+        not_found: bool,
+        published: Option<usize>,
+    ) -> Self {
+        let kind = match (transient, not_found) {
+            (true, _) => ErrorKind::Transient,
+            (false, true) => ErrorKind::NotFound,
+            (false, false) => ErrorKind::Permanent,
         };
         QueueError {
             kind,
             message: e.to_string(),
-            published: e.published(),
+            published,
             source: Some(Box::new(e)),
         }
     }
 }
 
+impl From<pubsub::PubsubError> for QueueError {
+    fn from(e: pubsub::PubsubError) -> Self {
+        let (transient, not_found, published) = (e.is_transient(), e.is_not_found(), e.published());
+        QueueError::wrap(e, transient, not_found, published)
+    }
+}
+
 impl From<local::LocalQueueError> for QueueError {
     fn from(e: local::LocalQueueError) -> Self {
-        let kind = if e.is_transient() {
-            ErrorKind::Transient
-        } else if e.is_not_found() {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Permanent
-        };
-        QueueError {
-            kind,
-            message: e.to_string(),
-            published: None,
-            source: Some(Box::new(e)),
-        }
+        let (transient, not_found) = (e.is_transient(), e.is_not_found());
+        QueueError::wrap(e, transient, not_found, None)
     }
 }
 

@@ -198,16 +198,29 @@ impl LocalQueue {
         &self.inner.path
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a blocking thread; commits if it is `Ok`.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a blocking thread; commits if it is
+    /// `Ok`, on disk before this returns.
     async fn write<T: Send + 'static>(
         &self,
         operation: &'static str,
         resource: &str,
         f: impl FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
     ) -> Result<T, LocalQueueError> {
+        self.write_with(operation, resource, Durability::Fsync, f)
+            .await
+    }
+
+    /// [`LocalQueue::write`] with the given durability.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        durability: Durability,
+        f: impl FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
+    ) -> Result<T, LocalQueueError> {
         let queue = self.clone();
         let resource = resource.to_string();
-        blocking(move || queue.write_now(operation, &resource, Durability::Fsync, f)).await
+        blocking(move || queue.write_now(operation, &resource, durability, f)).await
     }
 
     /// Runs `f` outside any explicit transaction on a blocking thread.

@@ -117,7 +117,7 @@ impl LocalQueue {
         let deadline = deadline.min(Duration::from_secs(MAX_ACK_DEADLINE_SECS.into()));
         let name = sub.clone();
         let lost = self
-            .blocking_write("modify ack deadline", &sub, Durability::Lazy, move |tx| {
+            .write_with("modify ack deadline", &sub, Durability::Lazy, move |tx| {
                 let now = now_ms();
                 let mut lost = Vec::new();
                 for c in claims {
@@ -164,7 +164,7 @@ impl LocalQueue {
         let sub = resource_id("acknowledge", "subscriptions", sub_id)?;
         let claims = parse_all("acknowledge", &sub, ack_ids)?;
         let name = sub.clone();
-        self.blocking_write("acknowledge", &sub, Durability::Fsync, move |tx| {
+        self.write_with("acknowledge", &sub, Durability::Fsync, move |tx| {
             for c in claims {
                 let deleted = tx
                     .prepare_cached(
@@ -179,18 +179,6 @@ impl LocalQueue {
             Ok(())
         })
         .await
-    }
-
-    async fn blocking_write<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        resource: &str,
-        durability: Durability,
-        f: impl FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
-    ) -> Result<T, LocalQueueError> {
-        let queue = self.clone();
-        let resource = resource.to_string();
-        super::blocking(move || queue.write_now(operation, &resource, durability, f)).await
     }
 
     /// Claims up to `max` ready messages. Blocking.
