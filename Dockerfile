@@ -16,8 +16,10 @@ WORKDIR /src
 # - host/: the crate (its benches/ and tests/ too: cargo checks that declared targets exist);
 # - wit/: the WIT world, read at compile time by the bindgen! macro (path "../wit");
 # - guest-tasks/prime-core: the host's dev-dependency (a path dependency must resolve even
-#   for a build that does not use it). The rest of guest-tasks/ is not needed: the image
-#   runs modules fetched from R2 and builds none.
+#   for a build that does not use it);
+# - guest-tasks' manifest, lock file, cargo config and the SDK's sources: `taskhost task new`
+#   embeds them (include_str!) in the crates it writes. The rest of guest-tasks/ is not
+#   needed: the image runs modules fetched from R2 and builds none.
 # rust-toolchain.toml is left out on purpose: it asks for the `stable` channel plus the wasm
 # target, rustfmt and clippy, which would make rustup download a second toolchain here; the
 # image's own pinned toolchain is the one to build with.
@@ -25,6 +27,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY host/ host/
 COPY wit/ wit/
 COPY guest-tasks/prime-core/ guest-tasks/prime-core/
+COPY guest-tasks/Cargo.toml guest-tasks/Cargo.lock guest-tasks/
+COPY guest-tasks/.cargo/ guest-tasks/.cargo/
+COPY guest-tasks/sdk/Cargo.toml guest-tasks/sdk/
+COPY guest-tasks/sdk/src/ guest-tasks/sdk/src/
 
 # Cache mounts keep the crate downloads and compiled dependencies between builds (a rebuild
 # after a change to host/ compiles only taskhost). target/ is a cache mount, so the binary is

@@ -61,7 +61,8 @@ async fn run(
                 attempt: 1,
                 input,
                 limits: &JobLimits::default(),
-                checkpoint: ckpt,
+                checkpoint: ckpt.clone(),
+                files: taskhost::files::JobFiles::plain(store.clone(), &job, ckpt),
                 cancel: CancellationToken::new(),
             },
         )

@@ -12,16 +12,20 @@
 //! job, and none can before the result is written. After a conflict or a lost lease nothing
 //! is written.
 
+use std::collections::BTreeMap;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{
     self, CheckpointError, Checkpointer, ClaimError, Limits, OtherWork, now_ms, skew_allowance_ms,
 };
+use crate::files::{Artifacts, FileLimits, JobFiles};
 use crate::ids::JobId;
 use crate::job::Work;
 use crate::keys;
 use crate::queue::lease::LeaseView;
 use crate::runtime::{JobLimits, Outcome, Prepared, RunRequest, Runtime, TrapKind};
+use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition, StoreError};
 
 /// What a job computes and what to do when its stored state was made for other work.
@@ -29,6 +33,8 @@ use crate::store::{ObjectStore, Precondition, StoreError};
 pub struct Binding {
     pub work: Work,
     pub on_other_work: OtherWork,
+    /// The job's input objects: name → key (the message's `inputs`).
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// How a job's run ended, and so what to do with its message.
@@ -78,9 +84,10 @@ pub struct Executor<S> {
     pub worker_id: String,
     pub limits: JobLimits,
     pub checkpoint_limits: Limits,
+    pub file_limits: FileLimits,
 }
 
-impl<S: ObjectStore + Clone> Executor<S> {
+impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
     /// Runs `job` under `lease` (see the module docs). `shutdown` stops the task at its next
     /// yield and flushes its checkpoint; a lost lease or a conflict stops it without writing.
     pub async fn execute(
@@ -113,6 +120,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
         };
         let attempt = claimed.header.attempts;
         let resumed = claimed.data.is_some();
+        let recorded = claimed.header.artifacts.clone();
         tracing::info!(job = %job, attempt, resumed, "job started");
         let ckpt = Checkpointer::start(
             self.store.clone(),
@@ -120,6 +128,14 @@ impl<S: ObjectStore + Clone> Executor<S> {
             claimed,
             self.checkpoint_limits.clone(),
             lease.clone(),
+        );
+        let files = JobFiles::new(
+            self.store.clone().into(),
+            job,
+            binding.inputs.clone(),
+            recorded,
+            ckpt.clone(),
+            &self.file_limits,
         );
         // The task stops at its next yield on shutdown, on a lost lease, or on a conflict.
         let stop = CancellationToken::new();
@@ -145,6 +161,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
                     input,
                     limits: &self.limits,
                     checkpoint: ckpt.clone(),
+                    files: files.clone(),
                     cancel: stop,
                 },
             )
@@ -155,6 +172,7 @@ impl<S: ObjectStore + Clone> Executor<S> {
             job = %job,
             attempt,
             fuel,
+            input_bytes_read = files.inputs.bytes_read(),
             elapsed_ms = report.elapsed.as_millis() as u64,
             outcome = ?report.outcome,
             "task run ended"
@@ -165,7 +183,10 @@ impl<S: ObjectStore + Clone> Executor<S> {
         ckpt.update_header(|h| h.fuel_used = h.fuel_used.saturating_add(fuel));
 
         match report.outcome {
-            Outcome::Finished(result) => self.store_result(job, &ckpt, result, attempt).await,
+            Outcome::Finished(result) => {
+                self.store_result(job, &ckpt, &files.artifacts, result, attempt)
+                    .await
+            }
             Outcome::TaskError(msg) => {
                 ckpt.update_header(|h| h.last_failure = Some(msg.clone()));
                 if let Err(e) = ckpt.flush(true).await {
@@ -215,14 +236,18 @@ impl<S: ObjectStore + Clone> Executor<S> {
     /// Ends a finished job without waiting for the checkpoint's write spacing: pending saves
     /// are dropped (the result supersedes them), ownership is proven by the lease the last
     /// checkpoint write recorded (see the module docs), and the result is written
-    /// create-only: a one-step job costs two requests, the claim and the result.
+    /// create-only: a one-step job costs two requests, the claim and the result. A job with
+    /// artifacts writes their manifest first, under the same proof: they become visible with
+    /// the result.
     async fn store_result(
         &self,
         job: &JobId,
         ckpt: &Checkpointer,
+        artifacts: &Artifacts,
         result: String,
         attempt: u32,
     ) -> JobEnd {
+        let manifest = artifacts.close();
         let period_ms = ckpt.header().lease_period_ms;
         let proof = match ckpt.finish().await {
             Ok(p) => p,
@@ -234,6 +259,16 @@ impl<S: ObjectStore + Clone> Executor<S> {
             // may claim the job, so the result must not be written by us.
             tracing::warn!(job = %job, "the lease recorded in the checkpoint is ending; not writing the result");
             return JobEnd::LeaseLost;
+        }
+        if !manifest.artifacts.is_empty() {
+            let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
+            if let Err(e) = self
+                .store
+                .put(&keys::manifest(job), bytes, Precondition::None)
+                .await
+            {
+                return JobEnd::Storage(e.to_string());
+            }
         }
         match self
             .store

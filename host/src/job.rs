@@ -29,6 +29,54 @@ pub struct JobMessage {
     /// `"upgrade_module": true`: when the stored job ran another module on the same input,
     /// resume from its checkpoint with this message's module.
     pub upgrade_module: bool,
+    /// `"inputs": {"NAME": "KEY", ...}`: the objects the task may read, by name.
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// Longest input key accepted (S3 and R2 allow 1024 bytes).
+const MAX_INPUT_KEY: usize = 1024;
+
+/// The `inputs` field of a job document: names checked like artifact names, keys made of
+/// `/`-separated parts of `[A-Za-z0-9._-]` (no `.` or `..` part) outside the host's own
+/// prefixes (`jobs/`, `modules/`, ...). `Err` is the reason the message is dead-lettered.
+pub fn parse_inputs(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<BTreeMap<String, String>, String> {
+    let Some(value) = obj.get("inputs") else {
+        return Ok(BTreeMap::new());
+    };
+    let map = value
+        .as_object()
+        .ok_or("inputs must be an object {\"NAME\": \"KEY\", ...}")?;
+    let mut inputs = BTreeMap::new();
+    for (name, key) in map {
+        crate::files::check_name(name).map_err(|e| format!("input name {e}"))?;
+        let key = key
+            .as_str()
+            .ok_or_else(|| format!("input `{name}` must name an object key (a string)"))?;
+        let parts_ok = key.split('/').all(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+        if key.len() > MAX_INPUT_KEY || !parts_ok {
+            return Err(format!(
+                "input `{name}`: key {key:?} is not a valid object key (at most {MAX_INPUT_KEY} bytes of '/'-separated parts from [A-Za-z0-9._-], no '.' or '..' part)"
+            ));
+        }
+        if let Some(p) = crate::keys::RESERVED_PREFIXES
+            .iter()
+            .find(|p| key.starts_with(*p))
+        {
+            return Err(format!(
+                "input `{name}`: key {key:?} is under the host's own prefix `{p}`: a task may not read it"
+            ));
+        }
+        inputs.insert(name.clone(), key.to_owned());
+    }
+    Ok(inputs)
 }
 
 /// What a job computes: the module and the sha256 (hex) of its input.
@@ -105,6 +153,7 @@ impl JobMessage {
         };
         let (restart, upgrade_module) = (flag("restart")?, flag("upgrade_module")?);
         let work = Work::of_object(&module, obj);
+        let inputs = parse_inputs(obj)?;
         Ok(JobMessage {
             job_id,
             module,
@@ -112,6 +161,7 @@ impl JobMessage {
             work,
             restart,
             upgrade_module,
+            inputs,
         })
     }
 }
@@ -135,6 +185,40 @@ mod tests {
         assert_ne!(a.work.input_sha256, c.work.input_sha256);
         assert_eq!(a.work.module, h.to_string());
         assert!(JobMessage::parse(br#"{"job_id":"a","restart":1}"#, &attr, None).is_err());
+    }
+
+    #[test]
+    fn inputs_are_names_to_keys_outside_the_hosts_prefixes() {
+        let h = ModuleHash::of(b"m");
+        let attr = BTreeMap::from([("module".to_owned(), h.to_string())]);
+        let parse = |inputs: &str| {
+            let doc = format!(r#"{{"job_id":"a","inputs":{inputs}}}"#);
+            JobMessage::parse(doc.as_bytes(), &attr, None).map(|m| m.inputs)
+        };
+        let ok = parse(r#"{"data":"inputs/abc","b.txt":"my/set/b.txt"}"#).unwrap();
+        assert_eq!(ok["data"], "inputs/abc");
+        assert_eq!(ok.len(), 2);
+        for (bad, why) in [
+            (
+                r#"{"data":"jobs/x/checkpoint"}"#,
+                "host's own prefix `jobs/`",
+            ),
+            (
+                r#"{"data":"modules/x.wasm"}"#,
+                "host's own prefix `modules/`",
+            ),
+            (r#"{"data":"a/../jobs/x"}"#, "not a valid object key"),
+            (r#"{"data":"/abs"}"#, "not a valid object key"),
+            (r#"{"data":""}"#, "not a valid object key"),
+            (r#"{"data":"a b"}"#, "not a valid object key"),
+            (r#"{"data":7}"#, "must name an object key"),
+            (r#"{".hidden":"k"}"#, "not a valid name"),
+            (r#"["k"]"#, "inputs must be an object"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(parse("{}").unwrap().is_empty());
     }
 
     /// (data, attributes, default module, expected module or a substring of the error)

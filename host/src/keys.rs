@@ -7,6 +7,9 @@
 //! | `jobs/<job_id>/checkpoint` | the job's checkpoint: its fence and lease record |
 //! | `jobs/<job_id>/result` | the job's result, create-only |
 //! | `jobs/<job_id>/error` | why the job was dead-lettered |
+//! | `jobs/<job_id>/manifest` | the finished job's artifacts (JSON), written just before the result |
+//! | `jobs/<job_id>/artifacts/<name>` | an artifact of the job |
+//! | `inputs/<sha256-hex>` | an input uploaded by `taskhost submit --input`, create-only |
 //! | `taskhost-probe/<name>` | a worker's startup write check (deleted at once) |
 
 use crate::ids::{JobId, ModuleHash};
@@ -29,6 +32,28 @@ pub fn result(job: &JobId) -> String {
 pub fn error(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/error")
 }
+
+pub fn manifest(job: &JobId) -> String {
+    format!("{JOBS_PREFIX}{job}/manifest")
+}
+
+/// Where a job's artifacts live.
+pub fn artifacts_prefix(job: &JobId) -> String {
+    format!("{JOBS_PREFIX}{job}/artifacts/")
+}
+
+/// An artifact's key; `name` is checked by [`crate::files::check_name`].
+pub fn artifact(job: &JobId, name: &str) -> String {
+    format!("{}{name}", artifacts_prefix(job))
+}
+
+/// An uploaded input, named by the sha256 (hex) of its bytes.
+pub fn input(sha256_hex: &str) -> String {
+    format!("inputs/{sha256_hex}")
+}
+
+/// Prefixes of the host's own objects: a job's input key may not start with one.
+pub const RESERVED_PREFIXES: [&str; 3] = [JOBS_PREFIX, "modules/", "taskhost-probe/"];
 
 /// A probe object's key; `name` must be made of `[A-Za-z0-9._-]` (a worker id is).
 pub fn probe(name: &str) -> String {

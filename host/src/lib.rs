@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod exec;
+pub mod files;
 pub mod ids;
 pub mod job;
 pub mod keys;

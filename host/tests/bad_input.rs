@@ -342,6 +342,29 @@ fn table(m: &Modules, escape_addr: &str) -> Vec<Case> {
             ])),
         },
         Case {
+            name: "an input key under the host's own jobs/ prefix",
+            data: json(serde_json::json!({
+                "job_id": "bad-input-key",
+                "inputs": {"data": "jobs/victim/checkpoint"},
+            })),
+            attributes: step(),
+            job: Some("bad-input-key"),
+            expect: Expect::Poison(says(&[
+                "input `data`",
+                "under the host's own prefix `jobs/`",
+            ])),
+        },
+        Case {
+            name: "an input key that climbs out of its prefix",
+            data: json(serde_json::json!({
+                "job_id": "bad-input-dots",
+                "inputs": {"data": "inputs/../modules/x.wasm"},
+            })),
+            attributes: step(),
+            job: Some("bad-input-dots"),
+            expect: Expect::Poison(says(&["input `data`", "not a valid object key"])),
+        },
+        Case {
             name: "module not a string",
             data: json(serde_json::json!({"job_id": "bad-module-type", "module": 42, "steps": 3})),
             attributes: step(),

@@ -219,3 +219,52 @@ fn job_reset_lets_a_job_id_run_other_work() {
     let v: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();
     assert_eq!(v["sum"], 210);
 }
+
+/// `taskhost task new` writes a crate that builds as is and runs under `taskhost run`.
+#[test]
+fn task_new_writes_a_crate_that_builds_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, cache) = (tmp.path().join("store"), tmp.path().join("cache"));
+    let made = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["task", "new", "my-task", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("cargo build --release"));
+    let again = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["task", "new", "my-task", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success() && stderr(&again).contains("exists already"));
+
+    // Built where the repository's own guests build, so the dependencies are compiled once.
+    let target = match std::env::var_os("GUEST_TARGET_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/target"),
+    };
+    let crate_dir = tmp.path().join("my-task");
+    let build = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "the new crate does not build:\n{}",
+        stderr(&build)
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_task.wasm");
+    let input = r#"{"job_id": "try-1", "count": 10}"#;
+    let out = taskhost(
+        &store,
+        &cache,
+        &["run", wasm.to_str().unwrap(), "--input", input],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();
+    assert_eq!(doc["sum"], 55, "{doc}");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits, OtherWork};
 use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::files::JobFiles;
 use taskhost::ids::JobId;
 use taskhost::job::Work;
 use taskhost::queue::Stamp;
@@ -82,6 +83,7 @@ fn executor(store: DirStore, rt: Runtime, limits: JobLimits) -> Executor<DirStor
         worker_id: "test".into(),
         limits,
         checkpoint_limits: fast_ckpt(),
+        file_limits: Default::default(),
     }
 }
 
@@ -91,7 +93,7 @@ async fn run_once(rt: &Runtime, module: &Prepared, input: &str, limits: JobLimit
     let store = DirStore::open(tmp.path()).unwrap();
     let job: JobId = "j".parse().unwrap();
     let claimed = claim(&store, &job, "test").await;
-    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt(), live_lease());
+    let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
     rt.run(
         module,
         RunRequest {
@@ -99,7 +101,8 @@ async fn run_once(rt: &Runtime, module: &Prepared, input: &str, limits: JobLimit
             attempt: 1,
             input,
             limits: &limits,
-            checkpoint: ckpt,
+            checkpoint: ckpt.clone(),
+            files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
             cancel: CancellationToken::new(),
         },
     )
@@ -240,6 +243,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
                 input: &input,
                 limits: &JobLimits::default(),
                 checkpoint: ckpt.clone(),
+                files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
                 cancel: CancellationToken::new(),
             },
         )
@@ -434,7 +438,7 @@ async fn cancellation_stops_a_running_task() {
     let store = DirStore::open(tmp.path()).unwrap();
     let job: JobId = "c".parse().unwrap();
     let claimed = claim(&store, &job, "t").await;
-    let ckpt = Checkpointer::start(store, &job, claimed, fast_ckpt(), live_lease());
+    let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -449,7 +453,8 @@ async fn cancellation_stops_a_running_task() {
                 attempt: 1,
                 input: r#"{"mode":"loop"}"#,
                 limits: &JobLimits::default(),
-                checkpoint: ckpt,
+                checkpoint: ckpt.clone(),
+                files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
                 cancel,
             },
         )
@@ -653,7 +658,7 @@ async fn checkpoints_over_the_limit_are_refused() {
     let job: JobId = "big".parse().unwrap();
     let claimed = claim(&store, &job, "t").await;
     let ckpt = Checkpointer::start(
-        store,
+        store.clone(),
         &job,
         claimed,
         Limits {
@@ -672,7 +677,8 @@ async fn checkpoints_over_the_limit_are_refused() {
                 attempt: 1,
                 input: r#"{"mode":"save_loop","count":1,"bytes":4096}"#,
                 limits: &JobLimits::default(),
-                checkpoint: ckpt,
+                checkpoint: ckpt.clone(),
+                files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
                 cancel: CancellationToken::new(),
             },
         )
@@ -814,6 +820,7 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
     let bind = |input: &str, module: &taskhost::ids::ModuleHash, on_other_work| Binding {
         work: Work::of(module, input),
         on_other_work,
+        inputs: Default::default(),
     };
     let run = |input: &'static str, binding: Binding| {
         let ex = ex.clone();
@@ -890,4 +897,37 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
         run(twenty, bind(twenty, &module, OtherWork::Restart)).await,
         JobEnd::AlreadyDone
     );
+}
+
+#[tokio::test]
+async fn a_module_built_for_wit_0_1_0_still_runs() {
+    let rt = runtime();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/step_counter_v0.1.0.wasm"
+    ))
+    .unwrap();
+    let m = rt.prepare(bytes, None).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    let job: JobId = "old".parse().unwrap();
+    let input = r#"{"job_id":"old","steps":600}"#;
+    let end = ex
+        .execute(
+            &job,
+            &m,
+            input,
+            &Binding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
+        .await;
+    let JobEnd::Done { result, .. } = end else {
+        panic!("{end:?}")
+    };
+    let doc: serde_json::Value = serde_json::from_str(&result).unwrap();
+    // 600 saves through the 0.1.0 `checkpoint` interface succeeded (the task fails on any
+    // save error) and its result is the guide's.
+    assert_eq!(doc["sum"], 180300, "{result}");
 }

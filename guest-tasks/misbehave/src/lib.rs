@@ -14,14 +14,15 @@
 //! | `save_loop` | saves `{"i": i}` for i = 0, 1, ... up to `"count"` (default: forever); with `"bytes"`, each checkpoint is padded to that many bytes; with `"every_ms"`, sleeps between saves; with `"ignore_errors": true`, keeps going after any failed save (a task that ignores `conflict`) | `Ok({"saved": count})`; `Err("conflict")` on a conflict; `Err(<the error>)` on any other checkpoint error (too large, storage) |
 //!
 //! In `escape`, each attempt is reported as `"ok: ..."` or `"error: ..."`; the mode never
-//! panics. A missing or unknown mode is an `Err`.
+//! panics. A missing or unknown mode is an `Err`. Results are compact JSON.
 
 use std::hint::black_box;
 use std::io::Write;
 use std::time::Duration;
 
 use serde::Serialize;
-use taskhost_guest::{Input, Task, checkpoint, log};
+use taskhost_guest::input::Fields;
+use taskhost_guest::{Error, Task, bail, checkpoint, log};
 
 /// Bytes written to each of stdout and stderr by `flood` when the input has no `"bytes"`.
 pub const DEFAULT_FLOOD_BYTES: u64 = 64 * 1024 * 1024;
@@ -41,44 +42,45 @@ pub const SLEEP_STEP_MS: u64 = 10;
 
 const MODES: &str = "loop, membomb, flood, escape, panic, fail, sleep, save_loop";
 
+/// The result document of the modes that end with `Ok`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Output {
+    Flooded { flooded: u64 },
+    Escape(Escape),
+    Slept { slept_ms: u64 },
+    Saved { saved: u64 },
+}
+
 struct Misbehave;
 
 impl Task for Misbehave {
-    fn run(input: String) -> Result<String, String> {
-        let input = Input::parse(&input)?;
+    type Input = Fields;
+    type Output = Output;
+
+    fn run(input: Fields) -> Result<Output, Error> {
         let Some(mode) = input.str("mode") else {
-            return Err(format!(
-                "the input has no \"mode\": it must be one of {MODES}"
-            ));
+            bail!("the input has no \"mode\": it must be one of {MODES}");
         };
         match mode {
             "loop" => spin(),
             "membomb" => membomb(),
             "flood" => flood(input.u64_or("bytes", DEFAULT_FLOOD_BYTES)?),
-            "escape" => Ok(escape(input.str("addr").unwrap_or(DEFAULT_ESCAPE_ADDR))),
+            "escape" => Ok(Output::Escape(escape(
+                input.str("addr").unwrap_or(DEFAULT_ESCAPE_ADDR),
+            ))),
             "panic" => panic!("misbehave: panicking on purpose"),
-            "fail" => Err("the task failed on purpose".into()),
+            "fail" => bail!("the task failed on purpose"),
             "sleep" => sleep(input.u64("ms")?),
             "save_loop" => {
-                let count = match input.get("count") {
-                    None => None,
-                    Some(_) => Some(input.u64("count")?),
-                };
-                let bytes = match input.get("bytes") {
-                    None => None,
-                    Some(_) => Some(input.u64("bytes")?),
-                };
+                let count = input.u64_opt("count")?;
+                let bytes = input.u64_opt("bytes")?;
                 let ignore_errors =
                     input.get("ignore_errors") == Some(&serde_json::Value::Bool(true));
-                let every_ms = match input.get("every_ms") {
-                    None => 0,
-                    Some(_) => input.u64("every_ms")?,
-                };
+                let every_ms = input.u64_or("every_ms", 0)?;
                 save_loop(count, bytes, ignore_errors, every_ms)
             }
-            other => Err(format!(
-                "unknown mode \"{other}\": it must be one of {MODES}"
-            )),
+            other => bail!("unknown mode \"{other}\": it must be one of {MODES}"),
         }
     }
 }
@@ -106,14 +108,14 @@ fn membomb() -> ! {
 
 /// Writes `bytes` of text to stdout, then to stderr, in [`FLOOD_WRITE`]-byte writes.
 /// A failed write stops that stream (logged), never the task.
-fn flood(bytes: u64) -> Result<String, String> {
+fn flood(bytes: u64) -> Result<Output, Error> {
     // 64-byte lines, so every full write ends on a line boundary.
     let line = b"flood flood flood flood flood flood flood flood flood flood floo\n";
     let block: Vec<u8> = line.iter().copied().cycle().take(FLOOD_WRITE).collect();
 
     flood_stream("stdout", &mut std::io::stdout().lock(), &block, bytes);
     flood_stream("stderr", &mut std::io::stderr().lock(), &block, bytes);
-    Ok(format!("{{\"flooded\": {bytes}}}"))
+    Ok(Output::Flooded { flooded: bytes })
 }
 
 fn flood_stream(name: &str, out: &mut dyn Write, block: &[u8], bytes: u64) {
@@ -143,7 +145,7 @@ struct Escape {
 }
 
 /// Tries to leave the sandbox in every way a task could; reports each attempt.
-fn escape(addr: &str) -> String {
+fn escape(addr: &str) -> Escape {
     let read =
         describe(std::fs::read("/etc/passwd").map(|data| format!("read {} bytes", data.len())));
     let create = describe(std::fs::File::create("escape.txt").map(|_| "created".to_string()));
@@ -164,16 +166,14 @@ fn escape(addr: &str) -> String {
     let env = std::env::vars_os().count();
     let args = std::env::args_os().count();
 
-    let report = Escape {
+    Escape {
         read,
         create,
         list,
         connect,
         env,
         args,
-    };
-    serde_json::to_string(&report)
-        .unwrap_or_else(|e| format!("{{\"error\": \"could not encode the report: {e}\"}}"))
+    }
 }
 
 fn describe(result: std::io::Result<String>) -> String {
@@ -184,14 +184,14 @@ fn describe(result: std::io::Result<String>) -> String {
 }
 
 /// Sleeps `ms` milliseconds in [`SLEEP_STEP_MS`] steps (the last one shorter).
-fn sleep(ms: u64) -> Result<String, String> {
+fn sleep(ms: u64) -> Result<Output, Error> {
     let mut left = ms;
     while left > 0 {
         let step = left.min(SLEEP_STEP_MS);
         std::thread::sleep(Duration::from_millis(step));
         left -= step;
     }
-    Ok(format!("{{\"slept_ms\": {ms}}}"))
+    Ok(Output::Slept { slept_ms: ms })
 }
 
 /// Saves `{"i": i}` for i = 0, 1, ... (`count` times, or forever). With `bytes`, each
@@ -203,7 +203,7 @@ fn save_loop(
     bytes: Option<u64>,
     ignore_errors: bool,
     every_ms: u64,
-) -> Result<String, String> {
+) -> Result<Output, Error> {
     let mut i: u64 = 0;
     while count.is_none_or(|count| i < count) {
         if every_ms > 0 {
@@ -216,12 +216,12 @@ fn save_loop(
         match result {
             Ok(()) => {}
             Err(_) if ignore_errors => {}
-            Err(e) if e.is_conflict() => return Err("conflict".into()),
-            Err(e) => return Err(format!("{e}")),
+            Err(e) if e.is_conflict() => bail!("conflict"),
+            Err(e) => bail!("{e}"),
         }
         i += 1;
     }
-    Ok(format!("{{\"saved\": {i}}}"))
+    Ok(Output::Saved { saved: i })
 }
 
 fn padded(i: u64, bytes: u64) -> Vec<u8> {

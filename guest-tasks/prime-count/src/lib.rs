@@ -12,7 +12,8 @@
 
 use prime_core::count_primes;
 use serde::{Deserialize, Serialize};
-use taskhost_guest::{Input, Task, checkpoint, job, log, progress};
+use taskhost_guest::input::Fields;
+use taskhost_guest::{Error, Task, bail, checkpoint, job, log, progress};
 
 /// Numbers tested between checkpoints when the input has no `"chunk"`.
 pub const DEFAULT_CHUNK: u64 = 50_000;
@@ -26,8 +27,8 @@ struct State {
 
 /// The result document.
 #[derive(Serialize)]
-struct Output<'a> {
-    job_id: &'a str,
+struct Output {
+    job_id: String,
     n: u64,
     primes: u64,
 }
@@ -35,22 +36,25 @@ struct Output<'a> {
 struct PrimeCount;
 
 impl Task for PrimeCount {
-    fn run(input: String) -> Result<String, String> {
-        let input = Input::parse(&input)?;
+    type Input = Fields;
+    type Output = Output;
+
+    fn run(input: Fields) -> Result<Output, Error> {
         let n = input.u64("n")?;
         let chunk = input.u64_or("chunk", DEFAULT_CHUNK)?;
         if chunk == 0 {
-            return Err("\"chunk\" must be at least 1".into());
+            bail!("\"chunk\" must be at least 1");
         }
         let job_id = input.job_id();
 
         let mut state = match checkpoint::load::<State>()? {
             Some(saved) => {
                 if saved.next > n || saved.count > saved.next {
-                    return Err(format!(
+                    bail!(
                         "the checkpoint (next {}, count {}) does not fit n = {n}",
-                        saved.next, saved.count
-                    ));
+                        saved.next,
+                        saved.count
+                    );
                 }
                 log::info(format!(
                     "resuming at {} of {n} with {} primes so far (attempt {})",
@@ -78,12 +82,11 @@ impl Task for PrimeCount {
             progress::report(state.next, n);
         }
 
-        let output = Output {
-            job_id: &job_id,
+        Ok(Output {
+            job_id,
             n,
             primes: state.count,
-        };
-        serde_json::to_string(&output).map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -14,7 +14,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use taskhost_guest::{Input, Task, checkpoint, job, log, progress};
+use taskhost_guest::input::Fields;
+use taskhost_guest::{Error, Task, bail, checkpoint, job, log, progress};
 
 /// Milliseconds slept per step when the input has no `"step_ms"`.
 pub const DEFAULT_STEP_MS: u64 = 0;
@@ -31,8 +32,8 @@ struct State {
 
 /// The result document.
 #[derive(Serialize)]
-struct Output<'a> {
-    job_id: &'a str,
+struct Output {
+    job_id: String,
     steps: u64,
     sum: u64,
 }
@@ -40,13 +41,15 @@ struct Output<'a> {
 struct StepCounter;
 
 impl Task for StepCounter {
-    fn run(input: String) -> Result<String, String> {
-        let input = Input::parse(&input)?;
+    type Input = Fields;
+    type Output = Output;
+
+    fn run(input: Fields) -> Result<Output, Error> {
         let steps = input.u64("steps")?;
         let step_ms = input.u64_or("step_ms", DEFAULT_STEP_MS)?;
         let every = input.u64_or("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)?;
         if every == 0 {
-            return Err("\"checkpoint_every\" must be at least 1".into());
+            bail!("\"checkpoint_every\" must be at least 1");
         }
         let job_id = input.job_id();
 
@@ -79,7 +82,7 @@ impl Task for StepCounter {
             state.sum = state
                 .sum
                 .checked_add(state.step)
-                .ok_or("the sum overflows a 64-bit integer: use fewer steps")?;
+                .ok_or_else(|| Error::msg("the sum overflows a 64-bit integer: use fewer steps"))?;
             if state.step.is_multiple_of(every) {
                 checkpoint::save(&state)?;
                 saved_step = state.step;
@@ -90,30 +93,30 @@ impl Task for StepCounter {
             checkpoint::save(&state)?;
         }
 
-        let output = Output {
-            job_id: &job_id,
+        Ok(Output {
+            job_id,
             steps,
             sum: state.sum,
-        };
-        serde_json::to_string(&output).map_err(|e| e.to_string())
+        })
     }
 }
 
 /// Checks that a loaded checkpoint belongs to this job: not past its end, and a sum that
 /// matches its step (the sum of 1..=step).
-fn check(saved: State, steps: u64) -> Result<(), String> {
+fn check(saved: State, steps: u64) -> Result<(), Error> {
     if saved.step > steps {
-        return Err(format!(
+        bail!(
             "the checkpoint is at step {} but the job has only {steps} steps",
             saved.step
-        ));
+        );
     }
     let expected = u128::from(saved.step) * (u128::from(saved.step) + 1) / 2;
     if u128::from(saved.sum) != expected {
-        return Err(format!(
+        bail!(
             "the checkpoint is inconsistent: sum {} at step {} (expected {expected})",
-            saved.sum, saved.step
-        ));
+            saved.sum,
+            saved.step
+        );
     }
     Ok(())
 }

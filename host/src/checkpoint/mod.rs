@@ -101,6 +101,10 @@ pub struct Header {
     /// ... and the sha256 of its input (empty in checkpoints written before jobs were bound).
     #[serde(default)]
     pub input_sha256: String,
+    /// The job's artifacts: finished ones, and how far open ones are durable (the state at
+    /// the task's last `save`; see `files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<crate::files::ArtifactRecord>,
     /// Milliseconds since the Unix epoch at this write.
     #[serde(default)]
     pub updated_ms: u64,
@@ -403,6 +407,8 @@ struct State {
     /// The last write's error, cleared by a successful write.
     error: Option<String>,
     writes: u64,
+    /// The lease our last write recorded (what a claim by another worker checks).
+    written_until: u64,
 }
 
 enum Cmd {
@@ -454,6 +460,7 @@ impl Checkpointer {
                 conflict: false,
                 error: None,
                 writes: 0,
+                written_until,
             }),
             wake: Notify::new(),
         });
@@ -494,6 +501,32 @@ impl Checkpointer {
         }
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// [`Checkpointer::save`], recording the job's artifacts as they are now with the data.
+    pub fn save_with(
+        &self,
+        data: Vec<u8>,
+        artifacts: Vec<crate::files::ArtifactRecord>,
+    ) -> Result<(), CheckpointError> {
+        self.save(data)?;
+        self.lock().header.artifacts = artifacts;
+        Ok(())
+    }
+
+    /// Whether this worker may still write for the job: no conflict, and the lease its last
+    /// write recorded has more than twice the clock-skew allowance left, so no other worker
+    /// can have claimed the job (the rule the result write follows, see `exec`).
+    pub fn owns(&self) -> bool {
+        let st = self.lock();
+        let margin = 2 * skew_allowance_ms(st.header.lease_period_ms);
+        !st.conflict && st.written_until > now_ms().saturating_add(margin)
+    }
+
+    /// Marks the job lost (as a conflict would) and stops the task: nothing more is written.
+    pub fn lose(&self) {
+        lock(&self.shared).conflict = true;
+        self.stopped.cancel();
     }
 
     /// The newest checkpoint data (saved in this run or loaded by the claim).

@@ -149,6 +149,7 @@ impl<S: ObjectStore> Writer<S> {
                 self.etag = tag;
                 self.written_until = until;
                 let mut st = lock(&self.shared);
+                st.written_until = until;
                 st.error = None;
                 st.writes += 1;
                 Ok(())

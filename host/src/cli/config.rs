@@ -196,3 +196,43 @@ pub fn job_limits(
         timeout: (!timeout.is_zero()).then_some(timeout),
     })
 }
+
+/// Limits of a job's input reads and artifacts.
+#[derive(Args, Debug, Clone)]
+pub struct FileArgs {
+    /// Input bytes one run of a job may read, in MiB (default 100 GiB); past it the task's
+    /// read fails with `limit-reached`.
+    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = crate::files::DEFAULT_INPUT_READ_BYTES >> 20)]
+    pub input_read_mb: u64,
+    /// Largest artifact, in MiB (default 10 GiB; at most 80,000 MiB, 10,000 parts of 8 MiB);
+    /// a write past it fails with `too-large`.
+    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = crate::files::DEFAULT_ARTIFACT_BYTES >> 20)]
+    pub artifact_mb: u64,
+    /// A job's artifacts together, in MiB (default 20 GiB); a write past it fails with
+    /// `job-limit`.
+    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = crate::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
+    pub artifacts_total_mb: u64,
+    /// Most artifacts of one job.
+    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = crate::files::DEFAULT_MAX_ARTIFACTS)]
+    pub max_artifacts: u32,
+}
+
+/// Validated [`FileArgs`].
+pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> {
+    let max_artifact_mb = crate::files::MAX_ARTIFACT_BYTES >> 20;
+    anyhow::ensure!(
+        (1..=max_artifact_mb).contains(&args.artifact_mb),
+        "TASK_ARTIFACT_MB (--artifact-mb) must be from 1 to {max_artifact_mb}, not {}",
+        args.artifact_mb
+    );
+    anyhow::ensure!(
+        args.artifacts_total_mb >= 1,
+        "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb) must be at least 1"
+    );
+    Ok(crate::files::FileLimits {
+        input_read_bytes: args.input_read_mb.saturating_mul(1 << 20),
+        artifact_bytes: args.artifact_mb << 20,
+        artifacts_total_bytes: args.artifacts_total_mb.saturating_mul(1 << 20),
+        max_artifacts: args.max_artifacts,
+    })
+}

@@ -4,6 +4,7 @@
 //! **API boundary:** the CLI turns flags and environment variables into the library's
 //! config structs and exit codes; no other module reads the environment.
 
+mod artifacts;
 pub mod config;
 mod demo;
 mod job;
@@ -12,6 +13,7 @@ mod run;
 mod setup;
 pub mod status;
 pub mod submit;
+mod task;
 mod worker;
 
 use std::process::ExitCode;
@@ -57,6 +59,8 @@ pub enum Command {
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
     Job(job::JobArgs),
+    Artifacts(artifacts::ArtifactsArgs),
+    Task(task::TaskArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (`info`; `warn` for the demo,
@@ -86,6 +90,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::main(args).await,
         Command::Demo(args) => demo::main(args).await,
         Command::Job(args) => job::main(args).await,
+        Command::Artifacts(args) => artifacts::main(args).await,
+        Command::Task(args) => task::main(args).await,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct RunArgs {
     /// Wall-clock limit of this run in seconds (default 24 h; 0: none).
     #[arg(long, default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
     pub timeout_secs: f64,
+    #[command(flatten)]
+    pub files: super::config::FileArgs,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -76,12 +78,19 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         worker_id: format!("run-{}", std::process::id()),
         limits,
         checkpoint_limits: Limits::default(),
+        file_limits: super::config::file_limits(&args.files)?,
     };
     let cancel = super::shutdown_token();
     // Bound to its work like a worker's job; `run` never discards or upgrades stored work.
+    let inputs = match serde_json::from_str::<serde_json::Value>(&args.input) {
+        Ok(serde_json::Value::Object(obj)) => crate::job::parse_inputs(&obj)
+            .map_err(|e| anyhow::anyhow!("the job document's inputs: {e}"))?,
+        _ => Default::default(),
+    };
     let binding = Binding {
         work: crate::job::Work::of(&hash, &args.input),
         on_other_work: crate::checkpoint::OtherWork::Refuse,
+        inputs,
     };
     // No queue here: the job's lease renews itself while this process runs.
     let (lease, renewing) = LeaseView::detached(RUN_LEASE);

@@ -41,6 +41,14 @@ pub struct JobStatus {
     pub failures: u32,
     pub result: Option<String>,
     pub error: Option<String>,
+    /// A done job's artifacts: how many, and their bytes together.
+    pub artifacts: Option<ArtifactCount>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ArtifactCount {
+    pub count: usize,
+    pub bytes: u64,
 }
 
 pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStatus> {
@@ -66,6 +74,16 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         (None, None, None) => "queued",
     };
     let h = header.unwrap_or_default();
+    let artifacts = match state {
+        "done" => {
+            let m = crate::files::Manifest::read(store, job).await?;
+            (!m.artifacts.is_empty()).then(|| ArtifactCount {
+                count: m.artifacts.len(),
+                bytes: m.total_bytes(),
+            })
+        }
+        _ => None,
+    };
     // A finished job's last saves are superseded by its result (never uploaded): it is
     // complete by definition.
     let progress = match state {
@@ -80,6 +98,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         failures: h.failures,
         result,
         error,
+        artifacts,
     };
     Ok((status, h))
 }
@@ -133,8 +152,16 @@ fn line(s: &JobStatus) -> String {
         Some((d, _)) => d.to_string(),
         None => "-".into(),
     };
+    let artifacts = match &s.artifacts {
+        Some(a) => format!(
+            "artifacts {} ({}) ",
+            a.count,
+            indicatif::HumanBytes(a.bytes)
+        ),
+        None => String::new(),
+    };
     let tail = match (&s.result, &s.error) {
-        (Some(r), _) => format!("result {r}"),
+        (Some(r), _) => format!("{artifacts}result {r}"),
         (None, Some(e)) => format!("error {e}"),
         _ => String::new(),
     };

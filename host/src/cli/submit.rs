@@ -1,4 +1,4 @@
-//! `taskhost submit --module sha256:<hex> FILE`.
+//! `taskhost submit --module sha256:<hex> [--input NAME=PATH ...] FILE`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -24,6 +24,11 @@ const BATCH: usize = 500;
 /// Every job gets the message attribute `module` (so the guide's Avro schema stays valid).
 /// The module must already be in the bucket (`taskhost module push`). Prints how many jobs
 /// were published.
+///
+/// `--input NAME=PATH` uploads PATH once, content-addressed (`inputs/<sha256>`, skipped when
+/// the bucket has it already), and adds `"inputs": {"NAME": "inputs/<sha256>"}` to every job;
+/// the task reads it by NAME. JSON-lines jobs may also carry their own `"inputs"` (keys of
+/// objects already in the bucket, outside `jobs/` and `modules/`).
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// Jobs file: .csv, or JSON lines; `-` for standard input.
@@ -40,9 +45,85 @@ pub struct SubmitArgs {
     pub subscription: SubscriptionArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// An input file for every job: NAME=PATH (repeatable).
+    #[arg(long = "input", value_name = "NAME=PATH", value_parser = parse_input_arg)]
+    pub inputs: Vec<(String, PathBuf)>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
+    crate::files::check_name(name).map_err(|e| format!("input name {e}"))?;
+    if path.is_empty() {
+        return Err(format!("{s:?}: the PATH is empty"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+/// Uploads each input file once (content-addressed) and returns name → key.
+async fn upload_inputs(
+    store: &crate::store::any::AnyStore,
+    inputs: &[(String, PathBuf)],
+    quiet: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut keys = BTreeMap::new();
+    for (name, path) in inputs {
+        let (sha, size) = crate::files::transfer::hash_file(path)?;
+        let key = crate::keys::input(&sha);
+        if store.size(&key).await? != Some(size) {
+            let bar = if quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(size).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "uploading {msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .expect("valid template"),
+                )
+            };
+            bar.set_message(name.clone());
+            crate::files::transfer::upload(store, path, &key, |n| bar.set_position(n)).await?;
+            bar.finish_and_clear();
+        }
+        if !quiet {
+            eprintln!("input {name}: {} ({size} bytes) -> {key}", path.display());
+        }
+        keys.insert(name.clone(), key);
+    }
+    Ok(keys)
+}
+
+/// Adds `inputs` to every job document, and checks each document's inputs as a worker will.
+fn add_inputs(
+    jobs: &mut [(JobId, String)],
+    inputs: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for (id, doc) in jobs.iter_mut() {
+        let mut v: serde_json::Value = serde_json::from_str(doc)?;
+        let obj = v.as_object_mut().expect("jobs are JSON objects");
+        if !inputs.is_empty() {
+            let entry = obj
+                .entry("inputs")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            let map = entry
+                .as_object_mut()
+                .ok_or_else(|| anyhow::anyhow!("job {id}: \"inputs\" must be an object"))?;
+            for (name, key) in inputs {
+                anyhow::ensure!(
+                    !map.contains_key(name),
+                    "job {id} names input `{name}` itself and --input names it too"
+                );
+                map.insert(name.clone(), key.clone().into());
+            }
+        }
+        crate::job::parse_inputs(obj).map_err(|e| anyhow::anyhow!("job {id}: {e}"))?;
+        *doc = serde_json::to_string(&v)?;
+    }
+    Ok(())
 }
 
 /// Reads jobs from CSV (when the text's first line has no `{`) or JSON lines.
@@ -114,7 +195,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(&args.file)
             .with_context(|| format!("cannot read {}", args.file.display()))?
     };
-    let jobs = parse_jobs(&text)?;
+    let mut jobs = parse_jobs(&text)?;
     anyhow::ensure!(!jobs.is_empty(), "no jobs in {}", args.file.display());
 
     let store = args.store.open()?;
@@ -124,6 +205,9 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             args.module
         );
     }
+    add_inputs(&mut jobs, &Default::default())?;
+    let inputs = upload_inputs(&store, &args.inputs, args.quiet).await?;
+    add_inputs(&mut jobs, &inputs)?;
     let ps = args.pubsub.connect().await?;
     if let Queue::Local(_) = ps {
         ensure_queue(&ps, &args.topics, &args.subscription).await?;
@@ -176,6 +260,23 @@ mod tests {
         let jl = "{\"job_id\":\"a\",\"steps\":3}\n\n{\"job_id\":\"b\",\"n\":5}\n";
         let jobs = parse_jobs(jl).unwrap();
         assert_eq!(jobs[1].0.as_str(), "b");
+        let mut jobs = parse_jobs(jl).unwrap();
+        let inputs = BTreeMap::from([("data".to_owned(), "inputs/abc".to_owned())]);
+        add_inputs(&mut jobs, &inputs).unwrap();
+        assert_eq!(
+            jobs[0].1,
+            r#"{"inputs":{"data":"inputs/abc"},"job_id":"a","steps":3}"#
+        );
+        let mut own = parse_jobs("{\"job_id\":\"a\",\"inputs\":{\"data\":\"x\"}}\n").unwrap();
+        assert!(
+            add_inputs(&mut own, &inputs).is_err(),
+            "the same name twice"
+        );
+        let mut reserved =
+            parse_jobs("{\"job_id\":\"a\",\"inputs\":{\"d\":\"jobs/b/result\"}}\n").unwrap();
+        assert!(add_inputs(&mut reserved, &BTreeMap::new()).is_err());
+        assert!(parse_input_arg("data=/tmp/x").is_ok());
+        assert!(parse_input_arg("data").is_err() && parse_input_arg(".d=x").is_err());
         for bad in [
             "steps\n5\n",
             "job_id,steps\na/b,1\n",

@@ -37,6 +37,8 @@ pub struct WorkerArgs {
     pub subscription: SubscriptionArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub files: super::config::FileArgs,
     /// Jobs run at once (default: the number of CPUs).
     #[arg(long, env = "WORKER_SLOTS")]
     pub slots: Option<usize>,
@@ -119,6 +121,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         worker_id,
         limits,
         checkpoint_limits: Limits::default(),
+        file_limits: super::config::file_limits(&args.files)?,
     };
     let config = WorkerConfig {
         subscription_id: subscription,

@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::taskhost::task::{checkpoint, job, log, progress};
 use super::output::LogPipe;
 use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::files::JobFiles;
 
 /// Longest log message kept from a task (bytes); longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 8192;
@@ -28,6 +29,7 @@ pub struct HostState {
     pub(super) job: Arc<str>,
     pub(super) attempt: u32,
     pub(super) checkpoint: Checkpointer,
+    pub(super) files: JobFiles,
     pub(super) stderr: LogPipe,
     /// The first progress report of this run (proves where a resumed run started).
     pub(super) first_progress: Option<(u64, u64)>,
@@ -41,6 +43,7 @@ impl HostState {
         job: Arc<str>,
         attempt: u32,
         checkpoint: Checkpointer,
+        files: JobFiles,
         memory_bytes: usize,
     ) -> Self {
         let stdout = LogPipe::new(job.clone(), "stdout");
@@ -67,6 +70,7 @@ impl HostState {
             job,
             attempt,
             checkpoint,
+            files,
             stderr,
             first_progress: None,
             logged: 0,
@@ -143,7 +147,7 @@ impl WasiView for HostState {
     }
 }
 
-fn to_wit(e: CheckpointError) -> checkpoint::CheckpointError {
+pub(super) fn to_wit(e: CheckpointError) -> checkpoint::CheckpointError {
     match e {
         CheckpointError::Conflict => checkpoint::CheckpointError::Conflict,
         CheckpointError::TooLarge(n) => checkpoint::CheckpointError::TooLarge(n),
@@ -155,7 +159,9 @@ impl checkpoint::Host for HostState {
     fn save(&mut self, data: Vec<u8>) -> Result<(), checkpoint::CheckpointError> {
         let _span =
             tracing::trace_span!("checkpoint.save", job = %self.job, bytes = data.len()).entered();
-        self.checkpoint.save(data).map_err(to_wit)
+        // The artifacts' durable state travels with the data (what `resume` continues from).
+        let artifacts = self.files.artifacts.snapshot();
+        self.checkpoint.save_with(data, artifacts).map_err(to_wit)
     }
 
     fn load(&mut self) -> Result<Option<Vec<u8>>, checkpoint::CheckpointError> {
@@ -172,7 +178,13 @@ impl progress::Host for HostState {
 }
 
 impl log::Host for HostState {
-    fn write(&mut self, level: log::Level, mut message: String) {
+    fn write(&mut self, level: log::Level, message: String) {
+        self.log(level, message)
+    }
+}
+
+impl HostState {
+    pub(super) fn log(&mut self, level: log::Level, mut message: String) {
         if self.logged >= MAX_LOG_BYTES_PER_RUN {
             if self.log_dropped == 0 {
                 tracing::warn!(

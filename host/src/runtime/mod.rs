@@ -11,8 +11,10 @@
 //! and a [`Checkpointer`], and returns an [`Outcome`].
 
 mod cache;
+mod files;
 mod host;
 pub mod output;
+mod v0_1;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,17 +25,33 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::checkpoint::Checkpointer;
+use crate::files::JobFiles;
 use crate::ids::{JobId, ModuleHash};
 pub use cache::Prepared;
 use host::HostState;
 
-/// Generated bindings of the WIT world `taskhost:task/task`.
+/// Generated bindings of the WIT world `taskhost:task/task@0.2.0` (`wit/`), and of 0.1.0
+/// (`wit/v0.1.0/`), whose modules run unchanged: a component of either version links.
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "task",
         path: "../wit",
+        imports: {
+            "taskhost:task/inputs": async,
+            "taskhost:task/artifacts": async | trappable,
+        },
         exports: { default: async },
+        with: { "taskhost:task/artifacts.artifact": crate::files::ArtifactHandle },
     });
+
+    /// The 0.1.0 world: the same interfaces without `inputs` and `artifacts`.
+    pub mod v0_1 {
+        wasmtime::component::bindgen!({
+            world: "task",
+            path: "../wit/v0.1.0",
+            exports: { default: async },
+        });
+    }
 }
 
 /// Default memory cap per task (all its linear memories together).
@@ -222,6 +240,8 @@ pub struct RunRequest<'a> {
     pub input: &'a str,
     pub limits: &'a JobLimits,
     pub checkpoint: Checkpointer,
+    /// The job's inputs and artifacts.
+    pub files: JobFiles,
     /// Cancelled ⇒ the task stops at its next yield.
     pub cancel: CancellationToken,
 }
@@ -268,6 +288,7 @@ impl Runtime {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::v0_1::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let cache = cache::ModuleCache::new(&engine, config.cache_dir)?;
         Ok(Runtime {
             engine,
@@ -372,6 +393,7 @@ impl Runtime {
             job.clone(),
             req.attempt,
             req.checkpoint.clone(),
+            req.files.clone(),
             req.limits.memory_bytes,
         );
         let stderr = state.stderr.clone();

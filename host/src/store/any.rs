@@ -10,6 +10,18 @@ pub enum AnyStore {
     S3(S3Store),
 }
 
+impl From<DirStore> for AnyStore {
+    fn from(s: DirStore) -> Self {
+        AnyStore::Dir(s)
+    }
+}
+
+impl From<S3Store> for AnyStore {
+    fn from(s: S3Store) -> Self {
+        AnyStore::S3(s)
+    }
+}
+
 impl ObjectStore for AnyStore {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         match self {
@@ -43,6 +55,64 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Dir(s) => s.list(prefix).await,
             AnyStore::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.size(key).await,
+            AnyStore::S3(s) => s.size(key).await,
+        }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.get_range(key, offset, len).await,
+            AnyStore::S3(s) => s.get_range(key, offset, len).await,
+        }
+    }
+
+    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.upload_start(key).await,
+            AnyStore::S3(s) => s.upload_start(key).await,
+        }
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> Result<String, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.upload_part(key, upload, number, bytes).await,
+            AnyStore::S3(s) => s.upload_part(key, upload, number, bytes).await,
+        }
+    }
+
+    async fn upload_complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[String],
+    ) -> Result<ETag, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.upload_complete(key, upload, parts).await,
+            AnyStore::S3(s) => s.upload_complete(key, upload, parts).await,
+        }
+    }
+
+    async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.upload_abort(key, upload).await,
+            AnyStore::S3(s) => s.upload_abort(key, upload).await,
         }
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! A key component that starts with `.` (a job id may) is stored as `%2E...`: names that
 //! start with `.` are this backend's own lock and temporary files, and `%` is in no key.
+//! Multipart uploads keep their parts under `<root>/.uploads/<id>/` until they are put
+//! together into the object (a temporary file renamed into place, like a write).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -183,6 +185,41 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
+fn complete_blocking(path: &Path, parts_dir: &Path, parts: usize) -> Result<ETag, StoreError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let ctx = || format!("completing the upload of {}", path.display());
+    let dir = path.parent().expect("keys always have a parent");
+    fs::create_dir_all(dir).with_context(ctx)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(hidden_sibling(path, "lock"))
+        .with_context(ctx)?;
+    lock.lock().with_context(ctx)?;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
+    let mut hash = Sha256::new();
+    let write = |hash: &mut Sha256| -> io::Result<()> {
+        let mut out = File::create(&tmp)?;
+        for n in 1..=parts {
+            let bytes = fs::read(parts_dir.join(n.to_string()))?;
+            hash.update(&bytes);
+            out.write_all(&bytes)?;
+        }
+        out.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    if let Err(e) = write(&mut hash) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StoreError::Other(anyhow::Error::new(e).context(ctx())));
+    }
+    let _ = fs::remove_dir_all(parts_dir);
+    Ok(ETag(hex::encode(&hash.finalize()[..16])))
+}
+
 fn join_err(e: tokio::task::JoinError) -> StoreError {
     StoreError::Other(anyhow::anyhow!("store worker thread failed: {e}"))
 }
@@ -229,6 +266,121 @@ impl ObjectStore for DirStore {
         .await
         .map_err(join_err)?
         .map_err(StoreError::Other)
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Other(
+                anyhow::Error::new(e).context(format!("reading {}", path.display())),
+            )),
+        }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || {
+            let ctx = || format!("reading {}", path.display());
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(anyhow::Error::new(e).context(ctx())),
+            };
+            file.seek(SeekFrom::Start(offset)).with_context(ctx)?;
+            let mut bytes = Vec::new();
+            file.take(len).read_to_end(&mut bytes).with_context(ctx)?;
+            Ok(Some(bytes))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(StoreError::Other)
+    }
+
+    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
+        self.path(key)?;
+        let mut b = [0u8; 12];
+        getrandom::fill(&mut b).map_err(|e| StoreError::Other(anyhow::anyhow!("random: {e}")))?;
+        let id = hex::encode(b);
+        let dir = self.uploads().join(&id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> Result<String, StoreError> {
+        self.path(key)?;
+        let dir = self.upload_dir(upload)?;
+        let tag = etag_of(&bytes).0;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let part = dir.join(number.to_string());
+            let tmp = dir.join(format!(".{number}.tmp"));
+            fs::write(&tmp, &bytes)
+                .and_then(|()| fs::rename(&tmp, &part))
+                .with_context(|| format!("writing {}", part.display()))
+        })
+        .await
+        .map_err(join_err)??;
+        Ok(tag)
+    }
+
+    async fn upload_complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[String],
+    ) -> Result<ETag, StoreError> {
+        let path = self.path(key)?;
+        let dir = self.upload_dir(upload)?;
+        let count = parts.len();
+        tokio::task::spawn_blocking(move || complete_blocking(&path, &dir, count))
+            .await
+            .map_err(join_err)?
+    }
+
+    async fn upload_abort(&self, _key: &str, upload: &str) -> Result<(), StoreError> {
+        if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        let dir = self.uploads().join(upload);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Other(
+                anyhow::Error::new(e).context(format!("removing {}", dir.display())),
+            )),
+        }
+    }
+}
+
+impl DirStore {
+    fn uploads(&self) -> PathBuf {
+        self.root.join(".uploads")
+    }
+
+    fn upload_dir(&self, upload: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.uploads().join(upload);
+        if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) || !dir.is_dir() {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "no multipart upload {upload:?} in {}",
+                self.root.display()
+            )));
+        }
+        Ok(dir)
     }
 }
 

@@ -113,4 +113,49 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Keys under `prefix`, in lexical order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The object's size in bytes; `Ok(None)` means it does not exist.
+    fn size(&self, key: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Up to `len` bytes of the object from byte `offset` (fewer only at its end; none at or
+    /// past the end). `Ok(None)` means it does not exist.
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Starts a multipart upload to `key`; returns its id. Nothing is visible under `key`
+    /// until [`upload_complete`](ObjectStore::upload_complete).
+    fn upload_start(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Uploads part `number` (1-based; every part but the last at least [`MIN_PART_BYTES`],
+    /// all of one size on R2) and returns its tag. Uploading a number again replaces it.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Puts the parts (their tags, part 1 first) together as the object under `key`,
+    /// replacing any object there, atomically.
+    fn upload_complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[String],
+    ) -> impl Future<Output = Result<ETag, StoreError>> + Send;
+
+    /// Discards an upload and its parts; an unknown upload is not an error.
+    fn upload_abort(
+        &self,
+        key: &str,
+        upload: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// Smallest part of a multipart upload but the last (S3 and R2: 5 MiB).
+pub const MIN_PART_BYTES: usize = 5 << 20;

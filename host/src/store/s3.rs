@@ -454,4 +454,165 @@ impl ObjectStore for S3Store {
         keys.sort();
         Ok(keys)
     }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(resp) => Ok(Some(resp.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if status(&e) == Some(404) => {
+                self.confirm_bucket("HeadObject", &full).await?;
+                Ok(None)
+            }
+            Err(e) => Err(self.fail("HeadObject", &full, &e)),
+        }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if len == 0 {
+            return Ok(self.size(key).await?.map(|_| Vec::new()));
+        }
+        let full = self.full_key(key);
+        let last = offset.saturating_add(len - 1);
+        let resp = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes={offset}-{last}"))
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            // At or past the end (an empty object has no satisfiable range at all).
+            Err(e) if status(&e) == Some(416) => return Ok(Some(Vec::new())),
+            Err(e) if status(&e) == Some(404) => match e.code() {
+                Some("NoSuchKey") => return Ok(None),
+                None => {
+                    self.confirm_bucket("GetObject", &full).await?;
+                    return Ok(None);
+                }
+                Some(_) => return Err(self.fail("GetObject", &full, &e)),
+            },
+            Err(e) => return Err(self.fail("GetObject", &full, &e)),
+        };
+        // One copy: the body's chunks straight into the vector.
+        let mut bytes = resp
+            .body
+            .collect()
+            .await
+            .with_context(|| {
+                format!("S3 GetObject of `{full}`: reading the body failed [transient]")
+            })?
+            .to_vec();
+        // A server that ignores Range sends the whole object.
+        if resp.content_range.is_none() && offset > 0 {
+            bytes = bytes.get(offset as usize..).unwrap_or_default().to_vec();
+        }
+        bytes.truncate(len as usize);
+        Ok(Some(bytes))
+    }
+
+    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
+        let full = self.full_key(key);
+        let resp = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.fail("CreateMultipartUpload", &full, &e))?;
+        match resp.upload_id() {
+            Some(id) if !id.is_empty() => Ok(id.to_owned()),
+            _ => Err(StoreError::Other(anyhow!(
+                "S3 CreateMultipartUpload of `{full}`: the response has no upload id"
+            ))),
+        }
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> Result<String, StoreError> {
+        let full = self.full_key(key);
+        let resp = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload)
+            .part_number(number as i32)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.fail("UploadPart", &full, &e))?;
+        Ok(etag_of("UploadPart", &full, resp.e_tag())?.0)
+    }
+
+    async fn upload_complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[String],
+    ) -> Result<ETag, StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let full = self.full_key(key);
+        let parts = parts
+            .iter()
+            .enumerate()
+            .map(|(i, tag)| {
+                CompletedPart::builder()
+                    .part_number(i as i32 + 1)
+                    .e_tag(tag)
+                    .build()
+            })
+            .collect();
+        let resp = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.fail("CompleteMultipartUpload", &full, &e))?;
+        etag_of("CompleteMultipartUpload", &full, resp.e_tag())
+    }
+
+    async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.fail("AbortMultipartUpload", &full, &e)),
+        }
+    }
 }

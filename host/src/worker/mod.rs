@@ -32,6 +32,7 @@ use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
 use crate::queue::lease::Lease;
 use crate::queue::{IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue};
+use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition};
 
 mod decide;
@@ -97,7 +98,7 @@ impl Stats {
 
 /// Runs until `shutdown` is cancelled (then drains as described in the module docs) or the
 /// subscription fails permanently.
-pub async fn run<S: ObjectStore + Clone>(
+pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     queue: Queue,
     executor: Executor<S>,
     config: WorkerConfig,
@@ -262,7 +263,7 @@ struct Ctx<S> {
 /// What the circuit breaker reads to learn whether storage answers (it need not exist).
 const PROBE: &str = "health";
 
-impl<S: ObjectStore + Clone> Ctx<S> {
+impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
     async fn handle(
         &self,
         message: IncomingMessage,
@@ -329,6 +330,7 @@ impl<S: ObjectStore + Clone> Ctx<S> {
             } else {
                 OtherWork::Refuse
             },
+            inputs: job.inputs.clone(),
         };
         let end = self
             .executor

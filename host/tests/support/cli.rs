@@ -262,6 +262,11 @@ impl Proc {
         &self.name
     }
 
+    /// Its process id (while it has not been reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything it wrote so far (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

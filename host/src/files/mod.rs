@@ -1,0 +1,176 @@
+//! A job's files: the input objects its message names ([`Inputs`]) and the artifacts its
+//! task writes ([`Artifacts`]), behind the WIT interfaces `inputs` and `artifacts`
+//! (docs/design.md "Inputs and artifacts").
+//!
+//! **Invariants:** a task sees input names only, never keys or the bucket (errors it sees
+//! name the input, and the host logs the store's own message); every artifact write is fenced
+//! like a checkpoint write: nothing is uploaded once the job's checkpoint conflicted or the
+//! lease it records is ending ([`Checkpointer::owns`]); an artifact becomes part of the job's
+//! outputs only through the manifest written just before the result.
+//!
+//! **API boundary:** the runtime calls these types from its host functions; they speak
+//! [`AnyStore`] and know nothing of wasmtime.
+
+mod artifacts;
+mod inputs;
+pub mod transfer;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use artifacts::{ArtifactError, ArtifactHandle, Artifacts};
+pub use inputs::{InputError, Inputs};
+
+use crate::checkpoint::Checkpointer;
+use crate::ids::JobId;
+use crate::store::any::AnyStore;
+
+/// Bytes of one artifact part (all parts but the last are this size, as R2 requires).
+pub const PART_BYTES: usize = 8 << 20;
+/// Most bytes one `inputs.read` returns (and the host's read-ahead window per input).
+pub const MAX_READ_BYTES: usize = 8 << 20;
+/// Most parts of one multipart upload (S3 and R2).
+const MAX_PARTS: u64 = 10_000;
+/// Largest artifact the part size allows: 10,000 parts of [`PART_BYTES`] (78 GiB).
+pub const MAX_ARTIFACT_BYTES: u64 = MAX_PARTS * PART_BYTES as u64;
+/// Most artifacts open at once in one run (each buffers up to a part in host memory).
+pub const MAX_OPEN_ARTIFACTS: usize = 8;
+
+/// Default limit of input bytes one run may read: 100 GiB.
+pub const DEFAULT_INPUT_READ_BYTES: u64 = 100 << 30;
+/// Default largest artifact: 10 GiB.
+pub const DEFAULT_ARTIFACT_BYTES: u64 = 10 << 30;
+/// Default limit of a job's artifacts together: 20 GiB.
+pub const DEFAULT_ARTIFACTS_TOTAL_BYTES: u64 = 20 << 30;
+/// Default most artifacts of one job.
+pub const DEFAULT_MAX_ARTIFACTS: u32 = 1000;
+
+/// Limits of a job's files.
+#[derive(Clone, Debug)]
+pub struct FileLimits {
+    /// Input bytes one run may read.
+    pub input_read_bytes: u64,
+    /// Largest artifact (bytes).
+    pub artifact_bytes: u64,
+    /// All the job's artifacts together (bytes).
+    pub artifacts_total_bytes: u64,
+    /// Most artifacts of one job.
+    pub max_artifacts: u32,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            input_read_bytes: DEFAULT_INPUT_READ_BYTES,
+            artifact_bytes: DEFAULT_ARTIFACT_BYTES,
+            artifacts_total_bytes: DEFAULT_ARTIFACTS_TOTAL_BYTES,
+            max_artifacts: DEFAULT_MAX_ARTIFACTS,
+        }
+    }
+}
+
+/// An artifact as a checkpoint header records it: finished (its final size and tag), or
+/// open with the parts uploaded so far (what [`Artifacts::resume`] continues from).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
+    pub size: u64,
+    #[serde(default)]
+    pub finished: bool,
+    /// Finished: the object's tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Open: the multipart upload holding the parts, if one was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
+    /// Open: the parts' tags, part 1 first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
+}
+
+/// One artifact of a finished job, as its manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub name: String,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// `jobs/<id>/manifest`: the artifacts of a finished job, written just before its result.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub artifacts: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// Reads a finished job's manifest; a job without one has no artifacts.
+    pub async fn read(store: &AnyStore, job: &JobId) -> anyhow::Result<Manifest> {
+        use crate::store::ObjectStore;
+        match store.get(&crate::keys::manifest(job)).await? {
+            None => Ok(Manifest::default()),
+            Some(obj) => Ok(serde_json::from_slice(&obj.bytes)?),
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.artifacts.iter().map(|a| a.size).sum()
+    }
+}
+
+/// Checks an input or artifact name: 1..=200 characters from `[A-Za-z0-9._-]`, not starting
+/// with `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=200).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (1 to 200 characters from [A-Za-z0-9._-], not starting with '.')"
+        ))
+    }
+}
+
+/// A job's inputs and artifacts for one run.
+#[derive(Clone)]
+pub struct JobFiles {
+    pub inputs: Inputs,
+    pub artifacts: Artifacts,
+}
+
+impl JobFiles {
+    /// The files of `job`: `inputs` (name → key) from its message, and the artifacts its
+    /// checkpoint recorded (`recorded`).
+    pub fn new(
+        store: AnyStore,
+        job: &JobId,
+        inputs: BTreeMap<String, String>,
+        recorded: Vec<ArtifactRecord>,
+        checkpoint: Checkpointer,
+        limits: &FileLimits,
+    ) -> JobFiles {
+        JobFiles {
+            inputs: Inputs::new(store.clone(), inputs, limits.input_read_bytes),
+            artifacts: Artifacts::new(store, job.clone(), recorded, checkpoint, limits.clone()),
+        }
+    }
+
+    /// The files of a job whose message names no inputs and whose checkpoint records no
+    /// artifacts, under the default limits.
+    pub fn plain(store: impl Into<AnyStore>, job: &JobId, checkpoint: Checkpointer) -> JobFiles {
+        let limits = FileLimits::default();
+        JobFiles::new(
+            store.into(),
+            job,
+            BTreeMap::new(),
+            Vec::new(),
+            checkpoint,
+            &limits,
+        )
+    }
+}

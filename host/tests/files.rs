@@ -1,0 +1,506 @@
+//! Inputs and artifacts (issue 9), in process, on the directory store and on the S3 server:
+//! the store's ranged reads and multipart uploads, and the digest task run by the executor
+//! (copies through multipart, limits and errors, a stale worker fenced off after a takeover).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::s3::S3Server;
+use taskhost::checkpoint::{self, Limits, OtherWork};
+use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::files::{FileLimits, Manifest, PART_BYTES};
+use taskhost::ids::JobId;
+use taskhost::job::Work;
+use taskhost::queue::Stamp;
+use taskhost::queue::lease::LeaseView;
+use taskhost::runtime::{JobLimits, Prepared, Runtime, RuntimeConfig};
+use taskhost::store::any::AnyStore;
+use taskhost::store::dir::DirStore;
+use taskhost::store::{ObjectStore, Precondition};
+use tokio_util::sync::CancellationToken;
+
+/// A fresh store of each kind; the S3 server lives as long as the returned guard.
+async fn stores() -> Vec<(&'static str, AnyStore, Box<dyn std::any::Any>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let d = AnyStore::Dir(DirStore::open(dir.path()).unwrap());
+    let s3 = S3Server::start().await;
+    let s = AnyStore::S3(s3.store(""));
+    vec![("dir", d, Box::new(dir)), ("s3", s, Box::new(s3))]
+}
+
+/// `n` bytes that differ from part to part (a copy that misplaces a part shows).
+fn data(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ranged_reads_and_multipart_uploads_on_both_stores() {
+    for (kind, store, _guard) in stores().await {
+        let bytes = data(1000, 1);
+        store
+            .put("inputs/a", bytes.clone(), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(store.size("inputs/a").await.unwrap(), Some(1000), "{kind}");
+        assert_eq!(store.size("inputs/none").await.unwrap(), None, "{kind}");
+        let range = |o, l| store.get_range("inputs/a", o, l);
+        assert_eq!(
+            range(10, 20).await.unwrap().unwrap(),
+            bytes[10..30],
+            "{kind}"
+        );
+        assert_eq!(
+            range(990, 100).await.unwrap().unwrap(),
+            bytes[990..],
+            "{kind}: cut at the end"
+        );
+        assert_eq!(
+            range(1000, 5).await.unwrap().unwrap(),
+            b"",
+            "{kind}: at the end"
+        );
+        assert_eq!(
+            range(5000, 5).await.unwrap().unwrap(),
+            b"",
+            "{kind}: past the end"
+        );
+        assert!(
+            store
+                .get_range("inputs/none", 0, 5)
+                .await
+                .unwrap()
+                .is_none(),
+            "{kind}"
+        );
+        store
+            .put("inputs/empty", vec![], Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_range("inputs/empty", 0, 5)
+                .await
+                .unwrap()
+                .unwrap(),
+            b"",
+            "{kind}"
+        );
+
+        // Three parts: two of the minimum size and a short last one, sent out of order.
+        let key = "jobs/j/artifacts/big.bin";
+        let min = taskhost::store::MIN_PART_BYTES;
+        let whole = data(2 * min + 123, 2);
+        let upload = store.upload_start(key).await.unwrap();
+        assert!(
+            store.size(key).await.unwrap().is_none(),
+            "{kind}: invisible until complete"
+        );
+        let p2 = store
+            .upload_part(key, &upload, 2, whole[min..2 * min].to_vec())
+            .await
+            .unwrap();
+        let p1 = store
+            .upload_part(key, &upload, 1, whole[..min].to_vec())
+            .await
+            .unwrap();
+        let p3 = store
+            .upload_part(key, &upload, 3, whole[2 * min..].to_vec())
+            .await
+            .unwrap();
+        store
+            .upload_complete(key, &upload, &[p1, p2, p3])
+            .await
+            .unwrap();
+        let got = store.get(key).await.unwrap().unwrap().bytes;
+        assert!(got == whole, "{kind}: the parts put together are the bytes");
+
+        // An aborted upload leaves the object as it was.
+        let upload = store.upload_start(key).await.unwrap();
+        store
+            .upload_part(key, &upload, 1, data(min, 3))
+            .await
+            .unwrap();
+        store.upload_abort(key, &upload).await.unwrap();
+        store.upload_abort(key, &upload).await.unwrap();
+        assert_eq!(
+            store.size(key).await.unwrap(),
+            Some(whole.len() as u64),
+            "{kind}"
+        );
+    }
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+async fn digest(rt: &Runtime) -> Prepared {
+    rt.prepare(support::guests::bytes("digest"), None)
+        .await
+        .unwrap()
+}
+
+fn executor(store: AnyStore, rt: Runtime, files: FileLimits) -> Executor<AnyStore> {
+    Executor {
+        store,
+        runtime: rt,
+        worker_id: "test".into(),
+        limits: JobLimits::default(),
+        checkpoint_limits: Limits {
+            min_write_interval: Duration::from_millis(20),
+            ..Limits::default()
+        },
+        file_limits: files,
+    }
+}
+
+fn binding(input: &str, inputs: &[(&str, &str)]) -> Binding {
+    Binding {
+        work: Work::default(),
+        on_other_work: OtherWork::Refuse,
+        inputs: inputs
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+    .with_work(input)
+}
+
+trait WithWork {
+    fn with_work(self, input: &str) -> Self;
+}
+
+impl WithWork for Binding {
+    fn with_work(mut self, input: &str) -> Self {
+        self.work = Work::of(&taskhost::ids::ModuleHash::of(b"digest"), input);
+        self
+    }
+}
+
+fn crc_hex(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+async fn run_digest(
+    ex: &Executor<AnyStore>,
+    m: &Prepared,
+    job: &str,
+    input: &str,
+    inputs: &[(&str, &str)],
+    lease: LeaseView,
+) -> JobEnd {
+    let job: JobId = job.parse().unwrap();
+    ex.execute(
+        &job,
+        m,
+        input,
+        &binding(input, inputs),
+        lease,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+fn live_lease() -> LeaseView {
+    LeaseView::detached(Duration::from_secs(60)).0
+}
+
+#[tokio::test]
+async fn a_50_mb_copy_goes_through_multipart_and_is_byte_identical() {
+    let rt = runtime();
+    let m = digest(&rt).await;
+    let bytes = data(50 << 20, 7);
+    for (kind, store, _guard) in stores().await {
+        store
+            .put("inputs/fifty", bytes.clone(), Precondition::None)
+            .await
+            .unwrap();
+        let ex = executor(store.clone(), rt.clone(), FileLimits::default());
+        let input = r#"{"job_id":"fifty","inputs":{"data":"inputs/fifty"},"copy":true}"#;
+        let end = run_digest(
+            &ex,
+            &m,
+            "fifty",
+            input,
+            &[("data", "inputs/fifty")],
+            live_lease(),
+        )
+        .await;
+        let JobEnd::Done { result, .. } = end else {
+            panic!("{kind}: {end:?}")
+        };
+        let doc: serde_json::Value = serde_json::from_str(&result).unwrap();
+        assert_eq!(doc["bytes"], bytes.len() as u64, "{kind}");
+        assert_eq!(doc["crc32"], crc_hex(&bytes), "{kind}");
+
+        let job: JobId = "fifty".parse().unwrap();
+        let manifest = Manifest::read(&store, &job).await.unwrap();
+        let names: Vec<_> = manifest.artifacts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["copy.bin", "report.json"], "{kind}");
+        let copy = store
+            .get("jobs/fifty/artifacts/copy.bin")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            copy.bytes == bytes,
+            "{kind}: copy.bin is the input, byte for byte"
+        );
+        assert_eq!(manifest.artifacts[0].size, bytes.len() as u64);
+        let report = store
+            .get("jobs/fifty/artifacts/report.json")
+            .await
+            .unwrap()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&report.bytes).unwrap();
+        assert_eq!(report, doc, "{kind}: report.json is the result");
+        if kind == "s3" {
+            // A multipart object's ETag is "<md5 of the part md5s>-<parts>".
+            let parts = (bytes.len()).div_ceil(PART_BYTES);
+            assert!(
+                copy.etag
+                    .0
+                    .trim_matches('"')
+                    .ends_with(&format!("-{parts}")),
+                "copy.bin was not uploaded in {parts} parts: ETag {}",
+                copy.etag
+            );
+        }
+        // Nothing is left of the uploads on the directory store.
+        if let AnyStore::Dir(d) = &store {
+            let uploads = d.root().join(".uploads");
+            let left = std::fs::read_dir(&uploads).map_or(0, |r| r.count());
+            assert_eq!(left, 0, "parts left in {}", uploads.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn input_and_artifact_errors_are_clear() {
+    let rt = runtime();
+    let m = digest(&rt).await;
+    for (kind, store, _guard) in stores().await {
+        store
+            .put("inputs/two", data(2 << 20, 9), Precondition::None)
+            .await
+            .unwrap();
+        let limits = FileLimits {
+            artifact_bytes: 1 << 20,
+            ..FileLimits::default()
+        };
+        let ex = executor(store.clone(), rt.clone(), limits);
+        let failed = |end: JobEnd| match end {
+            JobEnd::TaskFailed(m) => m,
+            other => panic!("{kind}: expected a task failure, got {other:?}"),
+        };
+
+        // The message names no input `data`.
+        let input = r#"{"job_id":"noname","inputs":{"other":"inputs/two"}}"#;
+        let e = failed(
+            run_digest(
+                &ex,
+                &m,
+                "noname",
+                input,
+                &[("other", "inputs/two")],
+                live_lease(),
+            )
+            .await,
+        );
+        assert!(e.contains("data") && e.contains("no input"), "{kind}: {e}");
+
+        // It names one whose object does not exist.
+        let input = r#"{"job_id":"gone","inputs":{"data":"inputs/gone"}}"#;
+        let e = failed(
+            run_digest(
+                &ex,
+                &m,
+                "gone",
+                input,
+                &[("data", "inputs/gone")],
+                live_lease(),
+            )
+            .await,
+        );
+        assert!(
+            e.contains("data") && e.contains("does not exist"),
+            "{kind}: {e}"
+        );
+        assert!(
+            !e.contains("inputs/gone"),
+            "{kind}: the key is not shown to the task: {e}"
+        );
+
+        // copy.bin would outgrow the 1 MiB artifact limit.
+        let input = r#"{"job_id":"big","inputs":{"data":"inputs/two"},"copy":true}"#;
+        let e = failed(
+            run_digest(
+                &ex,
+                &m,
+                "big",
+                input,
+                &[("data", "inputs/two")],
+                live_lease(),
+            )
+            .await,
+        );
+        assert!(
+            e.contains("copy.bin") && e.contains("1048576"),
+            "{kind}: {e}"
+        );
+        let big: JobId = "big".parse().unwrap();
+        assert!(
+            Manifest::read(&store, &big)
+                .await
+                .unwrap()
+                .artifacts
+                .is_empty()
+        );
+
+        // The read limit.
+        let ex = executor(
+            store.clone(),
+            rt.clone(),
+            FileLimits {
+                input_read_bytes: 1 << 20,
+                ..FileLimits::default()
+            },
+        );
+        let input = r#"{"job_id":"readlimit","inputs":{"data":"inputs/two"}}"#;
+        let e = failed(
+            run_digest(
+                &ex,
+                &m,
+                "readlimit",
+                input,
+                &[("data", "inputs/two")],
+                live_lease(),
+            )
+            .await,
+        );
+        assert!(e.contains("limit") && e.contains("1048576"), "{kind}: {e}");
+    }
+}
+
+/// A lease that ends `for_ms` from now and is never extended (deadline 10 s).
+fn ending_lease(for_ms: u64) -> LeaseView {
+    let (_, until) = tokio::sync::watch::channel(Stamp::now().plus(Duration::from_millis(for_ms)));
+    LeaseView {
+        lost: CancellationToken::new(),
+        until,
+        deadline: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_worker_writes_no_artifact_after_a_takeover() {
+    let rt = runtime();
+    let m = digest(&rt).await;
+    let bytes = data(20 << 20, 11);
+    for (kind, store, _guard) in stores().await {
+        store
+            .put("inputs/x", bytes.clone(), Precondition::None)
+            .await
+            .unwrap();
+        let job: JobId = "stale".parse().unwrap();
+        let input = r#"{"job_id":"stale","inputs":{"data":"inputs/x"},"copy":true}"#;
+        let b = binding(input, &[("data", "inputs/x")]);
+        // Worker A claims under a lease that is about to end; worker B takes the job over
+        // once it has and runs it to its end.
+        let stale_lease = ending_lease(100);
+        let a = checkpoint::claim(&store, &job, "a", &stale_lease, &b.work, OtherWork::Refuse)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ex = executor(store.clone(), rt.clone(), FileLimits::default());
+        let end = run_digest(
+            &ex,
+            &m,
+            "stale",
+            input,
+            &[("data", "inputs/x")],
+            live_lease(),
+        )
+        .await;
+        assert!(matches!(end, JobEnd::Done { .. }), "{kind}: {end:?}");
+        let copy_tag = store.head("jobs/stale/artifacts/copy.bin").await.unwrap();
+        let manifest = store.get("jobs/stale/manifest").await.unwrap().unwrap();
+
+        // Worker A wakes up and runs its task on the checkpoint it claimed, over other bytes
+        // (so any copy it wrote would show): every artifact write is refused, the task
+        // stops, and B's objects are untouched.
+        store
+            .put("inputs/x", data(20 << 20, 12), Precondition::None)
+            .await
+            .unwrap();
+        let ckpt = checkpoint::Checkpointer::start(
+            store.clone(),
+            &job,
+            a,
+            Limits::default(),
+            stale_lease.clone(),
+        );
+        let files = taskhost::files::JobFiles::new(
+            store.clone(),
+            &job,
+            b.inputs.clone(),
+            vec![],
+            ckpt.clone(),
+            &FileLimits::default(),
+        );
+        let report = rt
+            .run(
+                &m,
+                taskhost::runtime::RunRequest {
+                    job: &job,
+                    attempt: 1,
+                    input,
+                    limits: &JobLimits::default(),
+                    checkpoint: ckpt.clone(),
+                    files,
+                    cancel: CancellationToken::new(),
+                },
+            )
+            .await;
+        assert_eq!(
+            report.outcome,
+            taskhost::runtime::Outcome::Conflict,
+            "{kind}: the stale run must end as a conflict"
+        );
+        assert_eq!(
+            store.head("jobs/stale/artifacts/copy.bin").await.unwrap(),
+            copy_tag,
+            "{kind}: the stale worker rewrote copy.bin"
+        );
+        assert_eq!(
+            store
+                .get("jobs/stale/manifest")
+                .await
+                .unwrap()
+                .unwrap()
+                .etag,
+            manifest.etag,
+            "{kind}"
+        );
+        let copy = store
+            .get("jobs/stale/artifacts/copy.bin")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(copy.bytes == bytes, "{kind}: copy.bin is still the input");
+    }
+}
