@@ -213,7 +213,7 @@ fn job_reset_lets_a_job_id_run_other_work() {
     let done = reset(&["--yes"]);
     assert!(done.status.success(), "{}", stderr(&done));
     let said = String::from_utf8_lossy(&done.stdout);
-    assert!(said.contains("deleted checkpoint, result"), "{said}");
+    assert!(said.contains("deleted result, checkpoint"), "{said}");
     let out = run(20);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();

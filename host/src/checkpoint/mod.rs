@@ -351,9 +351,14 @@ pub async fn claim<S: ObjectStore>(
         });
     }
     let (header, data) = if start_over {
-        // The old work's result and error go first: a crash after them leaves a checkpoint
-        // of the old work, which the next claim starts over again.
-        for stale in [result_key, crate::keys::error(job)] {
+        // The old work's result, manifest and error go first: a crash after them leaves a
+        // checkpoint of the old work, which the next claim starts over again. (Its artifact
+        // objects stay until the new run replaces them; no manifest lists them.)
+        for stale in [
+            result_key,
+            crate::keys::manifest(job),
+            crate::keys::error(job),
+        ] {
             store
                 .delete(&stale)
                 .await

@@ -90,15 +90,22 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
             refused += 1;
             continue;
         }
+        // The result first: a reset cut short never leaves a result whose artifacts are gone.
         let mut deleted = Vec::new();
-        for (what, key) in [
-            ("checkpoint", keys::checkpoint(id)),
+        let artifacts = store.list(&keys::artifacts_prefix(id)).await?;
+        let mut keys = vec![
             ("result", keys::result(id)),
+            ("manifest", keys::manifest(id)),
             ("error", keys::error(id)),
-        ] {
-            if store.exists(&key).await? {
+        ];
+        keys.extend(artifacts.into_iter().map(|k| ("artifact", k)));
+        keys.push(("checkpoint", keys::checkpoint(id)));
+        for (what, key) in keys {
+            if store.size(&key).await?.is_some() {
                 store.delete(&key).await?;
-                deleted.push(what);
+                if deleted.last() != Some(&what) {
+                    deleted.push(what);
+                }
             }
         }
         if deleted.is_empty() {
