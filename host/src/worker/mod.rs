@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -31,7 +31,9 @@ use crate::ids::ModuleHash;
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
 use crate::queue::lease::Lease;
-use crate::queue::{IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue};
+use crate::queue::{
+    IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue, QueueError, Received,
+};
 use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition};
 
@@ -57,6 +59,8 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(MAX_ACK_DEADLINE_SECS 
 /// Wait after an empty pull; it doubles up to [`MAX_IDLE_WAIT`] while pulls stay empty.
 const MIN_IDLE_WAIT: Duration = Duration::from_millis(50);
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Most pulls in flight at once (fewer with fewer slots; one while pulls come back empty).
+const MAX_CONCURRENT_PULLS: usize = 4;
 /// Pub/Sub allows attribute values of at most 1024 bytes.
 const MAX_ATTRIBUTE: usize = 1024;
 
@@ -121,95 +125,131 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     });
     let free = Arc::new(Semaphore::new(slots));
     let mut jobs = JoinSet::new();
+    // Pulls in flight, each with the slots it asked for: several at once while messages keep
+    // coming (a pull's round trip, not the jobs, bounds short jobs), one while pulls come
+    // back empty.
+    let mut pulls: JoinSet<Pulled> = JoinSet::new();
+    let most_pulls = slots.min(MAX_CONCURRENT_PULLS);
+    let mut busy_queue = false;
     let mut breaker_open = false;
     let mut idle = MIN_IDLE_WAIT;
     let mut failing = Duration::ZERO;
+    let mut pause_until = Instant::now();
     let result = loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            permit = Arc::clone(&free).acquire_owned() => permit.expect("never closed"),
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = Arc::clone(&free).try_acquire_owned() {
-            permits.push(p);
-        }
-        while let Some(joined) = jobs.try_join_next() {
-            log_panic(joined);
-        }
-        if ctx.storage_failures.load(Ordering::Relaxed) >= BREAKER_THRESHOLD {
-            // Storage fails for every job: take none (each would only burn a delivery
-            // attempt) until a probe answers.
-            if !breaker_open {
-                breaker_open = true;
-                tracing::error!(
-                    "storage is failing for every job: taking no new jobs until it answers"
-                );
-            }
-            drop(permits);
-            let wait = match ctx.executor.store.head(&crate::keys::probe(PROBE)).await {
-                Ok(_) => {
-                    ctx.storage_failures.store(0, Ordering::Relaxed);
-                    Duration::ZERO
-                }
-                Err(_) => {
-                    failing = (failing * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                    failing
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => break Ok(()),
-                _ = tokio::time::sleep(wait) => {}
-            }
-            continue;
-        }
-        if breaker_open {
-            breaker_open = false;
-            failing = Duration::ZERO;
-            tracing::warn!("storage answers again: taking jobs");
-        }
-        let sub = &ctx.config.subscription_id;
-        let pulled = ctx
-            .queue
-            .pull(sub, permits.len(), ctx.config.ack_deadline)
-            .await;
-        let wait = match pulled {
-            Ok(batch) if batch.is_empty() => {
-                failing = Duration::ZERO;
-                idle = (idle * 2).min(MAX_IDLE_WAIT);
-                idle
-            }
-            Ok(batch) => {
-                failing = Duration::ZERO;
-                idle = MIN_IDLE_WAIT;
-                for (received, permit) in batch.into_iter().zip(permits.drain(..)) {
-                    let lease =
-                        Lease::start(ctx.queue.clone(), sub, &received, ctx.config.ack_deadline);
-                    if shutdown.is_cancelled() {
-                        // Pulled as the shutdown began: hand it straight back.
-                        let _ = lease.nack(Duration::ZERO).await;
-                        continue;
-                    }
-                    let ctx = Arc::clone(&ctx);
-                    let cancel = shutdown.clone();
-                    jobs.spawn(
-                        async move { ctx.handle(received.message, lease, permit, cancel).await },
-                    );
-                }
-                continue;
-            }
-            Err(e) if e.is_transient() => {
-                failing = (failing * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in = ?failing, "cannot pull; taking no jobs until the queue answers");
-                failing
-            }
-            Err(e) => break Err(anyhow::Error::new(e).context("the subscription failed")),
-        };
-        drop(permits);
+        let tripped = ctx.storage_failures.load(Ordering::Relaxed) >= BREAKER_THRESHOLD;
+        let room = pulls.len() < if busy_queue { most_pulls } else { 1 };
+        // The breaker probes only once no pull is in flight (their messages get leases first).
+        let may_pull = room && (!tripped || pulls.is_empty());
+        let paused = Instant::now() < pause_until;
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(pause_until.into()), if may_pull && paused => {}
+            permit = Arc::clone(&free).acquire_owned(), if may_pull && !paused => {
+                let mut permits = vec![permit.expect("never closed")];
+                while let Ok(p) = Arc::clone(&free).try_acquire_owned() {
+                    permits.push(p);
+                }
+                while let Some(joined) = jobs.try_join_next() {
+                    log_panic(joined);
+                }
+                if tripped {
+                    // Storage fails for every job: take none (each would only burn a
+                    // delivery attempt) until a probe answers.
+                    if !breaker_open {
+                        breaker_open = true;
+                        tracing::error!(
+                            "storage is failing for every job: taking no new jobs until it answers"
+                        );
+                    }
+                    drop(permits);
+                    match ctx.executor.store.head(&crate::keys::probe(PROBE)).await {
+                        Ok(_) => ctx.storage_failures.store(0, Ordering::Relaxed),
+                        Err(_) => {
+                            failing = (failing * 2)
+                                .clamp(Duration::from_secs(1), Duration::from_secs(30));
+                            pause_until = Instant::now() + failing;
+                        }
+                    }
+                    continue;
+                }
+                if breaker_open {
+                    breaker_open = false;
+                    failing = Duration::ZERO;
+                    tracing::warn!("storage answers again: taking jobs");
+                }
+                let (queue, sub) = (ctx.queue.clone(), ctx.config.subscription_id.clone());
+                let deadline = ctx.config.ack_deadline;
+                pulls.spawn(async move {
+                    let batch = queue.pull(&sub, permits.len(), deadline).await;
+                    Pulled { batch, permits }
+                });
+            }
+            Some(joined) = pulls.join_next() => {
+                let Pulled { batch, permits } = match joined {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a pull failed unexpectedly");
+                        continue;
+                    }
+                };
+                match batch {
+                    Ok(batch) if batch.is_empty() => {
+                        failing = Duration::ZERO;
+                        busy_queue = false;
+                        idle = (idle * 2).min(MAX_IDLE_WAIT);
+                        pause_until = Instant::now() + idle;
+                    }
+                    Ok(batch) => {
+                        failing = Duration::ZERO;
+                        busy_queue = true;
+                        idle = MIN_IDLE_WAIT;
+                        for (received, permit) in batch.into_iter().zip(permits) {
+                            let sub = &ctx.config.subscription_id;
+                            let lease = Lease::start(
+                                ctx.queue.clone(),
+                                sub,
+                                &received,
+                                ctx.config.ack_deadline,
+                            );
+                            if shutdown.is_cancelled() {
+                                // Pulled as the shutdown began: hand it straight back.
+                                let _ = lease.nack(Duration::ZERO).await;
+                                continue;
+                            }
+                            let ctx = Arc::clone(&ctx);
+                            let cancel = shutdown.clone();
+                            jobs.spawn(async move {
+                                ctx.handle(received.message, lease, permit, cancel).await
+                            });
+                        }
+                    }
+                    Err(e) if e.is_transient() => {
+                        busy_queue = false;
+                        failing =
+                            (failing * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                        tracing::warn!(error = %e, retry_in = ?failing, "cannot pull; taking no jobs until the queue answers");
+                        pause_until = Instant::now() + failing;
+                    }
+                    Err(e) => break Err(anyhow::Error::new(e).context("the subscription failed")),
+                }
+            }
         }
     };
+    // Pulls still in flight return at once (they do not wait for messages): whatever they
+    // got goes straight back.
+    while let Some(joined) = pulls.join_next().await {
+        if let Ok(Pulled {
+            batch: Ok(batch), ..
+        }) = joined
+        {
+            for received in batch {
+                let sub = &ctx.config.subscription_id;
+                let lease =
+                    Lease::start(ctx.queue.clone(), sub, &received, ctx.config.ack_deadline);
+                let _ = lease.nack(Duration::ZERO).await;
+            }
+        }
+    }
     tracing::info!(
         running = jobs.len(),
         "worker stopping: no new jobs; stopping running ones at their next yield"
@@ -241,6 +281,12 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         "worker stopped"
     );
     result.map(|()| stats)
+}
+
+/// What a pull task hands back: the messages (or why none) and the slots it held for them.
+struct Pulled {
+    batch: Result<Vec<Received>, QueueError>,
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
 fn log_panic(joined: Result<(), tokio::task::JoinError>) {

@@ -5,8 +5,9 @@
 //! - `admin.rs`: idempotent `ensure_*` for topics, subscriptions and the guide's Avro schema,
 //!   on the official `google-cloud-pubsub` crate;
 //! - `publish.rs`: batched publishing, on the official crate;
-//! - `receive.rs`: unary `Pull`, `ModifyAckDeadline` and `Acknowledge` over Pub/Sub's REST API
-//!   (the crate keeps them private in 1.7; see `crate::queue` for why the worker needs them).
+//! - `receive.rs`: unary `Pull`, `ModifyAckDeadline` and `Acknowledge` (the crate keeps them
+//!   private in 1.7; see `crate::queue` for why the worker needs them), over
+//! - `grpc.rs`: those three gRPC calls on a tonic channel, with the crate's credentials.
 //!
 //! **Invariant:** only this module knows Pub/Sub's wire formats, resource names and the
 //! official crate. **API boundary:** callers see ids (`"jobs"`, not
@@ -23,6 +24,7 @@
 //! memory; `GetSchema` never answers (an existing schema is recognized with `ValidateMessage`).
 
 mod admin;
+mod grpc;
 mod publish;
 mod receive;
 
@@ -84,7 +86,7 @@ impl PubsubConfig {
         }
     }
 }
-/// A connection to Pub/Sub (or the emulator): the admin clients, a publisher and a REST
+/// A connection to Pub/Sub (or the emulator): the admin clients, a publisher and a gRPC
 /// client for receiving, sharing one set of credentials. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Pubsub {
@@ -94,7 +96,7 @@ pub struct Pubsub {
     subscriptions: SubscriptionAdmin,
     schemas: SchemaService,
     publisher: BasePublisher,
-    rest: receive::Rest,
+    grpc: Arc<grpc::Grpc>,
     emulator: bool,
     /// The ack deadline of subscriptions looked up with `subscription_exists`: a pull from
     /// one whose deadline is the one wanted needs no extension right after it.
@@ -164,7 +166,7 @@ impl Pubsub {
         }
         let publisher = publisher.build().await.map_err(build_error("publisher"))?;
 
-        let rest = receive::Rest::new(
+        let grpc = grpc::Grpc::new(
             endpoint
                 .clone()
                 .unwrap_or_else(|| PRODUCTION_ENDPOINT.to_string()),
@@ -172,6 +174,7 @@ impl Pubsub {
         )
         .map_err(|e| PubsubError::new("build client", shown_endpoint.clone(), e))?;
 
+        let grpc = Arc::new(grpc);
         Ok(Self {
             project_id: config.project_id.clone(),
             endpoint: shown_endpoint,
@@ -179,7 +182,7 @@ impl Pubsub {
             subscriptions,
             schemas,
             publisher,
-            rest,
+            grpc,
             emulator: config.emulator_host.is_some(),
             known_deadlines: Arc::default(),
         })
