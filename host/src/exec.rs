@@ -182,7 +182,23 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         }
         ckpt.update_header(|h| h.fuel_used = h.fuel_used.saturating_add(fuel));
 
-        match report.outcome {
+        let outcome = match report.outcome {
+            // The task failed after the store failed it (an input read, an artifact upload):
+            // the outage's doing, not the task's. Retry later; count nothing.
+            Outcome::TaskError(msg)
+            | Outcome::Trapped {
+                kind: TrapKind::Panic,
+                message: msg,
+            } if files.storage_failed() => {
+                tracing::warn!(job = %job, error = %msg, "the task failed after a storage error; retrying later");
+                return match ckpt.flush(true).await {
+                    Ok(()) => JobEnd::Storage(format!("storage failed during the task: {msg}")),
+                    Err(e) => ckpt_end(e),
+                };
+            }
+            other => other,
+        };
+        match outcome {
             Outcome::Finished(result) => {
                 self.store_result(job, &ckpt, &files.artifacts, result, attempt)
                     .await

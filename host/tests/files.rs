@@ -504,3 +504,39 @@ async fn a_stale_worker_writes_no_artifact_after_a_takeover() {
         assert!(copy.bytes == bytes, "{kind}: copy.bin is still the input");
     }
 }
+
+/// A task that fails because the store failed it (here: an input read the directory store
+/// cannot serve) is not charged with the failure: the job goes back for a retry, with no
+/// error recorded and nothing counted.
+#[tokio::test]
+async fn a_task_failing_after_a_storage_error_is_retried_not_failed() {
+    let rt = runtime();
+    let m = digest(&rt).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::Dir(DirStore::open(dir.path()).unwrap());
+    // `inputs/broken` is a directory: its size reads, its bytes do not.
+    store
+        .put("inputs/broken/inside", b"x".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let ex = executor(store.clone(), rt, FileLimits::default());
+    let input = r#"{"job_id":"flaky","inputs":{"data":"inputs/broken"}}"#;
+    let end = run_digest(
+        &ex,
+        &m,
+        "flaky",
+        input,
+        &[("data", "inputs/broken")],
+        live_lease(),
+    )
+    .await;
+    assert!(matches!(end, JobEnd::Storage(_)), "{end:?}");
+    assert!(store.get("jobs/flaky/error").await.unwrap().is_none());
+    let job: JobId = "flaky".parse().unwrap();
+    let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
+    assert_eq!(
+        (header.failures, header.lease_until_ms),
+        (0, 0),
+        "nothing counted, released"
+    );
+}

@@ -521,11 +521,27 @@ impl Checkpointer {
 
     /// Whether this worker may still write for the job: no conflict, and the lease its last
     /// write recorded has more than twice the clock-skew allowance left, so no other worker
-    /// can have claimed the job (the rule the result write follows, see `exec`).
-    pub fn owns(&self) -> bool {
-        let st = self.lock();
-        let margin = 2 * skew_allowance_ms(st.header.lease_period_ms);
-        !st.conflict && st.written_until > now_ms().saturating_add(margin)
+    /// can have claimed the job (the rule the result write follows, see `exec`). Waits for a
+    /// fresher lease record when the last one is merely getting old: asks the writer to record the current lease now, and gives up
+    /// (false) on a conflict, a lost lease, or once the recorded lease is within one skew
+    /// allowance of its end (another worker may claim the job from then on).
+    pub async fn confirm_owned(&self) -> bool {
+        loop {
+            {
+                let mut st = self.lock();
+                let skew = skew_allowance_ms(st.header.lease_period_ms);
+                let now = now_ms();
+                if st.conflict || st.written_until <= now.saturating_add(skew) {
+                    return false;
+                }
+                if st.written_until > now.saturating_add(2 * skew) {
+                    return true;
+                }
+                st.dirty = true;
+            }
+            self.shared.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Marks the job lost (as a conflict would) and stops the task: nothing more is written.

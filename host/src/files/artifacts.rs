@@ -4,6 +4,7 @@
 //! run can continue them, and listed in the job's manifest when its result is written.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{ArtifactRecord, FileLimits, MAX_OPEN_ARTIFACTS, Manifest, ManifestEntry, PART_BYTES};
@@ -36,6 +37,8 @@ pub struct Artifacts {
     checkpoint: Checkpointer,
     limits: FileLimits,
     state: Arc<Mutex<State>>,
+    /// A store failure was reported to the task in this run.
+    storage_failed: Arc<AtomicBool>,
 }
 
 struct State {
@@ -104,6 +107,7 @@ impl Artifacts {
             job,
             checkpoint,
             limits,
+            storage_failed: Arc::default(),
             state: Arc::new(Mutex::new(State {
                 next_id: 0,
                 open: HashMap::new(),
@@ -197,6 +201,11 @@ impl Artifacts {
         Ok(Some(self.insert(&mut st, open)))
     }
 
+    /// Whether a store failure was reported to the task in this run.
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed.load(Ordering::Relaxed)
+    }
+
     pub fn size(&self, h: &ArtifactHandle) -> u64 {
         self.lock().open.get(&h.0).map_or(0, Open::size)
     }
@@ -218,8 +227,8 @@ impl Artifacts {
     }
 
     /// The fence: `Conflict` (and the job marked lost) unless this worker still owns it.
-    fn fence(&self) -> Result<(), ArtifactError> {
-        if self.checkpoint.owns() {
+    async fn fence(&self) -> Result<(), ArtifactError> {
+        if self.checkpoint.confirm_owned().await {
             Ok(())
         } else {
             tracing::warn!(job = %self.job, "artifact write refused: this worker no longer owns the job");
@@ -229,6 +238,7 @@ impl Artifacts {
     }
 
     fn storage(&self, name: &str, e: impl std::fmt::Display) -> ArtifactError {
+        self.storage_failed.store(true, Ordering::Relaxed);
         tracing::warn!(job = %self.job, artifact = name, error = %e, "artifact upload failed");
         ArtifactError::Storage(format!(
             "the object store failed writing artifact `{name}` (the worker's log says why)"
@@ -269,7 +279,7 @@ impl Artifacts {
                 let part: Vec<u8> = open.buf.drain(..PART_BYTES).collect();
                 (open.upload.clone(), open.parts.len() as u32 + 1, part)
             };
-            self.fence()?;
+            self.fence().await?;
             let upload = match upload {
                 Some(u) => u,
                 None => {
@@ -318,7 +328,7 @@ impl Artifacts {
             )
         };
         let key = keys::artifact(&self.job, &name);
-        self.fence()?;
+        self.fence().await?;
         let etag = match upload {
             None => self.store.put(&key, tail, Precondition::None).await,
             Some(upload) => {
@@ -329,7 +339,7 @@ impl Artifacts {
                         Ok(tag) => parts.push(tag),
                         Err(e) => return Err(self.storage(&name, e)),
                     }
-                    self.fence()?;
+                    self.fence().await?;
                 }
                 self.store.upload_complete(&key, &upload, &parts).await
             }

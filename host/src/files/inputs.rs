@@ -34,6 +34,8 @@ pub struct Inputs {
     limit: u64,
     read: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
+    /// A store failure was reported to the task in this run.
+    storage_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -51,6 +53,7 @@ impl Inputs {
             limit,
             read: Arc::default(),
             state: Arc::default(),
+            storage_failed: Arc::default(),
         }
     }
 
@@ -66,7 +69,13 @@ impl Inputs {
             .ok_or_else(|| InputError::NoSuchInput(name.to_owned()))
     }
 
-    fn storage(name: &str, e: impl std::fmt::Display) -> InputError {
+    /// Whether a store failure was reported to the task in this run.
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed.load(Ordering::Relaxed)
+    }
+
+    fn storage(&self, name: &str, e: impl std::fmt::Display) -> InputError {
+        self.storage_failed.store(true, Ordering::Relaxed);
         tracing::warn!(input = name, error = %e, "reading a task input failed");
         InputError::Storage(format!(
             "the object store failed reading input `{name}` (the worker's log says why)"
@@ -91,7 +100,7 @@ impl Inputs {
             .store
             .size(key)
             .await
-            .map_err(|e| Self::storage(name, e))?
+            .map_err(|e| self.storage(name, e))?
             .ok_or_else(|| InputError::Missing(name.to_owned()))?;
         self.state.lock().await.sizes.insert(name.to_owned(), size);
         Ok(size)
@@ -122,7 +131,7 @@ impl Inputs {
                     .store
                     .get_range(&key, offset, want as u64)
                     .await
-                    .map_err(|e| Self::storage(name, e))?
+                    .map_err(|e| self.storage(name, e))?
                     .ok_or_else(|| InputError::Missing(name.to_owned()))?;
                 st.window = Some((name.to_owned(), offset, bytes, want));
                 covered(&st).unwrap_or_default()

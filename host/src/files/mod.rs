@@ -160,6 +160,12 @@ impl JobFiles {
         }
     }
 
+    /// Whether the store failed for an input or artifact call of the task in this run: the
+    /// task's own failure that may follow is then not to be believed (see `exec`).
+    pub fn storage_failed(&self) -> bool {
+        self.inputs.storage_failed() || self.artifacts.storage_failed()
+    }
+
     /// The files of a job whose message names no inputs and whose checkpoint records no
     /// artifacts, under the default limits.
     pub fn plain(store: impl Into<AnyStore>, job: &JobId, checkpoint: Checkpointer) -> JobFiles {

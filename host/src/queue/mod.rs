@@ -12,8 +12,8 @@
 //! only the messages it can start at once, whatever the server does with flow control (the
 //! emulator ignores streaming-pull flow control and sends every message to one stream), and
 //! must extend each lease with margin (the crate in 1.7 extends only when ~5 s remain and keeps
-//! unary `Pull` / `ModifyAckDeadline` crate-private). So `pubsub::receive` speaks Pub/Sub's REST
-//! API itself; the official crate stays for admin and publishing.
+//! unary `Pull` / `ModifyAckDeadline` crate-private). So `pubsub::receive` makes those gRPC
+//! calls itself; the official crate stays for admin and publishing.
 //!
 //! **API boundary:** the worker and the CLI see only this module's types; only `pubsub` and
 //! `local` know their wire protocols, and neither imports the other.
