@@ -153,7 +153,8 @@ fn short_random() -> String {
 
 /// Checks, before the first pull, what would otherwise fail every job: that the store can be
 /// written (a probe object, written then deleted), and on Pub/Sub that the subscription and
-/// the dead-letter topic exist. A misconfiguration is one clear sentence and a non-zero exit,
+/// the dead-letter topic exist and the worker may publish to the latter (IAM, where the
+/// server can tell). A misconfiguration is one clear sentence and a non-zero exit,
 /// with no job touched; a store that does not answer yet is waited for (`Ok(false)`: the
 /// shutdown came first).
 async fn preflight(
@@ -198,6 +199,13 @@ async fn preflight(
             anyhow::bail!(
                 "the dead-letter topic `{dead_letter_topic}` does not exist, so failed jobs could not be set aside: \
                  run `taskhost setup` (or set DEAD_LETTER_TOPIC_ID)"
+            );
+        }
+        if pubsub.may_publish(dead_letter_topic).await? == Some(false) {
+            anyhow::bail!(
+                "the worker's credentials may not publish to the dead-letter topic `{dead_letter_topic}`, \
+                 so failed jobs could not be set aside: grant its service account \
+                 roles/pubsub.publisher on that topic"
             );
         }
     }

@@ -301,6 +301,32 @@ impl Pubsub {
         }
     }
 
+    /// Whether these credentials may publish to the topic (IAM `TestIamPermissions`):
+    /// `None` when the server cannot tell (the emulator does not implement IAM).
+    pub async fn may_publish(&self, topic_id: &str) -> Result<Option<bool>, PubsubError> {
+        use super::grpc::{TestIamPermissionsRequest, TestIamPermissionsResponse};
+        const PUBLISH: &str = "pubsub.topics.publish";
+        let name = self.topic_path(topic_id);
+        let answer: Result<TestIamPermissionsResponse, _> = self
+            .grpc
+            .call_service(
+                "test IAM permissions",
+                &name,
+                "google.iam.v1.IAMPolicy",
+                "TestIamPermissions",
+                TestIamPermissionsRequest {
+                    resource: name.clone(),
+                    permissions: vec![PUBLISH.to_owned()],
+                },
+            )
+            .await;
+        match answer {
+            Ok(r) => Ok(Some(r.permissions.iter().any(|p| p == PUBLISH))),
+            Err(e) if e.is_unimplemented() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the subscription exists (`Ok(true)` too when the credentials may not look).
     /// Remembers its ack deadline for [`Pubsub::pull`].
     pub async fn subscription_exists(&self, sub_id: &str) -> Result<bool, PubsubError> {

@@ -87,6 +87,22 @@ pub(super) struct AcknowledgeRequest {
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct Empty {}
 
+/// `google.iam.v1.TestIamPermissionsRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TestIamPermissionsRequest {
+    #[prost(string, tag = "1")]
+    pub resource: String,
+    #[prost(string, repeated, tag = "2")]
+    pub permissions: Vec<String>,
+}
+
+/// `google.iam.v1.TestIamPermissionsResponse`: the permissions the caller has.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TestIamPermissionsResponse {
+    #[prost(string, repeated, tag = "1")]
+    pub permissions: Vec<String>,
+}
+
 /// A gRPC client for the receive calls. Cheap to clone (one HTTP/2 connection, multiplexed).
 #[derive(Clone)]
 pub(super) struct Grpc {
@@ -124,11 +140,29 @@ impl Grpc {
         })
     }
 
-    /// One unary call of `google.pubsub.v1.Subscriber/<method>`.
+    /// One unary call of `google.pubsub.v1.Subscriber/<method>` about `subscription`.
     pub(super) async fn call<Req, Resp>(
         &self,
         operation: &'static str,
         subscription: &str,
+        method: &'static str,
+        request: Req,
+    ) -> Result<Resp, PubsubError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let service = "google.pubsub.v1.Subscriber";
+        self.call_service(operation, subscription, service, method, request)
+            .await
+    }
+
+    /// One unary call of `<service>/<method>` about `resource` (a subscription or topic).
+    pub(super) async fn call_service<Req, Resp>(
+        &self,
+        operation: &'static str,
+        subscription: &str,
+        service: &'static str,
         method: &'static str,
         request: Req,
     ) -> Result<Resp, PubsubError>
@@ -167,27 +201,41 @@ impl Grpc {
         let mut request = tonic::Request::new(request);
         *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
         // Routes the call to the subscription's region, as the official clients do.
-        if let Ok(v) = format!("subscription={subscription}").parse() {
+        let param = if service.ends_with("Subscriber") {
+            "subscription"
+        } else {
+            "resource"
+        };
+        if let Ok(v) = format!("{param}={subscription}").parse() {
             request.metadata_mut().insert("x-goog-request-params", v);
         }
-        let path =
-            http::uri::PathAndQuery::try_from(format!("/google.pubsub.v1.Subscriber/{method}"))
-                .expect("a valid method path");
+        let path = http::uri::PathAndQuery::try_from(format!("/{service}/{method}"))
+            .expect("a valid method path");
         grpc.unary(request, path, tonic_prost::ProstCodec::default())
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|status| status_error(operation, subscription, status))
+            .map_err(|status| status_error(operation, subscription, &self.endpoint, status))
     }
 }
 
 /// A non-OK status as a [`PubsubError`].
-fn status_error(operation: &'static str, subscription: &str, status: tonic::Status) -> PubsubError {
+fn status_error(
+    operation: &'static str,
+    subscription: &str,
+    endpoint: &str,
+    status: tonic::Status,
+) -> PubsubError {
     use tonic::Code as G;
-    let mut e = PubsubError::new(
-        operation,
-        subscription,
-        format!("{:?}: {}", status.code(), status.message()),
-    );
+    let detail = match status.code() {
+        // No connection (refused, reset, timed out): say where it was going.
+        G::Unavailable | G::Unknown | G::DeadlineExceeded | G::Cancelled => format!(
+            "no answer from {endpoint} (is the server running and reachable?): {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+        code => format!("{code:?}: {}", status.message()),
+    };
+    let mut e = PubsubError::new(operation, subscription, detail);
     e.code = match status.code() {
         G::NotFound => Some(Code::NotFound),
         G::PermissionDenied => Some(Code::PermissionDenied),
