@@ -931,3 +931,64 @@ async fn a_module_built_for_wit_0_1_0_still_runs() {
     // save error) and its result is the guide's.
     assert_eq!(doc["sum"], 180300, "{result}");
 }
+
+/// A component whose core module declares `memories` memories of `pages` 64 KiB pages each,
+/// exporting a `run` of the task world that traps if it is ever called.
+fn component_with_memories(memories: usize, pages: u32) -> Vec<u8> {
+    let mems: String = (0..memories)
+        .map(|i| match i {
+            0 => format!("(memory (export \"memory\") {pages})\n"),
+            _ => format!("(memory {pages})\n"),
+        })
+        .collect();
+    wat::parse_str(format!(
+        r#"(component
+  (core module $m
+    {mems}
+    (func (export "run") (param i32 i32) (result i32) unreachable)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable))
+  (core instance $i (instantiate $m))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc")))))"#
+    ))
+    .unwrap()
+}
+
+/// A component with more memories than a task may have is refused as a module, never a
+/// host fault retried forever, and the worker's other tasks still start.
+#[tokio::test]
+async fn a_component_with_many_memories_is_the_tasks_fault() {
+    let rt = runtime();
+    let one = rt.prepare(component_with_memories(1, 1), None).await;
+    let one = one.expect("a one-memory component prepares");
+    let r = run_once(&rt, &one, "{}", JobLimits::default()).await;
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::Trapped {
+                kind: TrapKind::Panic,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    // Each core module may define one memory (the instance pool's slot shape): more is
+    // refused when the module is prepared (`module push` refuses it; a worker dead-letters
+    // the job with this reason), never a run that fails as the host's fault.
+    match rt.prepare(component_with_memories(4, 1), None).await {
+        Err(ModuleError::Invalid(m)) => assert!(m.contains("memories count of 4"), "{m}"),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a core module with four memories was accepted"),
+    }
+    let step = prepare(&rt, "step_counter").await;
+    let r = run_once(
+        &rt,
+        &step,
+        r#"{"job_id":"j","steps":3}"#,
+        JobLimits::default(),
+    )
+    .await;
+    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+}
