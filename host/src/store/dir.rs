@@ -106,20 +106,41 @@ fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{suffix}"))
 }
 
-fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, StoreError> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let ctx = || format!("writing {}", path.display());
-    let dir = path.parent().expect("keys always have a parent");
-    fs::create_dir_all(dir).with_context(ctx)?;
-
+/// Takes the key's exclusive lock (released when the returned file is dropped), creating its
+/// directory if needed.
+fn lock_key(path: &Path) -> io::Result<File> {
+    fs::create_dir_all(path.parent().expect("keys always have a parent"))?;
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(hidden_sibling(path, "lock"))
-        .with_context(ctx)?;
-    lock.lock().with_context(ctx)?;
+        .open(hidden_sibling(path, "lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
 
+/// Writes a temporary sibling with `write`, makes it durable, then renames it over `path`
+/// (the caller holds the key's lock). A crash never leaves a truncated object behind the key.
+fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        write(&mut f)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(path.parent().expect("keys always have a parent"))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, StoreError> {
+    let ctx = || format!("writing {}", path.display());
+    let _lock = lock_key(path).with_context(ctx)?;
     let current = read(path).with_context(ctx)?;
     let holds = match (pre, &current) {
         (Precondition::None, _) => true,
@@ -130,23 +151,9 @@ fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, S
     if !holds {
         return Err(StoreError::PreconditionFailed);
     }
-
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        // Durable before visible: a crash never leaves a truncated object behind the key.
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::Other(anyhow::Error::new(e).context(ctx())));
-    }
+    replace(path, |f| f.write_all(bytes)).with_context(ctx)?;
     Ok(etag_of(bytes))
-    // `lock` is released when dropped here, after the rename.
+    // The lock is released when dropped here, after the rename.
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
@@ -187,35 +194,18 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
 
 /// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
 fn complete_blocking(path: &Path, parts_dir: &Path, parts: usize) -> Result<ETag, StoreError> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     let ctx = || format!("completing the upload of {}", path.display());
-    let dir = path.parent().expect("keys always have a parent");
-    fs::create_dir_all(dir).with_context(ctx)?;
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(hidden_sibling(path, "lock"))
-        .with_context(ctx)?;
-    lock.lock().with_context(ctx)?;
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
+    let _lock = lock_key(path).with_context(ctx)?;
     let mut hash = Sha256::new();
-    let write = |hash: &mut Sha256| -> io::Result<()> {
-        let mut out = File::create(&tmp)?;
+    replace(path, |out| {
         for n in 1..=parts {
             let bytes = fs::read(parts_dir.join(n.to_string()))?;
             hash.update(&bytes);
             out.write_all(&bytes)?;
         }
-        out.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    if let Err(e) = write(&mut hash) {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::Other(anyhow::Error::new(e).context(ctx())));
-    }
+        Ok(())
+    })
+    .with_context(ctx)?;
     let _ = fs::remove_dir_all(parts_dir);
     Ok(ETag(hex::encode(&hash.finalize()[..16])))
 }

@@ -319,38 +319,82 @@ fn etag_of(op: &str, key: &str, etag: Option<&str>) -> Result<ETag, StoreError> 
     }
 }
 
-impl ObjectStore for S3Store {
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let full = self.full_key(key);
-        let resp = match self
+/// What a GetObject found.
+enum Fetched {
+    Found(Box<aws_sdk_s3::operation::get_object::GetObjectOutput>),
+    Missing,
+    /// The range starts at or past the object's end (416; an empty object has no
+    /// satisfiable range at all).
+    PastEnd,
+}
+
+/// The body of a GetObject, in one copy (the chunks straight into the vector).
+async fn body(
+    full: &str,
+    resp: Box<aws_sdk_s3::operation::get_object::GetObjectOutput>,
+) -> Result<Vec<u8>, StoreError> {
+    Ok(resp
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("S3 GetObject of `{full}`: reading the body failed [transient]"))?
+        .to_vec())
+}
+
+impl S3Store {
+    /// GetObject of `full`, of `range` if given; a 404 is `Missing` once the bucket is known
+    /// to exist.
+    async fn get_object(&self, full: &str, range: Option<String>) -> Result<Fetched, StoreError> {
+        let req = self.client.get_object().bucket(&self.bucket).key(full);
+        match req.set_range(range).send().await {
+            Ok(resp) => Ok(Fetched::Found(Box::new(resp))),
+            Err(e) if status(&e) == Some(416) => Ok(Fetched::PastEnd),
+            Err(e) if status(&e) == Some(404) => match e.code() {
+                Some("NoSuchKey") => Ok(Fetched::Missing),
+                None => {
+                    self.confirm_bucket("GetObject", full).await?;
+                    Ok(Fetched::Missing)
+                }
+                Some(_) => Err(self.fail("GetObject", full, &e)),
+            },
+            Err(e) => Err(self.fail("GetObject", full, &e)),
+        }
+    }
+
+    /// HeadObject of `full`; `None` when there is no such object (and the bucket exists).
+    async fn head_object(
+        &self,
+        full: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, StoreError> {
+        match self
             .client
-            .get_object()
+            .head_object()
             .bucket(&self.bucket)
-            .key(&full)
+            .key(full)
             .send()
             .await
         {
-            Ok(resp) => resp,
+            Ok(resp) => Ok(Some(resp)),
             Err(e) if status(&e) == Some(404) => match e.code() {
-                Some("NoSuchKey") => return Ok(None),
-                None => {
-                    self.confirm_bucket("GetObject", &full).await?;
-                    return Ok(None);
+                Some("NoSuchBucket") => Err(self.fail("HeadObject", full, &e)),
+                _ => {
+                    self.confirm_bucket("HeadObject", full).await?;
+                    Ok(None)
                 }
-                Some(_) => return Err(self.fail("GetObject", &full, &e)),
             },
-            Err(e) => return Err(self.fail("GetObject", &full, &e)),
+            Err(e) => Err(self.fail("HeadObject", full, &e)),
+        }
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let full = self.full_key(key);
+        let Fetched::Found(resp) = self.get_object(&full, None).await? else {
+            return Ok(None);
         };
         let etag = etag_of("GetObject", &full, resp.e_tag())?;
-        let bytes = resp
-            .body
-            .collect()
-            .await
-            .with_context(|| {
-                format!("S3 GetObject of `{full}`: reading the body failed [transient]")
-            })?
-            .into_bytes()
-            .to_vec();
+        let bytes = body(&full, resp).await?;
         Ok(Some(Object { bytes, etag }))
     }
 
@@ -389,23 +433,9 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         let full = self.full_key(key);
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
-            Ok(resp) => Ok(Some(etag_of("HeadObject", &full, resp.e_tag())?)),
-            Err(e) if status(&e) == Some(404) => match e.code() {
-                Some("NoSuchBucket") => Err(self.fail("HeadObject", &full, &e)),
-                _ => {
-                    self.confirm_bucket("HeadObject", &full).await?;
-                    Ok(None)
-                }
-            },
-            Err(e) => Err(self.fail("HeadObject", &full, &e)),
+        match self.head_object(&full).await? {
+            Some(resp) => Ok(Some(etag_of("HeadObject", &full, resp.e_tag())?)),
+            None => Ok(None),
         }
     }
 
@@ -457,21 +487,8 @@ impl ObjectStore for S3Store {
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let full = self.full_key(key);
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
-            Ok(resp) => Ok(Some(resp.content_length().unwrap_or(0).max(0) as u64)),
-            Err(e) if status(&e) == Some(404) => {
-                self.confirm_bucket("HeadObject", &full).await?;
-                Ok(None)
-            }
-            Err(e) => Err(self.fail("HeadObject", &full, &e)),
-        }
+        let resp = self.head_object(&full).await?;
+        Ok(resp.map(|r| r.content_length().unwrap_or(0).max(0) as u64))
     }
 
     async fn get_range(
@@ -486,38 +503,17 @@ impl ObjectStore for S3Store {
         let full = self.full_key(key);
         let last = offset.saturating_add(len - 1);
         let resp = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .range(format!("bytes={offset}-{last}"))
-            .send()
-            .await
+            .get_object(&full, Some(format!("bytes={offset}-{last}")))
+            .await?
         {
-            Ok(resp) => resp,
-            // At or past the end (an empty object has no satisfiable range at all).
-            Err(e) if status(&e) == Some(416) => return Ok(Some(Vec::new())),
-            Err(e) if status(&e) == Some(404) => match e.code() {
-                Some("NoSuchKey") => return Ok(None),
-                None => {
-                    self.confirm_bucket("GetObject", &full).await?;
-                    return Ok(None);
-                }
-                Some(_) => return Err(self.fail("GetObject", &full, &e)),
-            },
-            Err(e) => return Err(self.fail("GetObject", &full, &e)),
+            Fetched::Found(resp) => resp,
+            Fetched::Missing => return Ok(None),
+            Fetched::PastEnd => return Ok(Some(Vec::new())),
         };
-        // One copy: the body's chunks straight into the vector.
-        let mut bytes = resp
-            .body
-            .collect()
-            .await
-            .with_context(|| {
-                format!("S3 GetObject of `{full}`: reading the body failed [transient]")
-            })?
-            .to_vec();
+        let ranged = resp.content_range.is_some();
+        let mut bytes = body(&full, resp).await?;
         // A server that ignores Range sends the whole object.
-        if resp.content_range.is_none() && offset > 0 {
+        if !ranged && offset > 0 {
             bytes = bytes.get(offset as usize..).unwrap_or_default().to_vec();
         }
         bytes.truncate(len as usize);
