@@ -170,24 +170,12 @@ fn executor(store: AnyStore, rt: Runtime, files: FileLimits) -> Executor<AnyStor
 
 fn binding(input: &str, inputs: &[(&str, &str)]) -> Binding {
     Binding {
-        work: Work::default(),
+        work: Work::of(&taskhost::ids::ModuleHash::of(b"digest"), input),
         on_other_work: OtherWork::Refuse,
         inputs: inputs
             .iter()
             .map(|(n, k)| (n.to_string(), k.to_string()))
             .collect::<BTreeMap<_, _>>(),
-    }
-    .with_work(input)
-}
-
-trait WithWork {
-    fn with_work(self, input: &str) -> Self;
-}
-
-impl WithWork for Binding {
-    fn with_work(mut self, input: &str) -> Self {
-        self.work = Work::of(&taskhost::ids::ModuleHash::of(b"digest"), input);
-        self
     }
 }
 
