@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::cli::{CliEnv, Proc};
 use support::s3::S3Server;
 use support::stack::*;
-use taskhost::queue::Settle;
+use taskhost::queue::{LocalQueue, Queue, Settle};
 use taskhost::store::ObjectStore;
 
 /// A short lease, so that a dead worker's jobs come back within seconds (the emulator
@@ -104,8 +104,11 @@ async fn a_chaos_of_sigkills_loses_no_job() {
         .collect();
     stack.submit(&module, "chaos.jsonl", &text).await.success();
     let cli = stack.cli.set("WORKER_SLOTS", "2");
+    // Workers 0 and 1 restart on their node (their disk kept: the next one hands the dead
+    // one's jobs back at once); worker 2 is a new node every time (its leases lapse).
+    let nodes = [cli.node("node-0"), cli.node("node-1"), cli.clone()];
     let mut workers: Vec<Proc> = (0..3)
-        .map(|i| cli.spawn(&format!("worker-{i}"), &["worker"]))
+        .map(|i| nodes[i].spawn(&format!("worker-{i}"), &["worker"]))
         .collect();
     let mut logs_of_killed = String::new();
 
@@ -120,7 +123,7 @@ async fn a_chaos_of_sigkills_loses_no_job() {
         victim.kill9();
         logs_of_killed.push_str(&victim.log());
         kills += 1;
-        workers[i] = cli.spawn(&format!("worker-{i}-{kills}"), &["worker"]);
+        workers[i] = nodes[i].spawn(&format!("worker-{i}-{kills}"), &["worker"]);
     }
     let ids: Vec<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
     let statuses = wait_all_done(&stack, &ids, Duration::from_secs(240)).await;
@@ -146,6 +149,8 @@ async fn a_chaos_of_sigkills_loses_no_job() {
     assert_nothing_left(&stack).await;
     let all_logs = logs_of_killed + &logs(&workers.iter_mut().collect::<Vec<_>>());
     assert!(!all_logs.contains("dead-lettered"), "{all_logs}");
+    let handed = all_logs.matches("handed a dead worker's job back").count();
+    eprintln!("{handed} jobs handed back by a worker restarted on its node");
 }
 
 /// A worker frozen (SIGSTOP) past its lease, whose job another worker took over and finished,
@@ -214,9 +219,13 @@ async fn a_frozen_worker_whose_job_moved_writes_nothing_when_it_wakes() {
 
 /// Polls `status` until `id` has at least `steps` durable steps.
 async fn wait_progress(stack: &Stack, id: &str, steps: u64) {
+    wait_progress_of(&stack.cli, id, steps).await
+}
+
+async fn wait_progress_of(cli: &CliEnv, id: &str, steps: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = stack.status(&[id.to_string()]).await;
+        let s = status(cli, &[id.to_string()]).await;
         if s[id]["progress"][0].as_u64().unwrap_or(0) >= steps {
             return;
         }
@@ -382,4 +391,131 @@ async fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
         s3.freeze(false);
     }
     drop(stack);
+}
+
+/// A worker SIGKILLed and started again on the same node (its cache directory kept, as a
+/// restarted container keeps its disk) resumes the jobs it held at once, not when their
+/// leases lapse: the new process finds its predecessor dead (its lock is free), releases the
+/// checkpoints it held and hands their messages back.
+async fn restart_on_the_same_node(cli: CliEnv, queue: Queue, label: &str) {
+    let node = cli.set("WORKER_SLOTS", "2").node("node");
+    let wasm = support::guests::wasm("step_counter");
+    let pushed = node.run(&["module", "push", wasm.to_str().unwrap()]).await;
+    let module = pushed.success().last_line().to_string();
+    let ids: Vec<String> = (0..2).map(|i| format!("{label}-node-{i}")).collect();
+    let text: String = ids.iter().map(|id| job(id, 100, 100) + "\n").collect();
+    let jobs = node.write_file("node.jsonl", text);
+    let args = [
+        "submit",
+        "--quiet",
+        "--module",
+        &module,
+        jobs.to_str().unwrap(),
+    ];
+    node.run(&args).await.success();
+    let mut a = node.spawn("worker-a", &["worker"]);
+    for id in &ids {
+        wait_progress_of(&node, id, 5).await;
+    }
+    a.kill9();
+
+    let restarted = Instant::now();
+    let mut b = node.spawn("worker-b", &["worker"]);
+    let deadline = restarted + Duration::from_secs(20);
+    while b.log().matches("resumed=true").count() < ids.len() {
+        assert!(Instant::now() < deadline, "not resumed:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = restarted.elapsed();
+    // The leases of the killed worker had at least half of HELD_LEASE left.
+    assert!(
+        took < Duration::from_secs(5),
+        "resumed {took:?} after the restart"
+    );
+    assert_eq!(
+        b.log().matches("handed a dead worker's job back").count(),
+        ids.len(),
+        "{}",
+        b.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let statuses = loop {
+        let statuses = status(&node, &ids).await;
+        if statuses.values().all(|s| s["state"] == "done") {
+            break statuses;
+        }
+        assert!(Instant::now() < deadline, "{statuses:#?}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for id in &ids {
+        assert_sum(id, 100, &statuses[id]);
+        assert_eq!(statuses[id]["attempts"], 2, "{id}: {:#}", statuses[id]);
+    }
+    stop(&mut b).await;
+    let sub = node.var("SUBSCRIPTION_ID").to_string();
+    let dead_sub = format!("{}-dead-letter-sub", node.var("TOPIC_ID"));
+    for sub in [sub, dead_sub] {
+        let left = queue
+            .pull_some(&sub, 10, Duration::from_secs(2), Settle::Nack)
+            .await
+            .unwrap_or_else(|e| panic!("pull {sub}: {e:#}"));
+        assert!(left.is_empty(), "left on {sub}: {left:?}");
+    }
+}
+
+/// A lease the dead worker's jobs still have much of when it is restarted: a handover
+/// faster than half of it cannot be a lapse.
+const HELD_LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_on_its_node_resumes_its_jobs_at_once_on_the_emulator() {
+    let stack = Stack::setup_with("node", HELD_LEASE).await;
+    let queue = Queue::PubSub(stack.pubsub.clone());
+    restart_on_the_same_node(stack.cli.clone(), queue, "emulator").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_on_its_node_resumes_its_jobs_at_once_on_the_embedded_queue() {
+    let secs = HELD_LEASE.as_secs().to_string();
+    let cli = CliEnv::embedded("node").set("ACK_DEADLINE_SECONDS", secs);
+    let queue = LocalQueue::open(cli.var("QUEUE_FILE"))
+        .await
+        .expect("open the embedded queue");
+    restart_on_the_same_node(cli, Queue::Local(queue), "embedded").await;
+}
+
+/// A frozen worker (SIGSTOP) is not a dead one: a worker started on its node leaves its job
+/// alone, and the job finishes in its first run once the frozen worker wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_on_the_node_is_not_taken_for_dead() {
+    let stack = Stack::setup_with("node-frozen", HELD_LEASE).await;
+    let module = stack.push("step_counter").await;
+    let node = stack.cli.set("WORKER_SLOTS", "1").node("node");
+    let id = "node-frozen-job".to_string();
+    let mut a = node.spawn("worker-a", &["worker"]);
+    stack
+        .submit(&module, "frozen.jsonl", &(job(&id, 40, 100) + "\n"))
+        .await
+        .success();
+    wait_progress(&stack, &id, 3).await;
+    a.signal(libc::SIGSTOP);
+    let mut b = node.spawn("worker-b", &["worker"]);
+    b.wait_for_log("worker started", WORKER_START).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.signal(libc::SIGCONT);
+    let statuses = stack
+        .wait_done(
+            std::slice::from_ref(&id),
+            Duration::from_secs(60),
+            &mut [&mut a, &mut b],
+        )
+        .await;
+    assert_sum(&id, 40, &statuses[&id]);
+    assert_eq!(statuses[&id]["attempts"], 1, "{:#}", statuses[&id]);
+    let log = b.log();
+    assert!(!log.contains("handed a dead worker"), "{log}");
+    assert!(!log.contains("job started"), "{log}");
+    stop(&mut a).await;
+    stop(&mut b).await;
+    assert_nothing_left(&stack).await;
 }

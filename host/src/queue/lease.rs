@@ -130,6 +130,11 @@ impl Lease {
         }
     }
 
+    /// The message's ack id.
+    pub fn ack_id(&self) -> &str {
+        &self.shared.ack_id
+    }
+
     /// What the job sees of this lease.
     pub fn view(&self) -> LeaseView {
         self.view.clone()

@@ -17,6 +17,7 @@
 //! **API boundary:** only this module and `queue` know about acks and deliveries.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition};
 
 mod decide;
+pub mod held;
 
 pub use decide::{Decision, busy_delay, decide, retry_delay};
 
@@ -78,6 +80,10 @@ pub struct WorkerConfig {
     /// `MISSING_MODULE_RETRY_SECONDS`: how long after publication a missing module is
     /// waited for before the job is dead-lettered.
     pub missing_module_retry: Duration,
+    /// Where workers on this node record the jobs they hold (`<cache dir>/workers`), so
+    /// that the next one started here hands a dead one's jobs back at once ([`held`]).
+    /// `None`: no record; a dead worker's leases lapse.
+    pub held_dir: Option<PathBuf>,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -116,12 +122,25 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         "worker started"
     );
     let stats = Arc::new(Stats::default());
+    let record = config.held_dir.as_deref().and_then(|root| {
+        let me = &executor.worker_id;
+        let dead = held::dead_workers(root, me);
+        if !dead.is_empty() {
+            let (queue, store) = (queue.clone(), executor.store.clone());
+            let sub = config.subscription_id.clone();
+            tokio::spawn(async move { held::hand_back(dead, &queue, &store, &sub).await });
+        }
+        held::Record::create(root, me)
+            .inspect_err(|e| tracing::warn!(dir = %root.display(), error = %e, "cannot record held jobs on this node's disk; if this worker dies, its leases lapse instead"))
+            .ok()
+    });
     let ctx = Arc::new(Ctx {
         queue,
         executor,
         config,
         stats: stats.clone(),
         storage_failures: AtomicU32::new(0),
+        record,
     });
     let free = Arc::new(Semaphore::new(slots));
     let mut jobs = JoinSet::new();
@@ -304,6 +323,8 @@ struct Ctx<S> {
     stats: Arc<Stats>,
     /// Storage failures in a row, across jobs (the circuit breaker's count).
     storage_failures: AtomicU32,
+    /// This worker's record of the jobs it holds, on the node's disk.
+    record: Option<held::Record>,
 }
 
 /// What the circuit breaker reads to learn whether storage answers (it need not exist).
@@ -330,6 +351,14 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             }
         };
         let id = &job.job_id;
+        // Kept until the message is settled (the end of this function).
+        let _held = self.record.as_ref().map(|r| {
+            r.hold(&held::Entry {
+                subscription: self.config.subscription_id.clone(),
+                ack_id: lease.ack_id().to_owned(),
+                job_id: id.to_string(),
+            })
+        });
         let store = &self.executor.store;
         let module = match modules::resolve(&self.executor.runtime, store, &job.module).await {
             Ok(m) => m,

@@ -8,7 +8,8 @@
 //!
 //! Every process gets a clean environment (only `PATH`, `RUST_LOG=info` and the variables of
 //! its [`CliEnv`]) and a private, fresh `TASKHOST_CACHE_DIR`, so no two processes share a
-//! compiled-module cache. A [`Proc`] is SIGKILLed and reaped when dropped; a one-shot
+//! compiled-module cache (unless the env names one: [`CliEnv::node`], a node's disk). A
+//! [`Proc`] is SIGKILLed and reaped when dropped; a one-shot
 //! [`CliEnv::run`] is killed if it outlives [`RUN_TIMEOUT`].
 
 use std::collections::BTreeMap;
@@ -167,17 +168,27 @@ impl CliEnv {
     }
 
     fn command(&self, label: &str, args: &[&str]) -> Command {
-        let cache = self.fresh(label, ".cache");
-        std::fs::create_dir(&cache).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(&self.vars)
-            .env("TASKHOST_CACHE_DIR", &cache)
             .current_dir(self.dir())
             .stdin(Stdio::null());
+        if !self.vars.contains_key("TASKHOST_CACHE_DIR") {
+            let cache = self.fresh(label, ".cache");
+            std::fs::create_dir(&cache).unwrap();
+            cmd.env("TASKHOST_CACHE_DIR", &cache);
+        }
         cmd
+    }
+
+    /// This environment with a cache directory of its own that every process started from
+    /// it shares: a node's disk, kept across worker restarts.
+    pub fn node(&self, name: &str) -> CliEnv {
+        let cache = self.fresh(name, ".node-cache");
+        std::fs::create_dir(&cache).unwrap();
+        self.set("TASKHOST_CACHE_DIR", cache.to_str().unwrap())
     }
 
     /// Runs `taskhost ARGS` to its end (killed and failing the test after [`RUN_TIMEOUT`]).

@@ -132,20 +132,7 @@ impl Stack {
 
     /// `taskhost status --json IDS`, by job id.
     pub async fn status(&self, ids: &[String]) -> BTreeMap<String, Value> {
-        let mut args = vec!["status", "--json"];
-        args.extend(ids.iter().map(String::as_str));
-        let out = self.cli.run(&args).await.success();
-        let statuses: BTreeMap<String, Value> = out
-            .stdout
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("status printed {l:?}, not JSON: {e}\n{out}"));
-                (v["job_id"].as_str().unwrap().to_string(), v)
-            })
-            .collect();
-        assert_eq!(statuses.len(), ids.len(), "{out}");
-        statuses
+        status(&self.cli, ids).await
     }
 
     /// Polls `status` until every job is "done"; panics (with the statuses and the workers'
@@ -199,6 +186,24 @@ impl Stack {
 }
 
 /// Every worker's log, for failure messages.
+/// `taskhost status --json IDS` in `cli`'s environment (either backend), by job id.
+pub async fn status(cli: &CliEnv, ids: &[String]) -> BTreeMap<String, Value> {
+    let mut args = vec!["status", "--json"];
+    args.extend(ids.iter().map(String::as_str));
+    let out = cli.run(&args).await.success();
+    let statuses: BTreeMap<String, Value> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("status printed {l:?}, not JSON: {e}\n{out}"));
+            (v["job_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    assert_eq!(statuses.len(), ids.len(), "{out}");
+    statuses
+}
+
 pub fn logs(workers: &[&mut Proc]) -> String {
     workers
         .iter()

@@ -1,0 +1,256 @@
+//! Taking a job: the claim (start or resume), and handing back one whose owner is known to
+//! be dead. Both are conditional writes of the checkpoint object (docs/design.md "Ownership
+//! in the checkpoint header").
+
+use crate::ids::JobId;
+use crate::job::Work;
+use crate::queue::lease::LeaseView;
+use crate::store::{ETag, ObjectStore, Precondition, StoreError};
+
+use super::{Header, decode, encode, key, nonce, now_ms, skew_allowance_ms};
+
+/// What a successful claim found.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The header as written by the claim (attempts already incremented).
+    pub header: Header,
+    /// The task's bytes from the previous run, if it saved any.
+    pub data: Option<Vec<u8>>,
+    pub(super) etag: ETag,
+}
+
+/// Why a claim did not take the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Another worker holds the job under a live lease (or claimed it just now). Hand the
+    /// message back for at least one lease period.
+    Busy { owner: String, until_ms: u64 },
+    /// The job's result exists: nothing to run.
+    AlreadyDone,
+    /// The stored job was bound to other work (another module or input), and the message
+    /// did not ask to start over or to upgrade: the reason names both.
+    OtherWork(String),
+    /// The checkpoint object is not one this host can read (corrupt, or a newer format).
+    Unreadable(String),
+    /// The store failed; retry later.
+    Storage(String),
+}
+
+impl std::fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimError::Busy { owner, until_ms } => {
+                write!(
+                    f,
+                    "worker `{owner}` holds the job (lease until {until_ms} ms)"
+                )
+            }
+            ClaimError::AlreadyDone => f.write_str("the job's result exists"),
+            ClaimError::Unreadable(m) | ClaimError::Storage(m) | ClaimError::OtherWork(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// What a claim does with a job stored for other work than the message's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtherWork {
+    /// [`ClaimError::OtherWork`] (the default).
+    #[default]
+    Refuse,
+    /// Start over: delete the stored result and error, discard the checkpoint's data and
+    /// counts (`"restart": true`).
+    Restart,
+    /// Same input, another module: resume from the checkpoint with the new module
+    /// (`"upgrade_module": true`).
+    UpgradeModule,
+}
+
+/// Claims the job's checkpoint for `owner` under `lease` (its guaranteed end now is recorded
+/// as the owner's lease).
+///
+/// First a create-only write (`If-None-Match: *`): on a new job that one request is the whole
+/// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read, the
+/// result is checked for ([`ClaimError::AlreadyDone`]), and the claim takes the job over only
+/// if its lease is released or expired (`lease_until_ms <= now + skew allowance`), with a
+/// write `If-Match` on the tag read, incrementing `attempts`. A live lease, or a claim that
+/// loses the race for the write, is [`ClaimError::Busy`].
+pub async fn claim<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+    owner: &str,
+    lease: &LeaseView,
+    work: &Work,
+    on_other_work: OtherWork,
+) -> Result<Claimed, ClaimError> {
+    let key = key(job);
+    let result_key = crate::keys::result(job);
+    let lease_until_ms = lease.until().unix_ms;
+    let lease_period_ms = lease.deadline.as_millis() as u64;
+    let fresh = |mut header: Header| {
+        header.attempts += 1;
+        header.owner = owner.to_owned();
+        header.lease_until_ms = lease_until_ms;
+        header.lease_period_ms = lease_period_ms;
+        header.module = work.module.clone();
+        header.input_sha256 = work.input_sha256.clone();
+        header.updated_ms = now_ms();
+        header.nonce = nonce();
+        header
+    };
+    let header = fresh(Header::default());
+    match store
+        .put(&key, encode(&header, None), Precondition::Absent)
+        .await
+    {
+        Ok(etag) => {
+            return Ok(Claimed {
+                header,
+                data: None,
+                etag,
+            });
+        }
+        Err(StoreError::PreconditionFailed) => {}
+        Err(e) => return Err(ClaimError::Storage(e.to_string())),
+    }
+    let Some(current) = store
+        .get(&key)
+        .await
+        .map_err(|e| ClaimError::Storage(e.to_string()))?
+    else {
+        return Err(ClaimError::Storage(format!(
+            "{key} vanished while being claimed"
+        )));
+    };
+    let (header, data) = decode(&current.bytes)
+        .map_err(|e| ClaimError::Unreadable(format!("{key} is unreadable: {e:#}")))?;
+    let stored = Work {
+        module: header.module.clone(),
+        input_sha256: header.input_sha256.clone(),
+    };
+    let same = stored.is_unbound() || work.is_unbound() || stored == *work;
+    let start_over = match (same, on_other_work) {
+        (true, _) => false,
+        (false, OtherWork::Restart) => true,
+        (false, OtherWork::UpgradeModule) if stored.input_sha256 == work.input_sha256 => false,
+        (false, _) => {
+            return Err(ClaimError::OtherWork(format!(
+                "job {job} is stored for other work (module {}, input sha256 {}) than this \
+                 message asks for (module {}, input sha256 {}): resubmit it with \
+                 \"restart\": true to start over, or \"upgrade_module\": true to resume \
+                 with the new module on the same input, or run `taskhost job reset {job}`",
+                stored.module, stored.input_sha256, work.module, work.input_sha256
+            )));
+        }
+    };
+    let done = store
+        .exists(&result_key)
+        .await
+        .map_err(|e| ClaimError::Storage(e.to_string()))?;
+    if done && !start_over {
+        return Err(ClaimError::AlreadyDone);
+    }
+    // A finished job's last lease is left to expire: it holds nothing once the result exists.
+    let skew = skew_allowance_ms(header.lease_period_ms);
+    if !done && header.lease_until_ms > now_ms().saturating_add(skew) {
+        return Err(ClaimError::Busy {
+            owner: header.owner,
+            until_ms: header.lease_until_ms,
+        });
+    }
+    let (header, data) = if start_over {
+        // The old work's result, manifest and error go first: a crash after them leaves a
+        // checkpoint of the old work, which the next claim starts over again. (Its artifact
+        // objects stay until the new run replaces them; no manifest lists them.)
+        for stale in [
+            result_key,
+            crate::keys::manifest(job),
+            crate::keys::error(job),
+        ] {
+            store
+                .delete(&stale)
+                .await
+                .map_err(|e| ClaimError::Storage(e.to_string()))?;
+        }
+        (fresh(Header::default()), None)
+    } else {
+        (fresh(header), data)
+    };
+    match store
+        .put(
+            &key,
+            encode(&header, data.as_deref()),
+            Precondition::Matches(current.etag),
+        )
+        .await
+    {
+        Ok(etag) => Ok(Claimed { header, data, etag }),
+        Err(StoreError::PreconditionFailed) => Err(ClaimError::Busy {
+            owner: "another worker (claimed it just now)".into(),
+            until_ms: lease_until_ms,
+        }),
+        Err(e) => Err(ClaimError::Storage(e.to_string())),
+    }
+}
+
+/// Reads a job's checkpoint header without claiming it (for `status`).
+pub async fn peek<S: ObjectStore>(store: &S, job: &JobId) -> anyhow::Result<Option<Header>> {
+    match store.get(&key(job)).await? {
+        None => Ok(None),
+        Some(obj) => Ok(Some(decode(&obj.bytes)?.0)),
+    }
+}
+
+/// What [`release_abandoned`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abandoned {
+    /// The dead owner held the job: its lease is now released (0), so the next claim takes
+    /// the job over at once.
+    Released,
+    /// Nothing to release: no checkpoint, or one released, or held by another worker.
+    NotHeld,
+}
+
+/// Releases the job's checkpoint if `dead_owner` still holds it, keeping everything else
+/// (the task's bytes, counts, artifacts) as it was. Only for an owner known to be dead (its
+/// process is gone: see `worker::held`): it is what that owner's SIGTERM handling would have
+/// done. A conditional write on the tag read: a late write of the dead owner either landed
+/// before it (it is read again) or is refused after it.
+pub async fn release_abandoned<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+    dead_owner: &str,
+) -> Result<Abandoned, StoreError> {
+    let key = key(job);
+    // A race is with the dead owner's last write in flight (at most one) or a claim by
+    // another worker (after which it is not the dead owner's any more).
+    for _ in 0..3 {
+        let Some(current) = store.get(&key).await? else {
+            return Ok(Abandoned::NotHeld);
+        };
+        let (mut header, data) = decode(&current.bytes)
+            .map_err(|e| StoreError::Other(e.context(format!("{key} is unreadable"))))?;
+        if header.owner != dead_owner || header.lease_until_ms == 0 {
+            return Ok(Abandoned::NotHeld);
+        }
+        header.lease_until_ms = 0;
+        header.updated_ms = now_ms();
+        header.nonce = nonce();
+        match store
+            .put(
+                &key,
+                encode(&header, data.as_deref()),
+                Precondition::Matches(current.etag),
+            )
+            .await
+        {
+            Ok(_) => return Ok(Abandoned::Released),
+            Err(StoreError::PreconditionFailed) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Other(anyhow::anyhow!(
+        "{key} kept changing while its dead owner's lease was being released"
+    )))
+}
