@@ -20,7 +20,8 @@ Scenarios:
 * `--scenario churn` (default): 3 worker processes, 40 jobs of uniform(30..69) steps of
   100 ms; every uniform(3, 6) s one random worker is SIGKILLed and restarted at once (the
   same kill schedule for every contender). taskhost runs twice (WORKER_SLOTS=1 and 2), the
-  guide once. Measures the wall time from the first worker start to the last correct result.
+  guide once. A restarted worker keeps its cache directory (a container restarted on its
+  node keeps its disk), unless --restart-on new-node. Measures the wall time from the first worker start to the last correct result.
 * `--scenario small`: 1 worker process, no kills, 200 one-step jobs (step_ms 0); taskhost
   with its default WORKER_SLOTS. Reports jobs/s and S3 requests per job (counted from the S3
   server's request log, without this script's own requests).
@@ -622,30 +623,32 @@ class Bench:
 
 class WorkerPool:
     """The P worker processes of one contender, each with its log files and (taskhost) its
-    own compiled-module cache, kept across restarts like a node's disk."""
+    own cache directory (TASKHOST_CACHE_DIR: compiled modules and the record of held jobs).
+    With --restart-on node (the default) a worker is restarted on its node: the directory is
+    kept across restarts like a node's disk, so the restarted taskhost worker hands its dead
+    predecessor's jobs back at once. With --restart-on new-node every start gets a fresh one:
+    a node that vanished and was replaced (its leases lapse; its module is compiled again)."""
 
     def __init__(self, bench, contender, argv, count, cdir):
         self.bench = bench
         self.argv = argv
         self.count = count
         self.cdir = cdir
+        self.taskhost = contender.kind == "taskhost"
         self.procs = [None] * count
         self.starts = [0] * count
-        self.envs = []
-        for i in range(count):
-            env = bench.worker_env(contender, cdir)
-            if contender.kind == "taskhost":
-                cache = cdir / f"w{i}-cache"
-                cache.mkdir()
-                env["TASKHOST_CACHE_DIR"] = str(cache)
-            self.envs.append(env)
+        self.envs = [bench.worker_env(contender, cdir) for _ in range(count)]
 
     def start(self, i):
         log = self.cdir / f"w{i}.{self.starts[i]}.log"
+        env = dict(self.envs[i])
+        if self.taskhost:
+            fresh = self.bench.args.restart_on == "new-node"
+            cache = self.cdir / (f"w{i}.{self.starts[i]}-cache" if fresh else f"w{i}-cache")
+            cache.mkdir(exist_ok=True)
+            env["TASKHOST_CACHE_DIR"] = str(cache)
         self.starts[i] += 1
-        self.procs[i] = self.bench.children.start(
-            self.argv, env=self.envs[i], cwd=self.cdir, stdout=log
-        )
+        self.procs[i] = self.bench.children.start(self.argv, env=env, cwd=self.cdir, stdout=log)
 
     def start_all(self):
         for i in range(self.count):
@@ -733,13 +736,13 @@ def ratio(guide, host):
 
 def report(scenario, outcomes):
     for o in outcomes:
-        print(detail(o, per_job=(scenario == "small")))
+        print(detail(o, per_job=scenario.startswith("small")))
     guide = next((o for o in outcomes if o.contender.kind == "guide"), None)
     hosts = [o for o in outcomes if o.contender.kind == "taskhost"]
     parts = []
     for o in outcomes:
         text = o.summary()
-        if scenario == "small" and o.finished:
+        if scenario.startswith("small") and o.finished:
             per_job = sum(o.s3_requests.values()) / o.jobs
             text += f" = {o.jobs / o.wall:.1f} jobs/s, {per_job:.2f} S3 req/job"
         parts.append(text)
@@ -786,6 +789,13 @@ def parse_args():
     )
     ap.add_argument(
         "--time-limit", type=float, default=300, help="seconds per contender (300)"
+    )
+    ap.add_argument(
+        "--restart-on",
+        choices=["node", "new-node"],
+        default="node",
+        help="where a killed worker restarts: on its node, its disk kept (default), or on a "
+        "new node, with an empty cache directory",
     )
     ap.add_argument("--jobs", type=int, help="number of jobs (churn 40, small 200)")
     ap.add_argument("--workers", type=int, help="worker processes (churn 3, small 1)")
@@ -860,7 +870,10 @@ def main():
         workers = args.workers or (3 if args.scenario == "churn" else 1)
         kill_loop = args.scenario == "churn"
         outcomes = [bench.run(c, jobs, workers, kill_loop) for c in contenders(args)]
-        report(args.scenario, outcomes)
+        label = args.scenario
+        if args.scenario == "churn":
+            label += f" (restart on {'a new node' if args.restart_on == 'new-node' else 'the node'})"
+        report(label, outcomes)
         ok = all(o.clean for o in outcomes)
         keep = args.keep_logs or not ok
         if not ok:

@@ -27,6 +27,10 @@ use crate::worker::{
 /// flushes their checkpoints (released, so another worker may resume them at once), hands
 /// their messages back, and exits 0 within SHUTDOWN_TIMEOUT_SECONDS. A second signal exits at
 /// once (code 130).
+///
+/// Workers record the jobs they run under TASKHOST_CACHE_DIR (workers/). A worker started
+/// where one died (a crash, an OOM kill, a container restarted with its disk) hands the dead
+/// one's jobs back at once instead of waiting for their leases to lapse.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     #[command(flatten)]
