@@ -35,6 +35,8 @@ const LOCK: &str = "lock";
 /// A worker directory being created: renamed to the worker id once its lock is held, so a
 /// scan never mistakes a starting worker for a dead one.
 const STAGING: &str = ".new-";
+/// A staging directory older than this, and unlocked, belongs to a worker that died.
+const STAGING_AGE: Duration = Duration::from_secs(60);
 
 /// One job a worker runs: the message that leases it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,8 +152,15 @@ pub fn dead_workers(root: &Path, me: &str) -> Vec<Dead> {
             }
         }
         if name.starts_with(STAGING) {
-            // Died while creating its record: it held nothing.
-            let _ = fs::remove_dir_all(&path);
+            // Died while creating its record (it held nothing), or is creating it right now
+            // and has not taken its lock yet: only an old one is removed.
+            let age = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|a| a > STAGING_AGE) {
+                let _ = fs::remove_dir_all(&path);
+            }
             continue;
         }
         dead.push(Dead {
@@ -297,16 +306,25 @@ mod tests {
             .unwrap();
         }
         fs::write(dir.join("9.json"), b"{cut short").unwrap();
-        // And one that died while creating its record.
+        // One that died while creating its record, long ago, and one creating it now.
         let staging = root.path().join(format!("{STAGING}x"));
         fs::create_dir(&staging).unwrap();
         File::create(staging.join(LOCK)).unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * STAGING_AGE;
+        File::open(&staging)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let starting = root.path().join(format!("{STAGING}y"));
+        fs::create_dir(&starting).unwrap();
+        File::create(starting.join(LOCK)).unwrap();
 
         let dead = dead_workers(root.path(), "b");
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].worker_id, "a");
         assert_eq!(dead[0].entries, vec![entry("j1"), entry("j2")]);
         assert!(!staging.exists());
+        assert!(starting.exists());
         // While one worker hands them back, no other sees them.
         assert!(dead_workers(root.path(), "c").is_empty());
         dead.into_iter().for_each(Dead::forget);
