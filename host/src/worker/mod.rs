@@ -5,7 +5,9 @@
 //! slot when it ends, while its message is being settled. Each pulled
 //! message gets a [`Lease`] (extended every half deadline) and a task: parse → resolve the
 //! module (memory → disk cache → bucket → verify → compile) → [`Executor::execute`] (claim,
-//! run, durable result) → [`decide`] → ack / nack with a delay / dead-letter.
+//! run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
+//! job is recorded on the node's disk ([`held`]) until its message is settled; at start a
+//! worker hands back at once the jobs of the workers that died on this node.
 //!
 //! **Invariants:** a message is acked only after its result (or its error, for a
 //! dead-lettered job) is durable, or after it was published to the dead-letter topic; a lapsed
