@@ -519,3 +519,48 @@ async fn a_frozen_worker_on_the_node_is_not_taken_for_dead() {
     stop(&mut b).await;
     assert_nothing_left(&stack).await;
 }
+
+/// A worker that dies on a node where another worker runs (not restarted): the other one
+/// finds it within its scan interval and resumes its job at once, long before the lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_the_node_resumes_a_dead_siblings_job_at_once() {
+    let stack = Stack::setup_with("node-sibling", HELD_LEASE).await;
+    let module = stack.push("step_counter").await;
+    let node = stack.cli.set("WORKER_SLOTS", "1").node("node");
+    let id = "node-sibling-job".to_string();
+    let mut a = node.spawn("worker-a", &["worker"]);
+    stack
+        .submit(&module, "sibling.jsonl", &(job(&id, 60, 100) + "\n"))
+        .await
+        .success();
+    wait_progress(&stack, &id, 3).await;
+    let mut b = node.spawn("worker-b", &["worker"]);
+    b.wait_for_log("worker started", WORKER_START).await;
+    // B's first look (as it started) found A alive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    let killed = Instant::now();
+    b.wait_for_log("resumed=true", Duration::from_secs(20))
+        .await;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "resumed {took:?} after the kill"
+    );
+    assert!(
+        b.log().contains("handed a dead worker's job back"),
+        "{}",
+        b.log()
+    );
+    let statuses = stack
+        .wait_done(
+            std::slice::from_ref(&id),
+            Duration::from_secs(60),
+            &mut [&mut b],
+        )
+        .await;
+    assert_sum(&id, 60, &statuses[&id]);
+    assert_eq!(statuses[&id]["attempts"], 2, "{:#}", statuses[&id]);
+    stop(&mut b).await;
+    assert_nothing_left(&stack).await;
+}

@@ -5,8 +5,8 @@
 //! `<cache dir>/workers/<worker id>/` holds a `lock` file, locked (flock, exclusive) for as
 //! long as the worker's process lives, and one small JSON file per job it runs
 //! (`{subscription, ack_id, job_id}`), written when the job starts and removed once its
-//! message is settled. A starting worker tries to take the lock of every other worker
-//! directory there: it gets it only if that worker's process is gone (the kernel drops a
+//! message is settled. A worker tries to take the lock of every other worker directory
+//! there, as it starts and then every [`SCAN_INTERVAL`]: it gets it only if that worker's process is gone (the kernel drops a
 //! dead process's locks, whatever killed it; a frozen process keeps them). For each job of a
 //! dead worker it releases the checkpoint if the dead worker still holds it
 //! ([`checkpoint::release_abandoned`], a conditional write), then nacks the message for
@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Abandoned};
 use crate::ids::JobId;
@@ -245,6 +246,35 @@ pub async fn hand_back<S: ObjectStore>(
         worker.forget();
     }
     handed
+}
+
+/// How often a running worker looks for workers that died on its node.
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Hands back the jobs of the workers recorded under `root` that died, at once and then
+/// every [`SCAN_INTERVAL`], until `stop` is cancelled: a worker restarted on the node finds
+/// its predecessor as it starts, and the other workers there find one that is not restarted.
+pub async fn watch<S: ObjectStore>(
+    root: PathBuf,
+    me: String,
+    queue: Queue,
+    store: S,
+    subscription: String,
+    stop: CancellationToken,
+) {
+    loop {
+        let dead = dead_workers(&root, &me);
+        if !dead.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hand_back(dead, &queue, &store, &subscription) => {}
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+        }
+    }
 }
 
 fn private_dir(dir: &Path) -> io::Result<()> {

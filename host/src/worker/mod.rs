@@ -6,8 +6,9 @@
 //! message gets a [`Lease`] (extended every half deadline) and a task: parse → resolve the
 //! module (memory → disk cache → bucket → verify → compile) → [`Executor::execute`] (claim,
 //! run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
-//! job is recorded on the node's disk ([`held`]) until its message is settled; at start a
-//! worker hands back at once the jobs of the workers that died on this node.
+//! job is recorded on the node's disk ([`held`]) until its message is settled; a worker
+//! hands back at once (at start, then within [`held::SCAN_INTERVAL`]) the jobs of the
+//! workers that died on this node.
 //!
 //! **Invariants:** a message is acked only after its result (or its error, for a
 //! dead-lettered job) is durable, or after it was published to the dead-letter topic; a lapsed
@@ -126,12 +127,14 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     let stats = Arc::new(Stats::default());
     let record = config.held_dir.as_deref().and_then(|root| {
         let me = &executor.worker_id;
-        let dead = held::dead_workers(root, me);
-        if !dead.is_empty() {
-            let (queue, store) = (queue.clone(), executor.store.clone());
-            let sub = config.subscription_id.clone();
-            tokio::spawn(async move { held::hand_back(dead, &queue, &store, &sub).await });
-        }
+        tokio::spawn(held::watch(
+            root.to_owned(),
+            me.clone(),
+            queue.clone(),
+            executor.store.clone(),
+            config.subscription_id.clone(),
+            shutdown.child_token(),
+        ));
         held::Record::create(root, me)
             .inspect_err(|e| tracing::warn!(dir = %root.display(), error = %e, "cannot record held jobs on this node's disk; if this worker dies, its leases lapse instead"))
             .ok()
