@@ -423,7 +423,13 @@ async fn restart_on_the_same_node(cli: CliEnv, queue: Queue, label: &str) {
     let mut b = node.spawn("worker-b", &["worker"]);
     let deadline = restarted + Duration::from_secs(20);
     while b.log().matches("resumed=true").count() < ids.len() {
-        assert!(Instant::now() < deadline, "not resumed:\n{}", b.log());
+        assert!(
+            Instant::now() < deadline,
+            "not resumed:\n{}\nthe killed worker:\n{}\nits record: {:?}",
+            b.log(),
+            a.log(),
+            walk(&std::path::Path::new(node.var("TASKHOST_CACHE_DIR")).join("workers"))
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = restarted.elapsed();
@@ -461,6 +467,18 @@ async fn restart_on_the_same_node(cli: CliEnv, queue: Queue, label: &str) {
             .unwrap_or_else(|e| panic!("pull {sub}: {e:#}"));
         assert!(left.is_empty(), "left on {sub}: {left:?}");
     }
+}
+
+/// Every path under `dir` (for failure messages).
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut paths = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        paths.push(e.path().display().to_string());
+        if e.path().is_dir() {
+            paths.extend(walk(&e.path()));
+        }
+    }
+    paths
 }
 
 /// A lease the dead worker's jobs still have much of when it is restarted: a handover

@@ -1,14 +1,15 @@
-//! What a worker holds, recorded on the node's disk, so that the next worker started on the
-//! same node hands a dead one's jobs back at once instead of waiting for their leases to
-//! lapse (up to a whole ack deadline per job).
+//! What a worker holds, recorded on the node's disk, so that another worker on the same
+//! node (the restarted one, or one running beside it) hands a dead one's jobs back at once
+//! instead of waiting for their leases to lapse (up to a whole ack deadline per job).
 //!
 //! `<cache dir>/workers/<worker id>/` holds a `lock` file, locked (flock, exclusive) for as
 //! long as the worker's process lives, and one small JSON file per job it runs
 //! (`{subscription, ack_id, job_id}`), written when the job starts and removed once its
 //! message is settled. A worker tries to take the lock of every other worker directory
-//! there, as it starts and then every [`SCAN_INTERVAL`]: it gets it only if that worker's process is gone (the kernel drops a
-//! dead process's locks, whatever killed it; a frozen process keeps them). For each job of a
-//! dead worker it releases the checkpoint if the dead worker still holds it
+//! there, as it starts and then every [`SCAN_INTERVAL`]: it gets it only if that worker's
+//! process is gone (the kernel drops a dead process's locks, whatever killed it; a frozen
+//! process keeps them). For each job of a dead worker it releases the checkpoint if the
+//! dead worker still holds it
 //! ([`checkpoint::release_abandoned`], a conditional write), then nacks the message for
 //! redelivery at once: what that worker's SIGTERM handling would have done.
 //!
@@ -58,6 +59,13 @@ pub struct Record {
 impl Record {
     /// Creates the record of `worker_id` under `root` (`<cache dir>/workers`).
     pub fn create(root: &Path, worker_id: &str) -> io::Result<Record> {
+        // The id names a directory: one plain path component (HOSTNAME is part of it).
+        if worker_id.is_empty() || worker_id.starts_with('.') || worker_id.contains('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the worker id {worker_id:?} cannot name a directory"),
+            ));
+        }
         private_dir(root)?;
         let staging = root.join(format!("{STAGING}{worker_id}"));
         private_dir(&staging)?;
@@ -141,6 +149,13 @@ pub fn dead_workers(root: &Path, me: &str) -> Vec<Dead> {
             continue;
         }
         let path = dir.path();
+        let staging = name.starts_with(STAGING);
+        // A worker creating its record takes the lock a moment after the file exists: a
+        // fresh staging directory is not even tried, or this scan's lock could make that
+        // worker's own fail.
+        if staging && !older_than(&path, STAGING_AGE) {
+            continue;
+        }
         let Ok(lock) = File::open(path.join(LOCK)) else {
             continue;
         };
@@ -152,16 +167,9 @@ pub fn dead_workers(root: &Path, me: &str) -> Vec<Dead> {
                 continue;
             }
         }
-        if name.starts_with(STAGING) {
-            // Died while creating its record (it held nothing), or is creating it right now
-            // and has not taken its lock yet: only an old one is removed.
-            let age = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok());
-            if age.is_some_and(|a| a > STAGING_AGE) {
-                let _ = fs::remove_dir_all(&path);
-            }
+        if staging {
+            // Died while creating its record: it held nothing.
+            let _ = fs::remove_dir_all(&path);
             continue;
         }
         dead.push(Dead {
@@ -172,6 +180,14 @@ pub fn dead_workers(root: &Path, me: &str) -> Vec<Dead> {
         });
     }
     dead
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a > age)
 }
 
 fn read_entries(dir: &Path) -> Vec<Entry> {
@@ -308,6 +324,37 @@ mod tests {
         drop(a);
         assert!(dead_workers(root.path(), "b").is_empty());
         assert!(!root.path().join("a").exists());
+    }
+
+    #[test]
+    fn a_worker_id_that_is_no_plain_name_gets_no_record() {
+        let root = tempfile::tempdir().unwrap();
+        for id in ["", ".hidden", "../../escape-1-abc", "a/b"] {
+            assert!(Record::create(root.path(), id).is_err(), "{id:?}");
+        }
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_scan_never_makes_a_starting_worker_fail_to_create_its_record() {
+        let root = tempfile::tempdir().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    // (A record being removed may be seen dead, holding nothing.)
+                    for dead in dead_workers(root.path(), "scanner") {
+                        assert!(dead.entries.is_empty(), "{dead:?}");
+                    }
+                }
+            });
+            let failed: Vec<String> = (0..300)
+                .filter_map(|i| Record::create(root.path(), &format!("w{i}")).err())
+                .map(|e| e.to_string())
+                .collect();
+            done.store(true, Ordering::Relaxed);
+            assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+        });
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     let stats = Arc::new(Stats::default());
     let record = config.held_dir.as_deref().and_then(|root| {
         let me = &executor.worker_id;
+        let record = held::Record::create(root, me)
+            .inspect_err(|e| tracing::warn!(dir = %root.display(), error = %e, "cannot record held jobs on this node's disk; if this worker dies, its leases lapse instead"))
+            .ok();
         tokio::spawn(held::watch(
             root.to_owned(),
             me.clone(),
@@ -135,9 +138,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
             config.subscription_id.clone(),
             shutdown.child_token(),
         ));
-        held::Record::create(root, me)
-            .inspect_err(|e| tracing::warn!(dir = %root.display(), error = %e, "cannot record held jobs on this node's disk; if this worker dies, its leases lapse instead"))
-            .ok()
+        record
     });
     let ctx = Arc::new(Ctx {
         queue,
