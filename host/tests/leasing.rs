@@ -433,9 +433,10 @@ async fn restart_on_the_same_node(cli: CliEnv, queue: Queue, label: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = restarted.elapsed();
-    // The leases of the killed worker had at least half of HELD_LEASE left.
+    // The leases of the killed worker had at least half of HELD_LEASE (15 s) left.
+    eprintln!("{label}: both jobs resumed {took:?} after the restart");
     assert!(
-        took < Duration::from_secs(5),
+        took < HANDED_BACK_WITHIN,
         "resumed {took:?} after the restart"
     );
     assert_eq!(
@@ -480,6 +481,10 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     paths
 }
+
+/// How soon a dead worker's jobs run again when a worker on its node hands them back: a
+/// bound with room for a loaded machine, yet below the 15 s a lapse would take at least.
+const HANDED_BACK_WITHIN: Duration = Duration::from_secs(8);
 
 /// A lease the dead worker's jobs still have much of when it is restarted: a handover
 /// faster than half of it cannot be a lapse.
@@ -561,10 +566,9 @@ async fn a_worker_on_the_node_resumes_a_dead_siblings_job_at_once() {
     b.wait_for_log("resumed=true", Duration::from_secs(20))
         .await;
     let took = killed.elapsed();
-    assert!(
-        took < Duration::from_secs(5),
-        "resumed {took:?} after the kill"
-    );
+    // One scan interval (2 s) and a pull, far below the 15 s or more of lease left.
+    eprintln!("the dead sibling's job resumed {took:?} after the kill");
+    assert!(took < HANDED_BACK_WITHIN, "resumed {took:?} after the kill");
     assert!(
         b.log().contains("handed a dead worker's job back"),
         "{}",
