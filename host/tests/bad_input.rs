@@ -127,20 +127,8 @@ impl Backend {
 
     /// `taskhost status --json IDS`, by job id.
     async fn status(&self, ids: &[&str]) -> BTreeMap<String, Value> {
-        let mut args = vec!["status", "--json"];
-        args.extend(ids);
-        let out = self.cli.run(&args).await.success();
-        let statuses: BTreeMap<String, Value> = out
-            .stdout
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("status printed {l:?}, not JSON: {e}\n{out}"));
-                (v["job_id"].as_str().unwrap().to_string(), v)
-            })
-            .collect();
-        assert_eq!(statuses.len(), ids.len(), "{out}");
-        statuses
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        status(&self.cli, &ids).await
     }
 }
 

@@ -507,20 +507,27 @@ async fn a_worker_restarted_on_its_node_resumes_its_jobs_at_once_on_the_embedded
     restart_on_the_same_node(cli, Queue::Local(queue), "embedded").await;
 }
 
+/// A stack named `name` (lease [`HELD_LEASE`]), a node's environment (one slot), and worker
+/// A on it running job `<name>-job` of `steps` steps of 100 ms, 3 of them durable.
+async fn one_job_on_a_node(name: &str, steps: u64) -> (Stack, CliEnv, Proc, String) {
+    let stack = Stack::setup_with(name, HELD_LEASE).await;
+    let module = stack.push("step_counter").await;
+    let node = stack.cli.set("WORKER_SLOTS", "1").node("node");
+    let id = format!("{name}-job");
+    let a = node.spawn("worker-a", &["worker"]);
+    stack
+        .submit(&module, "job.jsonl", &(job(&id, steps, 100) + "\n"))
+        .await
+        .success();
+    wait_progress(&stack, &id, 3).await;
+    (stack, node, a, id)
+}
+
 /// A frozen worker (SIGSTOP) is not a dead one: a worker started on its node leaves its job
 /// alone, and the job finishes in its first run once the frozen worker wakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_on_the_node_is_not_taken_for_dead() {
-    let stack = Stack::setup_with("node-frozen", HELD_LEASE).await;
-    let module = stack.push("step_counter").await;
-    let node = stack.cli.set("WORKER_SLOTS", "1").node("node");
-    let id = "node-frozen-job".to_string();
-    let mut a = node.spawn("worker-a", &["worker"]);
-    stack
-        .submit(&module, "frozen.jsonl", &(job(&id, 40, 100) + "\n"))
-        .await
-        .success();
-    wait_progress(&stack, &id, 3).await;
+    let (stack, node, mut a, id) = one_job_on_a_node("node-frozen", 40).await;
     a.signal(libc::SIGSTOP);
     let mut b = node.spawn("worker-b", &["worker"]);
     b.wait_for_log("worker started", WORKER_START).await;
@@ -547,16 +554,7 @@ async fn a_frozen_worker_on_the_node_is_not_taken_for_dead() {
 /// finds it within its scan interval and resumes its job at once, long before the lease lapses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_the_node_resumes_a_dead_siblings_job_at_once() {
-    let stack = Stack::setup_with("node-sibling", HELD_LEASE).await;
-    let module = stack.push("step_counter").await;
-    let node = stack.cli.set("WORKER_SLOTS", "1").node("node");
-    let id = "node-sibling-job".to_string();
-    let mut a = node.spawn("worker-a", &["worker"]);
-    stack
-        .submit(&module, "sibling.jsonl", &(job(&id, 60, 100) + "\n"))
-        .await
-        .success();
-    wait_progress(&stack, &id, 3).await;
+    let (stack, node, mut a, id) = one_job_on_a_node("node-sibling", 60).await;
     let mut b = node.spawn("worker-b", &["worker"]);
     b.wait_for_log("worker started", WORKER_START).await;
     // B's first look (as it started) found A alive.
