@@ -41,8 +41,8 @@ pub struct Inputs {
 #[derive(Default)]
 struct State {
     sizes: HashMap<String, u64>,
-    /// The last range fetched: (name, offset, bytes, bytes asked for).
-    window: Option<(String, u64, Vec<u8>, usize)>,
+    /// The last range fetched.
+    window: Option<Window>,
 }
 
 impl Inputs {
@@ -107,42 +107,121 @@ impl Inputs {
     }
 
     /// Up to `len` (at most [`MAX_READ_BYTES`]) bytes of `name` from `offset`; fewer only at
-    /// the end. Served from the window when it covers the range, else a new window of
-    /// [`WINDOW_BYTES`] (or `len`, if larger) is fetched from `offset`.
+    /// the end, none at or past it. Served from the window when it covers the range, else a
+    /// new window of [`WINDOW_BYTES`] (or `len`, if larger) is fetched from `offset`. Total
+    /// for every `offset` and `len` a task can pass: the range is checked against the
+    /// object's size before any arithmetic on it.
     pub async fn read(&self, name: &str, offset: u64, len: u32) -> Result<Vec<u8>, InputError> {
         let key = self.key(name)?.to_owned();
-        let len = (len as usize).min(MAX_READ_BYTES);
+        let size = self.size(name).await?;
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        // Both fit in usize now: `len` is at most MAX_READ_BYTES.
+        let len = (len as usize)
+            .min(MAX_READ_BYTES)
+            .min(usize::try_from(size - offset).unwrap_or(usize::MAX));
+        let total = self.read.load(Ordering::Relaxed).saturating_add(len as u64);
+        if total > self.limit {
+            return Err(InputError::LimitReached(self.limit));
+        }
         let mut st = self.state.lock().await;
-        let want = len.max(WINDOW_BYTES);
-        let covered = |st: &State| match &st.window {
-            Some((n, start, bytes, asked)) if n == name && offset >= *start => {
-                let from = (offset - start) as usize;
-                // The window ends at the object's end if it is short.
-                let whole = bytes.len() == *asked;
-                (from + len <= bytes.len() || (!whole && from <= bytes.len()))
-                    .then(|| bytes[from..(from + len).min(bytes.len())].to_vec())
-            }
-            _ => None,
-        };
-        let out = match covered(&st) {
+        let out = match st.window.as_ref().and_then(|w| w.serve(name, offset, len)) {
             Some(out) => out,
             None => {
+                let want = len.max(WINDOW_BYTES);
                 let bytes = self
                     .store
                     .get_range(&key, offset, want as u64)
                     .await
                     .map_err(|e| self.storage(name, e))?
                     .ok_or_else(|| InputError::Missing(name.to_owned()))?;
-                st.window = Some((name.to_owned(), offset, bytes, want));
-                covered(&st).unwrap_or_default()
+                let window = Window {
+                    name: name.to_owned(),
+                    start: offset,
+                    bytes,
+                    asked: want,
+                };
+                let out = window.serve(name, offset, len).unwrap_or_default();
+                st.window = Some(window);
+                out
             }
         };
         drop(st);
-        let total = self.read.load(Ordering::Relaxed) + out.len() as u64;
-        if total > self.limit {
-            return Err(InputError::LimitReached(self.limit));
-        }
-        self.read.store(total, Ordering::Relaxed);
+        self.read.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
+    }
+}
+
+/// The last range fetched of one input.
+struct Window {
+    name: String,
+    /// Its offset in the object.
+    start: u64,
+    bytes: Vec<u8>,
+    /// Bytes asked for: fewer came only because the object ends there.
+    asked: usize,
+}
+
+impl Window {
+    /// The bytes of a read of `len` at `offset`, if this window covers it.
+    fn serve(&self, name: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
+        if self.name != name {
+            return None;
+        }
+        let range = window_range(self.start, self.bytes.len(), self.asked, offset, len)?;
+        Some(self.bytes[range].to_vec())
+    }
+}
+
+/// The part of a window (`have` bytes fetched from object offset `start`, `asked` asked
+/// for) that serves a read of `len` bytes at `offset`: `None` when the window does not cover
+/// it. A window shorter than asked ends at the object's end, so it serves reads running past
+/// it with what it has. Never panics and never wraps, whatever the numbers.
+pub(crate) fn window_range(
+    start: u64,
+    have: usize,
+    asked: usize,
+    offset: u64,
+    len: usize,
+) -> Option<std::ops::Range<usize>> {
+    let from = usize::try_from(offset.checked_sub(start)?).ok()?;
+    if from > have {
+        return None;
+    }
+    match from.checked_add(len) {
+        Some(end) if end <= have => Some(from..end),
+        _ if have < asked => Some(from..have),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_range;
+
+    #[test]
+    fn window_ranges() {
+        // (start, have, asked, offset, len) -> range
+        let cases = [
+            ((0, 10, 10, 0, 4), Some(0..4)),
+            ((0, 10, 10, 6, 4), Some(6..10)),
+            ((0, 10, 10, 8, 4), None),         // runs past a whole window: fetch again
+            ((0, 6, 10, 4, 4), Some(4..6)),    // a short window ends at the object's end
+            ((0, 6, 10, 6, 4), Some(6..6)),    // at the end: nothing
+            ((0, 6, 10, 7, 4), None),          // past what it has: ask the store
+            ((5, 10, 10, 4, 1), None),         // before the window
+            ((0, 10, 10, u64::MAX, 1), None),  // the read that panicked the host
+            ((0, 10, 10, 0, usize::MAX), None),
+            ((0, 6, 10, 0, usize::MAX), Some(0..6)),
+            ((u64::MAX, 0, 1, u64::MAX, 1), Some(0..0)),
+        ];
+        for ((start, have, asked, offset, len), want) in cases {
+            assert_eq!(
+                window_range(start, have, asked, offset, len),
+                want,
+                "{start} {have} {asked} {offset} {len}"
+            );
+        }
     }
 }
