@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{
-    self, CheckpointError, Checkpointer, ClaimError, Limits, OtherWork, now_ms, skew_allowance_ms,
+    self, CheckpointError, Checkpointer, ClaimError, Limits, OtherWork, Proof,
 };
 use crate::files::{Artifacts, FileLimits, JobFiles};
 use crate::ids::JobId;
@@ -73,6 +73,13 @@ pub enum JobEnd {
     HostFault(String),
     /// The store failed; nothing is lost, retry later. Nack with backoff.
     Storage(String),
+    /// The job's last runs ended without a clean end (their worker crashed, was killed or
+    /// panicked, or lost the job) and saved nothing between: `crashes` of them, over the
+    /// limit. Nothing ran. Dead-letter.
+    Crashed { crashes: u32, last: String },
+    /// The store kept failing this job's own input or artifact calls while it answered the
+    /// checkpoint's (`runs` runs in a row): a broken object, not an outage. Dead-letter.
+    StorageRepeated { runs: u32, last: String },
 }
 
 /// The fixed parts of running jobs.
@@ -85,7 +92,16 @@ pub struct Executor<S> {
     pub limits: JobLimits,
     pub checkpoint_limits: Limits,
     pub file_limits: FileLimits,
+    /// `MAX_CRASHES`: runs in a row without a clean end (and without a save) after which
+    /// the job is dead-lettered instead of run again ([`JobEnd::Crashed`]).
+    pub max_crashes: u32,
 }
+
+/// Default of [`Executor::max_crashes`].
+pub const DEFAULT_MAX_CRASHES: u32 = 3;
+/// Runs in a row whose task failed after the store failed its own input or artifact calls
+/// (while the checkpoint's writes went through) before the job is dead-lettered.
+pub const MAX_STORAGE_FAILED_RUNS: u32 = 5;
 
 impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
     /// Runs `job` under `lease` (see the module docs). `shutdown` stops the task at its next
@@ -99,6 +115,23 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         lease: LeaseView,
         shutdown: CancellationToken,
     ) -> JobEnd {
+        self.execute_counted(job, module, input, binding, lease, shutdown)
+            .await
+            .0
+    }
+
+    /// [`Executor::execute`], also returning the runs the job's checkpoint counts (its
+    /// `attempts`, 0 when nothing was claimed): the host's own count of deliveries, for a
+    /// subscription that does not count them.
+    pub async fn execute_counted(
+        &self,
+        job: &JobId,
+        module: &Prepared,
+        input: &str,
+        binding: &Binding,
+        lease: LeaseView,
+        shutdown: CancellationToken,
+    ) -> (JobEnd, u32) {
         let claimed = match checkpoint::claim(
             &self.store,
             job,
@@ -110,18 +143,34 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         .await
         {
             Ok(c) => c,
-            Err(ClaimError::AlreadyDone) => return JobEnd::AlreadyDone,
-            Err(ClaimError::Busy { owner, until_ms }) => {
-                return JobEnd::Busy { owner, until_ms };
-            }
-            Err(ClaimError::Unreadable(m)) => return JobEnd::Unreadable(m),
-            Err(ClaimError::OtherWork(m)) => return JobEnd::OtherWork(m),
-            Err(ClaimError::Storage(m)) => return JobEnd::Storage(m),
+            Err(e) => return (claim_end(e), 0),
         };
+        let attempts = claimed.header.attempts;
+        (
+            self.run_claimed(job, module, input, binding, lease, shutdown, claimed)
+                .await,
+            attempts,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_claimed(
+        &self,
+        job: &JobId,
+        module: &Prepared,
+        input: &str,
+        binding: &Binding,
+        lease: LeaseView,
+        shutdown: CancellationToken,
+        claimed: checkpoint::Claimed,
+    ) -> JobEnd {
         let attempt = claimed.header.attempts;
         let resumed = claimed.data.is_some();
         let recorded = claimed.header.artifacts.clone();
         tracing::info!(job = %job, attempt, resumed, "job started");
+        // This run counts as a crash (the claim wrote it so) until it ends cleanly.
+        let crashed_before = claimed.header.crashes.saturating_sub(1);
+        let last_failure = claimed.header.last_failure.clone();
         let ckpt = Checkpointer::start(
             self.store.clone(),
             job,
@@ -129,6 +178,16 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             self.checkpoint_limits.clone(),
             lease.clone(),
         );
+        if crashed_before >= self.max_crashes.max(1) {
+            tracing::error!(job = %job, crashes = crashed_before, "the job's last runs all ended without a clean end; not running it again");
+            return match ckpt.flush(true).await {
+                Ok(()) => JobEnd::Crashed {
+                    crashes: crashed_before,
+                    last: last_failure.unwrap_or_else(|| "none recorded".into()),
+                },
+                Err(e) => ckpt_end(e),
+            };
+        }
         let files = JobFiles::new(
             self.store.clone().into(),
             job,
@@ -191,13 +250,32 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 message: msg,
             } if files.storage_failed() => {
                 tracing::warn!(job = %job, error = %msg, "the task failed after a storage error; retrying later");
+                ckpt.update_header(|h| {
+                    h.storage_failed_runs += 1;
+                    h.crashes = 0;
+                });
+                let runs = ckpt.header().storage_failed_runs;
+                // The checkpoint write answering while the job's own calls keep failing is a
+                // broken object (an upload the store lost, say), not an outage: bounded.
                 return match ckpt.flush(true).await {
+                    Ok(()) if runs >= MAX_STORAGE_FAILED_RUNS => {
+                        JobEnd::StorageRepeated { runs, last: msg }
+                    }
                     Ok(()) => JobEnd::Storage(format!("storage failed during the task: {msg}")),
                     Err(e) => ckpt_end(e),
                 };
             }
             other => other,
         };
+        // Every end below but a host panic and a lost job is a clean end of this run.
+        // Every end below but a host panic is a clean end of this run (a conflict writes
+        // nothing at all).
+        if !matches!(outcome, Outcome::HostPanic(_)) {
+            ckpt.update_header(|h| {
+                h.crashes = 0;
+                h.storage_failed_runs = 0;
+            });
+        }
         match outcome {
             Outcome::Finished(result) => {
                 self.store_result(job, &ckpt, &files.artifacts, result, attempt)
@@ -237,7 +315,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 }
             }
             Outcome::Conflict => JobEnd::Conflict,
-            Outcome::HostFault(msg) => match ckpt.flush(true).await {
+            Outcome::HostFault(msg) | Outcome::HostPanic(msg) => match ckpt.flush(true).await {
                 Ok(()) => JobEnd::HostFault(msg),
                 Err(e) => ckpt_end(e),
             },
@@ -254,7 +332,9 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
     /// checkpoint write recorded (see the module docs), and the result is written
     /// create-only: a one-step job costs two requests, the claim and the result. A job with
     /// artifacts writes their manifest first, under the same proof: they become visible with
-    /// the result.
+    /// the result. Every write after the proof is bounded by the time the proof still holds
+    /// ([`Executor::write_owned`]); unfinished uploads are aborted only once the result is
+    /// durable.
     async fn store_result(
         &self,
         job: &JobId,
@@ -263,14 +343,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         result: String,
         attempt: u32,
     ) -> JobEnd {
-        let manifest = artifacts.close();
-        let period_ms = ckpt.header().lease_period_ms;
+        let manifest = artifacts.manifest();
         let proof = match ckpt.finish().await {
             Ok(p) => p,
             Err(e) => return ckpt_end(e),
         };
-        let margin = 2 * skew_allowance_ms(period_ms);
-        if proof.lease_until_ms <= now_ms().saturating_add(margin) {
+        if proof.time_left().is_none() {
             // Our recorded lease is (about to be) over (its refresh failed): another worker
             // may claim the job, so the result must not be written by us.
             tracing::warn!(job = %job, "the lease recorded in the checkpoint is ending; not writing the result");
@@ -278,27 +356,93 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         }
         if !manifest.artifacts.is_empty() {
             let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-            if let Err(e) = self
-                .store
-                .put(&keys::manifest(job), bytes, Precondition::None)
+            if let Err(end) = self
+                .write_owned(job, &proof, &keys::manifest(job), bytes)
                 .await
             {
-                return JobEnd::Storage(e.to_string());
+                return end;
             }
         }
-        match self
-            .store
-            .put(
-                &keys::result(job),
-                result.clone().into_bytes(),
-                Precondition::Absent,
-            )
+        let end = match self
+            .write_owned(job, &proof, &keys::result(job), result.clone().into_bytes())
             .await
         {
-            Ok(_) => JobEnd::Done { result, attempt },
-            Err(StoreError::PreconditionFailed) => JobEnd::AlreadyDone,
-            Err(e) => JobEnd::Storage(e.to_string()),
+            Ok(Written::Created | Written::Replaced) => JobEnd::Done { result, attempt },
+            Ok(Written::Existed) => JobEnd::AlreadyDone,
+            Err(end) => return end,
+        };
+        artifacts.discard_unfinished();
+        end
+    }
+
+    /// Writes one of a finished job's outputs (`key`, `bytes`) while `proof` holds, each
+    /// request bounded by the time it still holds. Create-only first; an object already there
+    /// with the same bytes is this work's (`Existed`: our own write whose answer was lost, or
+    /// the same work done before); one with other bytes was written by a worker that no
+    /// longer owns the job (a stale owner's late write) and is replaced, `If-Match` on what
+    /// was read (`Replaced`). A request that outlasts the proof may still land, so the job
+    /// ends as lost: the next delivery finds what is stored.
+    async fn write_owned(
+        &self,
+        job: &JobId,
+        proof: &Proof,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Written, JobEnd> {
+        let expired = || {
+            tracing::warn!(job = %job, key, "a result write outlasted this worker's hold on the job; giving the job up");
+            JobEnd::LeaseLost
+        };
+        let storage = |e: StoreError| JobEnd::Storage(e.to_string());
+        let create = self.store.put(key, bytes.clone(), Precondition::Absent);
+        match within(proof, create).await.ok_or_else(expired)? {
+            Ok(_) => return Ok(Written::Created),
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(storage(e)),
         }
+        let stored = within(proof, self.store.get(key))
+            .await
+            .ok_or_else(expired)?;
+        let stored = match stored.map_err(storage)? {
+            Some(obj) => obj,
+            // Deleted since (a restart of the job): ours is not the job's output any more.
+            None => return Err(JobEnd::Conflict),
+        };
+        if stored.bytes == bytes {
+            return Ok(Written::Existed);
+        }
+        tracing::warn!(job = %job, key, "replacing what a worker that no longer owns the job wrote");
+        let replace = self
+            .store
+            .put(key, bytes, Precondition::Matches(stored.etag));
+        match within(proof, replace).await.ok_or_else(expired)? {
+            Ok(_) => Ok(Written::Replaced),
+            Err(StoreError::PreconditionFailed) => Err(JobEnd::Conflict),
+            Err(e) => Err(storage(e)),
+        }
+    }
+}
+
+/// How [`Executor::write_owned`] left the object.
+enum Written {
+    Created,
+    Existed,
+    Replaced,
+}
+
+/// Runs `request` for at most the time `proof` still holds: `None` if that is up first (the
+/// request may still land on the server).
+async fn within<T>(proof: &Proof, request: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(proof.time_left()?, request).await.ok()
+}
+
+fn claim_end(e: ClaimError) -> JobEnd {
+    match e {
+        ClaimError::AlreadyDone => JobEnd::AlreadyDone,
+        ClaimError::Busy { owner, until_ms } => JobEnd::Busy { owner, until_ms },
+        ClaimError::Unreadable(m) => JobEnd::Unreadable(m),
+        ClaimError::OtherWork(m) => JobEnd::OtherWork(m),
+        ClaimError::Storage(m) => JobEnd::Storage(m),
     }
 }
 
@@ -306,5 +450,153 @@ fn ckpt_end(e: CheckpointError) -> JobEnd {
     match e {
         CheckpointError::Conflict => JobEnd::Conflict,
         other => JobEnd::Storage(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::runtime::RuntimeConfig;
+    use crate::store::dir::DirStore;
+
+    /// The job id whose `job.id()` host call panics (see `runtime::host`).
+    pub(crate) const PANICKING_JOB: &str = "panic-in-host";
+
+    fn hostile() -> Vec<u8> {
+        let dir = match std::env::var_os("GUEST_TARGET_DIR") {
+            Some(d) => std::path::PathBuf::from(d),
+            None => {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/target")
+            }
+        };
+        let path = dir.join("wasm32-wasip2/release/hostile.wasm");
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: build the task modules with tests/build-guests.sh",
+                path.display()
+            )
+        })
+    }
+
+    async fn executor(store: DirStore) -> (Executor<DirStore>, Prepared) {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let module = runtime.prepare(hostile(), None).await.unwrap();
+        let ex = Executor {
+            store,
+            runtime,
+            worker_id: "test".into(),
+            limits: JobLimits::default(),
+            checkpoint_limits: Limits {
+                min_write_interval: Duration::from_millis(20),
+                ..Limits::default()
+            },
+            file_limits: FileLimits::default(),
+            max_crashes: 2,
+        };
+        (ex, module)
+    }
+
+    async fn run(ex: &Executor<DirStore>, module: &Prepared, job: &str) -> JobEnd {
+        let (lease, renewing) = LeaseView::detached(Duration::from_secs(30));
+        let job: JobId = job.parse().unwrap();
+        let end = ex
+            .execute(
+                &job,
+                module,
+                r#"{"mode": "id"}"#,
+                &Binding::default(),
+                lease,
+                CancellationToken::new(),
+            )
+            .await;
+        renewing.cancel();
+        end
+    }
+
+    /// A host function that panics ends that job as a host fault: its checkpoint is
+    /// released, the run counts as a crash, other jobs run on; past the crash limit the job
+    /// is not run again.
+    #[tokio::test]
+    async fn a_host_panic_ends_one_job_and_counts_as_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::open(tmp.path()).unwrap();
+        let (ex, module) = executor(store.clone()).await;
+        let job: JobId = PANICKING_JOB.parse().unwrap();
+        for crashes in 1..=2 {
+            let end = run(&ex, &module, PANICKING_JOB).await;
+            assert!(
+                matches!(&end, JobEnd::HostFault(m) if m.contains("injected")),
+                "{end:?}"
+            );
+            let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
+            assert_eq!(header.lease_until_ms, 0, "released");
+            assert_eq!(header.crashes, crashes);
+            assert_eq!(header.failures, 0, "never the task's failure");
+            // Another job on the same executor is untouched.
+            let ok = run(&ex, &module, &format!("fine-{crashes}")).await;
+            assert!(matches!(ok, JobEnd::Done { .. }), "{ok:?}");
+        }
+        let end = run(&ex, &module, PANICKING_JOB).await;
+        assert!(
+            matches!(end, JobEnd::Crashed { crashes: 2, .. }),
+            "past MAX_CRASHES the job is not run: {end:?}"
+        );
+    }
+
+    /// A crash counted for a job is forgiven by a clean end.
+    #[tokio::test]
+    async fn a_clean_end_clears_the_crash_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::open(tmp.path()).unwrap();
+        let (ex, module) = executor(store.clone()).await;
+        // A claim whose run never ended (a killed worker), then released as a dead
+        // sibling's would be.
+        let job: JobId = "killed".parse().unwrap();
+        let (lease, renewing) = LeaseView::detached(Duration::from_secs(30));
+        let claimed = checkpoint::claim(
+            &store,
+            &job,
+            "dead",
+            &lease,
+            &Work::default(),
+            OtherWork::Refuse,
+        )
+        .await
+        .unwrap();
+        renewing.cancel();
+        assert_eq!(claimed.header.crashes, 1);
+        let mut header = claimed.header;
+        header.lease_until_ms = 0;
+        let stored = store.get(&checkpoint::key(&job)).await.unwrap().unwrap();
+        store
+            .put(
+                &checkpoint::key(&job),
+                checkpoint::encode(&header, None),
+                Precondition::Matches(stored.etag),
+            )
+            .await
+            .unwrap();
+        // The next run ends cleanly (a task error) and clears the count.
+        let (lease, renewing) = LeaseView::detached(Duration::from_secs(30));
+        let end = ex
+            .execute(
+                &job,
+                &module,
+                r#"{"mode": "nonsense"}"#,
+                &Binding::default(),
+                lease,
+                CancellationToken::new(),
+            )
+            .await;
+        renewing.cancel();
+        assert!(matches!(end, JobEnd::TaskFailed(_)), "{end:?}");
+        let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
+        assert_eq!((header.attempts, header.crashes), (2, 0));
     }
 }

@@ -165,6 +165,7 @@ fn executor(store: AnyStore, rt: Runtime, files: FileLimits) -> Executor<AnyStor
             ..Limits::default()
         },
         file_limits: files,
+        max_crashes: taskhost::exec::DEFAULT_MAX_CRASHES,
     }
 }
 

@@ -84,6 +84,7 @@ fn executor(store: DirStore, rt: Runtime, limits: JobLimits) -> Executor<DirStor
         limits,
         checkpoint_limits: fast_ckpt(),
         file_limits: Default::default(),
+        max_crashes: taskhost::exec::DEFAULT_MAX_CRASHES,
     }
 }
 

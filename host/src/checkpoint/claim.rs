@@ -90,6 +90,8 @@ pub async fn claim<S: ObjectStore>(
     let lease_period_ms = lease.deadline.as_millis() as u64;
     let fresh = |mut header: Header| {
         header.attempts += 1;
+        // Until it ends cleanly, this run counts as one that crashed.
+        header.crashes = header.crashes.saturating_add(1);
         header.owner = owner.to_owned();
         header.lease_until_ms = lease_until_ms;
         header.lease_period_ms = lease_period_ms;

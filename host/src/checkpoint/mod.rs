@@ -77,6 +77,16 @@ pub struct Header {
     pub attempts: u32,
     /// Runs that ended in a trap (panic, fuel, memory, timeout). Interruptions don't count.
     pub failures: u32,
+    /// Runs in a row that started and did not end cleanly (their worker was killed or
+    /// crashed, a host function panicked, or the job was lost) with no save between: every
+    /// claim adds 1, a save sets it to 1 (this run), a clean end to 0. Past `MAX_CRASHES`
+    /// the job is dead-lettered (`exec`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+    /// Runs in a row whose task failed after the store failed its own input or artifact
+    /// calls while the checkpoint's writes went through (`exec`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub storage_failed_runs: u32,
     /// Last progress the task reported: (done, total).
     #[serde(default)]
     pub progress: Option<(u64, u64)>,
@@ -111,6 +121,10 @@ pub struct Header {
     pub updated_ms: u64,
     /// Random per write, so every write changes the ETag even when nothing else changed.
     pub nonce: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Encodes a checkpoint object: magic, version, header length, JSON header, task bytes.
@@ -241,6 +255,26 @@ enum Cmd {
 #[derive(Clone, Debug)]
 pub struct Proof {
     pub lease_until_ms: u64,
+    /// The lease period that write recorded (ms; 0: unknown), which sets the allowance.
+    pub lease_period_ms: u64,
+}
+
+impl Proof {
+    /// How long writes made under this proof may still take: until the recorded lease is
+    /// within twice the skew allowance of its end (after that a claim may take the job
+    /// over). `None` when that time has come.
+    pub fn time_left(&self) -> Option<Duration> {
+        owned_for(self.lease_until_ms, self.lease_period_ms, now_ms())
+    }
+}
+
+/// The time a worker whose last checkpoint write recorded `until_ms` (for a lease of
+/// `period_ms`) may still write for the job at `now_ms`: its lease less twice the skew
+/// allowance. `None` once no time is left.
+pub fn owned_for(until_ms: u64, period_ms: u64, now_ms: u64) -> Option<Duration> {
+    let margin = 2 * skew_allowance_ms(period_ms);
+    let left = until_ms.checked_sub(now_ms.saturating_add(margin))?;
+    (left > 0).then(|| Duration::from_millis(left))
 }
 
 /// The task's view of its checkpoint, and the host's handle on the background writer.
@@ -310,6 +344,8 @@ impl Checkpointer {
                 return Err(CheckpointError::Conflict);
             }
             st.latest = Some(Arc::new(data));
+            // The run made progress: the runs that crashed before it are forgiven.
+            st.header.crashes = st.header.crashes.min(1);
             st.dirty = true;
         }
         self.shared.wake.notify_one();
@@ -327,23 +363,24 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Whether this worker may still write for the job: no conflict, and the lease its last
+    /// How long this worker may still write for the job: no conflict, and the lease its last
     /// write recorded has more than twice the clock-skew allowance left, so no other worker
-    /// can have claimed the job (the rule the result write follows, see `exec`). Waits for a
-    /// fresher lease record when the last one is merely getting old: asks the writer to record the current lease now, and gives up
-    /// (false) on a conflict, a lost lease, or once the recorded lease is within one skew
+    /// can have claimed the job (the rule the result write follows, see `exec`); the time
+    /// returned is what is left of that. Waits for a fresher lease record when the last one
+    /// is merely getting old: asks the writer to record the current lease now, and gives up
+    /// (`None`) on a conflict, a lost lease, or once the recorded lease is within one skew
     /// allowance of its end (another worker may claim the job from then on).
-    pub async fn confirm_owned(&self) -> bool {
+    pub async fn confirm_owned(&self) -> Option<Duration> {
         loop {
             {
                 let mut st = self.lock();
                 let skew = skew_allowance_ms(st.header.lease_period_ms);
                 let now = now_ms();
                 if st.conflict || st.written_until <= now.saturating_add(skew) {
-                    return false;
+                    return None;
                 }
-                if st.written_until > now.saturating_add(2 * skew) {
-                    return true;
+                if let Some(left) = owned_for(st.written_until, st.header.lease_period_ms, now) {
+                    return Some(left);
                 }
                 st.dirty = true;
             }

@@ -61,8 +61,10 @@ impl<S: ObjectStore> Writer<S> {
                         waiting.push(done);
                     }
                     Some(Cmd::Finish(done)) => {
+                        let lease_period_ms = lock(&self.shared).header.lease_period_ms;
                         let _ = done.send(Ok(Proof {
                             lease_until_ms: self.written_until,
+                            lease_period_ms,
                         }));
                         for w in waiting.drain(..) {
                             let _ = w.send(Err(CheckpointError::Storage("the job finished".into())));

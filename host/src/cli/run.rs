@@ -79,6 +79,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits,
         checkpoint_limits: Limits::default(),
         file_limits: super::config::file_limits(&args.files)?,
+        max_crashes: crate::exec::DEFAULT_MAX_CRASHES,
     };
     let cancel = super::shutdown_token();
     // Bound to its work like a worker's job; `run` never discards or upgrades stored work.
@@ -148,7 +149,21 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
         }
         JobEnd::HostFault(msg) => {
             eprintln!(
-                "error: the host could not start the task, nothing is lost, try again: {msg}"
+                "error: a fault of the host, not the task's; nothing is lost, try again: {msg}"
+            );
+            ExitCode::from(exit::STORAGE)
+        }
+        JobEnd::Crashed { crashes, last } => {
+            eprintln!(
+                "error: job {job}'s last {crashes} runs ended without a clean end and saved \
+                 nothing between; not running it again (last failure: {last}); \
+                 `taskhost job reset {job}` starts it over"
+            );
+            ExitCode::from(exit::TRAPPED)
+        }
+        JobEnd::StorageRepeated { runs, last } => {
+            eprintln!(
+                "error: the store failed job {job}'s own input or artifact calls in {runs} runs in a row: {last}"
             );
             ExitCode::from(exit::STORAGE)
         }

@@ -49,6 +49,11 @@ pub struct WorkerArgs {
     /// Trapped runs (panic, fuel, memory, timeout) after which a job is dead-lettered.
     #[arg(long, env = "MAX_FAILURES", default_value_t = DEFAULT_MAX_FAILURES)]
     pub max_failures: u32,
+    /// Runs in a row that ended without a clean end (the worker was killed, ran out of
+    /// memory or crashed; a host panic; a lost job) and saved no checkpoint between, after
+    /// which a job is dead-lettered instead of taking another worker down.
+    #[arg(long, env = "MAX_CRASHES", default_value_t = crate::exec::DEFAULT_MAX_CRASHES)]
+    pub max_crashes: u32,
     /// Module for messages that name none (sha256:<hex>).
     #[arg(long, env = "DEFAULT_MODULE")]
     pub default_module: Option<ModuleHash>,
@@ -128,6 +133,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         limits,
         checkpoint_limits: Limits::default(),
         file_limits: super::config::file_limits(&args.files)?,
+        max_crashes: args.max_crashes,
     };
     let config = WorkerConfig {
         subscription_id: subscription,

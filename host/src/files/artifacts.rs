@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::{ArtifactRecord, FileLimits, MAX_OPEN_ARTIFACTS, Manifest, ManifestEntry, PART_BYTES};
 use crate::checkpoint::Checkpointer;
 use crate::ids::JobId;
 use crate::keys;
 use crate::store::any::AnyStore;
-use crate::store::{ObjectStore, Precondition};
+use crate::store::{ETag, ObjectStore, Precondition, StoreError};
 
 /// Why an artifact operation failed (the WIT `artifact-error`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,13 +184,35 @@ impl Artifacts {
         Ok(self.insert(&mut st, open))
     }
 
-    /// Continues `name` as the checkpoint recorded it; `None` if it recorded no open one.
-    pub fn resume(&self, name: &str) -> Result<Option<ArtifactHandle>, ArtifactError> {
+    /// Continues `name` as the checkpoint recorded it; `None` if it recorded no open one, or
+    /// if the store no longer knows its upload (it aborts incomplete uploads by itself
+    /// after a while): the task then starts the artifact again, and the job never loops on
+    /// an upload that is gone.
+    pub async fn resume(&self, name: &str) -> Result<Option<ArtifactHandle>, ArtifactError> {
+        let rec = {
+            let mut st = self.lock();
+            self.check_new(&st, name)?;
+            match st.resumable.remove(name) {
+                Some(rec) => rec,
+                None => return Ok(None),
+            }
+        };
+        if let Some(upload) = &rec.upload {
+            let key = keys::artifact(&self.job, name);
+            match self.store.upload_exists(&key, upload).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job = %self.job, artifact = name, "the store no longer knows this artifact's upload; the task starts it again");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.lock().resumable.insert(name.to_owned(), rec);
+                    return Err(self.storage(name, e));
+                }
+            }
+        }
         let mut st = self.lock();
         self.check_new(&st, name)?;
-        let Some(rec) = st.resumable.remove(name) else {
-            return Ok(None);
-        };
         let open = Open {
             name: rec.name,
             upload: rec.upload,
@@ -226,14 +249,40 @@ impl Artifacts {
                 .sum::<u64>()
     }
 
-    /// The fence: `Conflict` (and the job marked lost) unless this worker still owns it.
-    async fn fence(&self) -> Result<(), ArtifactError> {
-        if self.checkpoint.confirm_owned().await {
-            Ok(())
-        } else {
-            tracing::warn!(job = %self.job, "artifact write refused: this worker no longer owns the job");
-            self.checkpoint.lose();
-            Err(ArtifactError::Conflict)
+    /// The fence: `Conflict` (and the job marked lost) unless this worker still owns the
+    /// job; else how long it still does (what a write may take).
+    async fn fence(&self) -> Result<Duration, ArtifactError> {
+        match self.checkpoint.confirm_owned().await {
+            Some(left) => Ok(left),
+            None => {
+                tracing::warn!(job = %self.job, "artifact write refused: this worker no longer owns the job");
+                Err(self.lost())
+            }
+        }
+    }
+
+    fn lost(&self) -> ArtifactError {
+        self.checkpoint.lose();
+        ArtifactError::Conflict
+    }
+
+    /// One store call of an artifact write, made after the fence and bounded by the time the
+    /// fence said this worker still owns the job: a call still running then may land after
+    /// another worker claimed the job, so the job is given up (`Conflict`: handed back, not
+    /// the task's failure) rather than waited for.
+    async fn fenced<T>(
+        &self,
+        name: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ArtifactError> {
+        let left = self.fence().await?;
+        match tokio::time::timeout(left, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.storage(name, e)),
+            Err(_) => {
+                tracing::warn!(job = %self.job, artifact = name, "an artifact upload outlasted this worker's hold on the job; giving the job up");
+                Err(self.lost())
+            }
         }
     }
 
@@ -245,65 +294,75 @@ impl Artifacts {
         ))
     }
 
-    /// Appends `data`, uploading every whole part.
+    /// Appends `data`, uploading every part it fills as it fills it: the host holds at most
+    /// one part per open artifact besides the call's own `data`, however large that is.
     pub async fn write(&self, h: &ArtifactHandle, data: Vec<u8>) -> Result<(), ArtifactError> {
         let (name, key) = {
-            let mut st = self.lock();
+            let st = self.lock();
             let total = Self::total(&st, "");
-            let Some(open) = st.open.get_mut(&h.0) else {
+            let open = st.open.get(&h.0).filter(|o| !o.done);
+            let Some(open) = open else {
                 return Err(ArtifactError::Finished);
             };
-            if open.done {
-                return Err(ArtifactError::Finished);
-            }
-            let size = open.size() + data.len() as u64;
-            if size > self.limits.artifact_bytes {
+            let len = data.len() as u64;
+            if open.size().saturating_add(len) > self.limits.artifact_bytes {
                 return Err(ArtifactError::TooLarge(self.limits.artifact_bytes));
             }
-            if total + data.len() as u64 > self.limits.artifacts_total_bytes {
+            if total.saturating_add(len) > self.limits.artifacts_total_bytes {
                 return Err(ArtifactError::JobLimit(self.limits.artifacts_total_bytes));
-            }
-            open.buf.extend_from_slice(&data);
-            if open.buf.len() < PART_BYTES {
-                return Ok(());
             }
             (open.name.clone(), keys::artifact(&self.job, &open.name))
         };
+        let mut rest: &[u8] = &data;
         loop {
             let (upload, number, part) = {
                 let mut st = self.lock();
-                let open = st.open.get_mut(&h.0).expect("the artifact is open");
+                let Some(open) = st.open.get_mut(&h.0).filter(|o| !o.done) else {
+                    return Err(ArtifactError::Finished);
+                };
+                let take = (PART_BYTES - open.buf.len()).min(rest.len());
+                grow_within_part(&mut open.buf, take);
+                open.buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
                 if open.buf.len() < PART_BYTES {
                     return Ok(());
                 }
-                let part: Vec<u8> = open.buf.drain(..PART_BYTES).collect();
+                let part = std::mem::take(&mut open.buf);
                 (open.upload.clone(), open.parts.len() as u32 + 1, part)
             };
-            self.fence().await?;
             let upload = match upload {
                 Some(u) => u,
                 None => {
-                    let u = self
-                        .store
-                        .upload_start(&key)
-                        .await
-                        .map_err(|e| self.storage(&name, e))?;
-                    self.lock().open.get_mut(&h.0).expect("open").upload = Some(u.clone());
+                    let u = self.fenced(&name, self.store.upload_start(&key)).await;
+                    let u = u.inspect_err(|_| self.give_up(h))?;
+                    if let Some(open) = self.lock().open.get_mut(&h.0) {
+                        open.upload = Some(u.clone());
+                    }
                     u
                 }
             };
-            let tag = match self.store.upload_part(&key, &upload, number, part).await {
-                Ok(tag) => tag,
-                Err(e) => {
-                    // The part's bytes are lost with the call: the artifact cannot go on.
-                    self.lock().open.get_mut(&h.0).expect("open").done = true;
-                    return Err(self.storage(&name, e));
-                }
-            };
+            let tag = self
+                .fenced(&name, self.store.upload_part(&key, &upload, number, part))
+                .await
+                // The part's bytes are lost with the call: the artifact cannot go on.
+                .inspect_err(|_| self.give_up(h))?;
             let mut st = self.lock();
-            let open = st.open.get_mut(&h.0).expect("the artifact is open");
+            let Some(open) = st.open.get_mut(&h.0) else {
+                return Err(ArtifactError::Finished);
+            };
             open.parts.push(tag);
             open.durable += PART_BYTES as u64;
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// An artifact whose write failed part-way cannot go on: later calls get `Finished`.
+    fn give_up(&self, h: &ArtifactHandle) {
+        if let Some(open) = self.lock().open.get_mut(&h.0) {
+            open.done = true;
+            open.buf = Vec::new();
         }
     }
 
@@ -328,23 +387,30 @@ impl Artifacts {
             )
         };
         let key = keys::artifact(&self.job, &name);
-        self.fence().await?;
         let etag = match upload {
-            None => self.store.put(&key, tail, Precondition::None).await,
+            None => {
+                self.fenced(&name, self.store.put(&key, tail, Precondition::None))
+                    .await?
+            }
             Some(upload) => {
                 let mut parts = parts;
                 if !tail.is_empty() {
                     let number = parts.len() as u32 + 1;
-                    match self.store.upload_part(&key, &upload, number, tail).await {
-                        Ok(tag) => parts.push(tag),
-                        Err(e) => return Err(self.storage(&name, e)),
-                    }
-                    self.fence().await?;
+                    let part = self.store.upload_part(&key, &upload, number, tail);
+                    parts.push(self.fenced(&name, part).await?);
                 }
-                self.store.upload_complete(&key, &upload, &parts).await
+                let left = self.fence().await?;
+                let complete = self.store.upload_complete(&key, &upload, &parts);
+                match tokio::time::timeout(left, complete).await {
+                    Ok(Ok(tag)) => tag,
+                    Ok(Err(e)) => match self.completed_anyway(&key, &upload, size).await {
+                        Some(tag) => tag,
+                        None => return Err(self.storage(&name, e)),
+                    },
+                    Err(_) => return Err(self.lost()),
+                }
             }
-        }
-        .map_err(|e| self.storage(&name, e))?;
+        };
         let mut st = self.lock();
         st.open.remove(&h.0);
         st.finished.insert(
@@ -356,6 +422,21 @@ impl Artifacts {
             },
         );
         Ok(size)
+    }
+
+    /// Whether a completion that answered with an error (or an error inside a 200, which S3
+    /// documents) happened all the same: the upload is gone and an object of the artifact's
+    /// size is under its key. Its tag if so.
+    async fn completed_anyway(&self, key: &str, upload: &str, size: u64) -> Option<ETag> {
+        if self.store.upload_exists(key, upload).await.ok()? {
+            return None;
+        }
+        if self.store.size(key).await.ok()?? != size {
+            return None;
+        }
+        let tag = self.store.head(key).await.ok()??;
+        tracing::info!(job = %self.job, key, "the upload's completion answered with an error but happened");
+        Some(tag)
     }
 
     /// The guest dropped its handle: an unfinished artifact is discarded.
@@ -376,20 +457,38 @@ impl Artifacts {
         });
     }
 
-    /// At the end of a finished run: discards what was never finished and returns the
-    /// manifest of the finished artifacts (empty if there are none).
-    pub fn close(&self) -> Manifest {
+    /// The manifest of the finished artifacts (empty if there are none), at the end of a
+    /// finished run. Changes nothing: what was never finished is discarded by
+    /// [`Artifacts::discard_unfinished`], once the result is written.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            artifacts: self.lock().finished.values().cloned().collect(),
+        }
+    }
+
+    /// Aborts the uploads of what was never finished: called only once this worker's result
+    /// is durable, so a worker that lost the job never aborts the uploads its new owner is
+    /// continuing.
+    pub fn discard_unfinished(&self) {
         let mut st = self.lock();
         let open: Vec<_> = st.open.drain().map(|(_, o)| (o.name, o.upload)).collect();
         let resumable: Vec<_> = std::mem::take(&mut st.resumable)
             .into_values()
             .map(|r| (r.name, r.upload))
             .collect();
-        let artifacts = st.finished.values().cloned().collect();
         drop(st);
         for (name, upload) in open.into_iter().chain(resumable) {
             self.abort_later(&name, upload);
         }
-        Manifest { artifacts }
+    }
+}
+
+/// Makes room for `more` bytes in a part buffer without ever holding more than one part:
+/// grows by doubling (amortized copies for small writes) but never past [`PART_BYTES`].
+fn grow_within_part(buf: &mut Vec<u8>, more: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() {
+        let want = need.max(buf.capacity() * 2).min(PART_BYTES);
+        buf.reserve_exact(want - buf.len());
     }
 }

@@ -206,12 +206,12 @@ mod tests {
         let cases = [
             ((0, 10, 10, 0, 4), Some(0..4)),
             ((0, 10, 10, 6, 4), Some(6..10)),
-            ((0, 10, 10, 8, 4), None),         // runs past a whole window: fetch again
-            ((0, 6, 10, 4, 4), Some(4..6)),    // a short window ends at the object's end
-            ((0, 6, 10, 6, 4), Some(6..6)),    // at the end: nothing
-            ((0, 6, 10, 7, 4), None),          // past what it has: ask the store
-            ((5, 10, 10, 4, 1), None),         // before the window
-            ((0, 10, 10, u64::MAX, 1), None),  // the read that panicked the host
+            ((0, 10, 10, 8, 4), None), // runs past a whole window: fetch again
+            ((0, 6, 10, 4, 4), Some(4..6)), // a short window ends at the object's end
+            ((0, 6, 10, 6, 4), Some(6..6)), // at the end: nothing
+            ((0, 6, 10, 7, 4), None),  // past what it has: ask the store
+            ((5, 10, 10, 4, 1), None), // before the window
+            ((0, 10, 10, u64::MAX, 1), None), // the read that panicked the host
             ((0, 10, 10, 0, usize::MAX), None),
             ((0, 6, 10, 0, usize::MAX), Some(0..6)),
             ((u64::MAX, 0, 1, u64::MAX, 1), Some(0..0)),

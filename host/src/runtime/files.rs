@@ -69,7 +69,7 @@ impl artifacts::Host for HostState {
     }
 
     async fn resume(&mut self, name: String) -> ArtifactResult<Option<Resource<ArtifactHandle>>> {
-        match self.files.artifacts.resume(&name) {
+        match self.files.artifacts.resume(&name).await {
             Ok(Some(h)) => Ok(Ok(Some(self.push_artifact(h)?))),
             Ok(None) => Ok(Ok(None)),
             Err(e) => Ok(Err(artifact_error(e))),

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
@@ -212,6 +213,11 @@ pub enum Outcome {
     /// The host could not start the task (instance pool exhausted, instantiation failed for
     /// a reason of the host's): not the task's fault, never counted against the job.
     HostFault(String),
+    /// A host function panicked while serving the task (a bug of ours that the task's
+    /// calls reached): caught, it ends this job only. Never counted as the task's failure,
+    /// but counted as a crash of the job (`exec`), so a task that keeps reaching it is
+    /// bounded.
+    HostPanic(String),
     /// Cancelled by the host (shutdown, lost lease) at a yield point.
     Cancelled,
 }
@@ -409,6 +415,9 @@ impl Runtime {
 
         enum End {
             Done(wasmtime::Result<Result<String, String>>),
+            /// A host function panicked (a bug of ours that a task's arguments reached): caught
+            /// here so it ends this job as a host fault, never the worker or other jobs.
+            Panicked(String),
             TimedOut,
             Cancelled,
         }
@@ -428,8 +437,9 @@ impl Runtime {
                     None => std::future::pending().await,
                 }
             };
+            let call = std::panic::AssertUnwindSafe(call).catch_unwind();
             tokio::select! {
-                r = call => End::Done(r),
+                r = call => r.map_or_else(|p| End::Panicked(panic_message(&*p)), End::Done),
                 _ = timeout => End::TimedOut,
                 _ = req.cancel.cancelled() => End::Cancelled,
             }
@@ -457,6 +467,10 @@ impl Runtime {
                     Outcome::HostFault(format!("cannot start the task: {e:#}"))
                 }
                 End::Done(Err(e)) => classify_trap(&e, state.limits.hit, stderr.last_line()),
+                End::Panicked(msg) => {
+                    tracing::error!(job = %req.job, panic = %msg, "the host panicked running this task");
+                    Outcome::HostPanic(format!("the host panicked running this task: {msg}"))
+                }
                 End::TimedOut => Outcome::Trapped {
                     kind: TrapKind::Timeout,
                     message: format!(
@@ -476,6 +490,15 @@ impl Runtime {
             output_dropped: stderr.dropped() + state.log_dropped,
         }
     }
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {

@@ -109,6 +109,13 @@ impl ObjectStore for AnyStore {
         }
     }
 
+    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.upload_exists(key, upload).await,
+            AnyStore::S3(s) => s.upload_exists(key, upload).await,
+        }
+    }
+
     async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
         match self {
             AnyStore::Dir(s) => s.upload_abort(key, upload).await,

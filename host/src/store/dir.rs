@@ -342,6 +342,11 @@ impl ObjectStore for DirStore {
             .map_err(join_err)?
     }
 
+    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+        self.path(key)?;
+        Ok(self.upload_dir(upload).is_ok())
+    }
+
     async fn upload_abort(&self, _key: &str, upload: &str) -> Result<(), StoreError> {
         if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());

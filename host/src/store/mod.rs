@@ -149,6 +149,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         parts: &[String],
     ) -> impl Future<Output = Result<ETag, StoreError>> + Send;
 
+    /// Whether the store still knows the upload (it may abort incomplete uploads by itself:
+    /// R2 does after 7 days by default).
+    fn upload_exists(
+        &self,
+        key: &str,
+        upload: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Discards an upload and its parts; an unknown upload is not an error.
     fn upload_abort(
         &self,

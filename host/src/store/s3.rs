@@ -595,6 +595,26 @@ impl ObjectStore for S3Store {
         etag_of("CompleteMultipartUpload", &full, resp.e_tag())
     }
 
+    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload)
+            .max_parts(1)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            // NoSuchUpload. (A missing bucket is 404 too, but then the checkpoint's own
+            // writes fail as well.)
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(self.fail("ListParts", &full, &e)),
+        }
+    }
+
     async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
         let full = self.full_key(key);
         match self

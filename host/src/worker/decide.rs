@@ -42,6 +42,14 @@ pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Durat
             Decision::DeadLetter(format!("the job's checkpoint cannot be used: {msg}"))
         }
         JobEnd::OtherWork(msg) => Decision::DeadLetter(msg.clone()),
+        JobEnd::Crashed { crashes, last } => Decision::DeadLetter(format!(
+            "its last {crashes} runs ended without a clean end (the worker was killed, ran out \
+             of memory or crashed) and saved nothing between (MAX_CRASHES); last failure: {last}"
+        )),
+        JobEnd::StorageRepeated { runs, last } => Decision::DeadLetter(format!(
+            "the store failed this job's own input or artifact calls in {runs} runs in a row \
+             while it answered the rest; last: {last}"
+        )),
     }
 }
 
@@ -132,6 +140,31 @@ mod tests {
                 JobEnd::OtherWork("stored for other work".into()),
                 1,
                 Decision::DeadLetter("stored for other work".into()),
+            ),
+            (
+                JobEnd::Crashed {
+                    crashes: 3,
+                    last: "none recorded".into(),
+                },
+                4,
+                Decision::DeadLetter(
+                    "its last 3 runs ended without a clean end (the worker was killed, ran out \
+                     of memory or crashed) and saved nothing between (MAX_CRASHES); last \
+                     failure: none recorded"
+                        .into(),
+                ),
+            ),
+            (
+                JobEnd::StorageRepeated {
+                    runs: 5,
+                    last: "no such upload".into(),
+                },
+                5,
+                Decision::DeadLetter(
+                    "the store failed this job's own input or artifact calls in 5 runs in a \
+                     row while it answered the rest; last: no such upload"
+                        .into(),
+                ),
             ),
             (JobEnd::Conflict, 1, Decision::HandBack(Duration::ZERO)),
             (JobEnd::LeaseLost, 1, Decision::HandBack(Duration::ZERO)),

@@ -20,11 +20,13 @@
 //! **API boundary:** only this module and `queue` know about acks and deliveries.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -244,7 +246,15 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                             let ctx = Arc::clone(&ctx);
                             let cancel = shutdown.clone();
                             jobs.spawn(async move {
-                                ctx.handle(received.message, lease, permit, cancel).await
+                                let handled = ctx.handle(received.message, lease, permit, cancel);
+                                // A panic outside the task's run (which `Runtime::run` catches
+                                // itself) ends this job only: its message goes back when the
+                                // dropped lease nacks it, or when its lease lapses.
+                                if let Err(p) = AssertUnwindSafe(handled).catch_unwind().await {
+                                    let panic = crate::runtime::panic_message(&*p);
+                                    tracing::error!(%panic, "a job's handler panicked (a host fault); its message goes back");
+                                    Stats::bump(&ctx.stats.host_faults);
+                                }
                             });
                         }
                     }
@@ -413,10 +423,13 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             },
             inputs: job.inputs.clone(),
         };
-        let end = self
+        let (end, runs) = self
             .executor
-            .execute(id, &module, &job.input, &binding, lease.view(), shutdown)
+            .execute_counted(id, &module, &job.input, &binding, lease.view(), shutdown)
             .await;
+        // Without a dead-letter policy the queue counts no deliveries: the checkpoint's own
+        // count of runs then spaces the retries out.
+        let attempt = message.delivery_attempt.unwrap_or(runs.max(1));
         // The job no longer runs: its slot may take the next message while this one is
         // settled (the ack, nack or dead-letter publish takes a round trip or two).
         drop(slot);
@@ -452,7 +465,11 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                 tracing::info!(job = %id, "result already exists; acking without running");
                 Stats::bump(&s.already_done);
             }
-            JobEnd::TaskFailed(_) | JobEnd::Unreadable(_) | JobEnd::OtherWork(_) => {}
+            JobEnd::TaskFailed(_)
+            | JobEnd::Unreadable(_)
+            | JobEnd::OtherWork(_)
+            | JobEnd::Crashed { .. }
+            | JobEnd::StorageRepeated { .. } => {}
             JobEnd::Trapped {
                 kind,
                 message,
