@@ -167,7 +167,6 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         let attempt = claimed.header.attempts;
         let resumed = claimed.data.is_some();
         let recorded = claimed.header.artifacts.clone();
-        tracing::info!(job = %job, attempt, resumed, "job started");
         // This run counts as a crash (the claim wrote it so) until it ends cleanly.
         let crashed_before = claimed.header.crashes.saturating_sub(1);
         let last_failure = claimed.header.last_failure.clone();
@@ -188,6 +187,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 Err(e) => ckpt_end(e),
             };
         }
+        tracing::info!(job = %job, attempt, resumed, crashes = crashed_before, "job started");
         let files = JobFiles::new(
             self.store.clone().into(),
             job,

@@ -8,14 +8,16 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use support::cli::CliEnv;
 use support::s3::S3Server;
+use support::stack::Stack;
 use taskhost::checkpoint::{self, Limits, OtherWork};
 use taskhost::exec::{Binding, DEFAULT_MAX_CRASHES, Executor, JobEnd};
 use taskhost::files::FileLimits;
 use taskhost::ids::JobId;
 use taskhost::job::Work;
-use taskhost::queue::Stamp;
 use taskhost::queue::lease::LeaseView;
+use taskhost::queue::{LocalQueue, Queue, Settle, Stamp};
 use taskhost::runtime::{JobLimits, Prepared, Runtime, RuntimeConfig};
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
@@ -346,19 +348,99 @@ fn huge_artifact_writes_keep_host_memory_bounded() {
     assert!(peak < BOUND, "peak RSS {} MiB", peak >> 20);
 }
 
-/// Waits for `child` and returns its exit status and its peak resident set in bytes.
-fn wait_with_peak_rss(child: std::process::Child) -> (i32, u64) {
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: plain FFI calls with valid pointers; the child is ours and not waited for yet.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(rc, pid);
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    (code, usage.ru_maxrss as u64 * 1024)
+/// Waits for `child` and returns its exit status and its peak resident set in bytes, read
+/// from its own `VmHWM` while it runs (its rusage would count this test process's memory:
+/// the child's accounting starts from the forking process's).
+fn wait_with_peak_rss(mut child: std::process::Child) -> (i32, u64) {
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Some(kb) = std::fs::read_to_string(&status).ok().and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        }) {
+            peak = peak.max(kb * 1024);
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            return (exit.code().unwrap_or(-1), peak);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A job that takes down every worker it lands on (here: SIGKILLed as soon as it starts,
+/// as the OOM killer would) is not redelivered forever: each start without a clean end is
+/// counted in its checkpoint, and past `MAX_CRASHES` the next worker dead-letters it with
+/// the reason instead of running it.
+async fn a_job_that_kills_its_workers(cli: CliEnv, queue: Queue, label: &str) {
+    let node = cli
+        .set("WORKER_SLOTS", "1")
+        .set("MAX_CRASHES", "3")
+        .node("node");
+    let wasm = support::guests::wasm("misbehave");
+    let pushed = node.run(&["module", "push", wasm.to_str().unwrap()]).await;
+    let module = pushed.success().last_line().to_string();
+    let id = format!("{label}-killer");
+    let text = format!(r#"{{"job_id":"{id}","mode":"sleep","ms":600000}}"#) + "\n";
+    let jobs = node.write_file("killer.jsonl", text);
+    let args = [
+        "submit",
+        "--quiet",
+        "--module",
+        &module,
+        jobs.to_str().unwrap(),
+    ];
+    node.run(&args).await.success();
+    for i in 0..3 {
+        let mut w = node.spawn(&format!("worker-{i}"), &["worker"]);
+        w.wait_for_log("job started", Duration::from_secs(60)).await;
+        w.kill9();
+    }
+    let mut last = node.spawn("worker-last", &["worker"]);
+    last.wait_for_log("dead-lettered", Duration::from_secs(60))
+        .await;
+    let log = last.log();
+    assert!(log.contains("without a clean end"), "{log}");
+    assert!(!log.contains("job started"), "it ran the job again:\n{log}");
+    let statuses = support::stack::status(&node, std::slice::from_ref(&id)).await;
+    let s = &statuses[&id];
+    assert_eq!(s["state"], "failed", "{s:#}");
+    assert!(
+        s["error"].as_str().unwrap_or("").contains("MAX_CRASHES"),
+        "{s:#}"
+    );
+    assert_eq!(
+        s["attempts"], 4,
+        "three killed runs and the one that refused: {s:#}"
+    );
+    support::stack::stop(&mut last).await;
+    let dead_sub = format!("{}-dead-letter-sub", node.var("TOPIC_ID"));
+    let dead = queue
+        .pull_some(&dead_sub, 10, Duration::from_secs(2), Settle::Ack)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].attributes["error"].contains("without a clean end"));
+    let sub = node.var("SUBSCRIPTION_ID").to_string();
+    let left = queue
+        .pull_some(&sub, 10, Duration::from_secs(2), Settle::Nack)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "left on {sub}: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_kills_its_workers_is_dead_lettered_on_the_emulator() {
+    let stack = Stack::setup_with("killer", Duration::from_secs(30)).await;
+    let queue = Queue::PubSub(stack.pubsub.clone());
+    a_job_that_kills_its_workers(stack.cli.clone(), queue, "emulator").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_kills_its_workers_is_dead_lettered_on_the_embedded_queue() {
+    let cli = CliEnv::embedded("killer").set("ACK_DEADLINE_SECONDS", "30");
+    let queue = LocalQueue::open(cli.var("QUEUE_FILE"))
+        .await
+        .expect("open the embedded queue");
+    a_job_that_kills_its_workers(cli, Queue::Local(queue), "embedded").await;
 }

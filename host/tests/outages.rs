@@ -182,6 +182,27 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
         .wait_done(&ids, Duration::from_secs(60), &mut [&mut w])
         .await;
     assert_sums(&work, &statuses);
+
+    // A subscription without a dead-letter policy is not fatal (the worker bounds retries by
+    // its own counts) but is said in one sentence at startup.
+    let settings = taskhost::queue::SubscriptionSettings {
+        ack_deadline_secs: 10,
+        ..Default::default()
+    };
+    p.queue()
+        .await
+        .ensure_subscription("misconfig-nodl", "misconfig", &settings)
+        .await
+        .unwrap();
+    let mut w = p
+        .cli
+        .set("SUBSCRIPTION_ID", "misconfig-nodl")
+        .spawn("nodl", &["worker"]);
+    w.wait_for_log("has no dead-letter policy", Duration::from_secs(30))
+        .await;
+    w.wait_for_log("worker started", Duration::from_secs(30))
+        .await;
+    w.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,6 +208,13 @@ async fn preflight(
                 "the subscription `{subscription}` does not exist: run `taskhost setup` (or set SUBSCRIPTION_ID)"
             );
         }
+        if pubsub.has_dead_letter_policy(subscription).await? == Some(false) {
+            tracing::warn!(
+                "the subscription `{subscription}` has no dead-letter policy, so Pub/Sub counts no \
+                 deliveries: failing jobs are still bounded by the worker's own counts (MAX_FAILURES, \
+                 MAX_CRASHES), but `taskhost setup` gives it one"
+            );
+        }
         if !pubsub.topic_exists(dead_letter_topic).await? {
             anyhow::bail!(
                 "the dead-letter topic `{dead_letter_topic}` does not exist, so failed jobs could not be set aside: \

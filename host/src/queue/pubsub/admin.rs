@@ -349,4 +349,24 @@ impl Pubsub {
             Err(e) => Err(self.rpc_error("get subscription", &name, e)),
         }
     }
+
+    /// Whether the subscription has a dead-letter policy (then Pub/Sub counts deliveries);
+    /// `None` when the worker may not look (it needs only subscriber rights).
+    pub async fn has_dead_letter_policy(&self, sub_id: &str) -> Result<Option<bool>, PubsubError> {
+        let name = self.subscription_path(sub_id);
+        match self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(&name)
+            .send()
+            .await
+        {
+            Ok(sub) => Ok(Some(
+                sub.dead_letter_policy
+                    .is_some_and(|p| !p.dead_letter_topic.is_empty()),
+            )),
+            Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(None),
+            Err(e) => Err(self.rpc_error("get subscription", &name, e)),
+        }
+    }
 }
