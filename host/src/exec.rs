@@ -190,6 +190,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 kind: TrapKind::Panic,
                 message: msg,
             } if files.storage_failed() => {
+                let msg = crate::inert::Inert(&msg);
                 tracing::warn!(job = %job, error = %msg, "the task failed after a storage error; retrying later");
                 return match ckpt.flush(true).await {
                     Ok(()) => JobEnd::Storage(format!("storage failed during the task: {msg}")),
