@@ -599,7 +599,7 @@ async fn a_save_and_its_artifact_records_are_written_together() {
         ckpt.save_with(i.to_string().into_bytes(), vec![record])
             .unwrap();
         i += 1;
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             tokio::task::yield_now().await;
         }
     }

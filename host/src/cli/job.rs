@@ -176,8 +176,8 @@ enum Reset {
 /// The store has no conditional delete, so this is a check (a HEAD of the checkpoint) right
 /// before each delete, not an atomic one: a claim landing between the two still loses its
 /// checkpoint. That worker's next checkpoint write is then refused (`If-Match` on a missing
-/// object): it stops and writes nothing, as after any conflict, and the job starts from
-/// nothing on its next delivery, which is what the reset asked for.
+/// object): it stops and writes nothing more, as after any conflict. A run that ends before
+/// its next checkpoint write (its end needs none) still stores its result.
 async fn delete_looked<S: ObjectStore>(
     store: &S,
     id: &JobId,
