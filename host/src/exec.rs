@@ -249,7 +249,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 kind: TrapKind::Panic,
                 message: msg,
             } if files.storage_failed() => {
-                tracing::warn!(job = %job, error = %msg, "the task failed after a storage error; retrying later");
+                let shown = crate::inert::Inert(&msg);
+                tracing::warn!(job = %job, error = %shown, "the task failed after a storage error; retrying later");
                 ckpt.update_header(|h| {
                     h.storage_failed_runs += 1;
                     h.crashes = 0;

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod exec;
 pub mod files;
 pub mod ids;
+pub mod inert;
 pub mod job;
 pub mod keys;
 pub mod modules;

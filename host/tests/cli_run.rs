@@ -152,6 +152,65 @@ fn run_explains_each_failure_class() {
     }
 }
 
+/// Whatever a task writes (`log.write`, stdout, stderr, its error) stays inside the host's
+/// log lines, escaped and marked as the task's: no line of the log, nor of `status`, starts
+/// with the text it forged (misbehave's `forge` mode puts it after newlines, carriage
+/// returns, ANSI escapes, NUL, line separators and bidi overrides).
+#[test]
+fn task_text_cannot_forge_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, cache) = (tmp.path().join("store"), tmp.path().join("cache"));
+    let misbehave = support::guests::wasm("misbehave");
+    let args = [
+        "run",
+        misbehave.to_str().unwrap(),
+        "--input",
+        r#"{"mode":"forge"}"#,
+        "--job-id",
+        "forge",
+    ];
+    let out = taskhost(&store, &cache, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let log = stderr(&out);
+    let status = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["status", "forge", "--store-dir"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", stderr(&status));
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.contains("failed"), "{status}");
+
+    for (what, text) in [("the log", &log), ("status", &status)] {
+        // A terminal starts over at a carriage return too.
+        for line in text.split(['\n', '\r']) {
+            assert!(
+                !line.trim_start().starts_with("FORGED"),
+                "{what} has a forged line {line:?}:\n{text}"
+            );
+        }
+        let control = text.chars().find(|&c| c != '\n' && c.is_control());
+        assert_eq!(control, None, "{what}:\n{text}");
+    }
+    // Every piece arrived, one event each, escaped, in the task's field.
+    let forged = "FORGED: job done; result stored";
+    for want in [
+        format!(r#"source="task" stream="log" text=innocent\n{forged}"#),
+        format!(r#"source="task" stream="log" text=innocent\r{forged}"#),
+        format!(r#"stream="log" text=\u{{1b}}[1A\u{{1b}}[2K\r{forged} \u{{1b}}[31mred"#),
+        format!(r#"source="task" stream="stdout" text=innocent\r{forged}"#),
+        format!(r#"stream="stdout" text=\u{{1b}}[2K\u{{1b}}[0G{forged}\u{{0}} 日本語"#),
+        format!(r#"stream="stderr" text=innocent\r{forged}\u{{2028}}{forged}\u{{202e}}{forged}"#),
+        format!(r"the task failed: innocent\n{forged}\r{forged}"),
+    ] {
+        assert!(log.contains(&want), "{want:?} missing from:\n{log}");
+    }
+    assert!(
+        status.contains(&format!(r"error innocent\n{forged}\r{forged}")),
+        "{status}"
+    );
+}
+
 #[test]
 fn run_help_explains_the_flags() {
     let out = Command::new(env!("CARGO_BIN_EXE_taskhost"))

@@ -529,3 +529,85 @@ async fn a_task_failing_after_a_storage_error_is_retried_not_failed() {
         "nothing counted, released"
     );
 }
+
+/// A save's data and the artifacts' records saved with it reach the store together: no
+/// checkpoint write holds one save's data with another save's records (the writer
+/// uploads as fast as it can while saves keep coming; a reader checks the versions it sees,
+/// until it has seen 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_save_and_its_artifact_records_are_written_together() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const VERSIONS: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path()).unwrap();
+    let job: JobId = "together".parse().unwrap();
+    let lease = live_lease();
+    let claimed = checkpoint::claim(
+        &store,
+        &job,
+        "w",
+        &lease,
+        &Work::default(),
+        OtherWork::Refuse,
+    )
+    .await
+    .unwrap();
+    let limits = Limits {
+        min_write_interval: Duration::ZERO,
+        ..Limits::default()
+    };
+    let ckpt = checkpoint::Checkpointer::start(store.clone(), &job, claimed, limits, lease);
+    let seen = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (store, key, seen) = (
+            store.clone(),
+            taskhost::keys::checkpoint(&job),
+            seen.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut last, mut torn) = (None, Vec::new());
+            while seen.load(Ordering::Relaxed) < VERSIONS {
+                let obj = store.get(&key).await.unwrap().unwrap();
+                if last.replace(obj.etag.clone()) == Some(obj.etag.clone()) {
+                    continue;
+                }
+                let (header, data) = checkpoint::decode(&obj.bytes).unwrap();
+                let Some(data) = data else { continue };
+                let i: u64 = String::from_utf8(data).unwrap().parse().unwrap();
+                let recorded = header.artifacts.first().map(|a| a.size);
+                if recorded != Some(i) {
+                    torn.push((i, recorded));
+                }
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            torn
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    while seen.load(Ordering::Relaxed) < VERSIONS {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the reader saw only {} versions",
+            seen.load(Ordering::Relaxed)
+        );
+        let record = taskhost::files::ArtifactRecord {
+            name: "out.bin".into(),
+            size: i,
+            ..Default::default()
+        };
+        ckpt.save_with(i.to_string().into_bytes(), vec![record])
+            .unwrap();
+        i += 1;
+        if i.is_multiple_of(16) {
+            tokio::task::yield_now().await;
+        }
+    }
+    let torn = reader.await.unwrap();
+    assert!(
+        torn.is_empty(),
+        "{} of {VERSIONS} versions torn: {torn:?}",
+        torn.len()
+    );
+}

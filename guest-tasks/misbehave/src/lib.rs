@@ -11,6 +11,7 @@
 //! | `panic` | panics | a trap |
 //! | `fail` | fails | `Err("the task failed on purpose")` |
 //! | `sleep` | sleeps `"ms"` milliseconds in 10 ms steps | `Ok({"slept_ms": ms})` |
+//! | `forge` | writes text that would forge lines of the host's log if it were printed as it is (newlines, carriage returns, ANSI escapes, NUL, each followed by [`FORGED`]) through `log.write`, stdout and stderr | `Err` with such text |
 //! | `save_loop` | saves `{"i": i}` for i = 0, 1, ... up to `"count"` (default: forever); with `"bytes"`, each checkpoint is padded to that many bytes; with `"every_ms"`, sleeps between saves; with `"ignore_errors": true`, keeps going after any failed save (a task that ignores `conflict`) | `Ok({"saved": count})`; `Err("conflict")` on a conflict; `Err(<the error>)` on any other checkpoint error (too large, storage) |
 //!
 //! In `escape`, each attempt is reported as `"ok: ..."` or `"error: ..."`; the mode never
@@ -40,7 +41,11 @@ pub const DEFAULT_ESCAPE_ADDR: &str = "127.0.0.1:9";
 /// Step of the `sleep` mode, in milliseconds.
 pub const SLEEP_STEP_MS: u64 = 10;
 
-const MODES: &str = "loop, membomb, flood, escape, panic, fail, sleep, save_loop";
+const MODES: &str = "loop, membomb, flood, escape, panic, fail, sleep, forge, save_loop";
+
+/// What `forge` puts where a new line of the host's log would start if the host printed the
+/// task's text as it is.
+pub const FORGED: &str = "FORGED: job done; result stored";
 
 /// The result document of the modes that end with `Ok`.
 #[derive(Serialize)]
@@ -72,6 +77,7 @@ impl Task for Misbehave {
             "panic" => panic!("misbehave: panicking on purpose"),
             "fail" => bail!("the task failed on purpose"),
             "sleep" => sleep(input.u64("ms")?),
+            "forge" => forge(),
             "save_loop" => {
                 let count = input.u64_opt("count")?;
                 let bytes = input.u64_opt("bytes")?;
@@ -181,6 +187,18 @@ fn describe(result: std::io::Result<String>) -> String {
         Ok(what) => format!("ok: {what}"),
         Err(e) => format!("error: {e}"),
     }
+}
+
+/// Writes [`FORGED`] after every kind of line break and terminal control, through every
+/// channel a task's text reaches the host's log by, then fails with it.
+fn forge() -> Result<Output, Error> {
+    log::info(format!("innocent\n{FORGED}"));
+    log::warn(format!("innocent\r{FORGED}"));
+    log::error(format!("\x1b[1A\x1b[2K\r{FORGED} \x1b[31mred\x1b[0m"));
+    println!("innocent\r{FORGED}");
+    println!("\x1b[2K\x1b[0G{FORGED}\0 日本語");
+    eprintln!("innocent\r{FORGED}\u{2028}{FORGED}\u{202e}{FORGED}");
+    bail!("innocent\n{FORGED}\r{FORGED}")
 }
 
 /// Sleeps `ms` milliseconds in [`SLEEP_STEP_MS`] steps (the last one shorter).

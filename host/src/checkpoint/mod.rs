@@ -335,6 +335,25 @@ impl Checkpointer {
 
     /// Accepts `data` as the newest checkpoint; the upload happens in the background.
     pub fn save(&self, data: Vec<u8>) -> Result<(), CheckpointError> {
+        self.accept(data, None)
+    }
+
+    /// [`Checkpointer::save`], recording the job's artifacts as they are now with the data.
+    pub fn save_with(
+        &self,
+        data: Vec<u8>,
+        artifacts: Vec<crate::files::ArtifactRecord>,
+    ) -> Result<(), CheckpointError> {
+        self.accept(data, Some(artifacts))
+    }
+
+    /// The data and the artifacts' records change under one lock: the writer never uploads
+    /// the one without the other.
+    fn accept(
+        &self,
+        data: Vec<u8>,
+        artifacts: Option<Vec<crate::files::ArtifactRecord>>,
+    ) -> Result<(), CheckpointError> {
         if data.len() > self.max_bytes {
             return Err(CheckpointError::TooLarge(self.max_bytes as u64));
         }
@@ -346,20 +365,12 @@ impl Checkpointer {
             st.latest = Some(Arc::new(data));
             // The run made progress: the runs that crashed before it are forgiven.
             st.header.crashes = st.header.crashes.min(1);
+            if let Some(artifacts) = artifacts {
+                st.header.artifacts = artifacts;
+            }
             st.dirty = true;
         }
         self.shared.wake.notify_one();
-        Ok(())
-    }
-
-    /// [`Checkpointer::save`], recording the job's artifacts as they are now with the data.
-    pub fn save_with(
-        &self,
-        data: Vec<u8>,
-        artifacts: Vec<crate::files::ArtifactRecord>,
-    ) -> Result<(), CheckpointError> {
-        self.save(data)?;
-        self.lock().header.artifacts = artifacts;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use clap::Args;
 use super::config::{SubscriptionArgs, TopicArgs, ensure_queue};
 use super::status::{JobStatus, read_job};
 use crate::ids::JobId;
+use crate::inert::Inert;
 use crate::queue::LocalQueue;
 use crate::queue::OutgoingMessage;
 use crate::queue::Queue;
@@ -131,7 +132,10 @@ pub fn check_result(job: &str, steps: u64, result: Option<&str>) -> Option<Strin
     let want = serde_json::json!({"job_id": job, "steps": steps, "sum": steps * (steps + 1) / 2});
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) if v == want => None,
-        _ => Some(format!("{job}: wrong result {text} (expected {want})")),
+        _ => Some(format!(
+            "{job}: wrong result {} (expected {want})",
+            Inert(text)
+        )),
     }
 }
 
@@ -358,7 +362,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!(
             "failed    {}: {}",
             f.job_id,
-            f.error.as_deref().unwrap_or("?")
+            Inert(f.error.as_deref().unwrap_or("?"))
         );
     }
     for w in &wrong {

@@ -9,7 +9,7 @@ use super::config::StoreArgs;
 use crate::checkpoint::{self, now_ms};
 use crate::ids::JobId;
 use crate::keys;
-use crate::store::ObjectStore;
+use crate::store::{ETag, ObjectStore};
 
 /// Manage jobs' stored state.
 #[derive(Args, Debug)]
@@ -20,9 +20,10 @@ pub struct JobArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
-    /// Delete everything stored for the jobs (checkpoint, result, error), so that their next
-    /// message starts them from nothing, whatever work it names. Asks first (`--yes` for
-    /// scripts). A job that a live worker runs is left alone.
+    /// Delete everything stored for the jobs (checkpoint, result, error, artifacts), so that
+    /// their next message starts them from nothing, whatever work it names. Asks first
+    /// (`--yes` for scripts). A job that a live worker runs, or that a worker claims while
+    /// it is being reset, is left alone.
     Reset(ResetArgs),
 }
 
@@ -77,41 +78,29 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     }
     let mut refused = 0;
     for id in &ids {
-        // A live lease on a job without a result: a worker runs it now. (A finished job's
-        // last lease is left to expire; it holds nothing.)
-        if let Some(h) = checkpoint::peek(&store, id).await?
-            && h.lease_until_ms > now_ms()
-            && !store.exists(&keys::result(id)).await?
-        {
+        let looked = look(&store, id).await?;
+        if let Some(owner) = &looked.running {
             eprintln!(
-                "error: job {id} is running on `{}` now; not reset (stop it, or wait until its lease ends)",
-                h.owner
+                "error: job {id} is running on `{owner}` now; not reset (stop it, or wait until its lease ends)"
             );
             refused += 1;
             continue;
         }
-        // The result first: a reset cut short never leaves a result whose artifacts are gone.
-        let mut deleted = Vec::new();
-        let artifacts = store.list(&keys::artifacts_prefix(id)).await?;
-        let mut keys = vec![
-            ("result", keys::result(id)),
-            ("manifest", keys::manifest(id)),
-            ("error", keys::error(id)),
-        ];
-        keys.extend(artifacts.into_iter().map(|k| ("artifact", k)));
-        keys.push(("checkpoint", keys::checkpoint(id)));
-        for (what, key) in keys {
-            if store.size(&key).await?.is_some() {
-                store.delete(&key).await?;
-                if deleted.last() != Some(&what) {
-                    deleted.push(what);
-                }
+        match delete_looked(&store, id, looked).await? {
+            Reset::Deleted(deleted) if deleted.is_empty() => println!("{id}: nothing stored"),
+            Reset::Deleted(deleted) => println!("{id}: deleted {}", deleted.join(", ")),
+            Reset::Changed { deleted } => {
+                let before = if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (deleted before that: {})", deleted.join(", "))
+                };
+                eprintln!(
+                    "error: job {id} changed while it was being reset (a worker claimed it?); \
+                     left alone{before}"
+                );
+                refused += 1;
             }
-        }
-        if deleted.is_empty() {
-            println!("{id}: nothing stored");
-        } else {
-            println!("{id}: deleted {}", deleted.join(", "));
         }
     }
     Ok(if refused == 0 {
@@ -119,4 +108,203 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What `reset` read of a job: what it will delete, and only while the checkpoint is still
+/// the one read.
+#[derive(Debug)]
+struct Looked {
+    /// The checkpoint's tag as read; `None`: the job had none.
+    checkpoint: Option<ETag>,
+    /// The owner of a live lease on a job without a result: a worker runs it now.
+    running: Option<String>,
+    /// The keys that existed, in the order they are deleted (the checkpoint last).
+    keys: Vec<(&'static str, String)>,
+}
+
+/// Reads what is stored for `id`. An unreadable checkpoint holds no lease: it is deleted
+/// like any other (a reset is what such a job needs).
+async fn look<S: ObjectStore>(store: &S, id: &JobId) -> anyhow::Result<Looked> {
+    let checkpoint = store.get(&keys::checkpoint(id)).await?;
+    let header = checkpoint
+        .as_ref()
+        .and_then(|c| checkpoint::decode(&c.bytes).ok())
+        .map(|(h, _)| h);
+    let done = store.exists(&keys::result(id)).await?;
+    // A live lease on a job without a result: a worker runs it now. (A finished job's last
+    // lease is left to expire; it holds nothing.)
+    let running = header
+        .filter(|h| h.lease_until_ms > now_ms() && !done)
+        .map(|h| h.owner);
+    // The result first: a reset cut short never leaves a result whose artifacts are gone.
+    let mut candidates = vec![
+        ("result", keys::result(id)),
+        ("manifest", keys::manifest(id)),
+        ("error", keys::error(id)),
+    ];
+    let artifacts = store.list(&keys::artifacts_prefix(id)).await?;
+    candidates.extend(artifacts.into_iter().map(|k| ("artifact", k)));
+    let mut found = Vec::new();
+    for (what, key) in candidates {
+        if store.size(&key).await?.is_some() {
+            found.push((what, key));
+        }
+    }
+    if checkpoint.is_some() {
+        found.push(("checkpoint", keys::checkpoint(id)));
+    }
+    Ok(Looked {
+        checkpoint: checkpoint.map(|c| c.etag),
+        running,
+        keys: found,
+    })
+}
+
+/// What [`delete_looked`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Reset {
+    /// Everything looked at is gone: what there was, by kind.
+    Deleted(Vec<&'static str>),
+    /// The checkpoint changed (or appeared) since it was read, before `deleted` was all
+    /// that was deleted: the job was left alone from then on.
+    Changed { deleted: Vec<&'static str> },
+}
+
+/// Deletes the keys `look` found, each only while the job's checkpoint is still the one
+/// read: a worker that claimed the job since (its claim writes the checkpoint) keeps it.
+///
+/// The store has no conditional delete, so this is a check (a HEAD of the checkpoint) right
+/// before each delete, not an atomic one: a claim landing between the two still loses its
+/// checkpoint. That worker's next checkpoint write is then refused (`If-Match` on a missing
+/// object): it stops and writes nothing more, as after any conflict. A run that ends before
+/// its next checkpoint write (its end needs none) still stores its result.
+async fn delete_looked<S: ObjectStore>(
+    store: &S,
+    id: &JobId,
+    looked: Looked,
+) -> anyhow::Result<Reset> {
+    let checkpoint = keys::checkpoint(id);
+    let mut deleted = Vec::new();
+    for (what, key) in looked.keys {
+        if store.head(&checkpoint).await? != looked.checkpoint {
+            return Ok(Reset::Changed { deleted });
+        }
+        store.delete(&key).await?;
+        if deleted.last() != Some(&what) {
+            deleted.push(what);
+        }
+    }
+    Ok(Reset::Deleted(deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{Header, encode};
+    use crate::store::Precondition;
+    use crate::store::dir::DirStore;
+
+    async fn put(store: &DirStore, key: &str, bytes: Vec<u8>) -> ETag {
+        store.put(key, bytes, Precondition::None).await.unwrap()
+    }
+
+    fn header(owner: &str, lease_until_ms: u64) -> Vec<u8> {
+        let h = Header {
+            owner: owner.into(),
+            lease_until_ms,
+            nonce: owner.into(),
+            ..Header::default()
+        };
+        encode(&h, Some(b"data"))
+    }
+
+    /// A finished job: checkpoint (its lease ended), result, manifest, two artifacts.
+    async fn finished(store: &DirStore, id: &JobId) -> ETag {
+        put(store, &keys::result(id), b"{}".to_vec()).await;
+        put(store, &keys::manifest(id), b"{}".to_vec()).await;
+        for name in ["a", "b"] {
+            let key = format!("{}{name}", keys::artifacts_prefix(id));
+            put(store, &key, b"x".to_vec()).await;
+        }
+        put(store, &keys::checkpoint(id), header("w1", 1)).await
+    }
+
+    #[tokio::test]
+    async fn a_reset_deletes_what_it_looked_at() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::open(tmp.path()).unwrap();
+        let id: JobId = "j".parse().unwrap();
+        finished(&store, &id).await;
+        let looked = look(&store, &id).await.unwrap();
+        assert_eq!(looked.running, None);
+        // Appears after the look: not looked at, not deleted.
+        put(&store, &keys::error(&id), b"late".to_vec()).await;
+        assert_eq!(
+            delete_looked(&store, &id, looked).await.unwrap(),
+            Reset::Deleted(vec!["result", "manifest", "artifact", "checkpoint"])
+        );
+        assert_eq!(store.list("jobs/").await.unwrap(), vec![keys::error(&id)]);
+        // An unreadable checkpoint is no obstacle.
+        put(&store, &keys::checkpoint(&id), b"garbage".to_vec()).await;
+        let looked = look(&store, &id).await.unwrap();
+        assert_eq!(
+            delete_looked(&store, &id, looked).await.unwrap(),
+            Reset::Deleted(vec!["error", "checkpoint"])
+        );
+        assert!(store.list("jobs/").await.unwrap().is_empty());
+        let looked = look(&store, &id).await.unwrap();
+        assert_eq!(
+            delete_looked(&store, &id, looked).await.unwrap(),
+            Reset::Deleted(vec![])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_claimed_since_it_was_read_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::open(tmp.path()).unwrap();
+        let id: JobId = "j".parse().unwrap();
+        let tag = finished(&store, &id).await;
+        store.delete(&keys::result(&id)).await.unwrap();
+        let looked = look(&store, &id).await.unwrap();
+        assert_eq!(looked.running, None, "its lease ended");
+        // A worker claims the job before the reset deletes anything.
+        let claim = header("w2", now_ms() + 60_000);
+        store
+            .put(
+                &keys::checkpoint(&id),
+                claim.clone(),
+                Precondition::Matches(tag),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            delete_looked(&store, &id, looked).await.unwrap(),
+            Reset::Changed { deleted: vec![] }
+        );
+        let stored = store.get(&keys::checkpoint(&id)).await.unwrap().unwrap();
+        assert_eq!(stored.bytes, claim);
+        assert_eq!(
+            store
+                .list(&keys::artifacts_prefix(&id))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        // Looked at again, it is running: not reset.
+        let looked = look(&store, &id).await.unwrap();
+        assert_eq!(looked.running.as_deref(), Some("w2"));
+
+        // A job with no checkpoint when read: one created since is a change too.
+        let fresh: JobId = "fresh".parse().unwrap();
+        put(&store, &keys::error(&fresh), b"e".to_vec()).await;
+        let looked = look(&store, &fresh).await.unwrap();
+        put(&store, &keys::checkpoint(&fresh), header("w3", 1)).await;
+        assert_eq!(
+            delete_looked(&store, &fresh, looked).await.unwrap(),
+            Reset::Changed { deleted: vec![] }
+        );
+        assert!(store.exists(&keys::error(&fresh)).await.unwrap());
+    }
 }

@@ -11,6 +11,7 @@ use super::exit;
 use crate::checkpoint::Limits;
 use crate::exec::{Binding, Executor, JobEnd};
 use crate::ids::JobId;
+use crate::inert::Inert;
 use crate::queue::lease::LeaseView;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
 use crate::store::ObjectStore;
@@ -125,7 +126,7 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
             ExitCode::SUCCESS
         }
         JobEnd::TaskFailed(msg) => {
-            eprintln!("error: the task failed: {msg}");
+            eprintln!("error: the task failed: {}", Inert(&msg));
             ExitCode::from(exit::TASK_FAILED)
         }
         JobEnd::Trapped {
@@ -134,8 +135,9 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
             failures,
         } => {
             eprintln!(
-                "error: the task stopped ({kind:?}: {message}); failure {failures} counted, \
-                 checkpoint kept: run again to resume"
+                "error: the task stopped ({kind:?}: {}); failure {failures} counted, \
+                 checkpoint kept: run again to resume",
+                Inert(&message)
             );
             ExitCode::from(exit::TRAPPED)
         }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::config::StoreArgs;
 use crate::checkpoint::{self, Header};
 use crate::ids::JobId;
+use crate::inert::{self, Inert};
 use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
 
@@ -135,7 +136,7 @@ pub async fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for id in &ids {
         let s = job_status(&store, id).await?;
         if args.json {
-            println!("{}", serde_json::to_string(&s)?);
+            println!("{}", inert::json(&serde_json::to_string(&s)?));
         } else {
             println!("{}", line(&s));
         }
@@ -160,9 +161,10 @@ fn line(s: &JobStatus) -> String {
         ),
         None => String::new(),
     };
+    // The result and the error are the task's text: shown escaped, on this one line.
     let tail = match (&s.result, &s.error) {
-        (Some(r), _) => format!("{artifacts}result {r}"),
-        (None, Some(e)) => format!("error {e}"),
+        (Some(r), _) => format!("{artifacts}result {}", Inert(r)),
+        (None, Some(e)) => format!("error {}", Inert(e)),
         _ => String::new(),
     };
     format!(
@@ -208,4 +210,44 @@ async fn watch(store: &AnyStore, ids: &[JobId]) -> anyhow::Result<ExitCode> {
         b.finish();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(result: Option<&str>, error: Option<&str>) -> JobStatus {
+        JobStatus {
+            job_id: "j".into(),
+            state: if result.is_some() { "done" } else { "failed" },
+            progress: None,
+            attempts: 1,
+            failures: 0,
+            result: result.map(Into::into),
+            error: error.map(Into::into),
+            artifacts: None,
+        }
+    }
+
+    #[test]
+    fn results_and_errors_are_shown_on_their_own_line_escaped() {
+        let forged = "ok\nj2   done   result {\"sum\":1}\r\x1b[2K\x1b[31mred\u{9b}";
+        for s in [status(Some(forged), None), status(None, Some(forged))] {
+            let text = line(&s);
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert!(text.contains(r"ok\nj2   done"), "{text}");
+            assert!(text.contains(r"\r\u{1b}[2K\u{1b}[31mred\u{9b}"), "{text}");
+            let json = inert::json(&serde_json::to_string(&s).unwrap());
+            assert!(!json.chars().any(char::is_control), "{json:?}");
+            let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                back[if s.result.is_some() {
+                    "result"
+                } else {
+                    "error"
+                }],
+                forged
+            );
+        }
+    }
 }

@@ -2,9 +2,10 @@
 //!
 //! The disk cache is keyed by the module's sha256 and the engine's compatibility hash, so a
 //! host upgrade or a different CPU never loads incompatible code. Files are written by this
-//! module only, into a directory created with mode 700, through a temporary file and an
-//! atomic rename; bytes that came from outside (R2, a user's file) are never deserialized:
-//! they are always compiled.
+//! module only, into a directory created with mode 700, through a temporary file of a unique
+//! name (workers that share the directory all run as PID 1 in their containers), made
+//! durable, then renamed into place; bytes that came from outside (R2, a user's file) are
+//! never deserialized: they are always compiled.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -81,17 +82,34 @@ impl ModuleCache {
     /// Best effort: a failure only costs a recompile later.
     pub(super) fn store_disk(&self, hash: &ModuleHash, component: &Component) {
         let Some(path) = self.path(hash) else { return };
-        let result = (|| -> anyhow::Result<()> {
-            let bytes = component.serialize()?;
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
+        let written = match component.serialize() {
+            Ok(bytes) => write_file(&path, &bytes),
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        };
+        if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the compiled-module cache");
         }
     }
+}
+
+/// Writes `bytes` to a new temporary file beside `path` (a name no other writer, process or
+/// thread can have; mode 600), makes it durable, then renames it over `path`: a reader (or
+/// a crash) sees the old file or the whole new one, never part of one. A temporary file of a
+/// failed write is removed.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .expect("a cache file is in the cache directory");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -103,4 +121,42 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create the module cache {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writers sharing the cache directory (threads here; processes that are all PID 1 in
+    /// their containers in production) never share a temporary file: every write succeeds,
+    /// the file is whole, and no temporary file is left.
+    #[test]
+    fn concurrent_writers_never_share_a_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("module.cwasm");
+        let bytes: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 4 << 20]).collect();
+        let start = std::sync::Barrier::new(bytes.len());
+        std::thread::scope(|s| {
+            let writers: Vec<_> = bytes
+                .iter()
+                .map(|b| {
+                    let (path, start) = (&path, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        write_file(path, b)
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap().unwrap();
+            }
+        });
+        let got = std::fs::read(&path).unwrap();
+        assert!(bytes.contains(&got), "a mix of writes");
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["module.cwasm"]);
+    }
 }

@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::taskhost::task::{checkpoint, job, log, progress};
-use super::output::LogPipe;
+use super::output::{LogPipe, task_event};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::files::JobFiles;
 
@@ -197,21 +197,10 @@ impl HostState {
         }
         self.logged += message.len();
         if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+            message.truncate(crate::inert::cut(&message, MAX_LOG_MESSAGE).len());
             message.push_str("...");
         }
-        let job = &*self.job;
-        match level {
-            log::Level::Trace => tracing::trace!(job, "{message}"),
-            log::Level::Debug => tracing::debug!(job, "{message}"),
-            log::Level::Info => tracing::info!(job, "{message}"),
-            log::Level::Warn => tracing::warn!(job, "{message}"),
-            log::Level::Error => tracing::error!(job, "{message}"),
-        }
+        task_event(level, &self.job, "log", &message);
     }
 }
 

@@ -1,9 +1,11 @@
-//! Guest stdout/stderr into `tracing`, bounded.
+//! Guest stdout/stderr into `tracing`, bounded, and the one shape of every event that
+//! carries task text ([`task_event`]).
 //!
-//! Each stream is cut into lines (a line longer than [`MAX_LINE`] is split) and logged with
-//! the job id. After [`MAX_LOGGED_BYTES`] per stream the rest is counted and dropped, so a
-//! task that floods its output cannot grow host memory or the log without bound. Writes
-//! always succeed from the guest's side: a guest must never trap because its log is full.
+//! Each stream is cut into lines (a line longer than [`MAX_LINE`] is split, never inside a
+//! character) and each line is logged as one event with the job id. After
+//! [`MAX_LOGGED_BYTES`] per stream the rest is counted and dropped, so a task that floods its
+//! output cannot grow host memory or the log without bound. Writes always succeed from the
+//! guest's side: a guest must never trap because its log is full.
 
 use std::io;
 use std::pin::Pin;
@@ -13,10 +15,38 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use super::bindings::taskhost::task::log::Level;
+use crate::inert::{Inert, cut_bytes};
+
 /// Longest line kept (bytes); longer lines are split.
 pub const MAX_LINE: usize = 4096;
 /// Bytes per stream that reach the log; the rest is dropped and counted.
 pub const MAX_LOGGED_BYTES: u64 = 1 << 20;
+
+/// The `tracing` target of the events that carry a task's text (`RUST_LOG` can filter it:
+/// `info,taskhost::task=warn`).
+pub const TASK_TARGET: &str = "taskhost::task";
+
+/// Logs one piece of a task's text (a `log.write` message, or one line of its stdout or
+/// stderr) as one event: target [`TASK_TARGET`], `source = "task"`, the job, the stream
+/// (`log`, `stdout` or `stderr`), and the text, escaped by [`Inert`], in the last field,
+/// `text`. The text is never the event's format string: whatever it holds, it stays inside
+/// one line of the host's log, after the fields the host wrote.
+pub(super) fn task_event(level: Level, job: &str, stream: &str, text: &str) {
+    let text = Inert(text);
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(target: TASK_TARGET, $level, job = %job, source = "task", stream, text = %text, "task text")
+        };
+    }
+    match level {
+        Level::Trace => event!(tracing::Level::TRACE),
+        Level::Debug => event!(tracing::Level::DEBUG),
+        Level::Info => event!(tracing::Level::INFO),
+        Level::Warn => event!(tracing::Level::WARN),
+        Level::Error => event!(tracing::Level::ERROR),
+    }
+}
 
 #[derive(Debug, Default)]
 struct Lines {
@@ -77,12 +107,19 @@ impl LogPipe {
             l.buf
                 .extend_from_slice(if newline { &chunk[..take - 1] } else { chunk });
             if newline || l.buf.len() >= MAX_LINE {
-                let line = String::from_utf8_lossy(&l.buf).into_owned();
-                l.buf.clear();
+                // A full line is split between characters: a character it would cut in
+                // two starts the next line.
+                let end = if newline {
+                    l.buf.len()
+                } else {
+                    cut_bytes(&l.buf, MAX_LINE)
+                };
+                let line = String::from_utf8_lossy(&l.buf[..end]).into_owned();
+                l.buf.drain(..end);
                 let size = line.len() as u64 + 1;
                 if l.logged < MAX_LOGGED_BYTES {
                     l.logged += size;
-                    tracing::info!(job = %self.job, stream = self.stream, "{line}");
+                    task_event(Level::Info, &self.job, self.stream, &line);
                     if l.logged >= MAX_LOGGED_BYTES {
                         tracing::warn!(
                             job = %self.job,
@@ -153,5 +190,21 @@ mod tests {
             assert!(p.buffered() <= MAX_LINE);
         }
         assert!(p.dropped() > MAX_LOGGED_BYTES / 2);
+    }
+
+    #[test]
+    fn a_long_line_is_split_between_characters() {
+        let p = LogPipe::new("j".into(), "stdout");
+        // 日 would straddle the line's cap: it starts the next line, whole.
+        let mut line = vec![b'x'; MAX_LINE - 1];
+        line.extend_from_slice("日本\n".as_bytes());
+        p.write(&line);
+        assert_eq!(p.last_line().as_deref(), Some("日本"));
+        assert_eq!(p.buffered(), 0);
+        // Written a byte at a time, the same.
+        for b in line {
+            p.write(&[b]);
+        }
+        assert_eq!(p.last_line().as_deref(), Some("日本"));
     }
 }

@@ -10,11 +10,19 @@
 //! start with `.` are this backend's own lock and temporary files, and `%` is in no key.
 //! Multipart uploads keep their parts under `<root>/.uploads/<id>/` until they are put
 //! together into the object (a temporary file renamed into place, like a write).
+//!
+//! What this backend keeps besides the objects is bounded: a key's lock file is removed
+//! whenever its key is left without an object (after a delete, or a conditional write that
+//! failed on an absent key), so lock files never outnumber objects, and a directory left
+//! empty by a delete is removed; an upload's directory is removed when it is completed or
+//! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
+//! upload's start, as R2 aborts incomplete uploads after 7 days.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -106,17 +114,87 @@ fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{suffix}"))
 }
 
-/// Takes the key's exclusive lock (released when the returned file is dropped), creating its
-/// directory if needed.
-fn lock_key(path: &Path) -> io::Result<File> {
-    fs::create_dir_all(path.parent().expect("keys always have a parent"))?;
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(hidden_sibling(path, "lock"))?;
-    lock.lock()?;
-    Ok(lock)
+/// How long an upload's parts are kept after its last part was written, if it is neither
+/// completed nor aborted (R2's rule for incomplete multipart uploads: 7 days).
+pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A key's exclusive lock, held until [`KeyLock::release`]d (or dropped).
+///
+/// The holder removes the lock file when it leaves the key without an object. Whoever was
+/// waiting for the lock then holds the lock of a file that no longer has the name, which a
+/// newcomer would not see: so a lock counts only when the file it is on still has the name
+/// once the lock is held; else it is taken again.
+struct KeyLock {
+    file: File,
+    path: PathBuf,
+    key: PathBuf,
+}
+
+/// Takes the key's exclusive lock, creating its directory if needed.
+fn lock_key(path: &Path) -> io::Result<KeyLock> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().expect("keys always have a parent");
+    let lock_path = hidden_sibling(path, "lock");
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        // A delete may remove the directory between these steps: then they run again
+        // (bounded, in case the error is not a race but there to stay).
+        let opened = fs::create_dir_all(dir).and_then(|()| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+        });
+        let file = match opened {
+            Ok(file) => file,
+            Err(e)
+                if tries < 1000
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                    ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        file.lock()?;
+        let held = file.metadata()?;
+        match fs::metadata(&lock_path) {
+            Ok(named) if (named.dev(), named.ino()) == (held.dev(), held.ino()) => {
+                return Ok(KeyLock {
+                    file,
+                    path: lock_path,
+                    key: path.to_owned(),
+                });
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl KeyLock {
+    /// Lets go of the lock. If the key is left without an object, its lock file goes first,
+    /// and then the directories this leaves empty, up to the store's `root`.
+    fn release(self, root: &Path) {
+        match fs::symlink_metadata(&self.key) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            _ => return,
+        }
+        let _ = fs::remove_file(&self.path);
+        drop(self.file);
+        let mut dir = self.path.parent();
+        while let Some(d) = dir {
+            if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
 }
 
 /// Writes a temporary sibling with `write`, makes it durable, then renames it over `path`
@@ -138,22 +216,31 @@ fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::
     result
 }
 
-fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, StoreError> {
+fn put_blocking(
+    root: &Path,
+    path: &Path,
+    bytes: &[u8],
+    pre: &Precondition,
+) -> Result<ETag, StoreError> {
     let ctx = || format!("writing {}", path.display());
-    let _lock = lock_key(path).with_context(ctx)?;
-    let current = read(path).with_context(ctx)?;
-    let holds = match (pre, &current) {
-        (Precondition::None, _) => true,
-        (Precondition::Absent, cur) => cur.is_none(),
-        (Precondition::Matches(tag), Some(cur)) => &cur.etag == tag,
-        (Precondition::Matches(_), None) => false,
-    };
-    if !holds {
-        return Err(StoreError::PreconditionFailed);
-    }
-    replace(path, |f| f.write_all(bytes)).with_context(ctx)?;
-    Ok(etag_of(bytes))
-    // The lock is released when dropped here, after the rename.
+    let lock = lock_key(path).with_context(ctx)?;
+    let result = (|| {
+        let current = read(path).with_context(ctx)?;
+        let holds = match (pre, &current) {
+            (Precondition::None, _) => true,
+            (Precondition::Absent, cur) => cur.is_none(),
+            (Precondition::Matches(tag), Some(cur)) => &cur.etag == tag,
+            (Precondition::Matches(_), None) => false,
+        };
+        if !holds {
+            return Err(StoreError::PreconditionFailed);
+        }
+        replace(path, |f| f.write_all(bytes)).with_context(ctx)?;
+        Ok(etag_of(bytes))
+    })();
+    // After the rename.
+    lock.release(root);
+    result
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
@@ -193,11 +280,17 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
 }
 
 /// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
-fn complete_blocking(path: &Path, parts_dir: &Path, parts: usize) -> Result<ETag, StoreError> {
+/// A failed completion keeps them: it may be tried again, or aborted.
+fn complete_blocking(
+    root: &Path,
+    path: &Path,
+    parts_dir: &Path,
+    parts: usize,
+) -> Result<ETag, StoreError> {
     let ctx = || format!("completing the upload of {}", path.display());
-    let _lock = lock_key(path).with_context(ctx)?;
+    let lock = lock_key(path).with_context(ctx)?;
     let mut hash = Sha256::new();
-    replace(path, |out| {
+    let written = replace(path, |out| {
         for n in 1..=parts {
             let bytes = fs::read(parts_dir.join(n.to_string()))?;
             hash.update(&bytes);
@@ -205,7 +298,9 @@ fn complete_blocking(path: &Path, parts_dir: &Path, parts: usize) -> Result<ETag
         }
         Ok(())
     })
-    .with_context(ctx)?;
+    .with_context(ctx);
+    lock.release(root);
+    written?;
     let _ = fs::remove_dir_all(parts_dir);
     Ok(ETag(hex::encode(&hash.finalize()[..16])))
 }
@@ -227,7 +322,8 @@ impl ObjectStore for DirStore {
 
     async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
         let path = self.path(key)?;
-        tokio::task::spawn_blocking(move || put_blocking(&path, &bytes, &pre))
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || put_blocking(&root, &path, &bytes, &pre))
             .await
             .map_err(join_err)?
     }
@@ -238,13 +334,22 @@ impl ObjectStore for DirStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Other(
-                anyhow::Error::new(e).context(format!("deleting {}", path.display())),
-            )),
-        }
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let ctx = || format!("deleting {}", path.display());
+            // Under the key's lock, so that its lock file can go too.
+            let lock = lock_key(&path).with_context(ctx)?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow::Error::new(e).context(ctx())),
+            }
+            lock.release(&root);
+            Ok(())
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(StoreError::Other)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -299,10 +404,14 @@ impl ObjectStore for DirStore {
         let mut b = [0u8; 12];
         getrandom::fill(&mut b).map_err(|e| StoreError::Other(anyhow::anyhow!("random: {e}")))?;
         let id = hex::encode(b);
-        let dir = self.uploads().join(&id);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .with_context(|| format!("creating {}", dir.display()))?;
+        let uploads = self.uploads();
+        let dir = uploads.join(&id);
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            remove_abandoned_uploads(&uploads);
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
+        })
+        .await
+        .map_err(join_err)??;
         Ok(id)
     }
 
@@ -337,7 +446,8 @@ impl ObjectStore for DirStore {
         let path = self.path(key)?;
         let dir = self.upload_dir(upload)?;
         let count = parts.len();
-        tokio::task::spawn_blocking(move || complete_blocking(&path, &dir, count))
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || complete_blocking(&root, &path, &dir, count))
             .await
             .map_err(join_err)?
     }
@@ -358,6 +468,24 @@ impl ObjectStore for DirStore {
             Err(e) => Err(StoreError::Other(
                 anyhow::Error::new(e).context(format!("removing {}", dir.display())),
             )),
+        }
+    }
+}
+
+/// Removes the uploads under `uploads` whose last part was written more than
+/// [`ABANDONED_UPLOAD_AGE`] ago: their writer died without completing or aborting them.
+fn remove_abandoned_uploads(uploads: &Path) {
+    let Ok(entries) = fs::read_dir(uploads) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if idle.is_some_and(|idle| idle > ABANDONED_UPLOAD_AGE) {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -468,5 +596,161 @@ mod tests {
             }
             assert_eq!(wins, 1, "{key}");
         }
+    }
+
+    /// Everything under `root` but `.uploads`, as relative paths.
+    fn files(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == ".uploads" {
+                    continue;
+                }
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push(rel);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn lock_files_and_directories_do_not_outlive_their_objects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DirStore::open(tmp.path()).unwrap();
+        let t = s
+            .put("jobs/a/checkpoint", b"1".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        s.put("jobs/a/result", b"r".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        // A lock file stays beside an object.
+        assert!(files(tmp.path()).contains(&"jobs/a/.checkpoint.lock".into()));
+        // A conditional write that fails on an absent key leaves nothing behind.
+        assert!(matches!(
+            s.put("jobs/b/checkpoint", b"2".to_vec(), Precondition::Matches(t))
+                .await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        assert!(matches!(
+            s.put("jobs/a/checkpoint", b"2".to_vec(), Precondition::Absent)
+                .await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        assert_eq!(
+            files(tmp.path()),
+            vec![
+                "jobs",
+                "jobs/a",
+                "jobs/a/.checkpoint.lock",
+                "jobs/a/.result.lock",
+                "jobs/a/checkpoint",
+                "jobs/a/result"
+            ]
+        );
+        // Deleting takes the lock file, and the directories left empty.
+        s.delete("jobs/a/result").await.unwrap();
+        s.delete("jobs/none/result").await.unwrap();
+        assert_eq!(
+            files(tmp.path()),
+            vec![
+                "jobs",
+                "jobs/a",
+                "jobs/a/.checkpoint.lock",
+                "jobs/a/checkpoint"
+            ]
+        );
+        s.delete("jobs/a/checkpoint").await.unwrap();
+        assert_eq!(files(tmp.path()), Vec::<String>::new());
+        assert!(tmp.path().is_dir());
+        // The key works as before.
+        s.put("jobs/a/checkpoint", b"3".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
+    }
+
+    /// Holders remove the lock file of a key they leave without an object while others wait
+    /// for it: still one holder at a time.
+    #[test]
+    fn a_removed_lock_file_never_lets_two_writers_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let key = root.join("jobs/x/checkpoint");
+        let inside = AtomicU64::new(0);
+        let entries = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (key, inside, entries) = (&key, &inside, &entries);
+                s.spawn(move || {
+                    for i in 0..300u64 {
+                        let lock = lock_key(key).unwrap();
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                        entries.fetch_add(1, Ordering::Relaxed);
+                        // Every other time the key is left without an object.
+                        if (t + i) % 2 == 0 {
+                            fs::write(key, b"x").unwrap();
+                        } else {
+                            let _ = fs::remove_file(key);
+                        }
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        lock.release(root);
+                    }
+                });
+            }
+        });
+        assert_eq!(entries.load(Ordering::Relaxed), 8 * 300);
+    }
+
+    #[tokio::test]
+    async fn uploads_leave_nothing_once_completed_aborted_or_abandoned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DirStore::open(tmp.path()).unwrap();
+        let uploads = || -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(tmp.path().join(".uploads"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let done = s.upload_start("a/done").await.unwrap();
+        let part = s
+            .upload_part("a/done", &done, 1, b"part".to_vec())
+            .await
+            .unwrap();
+        s.upload_complete("a/done", &done, &[part]).await.unwrap();
+        assert_eq!(s.get("a/done").await.unwrap().unwrap().bytes, b"part");
+        let aborted = s.upload_start("a/aborted").await.unwrap();
+        s.upload_part("a/aborted", &aborted, 1, b"part".to_vec())
+            .await
+            .unwrap();
+        s.upload_abort("a/aborted", &aborted).await.unwrap();
+        assert_eq!(uploads(), Vec::<String>::new());
+
+        // One whose writer died long ago, and one at work: the next start removes the first.
+        let old = s.upload_start("a/old").await.unwrap();
+        let long_ago =
+            std::time::SystemTime::now() - ABANDONED_UPLOAD_AGE - Duration::from_secs(60);
+        File::open(tmp.path().join(".uploads").join(&old))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let working = s.upload_start("a/working").await.unwrap();
+        let next = s.upload_start("a/next").await.unwrap();
+        let mut want = vec![working, next];
+        want.sort();
+        assert_eq!(uploads(), want);
     }
 }

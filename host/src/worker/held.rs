@@ -13,13 +13,19 @@
 //! ([`checkpoint::release_abandoned`], a conditional write), then nacks the message for
 //! redelivery at once: what that worker's SIGTERM handling would have done.
 //!
+//! A free lock proves a process dead only to the processes of the same kernel, on a
+//! filesystem whose locks that kernel keeps. So the record is kept only where the cache
+//! directory is on a local filesystem ([`check_filesystem`]: NFS, SMB, FUSE and the other
+//! shared filesystems are refused), and every record names the machine whose process wrote
+//! it ([`Host`]): a scan never takes a record of another machine, whatever its lock says.
+//!
 //! **Invariant:** nothing depends on the record for correctness. Without it (a node that
-//! vanished, a wiped disk, a filesystem without locks) leases lapse and Pub/Sub redelivers,
-//! as before. A message is nacked only once its checkpoint is released or was never the dead
-//! worker's, so a redelivered copy is never turned away as busy.
+//! vanished, a wiped disk, a shared or unknown filesystem) leases lapse and Pub/Sub
+//! redelivers, as before. A message is nacked only once its checkpoint is released or was
+//! never the dead worker's, so a redelivered copy is never turned away as busy.
 
 use std::fs::{self, File, TryLockError};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,6 +39,7 @@ use crate::queue::Queue;
 use crate::queue::lease::CALL_TIMEOUT;
 use crate::store::ObjectStore;
 
+/// The record's lock file; it holds the [`Host`] that wrote it, as JSON.
 const LOCK: &str = "lock";
 /// A worker directory being created: renamed to the worker id once its lock is held, so a
 /// scan never mistakes a starting worker for a dead one.
@@ -48,6 +55,131 @@ pub struct Entry {
     pub job_id: String,
 }
 
+/// The machine a record was written on: its host name and the kernel's boot id. A lock
+/// tells whether a process lives only to processes of the same kernel; host names repeat
+/// across machines (container defaults such as `localhost`, one pod name on two nodes), the
+/// boot id does not. A record from before a reboot is not taken either: its leases have
+/// lapsed by then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub boot_id: String,
+}
+
+impl Host {
+    /// This machine, as the kernel names it.
+    pub fn this() -> io::Result<Host> {
+        let read = |path: &str| -> io::Result<String> {
+            let text = fs::read_to_string(path)?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(io::Error::other(format!("{path} is empty")));
+            }
+            Ok(text.to_owned())
+        };
+        Ok(Host {
+            name: read("/proc/sys/kernel/hostname")?,
+            boot_id: read("/proc/sys/kernel/random/boot_id")?,
+        })
+    }
+
+    /// The host recorded in a record's lock file; `None` if it names none (a record of an
+    /// older version, or one cut short as it was created).
+    fn of_record(dir: &Path) -> Option<Host> {
+        serde_json::from_slice(&fs::read(dir.join(LOCK)).ok()?).ok()
+    }
+}
+
+/// Filesystems where this kernel keeps the locks of every process that can reach the files:
+/// local disks and memory. An allow-list, because a wrong "local" is what costs: on a shared
+/// filesystem a lock held on another machine may look free here (NFS mounted `nolock`, SMB
+/// and FUSE servers that keep locks per client or not at all), and a live worker's jobs
+/// would be taken from it; a wrong "shared" only costs the shortcut.
+const LOCAL_FILESYSTEMS: &[(u32, &str)] = &[
+    (0xef53, "ext2/ext3/ext4"),
+    (0x5846_5342, "XFS"),
+    (0x9123_683e, "Btrfs"),
+    (0x2fc1_2fc1, "ZFS"),
+    (0xf2f5_2010, "F2FS"),
+    (0xca45_1a4e, "bcachefs"),
+    (0x5265_4973, "ReiserFS"),
+    (0x3153_464a, "JFS"),
+    (0x0102_1994, "tmpfs"),
+    (0x8584_58f6, "ramfs"),
+    // A container's root: its upper layer is on the node's own disk.
+    (0x794c_7630, "overlayfs"),
+];
+
+/// Shared filesystems, named for the log line only: anything not in [`LOCAL_FILESYSTEMS`]
+/// is refused.
+const SHARED_FILESYSTEMS: &[(u32, &str)] = &[
+    (0x6969, "NFS"),
+    (0xff53_4d42, "CIFS"),
+    (0xfe53_4d42, "SMB2"),
+    (0x517b, "SMB"),
+    (0x6573_5546, "FUSE"),
+    (0x0102_1997, "9p"),
+    (0x00c3_6400, "CephFS"),
+    (0x5346_414f, "AFS"),
+    (0x6b41_4653, "kAFS"),
+    (0x0116_1970, "GFS2"),
+    (0x7461_636f, "OCFS2"),
+    (0x0bd0_0bd0, "Lustre"),
+    (0x7375_7245, "Coda"),
+];
+
+/// Whether a filesystem of type `magic` (statfs's `f_type`) keeps its locks in this kernel:
+/// `Ok(name)` if so, else `Err` saying what it is.
+fn local_filesystem(magic: u32) -> Result<&'static str, String> {
+    let named = |list: &[(u32, &'static str)]| {
+        list.iter()
+            .find(|(m, _)| *m == magic)
+            .map(|(_, name)| *name)
+    };
+    match (named(LOCAL_FILESYSTEMS), named(SHARED_FILESYSTEMS)) {
+        (Some(name), _) => Ok(name),
+        (None, Some(name)) => Err(format!("a shared filesystem ({name})")),
+        (None, None) => Err(format!(
+            "a filesystem of unknown type {magic:#x}, maybe a shared one"
+        )),
+    }
+}
+
+/// Checks that records under `dir` can be trusted: it is on a local filesystem
+/// ([`LOCAL_FILESYSTEMS`]). The error says why not, in a sentence.
+pub fn check_filesystem(dir: &Path) -> io::Result<()> {
+    let magic = filesystem_magic(dir)?;
+    local_filesystem(magic).map(drop).map_err(|what| {
+        io::Error::other(format!(
+            "{} is on {what}, where a dead worker cannot be told from one on another machine",
+            dir.display()
+        ))
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn filesystem_magic(dir: &Path) -> io::Result<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `st` is a `statfs` for the call to fill in.
+    if unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled `st` in.
+    let st = unsafe { st.assume_init() };
+    // Magic numbers are 32 bits; `f_type`'s width differs between targets.
+    Ok(st.f_type as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn filesystem_magic(_dir: &Path) -> io::Result<u32> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the filesystem type is known on Linux only",
+    ))
+}
+
 /// This worker's record, kept (and locked) for the life of the process; removed on drop.
 #[derive(Debug)]
 pub struct Record {
@@ -57,7 +189,9 @@ pub struct Record {
 }
 
 impl Record {
-    /// Creates the record of `worker_id` under `root` (`<cache dir>/workers`).
+    /// Creates the record of `worker_id` under `root` (`<cache dir>/workers`). Refused, with
+    /// the reason, where records cannot be trusted: `root` on a filesystem that is not local
+    /// ([`check_filesystem`]), or a machine that cannot be named ([`Host::this`]).
     pub fn create(root: &Path, worker_id: &str) -> io::Result<Record> {
         // The id names a directory: one plain path component (HOSTNAME is part of it).
         if worker_id.is_empty() || worker_id.starts_with('.') || worker_id.contains('/') {
@@ -67,9 +201,13 @@ impl Record {
             ));
         }
         private_dir(root)?;
+        check_filesystem(root)?;
+        let host = Host::this()
+            .map_err(|e| io::Error::other(format!("cannot tell which machine this is: {e}")))?;
         let staging = root.join(format!("{STAGING}{worker_id}"));
         private_dir(&staging)?;
-        let lock = File::create(staging.join(LOCK))?;
+        let mut lock = File::create(staging.join(LOCK))?;
+        lock.write_all(&serde_json::to_vec(&host).expect("a host serializes"))?;
         lock.try_lock().map_err(|e| match e {
             TryLockError::Error(e) => e,
             TryLockError::WouldBlock => io::Error::other("the new record is locked already"),
@@ -135,8 +273,10 @@ impl Dead {
     }
 }
 
-/// The workers recorded under `root`, other than `me`, whose process is gone.
-pub fn dead_workers(root: &Path, me: &str) -> Vec<Dead> {
+/// The workers recorded under `root` on this machine (`host`), other than `me`, whose process
+/// is gone. A record of another machine, or of none, is never taken: its lock says nothing
+/// here.
+pub fn dead_workers(root: &Path, me: &str, host: &Host) -> Vec<Dead> {
     let Ok(dirs) = fs::read_dir(root) else {
         return Vec::new();
     };
@@ -154,6 +294,9 @@ pub fn dead_workers(root: &Path, me: &str) -> Vec<Dead> {
         // fresh staging directory is not even tried, or this scan's lock could make that
         // worker's own fail.
         if staging && !older_than(&path, STAGING_AGE) {
+            continue;
+        }
+        if Host::of_record(&path).as_ref() != Some(host) {
             continue;
         }
         let Ok(lock) = File::open(path.join(LOCK)) else {
@@ -278,8 +421,16 @@ pub async fn watch<S: ObjectStore>(
     subscription: String,
     stop: CancellationToken,
 ) {
+    // Where no record can be trusted, none is taken (`Record::create` said why).
+    let host = match check_filesystem(&root).and_then(|()| Host::this()) {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::debug!(dir = %root.display(), error = %e, "not looking for dead workers");
+            return;
+        }
+    };
     loop {
-        let dead = dead_workers(&root, &me);
+        let dead = dead_workers(&root, &me, &host);
         if !dead.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -306,6 +457,27 @@ fn private_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn host() -> Host {
+        Host::this().unwrap()
+    }
+
+    /// A record as a SIGKILLed process leaves it: the lock file (naming `host`, if any) free,
+    /// the entries in place.
+    fn dead_record(root: &Path, name: &str, host: Option<&Host>, jobs: &[&str]) -> PathBuf {
+        let dir = root.join(name);
+        fs::create_dir(&dir).unwrap();
+        let lock = host.map_or_else(Vec::new, |h| serde_json::to_vec(h).unwrap());
+        fs::write(dir.join(LOCK), lock).unwrap();
+        for (i, job) in jobs.iter().enumerate() {
+            fs::write(
+                dir.join(format!("{i}.json")),
+                serde_json::to_vec(&entry(job)).unwrap(),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
     fn entry(job: &str) -> Entry {
         Entry {
             subscription: "sub".into(),
@@ -320,9 +492,9 @@ mod tests {
         let a = Record::create(root.path(), "a").unwrap();
         let _held = a.hold(&entry("j1"));
         // The same process, another open file: the lock is still held, so `a` is alive.
-        assert!(dead_workers(root.path(), "b").is_empty());
+        assert!(dead_workers(root.path(), "b", &host()).is_empty());
         drop(a);
-        assert!(dead_workers(root.path(), "b").is_empty());
+        assert!(dead_workers(root.path(), "b", &host()).is_empty());
         assert!(!root.path().join("a").exists());
     }
 
@@ -338,12 +510,13 @@ mod tests {
     #[test]
     fn a_scan_never_makes_a_starting_worker_fail_to_create_its_record() {
         let root = tempfile::tempdir().unwrap();
+        let host = host();
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
                 while !done.load(Ordering::Relaxed) {
                     // (A record being removed may be seen dead, holding nothing.)
-                    for dead in dead_workers(root.path(), "scanner") {
+                    for dead in dead_workers(root.path(), "scanner", &host) {
                         assert!(dead.entries.is_empty(), "{dead:?}");
                     }
                 }
@@ -371,22 +544,10 @@ mod tests {
     #[test]
     fn a_record_whose_lock_is_free_is_dead_and_handed_to_one_worker() {
         let root = tempfile::tempdir().unwrap();
-        // A record as a SIGKILLed process leaves it: entries in place, the lock free.
-        let dir = root.path().join("a");
-        fs::create_dir(&dir).unwrap();
-        File::create(dir.join(LOCK)).unwrap();
-        for (i, job) in ["j2", "j1"].iter().enumerate() {
-            fs::write(
-                dir.join(format!("{i}.json")),
-                serde_json::to_vec(&entry(job)).unwrap(),
-            )
-            .unwrap();
-        }
+        let dir = dead_record(root.path(), "a", Some(&host()), &["j2", "j1"]);
         fs::write(dir.join("9.json"), b"{cut short").unwrap();
         // One that died while creating its record, long ago, and one creating it now.
-        let staging = root.path().join(format!("{STAGING}x"));
-        fs::create_dir(&staging).unwrap();
-        File::create(staging.join(LOCK)).unwrap();
+        let staging = dead_record(root.path(), &format!("{STAGING}x"), Some(&host()), &[]);
         let long_ago = std::time::SystemTime::now() - 2 * STAGING_AGE;
         File::open(&staging)
             .unwrap()
@@ -396,16 +557,94 @@ mod tests {
         fs::create_dir(&starting).unwrap();
         File::create(starting.join(LOCK)).unwrap();
 
-        let dead = dead_workers(root.path(), "b");
+        let dead = dead_workers(root.path(), "b", &host());
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].worker_id, "a");
         assert_eq!(dead[0].entries, vec![entry("j1"), entry("j2")]);
         assert!(!staging.exists());
         assert!(starting.exists());
         // While one worker hands them back, no other sees them.
-        assert!(dead_workers(root.path(), "c").is_empty());
+        assert!(dead_workers(root.path(), "c", &host()).is_empty());
         dead.into_iter().for_each(Dead::forget);
         assert!(!dir.exists());
-        assert!(dead_workers(root.path(), "c").is_empty());
+        assert!(dead_workers(root.path(), "c", &host()).is_empty());
+    }
+
+    #[test]
+    fn a_record_of_another_machine_is_never_taken() {
+        let root = tempfile::tempdir().unwrap();
+        let here = host();
+        let renamed = Host {
+            name: format!("{}-other", here.name),
+            ..here.clone()
+        };
+        let rebooted = Host {
+            boot_id: "00000000-0000-0000-0000-000000000000".into(),
+            ..here.clone()
+        };
+        let others = [
+            dead_record(root.path(), "other-name", Some(&renamed), &["j1"]),
+            dead_record(root.path(), "other-boot", Some(&rebooted), &["j2"]),
+            // Names no machine: from an older version, or cut short.
+            dead_record(root.path(), "no-host", None, &["j3"]),
+        ];
+        fs::write(others[2].join(LOCK), b"{\"name\":").unwrap();
+        let mine = dead_record(root.path(), "mine", Some(&here), &["j4"]);
+        let dead = dead_workers(root.path(), "me", &here);
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].worker_id, "mine");
+        assert_eq!(dead[0].entries, vec![entry("j4")]);
+        dead.into_iter().for_each(Dead::forget);
+        assert!(!mine.exists());
+        // The others' records stay as they were, and their locks were never taken.
+        for dir in &others {
+            assert!(dir.join("0.json").exists(), "{}", dir.display());
+            File::open(dir.join(LOCK)).unwrap().try_lock().unwrap();
+        }
+        assert!(dead_workers(root.path(), "me", &here).is_empty());
+        // A record this version creates names this machine.
+        let r = Record::create(root.path(), "new").unwrap();
+        assert_eq!(Host::of_record(&r.dir), Some(here));
+    }
+
+    #[test]
+    fn records_are_kept_only_on_local_filesystems() {
+        let cases: &[(u32, bool, &str)] = &[
+            (0xef53, true, "ext2/ext3/ext4"),
+            (0x5846_5342, true, "XFS"),
+            (0x9123_683e, true, "Btrfs"),
+            (0x2fc1_2fc1, true, "ZFS"),
+            (0x0102_1994, true, "tmpfs"),
+            (0x794c_7630, true, "overlayfs"),
+            (0x6969, false, "NFS"),
+            (0xff53_4d42, false, "CIFS"),
+            (0xfe53_4d42, false, "SMB2"),
+            (0x517b, false, "SMB"),
+            (0x6573_5546, false, "FUSE"),
+            (0x0102_1997, false, "9p"),
+            (0x00c3_6400, false, "CephFS"),
+            (0x0116_1970, false, "GFS2"),
+            (0x0bd0_0bd0, false, "Lustre"),
+            // Unknown types are refused: procfs, sysfs, anything new.
+            (0x9fa0, false, "unknown type 0x9fa0"),
+            (0x6265_6572, false, "unknown type 0x62656572"),
+            (0, false, "unknown type 0x0"),
+        ];
+        for &(magic, local, says) in cases {
+            let got = local_filesystem(magic);
+            assert_eq!(got.is_ok(), local, "{magic:#x}: {got:?}");
+            let text = got.map_or_else(|e| e, str::to_owned);
+            assert!(text.contains(says), "{magic:#x}: {text}");
+        }
+        // The real call: a temporary directory is local here (the tests that restart a
+        // worker on its node rely on it); /proc is not a place for records.
+        let tmp = tempfile::tempdir().unwrap();
+        check_filesystem(tmp.path()).unwrap();
+        let proc = check_filesystem(Path::new("/proc"))
+            .unwrap_err()
+            .to_string();
+        assert!(proc.contains("unknown type"), "{proc}");
+        let root = tmp.path().join("no-such-dir");
+        assert!(check_filesystem(&root).is_err());
     }
 }

@@ -475,7 +475,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                 message,
                 failures,
             } => {
-                tracing::warn!(job = %id, ?kind, failures, "task trapped: {message}");
+                tracing::warn!(job = %id, ?kind, failures, reason = %crate::inert::Inert(message), "task trapped");
                 Stats::bump(&s.retried);
             }
             JobEnd::Busy { owner, until_ms } => {
