@@ -5,7 +5,7 @@
 use crate::ids::JobId;
 use crate::job::Work;
 use crate::queue::lease::LeaseView;
-use crate::store::{ETag, ObjectStore, Precondition, StoreError};
+use crate::store::{ETag, ErrorKind, ObjectStore, Precondition, StoreError};
 
 use super::{Header, decode, encode, key, nonce, now_ms, skew_allowance_ms};
 
@@ -231,8 +231,12 @@ pub async fn release_abandoned<S: ObjectStore>(
         let Some(current) = store.get(&key).await? else {
             return Ok(Abandoned::NotHeld);
         };
-        let (mut header, data) = decode(&current.bytes)
-            .map_err(|e| StoreError::Other(e.context(format!("{key} is unreadable"))))?;
+        let (mut header, data) = decode(&current.bytes).map_err(|e| {
+            StoreError::new(
+                ErrorKind::BadRequest,
+                e.context(format!("{key} is unreadable")),
+            )
+        })?;
         if header.owner != dead_owner || header.lease_until_ms == 0 {
             return Ok(Abandoned::NotHeld);
         }
@@ -252,7 +256,8 @@ pub async fn release_abandoned<S: ObjectStore>(
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Other(anyhow::anyhow!(
-        "{key} kept changing while its dead owner's lease was being released"
-    )))
+    Err(StoreError::new(
+        ErrorKind::Transient,
+        anyhow::anyhow!("{key} kept changing while its dead owner's lease was being released"),
+    ))
 }

@@ -10,16 +10,18 @@
 //! start with `.` are this backend's own lock and temporary files, and `%` is in no key.
 //! Multipart uploads keep their parts under `<root>/.uploads/<id>/` until they are put
 //! together into the object (a temporary file renamed into place, like a write).
+//!
+//! Errors get their [`ErrorKind`] from the `io::ErrorKind` ([`io_kind`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
-use super::{ETag, Object, ObjectStore, Precondition, StoreError};
+use super::{ETag, ErrorKind, Object, ObjectStore, Precondition, StoreError};
 
 /// A bucket kept in a local directory.
 #[derive(Clone, Debug)]
@@ -51,12 +53,42 @@ impl DirStore {
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             });
         if !ok {
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "invalid object key {key:?}"
-            )));
+            return Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow::anyhow!("invalid object key {key:?}"),
+            ));
         }
         Ok(self.root.join(encode(key)))
     }
+}
+
+/// The kind of a failed file operation: a missing directory is [`ErrorKind::NotFound`] (a
+/// missing object is never an error), one we may not write [`ErrorKind::AccessDenied`], a
+/// path that cannot hold the object (a directory, a file where a directory should be) or
+/// any other refusal that would repeat [`ErrorKind::BadRequest`]; the rest (I/O errors, a
+/// full disk, too many open files, interruptions) [`ErrorKind::Transient`].
+pub(crate) fn io_kind(kind: io::ErrorKind) -> ErrorKind {
+    use io::ErrorKind as K;
+    match kind {
+        K::NotFound => ErrorKind::NotFound,
+        K::PermissionDenied | K::ReadOnlyFilesystem => ErrorKind::AccessDenied,
+        K::InvalidInput
+        | K::InvalidData
+        | K::InvalidFilename
+        | K::IsADirectory
+        | K::NotADirectory
+        | K::DirectoryNotEmpty
+        | K::AlreadyExists
+        | K::FileTooLarge
+        | K::TooManyLinks
+        | K::Unsupported => ErrorKind::BadRequest,
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// A failed file operation as a [`StoreError`] of its kind, saying what was being done.
+fn io_err(e: io::Error, doing: impl FnOnce() -> String) -> StoreError {
+    StoreError::new(io_kind(e.kind()), anyhow::Error::new(e).context(doing()))
 }
 
 /// The on-disk form of a key (or key prefix): each component that starts with `.` gets `%2E`
@@ -140,8 +172,8 @@ fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::
 
 fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, StoreError> {
     let ctx = || format!("writing {}", path.display());
-    let _lock = lock_key(path).with_context(ctx)?;
-    let current = read(path).with_context(ctx)?;
+    let _lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
+    let current = read(path).map_err(|e| io_err(e, ctx))?;
     let holds = match (pre, &current) {
         (Precondition::None, _) => true,
         (Precondition::Absent, cur) => cur.is_none(),
@@ -151,7 +183,7 @@ fn put_blocking(path: &Path, bytes: &[u8], pre: &Precondition) -> Result<ETag, S
     if !holds {
         return Err(StoreError::PreconditionFailed);
     }
-    replace(path, |f| f.write_all(bytes)).with_context(ctx)?;
+    replace(path, |f| f.write_all(bytes)).map_err(|e| io_err(e, ctx))?;
     Ok(etag_of(bytes))
     // The lock is released when dropped here, after the rename.
 }
@@ -195,7 +227,7 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
 /// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
 fn complete_blocking(path: &Path, parts_dir: &Path, parts: usize) -> Result<ETag, StoreError> {
     let ctx = || format!("completing the upload of {}", path.display());
-    let _lock = lock_key(path).with_context(ctx)?;
+    let _lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
     let mut hash = Sha256::new();
     replace(path, |out| {
         for n in 1..=parts {
@@ -205,24 +237,26 @@ fn complete_blocking(path: &Path, parts_dir: &Path, parts: usize) -> Result<ETag
         }
         Ok(())
     })
-    .with_context(ctx)?;
+    .map_err(|e| io_err(e, ctx))?;
     let _ = fs::remove_dir_all(parts_dir);
     Ok(ETag(hex::encode(&hash.finalize()[..16])))
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Other(anyhow::anyhow!("store worker thread failed: {e}"))
+    StoreError::new(
+        ErrorKind::Transient,
+        anyhow::anyhow!("store worker thread failed: {e}"),
+    )
 }
 
 impl ObjectStore for DirStore {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let path = self.path(key)?;
         tokio::task::spawn_blocking(move || {
-            read(&path).with_context(|| format!("reading {}", path.display()))
+            read(&path).map_err(|e| io_err(e, || format!("reading {}", path.display())))
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
@@ -241,9 +275,7 @@ impl ObjectStore for DirStore {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Other(
-                anyhow::Error::new(e).context(format!("deleting {}", path.display())),
-            )),
+            Err(e) => Err(io_err(e, || format!("deleting {}", path.display()))),
         }
     }
 
@@ -251,11 +283,10 @@ impl ObjectStore for DirStore {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
-            list_blocking(&root, &prefix).with_context(|| format!("listing {prefix:?}"))
+            list_blocking(&root, &prefix).map_err(|e| io_err(e, || format!("listing {prefix:?}")))
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -263,9 +294,7 @@ impl ObjectStore for DirStore {
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Other(
-                anyhow::Error::new(e).context(format!("reading {}", path.display())),
-            )),
+            Err(e) => Err(io_err(e, || format!("reading {}", path.display()))),
         }
     }
 
@@ -282,27 +311,30 @@ impl ObjectStore for DirStore {
             let mut file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(anyhow::Error::new(e).context(ctx())),
+                Err(e) => return Err(io_err(e, ctx)),
             };
-            file.seek(SeekFrom::Start(offset)).with_context(ctx)?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err(e, ctx))?;
             let mut bytes = Vec::new();
-            file.take(len).read_to_end(&mut bytes).with_context(ctx)?;
+            file.take(len)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_err(e, ctx))?;
             Ok(Some(bytes))
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
         self.path(key)?;
         let mut b = [0u8; 12];
-        getrandom::fill(&mut b).map_err(|e| StoreError::Other(anyhow::anyhow!("random: {e}")))?;
+        getrandom::fill(&mut b)
+            .map_err(|e| StoreError::new(ErrorKind::Transient, anyhow::anyhow!("random: {e}")))?;
         let id = hex::encode(b);
         let dir = self.uploads().join(&id);
         tokio::fs::create_dir_all(&dir)
             .await
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .map_err(|e| io_err(e, || format!("creating {}", dir.display())))?;
         Ok(id)
     }
 
@@ -316,12 +348,12 @@ impl ObjectStore for DirStore {
         self.path(key)?;
         let dir = self.upload_dir(upload)?;
         let tag = etag_of(&bytes).0;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || {
             let part = dir.join(number.to_string());
             let tmp = dir.join(format!(".{number}.tmp"));
             fs::write(&tmp, &bytes)
                 .and_then(|()| fs::rename(&tmp, &part))
-                .with_context(|| format!("writing {}", part.display()))
+                .map_err(|e| io_err(e, || format!("writing {}", part.display())))
         })
         .await
         .map_err(join_err)??;
@@ -355,9 +387,7 @@ impl ObjectStore for DirStore {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Other(
-                anyhow::Error::new(e).context(format!("removing {}", dir.display())),
-            )),
+            Err(e) => Err(io_err(e, || format!("removing {}", dir.display()))),
         }
     }
 }
@@ -370,10 +400,10 @@ impl DirStore {
     fn upload_dir(&self, upload: &str) -> Result<PathBuf, StoreError> {
         let dir = self.uploads().join(upload);
         if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) || !dir.is_dir() {
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "no multipart upload {upload:?} in {}",
-                self.root.display()
-            )));
+            return Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow::anyhow!("no multipart upload {upload:?} in {}", self.root.display()),
+            ));
         }
         Ok(dir)
     }
@@ -441,6 +471,25 @@ mod tests {
         assert!(!s.exists("jobs/.hidden/x").await.unwrap());
         s.delete("jobs/.hidden/x").await.unwrap();
         assert!(s.path("jobs/../x").is_err());
+    }
+
+    #[test]
+    fn io_errors_get_their_kind() {
+        use io::ErrorKind as K;
+        for (io, want) in [
+            (K::NotFound, ErrorKind::NotFound),
+            (K::PermissionDenied, ErrorKind::AccessDenied),
+            (K::ReadOnlyFilesystem, ErrorKind::AccessDenied),
+            (K::IsADirectory, ErrorKind::BadRequest),
+            (K::NotADirectory, ErrorKind::BadRequest),
+            (K::InvalidInput, ErrorKind::BadRequest),
+            (K::StorageFull, ErrorKind::Transient),
+            (K::TimedOut, ErrorKind::Transient),
+            (K::Interrupted, ErrorKind::Transient),
+            (K::Other, ErrorKind::Transient),
+        ] {
+            assert_eq!(io_kind(io), want, "{io:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

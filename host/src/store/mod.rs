@@ -44,12 +44,54 @@ pub enum Precondition {
     Matches(ETag),
 }
 
+/// What kind of failure a store error is, decided where the store's answer was seen (an
+/// HTTP status and error code, an SDK error kind, an `io::ErrorKind`), never from message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The precondition did not hold: the object exists (create-only) or changed (if-match).
+    PreconditionFailed,
+    /// No answer (timeout, connection failure), a 5xx, or a body that broke off, after the
+    /// client's own retries: worth retrying later.
+    Transient,
+    /// The server asked us to slow down (429, 503 `SlowDown`): worth retrying later.
+    Throttled,
+    /// The bucket (or the store's directory) does not exist: a misconfiguration, never
+    /// "absent".
+    NotFound,
+    /// The credentials may not do this (401, 403; a directory we may not write).
+    AccessDenied,
+    /// Any other refusal (another 4xx, a 501, a response we cannot use, an invalid key):
+    /// retrying the same request would fail the same way.
+    BadRequest,
+}
+
+impl ErrorKind {
+    /// Worth retrying later: transient or throttled.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Transient | ErrorKind::Throttled)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::PreconditionFailed => "precondition failed",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::AccessDenied => "access denied",
+            ErrorKind::BadRequest => "bad request",
+        })
+    }
+}
+
 #[derive(Debug)]
 pub enum StoreError {
     /// The precondition did not hold: the object exists (create-only) or changed (if-match).
     PreconditionFailed,
-    /// Anything else: network, permissions, disk. Transient or not, the message says.
-    Other(anyhow::Error),
+    /// Any other failure: its kind (never [`ErrorKind::PreconditionFailed`]; build it with
+    /// [`StoreError::new`]) and what happened, without secrets.
+    Failed(ErrorKind, anyhow::Error),
 }
 
 impl fmt::Display for StoreError {
@@ -58,7 +100,7 @@ impl fmt::Display for StoreError {
             StoreError::PreconditionFailed => {
                 f.write_str("precondition failed (object changed or exists)")
             }
-            StoreError::Other(e) => write!(f, "{e:#}"),
+            StoreError::Failed(_, e) => write!(f, "{e:#}"),
         }
     }
 }
@@ -66,19 +108,26 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 impl StoreError {
-    /// Worth retrying later: the server was unreachable, timed out or answered 5xx / 429
-    /// (after the client's own retries).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::PreconditionFailed => false,
-            StoreError::Other(e) => format!("{e:#}").contains("[transient"),
+    /// An error of `kind`; [`ErrorKind::PreconditionFailed`] gives
+    /// [`StoreError::PreconditionFailed`].
+    pub fn new(kind: ErrorKind, error: anyhow::Error) -> StoreError {
+        match kind {
+            ErrorKind::PreconditionFailed => StoreError::PreconditionFailed,
+            kind => StoreError::Failed(kind, error),
         }
     }
-}
 
-impl From<anyhow::Error> for StoreError {
-    fn from(e: anyhow::Error) -> Self {
-        StoreError::Other(e)
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::PreconditionFailed => ErrorKind::PreconditionFailed,
+            StoreError::Failed(kind, _) => *kind,
+        }
+    }
+
+    /// Worth retrying later: the server was unreachable, timed out, answered 5xx or asked
+    /// us to slow down (after the client's own retries).
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
     }
 }
 
