@@ -448,6 +448,48 @@ async fn a_stopped_server_is_a_transient_error() {
     );
 }
 
+/// A key that may read but not write: reads work, every write is access denied (so the
+/// probe a worker writes fails, and says so), nothing is written.
+#[tokio::test]
+async fn a_read_only_key_reads_but_cannot_write() {
+    let s3 = S3Server::start().await;
+    s3.store("")
+        .put("k", b"v".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let store = s3.read_only_store("");
+    assert_eq!(store.get("k").await.unwrap().unwrap().bytes, b"v");
+    assert!(store.exists("k").await.unwrap());
+    assert_eq!(store.list("").await.unwrap(), vec!["k"]);
+    for pre in [Precondition::None, Precondition::Absent] {
+        let put = store.put("k2", b"w".to_vec(), pre.clone()).await;
+        let message = error_of(put, ErrorKind::AccessDenied, &format!("put {pre:?}"));
+        assert!(message.contains("403 AccessDenied"), "{message}");
+    }
+    error_of(store.delete("k").await, ErrorKind::AccessDenied, "delete");
+    error_of(
+        store.upload_start("big").await,
+        ErrorKind::AccessDenied,
+        "upload",
+    );
+    let probe = taskhost::store::probe(&store, &taskhost::keys::probe("w")).await;
+    error_of(probe, ErrorKind::AccessDenied, "probe");
+    let writer = s3.store("");
+    assert_eq!(
+        writer.list("").await.unwrap(),
+        vec!["k"],
+        "nothing was written"
+    );
+    taskhost::store::probe(&writer, &taskhost::keys::probe("w"))
+        .await
+        .unwrap();
+    assert_eq!(
+        writer.list("").await.unwrap(),
+        vec!["k"],
+        "the probe is gone"
+    );
+}
+
 #[tokio::test]
 async fn ensure_bucket_creates_once() {
     let s3 = S3Server::start().await; // created BUCKET

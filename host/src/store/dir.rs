@@ -492,6 +492,28 @@ mod tests {
         }
     }
 
+    /// The probe a worker writes fails where a write fails, even while reads work: here the
+    /// probe's key is taken by a directory (tests run as root, which file modes do not stop).
+    #[tokio::test]
+    async fn the_probe_fails_where_writes_fail_while_reads_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DirStore::open(tmp.path()).unwrap();
+        s.put("jobs/a/result", b"r".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+        let probe = crate::keys::probe("w");
+        crate::store::probe(&s, &probe).await.unwrap();
+        assert!(!s.exists(&probe).await.unwrap(), "the probe is deleted");
+        fs::create_dir_all(tmp.path().join(&probe).join("x")).unwrap();
+        let e = crate::store::probe(&s, &probe).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+        assert!(!e.is_transient());
+        assert_eq!(s.get("jobs/a/result").await.unwrap().unwrap().bytes, b"r");
+        // An invalid key is a bad request too.
+        let e = s.get("../x").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_create_only_has_one_winner() {
         let tmp = tempfile::tempdir().unwrap();

@@ -131,6 +131,15 @@ impl StoreError {
     }
 }
 
+/// Checks that the store can be written: writes a small object under `key`, then deletes
+/// it. A key that may read but not write fails with [`ErrorKind::AccessDenied`].
+pub async fn probe<S: ObjectStore>(store: &S, key: &str) -> Result<(), StoreError> {
+    store
+        .put(key, b"probe".to_vec(), Precondition::None)
+        .await?;
+    store.delete(key).await
+}
+
 /// A bucket of objects addressed by `/`-separated keys such as `jobs/job-1/checkpoint`.
 ///
 /// Keys are produced by this crate only (`modules/<hex>.wasm`, `jobs/<job_id>/...`), never
