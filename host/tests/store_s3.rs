@@ -490,6 +490,36 @@ async fn a_read_only_key_reads_but_cannot_write() {
     );
 }
 
+/// The store's clock is read from an answer's `Date` header (a HEAD of a key that need not
+/// exist): the server runs on this machine, so its clock agrees with ours.
+#[tokio::test]
+async fn the_clock_is_read_from_the_date_header() {
+    let s3 = S3Server::start().await;
+    let store = s3.store("");
+    let before = taskhost::queue::unix_ms_now();
+    let reading = store
+        .clock(&taskhost::keys::probe("w"))
+        .await
+        .unwrap()
+        .expect("moto sends a Date header");
+    let after = taskhost::queue::unix_ms_now();
+    assert_eq!(reading.resolution_ms, 1000);
+    assert_eq!(reading.store_ms % 1000, 0, "{reading:?}");
+    assert!(
+        before <= reading.sent_ms
+            && reading.sent_ms <= reading.received_ms
+            && reading.received_ms <= after,
+        "{reading:?} not within {before}..={after}"
+    );
+    let (least, most) = reading.offset_bounds_ms();
+    assert!(least <= 0 && 0 <= most, "{reading:?}");
+    assert_eq!(taskhost::worker::skew_ms(&reading), None);
+    // A failing store says so.
+    drop(s3);
+    let err = store.clock(&taskhost::keys::probe("w")).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+}
+
 #[tokio::test]
 async fn ensure_bucket_creates_once() {
     let s3 = S3Server::start().await; // created BUCKET

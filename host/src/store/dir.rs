@@ -11,7 +11,8 @@
 //! Multipart uploads keep their parts under `<root>/.uploads/<id>/` until they are put
 //! together into the object (a temporary file renamed into place, like a write).
 //!
-//! Errors get their [`ErrorKind`] from the `io::ErrorKind` ([`io_kind`]).
+//! Errors get their [`ErrorKind`] from the `io::ErrorKind` ([`io_kind`]); the store's clock is
+//! this host's.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
-use super::{ETag, ErrorKind, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, ErrorKind, Object, ObjectStore, Precondition, StoreError};
 
 /// A bucket kept in a local directory.
 #[derive(Clone, Debug)]
@@ -389,6 +390,11 @@ impl ObjectStore for DirStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(e, || format!("removing {}", dir.display()))),
         }
+    }
+
+    /// This host's clock: the directory is on this host.
+    async fn clock(&self, _key: &str) -> Result<Option<ClockReading>, StoreError> {
+        Ok(Some(ClockReading::local()))
     }
 }
 

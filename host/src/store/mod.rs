@@ -131,6 +131,55 @@ impl StoreError {
     }
 }
 
+/// A reading of the store's clock: what the store said its time was, and this host's clock
+/// when the request was sent and when its answer came (the store read its clock in between).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockReading {
+    /// The store's time, ms since the Unix epoch, cut down to `resolution_ms`.
+    pub store_ms: u64,
+    /// How coarse `store_ms` is: [`DATE_RESOLUTION_MS`] for an HTTP `Date` header, 0 for
+    /// this host's own clock.
+    pub resolution_ms: u64,
+    /// This host's time when the request was sent, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// This host's time when the answer came, ms since the Unix epoch.
+    pub received_ms: u64,
+}
+
+/// An HTTP `Date` header gives whole seconds.
+pub const DATE_RESOLUTION_MS: u64 = 1000;
+
+impl ClockReading {
+    /// This host's clock as its own reading (offset 0).
+    pub fn local() -> ClockReading {
+        let now = unix_ms();
+        ClockReading {
+            store_ms: now,
+            resolution_ms: 0,
+            sent_ms: now,
+            received_ms: now,
+        }
+    }
+
+    /// The least and the greatest offset (the store's clock minus this host's, ms) the
+    /// reading allows: the store's time was in `store_ms .. store_ms + resolution_ms` at some
+    /// moment between `sent_ms` and `received_ms`.
+    pub fn offset_bounds_ms(&self) -> (i64, i64) {
+        let store = self.store_ms as i64;
+        (
+            store - self.received_ms as i64,
+            store + self.resolution_ms as i64 - self.sent_ms as i64,
+        )
+    }
+}
+
+/// This host's clock, ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Checks that the store can be written: writes a small object under `key`, then deletes
 /// it. A key that may read but not write fails with [`ErrorKind::AccessDenied`].
 pub async fn probe<S: ObjectStore>(store: &S, key: &str) -> Result<(), StoreError> {
@@ -221,6 +270,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads the store's clock from the answer to a cheap read of `key` (which need not
+    /// exist). `Ok(None)`: the store does not say its time.
+    fn clock(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ClockReading>, StoreError>> + Send;
 }
 
 /// Smallest part of a multipart upload but the last (S3 and R2: 5 MiB).

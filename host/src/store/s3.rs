@@ -22,6 +22,7 @@
 //! - Every other failure gets its [`ErrorKind`] from the answer ([`classify`]: the HTTP status
 //!   and the S3 error code) or, without one, from the SDK's error (a timeout or a failed
 //!   connection is transient).
+//! - [`ObjectStore::clock`] reads the `Date` header (whole seconds) of a HEAD's answer.
 //! - Tags are the server's `ETag` header exactly as sent (quotes included): S3 and R2
 //!   accept it back verbatim in `If-Match`. S3 ETags of single-part uploads are the MD5
 //!   of the bytes, so rewriting identical bytes keeps the tag: the checkpoint layer adds a
@@ -45,21 +46,29 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::anyhow;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::create_bucket::CreateBucketError;
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 
-use super::{ETag, ErrorKind, Object, ObjectStore, Precondition, StoreError};
+use super::{
+    ClockReading, DATE_RESOLUTION_MS, ETag, ErrorKind, Object, ObjectStore, Precondition,
+    StoreError, unix_ms,
+};
 
 /// Time allowed to open a TCP/TLS connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,7 +125,7 @@ pub struct S3Store {
     prefix: String,
     /// Set once the bucket is known to exist, so that a 404 without an error code (HEAD has
     /// no body) can be told from a missing bucket with one request, once.
-    bucket_seen: std::sync::Arc<AtomicBool>,
+    bucket_seen: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for S3Store {
@@ -481,6 +490,66 @@ impl S3Store {
     }
 }
 
+/// What one request saw of time: this host's clock when its last attempt was sent and when
+/// the answer came, and the answer's `Date` header.
+#[derive(Debug, Default)]
+struct Seen {
+    sent_ms: u64,
+    received_ms: u64,
+    date: Option<String>,
+}
+
+/// An interceptor for one request that records what it saw of time ([`Seen`]).
+#[derive(Clone, Debug, Default)]
+struct ReadDate(Arc<Mutex<Seen>>);
+
+impl ReadDate {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reading, if an answer came with a `Date` header the server's clock can be read from.
+    fn reading(&self) -> Option<ClockReading> {
+        let seen = self.seen();
+        let date =
+            DateTime::from_str(seen.date.as_deref()?.trim(), DateTimeFormat::HttpDate).ok()?;
+        Some(ClockReading {
+            store_ms: u64::try_from(date.secs()).ok()?.checked_mul(1000)?,
+            resolution_ms: DATE_RESOLUTION_MS,
+            sent_ms: seen.sent_ms,
+            received_ms: seen.received_ms,
+        })
+    }
+}
+
+impl Intercept for ReadDate {
+    fn name(&self) -> &'static str {
+        "taskhost::ReadDate"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.seen().sent_ms = unix_ms();
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let mut seen = self.seen();
+        seen.received_ms = unix_ms();
+        seen.date = context.response().headers().get("date").map(str::to_owned);
+        Ok(())
+    }
+}
+
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let full = self.full_key(key);
@@ -722,6 +791,27 @@ impl ObjectStore for S3Store {
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.fail("AbortMultipartUpload", &full, &e)),
         }
+    }
+
+    /// A HeadObject of `key`: any answer (a 404 too) carries the server's `Date`.
+    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
+        let full = self.full_key(key);
+        let read = ReadDate::default();
+        let answer = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .customize()
+            .interceptor(read.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(self.fail("HeadObject", &full, &e)),
+        }
+        Ok(read.reading())
     }
 }
 

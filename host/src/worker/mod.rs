@@ -43,9 +43,11 @@ use crate::queue::{
 use crate::store::any::AnyStore;
 use crate::store::{ErrorKind, ObjectStore, Precondition};
 
+mod clock;
 mod decide;
 pub mod held;
 
+pub use clock::{CLOCK_CHECK_INTERVAL, CLOCK_RECHECK_INTERVAL, skew_ms};
 pub use decide::{Decision, busy_delay, decide, retry_delay};
 
 /// Default number of trapped runs after which a job is dead-lettered.
@@ -142,8 +144,18 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         ));
         record
     });
-    // The breaker's probe object.
+    // The breaker's probe object, and what the clock check reads.
     let probe = crate::keys::probe(&executor.worker_id);
+    let skewed = clock::Skewed::default();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = skewed.check(&executor.store, &probe) => {}
+    }
+    tokio::spawn(skewed.clone().watch(
+        executor.store.clone(),
+        probe.clone(),
+        shutdown.child_token(),
+    ));
     let ctx = Arc::new(Ctx {
         queue,
         executor,
@@ -211,6 +223,12 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                     said_denied = false;
                     failing = Duration::ZERO;
                     tracing::warn!("storage answers again: taking jobs");
+                }
+                if skewed.get() {
+                    // This node's clock is off (logged by the check): no new jobs.
+                    drop(permits);
+                    pause_until = Instant::now() + Duration::from_secs(1);
+                    continue;
                 }
                 let (queue, sub) = (ctx.queue.clone(), ctx.config.subscription_id.clone());
                 let deadline = ctx.config.ack_deadline;
