@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::cli::{CliEnv, Proc};
 use support::pubsub::PubsubEmulator;
-use support::s3::S3Server;
+use support::s3::{READONLY_ACCESS_KEY_ID, READONLY_SECRET_ACCESS_KEY, S3Server};
 use taskhost::queue::{Pubsub, Queue, Settle};
 
 /// This test's own servers and the CLI environment for them.
@@ -124,6 +124,10 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
     let (p, module) = Private::start("misconfig", 10).await;
     let work = jobs("misconfig", 3, 3);
     p.submit(&module, &work).await;
+    let read_only = p
+        .cli
+        .set("R2_AWS_ACCESS_KEY_ID", READONLY_ACCESS_KEY_ID)
+        .set("R2_AWS_SECRET_ACCESS_KEY", READONLY_SECRET_ACCESS_KEY);
     let cases = [
         ("R2_BUCKET_NAME", "no-such-bucket", "NoSuchBucket"),
         (
@@ -141,10 +145,21 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
             "no-such-sub",
             "subscription `no-such-sub` does not exist",
         ),
+        // A key that may read but not write (both of its settings, in `read_only`).
+        (
+            "R2_AWS_ACCESS_KEY_ID",
+            READONLY_ACCESS_KEY_ID,
+            "403 AccessDenied",
+        ),
     ];
     for (name, value, says) in cases {
         let started = Instant::now();
-        let out = p.cli.set(name, value).run(&["worker"]).await;
+        let cli = if value == READONLY_ACCESS_KEY_ID {
+            read_only.clone()
+        } else {
+            p.cli.set(name, value)
+        };
+        let out = cli.run(&["worker"]).await;
         let took = started.elapsed();
         assert_ne!(out.status.code(), Some(0), "{name}={value}: {out}");
         let last = out
@@ -155,9 +170,12 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
             .unwrap_or("");
         assert!(last.contains(says), "{name}={value}: {out}");
         assert!(
-            !last.contains("a-wrong-secret"),
-            "the secret is in the error: {last}"
+            last.contains("cannot write to the store") || !name.starts_with("R2_"),
+            "{name}={value}: {out}"
         );
+        for secret in ["a-wrong-secret", READONLY_SECRET_ACCESS_KEY] {
+            assert!(!last.contains(secret), "the secret is in the error: {last}");
+        }
         assert!(took < Duration::from_secs(30), "{name}: took {took:?}");
     }
     // No job was touched: nothing dead-lettered, nothing stored, every message still there,

@@ -4,15 +4,27 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use support::s3::{BUCKET, S3Server};
 use taskhost::store::s3::{S3Config, S3Store};
-use taskhost::store::{ETag, ObjectStore, Precondition, StoreError};
+use taskhost::store::{ETag, ErrorKind, ObjectStore, Precondition, StoreError};
 
 fn assert_precondition_failed<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
     match r {
-        Err(StoreError::PreconditionFailed) => {}
+        Err(e @ StoreError::PreconditionFailed) => {
+            assert_eq!(e.kind(), ErrorKind::PreconditionFailed, "{what}");
+            assert!(!e.is_transient(), "{what}");
+        }
         other => panic!("{what}: expected PreconditionFailed, got {other:?}"),
+    }
+}
+
+/// The error of `r`, which must be of `kind`.
+fn error_of<T: std::fmt::Debug>(r: Result<T, StoreError>, kind: ErrorKind, what: &str) -> String {
+    match r {
+        Err(e) if e.kind() == kind => e.to_string(),
+        other => panic!("{what}: expected a {kind} error, got {other:?}"),
     }
 }
 
@@ -356,11 +368,9 @@ async fn wrong_secret_key_is_a_clear_error() {
         ("list", store.list("").await.map(|l| format!("{l:?}"))),
     ];
     for (op, result) in results {
-        let message = match result {
-            Err(StoreError::Other(e)) => format!("{e:#}"),
-            other => panic!("{op}: expected an error, got {other:?}"),
-        };
+        let message = error_of(result, ErrorKind::AccessDenied, op);
         assert!(message.contains("403"), "{op}: {message}");
+        assert!(message.contains("[access denied]"), "{op}: {message}");
         assert!(
             message.contains("R2_AWS_SECRET_ACCESS_KEY"),
             "{op}: no hint in {message}"
@@ -390,19 +400,124 @@ async fn missing_bucket_is_an_error_not_none() {
         ..s3.config("")
     })
     .unwrap();
-    match store.get("k").await {
-        Err(StoreError::Other(e)) => assert!(format!("{e:#}").contains("NoSuchBucket"), "{e:#}"),
-        other => panic!("get: expected an error, got {other:?}"),
+    let message = error_of(store.get("k").await, ErrorKind::NotFound, "get");
+    assert!(message.contains("NoSuchBucket"), "{message}");
+    assert!(message.contains("R2_BUCKET_NAME"), "{message}");
+    // HEAD answers have no body: the bucket is looked up.
+    let message = error_of(store.exists("k").await, ErrorKind::NotFound, "exists");
+    assert!(message.contains("no-such-bucket"), "{message}");
+    error_of(store.size("k").await, ErrorKind::NotFound, "size");
+    error_of(store.list("").await, ErrorKind::NotFound, "list");
+    for pre in [Precondition::None, Precondition::Absent] {
+        let put = store.put("k", vec![], pre.clone()).await;
+        error_of(put, ErrorKind::NotFound, &format!("put {pre:?}"));
     }
-    match store.exists("k").await {
-        Err(StoreError::Other(e)) => assert!(format!("{e:#}").contains("no-such-bucket"), "{e:#}"),
-        other => panic!("exists: expected an error, got {other:?}"),
+    let if_match = Precondition::Matches(ETag("\"0\"".into()));
+    error_of(
+        store.put("k", vec![], if_match).await,
+        ErrorKind::NotFound,
+        "put if-match",
+    );
+    error_of(store.delete("k").await, ErrorKind::NotFound, "delete");
+}
+
+/// A server that is gone (killed: connections refused) is a transient error, after the
+/// client's retries, for reads and conditional writes alike.
+#[tokio::test]
+async fn a_stopped_server_is_a_transient_error() {
+    let s3 = S3Server::start().await;
+    let store = s3.store("");
+    store
+        .put("k", b"v".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    drop(s3);
+    let started = Instant::now();
+    let message = error_of(store.get("k").await, ErrorKind::Transient, "get");
+    assert!(message.contains("could not reach the server"), "{message}");
+    assert!(
+        message.contains("[transient, retries exhausted]"),
+        "{message}"
+    );
+    let put = store.put("k", b"w".to_vec(), Precondition::Absent).await;
+    assert!(error_of(put, ErrorKind::Transient, "put").contains("[transient"));
+    assert!(store.exists("k").await.unwrap_err().is_transient());
+    println!(
+        "three requests to a stopped server failed in {:?}",
+        started.elapsed()
+    );
+}
+
+/// A key that may read but not write: reads work, every write is access denied (so the
+/// probe a worker writes fails, and says so), nothing is written.
+#[tokio::test]
+async fn a_read_only_key_reads_but_cannot_write() {
+    let s3 = S3Server::start().await;
+    s3.store("")
+        .put("k", b"v".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let store = s3.read_only_store("");
+    assert_eq!(store.get("k").await.unwrap().unwrap().bytes, b"v");
+    assert!(store.exists("k").await.unwrap());
+    assert_eq!(store.list("").await.unwrap(), vec!["k"]);
+    for pre in [Precondition::None, Precondition::Absent] {
+        let put = store.put("k2", b"w".to_vec(), pre.clone()).await;
+        let message = error_of(put, ErrorKind::AccessDenied, &format!("put {pre:?}"));
+        assert!(message.contains("403 AccessDenied"), "{message}");
     }
-    assert!(matches!(store.list("").await, Err(StoreError::Other(_))));
-    assert!(matches!(
-        store.put("k", vec![], Precondition::Absent).await,
-        Err(StoreError::Other(_))
-    ));
+    error_of(store.delete("k").await, ErrorKind::AccessDenied, "delete");
+    error_of(
+        store.upload_start("big").await,
+        ErrorKind::AccessDenied,
+        "upload",
+    );
+    let probe = taskhost::store::probe(&store, &taskhost::keys::probe("w")).await;
+    error_of(probe, ErrorKind::AccessDenied, "probe");
+    let writer = s3.store("");
+    assert_eq!(
+        writer.list("").await.unwrap(),
+        vec!["k"],
+        "nothing was written"
+    );
+    taskhost::store::probe(&writer, &taskhost::keys::probe("w"))
+        .await
+        .unwrap();
+    assert_eq!(
+        writer.list("").await.unwrap(),
+        vec!["k"],
+        "the probe is gone"
+    );
+}
+
+/// The store's clock is read from an answer's `Date` header (a HEAD of a key that need not
+/// exist): the server runs on this machine, so its clock agrees with ours.
+#[tokio::test]
+async fn the_clock_is_read_from_the_date_header() {
+    let s3 = S3Server::start().await;
+    let store = s3.store("");
+    let before = taskhost::queue::unix_ms_now();
+    let reading = store
+        .clock(&taskhost::keys::probe("w"))
+        .await
+        .unwrap()
+        .expect("moto sends a Date header");
+    let after = taskhost::queue::unix_ms_now();
+    assert_eq!(reading.resolution_ms, 1000);
+    assert_eq!(reading.store_ms % 1000, 0, "{reading:?}");
+    assert!(
+        before <= reading.sent_ms
+            && reading.sent_ms <= reading.received_ms
+            && reading.received_ms <= after,
+        "{reading:?} not within {before}..={after}"
+    );
+    let (least, most) = reading.offset_bounds_ms();
+    assert!(least <= 0 && 0 <= most, "{reading:?}");
+    assert_eq!(taskhost::worker::skew_ms(&reading), None);
+    // A failing store says so.
+    drop(s3);
+    let err = store.clock(&taskhost::keys::probe("w")).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
 }
 
 #[tokio::test]

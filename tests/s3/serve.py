@@ -24,6 +24,11 @@ What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
   SignatureDoesNotMatch otherwise, and checks the body against `x-amz-content-sha256`
   (403 XAmzContentSHA256Mismatch), so the tests can check what a wrong secret does.
 
+* A read-only key: READONLY_ACCESS_KEY_ID / READONLY_SECRET_ACCESS_KEY (or
+  S3_TEST_READONLY_ACCESS_KEY_ID / S3_TEST_READONLY_SECRET_ACCESS_KEY) may GET and HEAD;
+  any other request signed with it gets 403 AccessDenied, as an R2 token with read-only
+  permissions does, so the tests can check what a key that cannot write does.
+
 * Region "auto" (R2's only region) is presented to moto as us-east-1: moto models AWS
   regions and would demand `LocationConstraint=auto` on CreateBucket, which R2 does not
   need. The signature is checked before this rewrite, against what the client sent.
@@ -48,6 +53,11 @@ from urllib.parse import quote, unquote
 
 ACCESS_KEY_ID = os.environ.get("S3_TEST_ACCESS_KEY_ID", "taskhost-test")
 SECRET_ACCESS_KEY = os.environ.get("S3_TEST_SECRET_ACCESS_KEY", "taskhost-test-secret")
+READONLY_ACCESS_KEY_ID = os.environ.get("S3_TEST_READONLY_ACCESS_KEY_ID", "taskhost-test-readonly")
+READONLY_SECRET_ACCESS_KEY = os.environ.get(
+    "S3_TEST_READONLY_SECRET_ACCESS_KEY", "taskhost-test-readonly-secret"
+)
+READ_METHODS = ("GET", "HEAD")
 HEALTH_PATH = "/_taskhost/health"
 
 AUTH_RE = re.compile(
@@ -88,7 +98,8 @@ def canonical_query(query):
 
 
 def check_signature(environ, body):
-    """Returns None when the request is signed with our key, else (status, code, message)."""
+    """Returns None when the request is signed with one of our keys and that key may make
+    it, else (status, code, message)."""
     auth = environ.get("HTTP_AUTHORIZATION", "")
     m = AUTH_RE.match(auth)
     if not m:
@@ -97,7 +108,8 @@ def check_signature(environ, body):
     if len(cred) != 5:
         return ("403 Forbidden", "AuthorizationHeaderMalformed", "Bad credential scope")
     key_id, date, region, service, terminator = cred
-    if key_id != ACCESS_KEY_ID:
+    secrets = {ACCESS_KEY_ID: SECRET_ACCESS_KEY, READONLY_ACCESS_KEY_ID: READONLY_SECRET_ACCESS_KEY}
+    if key_id not in secrets:
         return (
             "403 Forbidden",
             "InvalidAccessKeyId",
@@ -138,7 +150,7 @@ def check_signature(environ, body):
             hashlib.sha256(canonical_request.encode()).hexdigest(),
         ]
     )
-    key = ("AWS4" + SECRET_ACCESS_KEY).encode()
+    key = ("AWS4" + secrets[key_id]).encode()
     for part in (date, region, service, terminator):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
@@ -148,6 +160,8 @@ def check_signature(environ, body):
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided.",
         )
+    if key_id == READONLY_ACCESS_KEY_ID and environ["REQUEST_METHOD"] not in READ_METHODS:
+        return ("403 Forbidden", "AccessDenied", "Access Denied")
     return None
 
 

@@ -5,9 +5,9 @@
 use crate::ids::JobId;
 use crate::job::Work;
 use crate::queue::lease::LeaseView;
-use crate::store::{ETag, ObjectStore, Precondition, StoreError};
+use crate::store::{ETag, ErrorKind, ObjectStore, Precondition, StoreError};
 
-use super::{Header, decode, encode, key, nonce, now_ms, skew_allowance_ms};
+use super::{CLOCK_SKEW_ALLOWANCE, Header, decode, encode, key, nonce, now_ms, skew_allowance_ms};
 
 /// What a successful claim found.
 #[derive(Clone, Debug)]
@@ -73,9 +73,9 @@ pub enum OtherWork {
 /// First a create-only write (`If-None-Match: *`): on a new job that one request is the whole
 /// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read, the
 /// result is checked for ([`ClaimError::AlreadyDone`]), and the claim takes the job over only
-/// if its lease is released or expired (`lease_until_ms <= now + skew allowance`), with a
-/// write `If-Match` on the tag read, incrementing `attempts`. A live lease, or a claim that
-/// loses the race for the write, is [`ClaimError::Busy`].
+/// if its lease is released, expired or skewed ([`recorded_lease`]), with a write `If-Match`
+/// on the tag read, incrementing `attempts`. A live lease, or a claim that loses the race for
+/// the write, is [`ClaimError::Busy`].
 pub async fn claim<S: ObjectStore>(
     store: &S,
     job: &JobId,
@@ -154,12 +154,23 @@ pub async fn claim<S: ObjectStore>(
         return Err(ClaimError::AlreadyDone);
     }
     // A finished job's last lease is left to expire: it holds nothing once the result exists.
-    let skew = skew_allowance_ms(header.lease_period_ms);
-    if !done && header.lease_until_ms > now_ms().saturating_add(skew) {
-        return Err(ClaimError::Busy {
-            owner: header.owner,
-            until_ms: header.lease_until_ms,
-        });
+    let now = now_ms();
+    if !done {
+        match recorded_lease(header.lease_until_ms, header.lease_period_ms, now) {
+            Recorded::Ended => {}
+            Recorded::Live => {
+                return Err(ClaimError::Busy {
+                    owner: header.owner,
+                    until_ms: header.lease_until_ms,
+                });
+            }
+            Recorded::Skewed => tracing::warn!(
+                job = %job,
+                owner = %header.owner,
+                ahead_s = (header.lease_until_ms - now) / 1000,
+                "the owner's lease ends further ahead than a whole lease period, so its clock is ahead of ours: not honouring it; taking the job over"
+            ),
+        }
     }
     let (header, data) = if start_over {
         // The old work's result, manifest and error go first: a crash after them leaves a
@@ -193,6 +204,39 @@ pub async fn claim<S: ObjectStore>(
             until_ms: lease_until_ms,
         }),
         Err(e) => Err(ClaimError::Storage(e.to_string())),
+    }
+}
+
+/// What a claim makes of the lease a checkpoint records, by the claimer's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recorded {
+    /// The owner holds the job: turn away.
+    Live,
+    /// Released (0), or ends within one skew allowance: take over.
+    Ended,
+    /// Ends further ahead than an owner whose clock agrees with ours could have written
+    /// (a whole lease period plus [`CLOCK_SKEW_ALLOWANCE`]): the owner's clock is ahead, so
+    /// the record says nothing about it: take over (with a warning).
+    Skewed,
+}
+
+/// The lease rule of a claim: a recorded lease of `period_ms` (0: unknown, taken as
+/// [`MAX_ACK_DEADLINE_SECS`](crate::queue::MAX_ACK_DEADLINE_SECS)) that ends at `until_ms`
+/// has ended once `until_ms <= now + skew allowance`, and is skewed when
+/// `until_ms > now + period + CLOCK_SKEW_ALLOWANCE`: an owner records at most one lease
+/// period ahead of its own clock.
+fn recorded_lease(until_ms: u64, period_ms: u64, now_ms: u64) -> Recorded {
+    let period = match period_ms {
+        0 => u64::from(crate::queue::MAX_ACK_DEADLINE_SECS) * 1000,
+        p => p,
+    };
+    let allowance = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
+    if until_ms <= now_ms.saturating_add(skew_allowance_ms(period_ms)) {
+        Recorded::Ended
+    } else if until_ms > now_ms.saturating_add(period).saturating_add(allowance) {
+        Recorded::Skewed
+    } else {
+        Recorded::Live
     }
 }
 
@@ -231,8 +275,12 @@ pub async fn release_abandoned<S: ObjectStore>(
         let Some(current) = store.get(&key).await? else {
             return Ok(Abandoned::NotHeld);
         };
-        let (mut header, data) = decode(&current.bytes)
-            .map_err(|e| StoreError::Other(e.context(format!("{key} is unreadable"))))?;
+        let (mut header, data) = decode(&current.bytes).map_err(|e| {
+            StoreError::new(
+                ErrorKind::BadRequest,
+                e.context(format!("{key} is unreadable")),
+            )
+        })?;
         if header.owner != dead_owner || header.lease_until_ms == 0 {
             return Ok(Abandoned::NotHeld);
         }
@@ -252,7 +300,114 @@ pub async fn release_abandoned<S: ObjectStore>(
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Other(anyhow::anyhow!(
-        "{key} kept changing while its dead owner's lease was being released"
-    )))
+    Err(StoreError::new(
+        ErrorKind::Transient,
+        anyhow::anyhow!("{key} kept changing while its dead owner's lease was being released"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::dir::DirStore;
+
+    #[test]
+    fn the_lease_rule_of_a_claim() {
+        let now = 1_000_000_000;
+        let s = 1000;
+        // (until, period, what the claim makes of it): skew allowance 2 s, or a fifth of
+        // the period; skewed past a period (600 s when unknown) plus 2 s.
+        let table = [
+            (0, 60 * s, Recorded::Ended),
+            (now - s, 60 * s, Recorded::Ended),
+            (now + 2 * s, 60 * s, Recorded::Ended),
+            (now + 2 * s + 1, 60 * s, Recorded::Live),
+            (now + 60 * s, 60 * s, Recorded::Live),
+            (now + 62 * s, 60 * s, Recorded::Live),
+            (now + 62 * s + 1, 60 * s, Recorded::Skewed),
+            (now + 3600 * s, 60 * s, Recorded::Skewed),
+            (now + 200, s, Recorded::Ended),
+            (now + 201, s, Recorded::Live),
+            (now + 3 * s, s, Recorded::Live),
+            (now + 3 * s + 1, s, Recorded::Skewed),
+            (now + 602 * s, 0, Recorded::Live),
+            (now + 602 * s + 1, 0, Recorded::Skewed),
+            (u64::MAX, 60 * s, Recorded::Skewed),
+        ];
+        for (until, period, want) in table {
+            assert_eq!(
+                recorded_lease(until, period, now),
+                want,
+                "until now{:+} ms, period {period} ms",
+                until as i128 - now as i128
+            );
+        }
+    }
+
+    /// Writes a checkpoint held by `owner` until `until_ms` (lease period `period_ms`).
+    async fn held(store: &DirStore, job: &JobId, owner: &str, until_ms: u64, period_ms: u64) {
+        let header = Header {
+            attempts: 1,
+            owner: owner.into(),
+            lease_until_ms: until_ms,
+            lease_period_ms: period_ms,
+            nonce: nonce(),
+            ..Header::default()
+        };
+        store
+            .put(
+                &key(job),
+                encode(&header, Some(b"saved")),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lease_recorded_too_far_ahead_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let (lease, stop) = LeaseView::detached(Duration::from_secs(60));
+        let job = |n: &str| n.parse::<JobId>().unwrap();
+        let claim_it = |job: JobId| {
+            let (store, lease) = (store.clone(), &lease);
+            async move {
+                claim(
+                    &store,
+                    &job,
+                    "me",
+                    lease,
+                    &Work::default(),
+                    OtherWork::Refuse,
+                )
+                .await
+            }
+        };
+        let now = now_ms();
+        // A live owner (its lease a period ahead at most) is turned away...
+        held(&store, &job("live"), "alive", now + 30_000, 60_000).await;
+        match claim_it(job("live")).await {
+            Err(ClaimError::Busy { owner, .. }) => assert_eq!(owner, "alive"),
+            other => panic!("live: {other:?}"),
+        }
+        // ... as is one whose period is unknown (600 s then).
+        held(&store, &job("old"), "old", now + 500_000, 0).await;
+        assert!(matches!(
+            claim_it(job("old")).await,
+            Err(ClaimError::Busy { .. })
+        ));
+        // One whose clock is an hour ahead is not honoured: the job is taken over, with
+        // the task's bytes.
+        held(&store, &job("ahead"), "ahead", now + 3_600_000, 60_000).await;
+        let claimed = claim_it(job("ahead")).await.unwrap();
+        assert_eq!(claimed.header.owner, "me");
+        assert_eq!(claimed.header.attempts, 2);
+        assert_eq!(claimed.data.as_deref(), Some(&b"saved"[..]));
+        held(&store, &job("far"), "far", now + 700_000, 0).await;
+        assert_eq!(claim_it(job("far")).await.unwrap().header.owner, "me");
+        stop.cancel();
+    }
 }

@@ -164,8 +164,8 @@ impl<S: ObjectStore> Writer<S> {
                 self.lose();
                 Err(CheckpointError::Conflict)
             }
-            Err(StoreError::Other(e)) => {
-                let msg = format!("{e:#}");
+            Err(e) => {
+                let msg = e.to_string();
                 tracing::warn!(key = %self.key, error = %msg, "checkpoint write failed; will retry");
                 let mut st = lock(&self.shared);
                 st.dirty = true;

@@ -11,8 +11,8 @@ use crate::exec::Executor;
 use crate::ids::ModuleHash;
 use crate::queue::Queue;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
+use crate::store::ErrorKind;
 use crate::store::any::AnyStore;
-use crate::store::{ObjectStore, Precondition};
 use crate::worker::{
     self, DEFAULT_MAX_FAILURES, DEFAULT_MISSING_MODULE_RETRY, DEFAULT_SHUTDOWN_TIMEOUT,
     WorkerConfig,
@@ -180,14 +180,7 @@ async fn preflight(
 ) -> anyhow::Result<bool> {
     let key = crate::keys::probe(worker_id);
     loop {
-        let probed = async {
-            store
-                .put(&key, b"probe".to_vec(), Precondition::None)
-                .await?;
-            store.delete(&key).await
-        }
-        .await;
-        match probed {
+        match crate::store::probe(store, &key).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "the store does not answer; taking no job until it does (retrying in 5 s)");
@@ -196,10 +189,16 @@ async fn preflight(
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
-            Err(e) => anyhow::bail!(
-                "cannot write to the store, so no job can run: {e} \
-                 (check R2_BUCKET_NAME, R2_S3_ENDPOINT_URL and that the R2 token may read and write the bucket)"
-            ),
+            Err(e) => {
+                // A missing bucket and a refused key say themselves what to check.
+                let check = match e.kind() {
+                    ErrorKind::NotFound | ErrorKind::AccessDenied => "",
+                    _ => {
+                        " (check R2_BUCKET_NAME, R2_S3_ENDPOINT_URL and that the R2 token may read and write the bucket)"
+                    }
+                };
+                anyhow::bail!("cannot write to the store, so no job can run: {e}{check}")
+            }
         }
     }
     if let Queue::PubSub(pubsub) = queue {

@@ -2,7 +2,7 @@
 
 use super::dir::DirStore;
 use super::s3::S3Store;
-use super::{ETag, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, Object, ObjectStore, Precondition, StoreError};
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
@@ -120,6 +120,13 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Dir(s) => s.upload_abort(key, upload).await,
             AnyStore::S3(s) => s.upload_abort(key, upload).await,
+        }
+    }
+
+    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
+        match self {
+            AnyStore::Dir(s) => s.clock(key).await,
+            AnyStore::S3(s) => s.clock(key).await,
         }
     }
 }

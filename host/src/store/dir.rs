@@ -17,6 +17,9 @@
 //! empty by a delete is removed; an upload's directory is removed when it is completed or
 //! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
 //! upload's start, as R2 aborts incomplete uploads after 7 days.
+//!
+//! Errors get their [`ErrorKind`] from the `io::ErrorKind` ([`io_kind`]); the store's clock is
+//! this host's.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -24,10 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
-use super::{ETag, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, ErrorKind, Object, ObjectStore, Precondition, StoreError};
 
 /// A bucket kept in a local directory.
 #[derive(Clone, Debug)]
@@ -59,12 +62,42 @@ impl DirStore {
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             });
         if !ok {
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "invalid object key {key:?}"
-            )));
+            return Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow::anyhow!("invalid object key {key:?}"),
+            ));
         }
         Ok(self.root.join(encode(key)))
     }
+}
+
+/// The kind of a failed file operation: a missing directory is [`ErrorKind::NotFound`] (a
+/// missing object is never an error), one we may not write [`ErrorKind::AccessDenied`], a
+/// path that cannot hold the object (a directory, a file where a directory should be) or
+/// any other refusal that would repeat [`ErrorKind::BadRequest`]; the rest (I/O errors, a
+/// full disk, too many open files, interruptions) [`ErrorKind::Transient`].
+pub(crate) fn io_kind(kind: io::ErrorKind) -> ErrorKind {
+    use io::ErrorKind as K;
+    match kind {
+        K::NotFound => ErrorKind::NotFound,
+        K::PermissionDenied | K::ReadOnlyFilesystem => ErrorKind::AccessDenied,
+        K::InvalidInput
+        | K::InvalidData
+        | K::InvalidFilename
+        | K::IsADirectory
+        | K::NotADirectory
+        | K::DirectoryNotEmpty
+        | K::AlreadyExists
+        | K::FileTooLarge
+        | K::TooManyLinks
+        | K::Unsupported => ErrorKind::BadRequest,
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// A failed file operation as a [`StoreError`] of its kind, saying what was being done.
+fn io_err(e: io::Error, doing: impl FnOnce() -> String) -> StoreError {
+    StoreError::new(io_kind(e.kind()), anyhow::Error::new(e).context(doing()))
 }
 
 /// The on-disk form of a key (or key prefix): each component that starts with `.` gets `%2E`
@@ -223,9 +256,9 @@ fn put_blocking(
     pre: &Precondition,
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("writing {}", path.display());
-    let lock = lock_key(path).with_context(ctx)?;
+    let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
     let result = (|| {
-        let current = read(path).with_context(ctx)?;
+        let current = read(path).map_err(|e| io_err(e, ctx))?;
         let holds = match (pre, &current) {
             (Precondition::None, _) => true,
             (Precondition::Absent, cur) => cur.is_none(),
@@ -235,7 +268,7 @@ fn put_blocking(
         if !holds {
             return Err(StoreError::PreconditionFailed);
         }
-        replace(path, |f| f.write_all(bytes)).with_context(ctx)?;
+        replace(path, |f| f.write_all(bytes)).map_err(|e| io_err(e, ctx))?;
         Ok(etag_of(bytes))
     })();
     // After the rename.
@@ -288,7 +321,7 @@ fn complete_blocking(
     parts: usize,
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("completing the upload of {}", path.display());
-    let lock = lock_key(path).with_context(ctx)?;
+    let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
     let mut hash = Sha256::new();
     let written = replace(path, |out| {
         for n in 1..=parts {
@@ -298,7 +331,7 @@ fn complete_blocking(
         }
         Ok(())
     })
-    .with_context(ctx);
+    .map_err(|e| io_err(e, ctx));
     lock.release(root);
     written?;
     let _ = fs::remove_dir_all(parts_dir);
@@ -306,18 +339,20 @@ fn complete_blocking(
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Other(anyhow::anyhow!("store worker thread failed: {e}"))
+    StoreError::new(
+        ErrorKind::Transient,
+        anyhow::anyhow!("store worker thread failed: {e}"),
+    )
 }
 
 impl ObjectStore for DirStore {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let path = self.path(key)?;
         tokio::task::spawn_blocking(move || {
-            read(&path).with_context(|| format!("reading {}", path.display()))
+            read(&path).map_err(|e| io_err(e, || format!("reading {}", path.display())))
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
@@ -335,32 +370,30 @@ impl ObjectStore for DirStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let ctx = || format!("deleting {}", path.display());
             // Under the key's lock, so that its lock file can go too.
-            let lock = lock_key(&path).with_context(ctx)?;
+            let lock = lock_key(&path).map_err(|e| io_err(e, ctx))?;
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(anyhow::Error::new(e).context(ctx())),
+                Err(e) => return Err(io_err(e, ctx)),
             }
             lock.release(&root);
             Ok(())
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
-            list_blocking(&root, &prefix).with_context(|| format!("listing {prefix:?}"))
+            list_blocking(&root, &prefix).map_err(|e| io_err(e, || format!("listing {prefix:?}")))
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -368,9 +401,7 @@ impl ObjectStore for DirStore {
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Other(
-                anyhow::Error::new(e).context(format!("reading {}", path.display())),
-            )),
+            Err(e) => Err(io_err(e, || format!("reading {}", path.display()))),
         }
     }
 
@@ -387,28 +418,32 @@ impl ObjectStore for DirStore {
             let mut file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(anyhow::Error::new(e).context(ctx())),
+                Err(e) => return Err(io_err(e, ctx)),
             };
-            file.seek(SeekFrom::Start(offset)).with_context(ctx)?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err(e, ctx))?;
             let mut bytes = Vec::new();
-            file.take(len).read_to_end(&mut bytes).with_context(ctx)?;
+            file.take(len)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_err(e, ctx))?;
             Ok(Some(bytes))
         })
         .await
         .map_err(join_err)?
-        .map_err(StoreError::Other)
     }
 
     async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
         self.path(key)?;
         let mut b = [0u8; 12];
-        getrandom::fill(&mut b).map_err(|e| StoreError::Other(anyhow::anyhow!("random: {e}")))?;
+        getrandom::fill(&mut b)
+            .map_err(|e| StoreError::new(ErrorKind::Transient, anyhow::anyhow!("random: {e}")))?;
         let id = hex::encode(b);
         let uploads = self.uploads();
         let dir = uploads.join(&id);
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || {
             remove_abandoned_uploads(&uploads);
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
+            fs::create_dir_all(&dir)
+                .map_err(|e| io_err(e, || format!("creating {}", dir.display())))
         })
         .await
         .map_err(join_err)??;
@@ -425,12 +460,12 @@ impl ObjectStore for DirStore {
         self.path(key)?;
         let dir = self.upload_dir(upload)?;
         let tag = etag_of(&bytes).0;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || {
             let part = dir.join(number.to_string());
             let tmp = dir.join(format!(".{number}.tmp"));
             fs::write(&tmp, &bytes)
                 .and_then(|()| fs::rename(&tmp, &part))
-                .with_context(|| format!("writing {}", part.display()))
+                .map_err(|e| io_err(e, || format!("writing {}", part.display())))
         })
         .await
         .map_err(join_err)??;
@@ -465,10 +500,13 @@ impl ObjectStore for DirStore {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Other(
-                anyhow::Error::new(e).context(format!("removing {}", dir.display())),
-            )),
+            Err(e) => Err(io_err(e, || format!("removing {}", dir.display()))),
         }
+    }
+
+    /// This host's clock: the directory is on this host.
+    async fn clock(&self, _key: &str) -> Result<Option<ClockReading>, StoreError> {
+        Ok(Some(ClockReading::local()))
     }
 }
 
@@ -498,10 +536,10 @@ impl DirStore {
     fn upload_dir(&self, upload: &str) -> Result<PathBuf, StoreError> {
         let dir = self.uploads().join(upload);
         if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) || !dir.is_dir() {
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "no multipart upload {upload:?} in {}",
-                self.root.display()
-            )));
+            return Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow::anyhow!("no multipart upload {upload:?} in {}", self.root.display()),
+            ));
         }
         Ok(dir)
     }
@@ -569,6 +607,47 @@ mod tests {
         assert!(!s.exists("jobs/.hidden/x").await.unwrap());
         s.delete("jobs/.hidden/x").await.unwrap();
         assert!(s.path("jobs/../x").is_err());
+    }
+
+    #[test]
+    fn io_errors_get_their_kind() {
+        use io::ErrorKind as K;
+        for (io, want) in [
+            (K::NotFound, ErrorKind::NotFound),
+            (K::PermissionDenied, ErrorKind::AccessDenied),
+            (K::ReadOnlyFilesystem, ErrorKind::AccessDenied),
+            (K::IsADirectory, ErrorKind::BadRequest),
+            (K::NotADirectory, ErrorKind::BadRequest),
+            (K::InvalidInput, ErrorKind::BadRequest),
+            (K::StorageFull, ErrorKind::Transient),
+            (K::TimedOut, ErrorKind::Transient),
+            (K::Interrupted, ErrorKind::Transient),
+            (K::Other, ErrorKind::Transient),
+        ] {
+            assert_eq!(io_kind(io), want, "{io:?}");
+        }
+    }
+
+    /// The probe a worker writes fails where a write fails, even while reads work: here the
+    /// probe's key is taken by a directory (tests run as root, which file modes do not stop).
+    #[tokio::test]
+    async fn the_probe_fails_where_writes_fail_while_reads_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DirStore::open(tmp.path()).unwrap();
+        s.put("jobs/a/result", b"r".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+        let probe = crate::keys::probe("w");
+        crate::store::probe(&s, &probe).await.unwrap();
+        assert!(!s.exists(&probe).await.unwrap(), "the probe is deleted");
+        fs::create_dir_all(tmp.path().join(&probe).join("x")).unwrap();
+        let e = crate::store::probe(&s, &probe).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+        assert!(!e.is_transient());
+        assert_eq!(s.get("jobs/a/result").await.unwrap().unwrap().bytes, b"r");
+        // An invalid key is a bad request too.
+        let e = s.get("../x").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -44,12 +44,54 @@ pub enum Precondition {
     Matches(ETag),
 }
 
+/// What kind of failure a store error is, decided where the store's answer was seen (an
+/// HTTP status and error code, an SDK error kind, an `io::ErrorKind`), never from message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The precondition did not hold: the object exists (create-only) or changed (if-match).
+    PreconditionFailed,
+    /// No answer (timeout, connection failure), a 5xx, or a body that broke off, after the
+    /// client's own retries: worth retrying later.
+    Transient,
+    /// The server asked us to slow down (429, 503 `SlowDown`): worth retrying later.
+    Throttled,
+    /// The bucket (or the store's directory) does not exist: a misconfiguration, never
+    /// "absent".
+    NotFound,
+    /// The credentials may not do this (401, 403; a directory we may not write).
+    AccessDenied,
+    /// Any other refusal (another 4xx, a 501, a response we cannot use, an invalid key):
+    /// retrying the same request would fail the same way.
+    BadRequest,
+}
+
+impl ErrorKind {
+    /// Worth retrying later: transient or throttled.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Transient | ErrorKind::Throttled)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::PreconditionFailed => "precondition failed",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::AccessDenied => "access denied",
+            ErrorKind::BadRequest => "bad request",
+        })
+    }
+}
+
 #[derive(Debug)]
 pub enum StoreError {
     /// The precondition did not hold: the object exists (create-only) or changed (if-match).
     PreconditionFailed,
-    /// Anything else: network, permissions, disk. Transient or not, the message says.
-    Other(anyhow::Error),
+    /// Any other failure: its kind (never [`ErrorKind::PreconditionFailed`]; build it with
+    /// [`StoreError::new`]) and what happened, without secrets.
+    Failed(ErrorKind, anyhow::Error),
 }
 
 impl fmt::Display for StoreError {
@@ -58,7 +100,7 @@ impl fmt::Display for StoreError {
             StoreError::PreconditionFailed => {
                 f.write_str("precondition failed (object changed or exists)")
             }
-            StoreError::Other(e) => write!(f, "{e:#}"),
+            StoreError::Failed(_, e) => write!(f, "{e:#}"),
         }
     }
 }
@@ -66,20 +108,85 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 impl StoreError {
-    /// Worth retrying later: the server was unreachable, timed out or answered 5xx / 429
-    /// (after the client's own retries).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::PreconditionFailed => false,
-            StoreError::Other(e) => format!("{e:#}").contains("[transient"),
+    /// An error of `kind`; [`ErrorKind::PreconditionFailed`] gives
+    /// [`StoreError::PreconditionFailed`].
+    pub fn new(kind: ErrorKind, error: anyhow::Error) -> StoreError {
+        match kind {
+            ErrorKind::PreconditionFailed => StoreError::PreconditionFailed,
+            kind => StoreError::Failed(kind, error),
         }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::PreconditionFailed => ErrorKind::PreconditionFailed,
+            StoreError::Failed(kind, _) => *kind,
+        }
+    }
+
+    /// Worth retrying later: the server was unreachable, timed out, answered 5xx or asked
+    /// us to slow down (after the client's own retries).
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
     }
 }
 
-impl From<anyhow::Error> for StoreError {
-    fn from(e: anyhow::Error) -> Self {
-        StoreError::Other(e)
+/// A reading of the store's clock: what the store said its time was, and this host's clock
+/// when the request was sent and when its answer came (the store read its clock in between).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockReading {
+    /// The store's time, ms since the Unix epoch, cut down to `resolution_ms`.
+    pub store_ms: u64,
+    /// How coarse `store_ms` is: [`DATE_RESOLUTION_MS`] for an HTTP `Date` header, 0 for
+    /// this host's own clock.
+    pub resolution_ms: u64,
+    /// This host's time when the request was sent, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// This host's time when the answer came, ms since the Unix epoch.
+    pub received_ms: u64,
+}
+
+/// An HTTP `Date` header gives whole seconds.
+pub const DATE_RESOLUTION_MS: u64 = 1000;
+
+impl ClockReading {
+    /// This host's clock as its own reading (offset 0).
+    pub fn local() -> ClockReading {
+        let now = unix_ms();
+        ClockReading {
+            store_ms: now,
+            resolution_ms: 0,
+            sent_ms: now,
+            received_ms: now,
+        }
     }
+
+    /// The least and the greatest offset (the store's clock minus this host's, ms) the
+    /// reading allows: the store's time was in `store_ms .. store_ms + resolution_ms` at some
+    /// moment between `sent_ms` and `received_ms`.
+    pub fn offset_bounds_ms(&self) -> (i64, i64) {
+        let store = self.store_ms as i64;
+        (
+            store - self.received_ms as i64,
+            store + self.resolution_ms as i64 - self.sent_ms as i64,
+        )
+    }
+}
+
+/// This host's clock, ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Checks that the store can be written: writes a small object under `key`, then deletes
+/// it. A key that may read but not write fails with [`ErrorKind::AccessDenied`].
+pub async fn probe<S: ObjectStore>(store: &S, key: &str) -> Result<(), StoreError> {
+    store
+        .put(key, b"probe".to_vec(), Precondition::None)
+        .await?;
+    store.delete(key).await
 }
 
 /// A bucket of objects addressed by `/`-separated keys such as `jobs/job-1/checkpoint`.
@@ -163,6 +270,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads the store's clock from the answer to a cheap read of `key` (which need not
+    /// exist). `Ok(None)`: the store does not say its time.
+    fn clock(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ClockReading>, StoreError>> + Send;
 }
 
 /// Smallest part of a multipart upload but the last (S3 and R2: 5 MiB).

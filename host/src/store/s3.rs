@@ -17,7 +17,12 @@
 //!   conditional writes) and 404 `NoSuchKey` to an `If-Match` write (the object it was
 //!   conditional on is gone).
 //! - `get` maps 404 `NoSuchKey` to `Ok(None)`; `exists` uses HEAD; `list` pages through
-//!   ListObjectsV2. A missing bucket is an error, never `None` / `false`.
+//!   ListObjectsV2. A missing bucket is an error ([`ErrorKind::NotFound`]), never `None` /
+//!   `false`.
+//! - Every other failure gets its [`ErrorKind`] from the answer ([`classify`]: the HTTP status
+//!   and the S3 error code) or, without one, from the SDK's error (a timeout or a failed
+//!   connection is transient).
+//! - [`ObjectStore::clock`] reads the `Date` header (whole seconds) of a HEAD's answer.
 //! - Tags are the server's `ETag` header exactly as sent (quotes included): S3 and R2
 //!   accept it back verbatim in `If-Match`. S3 ETags of single-part uploads are the MD5
 //!   of the bytes, so rewriting identical bytes keeps the tag: the checkpoint layer adds a
@@ -41,21 +46,29 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::create_bucket::CreateBucketError;
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 
-use super::{ETag, Object, ObjectStore, Precondition, StoreError};
+use super::{
+    ClockReading, DATE_RESOLUTION_MS, ETag, ErrorKind, Object, ObjectStore, Precondition,
+    StoreError, unix_ms,
+};
 
 /// Time allowed to open a TCP/TLS connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,7 +125,7 @@ pub struct S3Store {
     prefix: String,
     /// Set once the bucket is known to exist, so that a 404 without an error code (HEAD has
     /// no body) can be told from a missing bucket with one request, once.
-    bucket_seen: std::sync::Arc<AtomicBool>,
+    bucket_seen: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for S3Store {
@@ -226,7 +239,7 @@ impl S3Store {
                 "S3 CreateBucket of bucket `{}` at {} failed: {}",
                 self.bucket,
                 self.endpoint_url,
-                describe(&e)
+                describe(&e, kind_of(&e, Asked::Plain))
             )),
         }
     }
@@ -235,15 +248,32 @@ impl S3Store {
         format!("{}{key}", self.prefix)
     }
 
+    /// The error of a request that asked nothing conditional.
     fn fail<E>(&self, op: &str, key: &str, err: &SdkError<E, HttpResponse>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        StoreError::Other(anyhow!(
-            "S3 {op} of `{key}` in bucket `{}` failed: {}",
-            self.bucket,
-            describe(err)
-        ))
+        self.fail_as(op, key, err, kind_of(err, Asked::Plain))
+    }
+
+    fn fail_as<E>(
+        &self,
+        op: &str,
+        key: &str,
+        err: &SdkError<E, HttpResponse>,
+        kind: ErrorKind,
+    ) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        StoreError::new(
+            kind,
+            anyhow!(
+                "S3 {op} of `{key}` in bucket `{}` failed: {}",
+                self.bucket,
+                describe(err, kind)
+            ),
+        )
     }
 
     /// Called on a 404 that may mean "no such key" or "no such bucket": errors unless the
@@ -257,11 +287,18 @@ impl S3Store {
                 self.bucket_seen.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            Err(e) => Err(StoreError::Other(anyhow!(
-                "S3 {op} of `{key}` failed: bucket `{}` is not reachable (check R2_BUCKET_NAME): {}",
-                self.bucket,
-                describe(&e)
-            ))),
+            Err(e) => {
+                // HeadBucket answers a missing bucket with a bare 404: NotFound.
+                let kind = kind_of(&e, Asked::Plain);
+                Err(StoreError::new(
+                    kind,
+                    anyhow!(
+                        "S3 {op} of `{key}` failed: bucket `{}` is not reachable (check R2_BUCKET_NAME): {}",
+                        self.bucket,
+                        describe(&e, kind)
+                    ),
+                ))
+            }
         }
     }
 }
@@ -271,12 +308,76 @@ fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// One line that says what went wrong, whether it was transient, and what to check.
+/// What a request asked of the object, which decides what some answers mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// Nothing conditional.
+    Plain,
+    /// A write `If-None-Match: *` (create-only).
+    IfNoneMatch,
+    /// A write `If-Match: <etag>`.
+    IfMatch,
+}
+
+/// The kind of an S3 error answer, from its HTTP status and error code alone (HEAD answers
+/// have no body, hence no code). A pure function: the one place the mapping is decided.
+///
+/// - 412, and 409 `ConditionalRequestConflict` (the loser of two concurrent conditional
+///   writes), to a conditional write; 404 `NoSuchKey` to an `If-Match` write (the object it
+///   was conditional on is gone): the precondition failed.
+/// - 429, and `SlowDown` (503 on S3): throttled. 408, 400 `RequestTimeout`, 409
+///   `ConditionalRequestConflict` / `OperationAborted` otherwise, and 5xx but 501: transient.
+/// - 404 `NoSuchBucket`, and a HEAD's 404 (no body: no code, or the SDK's `NotFound`; a
+///   HeadBucket's, as an object's HEAD 404 is handled before this): not found, a missing
+///   bucket.
+/// - 401 and 403: access denied. Any other 4xx, 501 (the server lacks the feature), a
+///   redirect: bad request. A 2xx here is an answer that broke off: transient.
+pub(crate) fn classify(status: u16, code: Option<&str>, asked: Asked) -> ErrorKind {
+    let conditional = asked != Asked::Plain;
+    match (status, code) {
+        (412, _) if conditional => ErrorKind::PreconditionFailed,
+        (409, Some("ConditionalRequestConflict")) if conditional => ErrorKind::PreconditionFailed,
+        (404, Some("NoSuchKey")) if asked == Asked::IfMatch => ErrorKind::PreconditionFailed,
+        (429, _) | (_, Some("SlowDown")) => ErrorKind::Throttled,
+        (408, _) | (400, Some("RequestTimeout")) => ErrorKind::Transient,
+        (409, Some("ConditionalRequestConflict" | "OperationAborted")) => ErrorKind::Transient,
+        (404, Some("NoSuchBucket" | "NotFound") | None) => ErrorKind::NotFound,
+        (401 | 403, _) => ErrorKind::AccessDenied,
+        (501, _) => ErrorKind::BadRequest,
+        (500..=599, _) => ErrorKind::Transient,
+        (200..=299, _) => ErrorKind::Transient,
+        _ => ErrorKind::BadRequest,
+    }
+}
+
+/// The kind of an SDK error: [`classify`] when the server answered, else transient (a
+/// timeout, a connection that failed or broke off), or bad request (a request the SDK
+/// could not build).
+fn kind_of<E>(err: &SdkError<E, HttpResponse>, asked: Asked) -> ErrorKind
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ConstructionFailure(_) => ErrorKind::BadRequest,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Transient,
+        _ => match status(err) {
+            Some(status) => classify(status, err.code(), asked),
+            None => ErrorKind::Transient,
+        },
+    }
+}
+
+/// One line that says what went wrong, its kind, and what to check.
 /// Never contains credentials: the SDK's errors carry none.
-fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+fn describe<E>(err: &SdkError<E, HttpResponse>, kind: ErrorKind) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let class = if kind.is_transient() {
+        format!("{kind}, retries exhausted")
+    } else {
+        kind.to_string()
+    };
     match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
@@ -287,35 +388,34 @@ where
                 .message()
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
-            let hint = match (status, code.trim()) {
-                (401 | 403, _) => " (check R2_AWS_ACCESS_KEY_ID and R2_AWS_SECRET_ACCESS_KEY)",
-                (_, "NoSuchBucket") => " (check R2_BUCKET_NAME)",
+            let hint = match (kind, code.trim()) {
+                (_, "RequestTimeTooSkewed") => " (check this node's clock)",
+                (ErrorKind::AccessDenied, _) => {
+                    " (check R2_AWS_ACCESS_KEY_ID and R2_AWS_SECRET_ACCESS_KEY, and what the key may do)"
+                }
+                (ErrorKind::NotFound, _) => " (check R2_BUCKET_NAME)",
                 _ => "",
-            };
-            let class = if status >= 500 || status == 429 {
-                "transient, retries exhausted"
-            } else {
-                "not transient"
             };
             format!("HTTP {status}{code}{message}{hint} [{class}]")
         }
-        SdkError::TimeoutError(_) => "timed out [transient, retries exhausted]".to_string(),
+        SdkError::TimeoutError(_) => format!("timed out [{class}]"),
         SdkError::DispatchFailure(_) => {
             format!(
-                "could not reach the server: {} [transient, retries exhausted]",
+                "could not reach the server: {} [{class}]",
                 DisplayErrorContext(err)
             )
         }
-        _ => DisplayErrorContext(err).to_string(),
+        _ => format!("{} [{class}]", DisplayErrorContext(err)),
     }
 }
 
 fn etag_of(op: &str, key: &str, etag: Option<&str>) -> Result<ETag, StoreError> {
     match etag {
         Some(t) if !t.is_empty() => Ok(ETag(t.to_string())),
-        _ => Err(StoreError::Other(anyhow!(
-            "S3 {op} of `{key}`: the response has no ETag"
-        ))),
+        _ => Err(StoreError::new(
+            ErrorKind::BadRequest,
+            anyhow!("S3 {op} of `{key}`: the response has no ETag"),
+        )),
     }
 }
 
@@ -333,12 +433,15 @@ async fn body(
     full: &str,
     resp: Box<aws_sdk_s3::operation::get_object::GetObjectOutput>,
 ) -> Result<Vec<u8>, StoreError> {
-    Ok(resp
-        .body
-        .collect()
-        .await
-        .with_context(|| format!("S3 GetObject of `{full}`: reading the body failed [transient]"))?
-        .to_vec())
+    match resp.body.collect().await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(e) => Err(StoreError::new(
+            ErrorKind::Transient,
+            anyhow::Error::new(e).context(format!(
+                "S3 GetObject of `{full}`: reading the body failed [transient]"
+            )),
+        )),
+    }
 }
 
 impl S3Store {
@@ -387,6 +490,66 @@ impl S3Store {
     }
 }
 
+/// What one request saw of time: this host's clock when its last attempt was sent and when
+/// the answer came, and the answer's `Date` header.
+#[derive(Debug, Default)]
+struct Seen {
+    sent_ms: u64,
+    received_ms: u64,
+    date: Option<String>,
+}
+
+/// An interceptor for one request that records what it saw of time ([`Seen`]).
+#[derive(Clone, Debug, Default)]
+struct ReadDate(Arc<Mutex<Seen>>);
+
+impl ReadDate {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reading, if an answer came with a `Date` header the server's clock can be read from.
+    fn reading(&self) -> Option<ClockReading> {
+        let seen = self.seen();
+        let date =
+            DateTime::from_str(seen.date.as_deref()?.trim(), DateTimeFormat::HttpDate).ok()?;
+        Some(ClockReading {
+            store_ms: u64::try_from(date.secs()).ok()?.checked_mul(1000)?,
+            resolution_ms: DATE_RESOLUTION_MS,
+            sent_ms: seen.sent_ms,
+            received_ms: seen.received_ms,
+        })
+    }
+}
+
+impl Intercept for ReadDate {
+    fn name(&self) -> &'static str {
+        "taskhost::ReadDate"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.seen().sent_ms = unix_ms();
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let mut seen = self.seen();
+        seen.received_ms = unix_ms();
+        seen.date = context.response().headers().get("date").map(str::to_owned);
+        Ok(())
+    }
+}
+
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let full = self.full_key(key);
@@ -414,19 +577,16 @@ impl ObjectStore for S3Store {
         match req.send().await {
             Ok(resp) => etag_of("PutObject", &full, resp.e_tag()),
             Err(e) => {
-                let conditional = pre != Precondition::None;
-                let lost = match (status(&e), e.code()) {
-                    (Some(412), _) => conditional,
-                    (Some(409), Some("ConditionalRequestConflict")) => conditional,
-                    (Some(404), Some("NoSuchKey")) => matches!(pre, Precondition::Matches(_)),
-                    _ => false,
+                let asked = match pre {
+                    Precondition::None => Asked::Plain,
+                    Precondition::Absent => Asked::IfNoneMatch,
+                    Precondition::Matches(_) => Asked::IfMatch,
                 };
-                if lost {
+                let kind = kind_of(&e, asked);
+                if kind == ErrorKind::PreconditionFailed {
                     tracing::debug!(key = %full, precondition = ?pre, "S3 conditional write lost");
-                    Err(StoreError::PreconditionFailed)
-                } else {
-                    Err(self.fail("PutObject", &full, &e))
                 }
+                Err(self.fail_as("PutObject", &full, &e, kind))
             }
         }
     }
@@ -532,9 +692,10 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.fail("CreateMultipartUpload", &full, &e))?;
         match resp.upload_id() {
             Some(id) if !id.is_empty() => Ok(id.to_owned()),
-            _ => Err(StoreError::Other(anyhow!(
-                "S3 CreateMultipartUpload of `{full}`: the response has no upload id"
-            ))),
+            _ => Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow!("S3 CreateMultipartUpload of `{full}`: the response has no upload id"),
+            )),
         }
     }
 
@@ -629,6 +790,114 @@ impl ObjectStore for S3Store {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.fail("AbortMultipartUpload", &full, &e)),
+        }
+    }
+
+    /// A HeadObject of `key`: any answer (a 404 too) carries the server's `Date`.
+    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
+        let full = self.full_key(key);
+        let read = ReadDate::default();
+        let answer = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .customize()
+            .interceptor(read.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(self.fail("HeadObject", &full, &e)),
+        }
+        Ok(read.reading())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_status_and_code() {
+        use Asked::{IfMatch, IfNoneMatch, Plain};
+        use ErrorKind::*;
+        let table: &[(u16, Option<&str>, Asked, ErrorKind)] = &[
+            // Conditional writes that lost.
+            (
+                412,
+                Some("PreconditionFailed"),
+                IfNoneMatch,
+                PreconditionFailed,
+            ),
+            (412, Some("PreconditionFailed"), IfMatch, PreconditionFailed),
+            (412, None, IfMatch, PreconditionFailed),
+            (
+                409,
+                Some("ConditionalRequestConflict"),
+                IfNoneMatch,
+                PreconditionFailed,
+            ),
+            (
+                409,
+                Some("ConditionalRequestConflict"),
+                IfMatch,
+                PreconditionFailed,
+            ),
+            (404, Some("NoSuchKey"), IfMatch, PreconditionFailed),
+            // ... and the same answers to requests that asked nothing conditional.
+            (412, Some("PreconditionFailed"), Plain, BadRequest),
+            (409, Some("ConditionalRequestConflict"), Plain, Transient),
+            (404, Some("NoSuchKey"), Plain, BadRequest),
+            (404, Some("NoSuchKey"), IfNoneMatch, BadRequest),
+            // A missing bucket (HeadBucket's answer has no body) is never "absent".
+            (404, Some("NoSuchBucket"), Plain, NotFound),
+            (404, Some("NoSuchBucket"), IfMatch, NotFound),
+            (404, None, Plain, NotFound),
+            (404, Some("NotFound"), Plain, NotFound),
+            (404, Some("NoSuchUpload"), Plain, BadRequest),
+            // Slow down.
+            (429, None, Plain, Throttled),
+            (429, Some("TooManyRequests"), IfMatch, Throttled),
+            (503, Some("SlowDown"), Plain, Throttled),
+            (503, Some("SlowDown"), IfNoneMatch, Throttled),
+            // Server trouble and timeouts.
+            (500, Some("InternalError"), Plain, Transient),
+            (502, None, Plain, Transient),
+            (503, Some("ServiceUnavailable"), Plain, Transient),
+            (503, None, IfMatch, Transient),
+            (504, None, Plain, Transient),
+            (408, None, Plain, Transient),
+            (400, Some("RequestTimeout"), Plain, Transient),
+            (409, Some("OperationAborted"), Plain, Transient),
+            (200, None, Plain, Transient),
+            // Permissions.
+            (403, Some("AccessDenied"), Plain, AccessDenied),
+            (
+                403,
+                Some("SignatureDoesNotMatch"),
+                IfNoneMatch,
+                AccessDenied,
+            ),
+            (403, Some("InvalidAccessKeyId"), Plain, AccessDenied),
+            (403, None, Plain, AccessDenied),
+            (401, Some("Unauthorized"), Plain, AccessDenied),
+            // Everything else would fail again the same way.
+            (400, Some("InvalidArgument"), Plain, BadRequest),
+            (400, Some("EntityTooSmall"), Plain, BadRequest),
+            (409, Some("BucketNotEmpty"), Plain, BadRequest),
+            (411, None, Plain, BadRequest),
+            (416, Some("InvalidRange"), Plain, BadRequest),
+            (501, Some("NotImplemented"), IfNoneMatch, BadRequest),
+            (301, Some("PermanentRedirect"), Plain, BadRequest),
+        ];
+        for &(status, code, asked, want) in table {
+            assert_eq!(
+                classify(status, code, asked),
+                want,
+                "{status} {code:?} to {asked:?}"
+            );
         }
     }
 }

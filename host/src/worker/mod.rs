@@ -41,11 +41,13 @@ use crate::queue::{
     IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue, QueueError, Received,
 };
 use crate::store::any::AnyStore;
-use crate::store::{ObjectStore, Precondition};
+use crate::store::{ErrorKind, ObjectStore, Precondition};
 
+mod clock;
 mod decide;
 pub mod held;
 
+pub use clock::{CLOCK_CHECK_INTERVAL, CLOCK_RECHECK_INTERVAL, skew_ms};
 pub use decide::{Decision, busy_delay, decide, retry_delay};
 
 /// Default number of trapped runs after which a job is dead-lettered.
@@ -142,6 +144,18 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         ));
         record
     });
+    // The breaker's probe object, and what the clock check reads.
+    let probe = crate::keys::probe(&executor.worker_id);
+    let skewed = clock::Skewed::default();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = skewed.check(&executor.store, &probe) => {}
+    }
+    tokio::spawn(skewed.clone().watch(
+        executor.store.clone(),
+        probe.clone(),
+        shutdown.child_token(),
+    ));
     let ctx = Arc::new(Ctx {
         queue,
         executor,
@@ -159,6 +173,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     let most_pulls = slots.min(MAX_CONCURRENT_PULLS);
     let mut busy_queue = false;
     let mut breaker_open = false;
+    let mut said_denied = false;
     let mut idle = MIN_IDLE_WAIT;
     let mut failing = Duration::ZERO;
     let mut pause_until = Instant::now();
@@ -189,9 +204,13 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                         );
                     }
                     drop(permits);
-                    match ctx.executor.store.head(&crate::keys::probe(PROBE)).await {
-                        Ok(_) => ctx.storage_failures.store(0, Ordering::Relaxed),
-                        Err(_) => {
+                    match crate::store::probe(&ctx.executor.store, &probe).await {
+                        Ok(()) => ctx.storage_failures.store(0, Ordering::Relaxed),
+                        Err(e) => {
+                            if e.kind() == ErrorKind::AccessDenied && !said_denied {
+                                said_denied = true;
+                                tracing::error!(error = %e, "the store answers but refuses the probe write: this worker's key cannot write to the bucket, so no job could finish");
+                            }
                             failing = (failing * 2)
                                 .clamp(Duration::from_secs(1), Duration::from_secs(30));
                             pause_until = Instant::now() + failing;
@@ -201,8 +220,15 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                 }
                 if breaker_open {
                     breaker_open = false;
+                    said_denied = false;
                     failing = Duration::ZERO;
                     tracing::warn!("storage answers again: taking jobs");
+                }
+                if skewed.get() {
+                    // This node's clock is off (logged by the check): no new jobs.
+                    drop(permits);
+                    pause_until = Instant::now() + Duration::from_secs(1);
+                    continue;
                 }
                 let (queue, sub) = (ctx.queue.clone(), ctx.config.subscription_id.clone());
                 let deadline = ctx.config.ack_deadline;
@@ -342,9 +368,6 @@ struct Ctx<S> {
     /// This worker's record of the jobs it holds, on the node's disk.
     record: Option<held::Record>,
 }
-
-/// What the circuit breaker reads to learn whether storage answers (it need not exist).
-const PROBE: &str = "health";
 
 impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
     async fn handle(

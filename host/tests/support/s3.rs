@@ -1,6 +1,7 @@
 //! A real S3 server for tests: moto's S3 backend behind `tests/s3/serve.py`, which handles
 //! one request at a time (so conditional writes are atomic, as on R2) and checks SigV4
-//! signatures against [`ACCESS_KEY_ID`] / [`SECRET_ACCESS_KEY`].
+//! signatures against [`ACCESS_KEY_ID`] / [`SECRET_ACCESS_KEY`] (and the read-only
+//! [`READONLY_ACCESS_KEY_ID`] / [`READONLY_SECRET_ACCESS_KEY`]: GET and HEAD only).
 //!
 //! ```text
 //! let s3 = S3Server::start().await;      // fresh server, fresh bucket
@@ -24,6 +25,9 @@ use taskhost::store::s3::{S3Config, S3Store};
 /// The key pair `serve.py` accepts (passed to it explicitly).
 pub const ACCESS_KEY_ID: &str = "taskhost-test";
 pub const SECRET_ACCESS_KEY: &str = "taskhost-test-secret";
+/// A key pair `serve.py` accepts for GET and HEAD only (403 AccessDenied to anything else).
+pub const READONLY_ACCESS_KEY_ID: &str = "taskhost-test-readonly";
+pub const READONLY_SECRET_ACCESS_KEY: &str = "taskhost-test-readonly-secret";
 /// The bucket [`S3Server::start`] creates.
 pub const BUCKET: &str = "taskhost-test";
 /// How long a server may take to answer its health check.
@@ -127,6 +131,11 @@ impl S3Server {
                 .arg(port.to_string())
                 .env("S3_TEST_ACCESS_KEY_ID", ACCESS_KEY_ID)
                 .env("S3_TEST_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+                .env("S3_TEST_READONLY_ACCESS_KEY_ID", READONLY_ACCESS_KEY_ID)
+                .env(
+                    "S3_TEST_READONLY_SECRET_ACCESS_KEY",
+                    READONLY_SECRET_ACCESS_KEY,
+                )
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().unwrap())
                 .stderr(log_file)
@@ -184,6 +193,16 @@ impl S3Server {
     /// An [`S3Store`] on [`BUCKET`]; `prefix` "" = none.
     pub fn store(&self, prefix: &str) -> S3Store {
         S3Store::new(self.config(prefix)).unwrap()
+    }
+
+    /// An [`S3Store`] on [`BUCKET`] with the read-only key; `prefix` "" = none.
+    pub fn read_only_store(&self, prefix: &str) -> S3Store {
+        S3Store::new(S3Config {
+            access_key_id: READONLY_ACCESS_KEY_ID.to_string(),
+            secret_access_key: READONLY_SECRET_ACCESS_KEY.to_string(),
+            ..self.config(prefix)
+        })
+        .unwrap()
     }
 
     /// What the server has written to stdout and stderr so far.
