@@ -40,11 +40,13 @@ pub async fn resolve<S: ObjectStore>(
         return Ok(p);
     }
     // One fetch and compile per module at a time: the jobs that want it meanwhile wait for
-    // it and then find it cached.
+    // it and then find it cached. A module's gate is dropped from the list once nobody
+    // waits on it, so the list holds only the modules being loaded.
+    static LOADING: std::sync::Mutex<Vec<(ModuleHash, Arc<tokio::sync::Mutex<()>>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let loading = || LOADING.lock().unwrap_or_else(|p| p.into_inner());
     let gate = {
-        static LOADING: std::sync::Mutex<Vec<(ModuleHash, Arc<tokio::sync::Mutex<()>>)>> =
-            std::sync::Mutex::new(Vec::new());
-        let mut loading = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loading = loading();
         match loading.iter().find(|(h, _)| h == hash) {
             Some((_, g)) => Arc::clone(g),
             None => {
@@ -54,7 +56,20 @@ pub async fn resolve<S: ObjectStore>(
             }
         }
     };
-    let _loading = gate.lock().await;
+    let loaded = {
+        let _turn = gate.lock().await;
+        load(runtime, store, hash).await
+    };
+    // Only the list and this caller hold the gate: no other caller waits for it.
+    loading().retain(|(h, g)| h != hash || Arc::strong_count(g) > 2);
+    loaded
+}
+
+async fn load<S: ObjectStore>(
+    runtime: &Runtime,
+    store: &S,
+    hash: &ModuleHash,
+) -> Result<Prepared, ResolveError> {
     if let Some(p) = runtime.load_cached(hash) {
         return Ok(p);
     }

@@ -53,12 +53,24 @@ fn the_demo_kills_a_worker_resumes_its_jobs_and_verifies_every_result() {
 
 #[test]
 fn the_demo_fails_when_a_result_is_wrong() {
-    // A wrong result stored before the demo runs: the worker acks the job without running it
-    // (its result exists), so only the demo's own verification can catch it.
+    // A wrong result stored (with its checkpoint, as a finished job leaves them) before the
+    // demo runs: the worker acks the job without running it (its result exists), so only the
+    // demo's own verification can catch it. (A result without a checkpoint would be taken
+    // for a stale worker's write and replaced by the job's owner.)
     let tmp = tempfile::tempdir().unwrap();
-    let result = tmp.path().join("store/jobs/demo-03/result");
-    std::fs::create_dir_all(result.parent().unwrap()).unwrap();
-    std::fs::write(&result, r#"{"job_id":"demo-03","steps":75,"sum":1}"#).unwrap();
+    let job = tmp.path().join("store/jobs/demo-03");
+    std::fs::create_dir_all(&job).unwrap();
+    let header = taskhost::checkpoint::Header::default();
+    std::fs::write(
+        job.join("checkpoint"),
+        taskhost::checkpoint::encode(&header, None),
+    )
+    .unwrap();
+    std::fs::write(
+        job.join("result"),
+        r#"{"job_id":"demo-03","steps":75,"sum":1}"#,
+    )
+    .unwrap();
     let out = demo(tmp.path(), &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -203,6 +203,7 @@ async fn a_vanished_upload_is_started_again_not_looped_on() {
         // The store forgets the upload.
         let key = "jobs/gone/artifacts/copy.bin";
         let upload = open.upload.unwrap();
+        assert!(store.upload_exists(key, &upload).await.unwrap(), "{kind}");
         store.upload_abort(key, &upload).await.unwrap();
         assert!(!store.upload_exists(key, &upload).await.unwrap(), "{kind}");
         let end = run(
@@ -443,4 +444,85 @@ async fn a_job_that_kills_its_workers_is_dead_lettered_on_the_embedded_queue() {
         .await
         .expect("open the embedded queue");
     a_job_that_kills_its_workers(cli, Queue::Local(queue), "embedded").await;
+}
+
+/// A slow store is never the task's failure: the time its input reads spend waiting on a
+/// frozen store is not counted against the task's wall-clock limit.
+#[tokio::test]
+async fn a_frozen_store_does_not_run_out_the_tasks_clock() {
+    let rt = runtime();
+    let m = module(&rt, "digest").await;
+    let s3 = S3Server::start().await;
+    let store = AnyStore::S3(s3.store(""));
+    let bytes: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 253) as u8).collect();
+    store
+        .put("inputs/slow", bytes.clone(), Precondition::None)
+        .await
+        .unwrap();
+    let mut ex = executor(store.clone(), rt);
+    ex.limits.timeout = Some(Duration::from_secs(3));
+    let job: JobId = "slow".parse().unwrap();
+    let input =
+        r#"{"job_id":"slow","inputs":{"data":"inputs/slow"},"chunk_bytes":1048576,"chunk_ms":50}"#;
+    let inputs = [("data", "inputs/slow")];
+    let running = run(
+        &ex,
+        &m,
+        "slow",
+        input,
+        &inputs,
+        live_lease(),
+        CancellationToken::new(),
+    );
+    let freeze = async {
+        while checkpoint::peek(&store, &job).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s3.freeze(true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        s3.freeze(false);
+    };
+    let started = Instant::now();
+    let (end, ()) = tokio::join!(running, freeze);
+    let took = started.elapsed();
+    let doc = result_doc(&end);
+    assert_eq!(doc["bytes"], bytes.len() as u64);
+    assert!(
+        took > Duration::from_secs(3),
+        "the store was frozen past the limit: {took:?}"
+    );
+}
+
+/// A job whose own input calls keep failing while the store answers its checkpoint writes
+/// (a broken object, not an outage) is dead-lettered after a bounded number of runs, not
+/// retried forever.
+#[tokio::test]
+async fn a_job_whose_own_objects_keep_failing_is_bounded() {
+    let rt = runtime();
+    let m = module(&rt, "digest").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = AnyStore::Dir(DirStore::open(tmp.path()).unwrap());
+    // `inputs/broken` is a directory on disk: it has a size, but reading it fails.
+    store
+        .put("inputs/broken/x", b"x".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let ex = executor(store, rt);
+    let input = r#"{"job_id":"broken","inputs":{"data":"inputs/broken"}}"#;
+    let inputs = [("data", "inputs/broken")];
+    let mut ends = Vec::new();
+    for _ in 0..taskhost::exec::MAX_STORAGE_FAILED_RUNS {
+        let stop = CancellationToken::new();
+        ends.push(run(&ex, &m, "broken", input, &inputs, live_lease(), stop).await);
+    }
+    let (last, retried) = ends.split_last().unwrap();
+    assert!(
+        retried.iter().all(|e| matches!(e, JobEnd::Storage(_))),
+        "{ends:?}"
+    );
+    assert!(
+        matches!(last, JobEnd::StorageRepeated { runs, .. } if *runs == taskhost::exec::MAX_STORAGE_FAILED_RUNS),
+        "{last:?}"
+    );
 }

@@ -424,17 +424,8 @@ impl Artifacts {
         Ok(size)
     }
 
-    /// Whether a completion that answered with an error (or an error inside a 200, which S3
-    /// documents) happened all the same: the upload is gone and an object of the artifact's
-    /// size is under its key. Its tag if so.
     async fn completed_anyway(&self, key: &str, upload: &str, size: u64) -> Option<ETag> {
-        if self.store.upload_exists(key, upload).await.ok()? {
-            return None;
-        }
-        if self.store.size(key).await.ok()?? != size {
-            return None;
-        }
-        let tag = self.store.head(key).await.ok()??;
+        let tag = completed_anyway(&self.store, key, upload, size).await?;
         tracing::info!(job = %self.job, key, "the upload's completion answered with an error but happened");
         Some(tag)
     }
@@ -483,6 +474,19 @@ impl Artifacts {
     }
 }
 
+/// Whether a completion that answered with an error (or an error inside a 200, which S3
+/// documents) happened all the same: the upload is gone and an object of the artifact's
+/// size is under its key. Its tag if so.
+async fn completed_anyway(store: &AnyStore, key: &str, upload: &str, size: u64) -> Option<ETag> {
+    if store.upload_exists(key, upload).await.ok()? {
+        return None;
+    }
+    if store.size(key).await.ok()?? != size {
+        return None;
+    }
+    store.head(key).await.ok()?
+}
+
 /// Makes room for `more` bytes in a part buffer without ever holding more than one part:
 /// grows by doubling (amortized copies for small writes) but never past [`PART_BYTES`].
 fn grow_within_part(buf: &mut Vec<u8>, more: usize) {
@@ -490,5 +494,49 @@ fn grow_within_part(buf: &mut Vec<u8>, more: usize) {
     if need > buf.capacity() {
         let want = need.max(buf.capacity() * 2).min(PART_BYTES);
         buf.reserve_exact(want - buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::dir::DirStore;
+
+    #[tokio::test]
+    async fn a_completion_is_known_by_the_upload_gone_and_the_object_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = AnyStore::Dir(DirStore::open(tmp.path()).unwrap());
+        let key = "jobs/j/artifacts/a";
+        let upload = store.upload_start(key).await.unwrap();
+        let part = store
+            .upload_part(key, &upload, 1, vec![7; 10])
+            .await
+            .unwrap();
+        // Not completed: the upload is still there.
+        assert_eq!(completed_anyway(&store, key, &upload, 10).await, None);
+        let tag = store.upload_complete(key, &upload, &[part]).await.unwrap();
+        // Completed (whatever the answer said): the upload is gone and the object is there.
+        assert_eq!(completed_anyway(&store, key, &upload, 10).await, Some(tag));
+        // An object of another size is not this upload's.
+        assert_eq!(completed_anyway(&store, key, &upload, 11).await, None);
+        // Neither upload nor object: it did not happen.
+        assert_eq!(
+            completed_anyway(&store, "jobs/j/artifacts/b", &upload, 10).await,
+            None
+        );
+    }
+
+    #[test]
+    fn a_part_buffer_never_outgrows_a_part() {
+        let mut buf = Vec::new();
+        for _ in 0..(PART_BYTES / 1000) {
+            grow_within_part(&mut buf, 1000);
+            buf.extend_from_slice(&[0; 1000]);
+            assert!(buf.capacity() <= PART_BYTES);
+        }
+        let room = PART_BYTES - buf.len();
+        grow_within_part(&mut buf, room);
+        buf.resize(PART_BYTES, 0);
+        assert_eq!(buf.capacity(), PART_BYTES);
     }
 }

@@ -16,6 +16,8 @@ mod inputs;
 pub mod transfer;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +143,40 @@ pub fn check_name(name: &str) -> Result<(), String> {
 pub struct JobFiles {
     pub inputs: Inputs,
     pub artifacts: Artifacts,
+    /// Time the task's input and artifact calls spent in the host (waiting on the store).
+    pub store_wait: StoreWait,
+}
+
+/// Time a run's input and artifact calls spent in the host, the call in progress included:
+/// a slow store's time, which the task's wall-clock limit does not count (a slow store is
+/// never the task's failure).
+#[derive(Clone, Debug, Default)]
+pub struct StoreWait(Arc<std::sync::Mutex<(Duration, Option<Instant>)>>);
+
+impl StoreWait {
+    /// The time so far.
+    pub fn total(&self) -> Duration {
+        let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 + st.1.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// Counts the time until the returned guard is dropped.
+    pub fn start(&self) -> Waiting {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(Instant::now());
+        Waiting(self.clone())
+    }
+}
+
+/// A call in progress (see [`StoreWait::start`]).
+pub struct Waiting(StoreWait);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut st = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = st.1.take() {
+            st.0 += since.elapsed();
+        }
+    }
 }
 
 impl JobFiles {
@@ -157,6 +193,7 @@ impl JobFiles {
         JobFiles {
             inputs: Inputs::new(store.clone(), inputs, limits.input_read_bytes),
             artifacts: Artifacts::new(store, job.clone(), recorded, checkpoint, limits.clone()),
+            store_wait: StoreWait::default(),
         }
     }
 

@@ -22,10 +22,59 @@ use crate::ids::ModuleHash;
 /// A module compiled, linked against the host and ready to instantiate.
 pub type Prepared = Arc<TaskPre<HostState>>;
 
+/// Most compiled modules kept in memory: a worker that runs jobs of thousands of modules
+/// keeps the recently used ones (a job holds its own reference to the module it runs, so
+/// evicting one never stops a job; the next job of it loads it from the disk cache).
+pub const MAX_MODULES_IN_MEMORY: usize = 32;
+
 pub(super) struct ModuleCache {
     engine: Engine,
     dir: Option<PathBuf>,
-    mem: Mutex<HashMap<ModuleHash, Prepared>>,
+    mem: Mutex<Lru<Prepared>>,
+}
+
+/// At most `cap` values by module, the least recently used evicted first.
+struct Lru<V> {
+    cap: usize,
+    map: HashMap<ModuleHash, (V, u64)>,
+    tick: u64,
+}
+
+impl<V: Clone> Lru<V> {
+    fn new(cap: usize) -> Self {
+        Lru {
+            cap: cap.max(1),
+            map: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    fn get(&mut self, hash: &ModuleHash) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(hash).map(|(v, used)| {
+            *used = tick;
+            v.clone()
+        })
+    }
+
+    /// The value kept for `hash`: `v`, or the one another caller inserted first.
+    fn insert(&mut self, hash: ModuleHash, v: V) -> V {
+        if let Some(kept) = self.get(&hash) {
+            return kept;
+        }
+        if self.map.len() >= self.cap
+            && let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(h, _)| *h)
+        {
+            self.map.remove(&oldest);
+        }
+        self.map.insert(hash, (v.clone(), self.tick));
+        v
+    }
 }
 
 impl ModuleCache {
@@ -43,16 +92,16 @@ impl ModuleCache {
         Ok(ModuleCache {
             engine: engine.clone(),
             dir,
-            mem: Mutex::default(),
+            mem: Mutex::new(Lru::new(MAX_MODULES_IN_MEMORY)),
         })
     }
 
     pub(super) fn memory(&self, hash: &ModuleHash) -> Option<Prepared> {
-        self.mem.lock().unwrap().get(hash).cloned()
+        self.mem.lock().unwrap().get(hash)
     }
 
     pub(super) fn insert(&self, hash: ModuleHash, p: Prepared) -> Prepared {
-        self.mem.lock().unwrap().entry(hash).or_insert(p).clone()
+        self.mem.lock().unwrap().insert(hash, p)
     }
 
     fn path(&self, hash: &ModuleHash) -> Option<PathBuf> {
@@ -126,6 +175,23 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_cache_keeps_the_recently_used_modules() {
+        let h = |n: u8| ModuleHash::of(&[n]);
+        let mut lru = Lru::new(2);
+        assert_eq!(lru.insert(h(1), 1), 1);
+        assert_eq!(lru.insert(h(2), 2), 2);
+        assert_eq!(lru.insert(h(2), 20), 2, "the first one inserted is kept");
+        assert_eq!(lru.get(&h(1)), Some(1));
+        lru.insert(h(3), 3);
+        assert_eq!(lru.get(&h(2)), None, "the least recently used went");
+        assert_eq!((lru.get(&h(1)), lru.get(&h(3))), (Some(1), Some(3)));
+        for n in 0..100 {
+            lru.insert(h(n), n);
+        }
+        assert_eq!(lru.map.len(), 2);
+    }
 
     /// Writers sharing the cache directory (threads here; processes that are all PID 1 in
     /// their containers in production) never share a temporary file: every write succeeds,

@@ -30,6 +30,7 @@ fn artifact_error(e: ArtifactError) -> artifacts::ArtifactError {
 
 impl inputs::Host for HostState {
     async fn list(&mut self) -> Result<Vec<inputs::InputInfo>, inputs::InputError> {
+        let _waiting = self.files.store_wait.start();
         let list = self.files.inputs.list().await.map_err(input_error)?;
         Ok(list
             .into_iter()
@@ -44,6 +45,7 @@ impl inputs::Host for HostState {
         len: u32,
     ) -> Result<Vec<u8>, inputs::InputError> {
         tracing::trace!(job = %self.job, input = %name, offset, len, "inputs.read");
+        let _waiting = self.files.store_wait.start();
         self.files
             .inputs
             .read(&name, offset, len)
@@ -69,6 +71,7 @@ impl artifacts::Host for HostState {
     }
 
     async fn resume(&mut self, name: String) -> ArtifactResult<Option<Resource<ArtifactHandle>>> {
+        let _waiting = self.files.store_wait.start();
         match self.files.artifacts.resume(&name).await {
             Ok(Some(h)) => Ok(Ok(Some(self.push_artifact(h)?))),
             Ok(None) => Ok(Ok(None)),
@@ -79,6 +82,7 @@ impl artifacts::Host for HostState {
 
 impl artifacts::HostArtifact for HostState {
     async fn write(&mut self, this: Resource<ArtifactHandle>, data: Vec<u8>) -> ArtifactResult<()> {
+        let _waiting = self.files.store_wait.start();
         let artifacts = self.files.artifacts.clone();
         let h = self.table.get(&this)?;
         Ok(artifacts.write(h, data).await.map_err(artifact_error))
@@ -89,6 +93,7 @@ impl artifacts::HostArtifact for HostState {
     }
 
     async fn finish(&mut self, this: Resource<ArtifactHandle>) -> ArtifactResult<u64> {
+        let _waiting = self.files.store_wait.start();
         let artifacts = self.files.artifacts.clone();
         let h = self.table.get(&this)?;
         Ok(artifacts.finish(h).await.map_err(artifact_error))

@@ -431,10 +431,20 @@ impl Runtime {
                 *startup = started.elapsed();
                 task.call_run(&mut *store, input).await
             };
-            let timeout = async {
-                match req.limits.timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
+            // The wall-clock limit counts the task's own time: what its input and artifact
+            // calls spent waiting on the store is added back (a slow store is never the
+            // task's failure).
+            let store_wait = req.files.store_wait.clone();
+            let timeout = async move {
+                let Some(limit) = req.limits.timeout else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    let deadline = started + limit + store_wait.total();
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    tokio::time::sleep_until(deadline.into()).await;
                 }
             };
             let call = std::panic::AssertUnwindSafe(call).catch_unwind();

@@ -177,6 +177,9 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     let mut idle = MIN_IDLE_WAIT;
     let mut failing = Duration::ZERO;
     let mut pause_until = Instant::now();
+    // What stops the running jobs: the shutdown, or the end of this loop for any reason
+    // (a subscription that failed for good hands its jobs back like a shutdown).
+    let stopping = shutdown.child_token();
     let result = loop {
         let tripped = ctx.storage_failures.load(Ordering::Relaxed) >= BREAKER_THRESHOLD;
         let room = pulls.len() < if busy_queue { most_pulls } else { 1 };
@@ -204,7 +207,12 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                         );
                     }
                     drop(permits);
-                    match crate::store::probe(&ctx.executor.store, &probe).await {
+                    let probed = tokio::select! {
+                        // A store that does not answer never holds a shutdown up.
+                        _ = shutdown.cancelled() => break Ok(()),
+                        probed = crate::store::probe(&ctx.executor.store, &probe) => probed,
+                    };
+                    match probed {
                         Ok(()) => ctx.storage_failures.store(0, Ordering::Relaxed),
                         Err(e) => {
                             if e.kind() == ErrorKind::AccessDenied && !said_denied {
@@ -270,7 +278,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                                 continue;
                             }
                             let ctx = Arc::clone(&ctx);
-                            let cancel = shutdown.clone();
+                            let cancel = stopping.clone();
                             jobs.spawn(async move {
                                 let handled = ctx.handle(received.message, lease, permit, cancel);
                                 // A panic outside the task's run (which `Runtime::run` catches
@@ -296,20 +304,27 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
             }
         }
     };
+    stopping.cancel();
     // Pulls still in flight return at once (they do not wait for messages): whatever they
-    // got goes straight back.
-    while let Some(joined) = pulls.join_next().await {
-        if let Ok(Pulled {
-            batch: Ok(batch), ..
-        }) = joined
-        {
-            for received in batch {
-                let sub = &ctx.config.subscription_id;
-                let lease =
-                    Lease::start(ctx.queue.clone(), sub, &received, ctx.config.ack_deadline);
-                let _ = lease.nack(Duration::ZERO).await;
+    // got goes straight back. A queue that does not answer never holds the exit up.
+    let pulled = tokio::time::timeout(ctx.config.shutdown_timeout, async {
+        while let Some(joined) = pulls.join_next().await {
+            if let Ok(Pulled {
+                batch: Ok(batch), ..
+            }) = joined
+            {
+                for received in batch {
+                    let sub = &ctx.config.subscription_id;
+                    let lease =
+                        Lease::start(ctx.queue.clone(), sub, &received, ctx.config.ack_deadline);
+                    let _ = lease.nack(Duration::ZERO).await;
+                }
             }
         }
+    })
+    .await;
+    if pulled.is_err() {
+        pulls.abort_all();
     }
     tracing::info!(
         running = jobs.len(),
