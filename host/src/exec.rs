@@ -277,7 +277,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             return JobEnd::LeaseLost;
         }
         if !manifest.artifacts.is_empty() {
-            let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
+            let bytes = manifest.encode();
             if let Err(e) = self
                 .store
                 .put(&keys::manifest(job), bytes, Precondition::None)
