@@ -178,7 +178,9 @@ impl Window {
 /// for) that serves a read of `len` bytes at `offset`: `None` when the window does not cover
 /// it. A window shorter than asked ends at the object's end, so it serves reads running past
 /// it with what it has. Never panics and never wraps, whatever the numbers.
-pub(crate) fn window_range(
+///
+/// `pub` (re-exported `#[doc(hidden)]` by `files`) only for the fuzz targets (host/fuzz).
+pub fn window_range(
     start: u64,
     have: usize,
     asked: usize,

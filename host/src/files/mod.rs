@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use artifacts::{ArtifactError, ArtifactHandle, Artifacts};
+/// Public only for the fuzz targets (host/fuzz); not part of the API.
+#[doc(hidden)]
+pub use inputs::window_range;
 pub use inputs::{InputError, Inputs};
 
 use crate::checkpoint::Checkpointer;
