@@ -356,7 +356,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             return JobEnd::LeaseLost;
         }
         if !manifest.artifacts.is_empty() {
-            let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
+            let bytes = manifest.encode();
             if let Err(end) = self
                 .write_owned(job, &proof, &keys::manifest(job), bytes)
                 .await

@@ -15,3 +15,6 @@ pub mod queue;
 pub mod runtime;
 pub mod store;
 pub mod worker;
+
+#[cfg(test)]
+mod props;

@@ -501,3 +501,151 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
     // Every update is one assignment: the state stays consistent if a holder panicked.
     shared.state.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::collection::vec;
+    use proptest::option::of;
+    use proptest::prelude::*;
+
+    use super::{FORMAT_VERSION, Header, MAGIC, decode, encode};
+    use crate::files::ArtifactRecord;
+
+    fn records() -> impl Strategy<Value = ArtifactRecord> {
+        (
+            any::<String>(),
+            any::<u64>(),
+            any::<bool>(),
+            of(any::<String>()),
+            of(any::<String>()),
+            vec(any::<String>(), 0..3),
+        )
+            .prop_map(
+                |(name, size, finished, etag, upload, parts)| ArtifactRecord {
+                    name,
+                    size,
+                    finished,
+                    etag,
+                    upload,
+                    parts,
+                },
+            )
+    }
+
+    fn headers() -> impl Strategy<Value = Header> {
+        (
+            (
+                any::<u32>(),
+                any::<u32>(),
+                of(any::<(u64, u64)>()),
+                any::<u64>(),
+            ),
+            (
+                of(any::<String>()),
+                any::<String>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            (any::<String>(), any::<String>(), vec(records(), 0..3)),
+            (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
+        )
+            .prop_map(
+                |(
+                    (attempts, failures, progress, fuel_used),
+                    (last_failure, owner, lease_until_ms, lease_period_ms),
+                    (module, input_sha256, artifacts),
+                    (updated_ms, nonce, (crashes, storage_failed_runs)),
+                )| Header {
+                    attempts,
+                    failures,
+                    crashes,
+                    storage_failed_runs,
+                    progress,
+                    fuel_used,
+                    last_failure,
+                    owner,
+                    lease_until_ms,
+                    lease_period_ms,
+                    module,
+                    input_sha256,
+                    artifacts,
+                    updated_ms,
+                    nonce,
+                },
+            )
+    }
+
+    fn data() -> impl Strategy<Value = Option<Vec<u8>>> {
+        of(vec(any::<u8>(), 0..512))
+    }
+
+    /// Bytes to decode: arbitrary ones; the magic and version before arbitrary bytes or a
+    /// JSON text with any length field; a valid object with some bytes overwritten and its
+    /// end cut anywhere.
+    fn objects() -> impl Strategy<Value = Vec<u8>> {
+        const KEYS: &[&str] = &[
+            "attempts",
+            "failures",
+            "progress",
+            "fuel_used",
+            "owner",
+            "nonce",
+            "artifacts",
+            "name",
+            "size",
+            "parts",
+        ];
+        let framed = (
+            prop_oneof![Just(0), Just(1), any::<u8>()],
+            proptest::option::of(any::<u32>()),
+            crate::props::bytes_or_json(KEYS, KEYS),
+            vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(flag, len, head, data)| {
+                let mut out = MAGIC.to_vec();
+                out.extend([FORMAT_VERSION, flag]);
+                // None: the header's true length.
+                out.extend(len.unwrap_or(head.len() as u32).to_be_bytes());
+                out.extend(head);
+                out.extend(data);
+                out
+            });
+        let damaged = (
+            headers(),
+            data(),
+            vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            proptest::option::of(any::<prop::sample::Index>()),
+        )
+            .prop_map(|(h, d, edits, cut)| {
+                let mut out = encode(&h, d.as_deref());
+                for (at, b) in edits {
+                    let i = at.index(out.len());
+                    out[i] = b;
+                }
+                if let Some(cut) = cut {
+                    out.truncate(cut.index(out.len() + 1));
+                }
+                out
+            });
+        prop_oneof![vec(any::<u8>(), 0..64), framed, damaged]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_round_trips(h in headers(), d in data()) {
+            let (h2, d2) = decode(&encode(&h, d.as_deref())).unwrap();
+            prop_assert_eq!(h2, h);
+            prop_assert_eq!(d2, d);
+        }
+
+        /// Any bytes: no panic; what it accepts encodes back to the same object.
+        #[test]
+        fn decode_never_panics(bytes in objects()) {
+            if let Ok((h, d)) = decode(&bytes) {
+                let (h2, d2) = decode(&encode(&h, d.as_deref())).unwrap();
+                prop_assert_eq!(h2, h);
+                prop_assert_eq!(d2, d);
+            }
+        }
+    }
+}

@@ -178,7 +178,9 @@ impl Window {
 /// for) that serves a read of `len` bytes at `offset`: `None` when the window does not cover
 /// it. A window shorter than asked ends at the object's end, so it serves reads running past
 /// it with what it has. Never panics and never wraps, whatever the numbers.
-pub(crate) fn window_range(
+///
+/// `pub` (re-exported `#[doc(hidden)]` by `files`) only for the fuzz targets (host/fuzz).
+pub fn window_range(
     start: u64,
     have: usize,
     asked: usize,
@@ -222,6 +224,77 @@ mod tests {
                 want,
                 "{start} {have} {asked} {offset} {len}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::window_range;
+
+    /// Numbers that meet: mostly small ones (so windows and reads overlap), some anywhere.
+    fn small_or_any_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![6 => 0..64u64, 1 => any::<u64>(), 1 => (u64::MAX - 64)..=u64::MAX]
+    }
+
+    fn small_or_any_usize() -> impl Strategy<Value = usize> {
+        prop_oneof![6 => 0..64usize, 1 => any::<usize>(), 1 => (usize::MAX - 64)..=usize::MAX]
+    }
+
+    /// (start, have, asked, offset, len), the offset often in or near the window.
+    fn windows() -> impl Strategy<Value = (u64, usize, usize, u64, usize)> {
+        #[derive(Debug, Clone)]
+        enum At {
+            Anywhere(u64),
+            After(u64),
+            Inside(prop::sample::Index),
+        }
+        let at = prop_oneof![
+            1 => small_or_any_u64().prop_map(At::Anywhere),
+            1 => (0..80u64).prop_map(At::After),
+            2 => any::<prop::sample::Index>().prop_map(At::Inside),
+        ];
+        (
+            small_or_any_u64(),
+            small_or_any_usize(),
+            small_or_any_usize(),
+            at,
+            small_or_any_usize(),
+        )
+            .prop_map(|(start, have, asked, at, len)| {
+                // Counted from the start wrapping, to reach the top of the range too.
+                let offset = match at {
+                    At::Anywhere(o) => o,
+                    At::After(d) => start.wrapping_add(d),
+                    At::Inside(i) => start.wrapping_add(i.index(have.saturating_add(1)) as u64),
+                };
+                (start, have, asked, offset, len)
+            })
+    }
+
+    proptest! {
+        /// Whatever the numbers: no panic, and a range it returns is the read's part of the
+        /// window, whole unless the window ends at the object's end.
+        #[test]
+        fn a_range_is_the_reads_part_of_the_window((start, have, asked, offset, len) in windows()) {
+            let Some(r) = window_range(start, have, asked, offset, len) else {
+                // It covers every read that lies inside what it has.
+                let inside = offset
+                    .checked_sub(start)
+                    .and_then(|from| usize::try_from(from).ok())
+                    .and_then(|from| from.checked_add(len))
+                    .is_some_and(|end| end <= have);
+                prop_assert!(!inside, "a read inside the window was refused");
+                return Ok(());
+            };
+            prop_assert!(r.start <= r.end && r.end <= have, "{r:?} outside 0..{have}");
+            prop_assert_eq!(offset.checked_sub(start), Some(r.start as u64));
+            prop_assert!(r.len() <= len);
+            if r.len() < len {
+                prop_assert!(have < asked, "short ({r:?} of {len}) from a whole window");
+            }
         }
     }
 }

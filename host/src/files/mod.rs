@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use artifacts::{ArtifactError, ArtifactHandle, Artifacts};
+/// Public only for the fuzz targets (host/fuzz); not part of the API.
+#[doc(hidden)]
+pub use inputs::window_range;
 pub use inputs::{InputError, Inputs};
 
 use crate::checkpoint::Checkpointer;
@@ -112,8 +115,18 @@ impl Manifest {
         use crate::store::ObjectStore;
         match store.get(&crate::keys::manifest(job)).await? {
             None => Ok(Manifest::default()),
-            Some(obj) => Ok(serde_json::from_slice(&obj.bytes)?),
+            Some(obj) => Manifest::decode(&obj.bytes),
         }
+    }
+
+    /// The stored form of a manifest (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest serializes")
+    }
+
+    /// Reads what [`Manifest::encode`] wrote; any other bytes are an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<Manifest> {
+        Ok(serde_json::from_slice(bytes)?)
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -215,5 +228,61 @@ impl JobFiles {
             checkpoint,
             &limits,
         )
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::{Manifest, ManifestEntry};
+
+    fn manifests() -> impl Strategy<Value = Manifest> {
+        proptest::collection::vec(
+            (any::<String>(), any::<u64>(), any::<String>())
+                .prop_map(|(name, size, etag)| ManifestEntry { name, size, etag }),
+            0..8,
+        )
+        .prop_map(|artifacts| Manifest { artifacts })
+    }
+
+    const KEYS: &[&str] = &["artifacts", "name", "size", "etag"];
+
+    /// Bytes to decode: arbitrary ones, any JSON, or manifest-shaped JSON whose fields are
+    /// mostly of the right type.
+    fn texts() -> impl Strategy<Value = Vec<u8>> {
+        use serde_json::Value;
+        let any_json = || crate::props::json(KEYS, KEYS);
+        let entry = (
+            prop_oneof![3 => any::<String>().prop_map(Value::from), 1 => any_json()],
+            prop_oneof![3 => any::<u64>().prop_map(Value::from), 1 => any_json()],
+            prop_oneof![3 => any::<String>().prop_map(Value::from), 1 => any_json()],
+            proptest::option::weighted(0.2, (any::<String>(), any_json())),
+        )
+            .prop_map(|(name, size, etag, extra)| {
+                let mut e = serde_json::json!({"name": name, "size": size, "etag": etag});
+                if let Some((k, v)) = extra {
+                    e[k] = v;
+                }
+                e
+            });
+        let shaped = proptest::collection::vec(entry, 0..4)
+            .prop_map(|a| serde_json::to_vec(&serde_json::json!({ "artifacts": a })).unwrap());
+        prop_oneof![crate::props::bytes_or_json(KEYS, KEYS), shaped]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_round_trips(m in manifests()) {
+            prop_assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        }
+
+        /// Any bytes: no panic; what it accepts encodes back to the same manifest.
+        #[test]
+        fn decode_never_panics(bytes in texts()) {
+            if let Ok(m) = Manifest::decode(&bytes) {
+                prop_assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+            }
+        }
     }
 }
