@@ -526,3 +526,59 @@ async fn a_job_whose_own_objects_keep_failing_is_bounded() {
         "{last:?}"
     );
 }
+
+/// A worker whose hold on the job ran out before its task finished writes nothing, and
+/// aborts none of the uploads the job's checkpoint records: the job's next owner continues
+/// them (before the fix, the end of the run aborted them before the ownership proof).
+#[tokio::test]
+async fn a_worker_that_lost_the_job_aborts_none_of_its_uploads() {
+    let rt = runtime();
+    let m = module(&rt, "misbehave").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = AnyStore::Dir(DirStore::open(tmp.path()).unwrap());
+    let job: JobId = "kept".parse().unwrap();
+    let key = "jobs/kept/artifacts/copy.bin";
+    let upload = store.upload_start(key).await.unwrap();
+    let part = store
+        .upload_part(key, &upload, 1, vec![1; 8 << 20])
+        .await
+        .unwrap();
+    // A released checkpoint recording the open upload, as a run that was stopped leaves it.
+    let header = checkpoint::Header {
+        artifacts: vec![taskhost::files::ArtifactRecord {
+            name: "copy.bin".into(),
+            size: 8 << 20,
+            upload: Some(upload.clone()),
+            parts: vec![part],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    store
+        .put(
+            &checkpoint::key(&job),
+            checkpoint::encode(&header, Some(b"{}")),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    // A lease that is never extended: it is over (less the allowance) before the task ends.
+    let (_, until) = tokio::sync::watch::channel(Stamp::now().plus(Duration::from_secs(3)));
+    let lease = LeaseView {
+        lost: CancellationToken::new(),
+        until,
+        deadline: Duration::from_secs(3),
+    };
+    let ex = executor(store.clone(), rt);
+    let input = r#"{"mode":"sleep","ms":2500}"#;
+    let end = run(&ex, &m, "kept", input, &[], lease, CancellationToken::new()).await;
+    assert_eq!(end, JobEnd::LeaseLost);
+    assert!(store.upload_exists(key, &upload).await.unwrap());
+    assert!(
+        store
+            .get(&taskhost::keys::result(&job))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
