@@ -103,7 +103,13 @@ async fn a_chaos_of_sigkills_loses_no_job() {
         .map(|(id, steps)| job(id, *steps, 100) + "\n")
         .collect();
     stack.submit(&module, "chaos.jsonl", &text).await.success();
-    let cli = stack.cli.set("WORKER_SLOTS", "2");
+    // Workers are killed every few seconds, far more often than nodes die: a job may meet
+    // three kills in a row before its first checkpoint write, which MAX_CRASHES (default 3)
+    // would take for a job that kills its workers (tested in hostile.rs).
+    let cli = stack
+        .cli
+        .set("WORKER_SLOTS", "2")
+        .set("MAX_CRASHES", "1000");
     // Workers 0 and 1 restart on their node (their disk kept: the next one hands the dead
     // one's jobs back at once); worker 2 is a new node every time (its leases lapse).
     let nodes = [cli.node("node-0"), cli.node("node-1"), cli.clone()];

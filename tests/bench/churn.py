@@ -414,6 +414,10 @@ class Bench:
         }
         if c.kind == "taskhost":
             env["RUST_LOG"] = "info"
+            # Workers are killed every few seconds here, far more often than nodes die: a
+            # job may meet three kills in a row before its first checkpoint write, which
+            # MAX_CRASHES (default 3) would take for a job that kills its workers.
+            env["MAX_CRASHES"] = "1000"
             if c.slots is not None:
                 env["WORKER_SLOTS"] = str(c.slots)
         else:
