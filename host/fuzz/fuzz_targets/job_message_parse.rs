@@ -1,7 +1,11 @@
-//! `JobMessage::parse` on any data and attributes, with or without a default module: no
-//! panic, and a message it accepts keeps the documented rules (docs/design.md "The job
-//! message"): a valid job id, a `sha256:<64 hex>` module, `input` equal to the data text,
+//! `JobMessage::parse` on any data, with a module attribute or not and a default module or
+//! not: no panic, and a message it accepts keeps the documented rules (docs/design.md "The
+//! job message"): a valid job id, a `sha256:<64 hex>` module, `input` equal to the data text,
 //! input names and keys valid and never under the host's own prefixes.
+//!
+//! The input's first byte picks the attributes and the default (bit 0: a default module;
+//! bits 1-2: no `module` attribute, a valid one, an invalid one, an empty one); the rest is
+//! the message data, so seeds and crashes are the data as it is, after one byte.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -15,9 +19,21 @@ fn id_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"._-".contains(&b)
 }
 
-fuzz_target!(|args: (BTreeMap<String, String>, bool, &[u8])| {
-    let (attributes, has_default, data) = args;
-    let default = has_default.then(|| ModuleHash::of(b"default"));
+fuzz_target!(|bytes: &[u8]| {
+    let Some((&flags, data)) = bytes.split_first() else {
+        return;
+    };
+    let default = (flags & 1 == 1).then(|| ModuleHash::of(b"default"));
+    let attribute = match (flags >> 1) & 3 {
+        0 => None,
+        1 => Some(ModuleHash::of(b"attribute").to_string()),
+        2 => Some(format!("sha256:{}", "0".repeat(63))),
+        _ => Some(String::new()),
+    };
+    let attributes: BTreeMap<String, String> = attribute
+        .map(|m| ("module".to_owned(), m))
+        .into_iter()
+        .collect();
     let Ok(m) = JobMessage::parse(data, &attributes, default.as_ref()) else {
         return;
     };
