@@ -582,3 +582,29 @@ async fn a_worker_that_lost_the_job_aborts_none_of_its_uploads() {
             .is_none()
     );
 }
+
+/// One import call may pass at most `MAX_CALL_BYTES` (128 MiB) to the host: a larger
+/// argument traps the task with a clear message, before the host copies it.
+#[tokio::test]
+async fn an_import_call_over_the_per_call_cap_traps_the_task() {
+    let rt = runtime();
+    let m = module(&rt, "hostile").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = AnyStore::Dir(DirStore::open(tmp.path()).unwrap());
+    let ex = executor(store, rt);
+    let input = r#"{"mode":"big_writes","artifacts":1,"call_mb":200,"calls":1}"#;
+    let end = run(
+        &ex,
+        &m,
+        "huge-call",
+        input,
+        &[],
+        live_lease(),
+        CancellationToken::new(),
+    )
+    .await;
+    let JobEnd::Trapped { message, .. } = &end else {
+        panic!("{end:?}")
+    };
+    assert!(message.contains("MAX_CALL_BYTES"), "{message}");
+}

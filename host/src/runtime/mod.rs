@@ -61,6 +61,11 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
 pub const MAX_RESULT_BYTES: usize = 1 << 20;
 /// Longest error text a task's `err` keeps: 16 KiB (the rest is cut).
 pub const MAX_TASK_ERROR_BYTES: usize = 16 << 10;
+/// Most bytes a task may pass to the host in one import call (a `list<u8>` or `string`
+/// argument): wasmtime copies an argument into host memory before the host sees it, so
+/// this bounds that copy. A larger argument traps the task. (wasmtime's "hostcall fuel";
+/// its default is this same 128 MiB, set here so the bound is ours and documented.)
+pub const MAX_CALL_BYTES: usize = 128 << 20;
 
 /// `text` cut to at most `max` bytes (on a character boundary), marked with "...".
 fn cut(mut text: String, max: usize) -> String {
@@ -405,6 +410,7 @@ impl Runtime {
         let stderr = state.stderr.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.set_hostcall_fuel(MAX_CALL_BYTES);
         let budget = req.limits.fuel.unwrap_or(u64::MAX);
         if self.fuel_metering {
             store.set_fuel(budget).expect("fuel is enabled");
@@ -551,6 +557,12 @@ fn classify_trap(e: &wasmtime::Error, memory_hit: bool, last_stderr: Option<Stri
                     Some(line) => format!("task panicked: {line}"),
                     None => "task aborted (unreachable)".to_owned(),
                 },
+            ),
+            _ if cause.contains("fuel allocated for hostcalls") => (
+                TrapKind::Other,
+                format!(
+                    "an import call passed more than {MAX_CALL_BYTES} bytes to the host (MAX_CALL_BYTES)"
+                ),
             ),
             _ => (TrapKind::Other, cause),
         }
