@@ -14,6 +14,7 @@ pub mod modules;
 pub mod queue;
 pub mod runtime;
 pub mod store;
+pub mod time;
 pub mod worker;
 
 #[cfg(test)]

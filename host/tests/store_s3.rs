@@ -496,13 +496,13 @@ async fn a_read_only_key_reads_but_cannot_write() {
 async fn the_clock_is_read_from_the_date_header() {
     let s3 = S3Server::start().await;
     let store = s3.store("");
-    let before = taskhost::queue::unix_ms_now();
+    let before = taskhost::time::now_ms();
     let reading = store
         .clock(&taskhost::keys::probe("w"))
         .await
         .unwrap()
         .expect("moto sends a Date header");
-    let after = taskhost::queue::unix_ms_now();
+    let after = taskhost::time::now_ms();
     assert_eq!(reading.resolution_ms, 1000);
     assert_eq!(reading.store_ms % 1000, 0, "{reading:?}");
     assert!(

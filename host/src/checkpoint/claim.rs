@@ -7,7 +7,8 @@ use crate::job::Work;
 use crate::queue::lease::LeaseView;
 use crate::store::{ETag, ErrorKind, ObjectStore, Precondition, StoreError};
 
-use super::{CLOCK_SKEW_ALLOWANCE, Header, decode, encode, key, nonce, now_ms, skew_allowance_ms};
+use super::ownership::{self, Recorded};
+use super::{Header, decode, encode, key, nonce, now_ms};
 
 /// What a successful claim found.
 #[derive(Clone, Debug)]
@@ -73,7 +74,7 @@ pub enum OtherWork {
 /// First a create-only write (`If-None-Match: *`): on a new job that one request is the whole
 /// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read, the
 /// result is checked for ([`ClaimError::AlreadyDone`]), and the claim takes the job over only
-/// if its lease is released, expired or skewed ([`recorded_lease`]), with a write `If-Match`
+/// if its lease is released, expired or skewed ([`ownership::recorded`]), with a write `If-Match`
 /// on the tag read, incrementing `attempts`. A live lease, or a claim that loses the race for
 /// the write, is [`ClaimError::Busy`].
 pub async fn claim<S: ObjectStore>(
@@ -156,7 +157,7 @@ pub async fn claim<S: ObjectStore>(
     // A finished job's last lease is left to expire: it holds nothing once the result exists.
     let now = now_ms();
     if !done {
-        match recorded_lease(header.lease_until_ms, header.lease_period_ms, now) {
+        match ownership::recorded(header.lease_until_ms, header.lease_period_ms, now) {
             Recorded::Ended => {}
             Recorded::Live => {
                 return Err(ClaimError::Busy {
@@ -204,39 +205,6 @@ pub async fn claim<S: ObjectStore>(
             until_ms: lease_until_ms,
         }),
         Err(e) => Err(ClaimError::Storage(e.to_string())),
-    }
-}
-
-/// What a claim makes of the lease a checkpoint records, by the claimer's clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Recorded {
-    /// The owner holds the job: turn away.
-    Live,
-    /// Released (0), or ends within one skew allowance: take over.
-    Ended,
-    /// Ends further ahead than an owner whose clock agrees with ours could have written
-    /// (a whole lease period plus [`CLOCK_SKEW_ALLOWANCE`]): the owner's clock is ahead, so
-    /// the record says nothing about it: take over (with a warning).
-    Skewed,
-}
-
-/// The lease rule of a claim: a recorded lease of `period_ms` (0: unknown, taken as
-/// [`MAX_ACK_DEADLINE_SECS`](crate::queue::MAX_ACK_DEADLINE_SECS)) that ends at `until_ms`
-/// has ended once `until_ms <= now + skew allowance`, and is skewed when
-/// `until_ms > now + period + CLOCK_SKEW_ALLOWANCE`: an owner records at most one lease
-/// period ahead of its own clock.
-fn recorded_lease(until_ms: u64, period_ms: u64, now_ms: u64) -> Recorded {
-    let period = match period_ms {
-        0 => u64::from(crate::queue::MAX_ACK_DEADLINE_SECS) * 1000,
-        p => p,
-    };
-    let allowance = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
-    if until_ms <= now_ms.saturating_add(skew_allowance_ms(period_ms)) {
-        Recorded::Ended
-    } else if until_ms > now_ms.saturating_add(period).saturating_add(allowance) {
-        Recorded::Skewed
-    } else {
-        Recorded::Live
     }
 }
 
@@ -312,39 +280,6 @@ mod tests {
 
     use super::*;
     use crate::store::dir::DirStore;
-
-    #[test]
-    fn the_lease_rule_of_a_claim() {
-        let now = 1_000_000_000;
-        let s = 1000;
-        // (until, period, what the claim makes of it): skew allowance 2 s, or a fifth of
-        // the period; skewed past a period (600 s when unknown) plus 2 s.
-        let table = [
-            (0, 60 * s, Recorded::Ended),
-            (now - s, 60 * s, Recorded::Ended),
-            (now + 2 * s, 60 * s, Recorded::Ended),
-            (now + 2 * s + 1, 60 * s, Recorded::Live),
-            (now + 60 * s, 60 * s, Recorded::Live),
-            (now + 62 * s, 60 * s, Recorded::Live),
-            (now + 62 * s + 1, 60 * s, Recorded::Skewed),
-            (now + 3600 * s, 60 * s, Recorded::Skewed),
-            (now + 200, s, Recorded::Ended),
-            (now + 201, s, Recorded::Live),
-            (now + 3 * s, s, Recorded::Live),
-            (now + 3 * s + 1, s, Recorded::Skewed),
-            (now + 602 * s, 0, Recorded::Live),
-            (now + 602 * s + 1, 0, Recorded::Skewed),
-            (u64::MAX, 60 * s, Recorded::Skewed),
-        ];
-        for (until, period, want) in table {
-            assert_eq!(
-                recorded_lease(until, period, now),
-                want,
-                "until now{:+} ms, period {period} ms",
-                until as i128 - now as i128
-            );
-        }
-    }
 
     /// Writes a checkpoint held by `owner` until `until_ms` (lease period `period_ms`).
     async fn held(store: &DirStore, job: &JobId, owner: &str, until_ms: u64, period_ms: u64) {

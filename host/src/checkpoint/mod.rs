@@ -35,10 +35,14 @@ use crate::queue::lease::LeaseView;
 use crate::store::ObjectStore;
 
 mod claim;
+pub mod ownership;
 mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};
+pub use ownership::{CLOCK_SKEW_ALLOWANCE, skew_allowance_ms};
 use writer::Writer;
+
+use crate::time::now_ms;
 
 const MAGIC: &[u8; 4] = b"THCP";
 const FORMAT_VERSION: u8 = 1;
@@ -47,24 +51,6 @@ const FORMAT_VERSION: u8 = 1;
 pub const DEFAULT_MAX_CHECKPOINT_BYTES: usize = 16 * 1024 * 1024;
 /// Default least time between two writes of one checkpoint object (R2: 1 write/s/key).
 pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
-/// How far apart two machines' clocks may be: a claim treats an owner's lease as expired
-/// this long before its recorded end, and a finishing owner needs at least this much of its
-/// lease left to write the result. 2 s, or a fifth of the owner's lease period if that is
-/// shorter (see [`skew_allowance_ms`]).
-pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(2);
-
-/// The clock-skew allowance for a lease of `period_ms` (0: unknown): at most a fifth of the
-/// period. An owner refreshes its lease every half period, so it always has more than twice
-/// the allowance left: it is never taken over, and it can finish (see `exec`).
-pub fn skew_allowance_ms(period_ms: u64) -> u64 {
-    let max = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
-    if period_ms == 0 {
-        max
-    } else {
-        max.min(period_ms / 5)
-    }
-}
-
 /// The storage key of a job's checkpoint.
 pub fn key(job: &JobId) -> String {
     crate::keys::checkpoint(job)
@@ -168,12 +154,6 @@ fn nonce() -> String {
     hex::encode(b)
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Why a checkpoint operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckpointError {
@@ -264,17 +244,8 @@ impl Proof {
     /// within twice the skew allowance of its end (after that a claim may take the job
     /// over). `None` when that time has come.
     pub fn time_left(&self) -> Option<Duration> {
-        owned_for(self.lease_until_ms, self.lease_period_ms, now_ms())
+        ownership::writable_for(self.lease_until_ms, self.lease_period_ms, now_ms())
     }
-}
-
-/// The time a worker whose last checkpoint write recorded `until_ms` (for a lease of
-/// `period_ms`) may still write for the job at `now_ms`: its lease less twice the skew
-/// allowance. `None` once no time is left.
-pub fn owned_for(until_ms: u64, period_ms: u64, now_ms: u64) -> Option<Duration> {
-    let margin = 2 * skew_allowance_ms(period_ms);
-    let left = until_ms.checked_sub(now_ms.saturating_add(margin))?;
-    (left > 0).then(|| Duration::from_millis(left))
 }
 
 /// The task's view of its checkpoint, and the host's handle on the background writer.
@@ -390,7 +361,9 @@ impl Checkpointer {
                 if st.conflict || st.written_until <= now.saturating_add(skew) {
                     return None;
                 }
-                if let Some(left) = owned_for(st.written_until, st.header.lease_period_ms, now) {
+                if let Some(left) =
+                    ownership::writable_for(st.written_until, st.header.lease_period_ms, now)
+                {
                     return Some(left);
                 }
                 st.dirty = true;

@@ -267,9 +267,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     .flatten()
             });
             if let Some(pid) = victim.filter(|p| workers.0.iter().any(|(w, _)| w == p)) {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let now_ms = crate::time::now_ms();
                 let held: Held = all
                     .iter()
                     .filter(|(s, h)| owner_pid(&h.owner) == Some(pid) && s.state != "done")

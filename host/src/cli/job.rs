@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::config::StoreArgs;
-use crate::checkpoint::{self, now_ms};
+use crate::checkpoint::{self, ownership};
 use crate::ids::JobId;
 use crate::keys;
 use crate::store::{ETag, ObjectStore};
+use crate::time::now_ms;
 
 /// Manage jobs' stored state.
 #[derive(Args, Debug)]
@@ -133,9 +134,11 @@ async fn look<S: ObjectStore>(store: &S, id: &JobId) -> anyhow::Result<Looked> {
     let done = store.exists(&keys::result(id)).await?;
     // A live lease on a job without a result: a worker runs it now. (A finished job's last
     // lease is left to expire; it holds nothing.)
-    let running = header
-        .filter(|h| h.lease_until_ms > now_ms() && !done)
-        .map(|h| h.owner);
+    let live = |h: &checkpoint::Header| {
+        ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms())
+            == ownership::Recorded::Live
+    };
+    let running = header.filter(|h| live(h) && !done).map(|h| h.owner);
     // The result first: a reset cut short never leaves a result whose artifacts are gone.
     let mut candidates = vec![
         ("result", keys::result(id)),

@@ -63,14 +63,16 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let result = text(store.get(&crate::keys::result(job)).await?);
     let error = text(store.get(&crate::keys::error(job)).await?);
     let header: Option<Header> = checkpoint::peek(store, job).await?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::time::now_ms();
+    let live = |h: &Header| {
+        checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
+            == checkpoint::ownership::Recorded::Live
+    };
     let state = match (&result, &error, &header) {
         (Some(_), _, _) => "done",
         (None, Some(_), _) => "failed",
-        // A live owner's lease: someone runs it now.
-        (None, None, Some(h)) if h.lease_until_ms > now_ms => "running",
+        // A live owner's lease (the ownership rule, as a claim reads it): someone runs it.
+        (None, None, Some(h)) if live(h) => "running",
         (None, None, Some(_)) => "waiting",
         (None, None, None) => "queued",
     };

@@ -24,7 +24,7 @@ pub mod pubsub;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -124,7 +124,7 @@ impl Stamp {
     pub fn now() -> Stamp {
         Stamp {
             instant: Instant::now(),
-            unix_ms: unix_ms_now(),
+            unix_ms: crate::time::now_ms(),
         }
     }
 
@@ -134,13 +134,6 @@ impl Stamp {
             unix_ms: self.unix_ms.saturating_add(d.as_millis() as u64),
         }
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An RFC 3339 UTC timestamp as Pub/Sub writes it (`2026-12-01T09:22:13.976Z`, up to 9

@@ -173,12 +173,7 @@ impl ClockReading {
     }
 }
 
-/// This host's clock, ms since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::time::now_ms as unix_ms;
 
 /// Checks that the store can be written: writes a small object under `key`, then deletes
 /// it. A key that may read but not write fails with [`ErrorKind::AccessDenied`].

@@ -31,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{OtherWork, now_ms};
+use crate::checkpoint::OtherWork;
 use crate::exec::{Binding, Executor, JobEnd};
 use crate::ids::ModuleHash;
 use crate::job::JobMessage;
@@ -42,6 +42,7 @@ use crate::queue::{
 };
 use crate::store::any::AnyStore;
 use crate::store::{ErrorKind, ObjectStore, Precondition};
+use crate::time::now_ms;
 
 mod clock;
 mod decide;

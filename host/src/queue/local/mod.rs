@@ -438,11 +438,9 @@ fn new_token() -> i64 {
     token as i64
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
+/// Wall-clock milliseconds since the Unix epoch, as SQLite stores them.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(crate::time::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// `id`, or the last segment of a full `projects/<p>/<kind>/<id>` name. Empty ids are refused.
