@@ -141,3 +141,43 @@ mod tests {
         }
     }
 }
+
+/// Where a job stands, as `status` derives it from what is stored (docs/design.md §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Nothing stored yet: no worker has started it.
+    Queued,
+    /// A checkpoint whose owner's lease is live.
+    Running,
+    /// A checkpoint with no live lease: it waits for its next delivery.
+    Waiting,
+    /// Its result is stored.
+    Done,
+    /// Its error is stored (dead-lettered).
+    Failed,
+}
+
+impl JobState {
+    /// The state's name, as `status` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Waiting => "waiting",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+
+    /// Done or failed: nothing more will happen to it by itself.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::config::{SubscriptionArgs, TopicArgs, ensure_queue};
 use super::status::{JobStatus, read_job};
-use crate::ids::JobId;
+use crate::ids::{JobId, JobState};
 use crate::inert::Inert;
 use crate::queue::LocalQueue;
 use crate::queue::OutgoingMessage;
@@ -262,7 +262,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             // Kill the worker of the first job with durable progress past 10%.
             let victim = all.iter().find_map(|(s, h)| {
                 let (done, total) = s.progress?;
-                (s.state == "running" && done * 10 >= total && done < total)
+                (s.state == JobState::Running && done * 10 >= total && done < total)
                     .then(|| owner_pid(&h.owner))
                     .flatten()
             });
@@ -270,7 +270,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 let now_ms = crate::time::now_ms();
                 let held: Held = all
                     .iter()
-                    .filter(|(s, h)| owner_pid(&h.owner) == Some(pid) && s.state != "done")
+                    .filter(|(s, h)| owner_pid(&h.owner) == Some(pid) && s.state != JobState::Done)
                     .map(|(s, h)| {
                         (
                             s.job_id.clone(),
@@ -294,9 +294,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 killed = Some((pid, held));
             }
         }
-        let finished = all
-            .iter()
-            .all(|(s, _)| matches!(s.state, "done" | "failed"));
+        let finished = all.iter().all(|(s, _)| s.state.is_final());
         if finished || Instant::now() > deadline {
             break all;
         }
@@ -354,7 +352,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let failed: Vec<&JobStatus> = statuses
         .iter()
         .map(|(s, _)| s)
-        .filter(|s| s.state == "failed")
+        .filter(|s| s.state == JobState::Failed)
         .collect();
     for f in failed {
         println!(

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::config::StoreArgs;
 use crate::checkpoint::{self, Header};
-use crate::ids::JobId;
+use crate::ids::{JobId, JobState};
 use crate::inert::{self, Inert};
 use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
@@ -36,7 +36,7 @@ pub struct StatusArgs {
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct JobStatus {
     pub job_id: String,
-    pub state: &'static str,
+    pub state: JobState,
     pub progress: Option<(u64, u64)>,
     pub attempts: u32,
     pub failures: u32,
@@ -69,16 +69,16 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
             == checkpoint::ownership::Recorded::Live
     };
     let state = match (&result, &error, &header) {
-        (Some(_), _, _) => "done",
-        (None, Some(_), _) => "failed",
+        (Some(_), _, _) => JobState::Done,
+        (None, Some(_), _) => JobState::Failed,
         // A live owner's lease (the ownership rule, as a claim reads it): someone runs it.
-        (None, None, Some(h)) if live(h) => "running",
-        (None, None, Some(_)) => "waiting",
-        (None, None, None) => "queued",
+        (None, None, Some(h)) if live(h) => JobState::Running,
+        (None, None, Some(_)) => JobState::Waiting,
+        (None, None, None) => JobState::Queued,
     };
     let h = header.unwrap_or_default();
     let artifacts = match state {
-        "done" => {
+        JobState::Done => {
             let m = crate::files::Manifest::read(store, job).await?;
             (!m.artifacts.is_empty()).then(|| ArtifactCount {
                 count: m.artifacts.len(),
@@ -90,7 +90,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     // A finished job's last saves are superseded by its result (never uploaded): it is
     // complete by definition.
     let progress = match state {
-        "done" => h.progress.map(|(_, total)| (total, total)),
+        JobState::Done => h.progress.map(|(_, total)| (total, total)),
         _ => h.progress,
     };
     let status = JobStatus {
@@ -199,7 +199,7 @@ async fn watch(store: &AnyStore, ids: &[JobId]) -> anyhow::Result<ExitCode> {
                 "{} (attempts {}, failures {})",
                 s.state, s.attempts, s.failures
             ));
-            if !matches!(s.state, "done" | "failed") {
+            if !s.state.is_final() {
                 open += 1;
             }
         }
@@ -221,7 +221,11 @@ mod tests {
     fn status(result: Option<&str>, error: Option<&str>) -> JobStatus {
         JobStatus {
             job_id: "j".into(),
-            state: if result.is_some() { "done" } else { "failed" },
+            state: if result.is_some() {
+                JobState::Done
+            } else {
+                JobState::Failed
+            },
             progress: None,
             attempts: 1,
             failures: 0,
