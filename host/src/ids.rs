@@ -181,3 +181,56 @@ impl fmt::Display for JobState {
         f.pad(self.as_str())
     }
 }
+
+/// A worker's id as checkpoint headers record it (docs/design.md §4, `owner`):
+/// `<host>-<pid>-<6 random hex>`. The random part keeps ids unique where every container's
+/// process is PID 1. Formatted and read only here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// A new id for this process on `host` (empty: `worker`).
+    pub fn new(host: &str) -> WorkerId {
+        let mut b = [0u8; 3];
+        getrandom::fill(&mut b).expect("the OS random source works");
+        let host = if host.is_empty() { "worker" } else { host };
+        WorkerId(format!("{host}-{}-{}", std::process::id(), hex::encode(b)))
+    }
+
+    /// The process id an `owner` names, if it is a worker id.
+    pub fn pid_of(owner: &str) -> Option<u32> {
+        let mut parts = owner.rsplit('-');
+        let random = parts.next()?;
+        let pid = parts.next()?;
+        (random.len() == 6 && random.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| pid.parse().ok())
+            .flatten()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod worker_id_tests {
+    use super::WorkerId;
+
+    #[test]
+    fn a_worker_id_names_its_process() {
+        let id = WorkerId::new("node-a-1");
+        assert_eq!(WorkerId::pid_of(id.as_str()), Some(std::process::id()));
+        assert!(id.as_str().starts_with("node-a-1-"));
+        assert!(WorkerId::new("").as_str().starts_with("worker-"));
+        for owner in ["run-12", "", "a-b-c", "host-12-zzzzzz", "host-x-abcdef"] {
+            assert_eq!(WorkerId::pid_of(owner), None, "{owner}");
+        }
+        assert_eq!(WorkerId::pid_of("h-7-0a1b2c"), Some(7));
+    }
+}

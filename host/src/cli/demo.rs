@@ -121,7 +121,7 @@ fn spawn_worker(dir: &Path, n: usize, slots: usize) -> anyhow::Result<(u32, Chil
 
 /// The pid in a checkpoint owner "<host>-<pid>-<random>" (a worker's id).
 fn owner_pid(owner: &str) -> Option<u32> {
-    owner.rsplit('-').nth(1)?.parse().ok()
+    crate::ids::WorkerId::pid_of(owner)
 }
 
 /// A wrong or missing result, as a sentence; `None` if the result is right.

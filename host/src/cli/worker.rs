@@ -102,9 +102,8 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    let worker_id = format!("{host}-{}-{}", std::process::id(), short_random());
+        .unwrap_or_default();
+    let worker_id = crate::ids::WorkerId::new(&host).to_string();
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
     if !preflight(
@@ -155,13 +154,6 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     worker::run(queue, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Six hex digits: keeps worker ids unique where every container's process is PID 1.
-fn short_random() -> String {
-    let mut b = [0u8; 3];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    hex::encode(b)
 }
 
 /// Checks, before the first pull, what would otherwise fail every job: that the store can be
