@@ -2,7 +2,7 @@
 # Tests launch.sh, the worker container's entrypoint, with a fake worker binary
 # (TASKHOST_BIN) that records its PID, arguments and environment.
 #
-#   bash tests/launch_test.sh        (also run by `cargo test`: host/tests/launch.rs)
+#   bash tests/launch_test.sh        (also run by `cargo test`: host/tests/all/launch.rs)
 #
 # Each run of launch.sh gets a clean environment (env -i) built here, so settings of the
 # machine running the tests cannot leak in. Prints one line per check and, last,

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need (the
 # wasm32-wasip2 target, the S3 server's Python venv), builds the task modules, then runs
-# `cargo test`. Test servers (the Pub/Sub emulator, the S3 server) are started by the tests
-# themselves on free ports and stopped by PID.
+# `cargo test` on every target of the workspace (the integration tests are one binary,
+# host/tests/all; the arguments go to this run, e.g. `tests/run-all.sh leasing::`) and the
+# native unit tests of guest-tasks/prime-core (outside the workspace). A failing test
+# binary does not stop the others; the script fails if any test failed. Test servers (the
+# Pub/Sub emulator, the S3 server) are started by the tests themselves on free ports and
+# stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,5 +20,18 @@ bash tests/s3/setup-venv.sh
 echo "== task modules (wasm32-wasip2)"
 bash tests/build-guests.sh
 
+status=0
 echo "== cargo test"
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets --no-fail-fast --locked "$@" || status=$?
+
+# The guest workspace builds for wasm32-wasip2 by default (guest-tasks/.cargo/config.toml):
+# its pure core's unit tests run natively, for the host's own target.
+echo "== prime-core unit tests (native)"
+host_target="$(rustc -vV | sed -n 's/^host: //p')"
+(
+    cd guest-tasks || exit 1
+    if [ -n "${GUEST_TARGET_DIR:-}" ]; then export CARGO_TARGET_DIR="$GUEST_TARGET_DIR"; fi
+    cargo test -p prime-core --target "$host_target" --locked
+) || status=$?
+
+exit "$status"

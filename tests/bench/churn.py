@@ -72,7 +72,7 @@ GUIDE_WORKER = Path(__file__).resolve().parent / "guide_worker.py"
 SERVE_PY = REPO / "tests/s3/serve.py"
 EMULATOR_BIN = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 
-# The key pair serve.py is told to accept (host/tests/support/s3.rs uses the same).
+# The key pair serve.py is told to accept (host/tests/all/support/s3.rs uses the same).
 S3_ACCESS_KEY_ID = "taskhost-test"
 S3_SECRET_ACCESS_KEY = "taskhost-test-secret"
 # Marks this script's own S3 requests in the server's request log, so they are not counted.

@@ -5,14 +5,14 @@
     serve.py PORT --request-log FILE     # ... and appends one line per request to FILE
 
 Run it with the venv's python (tests/s3/setup-venv.sh prints where the venv is). The test
-helper host/tests/support/s3.rs starts one per test and waits for `GET /_taskhost/health`.
+helper host/tests/all/support/s3.rs starts one per test and waits for `GET /_taskhost/health`.
 
 What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
 
 * One request at a time. A global lock is held while moto handles a request, from the
   moment its body has been read until its response body has been produced. moto itself
   checks `If-None-Match: *` / `If-Match` on PutObject (412 PreconditionFailed, checked
-  against 5.2.5's source and by host/tests/store_s3.rs), but without a lock: under the
+  against 5.2.5's source and by host/tests/all/store_s3.rs), but without a lock: under the
   stock threaded moto_server two concurrent create-only writers can both pass the check
   and both "win". With the lock the check and the write are atomic, as on R2 and S3,
   which is what the fencing protocol relies on. The HTTP server itself stays threaded so

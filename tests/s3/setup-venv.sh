@@ -71,7 +71,7 @@ fi
 
 command -v python3 >/dev/null || { echo "setup-venv.sh: python3 not found" >&2; exit 1; }
 mkdir -p "$(dirname "$VENV")"
-# Another process (a parallel test binary) may be creating it too: serialize on a lock.
+# Another process (another test run) may be creating it too: serialize on a lock.
 exec 9>"$VENV.lock"
 if command -v flock >/dev/null; then flock 9; fi
 if ready; then

@@ -17,10 +17,10 @@
 //! # The emulator
 //! The crate does not read `PUBSUB_EMULATOR_HOST`; [`PubsubConfig::emulator_host`] maps it to an
 //! `http://host:port` endpoint with anonymous credentials. Checked against the official
-//! emulator (`tests/queue_contract.rs`, `tests/pubsub_emulator.rs`): topics, subscriptions,
-//! dead-letter policy, delivery attempts, schemas, `ValidateMessage`, unary pull (which honours
-//! `maxMessages`), deadlines and nacks work. Its gaps: it accepts ack deadlines outside
-//! 10..=600 s (so tests may use short ones), ignores retry-policy backoff, keeps state in
+//! emulator (`tests/all/queue_contract.rs`, `tests/all/pubsub_emulator.rs`): topics,
+//! subscriptions, dead-letter policy, delivery attempts, schemas, `ValidateMessage`, unary pull
+//! (which honours `maxMessages`), deadlines and nacks work. Its gaps: it accepts ack deadlines
+//! outside 10..=600 s (so tests may use short ones), ignores retry-policy backoff, keeps state in
 //! memory; `GetSchema` never answers (an existing schema is recognized with `ValidateMessage`).
 
 mod admin;

@@ -1,6 +1,6 @@
 //! The sandboxed runtime against the real task modules: results, limits, resume, isolation.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

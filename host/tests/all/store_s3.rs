@@ -1,7 +1,7 @@
 //! `S3Store` against a real S3 server (moto behind tests/s3/serve.py, one request at a time,
 //! SigV4 checked). Each test starts its own server and bucket.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! are isolated by project. Short ack deadlines (2 s) are fine on both: the embedded queue
 //! and the emulator accept them (Pub/Sub's minimum is 10 s).
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! `taskhost demo` as the README runs it (a shorter variant), and its verification failing.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 

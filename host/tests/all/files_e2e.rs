@@ -4,7 +4,7 @@
 //! `status` counts it; a 200 MB input is hashed in bounded memory; a worker SIGKILLed
 //! mid-input is resumed at its offset with the same result and a complete artifact.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //!
 //! Each test has its own servers: they are frozen, or their settings are made wrong.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

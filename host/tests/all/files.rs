@@ -2,7 +2,7 @@
 //! the store's ranged reads and multipart uploads, and the digest task run by the executor
 //! (copies through multipart, limits and errors, a stale worker fenced off after a takeover).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -13,16 +13,13 @@ use std::path::{Path, PathBuf};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use child::{ChildProcess, report, reported, wait_for};
+use crate::support::child::{ChildProcess, report, reported, wait_for};
 use taskhost::queue::lease::Lease;
 use taskhost::queue::local::{Backlog, LocalQueue};
 use taskhost::queue::{
     DEFAULT_MESSAGE_RETENTION, Ensured, IncomingMessage, OutgoingMessage, Queue, Received, Settle,
     SubscriptionSettings,
 };
-
-#[path = "support/child.rs"]
-mod child;
 
 /// Set in a child process: which part it plays (`race`, `hold`).
 const CHILD_ENV: &str = "LOCALQUEUE_CHILD";
@@ -539,7 +536,12 @@ async fn two_processes_never_lease_one_message_twice() {
         (CHILD_BARRIER_ENV, barrier.display().to_string()),
     ];
     let children: Vec<_> = (0..2)
-        .map(|_| ChildProcess::spawn("two_processes_never_lease_one_message_twice", &env))
+        .map(|_| {
+            ChildProcess::spawn(
+                "localqueue::two_processes_never_lease_one_message_twice",
+                &env,
+            )
+        })
         .collect();
     let parts: Vec<_> = tokio::task::spawn_blocking(move || {
         wait_for("two ready children", || {
@@ -579,7 +581,7 @@ async fn a_killed_process_lease_lapses_while_a_live_ones_holds() {
         (CHILD_ENV, "hold".to_string()),
         (CHILD_PATH_ENV, q.path().display().to_string()),
     ];
-    let test = "a_killed_process_lease_lapses_while_a_live_ones_holds";
+    let test = "localqueue::a_killed_process_lease_lapses_while_a_live_ones_holds";
     let mut child = ChildProcess::spawn(test, &env);
     let stdout = child.stdout();
     let leased = tokio::task::spawn_blocking(move || reported(stdout, "leased").next())

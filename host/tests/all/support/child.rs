@@ -4,12 +4,8 @@
 //!
 //! ```text
 //! if std::env::var("MY_CHILD").is_ok() { report("id", "42"); return; }   // the child
-//! let ids = ChildProcess::spawn("my_test", &[("MY_CHILD", "1".into())]).values("id");
+//! let ids = ChildProcess::spawn("area::my_test", &[("MY_CHILD", "1".into())]).values("id");
 //! ```
-//!
-//! Standalone (no `taskhost` import): a test includes it with
-//! `#[path = "support/child.rs"] mod child;`.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -20,7 +16,8 @@ pub struct ChildProcess(Child);
 
 impl ChildProcess {
     /// Runs the test `test` of this binary alone, with `env` added to the environment; its
-    /// stdout is piped to us, its stderr goes to ours.
+    /// stdout is piped to us, its stderr goes to ours. `test` is the test's full name in the
+    /// binary, with its area's module: `localqueue::some_test`.
     pub fn spawn(test: &str, env: &[(&str, String)]) -> Self {
         let mut command = Command::new(std::env::current_exe().unwrap());
         command

@@ -4,7 +4,7 @@
 //! Properties, not schedules: every result right, nothing dead-lettered, nothing left on the
 //! subscription, a stale worker writes nothing, bounded times for stopping and handing over.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;

@@ -8,7 +8,7 @@
 //! let store = s3.store("");              // S3Store on it, no key prefix
 //! ```
 //!
-//! The Python venv comes from `tests/s3/setup-venv.sh` (run once per test binary; it
+//! The Python venv comes from `tests/s3/setup-venv.sh` (run once per test process; it
 //! reuses `${TASKHOST_VENV:-$HOME/.cache/taskhost/venv}`). A server that does not answer
 //! within [`START_TIMEOUT`] fails the test with its log: tests never skip. The process is
 //! killed by PID on drop.

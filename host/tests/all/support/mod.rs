@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: the task modules, and real servers (the
 //! official Pub/Sub emulator, an S3 server) started on free ports and stopped by PID.
-#![allow(dead_code)]
 
+pub mod child;
 pub mod cli;
 pub mod guests;
 pub mod pubsub;

@@ -11,7 +11,7 @@
 //! libtest starts tests in name order: the long ones are named `a_...` so they start first
 //! and the short ones fill the gaps (wall time on 2 cores: about two minutes).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;

@@ -16,7 +16,7 @@
 //! embedded default (no `PROJECT_ID`, no `R2_BUCKET_NAME`: a SQLite queue file and a
 //! directory store in the test's temp dir). The two tests run concurrently.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;

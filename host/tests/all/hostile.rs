@@ -3,7 +3,7 @@
 //! task meets an upload the store lost; a stale owner's result lands late; a frozen store
 //! holds a result write past the ownership proof; a task writes huge buffers.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

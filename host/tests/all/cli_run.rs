@@ -1,6 +1,6 @@
 //! `taskhost run` as a user runs it: a separate process, exit codes, messages.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! unreachable server). The semantics both backends share (redelivery, delayed nacks,
 //! dead-lettering, leases kept alive and lost) are in `queue_contract.rs`.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

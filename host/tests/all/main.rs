@@ -1,0 +1,21 @@
+//! The integration tests, one binary (as wasmtime's `tests/all`): one module per area, the
+//! shared helpers in `support` compiled once. Run one area with
+//! `cargo test --test all <area>::`, one test with `cargo test --test all <area>::<name>`.
+
+mod support;
+
+mod bad_input;
+mod cli_run;
+mod demo;
+mod files;
+mod files_e2e;
+mod hostile;
+mod launch;
+mod leasing;
+mod localqueue;
+mod outages;
+mod pubsub_emulator;
+mod queue_contract;
+mod runtime;
+mod store_s3;
+mod worker_e2e;
