@@ -21,9 +21,6 @@ echo "== task modules (wasm32-wasip2)"
 bash tests/build-guests.sh
 
 status=0
-echo "== cargo test"
-cargo test --workspace --all-targets --no-fail-fast --locked "$@" || status=$?
-
 # The guest workspace builds for wasm32-wasip2 by default (guest-tasks/.cargo/config.toml):
 # its pure core's unit tests run natively, for the host's own target.
 echo "== prime-core unit tests (native)"
@@ -31,7 +28,10 @@ host_target="$(rustc -vV | sed -n 's/^host: //p')"
 (
     cd guest-tasks || exit 1
     if [ -n "${GUEST_TARGET_DIR:-}" ]; then export CARGO_TARGET_DIR="$GUEST_TARGET_DIR"; fi
-    cargo test -p prime-core --target "$host_target" --locked
+    cargo test -p prime-core --target "$host_target" --locked --lib
 ) || status=$?
+
+echo "== cargo test"
+cargo test --workspace --all-targets --no-fail-fast --locked "$@" || status=$?
 
 exit "$status"
