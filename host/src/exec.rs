@@ -6,7 +6,7 @@
 //!
 //! **Invariants:** the result is written create-only, and only while this worker owns the
 //! job: no write of its checkpoint was refused (no conflict), and the lease its last write
-//! recorded has more than twice the clock-skew allowance ([`skew_allowance_ms`]) left. A
+//! recorded has more than twice the clock-skew allowance ([`skew_allowance_ms`](crate::checkpoint::ownership::skew_allowance_ms)) left. A
 //! claim takes over only a lease that is released or ends within one allowance by its own
 //! clock, so with clocks at most one allowance apart no other worker can have claimed the
 //! job, and none can before the result is written. After a conflict or a lost lease nothing

@@ -20,7 +20,7 @@ pub struct StoreArgs {
     /// R2/S3 bucket; when unset, the directory `--store-dir` is the store.
     #[arg(long, env = "R2_BUCKET_NAME")]
     pub bucket: Option<String>,
-    /// R2/S3 endpoint, e.g. https://<account>.r2.cloudflarestorage.com.
+    /// R2/S3 endpoint, e.g. <https://ACCOUNT_ID.r2.cloudflarestorage.com>.
     #[arg(long, env = "R2_S3_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
     /// R2 access key id.

@@ -77,6 +77,8 @@ impl Workers {
         }
     }
 
+    // kill(2) has no safe form in std.
+    #[allow(unsafe_code)]
     fn terminate_all(&mut self) {
         for (pid, c) in &mut self.0 {
             if c.try_wait().ok().flatten().is_none() {

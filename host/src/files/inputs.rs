@@ -108,7 +108,7 @@ impl Inputs {
 
     /// Up to `len` (at most [`MAX_READ_BYTES`]) bytes of `name` from `offset`; fewer only at
     /// the end, none at or past it. Served from the window when it covers the range, else a
-    /// new window of [`WINDOW_BYTES`] (or `len`, if larger) is fetched from `offset`. Total
+    /// new window of `WINDOW_BYTES` (or `len`, if larger) is fetched from `offset`. Total
     /// for every `offset` and `len` a task can pass: the range is checked against the
     /// object's size before any arithmetic on it.
     pub async fn read(&self, name: &str, offset: u64, len: u32) -> Result<Vec<u8>, InputError> {

@@ -5,7 +5,7 @@
 //! **Invariants:** a task sees input names only, never keys or the bucket (errors it sees
 //! name the input, and the host logs the store's own message); every artifact write is fenced
 //! like a checkpoint write: nothing is uploaded once the job's checkpoint conflicted or the
-//! lease it records is ending ([`Checkpointer::owns`]); an artifact becomes part of the job's
+//! lease it records is ending ([`Checkpointer::confirm_owned`]); an artifact becomes part of the job's
 //! outputs only through the manifest written just before the result.
 //!
 //! **API boundary:** the runtime calls these types from its host functions; they speak

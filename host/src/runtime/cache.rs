@@ -108,6 +108,8 @@ impl ModuleCache {
         Some(self.dir.as_ref()?.join(format!("{}.cwasm", hash.hex())))
     }
 
+    // Deserializing compiled code is unsafe in wasmtime: see the SAFETY comment below.
+    #[allow(unsafe_code)]
     pub(super) fn disk(&self, hash: &ModuleHash) -> Option<Component> {
         let path = self.path(hash)?;
         if !path.exists() {

@@ -1,5 +1,5 @@
 //! Guest stdout/stderr into `tracing`, bounded, and the one shape of every event that
-//! carries task text ([`task_event`]).
+//! carries task text (`task_event`).
 //!
 //! Each stream is cut into lines (a line longer than [`MAX_LINE`] is split, never inside a
 //! character) and each line is logged as one event with the job id. After

@@ -18,7 +18,7 @@
 //! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
 //! upload's start, as R2 aborts incomplete uploads after 7 days.
 //!
-//! Errors get their [`ErrorKind`] from the `io::ErrorKind` ([`io_kind`]); the store's clock is
+//! Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's clock is
 //! this host's.
 
 use std::fs::{self, File, OpenOptions};

@@ -19,7 +19,7 @@
 //! - `get` maps 404 `NoSuchKey` to `Ok(None)`; `exists` uses HEAD; `list` pages through
 //!   ListObjectsV2. A missing bucket is an error ([`ErrorKind::NotFound`]), never `None` /
 //!   `false`.
-//! - Every other failure gets its [`ErrorKind`] from the answer ([`classify`]: the HTTP status
+//! - Every other failure gets its [`ErrorKind`] from the answer (`classify`: the HTTP status
 //!   and the S3 error code) or, without one, from the SDK's error (a timeout or a failed
 //!   connection is transient).
 //! - [`ObjectStore::clock`] reads the `Date` header (whole seconds) of a HEAD's answer.

@@ -146,7 +146,7 @@ fn local_filesystem(magic: u32) -> Result<&'static str, String> {
 }
 
 /// Checks that records under `dir` can be trusted: it is on a local filesystem
-/// ([`LOCAL_FILESYSTEMS`]). The error says why not, in a sentence.
+/// (`LOCAL_FILESYSTEMS`). The error says why not, in a sentence.
 pub fn check_filesystem(dir: &Path) -> io::Result<()> {
     let magic = filesystem_magic(dir)?;
     local_filesystem(magic).map(drop).map_err(|what| {
@@ -157,7 +157,9 @@ pub fn check_filesystem(dir: &Path) -> io::Result<()> {
     })
 }
 
+// statfs(2) has no safe form in std.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 fn filesystem_magic(dir: &Path) -> io::Result<u32> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;

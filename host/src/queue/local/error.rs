@@ -92,7 +92,7 @@ impl LocalQueueError {
         self.kind == ErrorKind::Invalid
     }
 
-    /// Worth retrying: another connection held the write lock longer than [`BUSY_TIMEOUT`].
+    /// Worth retrying: another connection held the write lock longer than [`BUSY_TIMEOUT`](super::BUSY_TIMEOUT).
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: the task modules, and real servers (the
 //! official Pub/Sub emulator, an S3 server) started on free ports and stopped by PID.
+// The servers are stopped, frozen and thawed with kill(2), which has no safe form in std.
+#![allow(unsafe_code)]
 
 pub mod child;
 pub mod cli;
