@@ -234,3 +234,20 @@ mod worker_id_tests {
         assert_eq!(WorkerId::pid_of("h-7-0a1b2c"), Some(7));
     }
 }
+
+/// Checks an input or artifact name: 1..=200 characters from `[A-Za-z0-9._-]`, not starting
+/// with `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=200).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (1 to 200 characters from [A-Za-z0-9._-], not starting with '.')"
+        ))
+    }
+}

@@ -50,7 +50,7 @@ pub fn parse_inputs(
         .ok_or("inputs must be an object {\"NAME\": \"KEY\", ...}")?;
     let mut inputs = BTreeMap::new();
     for (name, key) in map {
-        crate::files::check_name(name).map_err(|e| format!("input name {e}"))?;
+        crate::ids::check_name(name).map_err(|e| format!("input name {e}"))?;
         let key = key
             .as_str()
             .ok_or_else(|| format!("input `{name}` must name an object key (a string)"))?;

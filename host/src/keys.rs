@@ -42,7 +42,7 @@ pub fn artifacts_prefix(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/artifacts/")
 }
 
-/// An artifact's key; `name` is checked by [`crate::files::check_name`].
+/// An artifact's key; `name` is checked by [`crate::ids::check_name`].
 pub fn artifact(job: &JobId, name: &str) -> String {
     format!("{}{name}", artifacts_prefix(job))
 }

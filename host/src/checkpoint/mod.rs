@@ -101,12 +101,32 @@ pub struct Header {
     /// The job's artifacts: finished ones, and how far open ones are durable (the state at
     /// the task's last `save`; see `files`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub artifacts: Vec<crate::files::ArtifactRecord>,
+    pub artifacts: Vec<ArtifactRecord>,
     /// Milliseconds since the Unix epoch at this write.
     #[serde(default)]
     pub updated_ms: u64,
     /// Random per write, so every write changes the ETag even when nothing else changed.
     pub nonce: String,
+}
+
+/// An artifact as a checkpoint header records it: finished (its final size and tag), or
+/// open with the parts uploaded so far (what `files::Artifacts::resume` continues from).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
+    pub size: u64,
+    #[serde(default)]
+    pub finished: bool,
+    /// Finished: the object's tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Open: the multipart upload holding the parts, if one was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
+    /// Open: the parts' tags, part 1 first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -313,7 +333,7 @@ impl Checkpointer {
     pub fn save_with(
         &self,
         data: Vec<u8>,
-        artifacts: Vec<crate::files::ArtifactRecord>,
+        artifacts: Vec<ArtifactRecord>,
     ) -> Result<(), CheckpointError> {
         self.accept(data, Some(artifacts))
     }
@@ -323,7 +343,7 @@ impl Checkpointer {
     fn accept(
         &self,
         data: Vec<u8>,
-        artifacts: Option<Vec<crate::files::ArtifactRecord>>,
+        artifacts: Option<Vec<ArtifactRecord>>,
     ) -> Result<(), CheckpointError> {
         if data.len() > self.max_bytes {
             return Err(CheckpointError::TooLarge(self.max_bytes as u64));
@@ -481,8 +501,7 @@ mod props {
     use proptest::option::of;
     use proptest::prelude::*;
 
-    use super::{FORMAT_VERSION, Header, MAGIC, decode, encode};
-    use crate::files::ArtifactRecord;
+    use super::{ArtifactRecord, FORMAT_VERSION, Header, MAGIC, decode, encode};
 
     fn records() -> impl Strategy<Value = ArtifactRecord> {
         (

@@ -57,7 +57,7 @@ fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
-    crate::files::check_name(name).map_err(|e| format!("input name {e}"))?;
+    crate::ids::check_name(name).map_err(|e| format!("input name {e}"))?;
     if path.is_empty() {
         return Err(format!("{s:?}: the PATH is empty"));
     }

@@ -26,6 +26,9 @@ pub use artifacts::{ArtifactError, ArtifactHandle, Artifacts};
 #[doc(hidden)]
 pub use inputs::window_range;
 pub use inputs::{InputError, Inputs};
+// Where they are defined: the checkpoint header records artifacts; names are ids.
+pub use crate::checkpoint::ArtifactRecord;
+pub use crate::ids::check_name;
 
 use crate::checkpoint::Checkpointer;
 use crate::ids::JobId;
@@ -75,26 +78,6 @@ impl Default for FileLimits {
     }
 }
 
-/// An artifact as a checkpoint header records it: finished (its final size and tag), or
-/// open with the parts uploaded so far (what [`Artifacts::resume`] continues from).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactRecord {
-    pub name: String,
-    /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
-    pub size: u64,
-    #[serde(default)]
-    pub finished: bool,
-    /// Finished: the object's tag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Open: the multipart upload holding the parts, if one was started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upload: Option<String>,
-    /// Open: the parts' tags, part 1 first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<String>,
-}
-
 /// One artifact of a finished job, as its manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -131,23 +114,6 @@ impl Manifest {
 
     pub fn total_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.size).sum()
-    }
-}
-
-/// Checks an input or artifact name: 1..=200 characters from `[A-Za-z0-9._-]`, not starting
-/// with `.`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = (1..=200).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid name (1 to 200 characters from [A-Za-z0-9._-], not starting with '.')"
-        ))
     }
 }
 
