@@ -3,32 +3,22 @@
 //! (copies through multipart, limits and errors, a stale worker fenced off after a takeover).
 
 use crate::support;
+use support::exec::{binding, executor, live_lease, module, run, runtime, stores};
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::s3::S3Server;
 use taskhost::checkpoint::{self, Limits, OtherWork};
-use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::exec::{Executor, JobEnd};
 use taskhost::files::{FileLimits, Manifest, PART_BYTES};
 use taskhost::ids::JobId;
 use taskhost::job::Work;
 use taskhost::queue::Stamp;
 use taskhost::queue::lease::LeaseView;
-use taskhost::runtime::{JobLimits, Prepared, Runtime, RuntimeConfig};
+use taskhost::runtime::{JobLimits, Prepared, Runtime};
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
-
-/// A fresh store of each kind; the S3 server lives as long as the returned guard.
-async fn stores() -> Vec<(&'static str, AnyStore, Box<dyn std::any::Any>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let d = AnyStore::Dir(DirStore::open(dir.path()).unwrap());
-    let s3 = S3Server::start().await;
-    let s = AnyStore::S3(s3.store(""));
-    vec![("dir", d, Box::new(dir)), ("s3", s, Box::new(s3))]
-}
 
 /// `n` bytes that differ from part to part (a copy that misplaces a part shows).
 fn data(n: usize, seed: u32) -> Vec<u8> {
@@ -140,44 +130,8 @@ async fn ranged_reads_and_multipart_uploads_on_both_stores() {
     }
 }
 
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: None,
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
-
 async fn digest(rt: &Runtime) -> Prepared {
-    rt.prepare(support::guests::bytes("digest"), None)
-        .await
-        .unwrap()
-}
-
-fn executor(store: AnyStore, rt: Runtime, files: FileLimits) -> Executor<AnyStore> {
-    Executor {
-        store,
-        runtime: rt,
-        worker_id: "test".into(),
-        limits: JobLimits::default(),
-        checkpoint_limits: Limits {
-            min_write_interval: Duration::from_millis(20),
-            ..Limits::default()
-        },
-        file_limits: files,
-        max_crashes: taskhost::exec::DEFAULT_MAX_CRASHES,
-    }
-}
-
-fn binding(input: &str, inputs: &[(&str, &str)]) -> Binding {
-    Binding {
-        work: Work::of(&taskhost::ids::ModuleHash::of(b"digest"), input),
-        on_other_work: OtherWork::Refuse,
-        inputs: inputs
-            .iter()
-            .map(|(n, k)| (n.to_string(), k.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-    }
+    module(rt, "digest").await
 }
 
 fn crc_hex(bytes: &[u8]) -> String {
@@ -192,20 +146,7 @@ async fn run_digest(
     inputs: &[(&str, &str)],
     lease: LeaseView,
 ) -> JobEnd {
-    let job: JobId = job.parse().unwrap();
-    ex.execute(
-        &job,
-        m,
-        input,
-        &binding(input, inputs),
-        lease,
-        CancellationToken::new(),
-    )
-    .await
-}
-
-fn live_lease() -> LeaseView {
-    LeaseView::detached(Duration::from_secs(60)).0
+    run(ex, m, job, input, inputs, lease, CancellationToken::new()).await
 }
 
 #[tokio::test]

@@ -4,91 +4,27 @@
 //! holds a result write past the ownership proof; a task writes huge buffers.
 
 use crate::support;
+use support::exec::{live_lease, module, run, runtime, stores};
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::cli::CliEnv;
 use support::s3::S3Server;
 use support::stack::Stack;
-use taskhost::checkpoint::{self, Limits, OtherWork};
-use taskhost::exec::{Binding, DEFAULT_MAX_CRASHES, Executor, JobEnd};
+use taskhost::checkpoint;
+use taskhost::exec::{Executor, JobEnd};
 use taskhost::files::FileLimits;
 use taskhost::ids::JobId;
-use taskhost::job::Work;
 use taskhost::queue::lease::LeaseView;
 use taskhost::queue::{LocalQueue, Queue, Settle, Stamp};
-use taskhost::runtime::{JobLimits, Prepared, Runtime, RuntimeConfig};
+use taskhost::runtime::Runtime;
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
 
-/// A fresh store of each kind; the S3 server lives as long as the returned guard.
-async fn stores() -> Vec<(&'static str, AnyStore, Box<dyn std::any::Any>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let d = AnyStore::Dir(DirStore::open(dir.path()).unwrap());
-    let s3 = S3Server::start().await;
-    let s = AnyStore::S3(s3.store(""));
-    vec![("dir", d, Box::new(dir)), ("s3", s, Box::new(s3))]
-}
-
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: None,
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
-
-async fn module(rt: &Runtime, name: &str) -> Prepared {
-    rt.prepare(support::guests::bytes(name), None)
-        .await
-        .unwrap()
-}
-
 fn executor(store: AnyStore, rt: Runtime) -> Executor<AnyStore> {
-    Executor {
-        store,
-        runtime: rt,
-        worker_id: "test".into(),
-        limits: JobLimits::default(),
-        checkpoint_limits: Limits {
-            min_write_interval: Duration::from_millis(20),
-            ..Limits::default()
-        },
-        file_limits: FileLimits::default(),
-        max_crashes: DEFAULT_MAX_CRASHES,
-    }
-}
-
-fn binding(input: &str, inputs: &[(&str, &str)]) -> Binding {
-    Binding {
-        work: Work::of(&taskhost::ids::ModuleHash::of(b"m"), input),
-        on_other_work: OtherWork::Refuse,
-        inputs: inputs
-            .iter()
-            .map(|(n, k)| (n.to_string(), k.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
-
-async fn run(
-    ex: &Executor<AnyStore>,
-    m: &Prepared,
-    job: &str,
-    input: &str,
-    inputs: &[(&str, &str)],
-    lease: LeaseView,
-    stop: CancellationToken,
-) -> JobEnd {
-    let job: JobId = job.parse().unwrap();
-    ex.execute(&job, m, input, &binding(input, inputs), lease, stop)
-        .await
-}
-
-fn live_lease() -> LeaseView {
-    LeaseView::detached(Duration::from_secs(60)).0
+    support::exec::executor(store, rt, FileLimits::default())
 }
 
 fn result_doc(end: &JobEnd) -> serde_json::Value {

@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod cli;
+pub mod exec;
 pub mod guests;
 pub mod pubsub;
 pub mod s3;
