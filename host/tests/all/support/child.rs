@@ -19,7 +19,9 @@ impl ChildProcess {
     /// stdout is piped to us, its stderr goes to ours. `test` is the test's full name in the
     /// binary, with its area's module: `localqueue::some_test`.
     pub fn spawn(test: &str, env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        // This process's own executable, not the file at its path: the shared target directory
+        // may have been rebuilt under the running test (the file replaced, its path gone).
+        let mut command = Command::new("/proc/self/exe");
         command
             .args(["--exact", test, "--nocapture", "--test-threads=1"])
             .envs(env.iter().map(|(k, v)| (k, v)))
