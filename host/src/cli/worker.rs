@@ -194,12 +194,12 @@ async fn preflight(
         }
     }
     if let Queue::PubSub(pubsub) = queue {
-        if !pubsub.subscription_exists(subscription).await? {
+        let Some(facts) = pubsub.lookup_subscription(subscription).await? else {
             anyhow::bail!(
                 "the subscription `{subscription}` does not exist: run `taskhost setup` (or set SUBSCRIPTION_ID)"
             );
-        }
-        if pubsub.has_dead_letter_policy(subscription).await? == Some(false) {
+        };
+        if facts.dead_letter_policy == Some(false) {
             tracing::warn!(
                 "the subscription `{subscription}` has no dead-letter policy, so Pub/Sub counts no \
                  deliveries: failing jobs are still bounded by the worker's own counts (MAX_FAILURES, \

@@ -327,9 +327,14 @@ impl Pubsub {
         }
     }
 
-    /// Whether the subscription exists (`Ok(true)` too when the credentials may not look).
-    /// Remembers its ack deadline for [`Pubsub::pull`].
-    pub async fn subscription_exists(&self, sub_id: &str) -> Result<bool, PubsubError> {
+    /// The subscription as the worker's startup check needs it, in one request: `None` if
+    /// it does not exist; else whether it has a dead-letter policy (then Pub/Sub counts
+    /// deliveries), `None` when the credentials may not look (a worker needs only subscriber
+    /// rights). Remembers its ack deadline for [`Pubsub::pull`].
+    pub async fn lookup_subscription(
+        &self,
+        sub_id: &str,
+    ) -> Result<Option<SubscriptionFacts>, PubsubError> {
         let name = self.subscription_path(sub_id);
         match self
             .subscriptions
@@ -342,31 +347,25 @@ impl Pubsub {
                 if let Ok(secs) = u64::try_from(sub.ack_deadline_seconds) {
                     self.remember_deadline(&name, secs);
                 }
-                Ok(true)
+                let policy = sub.dead_letter_policy.as_ref();
+                Ok(Some(SubscriptionFacts {
+                    dead_letter_policy: Some(
+                        policy.is_some_and(|p| !p.dead_letter_topic.is_empty()),
+                    ),
+                }))
             }
-            Err(e) if code(&e) == Some(Code::NotFound) => Ok(false),
-            Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(true),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(None),
+            Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(Some(SubscriptionFacts {
+                dead_letter_policy: None,
+            })),
             Err(e) => Err(self.rpc_error("get subscription", &name, e)),
         }
     }
+}
 
-    /// Whether the subscription has a dead-letter policy (then Pub/Sub counts deliveries);
-    /// `None` when the worker may not look (it needs only subscriber rights).
-    pub async fn has_dead_letter_policy(&self, sub_id: &str) -> Result<Option<bool>, PubsubError> {
-        let name = self.subscription_path(sub_id);
-        match self
-            .subscriptions
-            .get_subscription()
-            .set_subscription(&name)
-            .send()
-            .await
-        {
-            Ok(sub) => Ok(Some(
-                sub.dead_letter_policy
-                    .is_some_and(|p| !p.dead_letter_topic.is_empty()),
-            )),
-            Err(e) if code(&e) == Some(Code::PermissionDenied) => Ok(None),
-            Err(e) => Err(self.rpc_error("get subscription", &name, e)),
-        }
-    }
+/// What [`Pubsub::lookup_subscription`] found of an existing subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriptionFacts {
+    /// Whether it has a dead-letter policy; `None`: the credentials may not look.
+    pub dead_letter_policy: Option<bool>,
 }

@@ -28,7 +28,7 @@ mod grpc;
 mod publish;
 mod receive;
 
-pub use admin::{MessageValidity, SchemaOnTopic, TopicSchema};
+pub use admin::{MessageValidity, SchemaOnTopic, SubscriptionFacts, TopicSchema};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -98,7 +98,7 @@ pub struct Pubsub {
     publisher: BasePublisher,
     grpc: Arc<grpc::Grpc>,
     emulator: bool,
-    /// The ack deadline of subscriptions looked up with `subscription_exists`: a pull from
+    /// The ack deadline of subscriptions looked up with `lookup_subscription`: a pull from
     /// one whose deadline is the one wanted needs no extension right after it.
     known_deadlines: Arc<Mutex<HashMap<String, u64>>>,
 }

@@ -37,7 +37,7 @@ impl Pubsub {
 
     /// Leases at most `max` messages and sets their deadline to `ack_deadline` from now. The
     /// pull itself starts the subscription's deadline: when that is known to be
-    /// `ack_deadline` (see `subscription_exists`), nothing more is sent; else one
+    /// `ack_deadline` (see `lookup_subscription`), nothing more is sent; else one
     /// `modifyAckDeadline` follows the pull.
     pub async fn pull(
         &self,
