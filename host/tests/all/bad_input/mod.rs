@@ -36,6 +36,10 @@ use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 
+/// How long the worker waits for a missing module after the job was published
+/// (`MISSING_MODULE_RETRY_SECONDS`): long enough that the job is handed back at least once
+/// first (its retries start at 1 s), short enough for the test.
+const MISSING_MODULE_RETRY: Duration = Duration::from_secs(15);
 /// Longest wait for every case to reach its expected outcome.
 const ALL_OUTCOMES: Duration = Duration::from_secs(180);
 /// The worker's per-run fuel: stops the infinite loop within ~0.1 s (measured), far more

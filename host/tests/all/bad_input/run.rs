@@ -17,8 +17,10 @@ pub(super) async fn run_table(b: &Backend) {
         .cli
         .set("WORKER_SLOTS", "2")
         .set("MAX_FAILURES", "1")
-        // A missing module is waited for this long after the job was published.
-        .set("MISSING_MODULE_RETRY_SECONDS", "15")
+        .set(
+            "MISSING_MODULE_RETRY_SECONDS",
+            MISSING_MODULE_RETRY.as_secs().to_string(),
+        )
         .set("TASK_TIMEOUT_SECONDS", "5")
         .set("TASK_FUEL", TASK_FUEL.to_string())
         .set("TASK_MEMORY_MB", TASK_MEMORY_MB.to_string())
@@ -52,6 +54,9 @@ pub(super) async fn run_table(b: &Backend) {
     );
     for (case, id) in cases.iter().zip(&ids) {
         check(b, case, dead.get(id), &worker).await;
+        if case.attributes.get("module") == Some(&m.absent) {
+            check_missing_module_waited(b, case, dead.get(id), &worker);
+        }
     }
 
     // Nothing else was stored: poison left no trace, unusable modules never started a job.
@@ -373,4 +378,36 @@ pub(super) fn log_tail(worker: &Proc) -> String {
         "=== last lines of the worker's log\n{}",
         lines[from..].join("\n")
     )
+}
+
+/// A job whose module is not in the store is handed back while the module may still come,
+/// and dead-lettered only once [`MISSING_MODULE_RETRY`] has passed since it was published:
+/// not on first sight.
+fn check_missing_module_waited(
+    b: &Backend,
+    c: &Case,
+    dead: Option<&IncomingMessage>,
+    worker: &Proc,
+) {
+    let what = format!("[{}] {}", b.label, c.name);
+    let job = c.job.expect("the missing-module case has a job id");
+    let handed_back = job_lines(
+        &worker.log(),
+        "module not in the store (yet); handing the job back",
+        job,
+    )
+    .len();
+    assert!(
+        handed_back >= 1,
+        "{what}: dead-lettered without being handed back first:\n{}",
+        log_tail(worker)
+    );
+    let reason = &dead.expect("checked: dead-lettered").attributes["error"];
+    let waited = number_after(reason, "not in the store ")
+        .unwrap_or_else(|| panic!("{what}: the reason says no wait: {reason:?}"));
+    assert!(
+        waited >= MISSING_MODULE_RETRY.as_secs(),
+        "{what}: dead-lettered {waited} s after publishing, before the {MISSING_MODULE_RETRY:?} window: {reason:?}"
+    );
+    eprintln!("{what}: handed back {handed_back} times, dead-lettered after {waited} s");
 }
