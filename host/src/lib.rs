@@ -3,7 +3,6 @@
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod checkpoint;
-pub mod cli;
 pub mod exec;
 pub mod files;
 pub mod ids;

@@ -4,9 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> ExitCode {
-    let cli = taskhost::cli::Cli::parse();
-    taskhost::cli::init_logging(&cli);
+    let cli = cli::Cli::parse();
+    cli::init_logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(taskhost::cli::main(cli)) {
+    match rt.block_on(cli::main(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::queue::pubsub::PubsubConfig;
-use crate::queue::{
+use taskhost::queue::pubsub::PubsubConfig;
+use taskhost::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
-use crate::store::any::AnyStore;
-use crate::store::dir::DirStore;
-use crate::store::s3::{S3Config, S3Store};
+use taskhost::store::any::AnyStore;
+use taskhost::store::dir::DirStore;
+use taskhost::store::s3::{S3Config, S3Store};
 
 /// Where objects live: R2 (any S3 server) when `R2_BUCKET_NAME` is set, else a directory.
 #[derive(Args, Debug, Clone)]
@@ -180,7 +180,7 @@ pub fn job_limits(
     memory_mb: u64,
     fuel: Option<u64>,
     timeout_secs: f64,
-) -> anyhow::Result<crate::runtime::JobLimits> {
+) -> anyhow::Result<taskhost::runtime::JobLimits> {
     anyhow::ensure!(
         (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
         "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
@@ -190,7 +190,7 @@ pub fn job_limits(
             "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
         )
     })?;
-    Ok(crate::runtime::JobLimits {
+    Ok(taskhost::runtime::JobLimits {
         memory_bytes: (memory_mb as usize) << 20,
         fuel,
         timeout: (!timeout.is_zero()).then_some(timeout),
@@ -202,24 +202,24 @@ pub fn job_limits(
 pub struct FileArgs {
     /// Input bytes one run of a job may read, in MiB (default 100 GiB); past it the task's
     /// read fails with `limit-reached`.
-    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = crate::files::DEFAULT_INPUT_READ_BYTES >> 20)]
+    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = taskhost::files::DEFAULT_INPUT_READ_BYTES >> 20)]
     pub input_read_mb: u64,
     /// Largest artifact, in MiB (default 10 GiB; at most 80,000 MiB, 10,000 parts of 8 MiB);
     /// a write past it fails with `too-large`.
-    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = crate::files::DEFAULT_ARTIFACT_BYTES >> 20)]
+    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = taskhost::files::DEFAULT_ARTIFACT_BYTES >> 20)]
     pub artifact_mb: u64,
     /// A job's artifacts together, in MiB (default 20 GiB); a write past it fails with
     /// `job-limit`.
-    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = crate::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
+    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = taskhost::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
     pub artifacts_total_mb: u64,
     /// Most artifacts of one job.
-    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = crate::files::DEFAULT_MAX_ARTIFACTS)]
+    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = taskhost::files::DEFAULT_MAX_ARTIFACTS)]
     pub max_artifacts: u32,
 }
 
 /// Validated [`FileArgs`].
-pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> {
-    let max_artifact_mb = crate::files::MAX_ARTIFACT_BYTES >> 20;
+pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimits> {
+    let max_artifact_mb = taskhost::files::MAX_ARTIFACT_BYTES >> 20;
     anyhow::ensure!(
         (1..=max_artifact_mb).contains(&args.artifact_mb),
         "TASK_ARTIFACT_MB (--artifact-mb) must be from 1 to {max_artifact_mb}, not {}",
@@ -229,7 +229,7 @@ pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> 
         args.artifacts_total_mb >= 1,
         "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb) must be at least 1"
     );
-    Ok(crate::files::FileLimits {
+    Ok(taskhost::files::FileLimits {
         input_read_bytes: args.input_read_mb.saturating_mul(1 << 20),
         artifact_bytes: args.artifact_mb << 20,
         artifacts_total_bytes: args.artifacts_total_mb.saturating_mul(1 << 20),

@@ -10,14 +10,14 @@ use clap::Args;
 
 use super::config::{SubscriptionArgs, TopicArgs, ensure_queue};
 use super::status::{JobStatus, read_job};
-use crate::ids::{JobId, JobState};
-use crate::inert::Inert;
-use crate::queue::LocalQueue;
-use crate::queue::OutgoingMessage;
-use crate::queue::Queue;
-use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::any::AnyStore;
-use crate::store::dir::DirStore;
+use taskhost::ids::{JobId, JobState};
+use taskhost::inert::Inert;
+use taskhost::queue::LocalQueue;
+use taskhost::queue::OutgoingMessage;
+use taskhost::queue::Queue;
+use taskhost::runtime::{Runtime, RuntimeConfig};
+use taskhost::store::any::AnyStore;
+use taskhost::store::dir::DirStore;
 
 /// Run a demo of taskhost on the embedded default (local queue + directory store).
 ///
@@ -123,7 +123,7 @@ fn spawn_worker(dir: &Path, n: usize, slots: usize) -> anyhow::Result<(u32, Chil
 
 /// The pid in a checkpoint owner "<host>-<pid>-<random>" (a worker's id).
 fn owner_pid(owner: &str) -> Option<u32> {
-    crate::ids::WorkerId::pid_of(owner)
+    taskhost::ids::WorkerId::pid_of(owner)
 }
 
 /// A wrong or missing result, as a sentence; `None` if the result is right.
@@ -168,7 +168,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cache_dir: Some(dir.join("cache")),
         ..RuntimeConfig::default()
     })?;
-    let (hash, _) = crate::modules::push(&runtime, &store, bytes).await?;
+    let (hash, _) = taskhost::modules::push(&runtime, &store, bytes).await?;
     println!("pushed   step-counter as {hash}");
     let queue = Queue::Local(LocalQueue::open(dir.join("queue.sqlite")).await?);
     let topics = TopicArgs {
@@ -269,7 +269,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     .flatten()
             });
             if let Some(pid) = victim.filter(|p| workers.0.iter().any(|(w, _)| w == p)) {
-                let now_ms = crate::time::now_ms();
+                let now_ms = taskhost::time::now_ms();
                 let held: Held = all
                     .iter()
                     .filter(|(s, h)| owner_pid(&h.owner) == Some(pid) && s.state != JobState::Done)

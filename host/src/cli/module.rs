@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::config::StoreArgs;
-use crate::runtime::{Runtime, RuntimeConfig};
+use taskhost::runtime::{Runtime, RuntimeConfig};
 
 /// Manage task modules in the bucket.
 #[derive(Args, Debug)]
@@ -42,7 +42,7 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let store = args.store.open()?;
     let runtime = Runtime::new(RuntimeConfig::default())?;
-    let (hash, uploaded) = match crate::modules::push(&runtime, &store, bytes).await {
+    let (hash, uploaded) = match taskhost::modules::push(&runtime, &store, bytes).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}: {e:#}", args.file.display());
@@ -53,10 +53,10 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "uploaded {} as {}",
             args.file.display(),
-            crate::keys::module(&hash)
+            taskhost::keys::module(&hash)
         );
     } else {
-        eprintln!("{} is already in the bucket", crate::keys::module(&hash));
+        eprintln!("{} is already in the bucket", taskhost::keys::module(&hash));
     }
     println!("{hash}");
     Ok(ExitCode::SUCCESS)

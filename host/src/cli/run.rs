@@ -8,14 +8,14 @@ use anyhow::Context;
 use clap::Args;
 
 use super::exit;
-use crate::checkpoint::Limits;
-use crate::exec::{Binding, Executor, JobEnd};
-use crate::ids::JobId;
-use crate::inert::Inert;
-use crate::queue::lease::LeaseView;
-use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
-use crate::store::ObjectStore;
-use crate::store::dir::DirStore;
+use taskhost::checkpoint::Limits;
+use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::ids::JobId;
+use taskhost::inert::Inert;
+use taskhost::queue::lease::LeaseView;
+use taskhost::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
+use taskhost::store::ObjectStore;
+use taskhost::store::dir::DirStore;
 
 /// Run one job of a task module locally, resuming from its checkpoint in the store.
 ///
@@ -63,7 +63,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid job id: {e}"))?;
     let runtime = Runtime::new(RuntimeConfig::default())?;
-    let hash = crate::ids::ModuleHash::of(&bytes);
+    let hash = taskhost::ids::ModuleHash::of(&bytes);
     let module = match runtime.prepare(bytes, Some(hash)).await {
         Ok(m) => m,
         Err(e) => {
@@ -80,18 +80,18 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits,
         checkpoint_limits: Limits::default(),
         file_limits: super::config::file_limits(&args.files)?,
-        max_crashes: crate::exec::DEFAULT_MAX_CRASHES,
+        max_crashes: taskhost::exec::DEFAULT_MAX_CRASHES,
     };
     let cancel = super::shutdown_token();
     // Bound to its work like a worker's job; `run` never discards or upgrades stored work.
     let inputs = match serde_json::from_str::<serde_json::Value>(&args.input) {
-        Ok(serde_json::Value::Object(obj)) => crate::job::parse_inputs(&obj)
+        Ok(serde_json::Value::Object(obj)) => taskhost::job::parse_inputs(&obj)
             .map_err(|e| anyhow::anyhow!("the job document's inputs: {e}"))?,
         _ => Default::default(),
     };
     let binding = Binding {
-        work: crate::job::Work::of(&hash, &args.input),
-        on_other_work: crate::checkpoint::OtherWork::Refuse,
+        work: taskhost::job::Work::of(&hash, &args.input),
+        on_other_work: taskhost::checkpoint::OtherWork::Refuse,
         inputs,
     };
     // No queue here: the job's lease renews itself while this process runs.
@@ -101,7 +101,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await;
     renewing.cancel();
     if end == JobEnd::AlreadyDone {
-        let stored = executor.store.get(&crate::keys::result(&job)).await?;
+        let stored = executor.store.get(&taskhost::keys::result(&job)).await?;
         eprintln!("job {job} was already done; its stored result:");
         println!(
             "{}",

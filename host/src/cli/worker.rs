@@ -6,14 +6,14 @@ use std::time::Duration;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue, job_limits};
-use crate::checkpoint::Limits;
-use crate::exec::Executor;
-use crate::ids::ModuleHash;
-use crate::queue::Queue;
-use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
-use crate::store::ErrorKind;
-use crate::store::any::AnyStore;
-use crate::worker::{
+use taskhost::checkpoint::Limits;
+use taskhost::exec::Executor;
+use taskhost::ids::ModuleHash;
+use taskhost::queue::Queue;
+use taskhost::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
+use taskhost::store::ErrorKind;
+use taskhost::store::any::AnyStore;
+use taskhost::worker::{
     self, DEFAULT_MAX_FAILURES, DEFAULT_MISSING_MODULE_RETRY, DEFAULT_SHUTDOWN_TIMEOUT,
     WorkerConfig,
 };
@@ -52,7 +52,7 @@ pub struct WorkerArgs {
     /// Runs in a row that ended without a clean end (the worker was killed, ran out of
     /// memory or crashed; a host panic; a lost job) and saved no checkpoint between, after
     /// which a job is dead-lettered instead of taking another worker down.
-    #[arg(long, env = "MAX_CRASHES", default_value_t = crate::exec::DEFAULT_MAX_CRASHES)]
+    #[arg(long, env = "MAX_CRASHES", default_value_t = taskhost::exec::DEFAULT_MAX_CRASHES)]
     pub max_crashes: u32,
     /// Module for messages that name none (sha256:<hex>).
     #[arg(long, env = "DEFAULT_MODULE")]
@@ -103,7 +103,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
-    let worker_id = crate::ids::WorkerId::new(&host).to_string();
+    let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
     if !preflight(
@@ -170,9 +170,9 @@ async fn preflight(
     worker_id: &str,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<bool> {
-    let key = crate::keys::probe(worker_id);
+    let key = taskhost::keys::probe(worker_id);
     loop {
-        match crate::store::probe(store, &key).await {
+        match taskhost::store::probe(store, &key).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "the store does not answer; taking no job until it does (retrying in 5 s)");
