@@ -18,3 +18,5 @@ pub mod worker;
 
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod test_guests;

@@ -43,7 +43,7 @@ pub async fn main(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
             "error: job {} is not done: its artifacts become visible with its result",
             args.job
         );
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(super::exit::NOT_FOUND));
     }
     let manifest = Manifest::read(&store, &args.job).await?;
     if args.get.is_empty() && !args.all {
@@ -70,7 +70,7 @@ pub async fn main(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
                         "error: job {} has no artifact `{name}` (it has: {names:?})",
                         args.job
                     );
-                    return Ok(ExitCode::from(2));
+                    return Ok(ExitCode::from(super::exit::NOT_FOUND));
                 }
             }
         }

@@ -10,6 +10,7 @@ use taskhost::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
+use taskhost::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, JobLimits, RuntimeConfig};
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
 use taskhost::store::s3::{S3Config, S3Store};
@@ -32,10 +33,20 @@ pub struct StoreArgs {
     /// Optional key prefix inside the bucket (several deployments in one bucket).
     #[arg(long, env = "R2_KEY_PREFIX")]
     pub key_prefix: Option<String>,
-    /// The directory store used when no bucket is configured.
+    #[command(flatten)]
+    pub dir: StoreDirArgs,
+}
+
+/// The directory store (used by `run`, and by every command when no bucket is configured).
+#[derive(Args, Debug, Clone)]
+pub struct StoreDirArgs {
+    /// The directory used as the object store (checkpoints, results, modules) when no
+    /// bucket is configured.
     #[arg(
         long = "store-dir",
+        visible_alias = "store",
         env = "STORE_DIR",
+        value_name = "DIR",
         default_value = ".taskhost/store"
     )]
     pub store_dir: PathBuf,
@@ -44,7 +55,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<AnyStore> {
         let Some(bucket) = &self.bucket else {
-            return Ok(AnyStore::Dir(DirStore::open(&self.store_dir)?));
+            return Ok(AnyStore::Dir(DirStore::open(&self.dir.store_dir)?));
         };
         let need = |v: &Option<String>, name: &str| {
             v.clone()
@@ -174,27 +185,74 @@ pub async fn ensure_queue(
 /// memory).
 pub const MAX_TASK_MEMORY_MB: u64 = 4096;
 
-/// Per-run limits from the settings, each checked: a memory limit of 1..=4096 MiB, a
-/// wall-clock limit of a finite number of seconds (0: none).
-pub fn job_limits(
-    memory_mb: u64,
-    fuel: Option<u64>,
-    timeout_secs: f64,
-) -> anyhow::Result<taskhost::runtime::JobLimits> {
-    anyhow::ensure!(
-        (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
-        "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
-    );
-    let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
-        anyhow::anyhow!(
-            "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
-        )
-    })?;
-    Ok(taskhost::runtime::JobLimits {
-        memory_bytes: (memory_mb as usize) << 20,
-        fuel,
-        timeout: (!timeout.is_zero()).then_some(timeout),
-    })
+/// The limits of one run of a task (a worker's every run, or `taskhost run`).
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Memory limit per task in MiB (all its linear memories together), 1..=4096.
+    #[arg(long, env = "TASK_MEMORY_MB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
+    pub memory_mb: u64,
+    /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
+    #[arg(long, env = "TASK_FUEL")]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per run in seconds (default 24 h; 0: none). A run that hits it counts
+    /// as a failure; the job resumes from its checkpoint on the next run.
+    #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
+    pub timeout_secs: f64,
+}
+
+impl LimitArgs {
+    /// The limits, each checked: a memory limit of 1..=4096 MiB, a wall-clock limit of a
+    /// finite number of seconds (0: none).
+    pub fn job_limits(&self) -> anyhow::Result<JobLimits> {
+        let (memory_mb, timeout_secs) = (self.memory_mb, self.timeout_secs);
+        anyhow::ensure!(
+            (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
+            "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
+        );
+        let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
+            anyhow::anyhow!(
+                "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
+            )
+        })?;
+        Ok(JobLimits {
+            memory_bytes: (memory_mb as usize) << 20,
+            fuel: self.fuel,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+        })
+    }
+}
+
+/// The compiled-module cache on this machine's disk.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Where compiled modules are cached; a worker also records there (`workers/`) the jobs
+    /// it holds, so keep it on the node's disk across restarts. Default:
+    /// `$XDG_CACHE_HOME/taskhost`, else `$HOME/.cache/taskhost`; no disk cache when neither
+    /// is set.
+    #[arg(long = "cache-dir", env = "TASKHOST_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// `--cache-dir`, else the user's cache directory (`$XDG_CACHE_HOME`, else
+    /// `$HOME/.cache`) + `taskhost`, else none.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.cache_dir {
+            return Some(d.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("taskhost"))
+    }
+
+    /// The runtime's settings with this cache and the library's defaults otherwise.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            cache_dir: self.dir(),
+            ..RuntimeConfig::default()
+        }
+    }
 }
 
 /// Limits of a job's input reads and artifacts.

@@ -74,7 +74,7 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
         std::io::stdin().lock().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             eprintln!("nothing deleted");
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(super::exit::DECLINED));
         }
     }
     let mut refused = 0;
@@ -107,7 +107,7 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     Ok(if refused == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(super::exit::CONFLICT)
     })
 }
 

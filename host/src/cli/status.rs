@@ -58,8 +58,9 @@ pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStat
 
 /// A job's status and its checkpoint header (default when it has none), read once.
 pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatus, Header)> {
-    let text =
-        |o: Option<taskhost::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
+    let text = |o: Option<taskhost::store::Object>| {
+        o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
+    };
     let result = text(store.get(&taskhost::keys::result(job)).await?);
     let error = text(store.get(&taskhost::keys::error(job)).await?);
     let header: Option<Header> = checkpoint::peek(store, job).await?;
