@@ -7,6 +7,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = taskhost::cli::Cli::parse();
     taskhost::cli::init_logging(&cli);
+    // In JSON, every line of stderr is a JSON object, the last error too.
+    let json = cli.log_format == taskhost::observe::logs::LogFormat::Json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -19,6 +21,10 @@ fn main() -> ExitCode {
     };
     match rt.block_on(taskhost::cli::main(cli)) {
         Ok(code) => code,
+        Err(e) if json => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

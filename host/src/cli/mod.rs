@@ -20,6 +20,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::observe::logs::LogFormat;
+
 /// Exit codes shared by the commands (documented in `--help`).
 pub mod exit {
     /// The task reported a failure (`run` returned err).
@@ -46,6 +48,10 @@ pub mod exit {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as readable text or as one JSON object per line (`json`: SaladCloud's log
+    /// explorer makes each field queryable). `RUST_LOG` sets the filter either way.
+    #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,8 +69,15 @@ pub enum Command {
     Task(task::TaskArgs),
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level (`info`; `warn` for the demo,
-/// whose workers log to files).
+/// SaladCloud's names for the machine and the container group, added to every JSON log
+/// line when the container has them: (variable, field).
+pub const SALAD_FIELDS: &[(&str, &str)] = &[
+    ("SALAD_MACHINE_ID", "salad_machine_id"),
+    ("SALAD_CONTAINER_GROUP_ID", "salad_container_group_id"),
+];
+
+/// Logs to stderr in `--log-format`; `RUST_LOG` overrides the default level (`info`;
+/// `warn` for the demo, whose workers log to files).
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
@@ -72,12 +85,14 @@ pub fn init_logging(cli: &Cli) {
         _ => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    let fields = SALAD_FIELDS
+        .iter()
+        .filter_map(|(var, field)| {
+            let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+            Some(((*field).to_owned(), value))
+        })
+        .collect();
+    crate::observe::logs::init(cli.log_format, filter, fields);
 }
 
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {

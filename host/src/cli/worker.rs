@@ -1,6 +1,7 @@
 //! `taskhost worker`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,6 +10,7 @@ use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_q
 use crate::checkpoint::Limits;
 use crate::exec::Executor;
 use crate::ids::ModuleHash;
+use crate::observe::{Health, Metrics};
 use crate::queue::Queue;
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
 use crate::store::ErrorKind;
@@ -75,6 +77,10 @@ pub struct WorkerArgs {
     /// back with a growing delay meanwhile), in seconds; then it is dead-lettered.
     #[arg(long, env = "MISSING_MODULE_RETRY_SECONDS", default_value_t = DEFAULT_MISSING_MODULE_RETRY.as_secs())]
     pub missing_module_retry_secs: u64,
+    /// Serve Prometheus metrics (`/metrics`) and the health probes (`/livez`, `/readyz`,
+    /// `/startupz`) on this address, e.g. `0.0.0.0:9464` (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Most `WORKER_SLOTS`: 1024.
@@ -84,7 +90,19 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
     let limits = job_limits(args.memory_mb, args.fuel, args.timeout_secs)?;
-    let store = args.store.open()?;
+    let metrics = Arc::new(Metrics::new());
+    let health = args.metrics_addr.map(|_| Arc::new(Health::new()));
+    // The server outlives the shutdown (`/readyz` says the worker is draining) and stops
+    // when this function returns.
+    let server = tokio_util::sync::CancellationToken::new();
+    let _server = server.clone().drop_guard();
+    if let (Some(addr), Some(health)) = (args.metrics_addr, &health) {
+        let bound = crate::observe::serve(addr, metrics.clone(), health.clone(), server.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_ADDR={addr}: {e}"))?;
+        tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
+    }
+    let store = args.store.open()?.observed(metrics.clone(), health.clone());
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
@@ -106,6 +124,24 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let worker_id = crate::ids::WorkerId::new(&host).to_string();
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
+    // The node's own parts first: the startup probe passes once they are up, whatever the
+    // store and the queue do (they are waited for, on any node alike).
+    let runtime_config = RuntimeConfig {
+        max_concurrent_tasks: slots as u32,
+        metrics,
+        ..RuntimeConfig::default()
+    };
+    let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
+    let runtime = Runtime::new(runtime_config)?;
+    if let Some(h) = &health {
+        h.set_started();
+        tokio::spawn(crate::observe::health::watch_store(
+            h.clone(),
+            store.clone(),
+            crate::keys::probe(&worker_id),
+            server.clone(),
+        ));
+    }
     if !preflight(
         &store,
         &queue,
@@ -118,12 +154,6 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     {
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime_config = RuntimeConfig {
-        max_concurrent_tasks: slots as u32,
-        ..RuntimeConfig::default()
-    };
-    let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
-    let runtime = Runtime::new(runtime_config)?;
 
     let executor = Executor {
         store,
@@ -143,6 +173,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         default_module: args.default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         held_dir,
+        health,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(
