@@ -32,6 +32,8 @@ pub const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Health {
     started: AtomicBool,
+    /// The receive loop runs (the startup checks passed).
+    receiving: AtomicBool,
     draining: AtomicBool,
     breaker_open: AtomicBool,
     clock_off: AtomicBool,
@@ -65,6 +67,11 @@ impl Health {
         } else {
             Err("the worker is starting")
         }
+    }
+
+    /// The worker's receive loop started: it takes jobs.
+    pub fn set_receiving(&self) {
+        self.receiving.store(true, Ordering::Relaxed);
     }
 
     /// The worker takes no new jobs any more (shutdown).
@@ -109,6 +116,8 @@ impl Health {
         }
         if self.draining.load(Ordering::Relaxed) {
             why.push("the worker is shutting down".to_owned());
+        } else if !self.receiving.load(Ordering::Relaxed) {
+            why.push("the worker is not taking jobs yet (startup checks)".to_owned());
         }
         if let Some(e) = &*lock(&self.store_down) {
             why.push(format!("the store does not answer: {e}"));
@@ -181,6 +190,8 @@ mod tests {
         assert!(h.started().is_err());
         assert!(h.ready().unwrap_err().contains("starting"));
         h.set_started();
+        assert!(h.ready().unwrap_err().contains("not taking jobs yet"));
+        h.set_receiving();
         assert_eq!(h.ready(), Ok(()));
         h.store_failed("no answer within 5 s".into());
         h.queue_answered(Err("unavailable".into()));

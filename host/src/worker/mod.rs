@@ -194,6 +194,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     // What stops the running jobs: the shutdown, or the end of this loop for any reason
     // (a subscription that failed for good hands its jobs back like a shutdown).
     let stopping = shutdown.child_token();
+    health(&|h| h.set_receiving());
     let result = loop {
         let tripped = ctx.storage_failures.load(Ordering::Relaxed) >= BREAKER_THRESHOLD;
         let room = pulls.len() < if busy_queue { most_pulls } else { 1 };
