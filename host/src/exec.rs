@@ -23,6 +23,7 @@ use crate::files::{Artifacts, FileLimits, JobFiles};
 use crate::ids::JobId;
 use crate::job::Work;
 use crate::keys;
+use crate::observe::JobUsage;
 use crate::queue::lease::LeaseView;
 use crate::runtime::{JobLimits, Outcome, Prepared, RunRequest, Runtime, TrapKind};
 use crate::store::any::AnyStore;
@@ -177,6 +178,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             self.checkpoint_limits.clone(),
             lease.clone(),
         );
+        ckpt.observe(self.runtime.metrics().clone());
         if crashed_before >= self.max_crashes.max(1) {
             tracing::error!(job = %job, crashes = crashed_before, "the job's last runs all ended without a clean end; not running it again");
             return match ckpt.flush(true).await {
@@ -227,11 +229,20 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             .await;
         watcher.abort();
         let fuel = report.fuel_used;
+        // What this run used, counted once here (checkpoint bytes: the writes so far).
+        let usage = JobUsage {
+            fuel,
+            input_bytes_read: files.inputs.bytes_read(),
+            artifact_bytes_written: files.artifacts.bytes_written(),
+            checkpoint_bytes_written: ckpt.bytes_written(),
+        };
+        self.runtime.metrics().job_usage(&usage);
         tracing::info!(
             job = %job,
             attempt,
             fuel,
-            input_bytes_read = files.inputs.bytes_read(),
+            input_bytes_read = usage.input_bytes_read,
+            artifact_bytes_written = usage.artifact_bytes_written,
             elapsed_ms = report.elapsed.as_millis() as u64,
             outcome = ?report.outcome,
             "task run ended"

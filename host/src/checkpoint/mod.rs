@@ -234,6 +234,10 @@ struct State {
     /// The last write's error, cleared by a successful write.
     error: Option<String>,
     writes: u64,
+    /// Bytes of the completed writes (the job's accounting).
+    bytes_written: u64,
+    /// Where the writes are counted ([`Checkpointer::observe`]).
+    metrics: Option<Arc<crate::observe::Metrics>>,
     /// The lease our last write recorded (what a claim by another worker checks).
     written_until: u64,
 }
@@ -298,6 +302,8 @@ impl Checkpointer {
                 conflict: false,
                 error: None,
                 writes: 0,
+                bytes_written: 0,
+                metrics: None,
                 written_until,
             }),
             wake: Notify::new(),
@@ -438,6 +444,16 @@ impl Checkpointer {
     /// Number of completed writes (excluding the claim).
     pub fn writes(&self) -> u64 {
         self.lock().writes
+    }
+
+    /// Bytes of the completed writes (excluding the claim).
+    pub fn bytes_written(&self) -> u64 {
+        self.lock().bytes_written
+    }
+
+    /// Counts every later write (result, bytes, latency) in `metrics`.
+    pub fn observe(&self, metrics: Arc<crate::observe::Metrics>) {
+        self.lock().metrics = Some(metrics);
     }
 
     /// Makes everything saved so far durable (waiting out the write interval if needed).

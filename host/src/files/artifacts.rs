@@ -4,7 +4,7 @@
 //! run can continue them, and listed in the job's manifest when its result is written.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct Artifacts {
     state: Arc<Mutex<State>>,
     /// A store failure was reported to the task in this run.
     storage_failed: Arc<AtomicBool>,
+    /// Bytes uploaded in this run (the job's accounting).
+    uploaded: Arc<AtomicU64>,
 }
 
 struct State {
@@ -109,6 +111,7 @@ impl Artifacts {
             checkpoint,
             limits,
             storage_failed: Arc::default(),
+            uploaded: Arc::default(),
             state: Arc::new(Mutex::new(State {
                 next_id: 0,
                 open: HashMap::new(),
@@ -222,6 +225,11 @@ impl Artifacts {
             done: false,
         };
         Ok(Some(self.insert(&mut st, open)))
+    }
+
+    /// Bytes of artifacts uploaded in this run.
+    pub fn bytes_written(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
     }
 
     /// Whether a store failure was reported to the task in this run.
@@ -352,6 +360,8 @@ impl Artifacts {
             };
             open.parts.push(tag);
             open.durable += PART_BYTES as u64;
+            self.uploaded
+                .fetch_add(PART_BYTES as u64, Ordering::Relaxed);
             if rest.is_empty() {
                 return Ok(());
             }
@@ -387,10 +397,14 @@ impl Artifacts {
             )
         };
         let key = keys::artifact(&self.job, &name);
+        let tail_bytes = tail.len() as u64;
         let etag = match upload {
             None => {
-                self.fenced(&name, self.store.put(&key, tail, Precondition::None))
-                    .await?
+                let tag = self
+                    .fenced(&name, self.store.put(&key, tail, Precondition::None))
+                    .await?;
+                self.uploaded.fetch_add(tail_bytes, Ordering::Relaxed);
+                tag
             }
             Some(upload) => {
                 let mut parts = parts;
@@ -398,6 +412,7 @@ impl Artifacts {
                     let number = parts.len() as u32 + 1;
                     let part = self.store.upload_part(&key, &upload, number, tail);
                     parts.push(self.fenced(&name, part).await?);
+                    self.uploaded.fetch_add(tail_bytes, Ordering::Relaxed);
                 }
                 let left = self.fence().await?;
                 let complete = self.store.upload_complete(&key, &upload, &parts);

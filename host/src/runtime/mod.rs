@@ -104,6 +104,10 @@ pub struct RuntimeConfig {
     /// Fuel metering on (the default). Off exists only to measure its cost: without it a
     /// task never yields and fuel budgets are ignored.
     pub fuel_metering: bool,
+    /// Where this runtime, and the jobs run with it, count (module cache, compile time,
+    /// checkpoint writes, fuel, bytes). Default: a fresh [`Metrics`](crate::observe::Metrics)
+    /// nobody reads.
+    pub metrics: Arc<crate::observe::Metrics>,
 }
 
 impl Default for RuntimeConfig {
@@ -113,6 +117,7 @@ impl Default for RuntimeConfig {
             fuel_yield_interval: DEFAULT_FUEL_YIELD_INTERVAL,
             fuel_metering: true,
             max_concurrent_tasks: DEFAULT_MAX_CONCURRENT_TASKS,
+            metrics: Arc::default(),
         }
     }
 }
@@ -255,6 +260,7 @@ pub struct Runtime {
     cache: Arc<cache::ModuleCache>,
     fuel_yield_interval: u64,
     fuel_metering: bool,
+    metrics: Arc<crate::observe::Metrics>,
 }
 
 fn engine_config(fuel_metering: bool, slots: u32) -> Config {
@@ -297,6 +303,7 @@ impl Runtime {
             cache: Arc::new(cache),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             fuel_metering: config.fuel_metering,
+            metrics: config.metrics,
         })
     }
 
@@ -307,6 +314,11 @@ impl Runtime {
     /// A module already prepared in this process's memory.
     pub fn cached(&self, hash: &ModuleHash) -> Option<Prepared> {
         self.cache.memory(hash)
+    }
+
+    /// Where this runtime and its jobs count ([`RuntimeConfig::metrics`]).
+    pub fn metrics(&self) -> &Arc<crate::observe::Metrics> {
+        &self.metrics
     }
 
     /// A module from memory, or else from the disk cache (then kept in memory).

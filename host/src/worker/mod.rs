@@ -30,12 +30,15 @@ use futures_util::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::checkpoint::OtherWork;
 use crate::exec::{Binding, Executor, JobEnd};
 use crate::ids::ModuleHash;
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
+use crate::observe::metrics::{JobOutcome, PullResult, Settle};
+use crate::observe::{Health, Metrics};
 use crate::queue::lease::Lease;
 use crate::queue::{
     IncomingMessage, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Queue, QueueError, Received,
@@ -92,6 +95,10 @@ pub struct WorkerConfig {
     /// that the next one started here hands a dead one's jobs back at once ([`held`]).
     /// `None`: no record; a dead worker's leases lapse.
     pub held_dir: Option<PathBuf>,
+    /// What the probes report (`/readyz`): the worker tells it about pulls, the breaker, the
+    /// clock and draining. `None`: no probes. (Metrics: the runtime's,
+    /// [`Runtime::metrics`](crate::runtime::Runtime::metrics).)
+    pub health: Option<Arc<Health>>,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -130,6 +137,11 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         "worker started"
     );
     let stats = Arc::new(Stats::default());
+    let metrics = Arc::clone(executor.runtime.metrics());
+    metrics.set_slots(slots);
+    let probes = config.health.clone();
+    // Tells the probes, if any.
+    let health = move |f: &dyn Fn(&Health)| probes.as_deref().map_or((), f);
     let record = config.held_dir.as_deref().and_then(|root| {
         let me = &executor.worker_id;
         let record = held::Record::create(root, me)
@@ -158,6 +170,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         shutdown.child_token(),
     ));
     let ctx = Arc::new(Ctx {
+        metrics: Arc::clone(&metrics),
         queue,
         executor,
         config,
@@ -181,6 +194,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     // What stops the running jobs: the shutdown, or the end of this loop for any reason
     // (a subscription that failed for good hands its jobs back like a shutdown).
     let stopping = shutdown.child_token();
+    health(&|h| h.set_receiving());
     let result = loop {
         let tripped = ctx.storage_failures.load(Ordering::Relaxed) >= BREAKER_THRESHOLD;
         let room = pulls.len() < if busy_queue { most_pulls } else { 1 };
@@ -203,6 +217,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                     // delivery attempt) until a probe answers.
                     if !breaker_open {
                         breaker_open = true;
+                        health(&|h| h.set_breaker_open(true));
                         tracing::error!(
                             "storage is failing for every job: taking no new jobs until it answers"
                         );
@@ -229,11 +244,14 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                 }
                 if breaker_open {
                     breaker_open = false;
+                    health(&|h| h.set_breaker_open(false));
                     said_denied = false;
                     failing = Duration::ZERO;
                     tracing::warn!("storage answers again: taking jobs");
                 }
-                if skewed.get() {
+                let off = skewed.get();
+                health(&|h| h.set_clock_off(off));
+                if off {
                     // This node's clock is off (logged by the check): no new jobs.
                     drop(permits);
                     pause_until = Instant::now() + Duration::from_secs(1);
@@ -256,12 +274,16 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                 };
                 match batch {
                     Ok(batch) if batch.is_empty() => {
+                        metrics.pulled(PullResult::Empty);
+                        health(&|h| h.queue_answered(Ok(())));
                         failing = Duration::ZERO;
                         busy_queue = false;
                         idle = (idle * 2).min(MAX_IDLE_WAIT);
                         pause_until = Instant::now() + idle;
                     }
                     Ok(batch) => {
+                        metrics.pulled(PullResult::Messages);
+                        health(&|h| h.queue_answered(Ok(())));
                         failing = Duration::ZERO;
                         busy_queue = true;
                         idle = MIN_IDLE_WAIT;
@@ -272,7 +294,8 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                                 sub,
                                 &received,
                                 ctx.config.ack_deadline,
-                            );
+                            )
+                            .observe(Arc::clone(&metrics));
                             if shutdown.is_cancelled() {
                                 // Pulled as the shutdown began: hand it straight back.
                                 let _ = lease.nack(Duration::ZERO).await;
@@ -289,23 +312,30 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
                                     let panic = crate::runtime::panic_message(&*p);
                                     tracing::error!(%panic, "a job's handler panicked (a host fault); its message goes back");
                                     Stats::bump(&ctx.stats.host_faults);
+                                    ctx.metrics.job_ended(JobOutcome::HostFault);
                                 }
                             });
                         }
                     }
-                    Err(e) if e.is_transient() => {
+                    Err(e) => {
+                        metrics.pulled(PullResult::Error);
+                        metrics.queue_error(e.kind());
+                        health(&|h| h.queue_answered(Err(e.to_string())));
+                        if !e.is_transient() {
+                            break Err(anyhow::Error::new(e).context("the subscription failed"));
+                        }
                         busy_queue = false;
                         failing =
                             (failing * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
                         tracing::warn!(error = %e, retry_in = ?failing, "cannot pull; taking no jobs until the queue answers");
                         pause_until = Instant::now() + failing;
                     }
-                    Err(e) => break Err(anyhow::Error::new(e).context("the subscription failed")),
                 }
             }
         }
     };
     stopping.cancel();
+    health(&|h| h.set_draining());
     // Pulls still in flight return at once (they do not wait for messages): whatever they
     // got goes straight back. A queue that does not answer never holds the exit up.
     let pulled = tokio::time::timeout(ctx.config.shutdown_timeout, async {
@@ -375,6 +405,7 @@ fn log_panic(joined: Result<(), tokio::task::JoinError>) {
 }
 
 struct Ctx<S> {
+    metrics: Arc<Metrics>,
     queue: Queue,
     executor: Executor<S>,
     config: WorkerConfig,
@@ -402,9 +433,34 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             Ok(job) => job,
             Err(reason) => {
                 tracing::warn!(message_id = %message.message_id, %reason, "poison message");
+                self.metrics.job_ended(JobOutcome::Poison);
                 return self.dead_letter(&message, None, &reason, lease).await;
             }
         };
+        // Every line of the job's handling carries these (a JSON line as fields).
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.job_id,
+            attempt,
+            module = %job.module,
+            worker = %self.executor.worker_id,
+        );
+        let _running = self.metrics.job_running();
+        self.handle_job(message, job, lease, slot, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Ctx::handle`] for a message that is a job.
+    async fn handle_job(
+        &self,
+        message: IncomingMessage,
+        job: JobMessage,
+        lease: Lease,
+        slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let attempt = message.delivery_attempt.unwrap_or(1);
         let id = &job.job_id;
         // Kept until the message is settled (the end of this function).
         let _held = self.record.as_ref().map(|r| {
@@ -428,8 +484,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                     let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
                     tracing::warn!(job = %id, module = %h, waited_s = waited.as_secs(), retry_in = ?delay, "module not in the store (yet); handing the job back");
                     Stats::bump(&self.stats.retried);
-                    return settle(lease.nack(delay).await);
+                    self.metrics.job_ended(JobOutcome::ModuleMissing);
+                    return self.settle(Settle::HandBack, lease.nack(delay).await);
                 }
+                self.metrics.job_ended(JobOutcome::ModuleMissing);
                 let reason = format!(
                     "module {h} is not in the store {} s after the job was published \
                      (MISSING_MODULE_RETRY_SECONDS={}): push it with `taskhost module push`",
@@ -443,10 +501,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                 let delay = retry_delay(attempt);
                 tracing::warn!(job = %id, error = %m, retry_in = ?delay, "cannot fetch the module; handing the job back");
                 Stats::bump(&self.stats.retried);
-                return settle(lease.nack(delay).await);
+                self.metrics.job_ended(JobOutcome::Storage);
+                return self.settle(Settle::HandBack, lease.nack(delay).await);
             }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "unusable module");
+                self.metrics.job_ended(JobOutcome::BadModule);
                 let reason = e.to_string();
                 return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
@@ -484,8 +544,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             self.config.max_failures,
             self.config.ack_deadline,
         ) {
-            Decision::Ack => settle(lease.ack().await),
-            Decision::HandBack(delay) => settle(lease.nack(delay).await),
+            Decision::Ack => self.settle(Settle::Ack, lease.ack().await),
+            Decision::HandBack(delay) => self.settle(Settle::HandBack, lease.nack(delay).await),
             Decision::DeadLetter(reason) => {
                 self.dead_letter(&message, Some(&job), &reason, lease).await
             }
@@ -494,6 +554,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
 
     /// One log line and one counter per job end.
     fn count(&self, id: &crate::ids::JobId, end: &JobEnd) {
+        self.metrics.job_ended(outcome(end));
         let s = &self.stats;
         match end {
             JobEnd::Done { attempt, .. } => {
@@ -565,7 +626,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             {
                 tracing::warn!(job = %job.job_id, error = %e, "cannot write the job's error; handing it back for later");
                 Stats::bump(&self.stats.retried);
-                return settle(lease.nack(later).await);
+                return self.settle(Settle::HandBack, lease.nack(later).await);
             }
         }
         let mut attributes: BTreeMap<String, String> = message.attributes.clone();
@@ -588,14 +649,43 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                     "dead-lettered"
                 );
                 Stats::bump(&self.stats.dead_lettered);
-                settle(lease.ack().await);
+                self.settle(Settle::DeadLetter, lease.ack().await);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot publish to the dead-letter topic; handing the message back for later");
+                self.metrics.queue_error(e.kind());
                 Stats::bump(&self.stats.retried);
-                settle(lease.nack(later).await);
+                self.settle(Settle::HandBack, lease.nack(later).await);
             }
         }
+    }
+}
+
+impl<S> Ctx<S> {
+    /// Counts the message as settled with `action`, then [`settle`]s.
+    fn settle(&self, action: Settle, result: Result<(), QueueError>) {
+        self.metrics.settled(action);
+        settle(result);
+    }
+}
+
+/// The metrics' outcome of a job end.
+fn outcome(end: &JobEnd) -> JobOutcome {
+    match end {
+        JobEnd::Done { .. } => JobOutcome::Done,
+        JobEnd::AlreadyDone => JobOutcome::AlreadyDone,
+        JobEnd::TaskFailed(_) => JobOutcome::TaskFailed,
+        JobEnd::Trapped { .. } => JobOutcome::Trapped,
+        JobEnd::Busy { .. } => JobOutcome::Busy,
+        JobEnd::Conflict => JobOutcome::Conflict,
+        JobEnd::LeaseLost => JobOutcome::LeaseLost,
+        JobEnd::Cancelled => JobOutcome::Interrupted,
+        JobEnd::Unreadable(_) => JobOutcome::Unreadable,
+        JobEnd::OtherWork(_) => JobOutcome::OtherWork,
+        JobEnd::HostFault(_) => JobOutcome::HostFault,
+        JobEnd::Storage(_) => JobOutcome::Storage,
+        JobEnd::Crashed { .. } => JobOutcome::Crashed,
+        JobEnd::StorageRepeated { .. } => JobOutcome::StorageRepeated,
     }
 }
 

@@ -13,6 +13,7 @@ mod hostile;
 mod launch;
 mod leasing;
 mod localqueue;
+mod observe;
 mod outages;
 mod pubsub_emulator;
 mod queue_contract;
