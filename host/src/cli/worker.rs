@@ -122,7 +122,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_concurrent_tasks: slots as u32,
         ..RuntimeConfig::default()
     };
-    let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
+    let record_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
     let runtime = Runtime::new(runtime_config)?;
 
     let executor = Executor {
@@ -142,7 +142,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_failures: args.max_failures,
         default_module: args.default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
-        held_dir,
+        record_dir,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(
