@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::hidden_sibling;
 
-
 /// A key's exclusive lock, held until [`KeyLock::release`]d (or dropped).
 ///
 /// The holder removes the lock file when it leaves the key without an object. Whoever was
@@ -90,7 +89,10 @@ impl KeyLock {
 
 /// Writes a temporary sibling with `write`, makes it durable, then renames it over `path`
 /// (the caller holds the key's lock). A crash never leaves a truncated object behind the key.
-pub(super) fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+pub(super) fn replace(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));

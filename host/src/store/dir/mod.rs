@@ -39,7 +39,6 @@ mod tests;
 use lock::{lock_key, replace};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 
-
 /// A bucket kept in a local directory.
 #[derive(Clone, Debug)]
 pub struct DirStore {
@@ -155,7 +154,6 @@ fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{suffix}"))
 }
 
-
 fn put_blocking(
     root: &Path,
     path: &Path,
@@ -219,14 +217,12 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-
 fn join_err(e: tokio::task::JoinError) -> StoreError {
     StoreError::new(
         ErrorKind::Transient,
         anyhow::anyhow!("store worker thread failed: {e}"),
     )
 }
-
 
 impl ObjectStore for DirStore {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {

@@ -13,11 +13,9 @@ use super::lock::{lock_key, replace};
 use super::{DirStore, etag_of, io_err, join_err};
 use crate::store::{ETag, ErrorKind, StoreError};
 
-
 /// How long an upload's parts are kept after its last part was written, if it is neither
 /// completed nor aborted (R2's rule for incomplete multipart uploads: 7 days).
 pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-
 
 /// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
 /// A failed completion keeps them: it may be tried again, or aborted.
@@ -117,7 +115,6 @@ impl DirStore {
             Err(e) => Err(io_err(e, || format!("removing {}", dir.display()))),
         }
     }
-
 }
 
 /// Removes the uploads under `uploads` whose last part was written more than

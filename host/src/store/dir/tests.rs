@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::*;
 
-
 #[tokio::test]
 async fn conditional_writes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -280,8 +279,7 @@ async fn uploads_leave_nothing_once_completed_aborted_or_abandoned() {
 
     // One whose writer died long ago, and one at work: the next start removes the first.
     let old = s.upload_start("a/old").await.unwrap();
-    let long_ago =
-        std::time::SystemTime::now() - ABANDONED_UPLOAD_AGE - Duration::from_secs(60);
+    let long_ago = std::time::SystemTime::now() - ABANDONED_UPLOAD_AGE - Duration::from_secs(60);
     File::open(tmp.path().join(".uploads").join(&old))
         .unwrap()
         .set_modified(long_ago)
