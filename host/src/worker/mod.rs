@@ -3,9 +3,9 @@
 //! The receive loop pulls only when a slot is free, and asks for exactly as many messages as
 //! there are free slots, so it never holds a message it cannot start at once. A job frees its
 //! slot when it ends, while its message is being settled. Each pulled
-//! message gets a [`Lease`] (extended every half deadline) and a task: parse → resolve the
-//! module (memory → disk cache → bucket → verify → compile) → [`Executor::execute`] (claim,
-//! run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
+//! message gets a [`Lease`](crate::queue::lease::Lease) (extended every half deadline) and
+//! a task: parse → resolve the module (memory → disk cache → bucket → verify → compile) →
+//! [`Executor::execute`] (claim, run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
 //! job is recorded on the node's disk ([`node_record`]) until its message is settled; a worker
 //! hands back at once (at start, then within [`node_record::SCAN_INTERVAL`]) the jobs of the
 //! workers that died on this node.

@@ -1,5 +1,5 @@
 //! The receive loop: waits for a free slot, pulls exactly as many messages as slots are free,
-//! and starts a job per message ([`Worker::handle`]).
+//! and starts a job per message (`Worker::handle`, in `handle.rs`).
 //!
 //! Three small state machines decide when it pulls, each tested by a table below:
 //! - [`Breaker`]: after [`BREAKER_THRESHOLD`] storage failures in a row (counted by the jobs
@@ -45,7 +45,7 @@ pub const PULL_FAILURE_BACKOFF: (Duration, Duration) =
 /// While this node's clock is off, how long before a free slot is looked at again.
 const SKEWED_PAUSE: Duration = Duration::from_secs(1);
 
-/// A wait that doubles from `first` up to `max` with every [`Backoff::next`] and starts over
+/// A wait that doubles from `first` up to `max` with every [`Backoff::next_wait`] and starts over
 /// at `first` after [`Backoff::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -65,7 +65,7 @@ impl Backoff {
     }
 
     /// The wait to take now; the one after it is twice as long (at most `max`).
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (wait * 2).min(self.max);
         wait
@@ -91,7 +91,7 @@ impl Default for IdleBackoff {
 impl IdleBackoff {
     /// A pull came back empty: the wait before the next one.
     pub fn empty(&mut self) -> Duration {
-        self.0.next()
+        self.0.next_wait()
     }
 
     /// A pull returned messages: the next empty pull waits [`FIRST_IDLE_WAIT`] again.
@@ -209,7 +209,7 @@ impl Breaker {
                     tracing::error!(error = %e, "the store answers but refuses the probe write: this worker's key cannot write to the bucket, so no job could finish");
                 }
                 self.state = BreakerState::Open;
-                Some(self.probes.next())
+                Some(self.probes.next_wait())
             }
         }
     }
@@ -323,7 +323,7 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                     }
                     Err(e) if e.is_transient() => {
                         busy_queue = false;
-                        let wait = failing.next();
+                        let wait = failing.next_wait();
                         tracing::warn!(error = %e, retry_in = ?wait, "cannot pull; taking no jobs until the queue answers");
                         pause_until = Instant::now() + wait;
                     }
@@ -442,10 +442,10 @@ mod tests {
     #[test]
     fn a_backoff_doubles_to_its_cap_and_starts_over() {
         let mut b = Backoff::new(PULL_FAILURE_BACKOFF);
-        let waits: Vec<u64> = (0..8).map(|_| b.next().as_secs()).collect();
+        let waits: Vec<u64> = (0..8).map(|_| b.next_wait().as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
         b.reset();
-        assert_eq!(b.next(), Duration::from_secs(1));
+        assert_eq!(b.next_wait(), Duration::from_secs(1));
     }
 
     /// One step of the breaker's table: what happens, and what it must say.

@@ -10,7 +10,7 @@
 //! process is gone (the kernel drops a dead process's locks, whatever killed it; a frozen
 //! process keeps them). For each job of a dead worker it releases the checkpoint if the
 //! dead worker still holds it
-//! ([`checkpoint::release_abandoned`], a conditional write), then nacks the message for
+//! ([`checkpoint::release_abandoned`](crate::checkpoint::release_abandoned), a conditional write), then nacks the message for
 //! redelivery at once: what that worker's SIGTERM handling would have done.
 //!
 //! A free lock proves a process dead only to the processes of the same kernel, on a
@@ -132,9 +132,7 @@ impl Drop for Listed {
     }
 }
 
-/// A worker whose process is gone, with the jobs it recorded. Its lock is held by this
-/// value, so no other worker hands the same jobs back.
-
+/// Creates `dir` (and its parents) readable by this user only.
 pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     fs::DirBuilder::new()

@@ -13,6 +13,8 @@ use crate::queue::Queue;
 use crate::queue::lease::CALL_TIMEOUT;
 use crate::store::ObjectStore;
 
+/// A worker whose process is gone, with the jobs it recorded. Its lock is held by this
+/// value, so no other worker hands the same jobs back.
 #[derive(Debug)]
 pub struct Dead {
     pub worker_id: String,
