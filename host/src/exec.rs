@@ -35,7 +35,7 @@ pub struct Binding {
     pub work: Work,
     pub on_other_work: OtherWork,
     /// The job's input objects: name → key (the message's `inputs`).
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: BTreeMap<crate::ids::InputName, String>,
 }
 
 /// How a job's run ended, and so what to do with its message.
@@ -195,7 +195,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             job,
             binding.inputs.clone(),
             recorded,
-            ckpt.clone(),
+            ckpt.fence(),
             &self.file_limits,
         );
         // The task stops at its next yield on shutdown, on a lost lease, or on a conflict.

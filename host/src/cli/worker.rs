@@ -132,7 +132,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         metrics,
         ..args.cache.runtime_config()
     };
-    let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
+    let record_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
     let runtime = Runtime::new(runtime_config)?;
     if let Some(h) = &health {
         h.set_started();
@@ -173,7 +173,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_failures: args.max_failures,
         default_module: args.default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
-        held_dir,
+        record_dir,
         health,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {

@@ -63,7 +63,7 @@ pub fn binding(input: &str, inputs: &[(&str, &str)]) -> Binding {
         on_other_work: OtherWork::Refuse,
         inputs: inputs
             .iter()
-            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .map(|(n, k)| (n.parse().expect("a valid input name"), k.to_string()))
             .collect::<BTreeMap<_, _>>(),
     }
 }
