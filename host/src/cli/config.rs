@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::queue::pubsub::PubsubConfig;
+use crate::runtime::LimitError;
 use crate::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
@@ -170,31 +171,26 @@ pub async fn ensure_queue(
     Ok(said)
 }
 
-/// Largest `TASK_MEMORY_MB`: 4096 (the instance pool reserves 4 GiB of address space per
-/// memory).
-pub const MAX_TASK_MEMORY_MB: u64 = 4096;
+/// Largest `TASK_MEMORY_MB`: [`MAX_MEMORY_LIMIT`](crate::runtime::sandbox::MAX_MEMORY_LIMIT)
+/// in MiB.
+pub const MAX_TASK_MEMORY_MB: u64 = (crate::runtime::sandbox::MAX_MEMORY_LIMIT >> 20) as u64;
 
-/// Per-run limits from the settings, each checked: a memory limit of 1..=4096 MiB, a
-/// wall-clock limit of a finite number of seconds (0: none).
+/// The setting named in a [`LimitError`]'s message.
+fn named(setting: &'static str) -> impl Fn(LimitError) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{setting}: {e}")
+}
+
+/// Per-run limits from the settings, checked by [`JobLimits::new`](crate::runtime::JobLimits::new).
 pub fn job_limits(
     memory_mb: u64,
     fuel: Option<u64>,
     timeout_secs: f64,
 ) -> anyhow::Result<crate::runtime::JobLimits> {
-    anyhow::ensure!(
-        (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
-        "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
-    );
-    let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
-        anyhow::anyhow!(
-            "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
-        )
-    })?;
-    Ok(crate::runtime::JobLimits {
-        memory_bytes: (memory_mb as usize) << 20,
-        fuel,
-        timeout: (!timeout.is_zero()).then_some(timeout),
-    })
+    let timeout = crate::runtime::sandbox::timeout_from_secs(timeout_secs)
+        .map_err(named("TASK_TIMEOUT_SECONDS (--timeout-secs)"))?;
+    let memory_bytes = usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    crate::runtime::JobLimits::new(memory_bytes, fuel, timeout)
+        .map_err(named("TASK_MEMORY_MB (--memory-mb)"))
 }
 
 /// Limits of a job's input reads and artifacts.
@@ -217,22 +213,20 @@ pub struct FileArgs {
     pub max_artifacts: u32,
 }
 
-/// Validated [`FileArgs`].
+/// [`FileArgs`], checked by [`FileLimits::check`](crate::files::FileLimits::check).
 pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> {
-    let max_artifact_mb = crate::files::MAX_ARTIFACT_BYTES >> 20;
-    anyhow::ensure!(
-        (1..=max_artifact_mb).contains(&args.artifact_mb),
-        "TASK_ARTIFACT_MB (--artifact-mb) must be from 1 to {max_artifact_mb}, not {}",
-        args.artifact_mb
-    );
-    anyhow::ensure!(
-        args.artifacts_total_mb >= 1,
-        "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb) must be at least 1"
-    );
-    Ok(crate::files::FileLimits {
+    let limits = crate::files::FileLimits {
         input_read_bytes: args.input_read_mb.saturating_mul(1 << 20),
-        artifact_bytes: args.artifact_mb << 20,
+        artifact_bytes: args.artifact_mb.saturating_mul(1 << 20),
         artifacts_total_bytes: args.artifacts_total_mb.saturating_mul(1 << 20),
         max_artifacts: args.max_artifacts,
-    })
+    };
+    limits.check().map_err(|e| {
+        let setting = match e {
+            LimitError::ArtifactsTotal => "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb)",
+            _ => "TASK_ARTIFACT_MB (--artifact-mb)",
+        };
+        named(setting)(e)
+    })?;
+    Ok(limits)
 }

@@ -1,6 +1,6 @@
 //! Bad input, end to end, on both backends: a table of poison messages, unusable modules and
 //! misbehaving tasks, all published at once to ONE real `taskhost worker` process, each
-//! checked against DESIGN.md's failure classes (section 6):
+//! checked against docs/design.md's failure classes (section 6):
 //!
 //! - poison (not UTF-8 / not a JSON object / bad `job_id` / bad or no module): dead-lettered
 //!   with the parse error as its `error` attribute, acked, nothing stored for the job;
@@ -135,7 +135,7 @@ impl Backend {
 /// What must become of a message.
 enum Expect {
     /// Poison: dead-lettered with a reason containing every one of these; acked; nothing
-    /// stored for the job (DESIGN.md 6: "no error object").
+    /// stored for the job (docs/design.md section 6: "no error object").
     Poison(Vec<String>),
     /// An unusable module: dead-lettered with the reason; `jobs/<id>/error` holds it; the
     /// job was never started (no checkpoint), no result.
@@ -408,7 +408,7 @@ fn table(m: &Modules, escape_addr: &str) -> Vec<Case> {
             job: Some("bad-other-world"),
             expect: Expect::Unusable(says(&[
                 &format!("module {} is unusable", m.other_world),
-                "a component of another world, not a taskhost:task@0.1.0 task",
+                "a component of another world, not of taskhost:task/task@0.2.0 or taskhost:task/task@0.1.0",
             ])),
         },
         Case {
