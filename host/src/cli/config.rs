@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::queue::pubsub::PubsubConfig;
-use crate::runtime::LimitError;
 use crate::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
+use crate::runtime::LimitError;
 use crate::store::any::AnyStore;
 use crate::store::dir::DirStore;
 use crate::store::s3::{S3Config, S3Store};

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::exit;
 use crate::checkpoint::Limits;
-use crate::exec::{Binding, Executor, JobEnd};
+use crate::exec::{Executor, JobBinding, JobEnd};
 use crate::ids::JobId;
 use crate::inert::Inert;
 use crate::queue::lease::LeaseView;
@@ -89,7 +89,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("the job document's inputs: {e}"))?,
         _ => Default::default(),
     };
-    let binding = Binding {
+    let binding = JobBinding {
         work: crate::job::Work::of(&hash, &args.input),
         on_other_work: crate::checkpoint::OtherWork::Refuse,
         inputs,

@@ -413,10 +413,14 @@ impl Runtime {
                 }
                 End::Done(Ok(Ok(result))) => Outcome::Finished(result),
                 End::Done(Ok(Err(msg))) => Outcome::TaskError(sandbox::cut_task_error(msg)),
-                End::Done(Err(e)) if startup.is_zero() && is_host_fault(&e, state.limiter.memory_hit) => {
+                End::Done(Err(e))
+                    if startup.is_zero() && is_host_fault(&e, state.limiter.memory_hit) =>
+                {
                     Outcome::HostFault(format!("cannot start the task: {e:#}"))
                 }
-                End::Done(Err(e)) => classify_trap(&e, state.limiter.memory_hit, stderr.last_line()),
+                End::Done(Err(e)) => {
+                    classify_trap(&e, state.limiter.memory_hit, stderr.last_line())
+                }
                 End::Panicked(msg) => {
                     tracing::error!(job = %req.job, panic = %msg, "the host panicked running this task");
                     Outcome::HostPanic(format!("the host panicked running this task: {msg}"))

@@ -413,7 +413,10 @@ mod tests {
             check_concurrent_tasks(MAX_CONCURRENT_TASKS as u64),
             Ok(MAX_CONCURRENT_TASKS)
         );
-        assert_eq!(check_concurrent_tasks(0), Err(LimitError::ConcurrentTasks(0)));
+        assert_eq!(
+            check_concurrent_tasks(0),
+            Err(LimitError::ConcurrentTasks(0))
+        );
         assert_eq!(
             check_concurrent_tasks(u64::MAX),
             Err(LimitError::ConcurrentTasks(u64::MAX))

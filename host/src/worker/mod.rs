@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::OtherWork;
-use crate::exec::{Binding, Executor, JobEnd};
+use crate::exec::{Executor, JobBinding, JobEnd};
 use crate::ids::ModuleHash;
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
@@ -451,7 +451,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                 return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
         };
-        let binding = Binding {
+        let binding = JobBinding {
             work: job.work.clone(),
             on_other_work: if job.restart {
                 OtherWork::Restart

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits, OtherWork};
-use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::exec::{Executor, JobBinding, JobEnd};
 use taskhost::files::JobFiles;
 use taskhost::ids::JobId;
 use taskhost::job::Work;
@@ -172,7 +172,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             &job,
             &m,
             &input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -207,7 +207,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             &job,
             &m,
             &slow,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -631,7 +631,7 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
             &job2,
             &m,
             r#"{"mode":"save_loop"}"#,
-            &Binding::default(),
+            &JobBinding::default(),
             static_lease(100),
             CancellationToken::new(),
         )
@@ -705,7 +705,7 @@ async fn a_finished_job_is_not_run_again() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -719,7 +719,7 @@ async fn a_finished_job_is_not_run_again() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -782,7 +782,7 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -818,12 +818,12 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
     let job: JobId = "reused".parse().unwrap();
     let ex = executor(store.clone(), rt, JobLimits::default());
     let module = taskhost::ids::ModuleHash::of(b"step counter v1");
-    let bind = |input: &str, module: &taskhost::ids::ModuleHash, on_other_work| Binding {
+    let bind = |input: &str, module: &taskhost::ids::ModuleHash, on_other_work| JobBinding {
         work: Work::of(module, input),
         on_other_work,
         inputs: Default::default(),
     };
-    let run = |input: &'static str, binding: Binding| {
+    let run = |input: &'static str, binding: JobBinding| {
         let ex = ex.clone();
         let (m, job) = (m.clone(), job.clone());
         async move {
@@ -919,7 +919,7 @@ async fn a_module_built_for_wit_0_1_0_still_runs() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
