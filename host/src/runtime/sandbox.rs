@@ -2,8 +2,8 @@
 //! and what they do not cover (wasmtime's `limits.rs` is the model), the checks of the
 //! settable ones ([`JobLimits::check`], [`FileLimits::check`], [`RuntimeConfig::check`],
 //! each failing with a [`LimitError`]), and the mechanisms that enforce them: the engine's
-//! instance pool ([`engine_config`]), the store's [`TaskLimiter`] and a WASI context with
-//! nothing granted ([`wasi_with_nothing_granted`]).
+//! instance pool (`engine_config`), the store's [`TaskLimiter`] and a WASI context with
+//! nothing granted (`wasi_with_nothing_granted`).
 //!
 //! The contract is the table in docs/design.md, section 2, "The sandbox's caps"; a change
 //! to a value here changes that table in the same commit.
