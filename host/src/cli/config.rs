@@ -5,15 +5,16 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::queue::pubsub::PubsubConfig;
-use crate::queue::{
+use taskhost::queue::pubsub::PubsubConfig;
+use taskhost::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
-use crate::runtime::LimitError;
-use crate::store::any::AnyStore;
-use crate::store::dir::DirStore;
-use crate::store::s3::{S3Config, S3Store};
+use taskhost::runtime::sandbox::{self, LimitError};
+use taskhost::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, JobLimits, RuntimeConfig};
+use taskhost::store::any::AnyStore;
+use taskhost::store::dir::DirStore;
+use taskhost::store::s3::{S3Config, S3Store};
 
 /// Where objects live: R2 (any S3 server) when `R2_BUCKET_NAME` is set, else a directory.
 #[derive(Args, Debug, Clone)]
@@ -33,10 +34,20 @@ pub struct StoreArgs {
     /// Optional key prefix inside the bucket (several deployments in one bucket).
     #[arg(long, env = "R2_KEY_PREFIX")]
     pub key_prefix: Option<String>,
-    /// The directory store used when no bucket is configured.
+    #[command(flatten)]
+    pub dir: StoreDirArgs,
+}
+
+/// The directory store (used by `run`, and by every command when no bucket is configured).
+#[derive(Args, Debug, Clone)]
+pub struct StoreDirArgs {
+    /// The directory used as the object store (checkpoints, results, modules) when no
+    /// bucket is configured.
     #[arg(
         long = "store-dir",
+        visible_alias = "store",
         env = "STORE_DIR",
+        value_name = "DIR",
         default_value = ".taskhost/store"
     )]
     pub store_dir: PathBuf,
@@ -45,7 +56,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<AnyStore> {
         let Some(bucket) = &self.bucket else {
-            return Ok(AnyStore::Dir(DirStore::open(&self.store_dir)?));
+            return Ok(AnyStore::Dir(DirStore::open(&self.dir.store_dir)?));
         };
         let need = |v: &Option<String>, name: &str| {
             v.clone()
@@ -171,26 +182,70 @@ pub async fn ensure_queue(
     Ok(said)
 }
 
-/// Largest `TASK_MEMORY_MB`: [`MAX_MEMORY_LIMIT`](crate::runtime::sandbox::MAX_MEMORY_LIMIT)
-/// in MiB.
-pub const MAX_TASK_MEMORY_MB: u64 = (crate::runtime::sandbox::MAX_MEMORY_LIMIT >> 20) as u64;
-
 /// The setting named in a [`LimitError`]'s message.
 fn named(setting: &'static str) -> impl Fn(LimitError) -> anyhow::Error {
     move |e| anyhow::anyhow!("{setting}: {e}")
 }
 
-/// Per-run limits from the settings, checked by [`JobLimits::new`](crate::runtime::JobLimits::new).
-pub fn job_limits(
-    memory_mb: u64,
-    fuel: Option<u64>,
-    timeout_secs: f64,
-) -> anyhow::Result<crate::runtime::JobLimits> {
-    let timeout = crate::runtime::sandbox::timeout_from_secs(timeout_secs)
-        .map_err(named("TASK_TIMEOUT_SECONDS (--timeout-secs)"))?;
-    let memory_bytes = usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    crate::runtime::JobLimits::new(memory_bytes, fuel, timeout)
-        .map_err(named("TASK_MEMORY_MB (--memory-mb)"))
+/// The limits of one run of a task (a worker's every run, or `taskhost run`).
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Memory limit per task in MiB (all its linear memories together), 1..=4096.
+    #[arg(long, env = "TASK_MEMORY_MB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
+    pub memory_mb: u64,
+    /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
+    #[arg(long, env = "TASK_FUEL")]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per run in seconds (default 24 h; 0: none). A run that hits it counts
+    /// as a failure; the job resumes from its checkpoint on the next run.
+    #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
+    pub timeout_secs: f64,
+}
+
+impl LimitArgs {
+    /// The limits, checked by [`JobLimits::new`] (a memory limit of 1..=4096 MiB) and
+    /// [`sandbox::timeout_from_secs`] (a finite number of seconds, 0: none).
+    pub fn job_limits(&self) -> anyhow::Result<JobLimits> {
+        let timeout = sandbox::timeout_from_secs(self.timeout_secs)
+            .map_err(named("TASK_TIMEOUT_SECONDS (--timeout-secs)"))?;
+        let memory_bytes =
+            usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        JobLimits::new(memory_bytes, self.fuel, timeout)
+            .map_err(named("TASK_MEMORY_MB (--memory-mb)"))
+    }
+}
+
+/// The compiled-module cache on this machine's disk.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Where compiled modules are cached; a worker also records there (`workers/`) the jobs
+    /// it holds, so keep it on the node's disk across restarts. Default:
+    /// `$XDG_CACHE_HOME/taskhost`, else `$HOME/.cache/taskhost`; no disk cache when neither
+    /// is set.
+    #[arg(long = "cache-dir", env = "TASKHOST_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// `--cache-dir`, else the user's cache directory (`$XDG_CACHE_HOME`, else
+    /// `$HOME/.cache`) + `taskhost`, else none.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.cache_dir {
+            return Some(d.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("taskhost"))
+    }
+
+    /// The runtime's settings with this cache and the library's defaults otherwise.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            cache_dir: self.dir(),
+            ..RuntimeConfig::default()
+        }
+    }
 }
 
 /// Limits of a job's input reads and artifacts.
@@ -198,24 +253,24 @@ pub fn job_limits(
 pub struct FileArgs {
     /// Input bytes one run of a job may read, in MiB (default 100 GiB); past it the task's
     /// read fails with `limit-reached`.
-    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = crate::files::DEFAULT_INPUT_READ_BYTES >> 20)]
+    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = taskhost::files::DEFAULT_INPUT_READ_BYTES >> 20)]
     pub input_read_mb: u64,
     /// Largest artifact, in MiB (default 10 GiB; at most 80,000 MiB, 10,000 parts of 8 MiB);
     /// a write past it fails with `too-large`.
-    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = crate::files::DEFAULT_ARTIFACT_BYTES >> 20)]
+    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = taskhost::files::DEFAULT_ARTIFACT_BYTES >> 20)]
     pub artifact_mb: u64,
     /// A job's artifacts together, in MiB (default 20 GiB); a write past it fails with
     /// `job-limit`.
-    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = crate::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
+    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = taskhost::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
     pub artifacts_total_mb: u64,
     /// Most artifacts of one job.
-    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = crate::files::DEFAULT_MAX_ARTIFACTS)]
+    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = taskhost::files::DEFAULT_MAX_ARTIFACTS)]
     pub max_artifacts: u32,
 }
 
-/// [`FileArgs`], checked by [`FileLimits::check`](crate::files::FileLimits::check).
-pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> {
-    let limits = crate::files::FileLimits {
+/// [`FileArgs`], checked by [`FileLimits::check`](taskhost::files::FileLimits::check).
+pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimits> {
+    let limits = taskhost::files::FileLimits {
         input_read_bytes: args.input_read_mb.saturating_mul(1 << 20),
         artifact_bytes: args.artifact_mb.saturating_mul(1 << 20),
         artifacts_total_bytes: args.artifacts_total_mb.saturating_mul(1 << 20),

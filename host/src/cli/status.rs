@@ -7,11 +7,11 @@ use clap::Args;
 use serde::Serialize;
 
 use super::config::StoreArgs;
-use crate::checkpoint::{self, Header};
-use crate::ids::{JobId, JobState};
-use crate::inert::{self, Inert};
-use crate::store::ObjectStore;
-use crate::store::any::AnyStore;
+use taskhost::checkpoint::{self, Header};
+use taskhost::ids::{JobId, JobState};
+use taskhost::inert::{self, Inert};
+use taskhost::store::ObjectStore;
+use taskhost::store::any::AnyStore;
 
 /// Show per job: state (queued / running / waiting / done / failed), progress, attempts,
 /// failures, and the result or error.
@@ -58,12 +58,13 @@ pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStat
 
 /// A job's status and its checkpoint header (default when it has none), read once.
 pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatus, Header)> {
-    let text =
-        |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
-    let result = text(store.get(&crate::keys::result(job)).await?);
-    let error = text(store.get(&crate::keys::error(job)).await?);
+    let text = |o: Option<taskhost::store::Object>| {
+        o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
+    };
+    let result = text(store.get(&taskhost::keys::result(job)).await?);
+    let error = text(store.get(&taskhost::keys::error(job)).await?);
     let header: Option<Header> = checkpoint::peek(store, job).await?;
-    let now_ms = crate::time::now_ms();
+    let now_ms = taskhost::time::now_ms();
     let live = |h: &Header| {
         checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
             == checkpoint::ownership::Recorded::Live
@@ -79,7 +80,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let h = header.unwrap_or_default();
     let artifacts = match state {
         JobState::Done => {
-            let m = crate::files::Manifest::read(store, job).await?;
+            let m = taskhost::files::Manifest::read(store, job).await?;
             (!m.artifacts.is_empty()).then(|| ArtifactCount {
                 count: m.artifacts.len(),
                 bytes: m.total_bytes(),
@@ -114,11 +115,11 @@ async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobI
             .collect();
     }
     let mut ids: Vec<JobId> = store
-        .list(crate::keys::JOBS_PREFIX)
+        .list(taskhost::keys::JOBS_PREFIX)
         .await?
         .iter()
         .filter_map(|k| {
-            k.strip_prefix(crate::keys::JOBS_PREFIX)?
+            k.strip_prefix(taskhost::keys::JOBS_PREFIX)?
                 .split('/')
                 .next()?
                 .parse()
