@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-/// Longest job id accepted (DESIGN.md: 1..=200 characters).
+/// Longest job id accepted (docs/design.md section 3: 1..=200 characters).
 pub const MAX_JOB_ID_LEN: usize = 200;
 
 /// A job id: 1..=200 characters from `[A-Za-z0-9._-]`, and not `.` or `..`.

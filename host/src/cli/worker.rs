@@ -83,9 +83,6 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// Most `WORKER_SLOTS`: 1024.
-pub const MAX_SLOTS: usize = 1024;
-
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
@@ -111,10 +108,8 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    anyhow::ensure!(
-        (1..=MAX_SLOTS).contains(&slots),
-        "WORKER_SLOTS must be from 1 to {MAX_SLOTS}, not {slots}"
-    );
+    taskhost::runtime::sandbox::check_concurrent_tasks(slots as u64)
+        .map_err(|e| anyhow::anyhow!("WORKER_SLOTS (--slots): {e}"))?;
     // One instance slot per job slot: a job never waits for or fails on a full pool.
     let host = args
         .host_name

@@ -14,7 +14,7 @@ use super::node_record::{self, NodeRecord};
 use super::receive::StorageFailures;
 use super::{Decision, Stats, WorkerConfig, decide, retry_delay};
 use crate::checkpoint::OtherWork;
-use crate::exec::{Binding, Executor, JobEnd};
+use crate::exec::{Executor, JobBinding, JobEnd};
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
 use crate::observe::metrics::{JobOutcome, Settle};
@@ -137,7 +137,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
         };
-        let binding = Binding {
+        let binding = JobBinding {
             work: job.work.clone(),
             on_other_work: if job.restart {
                 OtherWork::Restart
