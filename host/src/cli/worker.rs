@@ -75,6 +75,10 @@ pub struct WorkerArgs {
     /// back with a growing delay meanwhile), in seconds; then it is dead-lettered.
     #[arg(long, env = "MISSING_MODULE_RETRY_SECONDS", default_value_t = DEFAULT_MISSING_MODULE_RETRY.as_secs())]
     pub missing_module_retry_secs: u64,
+    /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
+    /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
+    #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = crate::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
+    pub heartbeat_secs: u64,
 }
 
 /// Most `WORKER_SLOTS`: 1024.
@@ -104,6 +108,13 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
     let worker_id = crate::ids::WorkerId::new(&host).to_string();
+    let heartbeat = (args.heartbeat_secs > 0).then(|| crate::worker::heartbeat::HeartbeatConfig {
+        interval: Duration::from_secs(args.heartbeat_secs),
+        machine: std::env::var("SALAD_MACHINE_ID")
+            .ok()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| host.clone()),
+    });
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
     if !preflight(
@@ -143,6 +154,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         default_module: args.default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         held_dir,
+        heartbeat,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(

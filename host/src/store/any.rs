@@ -2,7 +2,7 @@
 
 use super::dir::DirStore;
 use super::s3::S3Store;
-use super::{ClockReading, ETag, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, Listed, Object, ObjectStore, Precondition, StoreError};
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
@@ -51,10 +51,10 @@ impl ObjectStore for AnyStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_entries(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         match self {
-            AnyStore::Dir(s) => s.list(prefix).await,
-            AnyStore::S3(s) => s.list(prefix).await,
+            AnyStore::Dir(s) => s.list_entries(prefix).await,
+            AnyStore::S3(s) => s.list_entries(prefix).await,
         }
     }
 

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::OtherWork;
 use crate::exec::{Binding, Executor, JobEnd};
-use crate::ids::ModuleHash;
+use crate::ids::{JobId, ModuleHash};
 use crate::job::JobMessage;
 use crate::modules::{self, ResolveError};
 use crate::queue::lease::Lease;
@@ -46,6 +46,7 @@ use crate::time::now_ms;
 
 mod clock;
 mod decide;
+pub mod heartbeat;
 pub mod held;
 
 pub use clock::{CLOCK_CHECK_INTERVAL, CLOCK_RECHECK_INTERVAL, skew_ms};
@@ -92,6 +93,9 @@ pub struct WorkerConfig {
     /// that the next one started here hands a dead one's jobs back at once ([`held`]).
     /// `None`: no record; a dead worker's leases lapse.
     pub held_dir: Option<PathBuf>,
+    /// `HEARTBEAT_SECONDS` and the machine: the heartbeat record ([`heartbeat`]); `None`:
+    /// no heartbeat.
+    pub heartbeat: Option<heartbeat::HeartbeatConfig>,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -166,6 +170,14 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         record,
     });
     let free = Arc::new(Semaphore::new(slots));
+    let beating = heartbeat::start(
+        &ctx.executor.store,
+        &ctx.executor.worker_id,
+        slots,
+        &free,
+        &stats,
+        ctx.config.heartbeat.as_ref(),
+    );
     let mut jobs = JoinSet::new();
     // Pulls in flight, each with the slots it asked for: several at once while messages keep
     // coming (a pull's round trip, not the jobs, bounds short jobs), one while pulls come
@@ -357,6 +369,9 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         host_faults = stats.host_faults.load(Ordering::Relaxed),
         "worker stopped"
     );
+    if let Some(b) = beating {
+        b.stop().await;
+    }
     result.map(|()| stats)
 }
 
@@ -402,7 +417,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             Ok(job) => job,
             Err(reason) => {
                 tracing::warn!(message_id = %message.message_id, %reason, "poison message");
-                return self.dead_letter(&message, None, &reason, lease).await;
+                let id = JobMessage::job_id_of(&message.data);
+                return self
+                    .dead_letter(&message, id.as_ref(), &reason, lease)
+                    .await;
             }
         };
         let id = &job.job_id;
@@ -436,7 +454,9 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
                     waited.as_secs(),
                     window.as_secs()
                 );
-                return self.dead_letter(&message, Some(&job), &reason, lease).await;
+                return self
+                    .dead_letter(&message, Some(&job.job_id), &reason, lease)
+                    .await;
             }
             Err(ResolveError::Storage(m)) => {
                 self.storage_failures.fetch_add(1, Ordering::Relaxed);
@@ -448,7 +468,9 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "unusable module");
                 let reason = e.to_string();
-                return self.dead_letter(&message, Some(&job), &reason, lease).await;
+                return self
+                    .dead_letter(&message, Some(&job.job_id), &reason, lease)
+                    .await;
             }
         };
         let binding = Binding {
@@ -487,7 +509,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             Decision::Ack => settle(lease.ack().await),
             Decision::HandBack(delay) => settle(lease.nack(delay).await),
             Decision::DeadLetter(reason) => {
-                self.dead_letter(&message, Some(&job), &reason, lease).await
+                self.dead_letter(&message, Some(&job.job_id), &reason, lease)
+                    .await
             }
         }
     }
@@ -550,20 +573,20 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
     async fn dead_letter(
         &self,
         message: &IncomingMessage,
-        job: Option<&JobMessage>,
+        job: Option<&JobId>,
         reason: &str,
         lease: Lease,
     ) {
         let later = retry_delay(message.delivery_attempt.unwrap_or(1));
         if let Some(job) = job {
-            let key = crate::keys::error(&job.job_id);
+            let key = crate::keys::error(job);
             if let Err(e) = self
                 .executor
                 .store
                 .put(&key, reason.as_bytes().to_vec(), Precondition::None)
                 .await
             {
-                tracing::warn!(job = %job.job_id, error = %e, "cannot write the job's error; handing it back for later");
+                tracing::warn!(job = %job, error = %e, "cannot write the job's error; handing it back for later");
                 Stats::bump(&self.stats.retried);
                 return settle(lease.nack(later).await);
             }
@@ -583,7 +606,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             Ok(_) => {
                 tracing::warn!(
                     message_id = %message.message_id,
-                    job = job.map(|j| j.job_id.as_str()).unwrap_or("-"),
+                    job = job.map(|j| j.as_str()).unwrap_or("-"),
                     reason,
                     "dead-lettered"
                 );
