@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Stats;
@@ -35,13 +34,27 @@ pub struct Beating {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts writing `workers/<worker_id>` every interval (the first at once). `free` is the
-/// worker's slot semaphore: the jobs running are the slots taken.
+/// Counts a message being handled in [`Stats::running`] while it lives.
+pub struct Running<'a>(&'a Stats);
+
+impl Running<'_> {
+    pub fn count(stats: &Stats) -> Running<'_> {
+        stats.running.fetch_add(1, Ordering::Relaxed);
+        Running(stats)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts writing `workers/<worker_id>` every interval (the first at once).
 pub fn start<S: ObjectStore + Clone>(
     store: &S,
     worker_id: &str,
     slots: usize,
-    free: &Arc<Semaphore>,
     stats: &Arc<Stats>,
     config: Option<&HeartbeatConfig>,
 ) -> Option<Beating> {
@@ -56,12 +69,12 @@ pub fn start<S: ObjectStore + Clone>(
     let interval = config.interval.max(Duration::from_secs(1));
     let started_ms = crate::time::now_ms();
     let record = {
-        let (free, stats, worker_id) = (free.clone(), stats.clone(), worker_id.to_owned());
+        let (stats, worker_id) = (stats.clone(), worker_id.to_owned());
         move || Heartbeat {
             worker_id: worker_id.clone(),
             machine: config.machine.clone(),
             slots,
-            running: slots.saturating_sub(free.available_permits()),
+            running: stats.running.load(Ordering::Relaxed) as usize,
             counters: counters(&stats),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_ms,

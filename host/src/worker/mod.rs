@@ -110,6 +110,8 @@ pub struct Stats {
     pub leases_lost: AtomicU64,
     pub interrupted: AtomicU64,
     pub host_faults: AtomicU64,
+    /// Messages being handled now (a gauge, for the heartbeat).
+    pub running: AtomicU64,
 }
 
 impl Stats {
@@ -174,7 +176,6 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         &ctx.executor.store,
         &ctx.executor.worker_id,
         slots,
-        &free,
         &stats,
         ctx.config.heartbeat.as_ref(),
     );
@@ -408,6 +409,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
         slot: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
+        let _running = heartbeat::Running::count(&self.stats);
         let attempt = message.delivery_attempt.unwrap_or(1);
         let job = match JobMessage::parse(
             &message.data,
