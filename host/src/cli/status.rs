@@ -38,8 +38,8 @@ pub struct StatusArgs {
     /// The page of jobs to show (0 is the first).
     #[arg(long, default_value_t = 0)]
     pub page: usize,
-    /// Jobs per page.
-    #[arg(long, default_value_t = 50)]
+    /// Jobs per page (each costs one or two reads).
+    #[arg(long, default_value_t = crate::status::page::DEFAULT_PAGE_SIZE)]
     pub page_size: usize,
     /// Every job (in the state asked for), not one page: reads each one's objects.
     #[arg(long, conflicts_with_all = ["page", "page_size"])]

@@ -107,6 +107,9 @@ pub fn view(
     artifacts: Option<ArtifactCount>,
 ) -> JobView {
     let known = header.is_some();
+    // A done job's header is the one its last write left (often the claim's): its fuel and
+    // crash count are not the run's. Per-job accounting will keep them with the result.
+    let current = known && state != JobState::Done;
     let h = header.unwrap_or_default();
     // A finished job's last saves are superseded by its result: it is complete.
     let progress = match state {
@@ -122,9 +125,9 @@ pub fn view(
         result,
         error,
         accounting: Accounting {
-            fuel: known.then_some(h.fuel_used),
+            fuel: current.then_some(h.fuel_used),
             attempts: known.then_some(h.attempts),
-            crashes: known.then_some(h.crashes),
+            crashes: current.then_some(h.crashes),
             artifact_bytes: artifacts.as_ref().map(|a| a.bytes),
             ..Accounting::default()
         },
@@ -159,6 +162,10 @@ pub struct Selection {
     /// A checkpoint written within this window counts as running in the counts.
     pub window: Duration,
 }
+
+/// Jobs on a page unless asked otherwise: with the listing of 10,000 jobs (about 15
+/// requests) and two reads per job, the overview stays under 100 requests.
+pub const DEFAULT_PAGE_SIZE: usize = 25;
 
 /// Reads at most 16 jobs' objects at once.
 const READS_IN_FLIGHT: usize = 16;

@@ -83,7 +83,7 @@ fn selection(query: &str, window: Duration) -> Result<Selection, String> {
     let mut sel = Selection {
         filter: None,
         page: 0,
-        page_size: 50,
+        page_size: super::page::DEFAULT_PAGE_SIZE,
         window,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
