@@ -45,7 +45,7 @@ pub struct StatusArgs {
     #[arg(long, conflicts_with_all = ["page", "page_size"])]
     pub all: bool,
     /// List the workers' heartbeats (live, and recently dead: not written for 2.5 of their
-    /// intervals) instead of jobs.
+    /// intervals and 2 s) instead of jobs.
     #[arg(long, conflicts_with_all = ["jobs", "watch", "serve"])]
     pub workers: bool,
     /// Serve the live status page on this address (e.g. 127.0.0.1:8080) until Ctrl-C.

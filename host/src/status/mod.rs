@@ -156,29 +156,29 @@ mod tests {
     fn the_state_follows_the_listed_keys() {
         let w = Duration::from_secs(60);
         let now = 1_000_000;
-        let l = |f: fn(&mut Listed)| {
+        let l = |f: &dyn Fn(&mut Listed)| {
             let mut l = Listed::default();
             f(&mut l);
             l.state(now, w)
         };
-        assert_eq!(l(|l| l.submitted = true), JobState::Queued);
+        assert_eq!(l(&|l| l.submitted = true), JobState::Queued);
         assert_eq!(
-            l(|l| l.checkpoint_ms = Some(now - 59_000)),
+            l(&|l| l.checkpoint_ms = Some(now - 59_000)),
             JobState::Running
         );
         assert_eq!(
-            l(|l| l.checkpoint_ms = Some(now - 61_000)),
+            l(&|l| l.checkpoint_ms = Some(now - 61_000)),
             JobState::Waiting
         );
         assert_eq!(
-            l(|l| {
+            l(&|l| {
                 l.checkpoint_ms = Some(now);
                 l.error = true
             }),
             JobState::Failed
         );
         assert_eq!(
-            l(|l| {
+            l(&|l| {
                 l.error = true;
                 l.result = true
             }),

@@ -87,12 +87,10 @@ pub async fn read<S: ObjectStore>(
         (None, None, Some(_)) => JobState::Waiting,
         (None, None, None) => JobState::Queued,
     };
-    let artifacts =
-        (state == JobState::Done && listed.manifest && listed.artifacts.0 > 0).then(|| {
-            ArtifactCount {
-                count: listed.artifacts.0,
-                bytes: listed.artifacts.1,
-            }
+    let artifacts = (state == JobState::Done && listed.manifest && listed.artifacts.0 > 0)
+        .then_some(ArtifactCount {
+            count: listed.artifacts.0,
+            bytes: listed.artifacts.1,
         });
     Ok(view(job, state, header, result, error, artifacts))
 }

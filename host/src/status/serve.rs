@@ -188,3 +188,57 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_selects_a_state_and_a_page() {
+        let w = Duration::from_secs(60);
+        let s = selection("state=failed&page=3&size=100000", w).unwrap();
+        assert_eq!(s.filter, Some(JobState::Failed));
+        assert_eq!((s.page, s.page_size), (3, MAX_PAGE_SIZE));
+        let all = selection("state=all", w).unwrap();
+        assert_eq!(all.filter, None);
+        assert_eq!(all.page_size, crate::status::page::DEFAULT_PAGE_SIZE);
+        for bad in ["state=gone", "page=-1", "size=x"] {
+            assert!(selection(bad, w).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_page_sets_task_text_as_text_only_and_loads_nothing_from_elsewhere() {
+        for markup_sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+        ] {
+            assert!(!PAGE.contains(markup_sink), "{markup_sink}");
+        }
+        assert!(!PAGE.contains("http://") && !PAGE.contains("https://"));
+        assert!(PAGE.contains("textContent"));
+    }
+
+    #[tokio::test]
+    async fn only_get_of_the_page_and_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::Dir(crate::store::dir::DirStore::open(dir.path()).unwrap());
+        let app = App::new(store, Duration::from_secs(60));
+        let req = |m: &str, uri: &str| Request::builder().method(m).uri(uri).body(()).unwrap();
+        assert_eq!(handle(&app, req("GET", "/")).await.status(), StatusCode::OK);
+        assert_eq!(
+            handle(&app, req("POST", "/")).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            handle(&app, req("GET", "/x")).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        let api = handle(&app, req("GET", "/api/status?state=queued")).await;
+        assert_eq!(api.status(), StatusCode::OK);
+        let bad = handle(&app, req("GET", "/api/status?state=nope")).await;
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    }
+}

@@ -33,15 +33,26 @@ pub struct Heartbeat {
 pub struct WorkerView {
     #[serde(flatten)]
     pub heartbeat: Heartbeat,
-    /// Written within two intervals and a half of the store's time (the store's clock).
+    /// Written within [`live_for`] of the store's time (the store's clock).
     pub live: bool,
     /// The record's age by the store's clock (ms).
     pub age_ms: u64,
 }
 
-/// Every worker's heartbeat: one listing and one read per worker.
+/// How old a heartbeat record may be while its worker is live: 2.5 of its intervals, and
+/// 2 s for the listing's whole-second `LastModified` and a slow write.
+pub fn live_for(interval_ms: u64) -> u64 {
+    interval_ms.saturating_mul(5) / 2 + 2000
+}
+
+/// A dead worker's record is shown for a day after its last heartbeat.
+pub const RECENTLY_DEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// Every worker's heartbeat written within [`RECENTLY_DEAD_MS`]: one listing and one read
+/// per worker.
 pub async fn read_all<S: ObjectStore>(store: &S, now_ms: u64) -> anyhow::Result<Vec<WorkerView>> {
-    let listed = store.list_entries(keys::WORKERS_PREFIX).await?;
+    let mut listed = store.list_entries(keys::WORKERS_PREFIX).await?;
+    listed.retain(|l| now_ms.saturating_sub(l.modified_ms) <= RECENTLY_DEAD_MS);
     let mut reads = futures_util::stream::iter(listed)
         .map(|l| async move { (store.get(&l.key).await, l.modified_ms) })
         .buffered(16);
@@ -53,7 +64,7 @@ pub async fn read_all<S: ObjectStore>(store: &S, now_ms: u64) -> anyhow::Result<
             continue;
         };
         let age_ms = now_ms.saturating_sub(modified_ms);
-        let live = age_ms <= heartbeat.interval_ms.saturating_mul(5) / 2;
+        let live = age_ms <= live_for(heartbeat.interval_ms);
         out.push(WorkerView {
             heartbeat,
             live,
