@@ -466,19 +466,7 @@ pub(crate) mod tests {
     pub(crate) const PANICKING_JOB: &str = "panic-in-host";
 
     fn hostile() -> Vec<u8> {
-        let dir = match std::env::var_os("GUEST_TARGET_DIR") {
-            Some(d) => std::path::PathBuf::from(d),
-            None => {
-                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/target")
-            }
-        };
-        let path = dir.join("wasm32-wasip2/release/hostile.wasm");
-        std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}: build the task modules with tests/build-guests.sh",
-                path.display()
-            )
-        })
+        crate::test_guests::wasm("hostile")
     }
 
     async fn executor(store: DirStore) -> (Executor<DirStore>, Prepared) {

@@ -3,7 +3,6 @@
 //! See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod checkpoint;
-pub mod cli;
 pub mod exec;
 pub mod files;
 pub mod ids;
@@ -20,3 +19,5 @@ pub mod worker;
 
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod test_guests;

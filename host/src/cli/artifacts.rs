@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::config::StoreArgs;
-use crate::files::{Manifest, transfer};
-use crate::ids::JobId;
-use crate::store::ObjectStore;
+use taskhost::files::{Manifest, transfer};
+use taskhost::ids::JobId;
+use taskhost::store::ObjectStore;
 
 /// List a finished job's artifacts (name and size), or download them.
 ///
@@ -38,12 +38,12 @@ pub struct ArtifactsArgs {
 
 pub async fn main(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
-    if !store.exists(&crate::keys::result(&args.job)).await? {
+    if !store.exists(&taskhost::keys::result(&args.job)).await? {
         eprintln!(
             "error: job {} is not done: its artifacts become visible with its result",
             args.job
         );
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(super::exit::NOT_FOUND));
     }
     let manifest = Manifest::read(&store, &args.job).await?;
     if args.get.is_empty() && !args.all {
@@ -70,7 +70,7 @@ pub async fn main(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
                         "error: job {} has no artifact `{name}` (it has: {names:?})",
                         args.job
                     );
-                    return Ok(ExitCode::from(2));
+                    return Ok(ExitCode::from(super::exit::NOT_FOUND));
                 }
             }
         }
@@ -89,7 +89,7 @@ pub async fn main(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
             )
         };
         bar.set_message(a.name.clone());
-        let key = crate::keys::artifact(&args.job, &a.name);
+        let key = taskhost::keys::artifact(&args.job, &a.name);
         let stored = store.size(&key).await?;
         anyhow::ensure!(
             stored == Some(a.size),

@@ -5,14 +5,15 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::queue::pubsub::PubsubConfig;
-use crate::queue::{
+use taskhost::queue::pubsub::PubsubConfig;
+use taskhost::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
-use crate::store::any::AnyStore;
-use crate::store::dir::DirStore;
-use crate::store::s3::{S3Config, S3Store};
+use taskhost::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, JobLimits, RuntimeConfig};
+use taskhost::store::any::AnyStore;
+use taskhost::store::dir::DirStore;
+use taskhost::store::s3::{S3Config, S3Store};
 
 /// Where objects live: R2 (any S3 server) when `R2_BUCKET_NAME` is set, else a directory.
 #[derive(Args, Debug, Clone)]
@@ -32,10 +33,20 @@ pub struct StoreArgs {
     /// Optional key prefix inside the bucket (several deployments in one bucket).
     #[arg(long, env = "R2_KEY_PREFIX")]
     pub key_prefix: Option<String>,
-    /// The directory store used when no bucket is configured.
+    #[command(flatten)]
+    pub dir: StoreDirArgs,
+}
+
+/// The directory store (used by `run`, and by every command when no bucket is configured).
+#[derive(Args, Debug, Clone)]
+pub struct StoreDirArgs {
+    /// The directory used as the object store (checkpoints, results, modules) when no
+    /// bucket is configured.
     #[arg(
         long = "store-dir",
+        visible_alias = "store",
         env = "STORE_DIR",
+        value_name = "DIR",
         default_value = ".taskhost/store"
     )]
     pub store_dir: PathBuf,
@@ -44,7 +55,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<AnyStore> {
         let Some(bucket) = &self.bucket else {
-            return Ok(AnyStore::Dir(DirStore::open(&self.store_dir)?));
+            return Ok(AnyStore::Dir(DirStore::open(&self.dir.store_dir)?));
         };
         let need = |v: &Option<String>, name: &str| {
             v.clone()
@@ -174,27 +185,74 @@ pub async fn ensure_queue(
 /// memory).
 pub const MAX_TASK_MEMORY_MB: u64 = 4096;
 
-/// Per-run limits from the settings, each checked: a memory limit of 1..=4096 MiB, a
-/// wall-clock limit of a finite number of seconds (0: none).
-pub fn job_limits(
-    memory_mb: u64,
-    fuel: Option<u64>,
-    timeout_secs: f64,
-) -> anyhow::Result<crate::runtime::JobLimits> {
-    anyhow::ensure!(
-        (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
-        "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
-    );
-    let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
-        anyhow::anyhow!(
-            "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
-        )
-    })?;
-    Ok(crate::runtime::JobLimits {
-        memory_bytes: (memory_mb as usize) << 20,
-        fuel,
-        timeout: (!timeout.is_zero()).then_some(timeout),
-    })
+/// The limits of one run of a task (a worker's every run, or `taskhost run`).
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Memory limit per task in MiB (all its linear memories together), 1..=4096.
+    #[arg(long, env = "TASK_MEMORY_MB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
+    pub memory_mb: u64,
+    /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
+    #[arg(long, env = "TASK_FUEL")]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per run in seconds (default 24 h; 0: none). A run that hits it counts
+    /// as a failure; the job resumes from its checkpoint on the next run.
+    #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
+    pub timeout_secs: f64,
+}
+
+impl LimitArgs {
+    /// The limits, each checked: a memory limit of 1..=4096 MiB, a wall-clock limit of a
+    /// finite number of seconds (0: none).
+    pub fn job_limits(&self) -> anyhow::Result<JobLimits> {
+        let (memory_mb, timeout_secs) = (self.memory_mb, self.timeout_secs);
+        anyhow::ensure!(
+            (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
+            "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
+        );
+        let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
+            anyhow::anyhow!(
+                "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
+            )
+        })?;
+        Ok(JobLimits {
+            memory_bytes: (memory_mb as usize) << 20,
+            fuel: self.fuel,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+        })
+    }
+}
+
+/// The compiled-module cache on this machine's disk.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Where compiled modules are cached; a worker also records there (`workers/`) the jobs
+    /// it holds, so keep it on the node's disk across restarts. Default:
+    /// `$XDG_CACHE_HOME/taskhost`, else `$HOME/.cache/taskhost`; no disk cache when neither
+    /// is set.
+    #[arg(long = "cache-dir", env = "TASKHOST_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// `--cache-dir`, else the user's cache directory (`$XDG_CACHE_HOME`, else
+    /// `$HOME/.cache`) + `taskhost`, else none.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.cache_dir {
+            return Some(d.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("taskhost"))
+    }
+
+    /// The runtime's settings with this cache and the library's defaults otherwise.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            cache_dir: self.dir(),
+            ..RuntimeConfig::default()
+        }
+    }
 }
 
 /// Limits of a job's input reads and artifacts.
@@ -202,24 +260,24 @@ pub fn job_limits(
 pub struct FileArgs {
     /// Input bytes one run of a job may read, in MiB (default 100 GiB); past it the task's
     /// read fails with `limit-reached`.
-    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = crate::files::DEFAULT_INPUT_READ_BYTES >> 20)]
+    #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = taskhost::files::DEFAULT_INPUT_READ_BYTES >> 20)]
     pub input_read_mb: u64,
     /// Largest artifact, in MiB (default 10 GiB; at most 80,000 MiB, 10,000 parts of 8 MiB);
     /// a write past it fails with `too-large`.
-    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = crate::files::DEFAULT_ARTIFACT_BYTES >> 20)]
+    #[arg(long = "artifact-mb", env = "TASK_ARTIFACT_MB", default_value_t = taskhost::files::DEFAULT_ARTIFACT_BYTES >> 20)]
     pub artifact_mb: u64,
     /// A job's artifacts together, in MiB (default 20 GiB); a write past it fails with
     /// `job-limit`.
-    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = crate::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
+    #[arg(long = "artifacts-total-mb", env = "TASK_ARTIFACTS_TOTAL_MB", default_value_t = taskhost::files::DEFAULT_ARTIFACTS_TOTAL_BYTES >> 20)]
     pub artifacts_total_mb: u64,
     /// Most artifacts of one job.
-    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = crate::files::DEFAULT_MAX_ARTIFACTS)]
+    #[arg(long = "max-artifacts", env = "TASK_MAX_ARTIFACTS", default_value_t = taskhost::files::DEFAULT_MAX_ARTIFACTS)]
     pub max_artifacts: u32,
 }
 
 /// Validated [`FileArgs`].
-pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> {
-    let max_artifact_mb = crate::files::MAX_ARTIFACT_BYTES >> 20;
+pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimits> {
+    let max_artifact_mb = taskhost::files::MAX_ARTIFACT_BYTES >> 20;
     anyhow::ensure!(
         (1..=max_artifact_mb).contains(&args.artifact_mb),
         "TASK_ARTIFACT_MB (--artifact-mb) must be from 1 to {max_artifact_mb}, not {}",
@@ -229,7 +287,7 @@ pub fn file_limits(args: &FileArgs) -> anyhow::Result<crate::files::FileLimits> 
         args.artifacts_total_mb >= 1,
         "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb) must be at least 1"
     );
-    Ok(crate::files::FileLimits {
+    Ok(taskhost::files::FileLimits {
         input_read_bytes: args.input_read_mb.saturating_mul(1 << 20),
         artifact_bytes: args.artifact_mb << 20,
         artifacts_total_bytes: args.artifacts_total_mb.saturating_mul(1 << 20),

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::config::StoreArgs;
-use crate::checkpoint::{self, ownership};
-use crate::ids::JobId;
-use crate::keys;
-use crate::store::{ETag, ObjectStore};
-use crate::time::now_ms;
+use taskhost::checkpoint::{self, ownership};
+use taskhost::ids::JobId;
+use taskhost::keys;
+use taskhost::store::{ETag, ObjectStore};
+use taskhost::time::now_ms;
 
 /// Manage jobs' stored state.
 #[derive(Args, Debug)]
@@ -74,7 +74,7 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
         std::io::stdin().lock().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             eprintln!("nothing deleted");
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(super::exit::DECLINED));
         }
     }
     let mut refused = 0;
@@ -107,7 +107,7 @@ async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     Ok(if refused == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(super::exit::CONFLICT)
     })
 }
 
@@ -203,9 +203,9 @@ async fn delete_looked<S: ObjectStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{Header, encode};
-    use crate::store::Precondition;
-    use crate::store::dir::DirStore;
+    use taskhost::checkpoint::{Header, encode};
+    use taskhost::store::Precondition;
+    use taskhost::store::dir::DirStore;
 
     async fn put(store: &DirStore, key: &str, bytes: Vec<u8>) -> ETag {
         store.put(key, bytes, Precondition::None).await.unwrap()

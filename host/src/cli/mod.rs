@@ -2,7 +2,10 @@
 //! arguments and dispatches.
 //!
 //! **API boundary:** the CLI turns flags and environment variables into the library's
-//! config structs and exit codes; no other module reads the environment.
+//! config structs and exit codes; the library reads no environment (`.ci/run` checks it).
+//! Every environment variable read here is also a flag, declared in one shared args group
+//! per concern (`config.rs`: the store, the queue, topics, the subscription, per-run limits,
+//! file limits, the cache) and flattened into the commands that need it.
 
 mod artifacts;
 pub mod config;
@@ -20,20 +23,50 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes shared by the commands (documented in `--help`).
+/// Exit codes, one per meaning, shared by the commands (listed in `taskhost --help` by
+/// [`exit::HELP`] and in the README).
 pub mod exit {
-    /// The task reported a failure (`run` returned err).
+    /// The job failed: the task reported a failure (`run`), or a result is wrong or missing
+    /// (`demo`).
     pub const TASK_FAILED: u8 = 1;
-    /// The module is not a usable task module.
+    /// Bad usage: an unknown flag or subcommand, a value that does not parse (clap's code).
+    pub const USAGE: u8 = 2;
+    /// The module is not a usable task module (`run`, `module push`).
     pub const BAD_MODULE: u8 = 3;
-    /// The task trapped or hit a limit; its checkpoint is kept.
+    /// The task trapped or hit a limit; its checkpoint is kept (`run`).
     pub const TRAPPED: u8 = 4;
-    /// Another worker owns the job.
+    /// Another worker owns the job (`run`), or the job is running or changed while it was
+    /// being reset (`job reset`).
     pub const CONFLICT: u8 = 5;
-    /// Storage failed.
+    /// Storage failed (`run`).
     pub const STORAGE: u8 = 6;
-    /// Interrupted (Ctrl-C / SIGTERM); the checkpoint is durable.
+    /// Any other error, said in one sentence: a setting out of range or missing, a service
+    /// that cannot be reached or refuses, a file that cannot be read.
+    pub const ERROR: u8 = 7;
+    /// What was asked for does not exist (yet): a job that is not done, an artifact it does
+    /// not have (`artifacts`).
+    pub const NOT_FOUND: u8 = 8;
+    /// The user answered no; nothing was changed (`job reset`).
+    pub const DECLINED: u8 = 9;
+    /// Interrupted (Ctrl-C / SIGTERM; a second signal for every command); a checkpoint
+    /// is durable.
     pub const INTERRUPTED: u8 = 130;
+
+    /// The exit codes as `--help` lists them.
+    pub const HELP: &str = "\
+Exit codes:
+  0    success
+  1    the job failed: the task reported a failure (run); a result is wrong or missing (demo)
+  2    bad usage: an unknown flag or subcommand, a value that does not parse
+  3    not a usable task module (run, module push)
+  4    the task trapped or hit a limit; its checkpoint is kept, run again to resume (run)
+  5    another worker owns the job (run); the job is running or changed (job reset)
+  6    storage failed; nothing is lost, try again (run)
+  7    any other error: a setting out of range or missing, a service that cannot be
+       reached or refuses, a file that cannot be read (the message says which)
+  8    not found: the job is not done, or has no such artifact (artifacts)
+  9    declined: the answer was no, nothing was changed (job reset)
+  130  interrupted (Ctrl-C, SIGTERM); the checkpoint is saved";
 }
 
 #[derive(Parser, Debug)]
@@ -42,10 +75,15 @@ pub mod exit {
     version,
     about = "Runs WebAssembly task modules for long jobs on interruptible nodes, with checkpoints.",
     long_about = None,
+    after_help = exit::HELP,
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The log filter (tracing's `EnvFilter` syntax, e.g. `debug` or `taskhost=debug`);
+    /// default: `info` (`demo`: `warn`, its workers log to files). Logs go to stderr.
+    #[arg(long = "log", env = "RUST_LOG", value_name = "FILTER", global = true)]
+    pub log: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,15 +101,19 @@ pub enum Command {
     Task(task::TaskArgs),
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level (`info`; `warn` for the demo,
-/// whose workers log to files).
+/// Logs to stderr; `--log` (`RUST_LOG`) overrides the default level (`info`; `warn` for the
+/// demo, whose workers log to files). A filter that does not parse falls back to the default.
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = cli
+        .log
+        .as_deref()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -117,7 +159,49 @@ pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
             _ = term.recv() => {},
         }
         tracing::warn!("second signal: exiting at once; unflushed work is redone elsewhere");
-        std::process::exit(130);
+        std::process::exit(exit::INTERRUPTED.into());
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` lists every exit code, each with its own meaning.
+    #[test]
+    fn help_lists_every_exit_code_once() {
+        let codes = [
+            0,
+            exit::TASK_FAILED,
+            exit::USAGE,
+            exit::BAD_MODULE,
+            exit::TRAPPED,
+            exit::CONFLICT,
+            exit::STORAGE,
+            exit::ERROR,
+            exit::NOT_FOUND,
+            exit::DECLINED,
+            exit::INTERRUPTED,
+        ];
+        let distinct: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len(), "two meanings share a code");
+        let listed: Vec<u8> = exit::HELP
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(listed, codes, "{}", exit::HELP);
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        // clap's own usage errors use the code listed for them.
+        let err = Cli::try_parse_from(["taskhost", "--no-such-flag"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

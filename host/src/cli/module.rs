@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::config::StoreArgs;
-use crate::runtime::{Runtime, RuntimeConfig};
+use super::config::{CacheArgs, StoreArgs};
+use taskhost::runtime::Runtime;
 
 /// Manage task modules in the bucket.
 #[derive(Args, Debug)]
@@ -29,6 +29,8 @@ pub struct PushArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub async fn main(args: ModuleArgs) -> anyhow::Result<ExitCode> {
@@ -41,8 +43,8 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let store = args.store.open()?;
-    let runtime = Runtime::new(RuntimeConfig::default())?;
-    let (hash, uploaded) = match crate::modules::push(&runtime, &store, bytes).await {
+    let runtime = Runtime::new(args.cache.runtime_config())?;
+    let (hash, uploaded) = match taskhost::modules::push(&runtime, &store, bytes).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}: {e:#}", args.file.display());
@@ -53,10 +55,10 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "uploaded {} as {}",
             args.file.display(),
-            crate::keys::module(&hash)
+            taskhost::keys::module(&hash)
         );
     } else {
-        eprintln!("{} is already in the bucket", crate::keys::module(&hash));
+        eprintln!("{} is already in the bucket", taskhost::keys::module(&hash));
     }
     println!("{hash}");
     Ok(ExitCode::SUCCESS)

@@ -7,22 +7,24 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::config::{CacheArgs, LimitArgs, StoreDirArgs};
 use super::exit;
-use crate::checkpoint::Limits;
-use crate::exec::{Binding, Executor, JobEnd};
-use crate::ids::JobId;
-use crate::inert::Inert;
-use crate::queue::lease::LeaseView;
-use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
-use crate::store::ObjectStore;
-use crate::store::dir::DirStore;
+use taskhost::checkpoint::Limits;
+use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::ids::JobId;
+use taskhost::inert::Inert;
+use taskhost::queue::lease::LeaseView;
+use taskhost::runtime::Runtime;
+use taskhost::store::ObjectStore;
+use taskhost::store::dir::DirStore;
 
 /// Run one job of a task module locally, resuming from its checkpoint in the store.
 ///
 /// Prints the result document as the last line of stdout. Exit codes: 0 done,
 /// 1 the task reported a failure, 3 not a usable task module, 4 the task trapped or hit a
 /// limit (its checkpoint is kept: run again to resume), 5 another worker owns the job,
-/// 6 storage failed, 130 interrupted (checkpoint saved).
+/// 6 storage failed, 7 any other error (a setting, a file), 130 interrupted (checkpoint
+/// saved).
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The task module (a wasm32-wasip2 component of the taskhost:task world).
@@ -30,23 +32,17 @@ pub struct RunArgs {
     /// The job document (JSON) given to the task as its input.
     #[arg(long)]
     pub input: String,
-    /// Directory used as the object store (checkpoints, results).
-    #[arg(long, env = "STORE_DIR", default_value = ".taskhost/store")]
-    pub store: PathBuf,
+    #[command(flatten)]
+    pub store: StoreDirArgs,
     /// Job id; defaults to the input's "job_id", else "local".
     #[arg(long)]
     pub job_id: Option<String>,
-    /// Fuel budget of this run (about one unit per wasm instruction); unlimited if unset.
-    #[arg(long)]
-    pub fuel: Option<u64>,
-    /// Memory limit of the task in MiB (all its linear memories together), 1..=4096.
-    #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
-    pub memory_mb: u64,
-    /// Wall-clock limit of this run in seconds (default 24 h; 0: none).
-    #[arg(long, default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
-    pub timeout_secs: f64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub files: super::config::FileArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -62,8 +58,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let job: JobId = job_id
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid job id: {e}"))?;
-    let runtime = Runtime::new(RuntimeConfig::default())?;
-    let hash = crate::ids::ModuleHash::of(&bytes);
+    let runtime = Runtime::new(args.cache.runtime_config())?;
+    let hash = taskhost::ids::ModuleHash::of(&bytes);
     let module = match runtime.prepare(bytes, Some(hash)).await {
         Ok(m) => m,
         Err(e) => {
@@ -71,8 +67,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::BAD_MODULE));
         }
     };
-    let store = DirStore::open(&args.store)?;
-    let limits = super::config::job_limits(args.memory_mb, args.fuel, args.timeout_secs)?;
+    let store = DirStore::open(&args.store.store_dir)?;
+    let limits = args.limits.job_limits()?;
     let executor = Executor {
         store,
         runtime,
@@ -80,18 +76,18 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits,
         checkpoint_limits: Limits::default(),
         file_limits: super::config::file_limits(&args.files)?,
-        max_crashes: crate::exec::DEFAULT_MAX_CRASHES,
+        max_crashes: taskhost::exec::DEFAULT_MAX_CRASHES,
     };
     let cancel = super::shutdown_token();
     // Bound to its work like a worker's job; `run` never discards or upgrades stored work.
     let inputs = match serde_json::from_str::<serde_json::Value>(&args.input) {
-        Ok(serde_json::Value::Object(obj)) => crate::job::parse_inputs(&obj)
+        Ok(serde_json::Value::Object(obj)) => taskhost::job::parse_inputs(&obj)
             .map_err(|e| anyhow::anyhow!("the job document's inputs: {e}"))?,
         _ => Default::default(),
     };
     let binding = Binding {
-        work: crate::job::Work::of(&hash, &args.input),
-        on_other_work: crate::checkpoint::OtherWork::Refuse,
+        work: taskhost::job::Work::of(&hash, &args.input),
+        on_other_work: taskhost::checkpoint::OtherWork::Refuse,
         inputs,
     };
     // No queue here: the job's lease renews itself while this process runs.
@@ -101,7 +97,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await;
     renewing.cancel();
     if end == JobEnd::AlreadyDone {
-        let stored = executor.store.get(&crate::keys::result(&job)).await?;
+        let stored = executor.store.get(&taskhost::keys::result(&job)).await?;
         eprintln!("job {job} was already done; its stored result:");
         println!(
             "{}",

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use crate::queue::Ensured;
-use crate::queue::Queue;
-use crate::queue::pubsub::TopicSchema;
-use crate::store::any::AnyStore;
+use taskhost::queue::Ensured;
+use taskhost::queue::Queue;
+use taskhost::queue::pubsub::TopicSchema;
+use taskhost::store::any::AnyStore;
 
 /// Create the topics, subscriptions, schema and bucket the worker needs (idempotent).
 ///

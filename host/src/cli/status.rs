@@ -8,12 +8,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::config::StoreArgs;
-use crate::checkpoint::{self, Header};
-use crate::ids::{JobId, JobState};
-use crate::inert::{self, Inert};
-use crate::status::{self, page::Selection};
-use crate::store::ObjectStore;
-use crate::store::any::AnyStore;
+use taskhost::checkpoint::{self, Header};
+use taskhost::ids::{JobId, JobState};
+use taskhost::inert::{self, Inert};
+use taskhost::status::{self, page::Selection};
+use taskhost::store::ObjectStore;
+use taskhost::store::any::AnyStore;
 
 /// Show per job: state (queued / running / waiting / done / failed), progress, attempts,
 /// failures, and the result or error.
@@ -39,7 +39,7 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 0)]
     pub page: usize,
     /// Jobs per page (each costs one or two reads).
-    #[arg(long, default_value_t = crate::status::page::DEFAULT_PAGE_SIZE)]
+    #[arg(long, default_value_t = taskhost::status::page::DEFAULT_PAGE_SIZE)]
     pub page_size: usize,
     /// Every job (in the state asked for), not one page: reads each one's objects.
     #[arg(long, conflicts_with_all = ["page", "page_size"])]
@@ -53,7 +53,7 @@ pub struct StatusArgs {
     pub serve: Option<std::net::SocketAddr>,
     /// In the counts, a checkpoint written within this many seconds is a running job's (its
     /// owner rewrites it every half ACK_DEADLINE_SECONDS).
-    #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = crate::queue::DEFAULT_ACK_DEADLINE_SECS)]
+    #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = taskhost::queue::DEFAULT_ACK_DEADLINE_SECS)]
     pub ack_deadline_seconds: u32,
     /// Redraw every 2 s with progress bars until every job is done or failed.
     #[arg(long, conflicts_with = "json")]
@@ -87,12 +87,13 @@ pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStat
 
 /// A job's status and its checkpoint header (default when it has none), read once.
 pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatus, Header)> {
-    let text =
-        |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
-    let result = text(store.get(&crate::keys::result(job)).await?);
-    let error = text(store.get(&crate::keys::error(job)).await?);
+    let text = |o: Option<taskhost::store::Object>| {
+        o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
+    };
+    let result = text(store.get(&taskhost::keys::result(job)).await?);
+    let error = text(store.get(&taskhost::keys::error(job)).await?);
     let header: Option<Header> = checkpoint::peek(store, job).await?;
-    let now_ms = crate::time::now_ms();
+    let now_ms = taskhost::time::now_ms();
     let live = |h: &Header| {
         checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
             == checkpoint::ownership::Recorded::Live
@@ -108,7 +109,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let h = header.unwrap_or_default();
     let artifacts = match state {
         JobState::Done => {
-            let m = crate::files::Manifest::read(store, job).await?;
+            let m = taskhost::files::Manifest::read(store, job).await?;
             (!m.artifacts.is_empty()).then(|| ArtifactCount {
                 count: m.artifacts.len(),
                 bytes: m.total_bytes(),
@@ -143,11 +144,11 @@ async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobI
             .collect();
     }
     let mut ids: Vec<JobId> = store
-        .list(crate::keys::JOBS_PREFIX)
+        .list(taskhost::keys::JOBS_PREFIX)
         .await?
         .iter()
         .filter_map(|k| {
-            k.strip_prefix(crate::keys::JOBS_PREFIX)?
+            k.strip_prefix(taskhost::keys::JOBS_PREFIX)?
                 .split('/')
                 .next()?
                 .parse()
@@ -247,9 +248,9 @@ fn from_view(v: &status::page::JobView) -> JobStatus {
 }
 
 async fn workers(store: &AnyStore, json: bool) -> anyhow::Result<ExitCode> {
-    let now_ms = match store.clock(crate::keys::WORKERS_PREFIX).await? {
+    let now_ms = match store.clock(taskhost::keys::WORKERS_PREFIX).await? {
         Some(c) => c.store_ms,
-        None => crate::time::now_ms(),
+        None => taskhost::time::now_ms(),
     };
     let all = status::workers::read_all(store, now_ms).await?;
     for w in &all {

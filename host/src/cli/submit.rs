@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use crate::ids::{BatchId, JobId, ModuleHash};
-use crate::queue::OutgoingMessage;
-use crate::queue::Queue;
-use crate::store::ObjectStore;
+use taskhost::ids::{BatchId, JobId, ModuleHash};
+use taskhost::queue::OutgoingMessage;
+use taskhost::queue::Queue;
+use taskhost::store::ObjectStore;
 
 /// Messages per publish call (the client batches them further).
 const BATCH: usize = 500;
@@ -22,15 +22,15 @@ const RECORD_BATCH: usize = 1000;
 /// Writes the record of a batch (`keys::submitted`): its job ids, one per line; `batch`
 /// names a record to rewrite (deleted when `jobs` is empty). Returns its id.
 async fn record_batch(
-    store: &crate::store::any::AnyStore,
+    store: &taskhost::store::any::AnyStore,
     batch: Option<&BatchId>,
     jobs: &[(JobId, String)],
 ) -> anyhow::Result<BatchId> {
     let (batch, pre) = match batch {
-        Some(b) => (b.clone(), crate::store::Precondition::None),
-        None => (BatchId::new(), crate::store::Precondition::Absent),
+        Some(b) => (b.clone(), taskhost::store::Precondition::None),
+        None => (BatchId::new(), taskhost::store::Precondition::Absent),
     };
-    let key = crate::keys::submitted(&batch);
+    let key = taskhost::keys::submitted(&batch);
     if jobs.is_empty() {
         store.delete(&key).await?;
         return Ok(batch);
@@ -83,7 +83,7 @@ fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
-    crate::ids::check_name(name).map_err(|e| format!("input name {e}"))?;
+    taskhost::ids::check_name(name).map_err(|e| format!("input name {e}"))?;
     if path.is_empty() {
         return Err(format!("{s:?}: the PATH is empty"));
     }
@@ -92,14 +92,14 @@ fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
 
 /// Uploads each input file once (content-addressed) and returns name → key.
 async fn upload_inputs(
-    store: &crate::store::any::AnyStore,
+    store: &taskhost::store::any::AnyStore,
     inputs: &[(String, PathBuf)],
     quiet: bool,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut keys = BTreeMap::new();
     for (name, path) in inputs {
-        let (sha, size) = crate::files::transfer::hash_file(path)?;
-        let key = crate::keys::input(&sha);
+        let (sha, size) = taskhost::files::transfer::hash_file(path)?;
+        let key = taskhost::keys::input(&sha);
         if store.size(&key).await? != Some(size) {
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
@@ -112,7 +112,7 @@ async fn upload_inputs(
                 )
             };
             bar.set_message(name.clone());
-            crate::files::transfer::upload(store, path, &key, |n| bar.set_position(n)).await?;
+            taskhost::files::transfer::upload(store, path, &key, |n| bar.set_position(n)).await?;
             bar.finish_and_clear();
         }
         if !quiet {
@@ -146,7 +146,7 @@ fn add_inputs(
                 map.insert(name.clone(), key.clone().into());
             }
         }
-        crate::job::parse_inputs(obj).map_err(|e| anyhow::anyhow!("job {id}: {e}"))?;
+        taskhost::job::parse_inputs(obj).map_err(|e| anyhow::anyhow!("job {id}: {e}"))?;
         *doc = serde_json::to_string(&v)?;
     }
     Ok(())
@@ -225,7 +225,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!jobs.is_empty(), "no jobs in {}", args.file.display());
 
     let store = args.store.open()?;
-    if !store.exists(&crate::keys::module(&args.module)).await? {
+    if !store.exists(&taskhost::keys::module(&args.module)).await? {
         anyhow::bail!(
             "module {} is not in the bucket: push it first with `taskhost module push FILE.wasm`",
             args.module

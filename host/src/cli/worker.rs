@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue, job_limits};
-use crate::checkpoint::Limits;
-use crate::exec::Executor;
-use crate::ids::ModuleHash;
-use crate::queue::Queue;
-use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, Runtime, RuntimeConfig};
-use crate::store::ErrorKind;
-use crate::store::any::AnyStore;
-use crate::worker::{
+use super::config::{
+    CacheArgs, LimitArgs, PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue,
+};
+use taskhost::checkpoint::Limits;
+use taskhost::exec::Executor;
+use taskhost::ids::ModuleHash;
+use taskhost::queue::Queue;
+use taskhost::runtime::{Runtime, RuntimeConfig};
+use taskhost::store::ErrorKind;
+use taskhost::store::any::AnyStore;
+use taskhost::worker::{
     self, DEFAULT_MAX_FAILURES, DEFAULT_MISSING_MODULE_RETRY, DEFAULT_SHUTDOWN_TIMEOUT,
     WorkerConfig,
 };
@@ -28,7 +30,7 @@ use crate::worker::{
 /// their messages back, and exits 0 within SHUTDOWN_TIMEOUT_SECONDS. A second signal exits at
 /// once (code 130).
 ///
-/// Workers record the jobs they run under TASKHOST_CACHE_DIR (workers/). A worker started
+/// Workers record the jobs they run under the cache directory (workers/). A worker started
 /// where one died (a crash, an OOM kill, a container restarted with its disk) hands the dead
 /// one's jobs back at once instead of waiting for their leases to lapse.
 #[derive(Args, Debug)]
@@ -42,7 +44,11 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub files: super::config::FileArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Jobs run at once (default: the number of CPUs).
     #[arg(long, env = "WORKER_SLOTS")]
     pub slots: Option<usize>,
@@ -52,21 +58,11 @@ pub struct WorkerArgs {
     /// Runs in a row that ended without a clean end (the worker was killed, ran out of
     /// memory or crashed; a host panic; a lost job) and saved no checkpoint between, after
     /// which a job is dead-lettered instead of taking another worker down.
-    #[arg(long, env = "MAX_CRASHES", default_value_t = crate::exec::DEFAULT_MAX_CRASHES)]
+    #[arg(long, env = "MAX_CRASHES", default_value_t = taskhost::exec::DEFAULT_MAX_CRASHES)]
     pub max_crashes: u32,
     /// Module for messages that name none (sha256:<hex>).
     #[arg(long, env = "DEFAULT_MODULE")]
     pub default_module: Option<ModuleHash>,
-    /// Memory limit per task in MiB (all its linear memories together), 1..=4096.
-    #[arg(long, env = "TASK_MEMORY_MB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64)]
-    pub memory_mb: u64,
-    /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
-    #[arg(long, env = "TASK_FUEL")]
-    pub fuel: Option<u64>,
-    /// Wall-clock limit per run in seconds (default 24 h; 0: none). A run that hits it counts
-    /// as a failure; the job resumes from its checkpoint on the next run.
-    #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
-    pub timeout_secs: f64,
     /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
     /// redone from the last checkpoint elsewhere (never a wrong result).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
@@ -75,10 +71,18 @@ pub struct WorkerArgs {
     /// back with a growing delay meanwhile), in seconds; then it is dead-lettered.
     #[arg(long, env = "MISSING_MODULE_RETRY_SECONDS", default_value_t = DEFAULT_MISSING_MODULE_RETRY.as_secs())]
     pub missing_module_retry_secs: u64,
+    /// The host name a worker's id starts with (`<host>-<pid>-<random>`); default: the
+    /// contents of /etc/hostname.
+    #[arg(long = "host-name", env = "HOSTNAME", value_name = "NAME")]
+    pub host_name: Option<String>,
     /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
     /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
-    #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = crate::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
+    #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = taskhost::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
     pub heartbeat_secs: u64,
+    /// The machine its heartbeat names (SaladCloud sets SALAD_MACHINE_ID); default: the
+    /// host name.
+    #[arg(long = "machine-id", env = "SALAD_MACHINE_ID", value_name = "ID")]
+    pub machine_id: Option<String>,
 }
 
 /// Most `WORKER_SLOTS`: 1024.
@@ -87,7 +91,7 @@ pub const MAX_SLOTS: usize = 1024;
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
-    let limits = job_limits(args.memory_mb, args.fuel, args.timeout_secs)?;
+    let limits = args.limits.job_limits()?;
     let store = args.store.open()?;
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
@@ -102,19 +106,23 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         "WORKER_SLOTS must be from 1 to {MAX_SLOTS}, not {slots}"
     );
     // One instance slot per job slot: a job never waits for or fails on a full pool.
-    let host = std::env::var("HOSTNAME")
-        .ok()
+    let host = args
+        .host_name
+        .clone()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
-    let worker_id = crate::ids::WorkerId::new(&host).to_string();
-    let heartbeat = (args.heartbeat_secs > 0).then(|| crate::worker::heartbeat::HeartbeatConfig {
-        interval: Duration::from_secs(args.heartbeat_secs),
-        machine: std::env::var("SALAD_MACHINE_ID")
-            .ok()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| host.clone()),
-    });
+    let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
+    let heartbeat =
+        (args.heartbeat_secs > 0).then(|| taskhost::worker::heartbeat::HeartbeatConfig {
+            interval: Duration::from_secs(args.heartbeat_secs),
+            machine: args
+                .machine_id
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| host.clone()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
     if !preflight(
@@ -131,7 +139,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime_config = RuntimeConfig {
         max_concurrent_tasks: slots as u32,
-        ..RuntimeConfig::default()
+        ..args.cache.runtime_config()
     };
     let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
     let runtime = Runtime::new(runtime_config)?;
@@ -182,9 +190,9 @@ async fn preflight(
     worker_id: &str,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<bool> {
-    let key = crate::keys::probe(worker_id);
+    let key = taskhost::keys::probe(worker_id);
     loop {
-        match crate::store::probe(store, &key).await {
+        match taskhost::store::probe(store, &key).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "the store does not answer; taking no job until it does (retrying in 5 s)");

@@ -92,7 +92,8 @@ pub const DEFAULT_MAX_CONCURRENT_TASKS: u32 = 64;
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Where compiled modules are cached; `None` disables the disk cache.
+    /// Where compiled modules are cached; `None` (the default) disables the disk cache. The
+    /// library reads no environment: the command line chooses this directory (`--cache-dir`).
     pub cache_dir: Option<PathBuf>,
     /// Fuel between two yields to tokio.
     pub fuel_yield_interval: u64,
@@ -108,23 +109,12 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            cache_dir: default_cache_dir(),
+            cache_dir: None,
             fuel_yield_interval: DEFAULT_FUEL_YIELD_INTERVAL,
             fuel_metering: true,
             max_concurrent_tasks: DEFAULT_MAX_CONCURRENT_TASKS,
         }
     }
-}
-
-/// `$TASKHOST_CACHE_DIR`, else `$XDG_CACHE_HOME/taskhost`, else `~/.cache/taskhost`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("TASKHOST_CACHE_DIR") {
-        return Some(d.into());
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("taskhost"))
 }
 
 /// Limits of one run of a job.

@@ -26,6 +26,8 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// `SALAD_MACHINE_ID` when set, else the host name.
     pub machine: String,
+    /// taskhost's version (the binary's).
+    pub version: String,
 }
 
 /// A running heartbeat; [`Beating::stop`] deletes the record.
@@ -76,7 +78,7 @@ pub fn start<S: ObjectStore + Clone>(
             slots,
             running: stats.running.load(Ordering::Relaxed) as usize,
             counters: counters(&stats),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: config.version.clone(),
             started_ms,
             updated_ms: crate::time::now_ms(),
             interval_ms: interval.as_millis() as u64,

@@ -100,7 +100,16 @@ fn run_explains_each_failure_class() {
         (&text, "{}", &[], 3, "not a WebAssembly file"),
         (&core, "{}", &[], 3, "not a component"),
         (&other, "{}", &[], 3, "another world"),
-        (Path::new("/nonexistent.wasm"), "{}", &[], 1, "cannot read"),
+        // Any other error (a file, a setting) is 7, apart from the task's own failure (1).
+        (Path::new("/nonexistent.wasm"), "{}", &[], 7, "cannot read"),
+        (&misbehave, "{}", &["--memory-mb", "0"], 7, "TASK_MEMORY_MB"),
+        (
+            &misbehave,
+            "{}",
+            &["--memory-mb", "lots"],
+            2,
+            "invalid value",
+        ),
         (
             &misbehave,
             r#"{"mode":"fail"}"#,
