@@ -121,13 +121,6 @@ impl Work {
 const NOT_WORK: [&str; 3] = ["module", "restart", "upgrade_module"];
 
 impl JobMessage {
-    /// The valid `job_id` of a message that may be poison otherwise (so its reason can be
-    /// recorded under the job and `status` shows it failed).
-    pub fn job_id_of(data: &[u8]) -> Option<JobId> {
-        let doc: serde_json::Value = serde_json::from_slice(data).ok()?;
-        doc.get("job_id")?.as_str()?.parse().ok()
-    }
-
     /// Parses and validates a message. `Err` is the reason a poison message is dead-lettered.
     pub fn parse(
         data: &[u8],

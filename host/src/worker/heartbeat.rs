@@ -19,6 +19,9 @@ use crate::store::{ObjectStore, Precondition};
 /// Default interval between heartbeats: 60 s.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Longest wait for the record's delete at exit.
+pub const STOP_WAIT: Duration = Duration::from_secs(1);
+
 /// What the heartbeat says about its worker, besides what it reads live.
 #[derive(Clone, Debug)]
 pub struct HeartbeatConfig {
@@ -108,10 +111,11 @@ pub fn start<S: ObjectStore + Clone>(
 }
 
 impl Beating {
-    /// Stops the heartbeat and deletes its record (a clean exit).
+    /// Stops the heartbeat and deletes its record (a clean exit), waiting at most
+    /// [`STOP_WAIT`]: a store that does not answer never holds the exit up.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = tokio::time::timeout(STOP_WAIT, self.task).await;
     }
 }
 

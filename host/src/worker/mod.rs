@@ -419,10 +419,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Ctx<S> {
             Ok(job) => job,
             Err(reason) => {
                 tracing::warn!(message_id = %message.message_id, %reason, "poison message");
-                let id = JobMessage::job_id_of(&message.data);
-                return self
-                    .dead_letter(&message, id.as_ref(), &reason, lease)
-                    .await;
+                return self.dead_letter(&message, None, &reason, lease).await;
             }
         };
         let id = &job.job_id;
