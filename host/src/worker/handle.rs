@@ -61,6 +61,20 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             Err(reason) => {
                 tracing::warn!(message_id = %message.message_id, %reason, "poison message");
                 self.metrics.job_ended(JobOutcome::Poison);
+                // Recorded first, so that `status` shows it; a failed write hands it back.
+                let job_id = JobMessage::job_id_of(&message.data);
+                let key = crate::keys::poison(job_id.as_ref(), &message.message_id);
+                let record = self.executor.store.put(
+                    &key,
+                    truncate(&reason, MAX_ATTRIBUTE).into_bytes(),
+                    Precondition::None,
+                );
+                if let Err(e) = record.await {
+                    tracing::warn!(message_id = %message.message_id, error = %e, "cannot record the poison message; handing it back for later");
+                    Stats::bump(&self.stats.retried);
+                    let later = retry_delay(attempt);
+                    return self.settle(Settle::HandBack, lease.nack(later).await);
+                }
                 return self.dead_letter(&message, None, &reason, lease).await;
             }
         };
