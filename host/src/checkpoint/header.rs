@@ -356,7 +356,8 @@ mod usage {
     #[test]
     fn runs_add_up_and_old_headers_read_as_zero() {
         let mut h: Header =
-            serde_json::from_str(r#"{"attempts":2,"failures":0,"fuel_used":4,"nonce":""}"#).unwrap();
+            serde_json::from_str(r#"{"attempts":2,"failures":0,"fuel_used":4,"nonce":""}"#)
+                .unwrap();
         let run = RunUsage {
             fuel: 1,
             wall_ms: 2,

@@ -138,7 +138,7 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             poison_messages.push(entry);
         }
     }
-    poison_messages.sort_by(|a, b| b.modified_ms.cmp(&a.modified_ms));
+    poison_messages.sort_by_key(|e| std::cmp::Reverse(e.modified_ms));
     // The batch records, a few at a time (one per 1,000 jobs submitted).
     use futures_util::StreamExt;
     let mut reads = futures_util::stream::iter(batches?)

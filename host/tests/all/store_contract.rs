@@ -123,7 +123,7 @@ async fn a_note_goes_with_the_version_it_was_written_with(s3: bool) {
     );
     assert_eq!(
         s.store.list(keys::JOBS_PREFIX).await.unwrap(),
-        [key.clone()],
+        [key.as_str()],
         "no key of its own"
     );
     with(None).await.unwrap();
