@@ -11,6 +11,7 @@ pub mod job;
 pub mod keys;
 pub mod modules;
 pub mod queue;
+pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod time;

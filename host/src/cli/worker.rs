@@ -10,7 +10,7 @@ use super::config::{
 };
 use taskhost::checkpoint::Limits;
 use taskhost::exec::Executor;
-use taskhost::ids::ModuleHash;
+use taskhost::ids::ModuleRef;
 use taskhost::queue::Queue;
 use taskhost::runtime::{Runtime, RuntimeConfig};
 use taskhost::store::ErrorKind;
@@ -60,9 +60,11 @@ pub struct WorkerArgs {
     /// which a job is dead-lettered instead of taking another worker down.
     #[arg(long, env = "MAX_CRASHES", default_value_t = taskhost::exec::DEFAULT_MAX_CRASHES)]
     pub max_crashes: u32,
-    /// Module for messages that name none (sha256:<hex>).
+    /// Module for messages that name none: `sha256:<hex>`, or a tag `NAME[:TAG]` resolved
+    /// once, when the worker starts (the hash is logged; moving the tag later changes
+    /// nothing for this worker: restart it to follow the tag).
     #[arg(long, env = "DEFAULT_MODULE")]
-    pub default_module: Option<ModuleHash>,
+    pub default_module: Option<ModuleRef>,
     /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
     /// redone from the last checkpoint elsewhere (never a wrong result).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
@@ -85,6 +87,10 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let shutdown = super::shutdown_token();
     let limits = args.limits.job_limits()?;
     let store = args.store.open()?;
+    let default_module = match &args.default_module {
+        Some(r) => Some(super::module::resolve_default(&store, r).await?),
+        None => None,
+    };
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
@@ -98,12 +104,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         "WORKER_SLOTS must be from 1 to {MAX_SLOTS}, not {slots}"
     );
     // One instance slot per job slot: a job never waits for or fails on a full pool.
-    let host = args
-        .host_name
-        .clone()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = super::config::host_name(args.host_name.as_deref());
     let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
@@ -141,7 +142,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
         slots,
         max_failures: args.max_failures,
-        default_module: args.default_module,
+        default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         held_dir,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(

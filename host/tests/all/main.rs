@@ -16,6 +16,7 @@ mod localqueue;
 mod outages;
 mod pubsub_emulator;
 mod queue_contract;
+mod registry;
 mod runtime;
 mod store_s3;
 mod worker_e2e;
