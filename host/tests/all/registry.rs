@@ -144,6 +144,15 @@ impl Env {
     }
 }
 
+/// The guest SDK's version, from its Cargo.toml (what it records in the modules it builds).
+fn sdk_version() -> String {
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/sdk/Cargo.toml");
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let line = text.lines().find(|l| l.starts_with("version")).unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -264,6 +273,7 @@ async fn tags_resolve_once_and_jobs_keep_their_hash() {
             "{kind}: {ia}"
         );
         assert_eq!(ia["exports"], serde_json::json!(["run"]), "{kind}: {ia}");
+        assert_eq!(ia["sdk"], sdk_version(), "{kind}: {ia}");
         assert_eq!(env.inspect(&b).await["jobs"]["done"], 0, "{kind}");
         let text = env
             .run(&["module", "inspect", "steps:stable"])
