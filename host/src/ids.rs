@@ -1,12 +1,13 @@
-//! Validated identifiers: a [`JobId`] or a [`ModuleHash`] can only hold a valid value, so
-//! code that builds storage keys from them never sees a path separator or an empty string.
+//! Validated identifiers: a [`JobId`], a [`ModuleHash`] or an [`InputName`] can only hold a
+//! valid value, so code that builds storage keys from them (or shows them to a task) never
+//! sees a path separator or an empty string.
 
 use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-/// Longest job id accepted (DESIGN.md: 1..=200 characters).
+/// Longest job id accepted (docs/design.md section 3: 1..=200 characters).
 pub const MAX_JOB_ID_LEN: usize = 200;
 
 /// A job id: 1..=200 characters from `[A-Za-z0-9._-]`, and not `.` or `..`.
@@ -232,6 +233,39 @@ mod worker_id_tests {
             assert_eq!(WorkerId::pid_of(owner), None, "{owner}");
         }
         assert_eq!(WorkerId::pid_of("h-7-0a1b2c"), Some(7));
+    }
+}
+
+/// The name a job's message gives one of its inputs (the only thing the task sees of it,
+/// never its key): valid by construction, as [`check_name`] says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InputName(String);
+
+impl InputName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for InputName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_name(s)?;
+        Ok(InputName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for InputName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Looks an input up by the name a task passes (a map keyed by `InputName` answers `&str`).
+impl std::borrow::Borrow<str> for InputName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -10,6 +10,7 @@ pub mod inert;
 pub mod job;
 pub mod keys;
 pub mod modules;
+pub mod observe;
 pub mod queue;
 pub mod registry;
 pub mod runtime;

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging(&cli);
+    // In JSON, every line of stderr is a JSON object, the last error too.
+    let json = cli.log_format == taskhost::observe::logs::LogFormat::Json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,6 +34,10 @@ fn main() -> ExitCode {
     };
     match rt.block_on(cli::main(cli)) {
         Ok(code) => code,
+        Err(e) if json => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(cli::exit::ERROR)

@@ -37,6 +37,7 @@ pub async fn resolve<S: ObjectStore>(
     hash: &ModuleHash,
 ) -> Result<Prepared, ResolveError> {
     if let Some(p) = runtime.load_cached(hash) {
+        runtime.metrics().module_cache_hit();
         return Ok(p);
     }
     // One fetch and compile per module at a time: the jobs that want it meanwhile wait for
@@ -71,18 +72,22 @@ async fn load<S: ObjectStore>(
     hash: &ModuleHash,
 ) -> Result<Prepared, ResolveError> {
     if let Some(p) = runtime.load_cached(hash) {
+        runtime.metrics().module_cache_hit();
         return Ok(p);
     }
+    let started = std::time::Instant::now();
     let obj = store
         .get(&crate::keys::module(hash))
         .await
         .map_err(|e| ResolveError::Storage(e.to_string()))?
         .ok_or(ResolveError::Missing(*hash))?;
     tracing::info!(module = %hash, bytes = obj.bytes.len(), "module fetched from the bucket");
-    runtime
+    let prepared = runtime
         .prepare(obj.bytes, Some(*hash))
         .await
-        .map_err(|e| ResolveError::Module(*hash, e))
+        .map_err(|e| ResolveError::Module(*hash, e))?;
+    runtime.metrics().module_compiled(started.elapsed());
+    Ok(prepared)
 }
 
 /// Checks that `bytes` is a task module of our world, then uploads it create-only.

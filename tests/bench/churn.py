@@ -25,6 +25,14 @@ Scenarios:
 * `--scenario small`: 1 worker process, no kills, 200 one-step jobs (step_ms 0); taskhost
   with its default WORKER_SLOTS. Reports jobs/s and S3 requests per job (counted from the S3
   server's request log, without this script's own requests).
+* `--scenario metrics`: the cost of metrics. taskhost only, 1 worker, 400 one-step jobs,
+  run --rounds times (3) with metrics off and on alternately (on: METRICS_ADDR set and
+  `/metrics` scraped every SCRAPE_INTERVAL, 1 s, much more often than Prometheus's usual
+  15 s). The rate of each run is taken from the worker's own log (jobs done per second
+  between its first and its last `job done` line: no polling granularity); the median of
+  each side is compared (goal: under 2 % slower with metrics). After each run's last
+  result the idle worker's resident memory is read (VmRSS) after IDLE_WAIT (goal with
+  metrics on: under 40 MB).
 
 After each contender the workers are stopped (SIGTERM), then the job subscription is pulled
 for one ack deadline + 3 s (--leftover-wait), so that leases held by killed workers have
@@ -88,6 +96,8 @@ TICK = 0.1  # s, the main loop's sleep
 STOP_TIMEOUT = 20.0  # s a worker gets to exit after SIGTERM before SIGKILL
 MAX_CRASHES = 20  # workers that exit by themselves before a contender is given up
 KILL_EVERY = (3.0, 6.0)  # s, uniform: the kill loop's period
+SCRAPE_INTERVAL = 1.0  # s between two scrapes of a worker's /metrics (scenario metrics)
+IDLE_WAIT = 5.0  # s a worker idles before its resident memory is read (scenario metrics)
 
 
 class BenchError(Exception):
@@ -228,7 +238,7 @@ def make_jobs(scenario, seed, count=None):
             {"job_id": f"job-{i:03d}", "steps": rng.randint(30, 69), "step_ms": 100}
             for i in range(n)
         ]
-    n = count or 200
+    n = count or (400 if scenario == "metrics" else 200)
     return [{"job_id": f"job-{i:03d}", "steps": 1, "step_ms": 0} for i in range(n)]
 
 
@@ -244,6 +254,7 @@ class Contender:
     kind: str  # "taskhost" or "guide"
     tag: str  # prefix of its topic, subscriptions and bucket
     slots: int | None = None  # WORKER_SLOTS; None: taskhost's default
+    metrics: bool = False  # METRICS_ADDR set and /metrics scraped (scenario metrics)
 
     @property
     def topic(self):
@@ -286,6 +297,9 @@ class Outcome:
     job_starts: int = 0  # runs started (first runs and resumes), from the worker logs
     resumes: int = 0  # of which resumed from a checkpoint
     log_dir: Path | None = None
+    log_rate: float | None = None  # jobs/s from the workers' `job done` lines (metrics)
+    idle_rss_kb: list = field(default_factory=list)  # each worker's VmRSS once idle (metrics)
+    scrapes: int = 0  # /metrics answers (metrics on)
 
     @property
     def finished(self):
@@ -517,8 +531,11 @@ class Bench:
             flush=True,
         )
         t0 = time.monotonic()
+        scraper = Scraper(pool) if c.metrics else None
         try:
             pool.start_all()
+            if scraper:
+                scraper.start()
             deadline = t0 + self.args.time_limit
             next_kill = t0 + kills.uniform(*KILL_EVERY) if kill_loop else float("inf")
             next_poll = next_report = t0
@@ -552,8 +569,14 @@ class Bench:
                     next_report = now + 10
                 time.sleep(TICK)
             outcome.elapsed = time.monotonic() - t0
+            if self.args.scenario == "metrics" and not pending:
+                time.sleep(IDLE_WAIT)
+                outcome.idle_rss_kb = pool.resident_kb()
         finally:
+            if scraper:
+                outcome.scrapes = scraper.stop()
             pool.stop_all()
+        outcome.log_rate = pool.done_rate()
         outcome.s3_requests = self.s3_requests_between(s3_start, self.s3_log_offset())
         outcome.job_starts, outcome.resumes = pool.count_job_starts()
         outcome.leftover_wait = self.leftover_wait()
@@ -642,6 +665,13 @@ class WorkerPool:
         self.procs = [None] * count
         self.starts = [0] * count
         self.envs = [bench.worker_env(contender, cdir) for _ in range(count)]
+        # Each worker's /metrics (metrics on): a port of its own, kept across restarts.
+        self.metrics_urls = []
+        if contender.metrics:
+            for env in self.envs:
+                port = free_port()
+                env["METRICS_ADDR"] = f"127.0.0.1:{port}"
+                self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
 
     def start(self, i):
         log = self.cdir / f"w{i}.{self.starts[i]}.log"
@@ -682,6 +712,34 @@ class WorkerPool:
             if p is not None:
                 self.bench.children.stop(p)
 
+    def resident_kb(self):
+        """Each running worker's resident memory (VmRSS, kB)."""
+        sizes = []
+        for p in self.procs:
+            try:
+                status = Path(f"/proc/{p.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]))
+        return sizes
+
+    def done_rate(self):
+        """Jobs done per second between the first and the last `job done` line of the
+        workers' logs (their own timestamps), or None with fewer than two."""
+        stamps = []
+        for log in self.cdir.glob("w*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if "job done; result stored" in line:
+                    try:
+                        stamps.append(parse_stamp(line.split()[0]))
+                    except ValueError:
+                        pass
+        if len(stamps) < 2 or max(stamps) <= min(stamps):
+            return None
+        return (len(stamps) - 1) / (max(stamps) - min(stamps))
+
     def count_job_starts(self):
         """Runs started and resumes, from the logs: step-counter logs `starting N steps` or
         `resuming at step K`; guide_worker.py logs `starting at step K`."""
@@ -696,6 +754,48 @@ class WorkerPool:
                 elif "starting " in line and " steps (attempt" in line:
                     starts += 1
         return starts, resumes
+
+
+def parse_stamp(text):
+    """Seconds since the epoch of a log line's RFC 3339 UTC timestamp
+    (`2026-01-02T03:04:05.123456Z`)."""
+    from datetime import datetime, timezone
+
+    day, _, rest = text.rstrip("Z").partition("T")
+    whole, _, frac = rest.partition(".")
+    t = datetime.strptime(f"{day}T{whole}", "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return t.timestamp() + (float(f"0.{frac}") if frac else 0.0)
+
+
+class Scraper:
+    """Scrapes every worker's /metrics every SCRAPE_INTERVAL on a thread, as Prometheus
+    would, until stopped; counts the answers."""
+
+    def __init__(self, pool):
+        import threading
+
+        self.pool = pool
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.answers = 0
+
+    def start(self):
+        self.thread.start()
+
+    def loop(self):
+        while not self.done.wait(SCRAPE_INTERVAL):
+            for url in self.pool.metrics_urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        if r.status == 200 and b"taskhost_jobs_ended_total" in r.read():
+                            self.answers += 1
+                except OSError:
+                    pass  # not up yet, or restarting
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.answers
 
 
 def clean_env(extra):
@@ -738,7 +838,41 @@ def ratio(guide, host):
     return "n/a"
 
 
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return (values[n // 2] + values[(n - 1) // 2]) / 2 if n else None
+
+
+def report_metrics(outcomes):
+    """Scenario metrics: the median rate with metrics off and on, and idle memory."""
+    for o in outcomes:
+        rate = f"{o.log_rate:.1f}" if o.log_rate else "n/a"
+        rss = ", ".join(f"{kb / 1024:.1f}" for kb in o.idle_rss_kb) or "n/a"
+        scraped = f", {o.scrapes} scrapes" if o.contender.metrics else ""
+        print(f"   {o.summary()}: {rate} jobs/s (worker log), idle RSS {rss} MB{scraped}")
+    off = median([o.log_rate for o in outcomes if not o.contender.metrics and o.log_rate])
+    on = median([o.log_rate for o in outcomes if o.contender.metrics and o.log_rate])
+    rss_on = [kb for o in outcomes if o.contender.metrics for kb in o.idle_rss_kb]
+    rss_off = [kb for o in outcomes if not o.contender.metrics for kb in o.idle_rss_kb]
+    parts = []
+    if off and on:
+        cost = (off - on) / off * 100
+        parts.append(
+            f"metrics off {off:.1f} jobs/s, on {on:.1f} jobs/s (medians of "
+            f"{sum(not o.contender.metrics for o in outcomes)}): cost {cost:+.1f} % (goal < 2 %)"
+        )
+    if rss_on:
+        parts.append(
+            f"idle RSS with metrics on {max(rss_on) / 1024:.1f} MB (goal < 40 MB)"
+            + (f", off {max(rss_off) / 1024:.1f} MB" if rss_off else "")
+        )
+    print("metrics: " + " | ".join(parts or ["no figures"]), flush=True)
+
+
 def report(scenario, outcomes):
+    if scenario == "metrics":
+        return report_metrics(outcomes)
     for o in outcomes:
         print(detail(o, per_job=scenario.startswith("small")))
     guide = next((o for o in outcomes if o.contender.kind == "guide"), None)
@@ -770,7 +904,10 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = os.environ.get("CARGO_TARGET_DIR", "target")
     guests = os.environ.get("GUEST_TARGET_DIR", "guest-tasks/target")
-    ap.add_argument("--scenario", choices=["churn", "small"], default="churn")
+    ap.add_argument("--scenario", choices=["churn", "small", "metrics"], default="churn")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="runs with metrics off and on each (metrics: 3)"
+    )
     ap.add_argument(
         "--taskhost",
         type=Path,
@@ -801,7 +938,7 @@ def parse_args():
         help="where a killed worker restarts: on its node, its disk kept (default), or on a "
         "new node, with an empty cache directory",
     )
-    ap.add_argument("--jobs", type=int, help="number of jobs (churn 40, small 200)")
+    ap.add_argument("--jobs", type=int, help="number of jobs (churn 40, small 200, metrics 400)")
     ap.add_argument("--workers", type=int, help="worker processes (churn 3, small 1)")
     ap.add_argument(
         "--only", choices=["taskhost", "guide"], help="run only one side (for debugging)"
@@ -834,6 +971,11 @@ def contenders(args):
             Contender("taskhost 2 slots", "taskhost", "th2", slots=2),
             Contender("guide", "guide", "guide"),
         ]
+    elif args.scenario == "metrics":
+        cs = []
+        for r in range(args.rounds):
+            cs.append(Contender(f"metrics off #{r + 1}", "taskhost", f"moff{r}"))
+            cs.append(Contender(f"metrics on #{r + 1}", "taskhost", f"mon{r}", metrics=True))
     else:
         cs = [
             Contender("taskhost (default slots)", "taskhost", "thd"),

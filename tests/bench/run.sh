@@ -3,6 +3,7 @@
 #
 #   tests/bench/run.sh                     # the churn scenario (3 workers, kills, 40 jobs)
 #   tests/bench/run.sh --scenario small    # 200 one-step jobs: jobs/s and S3 requests per job
+#   tests/bench/run.sh --scenario metrics  # the cost of metrics on the one-step-job rate, idle RSS
 #
 # Installs what it needs (the S3 server's venv plus google-cloud-pubsub and boto3, by
 # tests/s3/setup-venv.sh --bench), builds the task modules (tests/build-guests.sh) and the

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{CheckpointError, Cmd, Proof, Shared, encode, lock, nonce, now_ms};
+use crate::observe::metrics::WriteResult;
 use crate::queue::lease::LeaseView;
 use crate::store::{ETag, ObjectStore, Precondition, StoreError};
 
@@ -131,7 +132,7 @@ impl<S: ObjectStore> Writer<S> {
 
     /// One fenced write of the current state.
     async fn write(&mut self) -> Result<(), CheckpointError> {
-        let (bytes, until) = {
+        let (bytes, until, metrics) = {
             let mut st = lock(&self.shared);
             if st.conflict {
                 return Err(CheckpointError::Conflict);
@@ -140,13 +141,23 @@ impl<S: ObjectStore> Writer<S> {
             st.header.updated_ms = now_ms();
             st.dirty = false;
             let bytes = encode(&st.header, st.latest.as_deref().map(|v| v.as_slice()));
-            (bytes, st.header.lease_until_ms)
+            (bytes, st.header.lease_until_ms, st.metrics.clone())
         };
-        match self
+        let size = bytes.len();
+        let started = std::time::Instant::now();
+        let written = self
             .store
             .put(&self.key, bytes, Precondition::Matches(self.etag.clone()))
-            .await
-        {
+            .await;
+        if let Some(m) = metrics {
+            let result = match &written {
+                Ok(_) => WriteResult::Ok,
+                Err(StoreError::PreconditionFailed) => WriteResult::Conflict,
+                Err(_) => WriteResult::Error,
+            };
+            m.checkpoint_written(result, size, started.elapsed());
+        }
+        match written {
             Ok(tag) => {
                 self.etag = tag;
                 self.written_until = until;
@@ -154,6 +165,7 @@ impl<S: ObjectStore> Writer<S> {
                 st.written_until = until;
                 st.error = None;
                 st.writes += 1;
+                st.bytes_written += size as u64;
                 Ok(())
             }
             Err(StoreError::PreconditionFailed) => {

@@ -23,6 +23,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use taskhost::observe::logs::LogFormat;
+
 /// Exit codes, one per meaning, shared by the commands (listed in `taskhost --help` by
 /// [`exit::HELP`] and in the README).
 pub mod exit {
@@ -87,6 +89,18 @@ pub struct Cli {
     /// default: `info` (`demo`: `warn`, its workers log to files). Logs go to stderr.
     #[arg(long = "log", env = "RUST_LOG", value_name = "FILTER", global = true)]
     pub log: Option<String>,
+    /// Log lines as readable text or as one JSON object per line (`json`: SaladCloud's log
+    /// explorer makes each field queryable). The filter applies either way.
+    #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
+    pub log_format: LogFormat,
+    /// SaladCloud's machine id, set by SaladCloud in every container: added to every JSON
+    /// log line as `salad_machine_id`.
+    #[arg(long, env = "SALAD_MACHINE_ID", global = true, hide = true)]
+    pub salad_machine_id: Option<String>,
+    /// SaladCloud's container group id: added to every JSON log line as
+    /// `salad_container_group_id`.
+    #[arg(long, env = "SALAD_CONTAINER_GROUP_ID", global = true, hide = true)]
+    pub salad_container_group_id: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,8 +118,10 @@ pub enum Command {
     Task(task::TaskArgs),
 }
 
-/// Logs to stderr; `--log` (`RUST_LOG`) overrides the default level (`info`; `warn` for the
-/// demo, whose workers log to files). A filter that does not parse falls back to the default.
+/// Logs to stderr in `--log-format`; `--log` (`RUST_LOG`) overrides the default level
+/// (`info`; `warn` for the demo, whose workers log to files). A filter that does not parse
+/// falls back to the default. JSON lines carry SaladCloud's machine and container group ids
+/// when the container has them.
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
@@ -117,12 +133,17 @@ pub fn init_logging(cli: &Cli) {
         .as_deref()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    let fields = [
+        ("salad_machine_id", &cli.salad_machine_id),
+        ("salad_container_group_id", &cli.salad_container_group_id),
+    ]
+    .into_iter()
+    .filter_map(|(field, value)| {
+        let value = value.as_deref().filter(|v| !v.is_empty())?;
+        Some((field.to_owned(), value.to_owned()))
+    })
+    .collect();
+    taskhost::observe::logs::init(cli.log_format, filter, fields);
 }
 
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {

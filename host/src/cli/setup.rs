@@ -97,6 +97,8 @@ pub async fn main(args: SetupArgs) -> anyhow::Result<ExitCode> {
             ),
         },
         AnyStore::Dir(d) => println!("found   store directory {}", d.root().display()),
+        // `open` never returns one observed.
+        AnyStore::Observed(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

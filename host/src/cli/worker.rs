@@ -1,6 +1,7 @@
 //! `taskhost worker`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -11,6 +12,7 @@ use super::config::{
 use taskhost::checkpoint::Limits;
 use taskhost::exec::Executor;
 use taskhost::ids::ModuleRef;
+use taskhost::observe::{Health, Metrics};
 use taskhost::queue::Queue;
 use taskhost::runtime::{Runtime, RuntimeConfig};
 use taskhost::store::ErrorKind;
@@ -77,16 +79,29 @@ pub struct WorkerArgs {
     /// contents of /etc/hostname.
     #[arg(long = "host-name", env = "HOSTNAME", value_name = "NAME")]
     pub host_name: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and the health probes (`/livez`, `/readyz`,
+    /// `/startupz`) on this address, e.g. `0.0.0.0:9464` (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
-
-/// Most `WORKER_SLOTS`: 1024.
-pub const MAX_SLOTS: usize = 1024;
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
     let limits = args.limits.job_limits()?;
-    let store = args.store.open()?;
+    let metrics = Arc::new(Metrics::new());
+    let health = args.metrics_addr.map(|_| Arc::new(Health::new()));
+    // The server outlives the shutdown (`/readyz` says the worker is draining) and stops
+    // when this function returns.
+    let server = tokio_util::sync::CancellationToken::new();
+    let _server = server.clone().drop_guard();
+    if let (Some(addr), Some(health)) = (args.metrics_addr, &health) {
+        let bound = taskhost::observe::serve(addr, metrics.clone(), health.clone(), server.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_ADDR={addr}: {e}"))?;
+        tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
+    }
+    let store = args.store.open()?.observed(metrics.clone(), health.clone());
     let default_module = match &args.default_module {
         Some(r) => Some(super::module::resolve_default(&store, r).await?),
         None => None,
@@ -99,15 +114,31 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    anyhow::ensure!(
-        (1..=MAX_SLOTS).contains(&slots),
-        "WORKER_SLOTS must be from 1 to {MAX_SLOTS}, not {slots}"
-    );
+    taskhost::runtime::sandbox::check_concurrent_tasks(slots as u64)
+        .map_err(|e| anyhow::anyhow!("WORKER_SLOTS (--slots): {e}"))?;
     // One instance slot per job slot: a job never waits for or fails on a full pool.
     let host = super::config::host_name(args.host_name.as_deref());
     let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
+    // The node's own parts first: the startup probe passes once they are up, whatever the
+    // store and the queue do (they are waited for, on any node alike).
+    let runtime_config = RuntimeConfig {
+        max_concurrent_tasks: slots as u32,
+        metrics,
+        ..args.cache.runtime_config()
+    };
+    let record_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
+    let runtime = Runtime::new(runtime_config)?;
+    if let Some(h) = &health {
+        h.set_started();
+        tokio::spawn(taskhost::observe::health::watch_store(
+            h.clone(),
+            store.clone(),
+            taskhost::keys::probe(&worker_id),
+            server.clone(),
+        ));
+    }
     if !preflight(
         &store,
         &queue,
@@ -120,12 +151,6 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     {
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime_config = RuntimeConfig {
-        max_concurrent_tasks: slots as u32,
-        ..args.cache.runtime_config()
-    };
-    let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
-    let runtime = Runtime::new(runtime_config)?;
 
     let executor = Executor {
         store,
@@ -144,7 +169,8 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_failures: args.max_failures,
         default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
-        held_dir,
+        record_dir,
+        health,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(

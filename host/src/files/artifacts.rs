@@ -4,12 +4,12 @@
 //! run can continue them, and listed in the job's manifest when its result is written.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{ArtifactRecord, FileLimits, MAX_OPEN_ARTIFACTS, Manifest, ManifestEntry, PART_BYTES};
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::Fence;
 use crate::ids::JobId;
 use crate::keys;
 use crate::store::any::AnyStore;
@@ -35,11 +35,13 @@ pub struct ArtifactHandle(u64);
 pub struct Artifacts {
     store: AnyStore,
     job: JobId,
-    checkpoint: Checkpointer,
+    fence: Fence,
     limits: FileLimits,
     state: Arc<Mutex<State>>,
     /// A store failure was reported to the task in this run.
     storage_failed: Arc<AtomicBool>,
+    /// Bytes uploaded in this run (the job's accounting).
+    uploaded: Arc<AtomicU64>,
 }
 
 struct State {
@@ -84,7 +86,7 @@ impl Artifacts {
         store: AnyStore,
         job: JobId,
         recorded: Vec<ArtifactRecord>,
-        checkpoint: Checkpointer,
+        fence: Fence,
         limits: FileLimits,
     ) -> Artifacts {
         let mut finished = BTreeMap::new();
@@ -106,9 +108,10 @@ impl Artifacts {
         Artifacts {
             store,
             job,
-            checkpoint,
+            fence,
             limits,
             storage_failed: Arc::default(),
+            uploaded: Arc::default(),
             state: Arc::new(Mutex::new(State {
                 next_id: 0,
                 open: HashMap::new(),
@@ -224,6 +227,11 @@ impl Artifacts {
         Ok(Some(self.insert(&mut st, open)))
     }
 
+    /// Bytes of artifacts uploaded in this run.
+    pub fn bytes_written(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
+    }
+
     /// Whether a store failure was reported to the task in this run.
     pub fn storage_failed(&self) -> bool {
         self.storage_failed.load(Ordering::Relaxed)
@@ -252,7 +260,7 @@ impl Artifacts {
     /// The fence: `Conflict` (and the job marked lost) unless this worker still owns the
     /// job; else how long it still does (what a write may take).
     async fn fence(&self) -> Result<Duration, ArtifactError> {
-        match self.checkpoint.confirm_owned().await {
+        match self.fence.confirm_owned().await {
             Some(left) => Ok(left),
             None => {
                 tracing::warn!(job = %self.job, "artifact write refused: this worker no longer owns the job");
@@ -262,7 +270,7 @@ impl Artifacts {
     }
 
     fn lost(&self) -> ArtifactError {
-        self.checkpoint.lose();
+        self.fence.lose();
         ArtifactError::Conflict
     }
 
@@ -352,6 +360,8 @@ impl Artifacts {
             };
             open.parts.push(tag);
             open.durable += PART_BYTES as u64;
+            self.uploaded
+                .fetch_add(PART_BYTES as u64, Ordering::Relaxed);
             if rest.is_empty() {
                 return Ok(());
             }
@@ -387,10 +397,14 @@ impl Artifacts {
             )
         };
         let key = keys::artifact(&self.job, &name);
+        let tail_bytes = tail.len() as u64;
         let etag = match upload {
             None => {
-                self.fenced(&name, self.store.put(&key, tail, Precondition::None))
-                    .await?
+                let tag = self
+                    .fenced(&name, self.store.put(&key, tail, Precondition::None))
+                    .await?;
+                self.uploaded.fetch_add(tail_bytes, Ordering::Relaxed);
+                tag
             }
             Some(upload) => {
                 let mut parts = parts;
@@ -398,6 +412,7 @@ impl Artifacts {
                     let number = parts.len() as u32 + 1;
                     let part = self.store.upload_part(&key, &upload, number, tail);
                     parts.push(self.fenced(&name, part).await?);
+                    self.uploaded.fetch_add(tail_bytes, Ordering::Relaxed);
                 }
                 let left = self.fence().await?;
                 let complete = self.store.upload_complete(&key, &upload, &parts);

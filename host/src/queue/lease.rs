@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Queue, QueueError, Received, Stamp};
+use crate::observe::Metrics;
+use crate::observe::metrics::ExtensionResult;
 
 /// First wait before retrying a failed extension.
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -80,6 +82,8 @@ struct Shared {
     subscription: String,
     ack_id: String,
     deadline: Duration,
+    /// Where extensions and failed calls are counted ([`Lease::observe`]).
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 /// The lease on one pulled message. Ack it, nack it, or drop it (= hand back at once, best
@@ -114,10 +118,11 @@ impl Lease {
             subscription: subscription.to_owned(),
             ack_id: received.ack_id.clone(),
             deadline,
+            metrics: std::sync::OnceLock::new(),
         });
         let (tx, rx) = watch::channel(received.leased_until);
         let lost = CancellationToken::new();
-        let keeper = tokio::spawn(keep(Arc::clone(&shared), tx, lost.clone()));
+        let keeper = tokio::spawn(extend_until_lost(Arc::clone(&shared), tx, lost.clone()));
         Lease {
             shared,
             view: LeaseView {
@@ -128,6 +133,12 @@ impl Lease {
             keeper,
             settled: false,
         }
+    }
+
+    /// Counts this lease's extensions (with their lateness) and failed calls in `metrics`.
+    pub fn observe(self, metrics: Arc<Metrics>) -> Lease {
+        let _ = self.shared.metrics.set(metrics);
+        self
     }
 
     /// The message's ack id.
@@ -150,12 +161,14 @@ impl Lease {
     pub async fn ack(mut self) -> Result<(), QueueError> {
         self.stop();
         let s = Arc::clone(&self.shared);
-        retry(|| async {
+        let acked = retry(|| async {
             s.queue
                 .acknowledge(&s.subscription, std::slice::from_ref(&s.ack_id))
                 .await
         })
-        .await
+        .await;
+        s.count_error(&acked);
+        acked
     }
 
     /// Stops extending and hands the message back after `delay` (zero: now; the queue
@@ -187,9 +200,23 @@ impl Drop for Lease {
     }
 }
 
+impl Shared {
+    fn count_error<T>(&self, result: &Result<T, QueueError>) {
+        if let (Err(e), Some(m)) = (result, self.metrics.get()) {
+            m.queue_error(e.kind());
+        }
+    }
+
+    fn count_extension(&self, result: ExtensionResult, lateness: Option<Duration>) {
+        if let Some(m) = self.metrics.get() {
+            m.lease_extended(result, lateness);
+        }
+    }
+}
+
 async fn nack(shared: &Shared, delay: Duration) -> Result<(), QueueError> {
     let delay = delay.min(Duration::from_secs(super::MAX_ACK_DEADLINE_SECS.into()));
-    retry(|| async {
+    let nacked = retry(|| async {
         shared
             .queue
             .modify_ack_deadline(
@@ -200,7 +227,9 @@ async fn nack(shared: &Shared, delay: Duration) -> Result<(), QueueError> {
             .await
             .map(drop)
     })
-    .await
+    .await;
+    shared.count_error(&nacked);
+    nacked
 }
 
 /// Runs `call` up to [`SETTLE_TRIES`] times while it fails transiently, each try bounded by
@@ -229,22 +258,26 @@ where
 }
 
 /// The keeper task: extends every half deadline until aborted or the lease is lost.
-async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: CancellationToken) {
+async fn extend_until_lost(
+    shared: Arc<Shared>,
+    until: watch::Sender<Stamp>,
+    lost: CancellationToken,
+) {
     let Shared {
         queue,
         subscription,
         ack_id,
         deadline,
+        ..
     } = &*shared;
     let ack_ids = std::slice::from_ref(ack_id);
     loop {
         let end = *until.borrow();
-        tokio::time::sleep_until(
-            end.instant
-                .checked_sub(*deadline / 2)
-                .unwrap_or(end.instant),
-        )
-        .await;
+        let due = end
+            .instant
+            .checked_sub(*deadline / 2)
+            .unwrap_or(end.instant);
+        tokio::time::sleep_until(due).await;
         let mut wait = FIRST_RETRY;
         loop {
             let sent = Stamp::now();
@@ -257,6 +290,7 @@ async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: Cancellati
                     subscription,
                     "lease lost: its deadline passed without a successful extension"
                 );
+                shared.count_extension(ExtensionResult::Lost, None);
                 lost.cancel();
                 return;
             };
@@ -271,23 +305,32 @@ async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: Cancellati
                         subscription,
                         "lease lost: the queue refused its extension (the message was handed to someone else)"
                     );
+                    shared.count_extension(ExtensionResult::Lost, None);
                     lost.cancel();
                     return;
                 }
                 Ok(Ok(_)) => {
                     until.send_replace(sent.plus(*deadline));
+                    let late = sent.instant.saturating_duration_since(due);
+                    shared.count_extension(ExtensionResult::Ok, Some(late));
                     break;
                 }
                 Ok(Err(e)) if !e.is_transient() => {
                     tracing::warn!(subscription, error = %e, "lease lost: its extension failed permanently");
+                    shared.count_error(&Err::<(), _>(e));
+                    shared.count_extension(ExtensionResult::Lost, None);
                     lost.cancel();
                     return;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(subscription, error = %e, retry_in = ?wait, "lease extension failed; retrying");
+                    shared.count_error(&Err::<(), _>(e));
+                    shared.count_extension(ExtensionResult::Retried, None);
                 }
                 Err(_) => {
                     tracing::warn!(subscription, retry_in = ?wait, "lease extension timed out; retrying");
+                    shared.count_error(&Err::<(), _>(QueueError::timeout(limit)));
+                    shared.count_extension(ExtensionResult::Retried, None);
                 }
             }
             let left = end

@@ -1,13 +1,86 @@
-//! The store chosen by configuration: R2/S3 when a bucket is configured, else a directory.
+//! The store chosen by configuration: R2/S3 when a bucket is configured, else a directory;
+//! either one observed ([`AnyStore::observed`]): its errors counted by kind in the metrics,
+//! its answers reported to the readiness probe.
+
+use std::sync::Arc;
 
 use super::dir::DirStore;
 use super::s3::S3Store;
 use super::{ClockReading, ETag, Object, ObjectStore, Precondition, StoreError};
+use crate::observe::{Health, Metrics};
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
     Dir(DirStore),
     S3(S3Store),
+    /// A backend whose calls are observed.
+    Observed(Arc<Observed>),
+}
+
+/// A backend and what observes its calls.
+#[derive(Debug)]
+pub struct Observed {
+    backend: Backend,
+    metrics: Arc<Metrics>,
+    health: Option<Arc<Health>>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Dir(DirStore),
+    S3(S3Store),
+}
+
+impl Observed {
+    /// Counts an error by kind; any answer (a failed precondition too) tells the probe the
+    /// store answers.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Err(e) if e.kind() != super::ErrorKind::PreconditionFailed => {
+                self.metrics.store_error(e.kind())
+            }
+            _ => {
+                if let Some(h) = &self.health {
+                    h.store_answered();
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AnyStore {
+    /// This store, each call's error counted by kind in `metrics` and each answer reported
+    /// to `health`.
+    pub fn observed(self, metrics: Arc<Metrics>, health: Option<Arc<Health>>) -> AnyStore {
+        let backend = match self {
+            AnyStore::Dir(s) => Backend::Dir(s),
+            AnyStore::S3(s) => Backend::S3(s),
+            AnyStore::Observed(o) => match &o.backend {
+                Backend::Dir(s) => Backend::Dir(s.clone()),
+                Backend::S3(s) => Backend::S3(s.clone()),
+            },
+        };
+        AnyStore::Observed(Arc::new(Observed {
+            backend,
+            metrics,
+            health,
+        }))
+    }
+}
+
+/// `$call` on whichever backend `$store` is, with `$s` bound to it.
+macro_rules! each {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            AnyStore::Dir($s) => $call,
+            AnyStore::S3($s) => $call,
+            AnyStore::Observed(o) => o.note(match &o.backend {
+                Backend::Dir($s) => $call,
+                Backend::S3($s) => $call,
+            }),
+        }
+    };
 }
 
 impl From<DirStore> for AnyStore {
@@ -24,45 +97,27 @@ impl From<S3Store> for AnyStore {
 
 impl ObjectStore for AnyStore {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.get(key).await,
-            AnyStore::S3(s) => s.get(key).await,
-        }
+        each!(self, s => s.get(key).await)
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.put(key, bytes, pre).await,
-            AnyStore::S3(s) => s.put(key, bytes, pre).await,
-        }
+        each!(self, s => s.put(key, bytes, pre).await)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.head(key).await,
-            AnyStore::S3(s) => s.head(key).await,
-        }
+        each!(self, s => s.head(key).await)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.delete(key).await,
-            AnyStore::S3(s) => s.delete(key).await,
-        }
+        each!(self, s => s.delete(key).await)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.list(prefix).await,
-            AnyStore::S3(s) => s.list(prefix).await,
-        }
+        each!(self, s => s.list(prefix).await)
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.size(key).await,
-            AnyStore::S3(s) => s.size(key).await,
-        }
+        each!(self, s => s.size(key).await)
     }
 
     async fn get_range(
@@ -71,17 +126,11 @@ impl ObjectStore for AnyStore {
         offset: u64,
         len: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.get_range(key, offset, len).await,
-            AnyStore::S3(s) => s.get_range(key, offset, len).await,
-        }
+        each!(self, s => s.get_range(key, offset, len).await)
     }
 
     async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.upload_start(key).await,
-            AnyStore::S3(s) => s.upload_start(key).await,
-        }
+        each!(self, s => s.upload_start(key).await)
     }
 
     async fn upload_part(
@@ -91,10 +140,7 @@ impl ObjectStore for AnyStore {
         number: u32,
         bytes: Vec<u8>,
     ) -> Result<String, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.upload_part(key, upload, number, bytes).await,
-            AnyStore::S3(s) => s.upload_part(key, upload, number, bytes).await,
-        }
+        each!(self, s => s.upload_part(key, upload, number, bytes).await)
     }
 
     async fn upload_complete(
@@ -103,30 +149,18 @@ impl ObjectStore for AnyStore {
         upload: &str,
         parts: &[String],
     ) -> Result<ETag, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.upload_complete(key, upload, parts).await,
-            AnyStore::S3(s) => s.upload_complete(key, upload, parts).await,
-        }
+        each!(self, s => s.upload_complete(key, upload, parts).await)
     }
 
     async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.upload_exists(key, upload).await,
-            AnyStore::S3(s) => s.upload_exists(key, upload).await,
-        }
+        each!(self, s => s.upload_exists(key, upload).await)
     }
 
     async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.upload_abort(key, upload).await,
-            AnyStore::S3(s) => s.upload_abort(key, upload).await,
-        }
+        each!(self, s => s.upload_abort(key, upload).await)
     }
 
     async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
-        match self {
-            AnyStore::Dir(s) => s.clock(key).await,
-            AnyStore::S3(s) => s.clock(key).await,
-        }
+        each!(self, s => s.clock(key).await)
     }
 }

@@ -1,6 +1,7 @@
 //! Inputs and artifacts (issue 9), in process, on the directory store and on the S3 server:
-//! the store's ranged reads and multipart uploads, and the digest task run by the executor
-//! (copies through multipart, limits and errors, a stale worker fenced off after a takeover).
+//! the digest task run by the executor (copies through multipart, limits and errors, a stale
+//! worker fenced off after a takeover). The stores' own ranged reads and multipart uploads are
+//! in `store_contract`.
 
 use crate::support;
 use support::exec::{binding, executor, live_lease, module, run, runtime, stores};
@@ -31,103 +32,6 @@ fn data(n: usize, seed: u32) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-#[tokio::test]
-async fn ranged_reads_and_multipart_uploads_on_both_stores() {
-    for (kind, store, _guard) in stores().await {
-        let bytes = data(1000, 1);
-        store
-            .put("inputs/a", bytes.clone(), Precondition::None)
-            .await
-            .unwrap();
-        assert_eq!(store.size("inputs/a").await.unwrap(), Some(1000), "{kind}");
-        assert_eq!(store.size("inputs/none").await.unwrap(), None, "{kind}");
-        let range = |o, l| store.get_range("inputs/a", o, l);
-        assert_eq!(
-            range(10, 20).await.unwrap().unwrap(),
-            bytes[10..30],
-            "{kind}"
-        );
-        assert_eq!(
-            range(990, 100).await.unwrap().unwrap(),
-            bytes[990..],
-            "{kind}: cut at the end"
-        );
-        assert_eq!(
-            range(1000, 5).await.unwrap().unwrap(),
-            b"",
-            "{kind}: at the end"
-        );
-        assert_eq!(
-            range(5000, 5).await.unwrap().unwrap(),
-            b"",
-            "{kind}: past the end"
-        );
-        assert!(
-            store
-                .get_range("inputs/none", 0, 5)
-                .await
-                .unwrap()
-                .is_none(),
-            "{kind}"
-        );
-        store
-            .put("inputs/empty", vec![], Precondition::None)
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .get_range("inputs/empty", 0, 5)
-                .await
-                .unwrap()
-                .unwrap(),
-            b"",
-            "{kind}"
-        );
-
-        // Three parts: two of the minimum size and a short last one, sent out of order.
-        let key = "jobs/j/artifacts/big.bin";
-        let min = taskhost::store::MIN_PART_BYTES;
-        let whole = data(2 * min + 123, 2);
-        let upload = store.upload_start(key).await.unwrap();
-        assert!(
-            store.size(key).await.unwrap().is_none(),
-            "{kind}: invisible until complete"
-        );
-        let p2 = store
-            .upload_part(key, &upload, 2, whole[min..2 * min].to_vec())
-            .await
-            .unwrap();
-        let p1 = store
-            .upload_part(key, &upload, 1, whole[..min].to_vec())
-            .await
-            .unwrap();
-        let p3 = store
-            .upload_part(key, &upload, 3, whole[2 * min..].to_vec())
-            .await
-            .unwrap();
-        store
-            .upload_complete(key, &upload, &[p1, p2, p3])
-            .await
-            .unwrap();
-        let got = store.get(key).await.unwrap().unwrap().bytes;
-        assert!(got == whole, "{kind}: the parts put together are the bytes");
-
-        // An aborted upload leaves the object as it was.
-        let upload = store.upload_start(key).await.unwrap();
-        store
-            .upload_part(key, &upload, 1, data(min, 3))
-            .await
-            .unwrap();
-        store.upload_abort(key, &upload).await.unwrap();
-        store.upload_abort(key, &upload).await.unwrap();
-        assert_eq!(
-            store.size(key).await.unwrap(),
-            Some(whole.len() as u64),
-            "{kind}"
-        );
-    }
 }
 
 async fn digest(rt: &Runtime) -> Prepared {

@@ -14,6 +14,7 @@ use support::cli::{CliEnv, Proc};
 use support::s3::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
 use taskhost::checkpoint;
 use taskhost::ids::JobId;
+use taskhost::keys;
 use taskhost::store::ObjectStore;
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
@@ -107,7 +108,7 @@ impl Env {
 
     /// Waits for `job`'s result while `worker` runs; returns it as JSON.
     async fn wait_result(&self, job: &str, worker: &mut Proc) -> serde_json::Value {
-        let key = format!("jobs/{job}/result");
+        let key = keys::result(&job.parse().unwrap());
         let deadline = Instant::now() + JOB_TIMEOUT;
         loop {
             if let Some(r) = self.store.get(&key).await.unwrap() {
@@ -174,10 +175,7 @@ async fn a_200_mb_input_in_bounded_memory(kind: &str) {
     );
 
     // The input was uploaded once, content-addressed.
-    let key = format!(
-        "inputs/{}",
-        support::stack::sha256_hex(&std::fs::read(&big).unwrap())
-    );
+    let key = keys::input(&support::stack::sha256_hex(&std::fs::read(&big).unwrap()));
     assert_eq!(
         env.store.size(&key).await.unwrap(),
         Some(200_000_000),

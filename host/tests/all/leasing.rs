@@ -14,6 +14,7 @@ use serde_json::Value;
 use support::cli::{CliEnv, Proc};
 use support::s3::S3Server;
 use support::stack::*;
+use taskhost::keys;
 use taskhost::queue::{LocalQueue, Queue, Settle};
 use taskhost::store::ObjectStore;
 
@@ -121,13 +122,23 @@ async fn a_chaos_of_sigkills_loses_no_job() {
     // At least 60 s of a random worker SIGKILLed (and restarted) every 3 to 6 s.
     let chaos_until = Instant::now() + Duration::from_secs(60);
     let mut kills = 0;
+    // The jobs each kill interrupted (started in the victim's log, not done), and of those
+    // the ones on a node whose next worker must hand them back.
+    let mut interrupted: Vec<String> = Vec::new();
+    let mut on_kept_nodes: Vec<String> = Vec::new();
     while Instant::now() < chaos_until {
         tokio::time::sleep(Duration::from_millis(3000 + rng.below(3000))).await;
         let i = rng.below(3) as usize;
         let victim = &mut workers[i];
         victim.assert_running();
         victim.kill9();
-        logs_of_killed.push_str(&victim.log());
+        let log = victim.log();
+        let in_flight = in_flight(&log, jobs.iter().map(|(id, _)| id));
+        if i < 2 {
+            on_kept_nodes.extend(in_flight.iter().cloned());
+        }
+        interrupted.extend(in_flight);
+        logs_of_killed.push_str(&log);
         kills += 1;
         workers[i] = nodes[i].spawn(&format!("worker-{i}-{kills}"), &["worker"]);
     }
@@ -141,13 +152,18 @@ async fn a_chaos_of_sigkills_loses_no_job() {
         .filter(|s| s["attempts"].as_u64() > Some(1))
         .count();
     eprintln!(
-        "{kills} kills; {resumed} of {} jobs ran more than once",
+        "{kills} kills interrupted {} jobs ({} on a kept node); {resumed} of {} jobs ran more than once",
+        interrupted.len(),
+        on_kept_nodes.len(),
         jobs.len()
     );
-    assert!(kills >= 10, "only {kills} kills");
+    assert!(
+        !interrupted.is_empty(),
+        "no kill interrupted a job: the chaos proved nothing"
+    );
     assert!(
         resumed > 0,
-        "no job was interrupted: the chaos proved nothing"
+        "no job ran more than once: the chaos proved nothing"
     );
     for w in &mut workers {
         stop(w).await;
@@ -157,10 +173,26 @@ async fn a_chaos_of_sigkills_loses_no_job() {
     assert!(!all_logs.contains("dead-lettered"), "{all_logs}");
     let handed = all_logs.matches("handed a dead worker's job back").count();
     eprintln!("{handed} jobs handed back by a worker restarted on its node");
+    // A worker restarted on its node hands back what the dead one held (unless that job's
+    // lease lapsed and another worker finished it first: then the hand-back has nothing to do).
+    assert!(
+        !on_kept_nodes.is_empty(),
+        "no kill on a kept node interrupted a job: the hand-back was never exercised"
+    );
+    assert!(
+        handed > 0,
+        "jobs {on_kept_nodes:?} were interrupted on a kept node, none was handed back:\n{all_logs}"
+    );
 }
 
+/// How soon a worker woken past its lease stops the job. The lease's end is in the past the
+/// moment it wakes, so nothing needs to be waited for but the task's next step (100 ms) and
+/// the cancellation; half a lease is a wide margin that still fails a worker that keeps
+/// running the job until some later renewal or write.
+const FROZEN_STOP_BOUND: Duration = Duration::from_secs(LEASE.as_secs() / 2);
+
 /// A worker frozen (SIGSTOP) past its lease, whose job another worker took over and finished,
-/// writes nothing when it wakes and frees its slot within a second.
+/// writes nothing when it wakes and frees its slot within [`FROZEN_STOP_BOUND`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_whose_job_moved_writes_nothing_when_it_wakes() {
     let stack = Stack::setup_with("frozen", LEASE).await;
@@ -182,8 +214,8 @@ async fn a_frozen_worker_whose_job_moved_writes_nothing_when_it_wakes() {
     assert!(b.log().contains("resumed=true"), "{}", b.log());
     stop(&mut b).await;
     let store = &stack.store;
-    let ckpt_key = format!("jobs/{id}/checkpoint");
-    let result_key = format!("jobs/{id}/result");
+    let job_id = id.parse().unwrap();
+    let (ckpt_key, result_key) = (keys::checkpoint(&job_id), keys::result(&job_id));
     let before = (
         store.get(&ckpt_key).await.unwrap().unwrap().bytes,
         store.get(&result_key).await.unwrap().unwrap().bytes,
@@ -191,13 +223,10 @@ async fn a_frozen_worker_whose_job_moved_writes_nothing_when_it_wakes() {
 
     let woke = Instant::now();
     a.signal(libc::SIGCONT);
-    a.wait_for_log("stopped without writing", Duration::from_secs(5))
-        .await;
+    a.wait_for_log("stopped without writing", LEASE).await;
     let freed = woke.elapsed();
-    assert!(
-        freed < Duration::from_millis(1500),
-        "stopped {freed:?} after waking"
-    );
+    assert!(freed < FROZEN_STOP_BOUND, "stopped {freed:?} after waking");
+    eprintln!("the woken worker stopped {freed:?} after waking");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = (
         store.get(&ckpt_key).await.unwrap().unwrap().bytes,
@@ -290,10 +319,16 @@ async fn two_live_messages_for_one_job_run_it_once() {
 
 /// SIGTERM: the job is released and runs on another worker within 2 s; the stopped worker
 /// exits 0.
+/// The lease of the hand-over test: the job could only move sooner by being handed back.
+const HANDOVER_LEASE: Duration = Duration::from_secs(30);
+/// How soon after SIGTERM the job must start on the other worker: half the lease, far below
+/// a lapse and far above the hand-over itself (a nack, a redelivery, and the other worker's
+/// module fetch and compile, ~1.5 s in the debug build).
+const HANDOVER_BOUND: Duration = Duration::from_secs(HANDOVER_LEASE.as_secs() / 2);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_hands_the_job_to_another_worker_within_two_seconds() {
-    // A long lease: a handover faster than it cannot be a lapse.
-    let stack = Stack::setup_with("handover", Duration::from_secs(30)).await;
+async fn sigterm_hands_the_job_to_another_worker_before_its_lease_could_lapse() {
+    let stack = Stack::setup_with("handover", HANDOVER_LEASE).await;
     let module = stack.push("step_counter").await;
     let cli = stack.cli.set("WORKER_SLOTS", "1");
     let mut a = cli.spawn("worker-a", &["worker"]);
@@ -309,12 +344,13 @@ async fn sigterm_hands_the_job_to_another_worker_within_two_seconds() {
 
     let signalled = Instant::now();
     a.signal(libc::SIGTERM);
-    b.wait_for_log("job started", Duration::from_secs(10)).await;
+    b.wait_for_log("job started", HANDOVER_LEASE).await;
     let handed = signalled.elapsed();
     assert!(
-        handed < Duration::from_secs(2),
-        "ran elsewhere {handed:?} after SIGTERM"
+        handed < HANDOVER_BOUND,
+        "ran elsewhere {handed:?} after SIGTERM: not handed over, the lease lapsed"
     );
+    eprintln!("handed over in {handed:?}");
     let status = a.wait_exit(WORKER_STOP).await;
     assert_eq!(status.code(), Some(0), "{}", a.log());
     assert!(b.log().contains("resumed=true"), "{}", b.log());

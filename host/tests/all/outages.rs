@@ -12,6 +12,7 @@ use serde_json::Value;
 use support::cli::{CliEnv, Proc};
 use support::pubsub::PubsubEmulator;
 use support::s3::{READONLY_ACCESS_KEY_ID, READONLY_SECRET_ACCESS_KEY, S3Server};
+use support::stack::in_flight;
 use taskhost::queue::{Pubsub, Queue, Settle};
 
 /// This test's own servers and the CLI environment for them.
@@ -79,10 +80,18 @@ impl Private {
         let mut args = vec!["status", "--json"];
         args.extend(ids.iter().map(String::as_str));
         let out = self.cli.run(&args).await.success();
-        out.stdout
+        let statuses: Vec<Value> = out
+            .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+            .collect();
+        // One line per job, in order: a check over all of them means something only then.
+        let printed: Vec<&str> = statuses
+            .iter()
+            .filter_map(|s| s["job_id"].as_str())
+            .collect();
+        assert_eq!(printed, ids, "status printed other jobs:\n{out}");
+        statuses
     }
 
     async fn wait_done(
@@ -223,25 +232,96 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
     w.assert_running();
 }
 
+/// How long each outage lasts.
+const OUTAGE: Duration = Duration::from_secs(30);
+/// What a worker logs when its storage breaker opens, and when it closes.
+const BREAKER_OPENS: &str = "storage is failing for every job";
+const BREAKER_CLOSES: &str = "storage answers again: taking jobs";
+/// What a worker logs when a pull fails.
+const PULLS_FAIL: &str = "cannot pull; taking no jobs until the queue answers";
+
+/// The jobs of `ids` that worker `a` or `b` has in flight, by their logs.
+fn in_flight_on(ids: &[String], a: &Proc, b: &Proc) -> Vec<String> {
+    let mut jobs = in_flight(&a.log(), ids);
+    jobs.extend(in_flight(&b.log(), ids));
+    jobs
+}
+
+/// Waits until worker `a` or `b` has a job of `ids` in flight.
+async fn wait_in_flight(ids: &[String], a: &Proc, b: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while in_flight_on(ids, a, b).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no job in flight within 60 s:\n{}{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `worker`'s log contains `needle`.
+async fn wait_log(worker: &Proc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !worker.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never logged {needle:?}:\n{}",
+            worker.name(),
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_second_outages_of_storage_then_of_pubsub_lose_no_job() {
     let (p, module) = Private::start("outage", 10).await;
-    let work = jobs("outage", 8, 40);
+    // 12 jobs of 6 s on 4 slots: about 18 s of work, so that jobs are still in flight when
+    // the queue freezes after the storage outage.
+    let work = jobs("outage", 12, 60);
     p.submit(&module, &work).await;
     let cli = p.cli.set("WORKER_SLOTS", "2");
     let mut a = cli.spawn("worker-a", &["worker"]);
     let mut b = cli.spawn("worker-b", &["worker"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ids: Vec<String> = work.iter().map(|(id, _)| id.clone()).collect();
+    let logs = |a: &Proc, b: &Proc| a.log() + &b.log();
 
+    // Storage goes away with jobs in flight. A frozen server accepts connections and answers
+    // nothing, so each request hangs for the S3 client's attempt timeout (120 s), longer
+    // than the outage: the jobs wait rather than fail, and the storage breaker, which counts
+    // failures, need not open. A breaker that did open must close once storage answers.
+    wait_in_flight(&ids, &a, &b).await;
     p.s3.freeze(true);
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let frozen = in_flight_on(&ids, &a, &b);
+    assert!(!frozen.is_empty(), "no job in flight when storage froze");
+    eprintln!("storage frozen with {frozen:?} in flight");
+    tokio::time::sleep(OUTAGE).await;
+    let opened: Vec<&Proc> = [&a, &b]
+        .into_iter()
+        .filter(|w| w.log().contains(BREAKER_OPENS))
+        .collect();
     p.s3.freeze(false);
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!("{} storage breakers opened during the outage", opened.len());
+    for w in &opened {
+        wait_log(w, BREAKER_CLOSES).await;
+    }
+
+    // Then the queue goes away with jobs in flight: pulls fail and resume.
+    wait_in_flight(&ids, &a, &b).await;
     p.emulator.freeze(true);
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let frozen = in_flight_on(&ids, &a, &b);
+    assert!(!frozen.is_empty(), "no job in flight when the queue froze");
+    eprintln!("queue frozen with {frozen:?} in flight");
+    tokio::time::sleep(OUTAGE).await;
+    assert!(
+        logs(&a, &b).contains(PULLS_FAIL),
+        "no pull failed during the queue outage:\n{}",
+        logs(&a, &b)
+    );
     p.emulator.freeze(false);
 
-    let ids: Vec<String> = work.iter().map(|(id, _)| id.clone()).collect();
     let statuses = p
         .wait_done(&ids, Duration::from_secs(300), &mut [&mut a, &mut b])
         .await;

@@ -371,11 +371,21 @@ async fn a_lost_lease_is_noticed(local: bool) {
     assert!(lease.is_lost());
 }
 
-/// Pub/Sub unreachable for 40 % of the deadline, starting just before an extension is due:
+/// The ack deadline of the outage case.
+const SURVIVE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long Pub/Sub is unreachable there, from just before the first extension is due
+/// (half a deadline after the pull, so half a deadline is left). The extension is retried
+/// with tries of at most a fifth of the deadline (2 s: the first ends at +7 s), then after
+/// `FIRST_RETRY` (0.5 s) a second try runs from +7.5 s to +9.5 s; a call pending when the
+/// emulator thaws is answered then. Thawing at +7.9 s lands inside that second try with
+/// 1.6 s to spare, and 2.1 s before the lease would end.
+const SURVIVE_OUTAGE: Duration = Duration::from_secs(3);
+
+/// Pub/Sub unreachable for [`SURVIVE_OUTAGE`], starting just before an extension is due:
 /// the lease survives (the retries are short enough to land once it answers again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emulator_a_lease_survives_pubsub_unreachable_for_40_percent_of_its_deadline() {
-    let deadline = Duration::from_secs(5);
+async fn emulator_a_lease_survives_pubsub_unreachable_for_part_of_its_deadline() {
+    let deadline = SURVIVE_DEADLINE;
     let s = Setup::with(false, true, "survive", deadline, 100).await;
     let Backend::Emulator(emulator) = &s.backend else {
         unreachable!()
@@ -390,7 +400,7 @@ async fn emulator_a_lease_survives_pubsub_unreachable_for_40_percent_of_its_dead
     let due = got[0].leased_until.instant - deadline / 2;
     tokio::time::sleep_until(due - Duration::from_millis(100)).await;
     emulator.freeze(true);
-    tokio::time::sleep(deadline * 2 / 5).await;
+    tokio::time::sleep(SURVIVE_OUTAGE).await;
     emulator.freeze(false);
     // Past the deadline the first extension would have had: still held.
     tokio::time::sleep_until(got[0].leased_until.instant + Duration::from_secs(1)).await;

@@ -401,7 +401,7 @@ async fn rm_and_prune_never_remove_a_needed_module() {
         want.sort();
         assert_eq!(left.keys().cloned().collect::<Vec<_>>(), want, "{kind}");
         for gone in [&loose, &loose2] {
-            let key = format!("modules/{}.wasm", &gone["sha256:".len()..]);
+            let key = taskhost::keys::module(&gone.parse().unwrap());
             assert!(!env.store.exists(&key).await.unwrap(), "{kind}: {key}");
         }
 

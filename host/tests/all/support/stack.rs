@@ -232,6 +232,37 @@ pub fn job_lines<'a>(log: &'a str, what: &str, id: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// What a worker logs when a job it started ends in its hands, one way or another.
+const JOB_ENDS: [&str; 8] = [
+    "job done; result stored",
+    "handing the job back",
+    "handing this copy back",
+    "handing it back",
+    "stopped without writing",
+    "giving the job up",
+    "not writing the result",
+    "task trapped",
+];
+
+/// The jobs of `ids` that `log` (one worker's) shows in flight when it was read: started,
+/// with no end logged since.
+pub fn in_flight<'a>(log: &str, ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    ids.into_iter()
+        .filter(|id| {
+            let lines = job_lines(log, "", id);
+            lines
+                .iter()
+                .rposition(|l| l.contains("job started"))
+                .is_some_and(|started| {
+                    !lines[started..]
+                        .iter()
+                        .any(|l| JOB_ENDS.iter().any(|end| l.contains(end)))
+                })
+        })
+        .cloned()
+        .collect()
+}
+
 /// The integer after `prefix` in `line` (e.g. `elapsed_ms=` → 1234).
 pub fn number_after(line: &str, prefix: &str) -> Option<u64> {
     let rest = &line[line.find(prefix)? + prefix.len()..];

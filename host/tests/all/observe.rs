@@ -1,0 +1,364 @@
+//! What an operator sees from the outside (issue 15): `/metrics` scraped during a real run
+//! counts what happened; `/readyz` follows the store's outage while `/livez` stays up; every
+//! JSON log line parses and a job's lines carry its fields; no secret reaches a log line,
+//! a metric or an error.
+
+use crate::support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cli::{CliEnv, Proc};
+use support::s3::{S3Server, SECRET_ACCESS_KEY};
+use support::stack::{Stack, WORKER_START, stop};
+use taskhost::checkpoint;
+use taskhost::ids::JobId;
+use taskhost::queue::OutgoingMessage;
+use taskhost::store::{ObjectStore, Precondition};
+
+/// `GET path` on `addr`: the status and the body, or `None` when nothing answers in time.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let sock = addr.parse().unwrap();
+    let mut conn = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// `GET path`, asynchronously (the blocking client on a blocking thread).
+async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || get(&addr, &path))
+        .await
+        .unwrap()
+}
+
+/// The value of the series `series` (name and labels exactly as exported) in `text`.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `path` until `ok` holds for its answer; panics after `timeout`, with the last answer.
+async fn until(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    worker: &mut Proc,
+    ok: impl Fn(&(u16, String)) -> bool,
+) -> (u16, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = fetch(addr, path).await;
+        if let Some(answer) = got.filter(|a| ok(a)) {
+            return answer;
+        }
+        worker.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{path} not as expected within {timeout:?}; log:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn metrics_addr() -> String {
+    format!("127.0.0.1:{}", support::pubsub::free_port())
+}
+
+/// A service-account key file whose private key is `secret` (never valid; only seen).
+fn key_file(cli: &CliEnv, secret: &str) -> std::path::PathBuf {
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "obs",
+        "private_key_id": "0123456789abcdef",
+        "private_key": format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n"),
+        "client_email": "worker@obs.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token",
+    });
+    cli.write_file("key.json", key.to_string())
+}
+
+/// The secret of the key file the metrics run is given.
+const KEY_SECRET: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-obs-private-key-secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_metrics_count_what_happened_and_its_json_lines_carry_the_job() {
+    let stack = Stack::setup("obs-metrics").await;
+    let module = stack.push("step_counter").await;
+    let addr = metrics_addr();
+    let keys = key_file(&stack.cli, KEY_SECRET);
+    let mut worker = stack
+        .cli
+        .set("WORKER_SLOTS", "2")
+        .set("METRICS_ADDR", &addr)
+        .set("LOG_FORMAT", "json")
+        .set("SALAD_MACHINE_ID", "machine-7")
+        .set("SALAD_CONTAINER_GROUP_ID", "group-3")
+        .set("GOOGLE_APPLICATION_CREDENTIALS", keys.to_str().unwrap())
+        .spawn("worker", &["worker"]);
+    until(&addr, "/readyz", WORKER_START, &mut worker, |(s, _)| {
+        *s == 200
+    })
+    .await;
+
+    // A job long enough to be taken from the worker mid-run: its checkpoint is overwritten
+    // as another worker's claim would, released, so the redelivered copy takes it back.
+    let conflicted = "obs-conflict".to_string();
+    let text = format!(r#"{{"job_id":"{conflicted}","steps":40,"step_ms":150}}"#) + "\n";
+    stack.submit(&module, "long.jsonl", &text).await.success();
+    let key = checkpoint::key(&conflicted.parse::<JobId>().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (header, data) = loop {
+        if let Some(obj) = stack.store.get(&key).await.unwrap() {
+            let (h, d) = checkpoint::decode(&obj.bytes).unwrap();
+            if d.is_some() {
+                break (h, d);
+            }
+        }
+        assert!(Instant::now() < deadline, "no save; log:\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Scraped during the run: the job runs.
+    let (_, during) = fetch(&addr, "/metrics").await.unwrap();
+    assert!(value(&during, "taskhost_jobs_running") >= 1.0, "{during}");
+    let taken = checkpoint::Header {
+        owner: "another-worker".into(),
+        lease_until_ms: 0,
+        nonce: "taken".into(),
+        ..header
+    };
+    let bytes = checkpoint::encode(&taken, data.as_deref());
+    stack
+        .store
+        .put(&key, bytes, Precondition::None)
+        .await
+        .unwrap();
+
+    // Five short jobs, and one message that is no job.
+    let good: Vec<String> = (0..5).map(|i| format!("obs-good-{i}")).collect();
+    let text: String = good
+        .iter()
+        .map(|id| format!(r#"{{"job_id":"{id}","steps":3,"step_ms":10}}"#) + "\n")
+        .collect();
+    stack.submit(&module, "good.jsonl", &text).await.success();
+    let poison = OutgoingMessage {
+        data: b"not json".to_vec(),
+        attributes: [("module".to_string(), module.clone())].into(),
+    };
+    stack
+        .pubsub
+        .publish(&stack.topic, vec![poison])
+        .await
+        .unwrap();
+
+    let mut ids = good.clone();
+    ids.push(conflicted.clone());
+    stack
+        .wait_done(&ids, Duration::from_secs(120), &mut [&mut worker])
+        .await;
+    // The dead-letter is settled once the publish is acked: wait for its count.
+    let (_, text) = until(
+        &addr,
+        "/metrics",
+        Duration::from_secs(60),
+        &mut worker,
+        |(_, t)| t.contains("taskhost_messages_settled_total{action=\"dead_letter\"} 1"),
+    )
+    .await;
+
+    let ended = |outcome: &str| {
+        value(
+            &text,
+            &format!("taskhost_jobs_ended_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(ended("done"), 6.0, "{text}");
+    assert_eq!(ended("poison"), 1.0, "{text}");
+    assert_eq!(ended("conflict"), 1.0, "{text}");
+    assert_eq!(
+        ended("trapped") + ended("storage") + ended("host_fault"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "taskhost_messages_settled_total{action=\"ack\"}"),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "taskhost_checkpoint_writes_total{result=\"conflict\"}"
+        ),
+        1.0
+    );
+    assert!(value(&text, "taskhost_checkpoint_writes_total{result=\"ok\"}") >= 1.0);
+    assert!(value(&text, "taskhost_checkpoint_written_bytes_total") > 0.0);
+    assert_eq!(value(&text, "taskhost_slots"), 2.0);
+    assert_eq!(value(&text, "taskhost_jobs_running"), 0.0);
+    assert!(value(&text, "taskhost_pulls_total{result=\"messages\"}") >= 1.0);
+    // Fetched and compiled once; every other of the 7 job deliveries found it cached.
+    assert_eq!(
+        value(&text, "taskhost_module_cache_total{result=\"miss\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "taskhost_module_cache_total{result=\"hit\"}"),
+        6.0
+    );
+    assert_eq!(value(&text, "taskhost_module_compile_seconds_count"), 1.0);
+    assert!(value(&text, "taskhost_fuel_used_total") > 0.0);
+    assert!(value(&text, "process_resident_memory_bytes") > 0.0);
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "a job id in the metrics: {id}");
+    }
+    assert_eq!(fetch(&addr, "/livez").await.unwrap().0, 200);
+    assert_eq!(fetch(&addr, "/startupz").await.unwrap().0, 200);
+    assert_eq!(fetch(&addr, "/nothing").await.unwrap().0, 404);
+
+    stop(&mut worker).await;
+    let log = worker.log();
+    let mut job_lines = 0;
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{log}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert_eq!(v["salad_machine_id"], "machine-7", "{line}");
+        assert_eq!(v["salad_container_group_id"], "group-3", "{line}");
+        if v["message"] == "job done; result stored" {
+            job_lines += 1;
+            assert!(ids.iter().any(|id| v["job_id"] == *id.as_str()), "{line}");
+            assert!(v["attempt"].as_u64().is_some_and(|a| a >= 1), "{line}");
+            assert_eq!(v["module"], module.as_str(), "{line}");
+            assert!(
+                v["worker"].as_str().is_some_and(|w| !w.is_empty()),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(job_lines, 6, "{log}");
+    // The secrets it was given: in no line and no metric.
+    for secret in [SECRET_ACCESS_KEY, KEY_SECRET] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+        assert!(!text.contains(secret) && !during.contains(secret));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
+    // Its own S3 server (it is frozen) and the embedded queue.
+    let s3 = S3Server::start().await;
+    let cli = CliEnv::embedded("obs-ready")
+        .set("R2_BUCKET_NAME", support::s3::BUCKET)
+        .set("R2_S3_ENDPOINT_URL", s3.endpoint())
+        .set("R2_AWS_ACCESS_KEY_ID", support::s3::ACCESS_KEY_ID)
+        .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
+    cli.run(&["setup"]).await.success();
+    let addr = metrics_addr();
+    let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);
+    until(&addr, "/readyz", WORKER_START, &mut worker, |(s, _)| {
+        *s == 200
+    })
+    .await;
+    assert_eq!(fetch(&addr, "/startupz").await.unwrap().0, 200);
+
+    s3.freeze(true);
+    let frozen = Instant::now();
+    let thirty = Duration::from_secs(30);
+    let deadline = frozen + thirty;
+    let why = loop {
+        let (status, body) = fetch(&addr, "/readyz").await.expect("readyz answers");
+        // Liveness never follows an outage.
+        assert_eq!(fetch(&addr, "/livez").await.map(|a| a.0), Some(200));
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still ready 30 s into the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(why.contains("store"), "{why}");
+    // Stays not ready, and alive, for as long as the store is frozen (a few more checks).
+    let held = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < held {
+        assert_eq!(fetch(&addr, "/readyz").await.map(|a| a.0), Some(503));
+        assert_eq!(fetch(&addr, "/livez").await.map(|a| a.0), Some(200));
+        assert_eq!(fetch(&addr, "/startupz").await.map(|a| a.0), Some(200));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s3.freeze(false);
+    until(&addr, "/readyz", thirty, &mut worker, |(s, _)| *s == 200).await;
+    let (_, text) = fetch(&addr, "/metrics").await.unwrap();
+    assert_eq!(
+        value(&text, "taskhost_jobs_ended_total{outcome=\"done\"}"),
+        0.0
+    );
+
+    worker.signal(libc::SIGTERM);
+    worker.wait_exit(support::stack::WORKER_STOP).await;
+    assert!(!worker.log().contains(SECRET_ACCESS_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_and_key_files_appear_in_no_error() {
+    let s3 = support::stack::servers().await;
+    // A wrong S3 secret: the worker stops at its probe write with one sentence.
+    let wrong = "wrong-secret-obs-5f1d9c0b7e";
+    let cli = CliEnv::embedded("obs-secrets")
+        .set("R2_BUCKET_NAME", support::s3::BUCKET)
+        .set("R2_S3_ENDPOINT_URL", s3.s3.endpoint())
+        .set("R2_AWS_ACCESS_KEY_ID", support::s3::ACCESS_KEY_ID)
+        .set("R2_AWS_SECRET_ACCESS_KEY", wrong);
+    for format in ["text", "json"] {
+        let out = cli
+            .set("LOG_FORMAT", format)
+            .run(&["worker"])
+            .await
+            .failure();
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(!all.contains(wrong), "{out}");
+        assert!(all.contains("cannot write to the store"), "{out}");
+        if format == "json" {
+            for line in out.stderr.lines() {
+                serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            }
+        }
+    }
+    // A key file for real Pub/Sub whose token endpoint refuses: the error names the file's
+    // trouble, never its key.
+    let secret = "MIIEvQ-obs-unusable-private-key-0a6c4e";
+    let keys = key_file(&cli, secret);
+    let out = cli
+        .set("PROJECT_ID", "obs-no-such-project")
+        .set("GOOGLE_APPLICATION_CREDENTIALS", keys.to_str().unwrap())
+        .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        .run(&["setup"])
+        .await
+        .failure();
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("credentials"), "{out}");
+    assert!(!all.contains(secret), "{out}");
+    assert!(!all.contains(SECRET_ACCESS_KEY), "{out}");
+}

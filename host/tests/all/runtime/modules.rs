@@ -1,0 +1,136 @@
+//! Module checks: files that are not task modules, the older WIT version, too many memories.
+
+use super::*;
+
+#[tokio::test]
+async fn files_that_are_not_task_modules_get_clear_errors() {
+    let rt = runtime();
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    type Check = fn(&ModuleError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        ("text", b"hello world".to_vec(), |e| {
+            *e == ModuleError::NotWasm
+        }),
+        ("empty", vec![], |e| *e == ModuleError::NotWasm),
+        ("core module", core_module, |e| {
+            *e == ModuleError::CoreModule
+        }),
+        (
+            "truncated component",
+            support::guests::bytes("step_counter")[..1000].to_vec(),
+            |e| matches!(e, ModuleError::Invalid(_)),
+        ),
+        ("other world", support::guests::bytes("other_world"), |e| {
+            matches!(e, ModuleError::WrongWorld(_))
+        }),
+    ];
+    for (name, bytes, check) in cases {
+        let err = match rt.prepare(bytes, None).await {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e,
+        };
+        assert!(check(&err), "{name}: {err:?}");
+        assert!(!err.to_string().is_empty());
+    }
+    // A hash that does not match the bytes.
+    let bytes = support::guests::bytes("step_counter");
+    let wrong = taskhost::ids::ModuleHash::of(b"something else");
+    assert!(matches!(
+        rt.prepare(bytes, Some(wrong)).await,
+        Err(ModuleError::HashMismatch { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_module_built_for_wit_0_1_0_still_runs() {
+    let rt = runtime();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/step_counter_v0.1.0.wasm"
+    ))
+    .unwrap();
+    let m = rt.prepare(bytes, None).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::open(tmp.path()).unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    let job: JobId = "old".parse().unwrap();
+    let input = r#"{"job_id":"old","steps":600}"#;
+    let end = ex
+        .execute(
+            &job,
+            &m,
+            input,
+            &JobBinding::default(),
+            live_lease(),
+            CancellationToken::new(),
+        )
+        .await;
+    let JobEnd::Done { result, .. } = end else {
+        panic!("{end:?}")
+    };
+    let doc: serde_json::Value = serde_json::from_str(&result).unwrap();
+    // 600 saves through the 0.1.0 `checkpoint` interface succeeded (the task fails on any
+    // save error) and its result is the guide's.
+    assert_eq!(doc["sum"], 180300, "{result}");
+}
+
+/// A component whose core module declares `memories` memories of `pages` 64 KiB pages each,
+/// exporting a `run` of the task world that traps if it is ever called.
+fn component_with_memories(memories: usize, pages: u32) -> Vec<u8> {
+    let mems: String = (0..memories)
+        .map(|i| match i {
+            0 => format!("(memory (export \"memory\") {pages})\n"),
+            _ => format!("(memory {pages})\n"),
+        })
+        .collect();
+    wat::parse_str(format!(
+        r#"(component
+  (core module $m
+    {mems}
+    (func (export "run") (param i32 i32) (result i32) unreachable)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable))
+  (core instance $i (instantiate $m))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc")))))"#
+    ))
+    .unwrap()
+}
+
+/// A component with more memories than a task may have is refused as a module, never a
+/// host fault retried forever, and the worker's other tasks still start.
+#[tokio::test]
+async fn a_component_with_many_memories_is_the_tasks_fault() {
+    let rt = runtime();
+    let one = rt.prepare(component_with_memories(1, 1), None).await;
+    let one = one.expect("a one-memory component prepares");
+    let r = run_once(&rt, &one, "{}", JobLimits::default()).await;
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::Trapped {
+                kind: TrapKind::Panic,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    // Each core module may define one memory (the instance pool's slot shape): more is
+    // refused when the module is prepared (`module push` refuses it; a worker dead-letters
+    // the job with this reason), never a run that fails as the host's fault.
+    match rt.prepare(component_with_memories(4, 1), None).await {
+        Err(ModuleError::Invalid(m)) => assert!(m.contains("memories count of 4"), "{m}"),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a core module with four memories was accepted"),
+    }
+    let step = prepare(&rt, "step_counter").await;
+    let r = run_once(
+        &rt,
+        &step,
+        r#"{"job_id":"j","steps":3}"#,
+        JobLimits::default(),
+    )
+    .await;
+    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+}
