@@ -177,6 +177,24 @@ impl JobState {
     }
 }
 
+impl FromStr for JobState {
+    type Err = String;
+
+    /// A state by its name (`queued`, `running`, `waiting`, `done`, `failed`).
+    fn from_str(s: &str) -> Result<JobState, String> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Waiting,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not a state (queued, running, waiting, done, failed)"))
+    }
+}
+
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
@@ -214,6 +232,32 @@ impl WorkerId {
 }
 
 impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of one batch of jobs `submit` published (`<ms since epoch>-<8 random hex>`): names
+/// its record, [`crate::keys::submitted`]. Sorts by time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchId(String);
+
+impl BatchId {
+    /// A new id, unique with overwhelming probability.
+    pub fn new() -> BatchId {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).expect("the OS random source works");
+        BatchId(format!("{:013}-{}", crate::time::now_ms(), hex::encode(b)))
+    }
+}
+
+impl Default for BatchId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for BatchId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

@@ -13,8 +13,10 @@
 //! | `jobs/<job_id>/artifacts/<name>` | an artifact of the job |
 //! | `inputs/<sha256-hex>` | an input uploaded by `taskhost submit --input`, create-only |
 //! | `taskhost-probe/<name>` | a worker's startup write check (deleted at once) |
+//! | `submitted/<batch_id>` | the job ids of one batch `submit` published (one per line) |
+//! | `workers/<worker_id>` | a worker's heartbeat (JSON), deleted when it exits cleanly |
 
-use crate::ids::{JobId, ModuleHash, ModuleTag};
+use crate::ids::{BatchId, JobId, ModuleHash, ModuleTag};
 
 /// Where every job's objects live.
 pub const JOBS_PREFIX: &str = "jobs/";
@@ -81,8 +83,32 @@ pub fn input(sha256_hex: &str) -> String {
     format!("inputs/{sha256_hex}")
 }
 
+/// Where `submit` records the job ids of each batch it publishes.
+pub const SUBMITTED_PREFIX: &str = "submitted/";
+
+/// The record of one published batch: its job ids, one per line.
+pub fn submitted(batch: &BatchId) -> String {
+    format!("{SUBMITTED_PREFIX}{batch}")
+}
+
+/// Where workers publish their heartbeats.
+pub const WORKERS_PREFIX: &str = "workers/";
+
+/// A worker's heartbeat record; `None` unless the id is made of `[A-Za-z0-9._-]` (checked by
+/// [`crate::ids::check_name`]; a worker id is).
+pub fn worker(id: &str) -> Option<String> {
+    crate::ids::check_name(id).ok()?;
+    Some(format!("{WORKERS_PREFIX}{id}"))
+}
+
 /// Prefixes of the host's own objects: a job's input key may not start with one.
-pub const RESERVED_PREFIXES: [&str; 3] = [JOBS_PREFIX, MODULES_PREFIX, "taskhost-probe/"];
+pub const RESERVED_PREFIXES: [&str; 5] = [
+    JOBS_PREFIX,
+    MODULES_PREFIX,
+    "taskhost-probe/",
+    SUBMITTED_PREFIX,
+    WORKERS_PREFIX,
+];
 
 /// A probe object's key; `name` must be made of `[A-Za-z0-9._-]` (a worker id is).
 pub fn probe(name: &str) -> String {

@@ -9,13 +9,39 @@ use anyhow::Context;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use taskhost::ids::{JobId, ModuleRef};
+use taskhost::ids::{BatchId, JobId, ModuleRef};
 use taskhost::queue::OutgoingMessage;
 use taskhost::queue::Queue;
 use taskhost::store::ObjectStore;
 
 /// Messages per publish call (the client batches them further).
 const BATCH: usize = 500;
+/// Job ids per `submitted/` record: one write per 1,000 jobs published.
+const RECORD_BATCH: usize = 1000;
+
+/// Writes the record of a batch (`keys::submitted`): its job ids, one per line; `batch`
+/// names a record to rewrite (deleted when `jobs` is empty). Returns its id.
+async fn record_batch(
+    store: &taskhost::store::any::AnyStore,
+    batch: Option<&BatchId>,
+    jobs: &[(JobId, String)],
+) -> anyhow::Result<BatchId> {
+    let (batch, pre) = match batch {
+        Some(b) => (b.clone(), taskhost::store::Precondition::None),
+        None => (BatchId::new(), taskhost::store::Precondition::Absent),
+    };
+    let key = taskhost::keys::submitted(&batch);
+    if jobs.is_empty() {
+        store.delete(&key).await?;
+        return Ok(batch);
+    }
+    let ids: String = jobs.iter().map(|(id, _)| format!("{id}\n")).collect();
+    store
+        .put(&key, ids.into_bytes(), pre)
+        .await
+        .context("cannot record the batch's job ids (submitted/)")?;
+    Ok(batch)
+}
 
 /// Publish jobs to the jobs topic.
 ///
@@ -218,25 +244,36 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         )
     };
     let mut published = 0usize;
-    for chunk in jobs.chunks(BATCH) {
-        let messages = chunk
-            .iter()
-            .map(|(_, doc)| OutgoingMessage {
-                data: doc.clone().into_bytes(),
-                attributes: BTreeMap::from([("module".to_owned(), module.to_string())]),
-            })
-            .collect();
-        match ps.publish(&args.topics.topic_id, messages).await {
-            Ok(ids) => published += ids.len(),
-            Err(e) => {
-                bar.abandon();
-                anyhow::bail!(
-                    "{e}; {published} jobs were published before this batch \
-                     (resubmitting is safe: a job whose result exists is not run again)"
-                );
+    for record in jobs.chunks(RECORD_BATCH) {
+        // The batch's ids are recorded before its messages go out, so `status` shows every
+        // job as queued from the moment it is published.
+        let batch = record_batch(&store, None, record).await?;
+        let mut sent = 0usize;
+        for chunk in record.chunks(BATCH) {
+            let messages = chunk
+                .iter()
+                .map(|(_, doc)| OutgoingMessage {
+                    data: doc.clone().into_bytes(),
+                    attributes: BTreeMap::from([("module".to_owned(), module.to_string())]),
+                })
+                .collect();
+            match ps.publish(&args.topics.topic_id, messages).await {
+                Ok(ids) => {
+                    published += ids.len();
+                    sent += chunk.len();
+                }
+                Err(e) => {
+                    bar.abandon();
+                    // The record names only what went out (best effort).
+                    let _ = record_batch(&store, Some(&batch), &record[..sent]).await;
+                    anyhow::bail!(
+                        "{e}; {published} jobs were published before this batch \
+                         (resubmitting is safe: a job whose result exists is not run again)"
+                    );
+                }
             }
+            bar.set_position(published as u64);
         }
-        bar.set_position(published as u64);
     }
     bar.finish_and_clear();
     println!("published {published} jobs to {}", args.topics.topic_id);

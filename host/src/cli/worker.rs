@@ -83,6 +83,14 @@ pub struct WorkerArgs {
     /// `/startupz`) on this address, e.g. `0.0.0.0:9464` (off when unset).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
+    /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
+    #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = taskhost::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
+    pub heartbeat_secs: u64,
+    /// The machine its heartbeat names (SaladCloud sets SALAD_MACHINE_ID); default: the
+    /// host name.
+    #[arg(long = "machine-id", env = "SALAD_MACHINE_ID", value_name = "ID")]
+    pub machine_id: Option<String>,
 }
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -119,6 +127,16 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // One instance slot per job slot: a job never waits for or fails on a full pool.
     let host = super::config::host_name(args.host_name.as_deref());
     let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
+    let heartbeat =
+        (args.heartbeat_secs > 0).then(|| taskhost::worker::heartbeat::HeartbeatConfig {
+            interval: Duration::from_secs(args.heartbeat_secs),
+            machine: args
+                .machine_id
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| host.clone()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
     // The node's own parts first: the startup probe passes once they are up, whatever the
@@ -171,6 +189,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         record_dir,
         health,
+        heartbeat,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(
