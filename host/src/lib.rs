@@ -13,6 +13,7 @@ pub mod modules;
 pub mod observe;
 pub mod queue;
 pub mod runtime;
+pub mod salad;
 pub mod store;
 pub mod time;
 pub mod worker;

@@ -81,9 +81,13 @@ pub struct WorkerArgs {
     /// `/startupz`) on this address, e.g. `0.0.0.0:9464` (off when unset).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// SaladCloud's instance metadata service, used only on SaladCloud (SALAD_MACHINE_ID
+    /// set): the deletion cost, reallocation. Always reached directly, never through a proxy.
+    #[arg(long, env = "SALAD_IMDS_URL", default_value = taskhost::salad::imds::DEFAULT_IMDS_URL)]
+    pub salad_imds_url: String,
 }
 
-pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
     let limits = args.limits.job_limits()?;
@@ -99,6 +103,18 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_ADDR={addr}: {e}"))?;
         tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
     }
+    let imds = on_salad
+        .then(|| {
+            taskhost::salad::Imds::new(&taskhost::salad::ImdsConfig {
+                base_url: args.salad_imds_url.clone(),
+                ..Default::default()
+            })
+        })
+        .transpose()?;
+    // 0 at once (idle), then kept current by the worker's jobs.
+    let deletion_cost = imds
+        .clone()
+        .map(|imds| taskhost::salad::DeletionCost::spawn(imds, server.clone()));
     let store = args.store.open()?.observed(metrics.clone(), health.clone());
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
@@ -170,6 +186,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         record_dir,
         health,
+        deletion_cost,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(

@@ -147,7 +147,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 OtherWork::Refuse
             },
             inputs: job.inputs.clone(),
+            deletion_cost: self.config.deletion_cost.clone(),
         };
+        // Counted in the deletion cost while it runs.
+        let counted = self.config.deletion_cost.as_ref().map(|c| c.job());
         let (end, runs) = self
             .executor
             .execute_counted(id, &module, &job.input, &binding, lease.view(), shutdown)
@@ -158,6 +161,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         // The job no longer runs: its slot may take the next message while this one is
         // settled (the ack, nack or dead-letter publish takes a round trip or two).
         drop(slot);
+        drop(counted);
         self.count(id, &end);
         if matches!(end, JobEnd::Storage(_)) {
             self.storage_failures.failed();

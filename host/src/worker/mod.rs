@@ -88,6 +88,10 @@ pub struct WorkerConfig {
     /// clock and draining. `None`: no probes. (Metrics: the runtime's,
     /// [`Runtime::metrics`](crate::runtime::Runtime::metrics).)
     pub health: Option<Arc<Health>>,
+    /// The instance's deletion cost on SaladCloud ([`DeletionCost`](crate::salad::DeletionCost)):
+    /// each job counts while it runs, its finish phase holds it at the maximum. `None`: not
+    /// on SaladCloud.
+    pub deletion_cost: Option<crate::salad::DeletionCost>,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).

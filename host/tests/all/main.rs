@@ -18,6 +18,7 @@ mod outages;
 mod pubsub_emulator;
 mod queue_contract;
 mod runtime;
+mod salad;
 mod store_contract;
 mod store_s3;
 mod worker_e2e;
