@@ -12,6 +12,7 @@ pub mod config;
 mod demo;
 mod job;
 mod module;
+mod preflight;
 mod run;
 mod setup;
 pub mod status;
