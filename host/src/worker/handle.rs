@@ -50,6 +50,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         slot: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
+        let _running = super::heartbeat::Running::count(&self.stats);
         let attempt = message.delivery_attempt.unwrap_or(1);
         let job = match JobMessage::parse(
             &message.data,

@@ -43,6 +43,7 @@ use crate::store::any::AnyStore;
 mod clock;
 mod decide;
 mod handle;
+pub mod heartbeat;
 pub mod node_record;
 pub mod receive;
 
@@ -92,6 +93,9 @@ pub struct WorkerConfig {
     /// each job counts while it runs, its finish phase holds it at the maximum. `None`: not
     /// on SaladCloud.
     pub deletion_cost: Option<crate::salad::DeletionCost>,
+    /// `HEARTBEAT_SECONDS` and the machine: the heartbeat record ([`heartbeat`]); `None`:
+    /// no heartbeat.
+    pub heartbeat: Option<heartbeat::HeartbeatConfig>,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -106,6 +110,8 @@ pub struct Stats {
     pub leases_lost: AtomicU64,
     pub interrupted: AtomicU64,
     pub host_faults: AtomicU64,
+    /// Messages being handled now (a gauge, for the heartbeat).
+    pub running: AtomicU64,
 }
 
 impl Stats {
@@ -168,6 +174,13 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         storage_failures: receive::StorageFailures::default(),
         record,
     });
+    let beating = heartbeat::start(
+        &worker.executor.store,
+        &worker.executor.worker_id,
+        slots,
+        &stats,
+        worker.config.heartbeat.as_ref(),
+    );
     let mut jobs = JoinSet::new();
     // What stops the running jobs: the shutdown, or the end of the loop for any reason (a
     // subscription that failed for good hands its jobs back like a shutdown).
@@ -215,6 +228,9 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         host_faults = stats.host_faults.load(Ordering::Relaxed),
         "worker stopped"
     );
+    if let Some(b) = beating {
+        b.stop().await;
+    }
     result.map(|()| stats)
 }
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
-use super::{ClockReading, ETag, ErrorKind, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, ErrorKind, Listed, Object, ObjectStore, Precondition, StoreError};
 
 mod lock;
 mod multipart;
@@ -181,7 +181,7 @@ fn put_blocking(
     result
 }
 
-fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
+fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Listed>> {
     // Walk only the directory that can hold matches.
     let start = match prefix.rfind('/') {
         Some(i) => root.join(encode(&prefix[..i])),
@@ -208,12 +208,22 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
             } else if let Ok(rel) = path.strip_prefix(root) {
                 let key = decode(&rel.to_string_lossy().replace('\\', "/"));
                 if key.starts_with(prefix) {
-                    out.push(key);
+                    let meta = entry.metadata()?;
+                    let modified_ms = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as u64);
+                    out.push(Listed {
+                        key,
+                        size: meta.len(),
+                        modified_ms,
+                    });
                 }
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
 }
 
@@ -265,7 +275,7 @@ impl ObjectStore for DirStore {
         .map_err(join_err)?
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_entries(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {

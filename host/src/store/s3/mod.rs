@@ -58,7 +58,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 
 use super::{
-    ClockReading, DATE_RESOLUTION_MS, ETag, ErrorKind, Object, ObjectStore, Precondition,
+    ClockReading, DATE_RESOLUTION_MS, ETag, ErrorKind, Listed, Object, ObjectStore, Precondition,
     StoreError, unix_ms,
 };
 
@@ -251,7 +251,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_entries(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let full = self.full_key(prefix);
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
@@ -265,19 +265,23 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| self.fail("ListObjectsV2", &format!("{full}*"), &e))?;
-            keys.extend(
-                resp.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .filter_map(|k| k.strip_prefix(self.prefix.as_str()))
-                    .map(str::to_string),
-            );
+            keys.extend(resp.contents().iter().filter_map(|o| {
+                Some(Listed {
+                    key: o.key()?.strip_prefix(self.prefix.as_str())?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified_ms: o
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0)
+                        .max(0) as u64,
+                })
+            }));
             match resp.next_continuation_token() {
                 Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
                 _ => break,
             }
         }
-        keys.sort();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(keys)
     }
 
