@@ -92,6 +92,15 @@ pub struct WorkerArgs {
     /// be a crash loop that burns nodes).
     #[arg(long, env = "EXIT_ON_MISCONFIG")]
     pub exit_on_misconfig: bool,
+    /// On SaladCloud: host faults in a row (a run failed for a reason that is not the task's,
+    /// no job done between) after which the worker asks SaladCloud for another node (the
+    /// node is kept from the workload for 48 h); 0: never.
+    #[arg(long, env = "REALLOCATE_AFTER_HOST_FAULTS", default_value_t = taskhost::salad::reallocate::DEFAULT_AFTER_HOST_FAULTS)]
+    pub reallocate_after_host_faults: u32,
+    /// On SaladCloud: seconds the node's clock may disagree with the store's before the
+    /// worker asks for another node; 0: never.
+    #[arg(long, env = "REALLOCATE_AFTER_CLOCK_OFF_SECONDS", default_value_t = taskhost::salad::reallocate::DEFAULT_AFTER_CLOCK_OFF.as_secs())]
+    pub reallocate_after_clock_off_secs: u64,
     /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
     /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
     #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = taskhost::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
@@ -130,6 +139,15 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
     let deletion_cost = imds
         .clone()
         .map(|imds| taskhost::salad::DeletionCost::spawn(imds, server.clone()));
+    let reallocator = imds.clone().map(|imds| {
+        Arc::new(taskhost::salad::Reallocator::new(
+            imds,
+            taskhost::salad::ReallocateConfig {
+                after_host_faults: args.reallocate_after_host_faults,
+                after_clock_off: Duration::from_secs(args.reallocate_after_clock_off_secs),
+            },
+        ))
+    });
     let store = args.store.open()?.observed(metrics.clone(), health.clone());
     let default_module = match &args.default_module {
         Some(r) => Some(super::module::resolve_default(&store, r).await?),
@@ -217,6 +235,7 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         record_dir,
         health,
         deletion_cost,
+        reallocator,
         heartbeat,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {

@@ -164,6 +164,16 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         drop(slot);
         drop(counted);
         self.count(id, &end);
+        if let Some(r) = &self.config.reallocator {
+            match &end {
+                JobEnd::HostFault(m) => {
+                    let (r, m) = (Arc::clone(r), m.clone());
+                    tokio::spawn(async move { r.host_fault(&m).await });
+                }
+                JobEnd::Done { .. } => r.job_done(),
+                _ => {}
+            }
+        }
         if matches!(end, JobEnd::Storage(_)) {
             self.storage_failures.failed();
         } else {

@@ -139,3 +139,34 @@ async fn off_saladcloud_the_service_is_never_called() {
     worker.terminate(Duration::from_secs(15)).await;
     assert_eq!(imds.requests(), 0);
 }
+
+/// Reallocation asks once, with its reason, after the configured host faults in a row, and
+/// never for faults a done job separated.
+#[tokio::test]
+async fn repeated_host_faults_reallocate_once() {
+    use taskhost::salad::{ReallocateConfig, Reallocator};
+    let imds = StandIn::start();
+    let r = Reallocator::new(
+        client(imds.url()),
+        ReallocateConfig {
+            after_host_faults: 3,
+            ..Default::default()
+        },
+    );
+    r.host_fault("instantiate failed").await;
+    r.host_fault("instantiate failed").await;
+    r.job_done();
+    r.host_fault("instantiate failed").await;
+    r.host_fault("instantiate failed").await;
+    r.clock(false).await;
+    assert_eq!(imds.reallocations(), Vec::<String>::new());
+    r.host_fault("the pool is exhausted").await;
+    r.host_fault("the pool is exhausted").await;
+    let reasons = imds.reallocations();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("3 host faults") && reasons[0].contains("the pool is exhausted"),
+        "{reasons:?}"
+    );
+    assert_eq!(imds.violations(), Vec::<String>::new());
+}
