@@ -162,7 +162,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 OtherWork::Refuse
             },
             inputs: job.inputs.clone(),
+            deletion_cost: self.config.deletion_cost.clone(),
         };
+        // Counted in the deletion cost while it runs.
+        let counted = self.config.deletion_cost.as_ref().map(|c| c.job());
         let (end, runs) = self
             .executor
             .execute_counted(id, &module, &job.input, &binding, lease.view(), shutdown)
@@ -173,7 +176,18 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         // The job no longer runs: its slot may take the next message while this one is
         // settled (the ack, nack or dead-letter publish takes a round trip or two).
         drop(slot);
+        drop(counted);
         self.count(id, &end);
+        if let Some(r) = &self.config.reallocator {
+            match &end {
+                JobEnd::HostFault(m) => {
+                    let (r, m) = (Arc::clone(r), m.clone());
+                    tokio::spawn(async move { r.host_fault(&m).await });
+                }
+                JobEnd::Done { .. } => r.job_done(),
+                _ => {}
+            }
+        }
         if matches!(end, JobEnd::Storage(_)) {
             self.storage_failures.failed();
         } else {

@@ -334,7 +334,7 @@ async fn refused_credentials_and_key_files_appear_in_no_error() {
     for format in ["text", "json"] {
         let out = cli
             .set("LOG_FORMAT", format)
-            .run(&["worker"])
+            .run(&["worker", "--exit-on-misconfig"])
             .await
             .failure();
         let all = format!("{}{}", out.stdout, out.stderr);
