@@ -3,7 +3,7 @@
 //! the problem ([`reallocate`]).
 //!
 //! A leaf: uses no other module of the crate. The binary decides whether the process runs on
-//! SaladCloud (`SALAD_MACHINE_ID` set) and only then builds an [`Imds`](imds::Imds).
+//! SaladCloud (`SALAD_MACHINE_ID` set) and only then builds an [`Imds`].
 //! **Invariant:** nothing here is ever fatal or holds a job up: every IMDS call is bounded in
 //! time ([`imds::DEFAULT_IMDS_TIMEOUT`]) and its failure is logged.
 
