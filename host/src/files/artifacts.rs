@@ -28,9 +28,11 @@ pub enum ArtifactError {
     JobLimit(u64),
     /// The artifact was finished already; it takes no more writes.
     Finished,
-    /// Another worker owns the job now: the task should stop.
+    /// Another worker owns the job now, or this worker's hold on it ran out: the task should
+    /// stop.
     Conflict,
-    /// The store failed (after retries); the text says why, without the key.
+    /// The store failed (after retries); the text names the artifact, the worker's log
+    /// has the store's error.
     Storage(String),
 }
 

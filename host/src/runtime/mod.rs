@@ -171,8 +171,8 @@ pub enum Outcome {
     Trapped {
         /// Which limit or fault.
         kind: TrapKind,
-        /// One line for the error record: the trap, or the task's last stderr line for a
-        /// panic.
+        /// What happened, for the job's error record: the trap's cause, or for a panic the
+        /// task's last stderr line.
         message: String,
     },
     /// Another worker owns the job now; whatever the task returned is discarded.
