@@ -28,6 +28,7 @@ pub const MODULES_PREFIX: &str = "modules/";
 /// Where tags live (inside [`MODULES_PREFIX`]; no module hash is `tags`).
 pub const TAGS_PREFIX: &str = "modules/tags/";
 
+/// The module's bytes (a component), create-only.
 pub fn module(hash: &ModuleHash) -> String {
     format!("{MODULES_PREFIX}{}.wasm", hash.hex())
 }
@@ -54,18 +55,23 @@ pub fn tag_of_key(key: &str) -> Option<ModuleTag> {
     format!("{name}:{tag}").parse().ok()
 }
 
+/// The job's checkpoint: its fence and lease record, and the task's saved state.
 pub fn checkpoint(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/checkpoint")
 }
 
+/// The job's result document, create-only: once it exists the job is done.
 pub fn result(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/result")
 }
 
+/// Why the job was dead-lettered (plain text, overwritten).
 pub fn error(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/error")
 }
 
+/// The finished job's artifacts (JSON, `crate::files::Manifest`), written just before the
+/// result.
 pub fn manifest(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/manifest")
 }

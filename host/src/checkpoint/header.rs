@@ -81,9 +81,11 @@ pub struct Header {
 /// open with the parts uploaded so far (what `files::Artifacts::resume` continues from).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRecord {
+    /// The artifact's name (its key is `jobs/<id>/artifacts/<name>`).
     pub name: String,
     /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
     pub size: u64,
+    /// Whether `finish` made it an object; `false`: still open, to be continued or discarded.
     #[serde(default)]
     pub finished: bool,
     /// Finished: the object's tag.

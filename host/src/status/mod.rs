@@ -27,7 +27,9 @@ use crate::store::{ObjectStore, StoreError};
 pub struct Listed {
     /// The checkpoint's last write (the store's clock), if it has one.
     pub checkpoint_ms: Option<u64>,
+    /// A result exists.
     pub result: bool,
+    /// An error exists (the job was dead-lettered).
     pub error: bool,
     /// A manifest exists (the artifacts below are the job's outputs).
     pub manifest: bool,
@@ -59,6 +61,7 @@ impl Listed {
 /// Every job the store knows of, by id (sorted), from listings only.
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
+    /// Every job named by a key under `jobs/` or by a `submitted/` record.
     pub jobs: BTreeMap<JobId, Listed>,
     /// The store's time when the listing was taken (ms since the Unix epoch).
     pub now_ms: u64,
@@ -69,11 +72,17 @@ pub struct Scan {
 /// Counts of jobs per state.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
+    /// Every job, whatever its state (the sum of the others).
     pub total: usize,
+    /// [`JobState::Queued`].
     pub queued: usize,
+    /// [`JobState::Running`].
     pub running: usize,
+    /// [`JobState::Waiting`].
     pub waiting: usize,
+    /// [`JobState::Done`].
     pub done: usize,
+    /// [`JobState::Failed`].
     pub failed: usize,
 }
 

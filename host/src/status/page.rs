@@ -15,11 +15,15 @@ use crate::store::ObjectStore;
 /// One job as shown: its state, progress, counts, accounting and result or error.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct JobView {
+    /// The job's id.
     pub job_id: String,
+    /// Where it stands.
     pub state: JobState,
     /// Last progress reported: (done, total).
     pub progress: Option<(u64, u64)>,
+    /// Runs claimed (the checkpoint's `attempts`; 0 without a checkpoint).
     pub attempts: u32,
+    /// Trapped runs counted against the job (the checkpoint's `failures`).
     pub failures: u32,
     /// The task's result (its text, hostile: escape it where it is shown).
     pub result: Option<String>,
@@ -34,7 +38,9 @@ pub struct JobView {
 /// A done job's artifacts.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ArtifactCount {
+    /// How many.
     pub count: usize,
+    /// Their bytes together.
     pub bytes: u64,
 }
 
@@ -43,12 +49,20 @@ pub struct ArtifactCount {
 /// `None` where not known (a queued job; a result written before accounting existed).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Accounting {
+    /// Wasm fuel used (about one unit per instruction), as the checkpoint header counts it;
+    /// `None` for a done job (its header is not the run's) or without a checkpoint.
     pub fuel: Option<u64>,
+    /// Wall-clock time of its runs (ms); not recorded yet.
     pub wall_ms: Option<u64>,
+    /// Runs claimed; `None` without a checkpoint.
     pub attempts: Option<u32>,
+    /// Runs in a row without a clean end; `None` for a done job or without a checkpoint.
     pub crashes: Option<u32>,
+    /// Bytes of checkpoint objects written; not recorded yet.
     pub checkpoint_bytes: Option<u64>,
+    /// Bytes of input objects read; not recorded yet.
     pub input_bytes: Option<u64>,
+    /// Bytes of a done job's artifacts, from the listing.
     pub artifact_bytes: Option<u64>,
 }
 
@@ -212,6 +226,7 @@ pub fn view(
 pub struct Overview {
     /// The store's time of the listing (ms since the Unix epoch).
     pub now_ms: u64,
+    /// Jobs per state, over every job.
     pub counts: Counts,
     /// The state shown (`None`: every job).
     pub filter: Option<JobState>,
@@ -219,7 +234,9 @@ pub struct Overview {
     pub matching: usize,
     /// The page shown (0-based) and its size.
     pub page: usize,
+    /// Jobs per page.
     pub page_size: usize,
+    /// The jobs of this page, in id order.
     pub jobs: Vec<JobView>,
     /// The sum of the known accounting figures of `jobs` (the selection shown).
     pub totals: Accounting,
@@ -234,8 +251,12 @@ pub struct Overview {
 /// Which jobs to show.
 #[derive(Clone, Copy, Debug)]
 pub struct Selection {
+    /// Only jobs in this state; `None`: every job.
     pub filter: Option<JobState>,
+    /// The page to show (0-based).
     pub page: usize,
+    /// Jobs per page (0 counts as 1; the page server caps it at
+    /// [`MAX_PAGE_SIZE`](super::serve::MAX_PAGE_SIZE)).
     pub page_size: usize,
     /// A checkpoint written within this window counts as running in the counts.
     pub window: Duration,

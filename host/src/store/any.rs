@@ -9,9 +9,12 @@ use super::s3::S3Store;
 use super::{ClockReading, ETag, Listed, Object, ObjectStore, Precondition, StoreError};
 use crate::observe::{Health, Metrics};
 
+/// One [`ObjectStore`] of either backend, chosen at run time. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum AnyStore {
+    /// A local directory.
     Dir(DirStore),
+    /// An S3 bucket (R2 in production).
     S3(S3Store),
     /// A backend whose calls are observed.
     Observed(Arc<Observed>),

@@ -29,7 +29,9 @@ impl fmt::Display for ETag {
 /// An object's bytes with the tag of the version they were read from.
 #[derive(Clone, Debug)]
 pub struct Object {
+    /// The whole object.
     pub bytes: Vec<u8>,
+    /// The version read: the tag a later `IfMatch` write must name.
     pub etag: ETag,
     /// The note written with this version ([`ObjectStore::put_with_note`]), if any.
     pub note: Option<String>,
@@ -42,7 +44,9 @@ pub const MAX_NOTE_BYTES: usize = 1024;
 /// One object as a listing shows it: its key, size and last write (the store's clock).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
+    /// The object's full key.
     pub key: String,
+    /// Its length in bytes.
     pub size: u64,
     /// When the object was last written, ms since the Unix epoch by the store's clock (S3:
     /// `LastModified`, whole seconds; a directory: the file's mtime).
@@ -101,6 +105,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// A failed store call: a precondition that did not hold (an answer of the protocol), or a
+/// failure of one [`ErrorKind`]. `Display` never shows a secret.
 #[derive(Debug)]
 pub enum StoreError {
     /// The precondition did not hold: the object exists (create-only) or changed (if-match).
@@ -133,6 +139,7 @@ impl StoreError {
         }
     }
 
+    /// What went wrong, as [`ErrorKind`] (which decides retry or not).
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::PreconditionFailed => ErrorKind::PreconditionFailed,

@@ -54,6 +54,7 @@ impl DirStore {
         Ok(DirStore { root })
     }
 
+    /// The directory under which every key is a file.
     pub fn root(&self) -> &Path {
         &self.root
     }
