@@ -127,7 +127,6 @@ impl Work {
 const NOT_WORK: [&str; 3] = ["module", "restart", "upgrade_module"];
 
 impl JobMessage {
-    /// Parses and validates a message. `Err` is the reason a poison message is dead-lettered.
     /// The job id of a message that is not a job (poison), when its data still names a
     /// valid one: `{"job_id": "..."}` in a JSON object.
     pub fn job_id_of(data: &[u8]) -> Option<JobId> {
@@ -135,6 +134,7 @@ impl JobMessage {
         doc.get("job_id")?.as_str()?.parse().ok()
     }
 
+    /// Parses and validates a message. `Err` is the reason a poison message is dead-lettered.
     pub fn parse(
         data: &[u8],
         attributes: &BTreeMap<String, String>,

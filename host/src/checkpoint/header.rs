@@ -112,22 +112,34 @@ fn is_zero64(n: &u64) -> bool {
 /// is the note kept with its result (docs/design.md §4), written as this JSON.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Fuel the task consumed, over all runs.
     pub fuel: u64,
+    /// Wall-clock time of the runs, in ms (from each run's start to its end).
     pub wall_ms: u64,
+    /// Runs started (the header's `attempts`).
     pub attempts: u32,
+    /// Runs that ended without a clean end (the worker killed or crashed).
     pub crashes: u32,
+    /// Bytes of checkpoint objects written, over all runs.
     pub checkpoint_bytes: u64,
+    /// Input bytes the task read, over all runs.
     pub input_bytes: u64,
+    /// Artifact bytes the task wrote, over all runs.
     pub artifact_bytes: u64,
 }
 
 /// One run's figures, added to the header's totals when the run ends ([`Header::add_run`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunUsage {
+    /// Fuel this run consumed.
     pub fuel: u64,
+    /// This run's wall-clock time, in ms.
     pub wall_ms: u64,
+    /// Bytes of checkpoint objects this run wrote.
     pub checkpoint_bytes: u64,
+    /// Input bytes this run read.
     pub input_bytes: u64,
+    /// Artifact bytes this run wrote.
     pub artifact_bytes: u64,
 }
 

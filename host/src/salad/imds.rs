@@ -90,7 +90,9 @@ impl std::error::Error for ImdsError {}
 /// `GET /v1/status`: the container's probe results as SaladCloud sees them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Status {
+    /// The readiness probe passes (or none is configured).
     pub ready: bool,
+    /// The startup probe passed (or none is configured).
     pub started: bool,
 }
 
