@@ -148,14 +148,17 @@ async fn written_bytes_read_back_with_the_tag_the_write_returned(s3: bool) {
         assert_eq!(other.size(&key).await.unwrap(), Some(bytes.len() as u64));
         assert!(other.exists(&key).await.unwrap(), "{key}");
     }
-    // A key prefix is never an object. (S3 says it does not exist; the directory store
-    // answers a BadRequest error, "is a directory": the host never reads a prefix as a key.)
+    // A key prefix is no object: it does not exist, on both stores (the directory store
+    // keeps it as a directory).
     let prefix = format!("{}{j}", keys::JOBS_PREFIX);
     let answer = s.store.exists(&prefix).await;
-    assert!(
-        !matches!(answer, Ok(true)),
-        "a key prefix is not an object: {answer:?}"
-    );
+    assert!(matches!(answer, Ok(false)), "{prefix}: {answer:?}");
+    let got = s.store.get(&prefix).await.map(|o| o.map(|o| o.bytes));
+    assert!(matches!(got, Ok(None)), "{prefix}: {got:?}");
+    let size = s.store.size(&prefix).await;
+    assert!(matches!(size, Ok(None)), "{prefix}: {size:?}");
+    let range = s.store.get_range(&prefix, 0, 10).await;
+    assert!(matches!(range, Ok(None)), "{prefix}: {range:?}");
     let result = keys::result(&j);
     s.store.delete(&result).await.unwrap();
     assert!(s.store.get(&result).await.unwrap().is_none(), "deleted");
