@@ -1,5 +1,6 @@
-//! The worker's failure paths on the embedded queue and the directory store (docs/design.md
-//! §6): what happens to a message whose job cannot end well.
+//! The worker's failure paths (docs/design.md §6), on the embedded queue and the directory
+//! store, and on the emulator and the S3 server where only Pub/Sub can fail the way the path
+//! needs: what happens to a message whose job cannot end well.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use taskhost::worker::FIRST_RETRY_DELAY;
 
 use crate::support;
 use support::cli::{CliEnv, Proc};
-use support::stack::{WORKER_START, job_lines, number_after, stop};
+use support::stack::{Stack, WORKER_START, job_lines, number_after, stop};
 
 /// How long a job may take to reach its end in these tests (a module compile, a run, the
 /// dead-letter publish) on a loaded machine.
@@ -229,4 +230,44 @@ async fn a_dead_letter_whose_error_write_fails_hands_the_message_back() {
     assert!(error.contains("checkpoint cannot be used"), "{error}");
     let left = e.pull(false, Duration::from_secs(2), Settle::Nack).await;
     assert!(left.is_empty(), "left on the subscription: {left:?}");
+}
+
+/// A job to dead-letter whose dead-letter topic is gone (deleted after the worker checked it
+/// at startup): the publish fails, so the message is handed back, not acked, and comes back
+/// after its retry delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_whose_publish_fails_hands_the_message_back() {
+    let stack = Stack::setup_with("publish-fails", Duration::from_secs(30)).await;
+    let module = stack.push("step_counter").await;
+    let id = "unpublishable";
+    let job: JobId = id.parse().unwrap();
+    stack
+        .store
+        .put(&keys::checkpoint(&job), b"corrupt".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let mut w = stack.cli.set("WORKER_SLOTS", "1").spawn("worker", &["worker"]);
+    w.wait_for_log("worker started", WORKER_START).await;
+    let servers = support::stack::servers().await;
+    let project = stack.cli.var("PROJECT_ID").to_string();
+    let dead_letter_topic = format!("{}-dead-letter", stack.topic);
+    let deleted = servers.emulator.delete_topic(&project, &dead_letter_topic);
+    assert!(deleted.contains(" 200 "), "delete {dead_letter_topic}: {deleted}");
+    let line = format!(r#"{{"job_id":"{id}","steps":3,"step_ms":0}}"#) + "\n";
+    stack.submit(&module, "unpublishable.jsonl", &line).await.success();
+    w.wait_for_log("cannot publish to the dead-letter topic", JOB_END)
+        .await;
+    stop(&mut w).await;
+    let log = w.log();
+    assert!(!log.contains("dead-lettered"), "{log}");
+    // The error object is written first: the reason is recorded either way.
+    let error = stack.store.get(&keys::error(&job)).await.unwrap();
+    let error = String::from_utf8(error.expect("the error object").bytes).unwrap();
+    assert!(error.contains("checkpoint cannot be used"), "{error}");
+    // Not acked: it comes back once its retry delay is over.
+    let wait = FIRST_RETRY_DELAY + JOB_END;
+    let back = stack.pull(&stack.subscription(), 1, wait, Settle::Ack).await;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert!(String::from_utf8_lossy(&back[0].data).contains(id), "{back:?}");
+    assert!(back[0].delivery_attempt >= Some(2), "{back:?}");
 }
