@@ -243,18 +243,31 @@ async fn a_dead_letter_whose_publish_fails_hands_the_message_back() {
     let job: JobId = id.parse().unwrap();
     stack
         .store
-        .put(&keys::checkpoint(&job), b"corrupt".to_vec(), Precondition::None)
+        .put(
+            &keys::checkpoint(&job),
+            b"corrupt".to_vec(),
+            Precondition::None,
+        )
         .await
         .unwrap();
-    let mut w = stack.cli.set("WORKER_SLOTS", "1").spawn("worker", &["worker"]);
+    let mut w = stack
+        .cli
+        .set("WORKER_SLOTS", "1")
+        .spawn("worker", &["worker"]);
     w.wait_for_log("worker started", WORKER_START).await;
     let servers = support::stack::servers().await;
     let project = stack.cli.var("PROJECT_ID").to_string();
     let dead_letter_topic = format!("{}-dead-letter", stack.topic);
     let deleted = servers.emulator.delete_topic(&project, &dead_letter_topic);
-    assert!(deleted.contains(" 200 "), "delete {dead_letter_topic}: {deleted}");
+    assert!(
+        deleted.contains(" 200 "),
+        "delete {dead_letter_topic}: {deleted}"
+    );
     let line = format!(r#"{{"job_id":"{id}","steps":3,"step_ms":0}}"#) + "\n";
-    stack.submit(&module, "unpublishable.jsonl", &line).await.success();
+    stack
+        .submit(&module, "unpublishable.jsonl", &line)
+        .await
+        .success();
     w.wait_for_log("cannot publish to the dead-letter topic", JOB_END)
         .await;
     stop(&mut w).await;
@@ -266,8 +279,13 @@ async fn a_dead_letter_whose_publish_fails_hands_the_message_back() {
     assert!(error.contains("checkpoint cannot be used"), "{error}");
     // Not acked: it comes back once its retry delay is over.
     let wait = FIRST_RETRY_DELAY + JOB_END;
-    let back = stack.pull(&stack.subscription(), 1, wait, Settle::Ack).await;
+    let back = stack
+        .pull(&stack.subscription(), 1, wait, Settle::Ack)
+        .await;
     assert_eq!(back.len(), 1, "{back:?}");
-    assert!(String::from_utf8_lossy(&back[0].data).contains(id), "{back:?}");
+    assert!(
+        String::from_utf8_lossy(&back[0].data).contains(id),
+        "{back:?}"
+    );
     assert!(back[0].delivery_attempt >= Some(2), "{back:?}");
 }

@@ -154,7 +154,8 @@ impl PubsubEmulator {
     pub fn delete_topic(&self, project: &str, topic: &str) -> String {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.host()).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let request = format!(
             "DELETE /v1/projects/{project}/topics/{topic} HTTP/1.1\r\nHost: {}\r\n\
              Content-Length: 0\r\nConnection: close\r\n\r\n",
