@@ -17,6 +17,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "== S3 test server venv"
 bash tests/s3/setup-venv.sh
 
+echo "== chromium (the status page's browser test)"
+bash tests/setup-chromium.sh
+
 echo "== task modules (wasm32-wasip2)"
 bash tests/build-guests.sh
 

@@ -1,12 +1,13 @@
-//! Validated identifiers: a [`JobId`] or a [`ModuleHash`] can only hold a valid value, so
-//! code that builds storage keys from them never sees a path separator or an empty string.
+//! Validated identifiers: a [`JobId`], a [`ModuleHash`] or an [`InputName`] can only hold a
+//! valid value, so code that builds storage keys from them (or shows them to a task) never
+//! sees a path separator or an empty string.
 
 use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-/// Longest job id accepted (DESIGN.md: 1..=200 characters).
+/// Longest job id accepted (docs/design.md section 3: 1..=200 characters).
 pub const MAX_JOB_ID_LEN: usize = 200;
 
 /// A job id: 1..=200 characters from `[A-Za-z0-9._-]`, and not `.` or `..`.
@@ -176,6 +177,24 @@ impl JobState {
     }
 }
 
+impl FromStr for JobState {
+    type Err = String;
+
+    /// A state by its name (`queued`, `running`, `waiting`, `done`, `failed`).
+    fn from_str(s: &str) -> Result<JobState, String> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Waiting,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not a state (queued, running, waiting, done, failed)"))
+    }
+}
+
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
@@ -218,6 +237,32 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// The id of one batch of jobs `submit` published (`<ms since epoch>-<8 random hex>`): names
+/// its record, [`crate::keys::submitted`]. Sorts by time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchId(String);
+
+impl BatchId {
+    /// A new id, unique with overwhelming probability.
+    pub fn new() -> BatchId {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).expect("the OS random source works");
+        BatchId(format!("{:013}-{}", crate::time::now_ms(), hex::encode(b)))
+    }
+}
+
+impl Default for BatchId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod worker_id_tests {
     use super::WorkerId;
@@ -235,6 +280,39 @@ mod worker_id_tests {
     }
 }
 
+/// The name a job's message gives one of its inputs (the only thing the task sees of it,
+/// never its key): valid by construction, as [`check_name`] says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InputName(String);
+
+impl InputName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for InputName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_name(s)?;
+        Ok(InputName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for InputName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Looks an input up by the name a task passes (a map keyed by `InputName` answers `&str`).
+impl std::borrow::Borrow<str> for InputName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Checks an input or artifact name: 1..=200 characters from `[A-Za-z0-9._-]`, not starting
 /// with `.`.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -249,5 +327,142 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a valid name (1 to 200 characters from [A-Za-z0-9._-], not starting with '.')"
         ))
+    }
+}
+
+/// Longest module name, and longest tag, accepted (`NAME:TAG`).
+pub const MAX_TAG_PART_LEN: usize = 128;
+
+/// A movable name of a module, `NAME:TAG` (docs/design.md §4, `modules/tags/`): NAME and
+/// TAG are each 1..=128 characters from `[A-Za-z0-9._-]`, starting with a letter or a
+/// digit. `NAME` alone means `NAME:latest`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleTag {
+    name: String,
+    tag: String,
+}
+
+/// The tag `NAME` alone stands for.
+pub const DEFAULT_TAG: &str = "latest";
+
+impl ModuleTag {
+    /// The name part (before the `:`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tag part (after the `:`).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+fn check_tag_part(what: &str, s: &str) -> Result<(), String> {
+    let ok = (1..=MAX_TAG_PART_LEN).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "module {what} {s:?} must be 1 to {MAX_TAG_PART_LEN} characters from [A-Za-z0-9._-], starting with a letter or digit"
+        ))
+    }
+}
+
+impl FromStr for ModuleTag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, tag) = s.split_once(':').unwrap_or((s, DEFAULT_TAG));
+        if name == "sha256" {
+            return Err(format!(
+                "{s:?} is not a module name: `sha256` names a hash (sha256:<64 lowercase hex>)"
+            ));
+        }
+        check_tag_part("name", name)?;
+        check_tag_part("tag", tag)?;
+        Ok(ModuleTag {
+            name: name.to_owned(),
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ModuleTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.tag)
+    }
+}
+
+/// How a user names a module: its hash (immutable) or a tag (movable, resolved to a hash
+/// once, where it is used: `submit`, a worker's start).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ModuleRef {
+    Hash(ModuleHash),
+    Tag(ModuleTag),
+}
+
+impl FromStr for ModuleRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("sha256:") {
+            return s.parse().map(ModuleRef::Hash);
+        }
+        s.parse()
+            .map(ModuleRef::Tag)
+            .map_err(|e| format!("{e} (a module is sha256:<64 lowercase hex> or NAME[:TAG])"))
+    }
+}
+
+impl fmt::Display for ModuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModuleRef::Hash(h) => h.fmt(f),
+            ModuleRef::Tag(t) => t.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod module_ref_tests {
+    use super::*;
+
+    #[test]
+    fn module_refs() {
+        let long = "a".repeat(MAX_TAG_PART_LEN + 1);
+        let hash = ModuleHash::of(b"abc").to_string();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("prime", Some("prime:latest")),
+            ("prime:v2", Some("prime:v2")),
+            (
+                "Prime-count.x_1:2025-01-01",
+                Some("Prime-count.x_1:2025-01-01"),
+            ),
+            (&hash, Some(&hash)),
+            (&long[1..], Some("")),
+            (&long, None),
+            ("", None),
+            (":v1", None),
+            ("prime:", None),
+            ("prime:v1:v2", None),
+            ("-prime", None),
+            ("prime:.v1", None),
+            ("a/b", None),
+            ("prime:v 1", None),
+            ("sha256:abc", None),
+            ("sha256", None),
+            ("é:v1", None),
+        ];
+        for (input, want) in cases {
+            let got = input.parse::<ModuleRef>();
+            match want {
+                None => assert!(got.is_err(), "{input:?} parsed as {got:?}"),
+                Some("") => assert!(got.is_ok(), "{input:?}: {got:?}"),
+                Some(w) => assert_eq!(got.unwrap().to_string(), *w, "{input:?}"),
+            }
+        }
     }
 }

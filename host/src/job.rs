@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use sha2::Digest;
 
-use crate::ids::{JobId, ModuleHash};
+use crate::ids::{InputName, JobId, ModuleHash};
 
 /// A validated job message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub struct JobMessage {
     /// resume from its checkpoint with this message's module.
     pub upgrade_module: bool,
     /// `"inputs": {"NAME": "KEY", ...}`: the objects the task may read, by name.
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: BTreeMap<InputName, String>,
 }
 
 /// Longest input key accepted (S3 and R2 allow 1024 bytes).
@@ -41,7 +41,7 @@ const MAX_INPUT_KEY: usize = 1024;
 /// prefixes (`jobs/`, `modules/`, ...). `Err` is the reason the message is dead-lettered.
 pub fn parse_inputs(
     obj: &serde_json::Map<String, serde_json::Value>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<InputName, String>, String> {
     let Some(value) = obj.get("inputs") else {
         return Ok(BTreeMap::new());
     };
@@ -50,7 +50,7 @@ pub fn parse_inputs(
         .ok_or("inputs must be an object {\"NAME\": \"KEY\", ...}")?;
     let mut inputs = BTreeMap::new();
     for (name, key) in map {
-        crate::ids::check_name(name).map_err(|e| format!("input name {e}"))?;
+        let name: InputName = name.parse().map_err(|e| format!("input name {e}"))?;
         let key = key
             .as_str()
             .ok_or_else(|| format!("input `{name}` must name an object key (a string)"))?;
@@ -74,7 +74,7 @@ pub fn parse_inputs(
                 "input `{name}`: key {key:?} is under the host's own prefix `{p}`: a task may not read it"
             ));
         }
-        inputs.insert(name.clone(), key.to_owned());
+        inputs.insert(name, key.to_owned());
     }
     Ok(inputs)
 }
@@ -305,7 +305,7 @@ mod props {
     use serde_json::{Value, json};
     use sha2::Digest;
 
-    use super::{JobMessage, NOT_WORK};
+    use super::{InputName, JobMessage, NOT_WORK};
     use crate::ids::ModuleHash;
     use crate::keys::RESERVED_PREFIXES;
 
@@ -399,18 +399,21 @@ mod props {
             &m.work.input_sha256,
             &hex::encode(sha2::Sha256::digest(&canonical))
         );
-        let named: BTreeMap<String, String> = match obj.get("inputs") {
+        let named: BTreeMap<InputName, String> = match obj.get("inputs") {
             None => BTreeMap::new(),
             Some(v) => v
                 .as_object()
                 .expect("accepted inputs are an object")
                 .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().expect("keys are strings").to_owned()))
+                .map(|(k, v)| {
+                    let name = k.parse().expect("accepted names are valid");
+                    (name, v.as_str().expect("keys are strings").to_owned())
+                })
                 .collect(),
         };
         prop_assert_eq!(&m.inputs, &named);
         for (name, key) in &m.inputs {
-            prop_assert!(valid_input_name(name), "input name {name:?}");
+            prop_assert!(valid_input_name(name.as_str()), "input name {name:?}");
             prop_assert!(valid_input_key(key), "input key {key:?}");
         }
         Ok(())
@@ -561,7 +564,11 @@ mod props {
                     work: super::Work::of(&module, &text),
                     restart: restart == Some(true),
                     upgrade_module: upgrade == Some(true),
-                    inputs: inputs.unwrap_or_default(),
+                    inputs: inputs
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, key)| (name.parse().expect("a valid name"), key))
+                        .collect(),
                 };
                 (text, attrs, default, want)
             })

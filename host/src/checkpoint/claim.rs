@@ -228,7 +228,7 @@ pub enum Abandoned {
 
 /// Releases the job's checkpoint if `dead_owner` still holds it, keeping everything else
 /// (the task's bytes, counts, artifacts) as it was. Only for an owner known to be dead (its
-/// process is gone: see `worker::held`): it is what that owner's SIGTERM handling would have
+/// process is gone: see `worker::node_record`): it is what that owner's SIGTERM handling would have
 /// done. A conditional write on the tag read: a late write of the dead owner either landed
 /// before it (it is read again) or is refused after it.
 pub async fn release_abandoned<S: ObjectStore>(

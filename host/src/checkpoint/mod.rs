@@ -26,7 +26,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -35,17 +34,17 @@ use crate::queue::lease::LeaseView;
 use crate::store::ObjectStore;
 
 mod claim;
+mod header;
 pub mod ownership;
 mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};
+use header::nonce;
+pub use header::{ArtifactRecord, Header, decode, encode};
 pub use ownership::{CLOCK_SKEW_ALLOWANCE, skew_allowance_ms};
 use writer::Writer;
 
 use crate::time::now_ms;
-
-const MAGIC: &[u8; 4] = b"THCP";
-const FORMAT_VERSION: u8 = 1;
 
 /// Default largest checkpoint a task may save (bytes of task data).
 pub const DEFAULT_MAX_CHECKPOINT_BYTES: usize = 16 * 1024 * 1024;
@@ -54,124 +53,6 @@ pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// The storage key of a job's checkpoint.
 pub fn key(job: &JobId) -> String {
     crate::keys::checkpoint(job)
-}
-
-/// The bookkeeping the host keeps beside the task's bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
-    /// Runs started (1 = the first run). Incremented by every claim.
-    pub attempts: u32,
-    /// Runs that ended in a trap (panic, fuel, memory, timeout). Interruptions don't count.
-    pub failures: u32,
-    /// Runs in a row that started and did not end cleanly (their worker was killed or
-    /// crashed, a host function panicked, or the job was lost) with no save between: every
-    /// claim adds 1, a save sets it to 1 (this run), a clean end to 0. Past `MAX_CRASHES`
-    /// the job is dead-lettered (`exec`).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub crashes: u32,
-    /// Runs in a row whose task failed after the store failed its own input or artifact
-    /// calls while the checkpoint's writes went through (`exec`).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub storage_failed_runs: u32,
-    /// Last progress the task reported: (done, total).
-    #[serde(default)]
-    pub progress: Option<(u64, u64)>,
-    /// Fuel consumed over all runs.
-    #[serde(default)]
-    pub fuel_used: u64,
-    /// The reason of the last failure, if any.
-    #[serde(default)]
-    pub last_failure: Option<String>,
-    /// Which worker wrote this version (for `status`).
-    #[serde(default)]
-    pub owner: String,
-    /// Until when the owner's lease holds (ms since the Unix epoch); 0: released (a header
-    /// written before this field existed reads as released).
-    #[serde(default)]
-    pub lease_until_ms: u64,
-    /// The owner's lease period (its ack deadline) in ms; 0: unknown.
-    #[serde(default)]
-    pub lease_period_ms: u64,
-    /// The work the job is bound to: the module (`sha256:<hex>`)...
-    #[serde(default)]
-    pub module: String,
-    /// ... and the sha256 of its input (empty in checkpoints written before jobs were bound).
-    #[serde(default)]
-    pub input_sha256: String,
-    /// The job's artifacts: finished ones, and how far open ones are durable (the state at
-    /// the task's last `save`; see `files`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub artifacts: Vec<ArtifactRecord>,
-    /// Milliseconds since the Unix epoch at this write.
-    #[serde(default)]
-    pub updated_ms: u64,
-    /// Random per write, so every write changes the ETag even when nothing else changed.
-    pub nonce: String,
-}
-
-/// An artifact as a checkpoint header records it: finished (its final size and tag), or
-/// open with the parts uploaded so far (what `files::Artifacts::resume` continues from).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactRecord {
-    pub name: String,
-    /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
-    pub size: u64,
-    #[serde(default)]
-    pub finished: bool,
-    /// Finished: the object's tag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Open: the multipart upload holding the parts, if one was started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upload: Option<String>,
-    /// Open: the parts' tags, part 1 first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<String>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Encodes a checkpoint object: magic, version, header length, JSON header, task bytes.
-pub fn encode(header: &Header, data: Option<&[u8]>) -> Vec<u8> {
-    let head = serde_json::to_vec(header).expect("header serializes");
-    let mut out = Vec::with_capacity(10 + head.len() + data.map_or(0, |d| d.len()));
-    out.extend_from_slice(MAGIC);
-    out.push(FORMAT_VERSION);
-    out.push(data.is_some() as u8);
-    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
-    out.extend_from_slice(&head);
-    if let Some(d) = data {
-        out.extend_from_slice(d);
-    }
-    out
-}
-
-/// Decodes what [`encode`] wrote.
-pub fn decode(bytes: &[u8]) -> anyhow::Result<(Header, Option<Vec<u8>>)> {
-    anyhow::ensure!(
-        bytes.len() >= 10 && &bytes[..4] == MAGIC,
-        "not a taskhost checkpoint object"
-    );
-    anyhow::ensure!(
-        bytes[4] == FORMAT_VERSION,
-        "checkpoint format version {} is not supported (this host reads {FORMAT_VERSION})",
-        bytes[4]
-    );
-    let has_data = bytes[5] == 1;
-    let len = u32::from_be_bytes(bytes[6..10].try_into().unwrap()) as usize;
-    let rest = &bytes[10..];
-    anyhow::ensure!(rest.len() >= len, "checkpoint header is truncated");
-    let header: Header = serde_json::from_slice(&rest[..len])?;
-    let data = has_data.then(|| rest[len..].to_vec());
-    Ok((header, data))
-}
-
-fn nonce() -> String {
-    let mut b = [0u8; 12];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    hex::encode(b)
 }
 
 /// Why a checkpoint operation failed.
@@ -371,38 +252,23 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// How long this worker may still write for the job: no conflict, and the lease its last
-    /// write recorded has more than twice the clock-skew allowance left, so no other worker
-    /// can have claimed the job (the rule the result write follows, see `exec`); the time
-    /// returned is what is left of that. Waits for a fresher lease record when the last one
-    /// is merely getting old: asks the writer to record the current lease now, and gives up
-    /// (`None`) on a conflict, a lost lease, or once the recorded lease is within one skew
-    /// allowance of its end (another worker may claim the job from then on).
+    /// How long this worker may still write for the job: see [`Fence::confirm_owned`].
     pub async fn confirm_owned(&self) -> Option<Duration> {
-        loop {
-            {
-                let mut st = self.lock();
-                let skew = skew_allowance_ms(st.header.lease_period_ms);
-                let now = now_ms();
-                if st.conflict || st.written_until <= now.saturating_add(skew) {
-                    return None;
-                }
-                if let Some(left) =
-                    ownership::writable_for(st.written_until, st.header.lease_period_ms, now)
-                {
-                    return Some(left);
-                }
-                st.dirty = true;
-            }
-            self.shared.wake.notify_one();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.fence().confirm_owned().await
     }
 
     /// Marks the job lost (as a conflict would) and stops the task: nothing more is written.
     pub fn lose(&self) {
-        lock(&self.shared).conflict = true;
-        self.stopped.cancel();
+        self.fence().lose()
+    }
+
+    /// The part of this checkpointer that the job's input and artifact calls need: confirm
+    /// ownership before a write, or give the job up.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            shared: Arc::clone(&self.shared),
+            stopped: self.stopped.clone(),
+        }
     }
 
     /// The newest checkpoint data (saved in this run or loaded by the claim).
@@ -506,154 +372,58 @@ impl Checkpointer {
     }
 }
 
+/// The fence around a job's writes other than the checkpoint's own (its inputs' and
+/// artifacts' calls, in `files`): it can only confirm that this worker still owns the job,
+/// or give the job up. Cheap to clone; made by [`Checkpointer::fence`].
+#[derive(Clone)]
+pub struct Fence {
+    shared: Arc<Shared>,
+    stopped: CancellationToken,
+}
+
+impl Fence {
+    /// How long this worker may still write for the job: no conflict, and the lease its last
+    /// write recorded has more than twice the clock-skew allowance left, so no other worker
+    /// can have claimed the job (the rule the result write follows, see `exec`); the time
+    /// returned is what is left of that. Waits for a fresher lease record when the last one
+    /// is merely getting old: asks the writer to record the current lease now, and gives up
+    /// (`None`) on a conflict, a lost lease, or once the recorded lease is within one skew
+    /// allowance of its end (another worker may claim the job from then on).
+    pub async fn confirm_owned(&self) -> Option<Duration> {
+        loop {
+            {
+                let mut st = lock(&self.shared);
+                let skew = skew_allowance_ms(st.header.lease_period_ms);
+                let now = now_ms();
+                if st.conflict || st.written_until <= now.saturating_add(skew) {
+                    return None;
+                }
+                if let Some(left) =
+                    ownership::writable_for(st.written_until, st.header.lease_period_ms, now)
+                {
+                    return Some(left);
+                }
+                st.dirty = true;
+            }
+            self.shared.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Marks the job lost (as a conflict would) and stops the task: nothing more is written.
+    pub fn lose(&self) {
+        lock(&self.shared).conflict = true;
+        self.stopped.cancel();
+    }
+}
+
+impl From<Checkpointer> for Fence {
+    fn from(checkpointer: Checkpointer) -> Fence {
+        checkpointer.fence()
+    }
+}
+
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
     // Every update is one assignment: the state stays consistent if a holder panicked.
     shared.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[cfg(test)]
-mod props {
-    use proptest::collection::vec;
-    use proptest::option::of;
-    use proptest::prelude::*;
-
-    use super::{ArtifactRecord, FORMAT_VERSION, Header, MAGIC, decode, encode};
-
-    fn records() -> impl Strategy<Value = ArtifactRecord> {
-        (
-            any::<String>(),
-            any::<u64>(),
-            any::<bool>(),
-            of(any::<String>()),
-            of(any::<String>()),
-            vec(any::<String>(), 0..3),
-        )
-            .prop_map(
-                |(name, size, finished, etag, upload, parts)| ArtifactRecord {
-                    name,
-                    size,
-                    finished,
-                    etag,
-                    upload,
-                    parts,
-                },
-            )
-    }
-
-    fn headers() -> impl Strategy<Value = Header> {
-        (
-            (
-                any::<u32>(),
-                any::<u32>(),
-                of(any::<(u64, u64)>()),
-                any::<u64>(),
-            ),
-            (
-                of(any::<String>()),
-                any::<String>(),
-                any::<u64>(),
-                any::<u64>(),
-            ),
-            (any::<String>(), any::<String>(), vec(records(), 0..3)),
-            (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
-        )
-            .prop_map(
-                |(
-                    (attempts, failures, progress, fuel_used),
-                    (last_failure, owner, lease_until_ms, lease_period_ms),
-                    (module, input_sha256, artifacts),
-                    (updated_ms, nonce, (crashes, storage_failed_runs)),
-                )| Header {
-                    attempts,
-                    failures,
-                    crashes,
-                    storage_failed_runs,
-                    progress,
-                    fuel_used,
-                    last_failure,
-                    owner,
-                    lease_until_ms,
-                    lease_period_ms,
-                    module,
-                    input_sha256,
-                    artifacts,
-                    updated_ms,
-                    nonce,
-                },
-            )
-    }
-
-    fn data() -> impl Strategy<Value = Option<Vec<u8>>> {
-        of(vec(any::<u8>(), 0..512))
-    }
-
-    /// Bytes to decode: arbitrary ones; the magic and version before arbitrary bytes or a
-    /// JSON text with any length field; a valid object with some bytes overwritten and its
-    /// end cut anywhere.
-    fn objects() -> impl Strategy<Value = Vec<u8>> {
-        const KEYS: &[&str] = &[
-            "attempts",
-            "failures",
-            "progress",
-            "fuel_used",
-            "owner",
-            "nonce",
-            "artifacts",
-            "name",
-            "size",
-            "parts",
-        ];
-        let framed = (
-            prop_oneof![Just(0), Just(1), any::<u8>()],
-            proptest::option::of(any::<u32>()),
-            crate::props::bytes_or_json(KEYS, KEYS),
-            vec(any::<u8>(), 0..8),
-        )
-            .prop_map(|(flag, len, head, data)| {
-                let mut out = MAGIC.to_vec();
-                out.extend([FORMAT_VERSION, flag]);
-                // None: the header's true length.
-                out.extend(len.unwrap_or(head.len() as u32).to_be_bytes());
-                out.extend(head);
-                out.extend(data);
-                out
-            });
-        let damaged = (
-            headers(),
-            data(),
-            vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
-            proptest::option::of(any::<prop::sample::Index>()),
-        )
-            .prop_map(|(h, d, edits, cut)| {
-                let mut out = encode(&h, d.as_deref());
-                for (at, b) in edits {
-                    let i = at.index(out.len());
-                    out[i] = b;
-                }
-                if let Some(cut) = cut {
-                    out.truncate(cut.index(out.len() + 1));
-                }
-                out
-            });
-        prop_oneof![vec(any::<u8>(), 0..64), framed, damaged]
-    }
-
-    proptest! {
-        #[test]
-        fn decode_round_trips(h in headers(), d in data()) {
-            let (h2, d2) = decode(&encode(&h, d.as_deref())).unwrap();
-            prop_assert_eq!(h2, h);
-            prop_assert_eq!(d2, d);
-        }
-
-        /// Any bytes: no panic; what it accepts encodes back to the same object.
-        #[test]
-        fn decode_never_panics(bytes in objects()) {
-            if let Ok((h, d)) = decode(&bytes) {
-                let (h2, d2) = decode(&encode(&h, d.as_deref())).unwrap();
-                prop_assert_eq!(h2, h);
-                prop_assert_eq!(d2, d);
-            }
-        }
-    }
 }

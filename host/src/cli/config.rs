@@ -10,6 +10,7 @@ use taskhost::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
     SubscriptionSettings,
 };
+use taskhost::runtime::sandbox::{self, LimitError};
 use taskhost::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TASK_TIMEOUT, JobLimits, RuntimeConfig};
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
@@ -181,9 +182,10 @@ pub async fn ensure_queue(
     Ok(said)
 }
 
-/// Largest `TASK_MEMORY_MB`: 4096 (the instance pool reserves 4 GiB of address space per
-/// memory).
-pub const MAX_TASK_MEMORY_MB: u64 = 4096;
+/// The setting named in a [`LimitError`]'s message.
+fn named(setting: &'static str) -> impl Fn(LimitError) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{setting}: {e}")
+}
 
 /// The limits of one run of a task (a worker's every run, or `taskhost run`).
 #[derive(Args, Debug, Clone)]
@@ -201,24 +203,15 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    /// The limits, each checked: a memory limit of 1..=4096 MiB, a wall-clock limit of a
-    /// finite number of seconds (0: none).
+    /// The limits, checked by [`JobLimits::new`] (a memory limit of 1..=4096 MiB) and
+    /// [`sandbox::timeout_from_secs`] (a finite number of seconds, 0: none).
     pub fn job_limits(&self) -> anyhow::Result<JobLimits> {
-        let (memory_mb, timeout_secs) = (self.memory_mb, self.timeout_secs);
-        anyhow::ensure!(
-            (1..=MAX_TASK_MEMORY_MB).contains(&memory_mb),
-            "TASK_MEMORY_MB (--memory-mb) must be from 1 to {MAX_TASK_MEMORY_MB}, not {memory_mb}"
-        );
-        let timeout = std::time::Duration::try_from_secs_f64(timeout_secs).map_err(|_| {
-            anyhow::anyhow!(
-                "TASK_TIMEOUT_SECONDS (--timeout-secs) must be a number of seconds (0: no limit), not {timeout_secs}"
-            )
-        })?;
-        Ok(JobLimits {
-            memory_bytes: (memory_mb as usize) << 20,
-            fuel: self.fuel,
-            timeout: (!timeout.is_zero()).then_some(timeout),
-        })
+        let timeout = sandbox::timeout_from_secs(self.timeout_secs)
+            .map_err(named("TASK_TIMEOUT_SECONDS (--timeout-secs)"))?;
+        let memory_bytes =
+            usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        JobLimits::new(memory_bytes, self.fuel, timeout)
+            .map_err(named("TASK_MEMORY_MB (--memory-mb)"))
     }
 }
 
@@ -275,22 +268,30 @@ pub struct FileArgs {
     pub max_artifacts: u32,
 }
 
-/// Validated [`FileArgs`].
+/// [`FileArgs`], checked by [`FileLimits::check`](taskhost::files::FileLimits::check).
 pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimits> {
-    let max_artifact_mb = taskhost::files::MAX_ARTIFACT_BYTES >> 20;
-    anyhow::ensure!(
-        (1..=max_artifact_mb).contains(&args.artifact_mb),
-        "TASK_ARTIFACT_MB (--artifact-mb) must be from 1 to {max_artifact_mb}, not {}",
-        args.artifact_mb
-    );
-    anyhow::ensure!(
-        args.artifacts_total_mb >= 1,
-        "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb) must be at least 1"
-    );
-    Ok(taskhost::files::FileLimits {
+    let limits = taskhost::files::FileLimits {
         input_read_bytes: args.input_read_mb.saturating_mul(1 << 20),
-        artifact_bytes: args.artifact_mb << 20,
+        artifact_bytes: args.artifact_mb.saturating_mul(1 << 20),
         artifacts_total_bytes: args.artifacts_total_mb.saturating_mul(1 << 20),
         max_artifacts: args.max_artifacts,
-    })
+    };
+    limits.check().map_err(|e| {
+        let setting = match e {
+            LimitError::ArtifactsTotal => "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb)",
+            _ => "TASK_ARTIFACT_MB (--artifact-mb)",
+        };
+        named(setting)(e)
+    })?;
+    Ok(limits)
+}
+
+/// This host's name: `flag` (`--host-name`, `HOSTNAME`), else the contents of
+/// /etc/hostname, else empty. Worker ids start with it; `module push` and `module tag`
+/// record it.
+pub fn host_name(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }

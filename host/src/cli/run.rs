@@ -10,7 +10,7 @@ use clap::Args;
 use super::config::{CacheArgs, LimitArgs, StoreDirArgs};
 use super::exit;
 use taskhost::checkpoint::Limits;
-use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::exec::{Executor, JobBinding, JobEnd};
 use taskhost::ids::JobId;
 use taskhost::inert::Inert;
 use taskhost::queue::lease::LeaseView;
@@ -85,7 +85,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("the job document's inputs: {e}"))?,
         _ => Default::default(),
     };
-    let binding = Binding {
+    let binding = JobBinding {
         work: taskhost::job::Work::of(&hash, &args.input),
         on_other_work: taskhost::checkpoint::OtherWork::Refuse,
         inputs,

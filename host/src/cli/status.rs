@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
@@ -10,22 +11,50 @@ use super::config::StoreArgs;
 use taskhost::checkpoint::{self, Header};
 use taskhost::ids::{JobId, JobState};
 use taskhost::inert::{self, Inert};
+use taskhost::status::{self, page::Selection};
 use taskhost::store::ObjectStore;
 use taskhost::store::any::AnyStore;
 
 /// Show per job: state (queued / running / waiting / done / failed), progress, attempts,
 /// failures, and the result or error.
 ///
-/// With no JOB_ID, every job the store knows about (jobs that no worker has started yet
-/// are only known by id: name them). "waiting" means the job has a checkpoint that no
-/// worker has written for a while: it will resume when a worker gets its message.
+/// With no JOB_ID: the counts per state of every job (from listings: queued jobs are known
+/// from the batches `submit` recorded, dead-lettered ones from their error), then one page
+/// of jobs (`--state`, `--page`, `--page-size`; `--all` for every job). "waiting" means the
+/// job has a checkpoint that no worker has written for a while: it will resume when a
+/// worker gets its message. `--workers` lists the workers' heartbeats, live and recently
+/// dead; `--serve ADDR` serves a live status page.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Jobs to show; default: all jobs in the store.
+    /// Jobs to show; default: the overview.
     pub jobs: Vec<String>,
-    /// One JSON document per job, one per line, for scripts.
+    /// JSON for scripts: one document per named job, one per line; without JOB_ID, the
+    /// overview as one document.
     #[arg(long)]
     pub json: bool,
+    /// Only jobs in this state (queued, running, waiting, done, failed).
+    #[arg(long)]
+    pub state: Option<JobState>,
+    /// The page of jobs to show (0 is the first).
+    #[arg(long, default_value_t = 0)]
+    pub page: usize,
+    /// Jobs per page (each costs one or two reads).
+    #[arg(long, default_value_t = taskhost::status::page::DEFAULT_PAGE_SIZE)]
+    pub page_size: usize,
+    /// Every job (in the state asked for), not one page: reads each one's objects.
+    #[arg(long, conflicts_with_all = ["page", "page_size"])]
+    pub all: bool,
+    /// List the workers' heartbeats (live, and recently dead: not written for 2.5 of their
+    /// intervals and 2 s) instead of jobs.
+    #[arg(long, conflicts_with_all = ["jobs", "watch", "serve"])]
+    pub workers: bool,
+    /// Serve the live status page on this address (e.g. 127.0.0.1:8080) until Ctrl-C.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["jobs", "watch", "json"])]
+    pub serve: Option<std::net::SocketAddr>,
+    /// In the counts, a checkpoint written within this many seconds is a running job's (its
+    /// owner rewrites it every half ACK_DEADLINE_SECONDS).
+    #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = taskhost::queue::DEFAULT_ACK_DEADLINE_SECS)]
+    pub ack_deadline_seconds: u32,
     /// Redraw every 2 s with progress bars until every job is done or failed.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
@@ -132,6 +161,17 @@ async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobI
 
 pub async fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
+    // The lease window, plus the listing's whole-second times.
+    let window = Duration::from_secs(u64::from(args.ack_deadline_seconds.max(1)) + 1);
+    if let Some(addr) = args.serve {
+        return serve(store, addr, window).await;
+    }
+    if args.workers {
+        return workers(&store, args.json).await;
+    }
+    if args.jobs.is_empty() && !args.watch {
+        return overview(&store, &args, window).await;
+    }
     let ids = all_jobs(&store, &args.jobs).await?;
     if args.watch {
         return watch(&store, &ids).await;
@@ -147,6 +187,117 @@ pub async fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if ids.is_empty() && !args.json {
         eprintln!("no jobs in the store yet");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn overview(
+    store: &AnyStore,
+    args: &StatusArgs,
+    window: Duration,
+) -> anyhow::Result<ExitCode> {
+    let scan = status::scan(store).await?;
+    let selection = Selection {
+        filter: args.state,
+        page: if args.all { 0 } else { args.page },
+        page_size: if args.all { usize::MAX } else { args.page_size },
+        window,
+    };
+    let o = status::page::overview(store, &scan, selection).await?;
+    if args.json {
+        println!("{}", inert::json(&serde_json::to_string(&o)?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &o.counts;
+    println!(
+        "{} jobs: {} queued, {} running, {} waiting, {} done, {} failed",
+        c.total, c.queued, c.running, c.waiting, c.done, c.failed
+    );
+    for v in &o.jobs {
+        println!("{}", line(&from_view(v)));
+    }
+    let first = o.page * o.page_size;
+    if o.matching > first + o.jobs.len() {
+        eprintln!(
+            "showing {}..{} of {}; --page {} for more, --all for every one",
+            first + 1,
+            first + o.jobs.len(),
+            o.matching,
+            o.page + 1
+        );
+    }
+    if c.total == 0 {
+        eprintln!("no jobs in the store yet");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn from_view(v: &status::page::JobView) -> JobStatus {
+    JobStatus {
+        job_id: v.job_id.clone(),
+        state: v.state,
+        progress: v.progress,
+        attempts: v.attempts,
+        failures: v.failures,
+        result: v.result.clone(),
+        error: v.error.clone(),
+        artifacts: v.artifacts.as_ref().map(|a| ArtifactCount {
+            count: a.count,
+            bytes: a.bytes,
+        }),
+    }
+}
+
+async fn workers(store: &AnyStore, json: bool) -> anyhow::Result<ExitCode> {
+    let now_ms = match store.clock(taskhost::keys::WORKERS_PREFIX).await? {
+        Some(c) => c.store_ms,
+        None => taskhost::time::now_ms(),
+    };
+    let all = status::workers::read_all(store, now_ms).await?;
+    for w in &all {
+        if json {
+            println!("{}", inert::json(&serde_json::to_string(w)?));
+            continue;
+        }
+        let h = &w.heartbeat;
+        let counters: Vec<String> = h
+            .counters
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "{:<32} {:<4} machine {} slots {} running {} {} (v{}, heartbeat {} s ago)",
+            Inert(&h.worker_id),
+            if w.live { "live" } else { "dead" },
+            Inert(&h.machine),
+            h.slots,
+            h.running,
+            counters.join(", "),
+            Inert(&h.version),
+            w.age_ms / 1000
+        );
+    }
+    if all.is_empty() && !json {
+        eprintln!("no worker heartbeats in the store");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    store: AnyStore,
+    addr: std::net::SocketAddr,
+    window: Duration,
+) -> anyhow::Result<ExitCode> {
+    let stop = super::shutdown_token();
+    let app = std::sync::Arc::new(status::serve::App::new(store, window));
+    status::serve::serve(
+        app,
+        addr,
+        |bound| println!("status page on http://{bound}/"),
+        stop,
+    )
+    .await
+    .with_context(|| format!("cannot serve on {addr}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

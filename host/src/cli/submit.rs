@@ -1,4 +1,4 @@
-//! `taskhost submit --module sha256:<hex> [--input NAME=PATH ...] FILE`.
+//! `taskhost submit --module sha256:<hex>|NAME[:TAG] [--input NAME=PATH ...] FILE`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,21 +9,48 @@ use anyhow::Context;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use taskhost::ids::{JobId, ModuleHash};
+use taskhost::ids::{BatchId, JobId, ModuleRef};
 use taskhost::queue::OutgoingMessage;
 use taskhost::queue::Queue;
 use taskhost::store::ObjectStore;
 
 /// Messages per publish call (the client batches them further).
 const BATCH: usize = 500;
+/// Job ids per `submitted/` record: one write per 1,000 jobs published.
+const RECORD_BATCH: usize = 1000;
+
+/// Writes the record of a batch (`keys::submitted`): its job ids, one per line; `batch`
+/// names a record to rewrite (deleted when `jobs` is empty). Returns its id.
+async fn record_batch(
+    store: &taskhost::store::any::AnyStore,
+    batch: Option<&BatchId>,
+    jobs: &[(JobId, String)],
+) -> anyhow::Result<BatchId> {
+    let (batch, pre) = match batch {
+        Some(b) => (b.clone(), taskhost::store::Precondition::None),
+        None => (BatchId::new(), taskhost::store::Precondition::Absent),
+    };
+    let key = taskhost::keys::submitted(&batch);
+    if jobs.is_empty() {
+        store.delete(&key).await?;
+        return Ok(batch);
+    }
+    let ids: String = jobs.iter().map(|(id, _)| format!("{id}\n")).collect();
+    store
+        .put(&key, ids.into_bytes(), pre)
+        .await
+        .context("cannot record the batch's job ids (submitted/)")?;
+    Ok(batch)
+}
 
 /// Publish jobs to the jobs topic.
 ///
 /// FILE is the guide's data.csv (a header `job_id,steps`; other columns become fields too,
 /// numbers as numbers) or JSON lines (one job document per line); `-` reads standard input.
 /// Every job gets the message attribute `module` (so the guide's Avro schema stays valid).
-/// The module must already be in the bucket (`taskhost module push`). Prints how many jobs
-/// were published.
+/// The module must already be in the bucket (`taskhost module push`). A tag (`NAME:TAG`) is
+/// resolved once, now: every message names the hash it points at (printed), so moving the
+/// tag later changes no job submitted here. Prints how many jobs were published.
 ///
 /// `--input NAME=PATH` uploads PATH once, content-addressed (`inputs/<sha256>`, skipped when
 /// the bucket has it already), and adds `"inputs": {"NAME": "inputs/<sha256>"}` to every job;
@@ -33,9 +60,10 @@ const BATCH: usize = 500;
 pub struct SubmitArgs {
     /// Jobs file: .csv, or JSON lines; `-` for standard input.
     pub file: PathBuf,
-    /// The task module every job runs (as printed by `taskhost module push`).
+    /// The task module every job runs: `sha256:<hex>` (as `taskhost module push` prints
+    /// it) or a tag `NAME[:TAG]`, resolved once, now.
     #[arg(long, env = "DEFAULT_MODULE")]
-    pub module: ModuleHash,
+    pub module: ModuleRef,
     #[command(flatten)]
     pub pubsub: PubsubArgs,
     #[command(flatten)]
@@ -199,12 +227,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!jobs.is_empty(), "no jobs in {}", args.file.display());
 
     let store = args.store.open()?;
-    if !store.exists(&taskhost::keys::module(&args.module)).await? {
-        anyhow::bail!(
-            "module {} is not in the bucket: push it first with `taskhost module push FILE.wasm`",
-            args.module
-        );
-    }
+    let module = super::module::resolve_ref(&store, &args.module).await?;
     add_inputs(&mut jobs, &Default::default())?;
     let inputs = upload_inputs(&store, &args.inputs, args.quiet).await?;
     add_inputs(&mut jobs, &inputs)?;
@@ -221,25 +244,36 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         )
     };
     let mut published = 0usize;
-    for chunk in jobs.chunks(BATCH) {
-        let messages = chunk
-            .iter()
-            .map(|(_, doc)| OutgoingMessage {
-                data: doc.clone().into_bytes(),
-                attributes: BTreeMap::from([("module".to_owned(), args.module.to_string())]),
-            })
-            .collect();
-        match ps.publish(&args.topics.topic_id, messages).await {
-            Ok(ids) => published += ids.len(),
-            Err(e) => {
-                bar.abandon();
-                anyhow::bail!(
-                    "{e}; {published} jobs were published before this batch \
-                     (resubmitting is safe: a job whose result exists is not run again)"
-                );
+    for record in jobs.chunks(RECORD_BATCH) {
+        // The batch's ids are recorded before its messages go out, so `status` shows every
+        // job as queued from the moment it is published.
+        let batch = record_batch(&store, None, record).await?;
+        let mut sent = 0usize;
+        for chunk in record.chunks(BATCH) {
+            let messages = chunk
+                .iter()
+                .map(|(_, doc)| OutgoingMessage {
+                    data: doc.clone().into_bytes(),
+                    attributes: BTreeMap::from([("module".to_owned(), module.to_string())]),
+                })
+                .collect();
+            match ps.publish(&args.topics.topic_id, messages).await {
+                Ok(ids) => {
+                    published += ids.len();
+                    sent += chunk.len();
+                }
+                Err(e) => {
+                    bar.abandon();
+                    // The record names only what went out (best effort).
+                    let _ = record_batch(&store, Some(&batch), &record[..sent]).await;
+                    anyhow::bail!(
+                        "{e}; {published} jobs were published before this batch \
+                         (resubmitting is safe: a job whose result exists is not run again)"
+                    );
+                }
             }
+            bar.set_position(published as u64);
         }
-        bar.set_position(published as u64);
     }
     bar.finish_and_clear();
     println!("published {published} jobs to {}", args.topics.topic_id);

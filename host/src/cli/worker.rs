@@ -11,7 +11,7 @@ use super::config::{
 };
 use taskhost::checkpoint::Limits;
 use taskhost::exec::Executor;
-use taskhost::ids::ModuleHash;
+use taskhost::ids::ModuleRef;
 use taskhost::observe::{Health, Metrics};
 use taskhost::queue::Queue;
 use taskhost::runtime::{Runtime, RuntimeConfig};
@@ -62,9 +62,11 @@ pub struct WorkerArgs {
     /// which a job is dead-lettered instead of taking another worker down.
     #[arg(long, env = "MAX_CRASHES", default_value_t = taskhost::exec::DEFAULT_MAX_CRASHES)]
     pub max_crashes: u32,
-    /// Module for messages that name none (sha256:<hex>).
+    /// Module for messages that name none: `sha256:<hex>`, or a tag `NAME[:TAG]` resolved
+    /// once, when the worker starts (the hash is logged; moving the tag later changes
+    /// nothing for this worker: restart it to follow the tag).
     #[arg(long, env = "DEFAULT_MODULE")]
-    pub default_module: Option<ModuleHash>,
+    pub default_module: Option<ModuleRef>,
     /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
     /// redone from the last checkpoint elsewhere (never a wrong result).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
@@ -81,10 +83,15 @@ pub struct WorkerArgs {
     /// `/startupz`) on this address, e.g. `0.0.0.0:9464` (off when unset).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
+    /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
+    #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = taskhost::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
+    pub heartbeat_secs: u64,
+    /// The machine its heartbeat names (SaladCloud sets SALAD_MACHINE_ID); default: the
+    /// host name.
+    #[arg(long = "machine-id", env = "SALAD_MACHINE_ID", value_name = "ID")]
+    pub machine_id: Option<String>,
 }
-
-/// Most `WORKER_SLOTS`: 1024.
-pub const MAX_SLOTS: usize = 1024;
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
@@ -103,6 +110,10 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
     }
     let store = args.store.open()?.observed(metrics.clone(), health.clone());
+    let default_module = match &args.default_module {
+        Some(r) => Some(super::module::resolve_default(&store, r).await?),
+        None => None,
+    };
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
@@ -111,18 +122,21 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    anyhow::ensure!(
-        (1..=MAX_SLOTS).contains(&slots),
-        "WORKER_SLOTS must be from 1 to {MAX_SLOTS}, not {slots}"
-    );
+    taskhost::runtime::sandbox::check_concurrent_tasks(slots as u64)
+        .map_err(|e| anyhow::anyhow!("WORKER_SLOTS (--slots): {e}"))?;
     // One instance slot per job slot: a job never waits for or fails on a full pool.
-    let host = args
-        .host_name
-        .clone()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = super::config::host_name(args.host_name.as_deref());
     let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
+    let heartbeat =
+        (args.heartbeat_secs > 0).then(|| taskhost::worker::heartbeat::HeartbeatConfig {
+            interval: Duration::from_secs(args.heartbeat_secs),
+            machine: args
+                .machine_id
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| host.clone()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
     let dead_letter_topic = args.topics.dead_letter_topic();
     let subscription = args.subscription.subscription_id.clone();
     // The node's own parts first: the startup probe passes once they are up, whatever the
@@ -132,7 +146,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         metrics,
         ..args.cache.runtime_config()
     };
-    let held_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
+    let record_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
     let runtime = Runtime::new(runtime_config)?;
     if let Some(h) = &health {
         h.set_started();
@@ -171,10 +185,11 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
         slots,
         max_failures: args.max_failures,
-        default_module: args.default_module,
+        default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
-        held_dir,
+        record_dir,
         health,
+        heartbeat,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
                 anyhow::anyhow!(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{ArtifactRecord, FileLimits, MAX_OPEN_ARTIFACTS, Manifest, ManifestEntry, PART_BYTES};
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::Fence;
 use crate::ids::JobId;
 use crate::keys;
 use crate::store::any::AnyStore;
@@ -35,7 +35,7 @@ pub struct ArtifactHandle(u64);
 pub struct Artifacts {
     store: AnyStore,
     job: JobId,
-    checkpoint: Checkpointer,
+    fence: Fence,
     limits: FileLimits,
     state: Arc<Mutex<State>>,
     /// A store failure was reported to the task in this run.
@@ -86,7 +86,7 @@ impl Artifacts {
         store: AnyStore,
         job: JobId,
         recorded: Vec<ArtifactRecord>,
-        checkpoint: Checkpointer,
+        fence: Fence,
         limits: FileLimits,
     ) -> Artifacts {
         let mut finished = BTreeMap::new();
@@ -108,7 +108,7 @@ impl Artifacts {
         Artifacts {
             store,
             job,
-            checkpoint,
+            fence,
             limits,
             storage_failed: Arc::default(),
             uploaded: Arc::default(),
@@ -260,7 +260,7 @@ impl Artifacts {
     /// The fence: `Conflict` (and the job marked lost) unless this worker still owns the
     /// job; else how long it still does (what a write may take).
     async fn fence(&self) -> Result<Duration, ArtifactError> {
-        match self.checkpoint.confirm_owned().await {
+        match self.fence.confirm_owned().await {
             Some(left) => Ok(left),
             None => {
                 tracing::warn!(job = %self.job, "artifact write refused: this worker no longer owns the job");
@@ -270,7 +270,7 @@ impl Artifacts {
     }
 
     fn lost(&self) -> ArtifactError {
-        self.checkpoint.lose();
+        self.fence.lose();
         ArtifactError::Conflict
     }
 

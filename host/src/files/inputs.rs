@@ -10,6 +10,7 @@ use super::MAX_READ_BYTES;
 
 /// Bytes fetched ahead per input: one GET serves several of a task's reads.
 const WINDOW_BYTES: usize = 4 << 20;
+use crate::ids::InputName;
 use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
 
@@ -30,7 +31,7 @@ pub enum InputError {
 #[derive(Clone)]
 pub struct Inputs {
     store: AnyStore,
-    names: Arc<BTreeMap<String, String>>,
+    names: Arc<BTreeMap<InputName, String>>,
     limit: u64,
     read: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
@@ -46,7 +47,7 @@ struct State {
 }
 
 impl Inputs {
-    pub fn new(store: AnyStore, names: BTreeMap<String, String>, limit: u64) -> Inputs {
+    pub fn new(store: AnyStore, names: BTreeMap<InputName, String>, limit: u64) -> Inputs {
         Inputs {
             store,
             names: Arc::new(names),
@@ -86,7 +87,7 @@ impl Inputs {
     pub async fn list(&self) -> Result<Vec<(String, u64)>, InputError> {
         let mut out = Vec::with_capacity(self.names.len());
         for name in self.names.keys() {
-            out.push((name.clone(), self.size(name).await?));
+            out.push((name.to_string(), self.size(name.as_str()).await?));
         }
         Ok(out)
     }

@@ -5,7 +5,8 @@
 //! **Invariants:** a task sees input names only, never keys or the bucket (errors it sees
 //! name the input, and the host logs the store's own message); every artifact write is fenced
 //! like a checkpoint write: nothing is uploaded once the job's checkpoint conflicted or the
-//! lease it records is ending ([`Checkpointer::confirm_owned`]); an artifact becomes part of the job's
+//! lease it records is ending ([`Fence::confirm_owned`], the only part of the job's
+//! checkpointer `files` sees); an artifact becomes part of the job's
 //! outputs only through the manifest written just before the result.
 //!
 //! **API boundary:** the runtime calls these types from its host functions; they speak
@@ -30,8 +31,8 @@ pub use inputs::{InputError, Inputs};
 pub use crate::checkpoint::ArtifactRecord;
 pub use crate::ids::check_name;
 
-use crate::checkpoint::Checkpointer;
-use crate::ids::JobId;
+use crate::checkpoint::Fence;
+use crate::ids::{InputName, JobId};
 use crate::store::any::AnyStore;
 
 /// Bytes of one artifact part (all parts but the last are this size, as R2 requires).
@@ -164,14 +165,14 @@ impl JobFiles {
     pub fn new(
         store: AnyStore,
         job: &JobId,
-        inputs: BTreeMap<String, String>,
+        inputs: BTreeMap<InputName, String>,
         recorded: Vec<ArtifactRecord>,
-        checkpoint: Checkpointer,
+        fence: impl Into<Fence>,
         limits: &FileLimits,
     ) -> JobFiles {
         JobFiles {
             inputs: Inputs::new(store.clone(), inputs, limits.input_read_bytes),
-            artifacts: Artifacts::new(store, job.clone(), recorded, checkpoint, limits.clone()),
+            artifacts: Artifacts::new(store, job.clone(), recorded, fence.into(), limits.clone()),
             store_wait: StoreWait::default(),
         }
     }
@@ -183,15 +184,19 @@ impl JobFiles {
     }
 
     /// The files of a job whose message names no inputs and whose checkpoint records no
-    /// artifacts, under the default limits.
-    pub fn plain(store: impl Into<AnyStore>, job: &JobId, checkpoint: Checkpointer) -> JobFiles {
+    /// artifacts, under the default limits; `fence` is the job's [`Checkpointer`]'s
+    /// ([`Checkpointer::fence`]), or the checkpointer itself.
+    ///
+    /// [`Checkpointer`]: crate::checkpoint::Checkpointer
+    /// [`Checkpointer::fence`]: crate::checkpoint::Checkpointer::fence
+    pub fn plain(store: impl Into<AnyStore>, job: &JobId, fence: impl Into<Fence>) -> JobFiles {
         let limits = FileLimits::default();
         JobFiles::new(
             store.into(),
             job,
             BTreeMap::new(),
             Vec::new(),
-            checkpoint,
+            fence,
             &limits,
         )
     }

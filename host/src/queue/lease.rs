@@ -122,7 +122,7 @@ impl Lease {
         });
         let (tx, rx) = watch::channel(received.leased_until);
         let lost = CancellationToken::new();
-        let keeper = tokio::spawn(keep(Arc::clone(&shared), tx, lost.clone()));
+        let keeper = tokio::spawn(extend_until_lost(Arc::clone(&shared), tx, lost.clone()));
         Lease {
             shared,
             view: LeaseView {
@@ -258,7 +258,11 @@ where
 }
 
 /// The keeper task: extends every half deadline until aborted or the lease is lost.
-async fn keep(shared: Arc<Shared>, until: watch::Sender<Stamp>, lost: CancellationToken) {
+async fn extend_until_lost(
+    shared: Arc<Shared>,
+    until: watch::Sender<Stamp>,
+    lost: CancellationToken,
+) {
     let Shared {
         queue,
         subscription,

@@ -14,6 +14,7 @@ mod cache;
 mod files;
 mod host;
 pub mod output;
+pub mod sandbox;
 mod v0_1;
 
 use std::path::PathBuf;
@@ -23,13 +24,22 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap};
 
 use crate::checkpoint::Checkpointer;
 use crate::files::JobFiles;
 use crate::ids::{JobId, ModuleHash};
 pub use cache::Prepared;
 use host::HostState;
+pub use sandbox::{
+    DEFAULT_FUEL_YIELD_INTERVAL, DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TASK_TIMEOUT, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
+    MAX_TASK_ERROR_BYTES,
+};
+
+/// The WIT worlds a task module may target (`wit/task.wit`, `wit/v0.1.0/task.wit`), newest
+/// first: the linker serves all of them.
+pub const SUPPORTED_WORLDS: &[&str] = &["taskhost:task/task@0.2.0", "taskhost:task/task@0.1.0"];
 
 /// Generated bindings of the WIT world `taskhost:task/task@0.2.0` (`wit/`), and of 0.1.0
 /// (`wit/v0.1.0/`), whose modules run unchanged: a component of either version links.
@@ -54,40 +64,6 @@ pub mod bindings {
         });
     }
 }
-
-/// Default memory cap per task (all its linear memories together).
-pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
-/// Largest result document a task may return: 1 MiB.
-pub const MAX_RESULT_BYTES: usize = 1 << 20;
-/// Longest error text a task's `err` keeps: 16 KiB (the rest is cut).
-pub const MAX_TASK_ERROR_BYTES: usize = 16 << 10;
-/// Most bytes a task may pass to the host in one import call (a `list<u8>` or `string`
-/// argument): wasmtime copies an argument into host memory before the host sees it, so
-/// this bounds that copy. A larger argument traps the task. (wasmtime's "hostcall fuel";
-/// its default is this same 128 MiB, set here so the bound is ours and documented.)
-pub const MAX_CALL_BYTES: usize = 128 << 20;
-
-/// `text` cut to at most `max` bytes (on a character boundary), marked with "...".
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut at = max.saturating_sub(3);
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
-        text.push_str("...");
-    }
-    text
-}
-
-/// Default wall-clock limit of one run (`TASK_TIMEOUT_SECONDS`): 24 h, long enough for
-/// multi-hour jobs, short enough that a task sleeping forever gives its slot back.
-pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Fuel between two yields to the async runtime; about 1 ms of guest work on this class of
-/// machine (fuel counts roughly one unit per wasm instruction).
-pub const DEFAULT_FUEL_YIELD_INTERVAL: u64 = 1_000_000;
-/// Default instance slots of the pooling allocator (see [`RuntimeConfig::max_concurrent_tasks`]).
-pub const DEFAULT_MAX_CONCURRENT_TASKS: u32 = 64;
 
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
@@ -122,27 +98,6 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Limits of one run of a job.
-#[derive(Clone, Debug)]
-pub struct JobLimits {
-    /// Largest size of each linear memory, in bytes.
-    pub memory_bytes: usize,
-    /// Fuel budget of this run (a CPU cap); `None` is unlimited.
-    pub fuel: Option<u64>,
-    /// Wall-clock limit of this run; `None` is unlimited.
-    pub timeout: Option<Duration>,
-}
-
-impl Default for JobLimits {
-    fn default() -> Self {
-        JobLimits {
-            memory_bytes: DEFAULT_MEMORY_LIMIT,
-            fuel: None,
-            timeout: Some(DEFAULT_TASK_TIMEOUT),
-        }
-    }
-}
-
 /// Why a file is not a usable task module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModuleError {
@@ -171,7 +126,8 @@ impl std::fmt::Display for ModuleError {
             ModuleError::Invalid(m) => write!(f, "not a valid WebAssembly component: {m}"),
             ModuleError::WrongWorld(m) => write!(
                 f,
-                "a component of another world, not a taskhost:task@0.1.0 task: {m}"
+                "a component of another world, not of {}: {m}",
+                SUPPORTED_WORLDS.join(" or ")
             ),
             ModuleError::HashMismatch { expected, actual } => {
                 write!(f, "module bytes hash to {actual}, not {expected} (corrupted or tampered with)")
@@ -263,32 +219,10 @@ pub struct Runtime {
     metrics: Arc<crate::observe::Metrics>,
 }
 
-fn engine_config(fuel_metering: bool, slots: u32) -> Config {
-    let mut cfg = Config::new();
-    cfg.wasm_component_model(true);
-    cfg.consume_fuel(fuel_metering);
-    // Pooled instance slots: a warm start reuses a slot (copy-on-write memory image, no
-    // mmap), which is what makes starting a cached module take microseconds. A wasip2
-    // component holds a few core instances (the task plus WASI adapter shims).
-    let slots = slots.max(1);
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    // Each store is capped at its share (host.rs), so tasks cannot starve each other.
-    pool.total_component_instances(slots)
-        .total_core_instances(slots * host::MAX_INSTANCES_PER_TASK as u32)
-        .total_memories(slots * host::MAX_MEMORIES_PER_TASK as u32)
-        .total_tables(slots * host::MAX_TABLES_PER_TASK as u32)
-        .total_stacks(slots)
-        // Each task's own limit is enforced by the store's limiter, not by the pool.
-        .max_memory_size(4 << 30)
-        .linear_memory_keep_resident(64 << 10);
-    cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-    cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    cfg
-}
-
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config(
+        config.check()?;
+        let engine = Engine::new(&sandbox::engine_config(
             config.fuel_metering,
             config.max_concurrent_tasks,
         ))?;
@@ -411,7 +345,7 @@ impl Runtime {
         );
         let stderr = state.stderr.clone();
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(MAX_CALL_BYTES);
         let budget = req.limits.fuel.unwrap_or(u64::MAX);
         if self.fuel_metering {
@@ -480,11 +414,15 @@ impl Runtime {
                     ))
                 }
                 End::Done(Ok(Ok(result))) => Outcome::Finished(result),
-                End::Done(Ok(Err(msg))) => Outcome::TaskError(cut(msg, MAX_TASK_ERROR_BYTES)),
-                End::Done(Err(e)) if startup.is_zero() && is_host_fault(&e, state.limits.hit) => {
+                End::Done(Ok(Err(msg))) => Outcome::TaskError(sandbox::cut_task_error(msg)),
+                End::Done(Err(e))
+                    if startup.is_zero() && is_host_fault(&e, state.limiter.memory_hit) =>
+                {
                     Outcome::HostFault(format!("cannot start the task: {e:#}"))
                 }
-                End::Done(Err(e)) => classify_trap(&e, state.limits.hit, stderr.last_line()),
+                End::Done(Err(e)) => {
+                    classify_trap(&e, state.limiter.memory_hit, stderr.last_line())
+                }
                 End::Panicked(msg) => {
                     tracing::error!(job = %req.job, panic = %msg, "the host panicked running this task");
                     Outcome::HostPanic(format!("the host panicked running this task: {msg}"))

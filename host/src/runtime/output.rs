@@ -1,9 +1,9 @@
 //! Guest stdout/stderr into `tracing`, bounded, and the one shape of every event that
 //! carries task text (`task_event`).
 //!
-//! Each stream is cut into lines (a line longer than [`MAX_LINE`] is split, never inside a
+//! Each stream is cut into lines (a line longer than [`MAX_OUTPUT_LINE_BYTES`] is split, never inside a
 //! character) and each line is logged as one event with the job id. After
-//! [`MAX_LOGGED_BYTES`] per stream the rest is counted and dropped, so a task that floods its
+//! [`MAX_OUTPUT_BYTES_PER_STREAM`] per stream the rest is counted and dropped, so a task that floods its
 //! output cannot grow host memory or the log without bound. Writes always succeed from the
 //! guest's side: a guest must never trap because its log is full.
 
@@ -16,12 +16,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 use super::bindings::taskhost::task::log::Level;
+use super::sandbox::{MAX_OUTPUT_BYTES_PER_STREAM, MAX_OUTPUT_LINE_BYTES};
 use crate::inert::{Inert, cut_bytes};
-
-/// Longest line kept (bytes); longer lines are split.
-pub const MAX_LINE: usize = 4096;
-/// Bytes per stream that reach the log; the rest is dropped and counted.
-pub const MAX_LOGGED_BYTES: u64 = 1 << 20;
 
 /// The `tracing` target of the events that carry a task's text (`RUST_LOG` can filter it:
 /// `info,taskhost::task=warn`).
@@ -89,7 +85,7 @@ impl LogPipe {
         self.lines.lock().unwrap().dropped
     }
 
-    /// Bytes held in memory right now (at most [`MAX_LINE`]).
+    /// Bytes held in memory right now (at most [`MAX_OUTPUT_LINE_BYTES`]).
     pub fn buffered(&self) -> usize {
         self.lines.lock().unwrap().buf.len()
     }
@@ -97,7 +93,7 @@ impl LogPipe {
     fn write(&self, mut data: &[u8]) {
         let mut l = self.lines.lock().unwrap();
         while !data.is_empty() {
-            let room = MAX_LINE - l.buf.len();
+            let room = MAX_OUTPUT_LINE_BYTES - l.buf.len();
             let (take, newline) = match data.iter().position(|&b| b == b'\n') {
                 Some(i) if i <= room => (i + 1, true),
                 _ => (data.len().min(room), false),
@@ -106,25 +102,25 @@ impl LogPipe {
             data = rest;
             l.buf
                 .extend_from_slice(if newline { &chunk[..take - 1] } else { chunk });
-            if newline || l.buf.len() >= MAX_LINE {
+            if newline || l.buf.len() >= MAX_OUTPUT_LINE_BYTES {
                 // A full line is split between characters: a character it would cut in
                 // two starts the next line.
                 let end = if newline {
                     l.buf.len()
                 } else {
-                    cut_bytes(&l.buf, MAX_LINE)
+                    cut_bytes(&l.buf, MAX_OUTPUT_LINE_BYTES)
                 };
                 let line = String::from_utf8_lossy(&l.buf[..end]).into_owned();
                 l.buf.drain(..end);
                 let size = line.len() as u64 + 1;
-                if l.logged < MAX_LOGGED_BYTES {
+                if l.logged < MAX_OUTPUT_BYTES_PER_STREAM {
                     l.logged += size;
                     task_event(Level::Info, &self.job, self.stream, &line);
-                    if l.logged >= MAX_LOGGED_BYTES {
+                    if l.logged >= MAX_OUTPUT_BYTES_PER_STREAM {
                         tracing::warn!(
                             job = %self.job,
                             stream = self.stream,
-                            "task output exceeds {MAX_LOGGED_BYTES} bytes; dropping the rest"
+                            "task output exceeds {MAX_OUTPUT_BYTES_PER_STREAM} bytes; dropping the rest"
                         );
                     }
                 } else {
@@ -182,21 +178,21 @@ mod tests {
         assert_eq!(p.buffered(), 3);
         p.write(b"ld\n");
         assert_eq!(p.last_line().as_deref(), Some("world"));
-        p.write(&vec![b'x'; MAX_LINE * 3]);
-        assert!(p.buffered() < MAX_LINE);
+        p.write(&vec![b'x'; MAX_OUTPUT_LINE_BYTES * 3]);
+        assert!(p.buffered() < MAX_OUTPUT_LINE_BYTES);
         let flood = vec![b'y'; 4096];
-        for _ in 0..(2 * MAX_LOGGED_BYTES as usize / 4096) {
+        for _ in 0..(2 * MAX_OUTPUT_BYTES_PER_STREAM as usize / 4096) {
             p.write(&flood);
-            assert!(p.buffered() <= MAX_LINE);
+            assert!(p.buffered() <= MAX_OUTPUT_LINE_BYTES);
         }
-        assert!(p.dropped() > MAX_LOGGED_BYTES / 2);
+        assert!(p.dropped() > MAX_OUTPUT_BYTES_PER_STREAM / 2);
     }
 
     #[test]
     fn a_long_line_is_split_between_characters() {
         let p = LogPipe::new("j".into(), "stdout");
         // 日 would straddle the line's cap: it starts the next line, whole.
-        let mut line = vec![b'x'; MAX_LINE - 1];
+        let mut line = vec![b'x'; MAX_OUTPUT_LINE_BYTES - 1];
         line.extend_from_slice("日本\n".as_bytes());
         p.write(&line);
         assert_eq!(p.last_line().as_deref(), Some("日本"));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::dir::DirStore;
 use super::s3::S3Store;
-use super::{ClockReading, ETag, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, Listed, Object, ObjectStore, Precondition, StoreError};
 use crate::observe::{Health, Metrics};
 
 #[derive(Clone, Debug)]
@@ -112,8 +112,8 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.delete(key).await)
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        each!(self, s => s.list(prefix).await)
+    async fn list_entries(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        each!(self, s => s.list_entries(prefix).await)
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {

@@ -33,6 +33,16 @@ pub struct Object {
     pub etag: ETag,
 }
 
+/// One object as a listing shows it: its key, size and last write (the store's clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// When the object was last written, ms since the Unix epoch by the store's clock (S3:
+    /// `LastModified`, whole seconds; a directory: the file's mtime).
+    pub modified_ms: u64,
+}
+
 /// When a write may happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Precondition {
@@ -214,7 +224,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
 
     /// Keys under `prefix`, in lexical order.
-    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .list_entries(prefix)
+                .await?
+                .into_iter()
+                .map(|l| l.key)
+                .collect())
+        }
+    }
+
+    /// The objects under `prefix` with their sizes and last writes, in lexical order of
+    /// their keys (S3: ListObjectsV2, one request per 1,000 objects).
+    fn list_entries(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
     /// The object's size in bytes; `Ok(None)` means it does not exist.
     fn size(&self, key: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;

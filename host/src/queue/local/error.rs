@@ -72,7 +72,7 @@ pub struct LocalQueueError {
 }
 
 impl LocalQueueError {
-    /// The operation that failed (`open`, `publish`, `claim`...).
+    /// The operation that failed (`open`, `publish`, `pull`...).
     pub fn operation(&self) -> &'static str {
         self.operation
     }

@@ -102,8 +102,8 @@ pub const DEAD_LETTER_SOURCE_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSource
 const SCHEMA_VERSION: i64 = 1;
 /// Connections kept open for reuse per [`LocalQueue`].
 const MAX_POOLED_CONNECTIONS: usize = 4;
-/// Dead-letterings done by one claim before it gives up the write lock for a while.
-const DEAD_LETTERS_PER_CLAIM: usize = 100;
+/// Dead-letterings done by one pull before it gives up the write lock for a while.
+const DEAD_LETTERS_PER_PULL: usize = 100;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS topics (
@@ -349,7 +349,7 @@ enum Durability {
     /// Before the commit returns (`synchronous = FULL`): publishes, acks, admin calls.
     Fsync,
     /// At the next fsynced commit or checkpoint (`synchronous = NORMAL`, still atomic and
-    /// safe from corruption): claims, extensions, nacks, releases. A power loss can undo the
+    /// safe from corruption): leases, extensions, nacks, releases. A power loss can undo the
     /// last of them, which only hands a message out again (sooner), never loses one.
     Lazy,
 }
@@ -521,11 +521,11 @@ mod tests {
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
             None,
         );
-        let err = Fail::from(busy).into_error("claim", "w");
+        let err = Fail::from(busy).into_error("pull", "w");
         assert!(err.is_transient());
         assert_eq!(
             err.to_string().split(':').next(),
-            Some("local queue claim `w`")
+            Some("local queue pull `w`")
         );
         let full = rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),

@@ -1,4 +1,4 @@
-//! Receiving: `pull` claims ready deliveries under fresh lease tokens, `modify_ack_deadline`
+//! Receiving: `pull` leases ready deliveries under fresh lease tokens, `modify_ack_deadline`
 //! and `acknowledge` change a delivery only while it carries the caller's token.
 
 use std::collections::BTreeMap;
@@ -9,35 +9,37 @@ use tokio::sync::oneshot;
 
 use super::publish::insert_message;
 use super::{
-    DEAD_LETTER_SOURCE_DELIVERY_COUNT, DEAD_LETTER_SOURCE_SUBSCRIPTION, DEAD_LETTERS_PER_CLAIM,
+    DEAD_LETTER_SOURCE_DELIVERY_COUNT, DEAD_LETTER_SOURCE_SUBSCRIPTION, DEAD_LETTERS_PER_PULL,
     Durability, Fail, LocalQueue, LocalQueueError, MIN_LOCAL_ACK_DEADLINE_SECS, new_token, now_ms,
     read_policy, resource_id,
 };
 use crate::queue::{IncomingMessage, MAX_ACK_DEADLINE_SECS, Received, Stamp};
 
-/// A delivery claimed by a pull: its message id and lease token.
+/// A delivery leased by a pull: its message id and lease token (what its ack id encodes).
+/// Not to be confused with a checkpoint claim (`checkpoint::claim`), which is ownership of a
+/// job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Claim {
+struct LeasedDelivery {
     message_id: i64,
     token: i64,
 }
 
-impl Claim {
+impl LeasedDelivery {
     fn ack_id(self) -> String {
         format!("{}:{}", self.message_id, self.token)
     }
 
-    fn parse(ack_id: &str) -> Option<Claim> {
+    fn parse(ack_id: &str) -> Option<LeasedDelivery> {
         let (m, t) = ack_id.split_once(':')?;
-        Some(Claim {
+        Some(LeasedDelivery {
             message_id: m.parse().ok()?,
             token: t.parse().ok()?,
         })
     }
 }
 
-struct Claimed {
-    claim: Claim,
+struct Pulled {
+    leased: LeasedDelivery,
     attempts: u32,
     published_ms: i64,
     data: Vec<u8>,
@@ -49,11 +51,11 @@ fn deadline_ms(d: Duration) -> i64 {
 }
 
 impl LocalQueue {
-    /// Claims at most `max` ready messages of `sub_id` (oldest message id first), each under
+    /// Leases at most `max` ready messages of `sub_id` (oldest message id first), each under
     /// a lease of `ack_deadline` (clamped to 1..=600 s), dead-lettering on the way those that
     /// reached their limit. Does not wait: an empty list when nothing is ready.
     ///
-    /// Cancel-safe: if this future is dropped while the claim runs, the claimed messages are
+    /// Cancel-safe: if this future is dropped while the lease runs, the leased messages are
     /// handed back with their attempt uncounted.
     pub async fn pull(
         &self,
@@ -71,10 +73,10 @@ impl LocalQueue {
         let queue = self.clone();
         let name = sub.clone();
         // Detached: it runs to the end even if this future is dropped, and then hands its
-        // claims back if nobody took them.
+        // leases back if nobody took them.
         drop(tokio::task::spawn_blocking(move || {
-            let claimed = queue.claim_now(&name, max, deadline);
-            if let Err(Ok(orphans)) = tx.send(claimed) {
+            let leased = queue.lease_now(&name, max, deadline);
+            if let Err(Ok(orphans)) = tx.send(leased) {
                 queue.release_all(&name, orphans);
             }
         }));
@@ -83,15 +85,15 @@ impl LocalQueue {
             queue: self.clone(),
             sub,
         };
-        let claimed = (&mut pending.rx).await.map_err(|_| {
-            Fail::Invalid("the claiming thread panicked".into()).into_error("pull", sub_id)
+        let leased = (&mut pending.rx).await.map_err(|_| {
+            Fail::Invalid("the leasing thread panicked".into()).into_error("pull", sub_id)
         })??;
-        Ok(claimed
+        Ok(leased
             .into_iter()
             .map(|c| Received {
-                ack_id: c.claim.ack_id(),
+                ack_id: c.leased.ack_id(),
                 message: IncomingMessage {
-                    message_id: c.claim.message_id.to_string(),
+                    message_id: c.leased.message_id.to_string(),
                     data: c.data,
                     attributes: c.attributes,
                     delivery_attempt: Some(c.attempts),
@@ -113,14 +115,14 @@ impl LocalQueue {
         deadline: Duration,
     ) -> Result<Vec<String>, LocalQueueError> {
         let sub = resource_id("modify ack deadline", "subscriptions", sub_id)?;
-        let claims = parse_all("modify ack deadline", &sub, ack_ids)?;
+        let leased = parse_all("modify ack deadline", &sub, ack_ids)?;
         let deadline = deadline.min(Duration::from_secs(MAX_ACK_DEADLINE_SECS.into()));
         let name = sub.clone();
         let lost = self
             .write_with("modify ack deadline", &sub, Durability::Lazy, move |tx| {
                 let now = now_ms();
                 let mut lost = Vec::new();
-                for c in claims {
+                for c in leased {
                     let Some(attempts) = leased_attempts(tx, &name, c)? else {
                         lost.push(c.ack_id());
                         continue;
@@ -162,10 +164,10 @@ impl LocalQueue {
         ack_ids: &[String],
     ) -> Result<(), LocalQueueError> {
         let sub = resource_id("acknowledge", "subscriptions", sub_id)?;
-        let claims = parse_all("acknowledge", &sub, ack_ids)?;
+        let leased = parse_all("acknowledge", &sub, ack_ids)?;
         let name = sub.clone();
         self.write_with("acknowledge", &sub, Durability::Fsync, move |tx| {
-            for c in claims {
+            for c in leased {
                 let deleted = tx
                     .prepare_cached(
                         "DELETE FROM deliveries
@@ -181,13 +183,13 @@ impl LocalQueue {
         .await
     }
 
-    /// Claims up to `max` ready messages. Blocking.
-    fn claim_now(
+    /// Leases up to `max` ready messages. Blocking.
+    fn lease_now(
         &self,
         sub: &str,
         max: usize,
         deadline: Duration,
-    ) -> Result<Vec<Claimed>, LocalQueueError> {
+    ) -> Result<Vec<Pulled>, LocalQueueError> {
         // A cheap read first: most polls find nothing and need no write lock.
         let ready = self
             .with_conn(|conn| {
@@ -207,14 +209,14 @@ impl LocalQueue {
         if !ready {
             return Ok(Vec::new());
         }
-        let claimed = self.write_now("pull", sub, Durability::Lazy, |tx| {
+        let leased = self.write_now("pull", sub, Durability::Lazy, |tx| {
             let now = now_ms();
             let policy = read_policy(tx, sub)?
                 .ok_or_else(|| Fail::NotFound(format!("subscription `{sub}` does not exist")))?;
             purge_expired(tx, sub, now.saturating_sub(policy.retention_ms))?;
             let mut dead_lettered = 0;
-            let mut claimed = Vec::new();
-            while claimed.len() < max {
+            let mut leased = Vec::new();
+            while leased.len() < max {
                 let next: Option<(i64, u32, i64)> = tx
                     .prepare_cached(
                         "SELECT message_id, attempts, published_ms FROM deliveries
@@ -227,7 +229,7 @@ impl LocalQueue {
                     break;
                 };
                 if let Some(dlt) = policy.dead_letter_due(attempts) {
-                    if dead_lettered == DEAD_LETTERS_PER_CLAIM {
+                    if dead_lettered == DEAD_LETTERS_PER_PULL {
                         break;
                     }
                     dead_letter(tx, sub, message_id, attempts, dlt, now)?;
@@ -250,26 +252,26 @@ impl LocalQueue {
                     std::process::id()
                 ])?;
                 let (data, attributes) = read_message(tx, message_id)?;
-                claimed.push(Claimed {
-                    claim: Claim { message_id, token },
+                leased.push(Pulled {
+                    leased: LeasedDelivery { message_id, token },
                     attempts,
                     published_ms,
                     data,
                     attributes,
                 });
             }
-            Ok(claimed)
+            Ok(leased)
         })?;
-        Ok(claimed)
+        Ok(leased)
     }
 
-    /// Hands back claims nobody received, uncounting their attempt. Blocking; best effort (a
-    /// claim that cannot be released lapses by itself).
-    fn release_all(&self, sub: &str, orphans: Vec<Claimed>) {
+    /// Hands back leases nobody received, uncounting their attempt. Blocking; best effort (a
+    /// lease that cannot be released lapses by itself).
+    fn release_all(&self, sub: &str, orphans: Vec<Pulled>) {
         let released = self.write_now("release", sub, Durability::Lazy, |tx| {
             for c in &orphans {
-                if let Some(attempts) = leased_attempts(tx, sub, c.claim)? {
-                    hand_back(tx, sub, c.claim.message_id, attempts.saturating_sub(1))?;
+                if let Some(attempts) = leased_attempts(tx, sub, c.leased)? {
+                    hand_back(tx, sub, c.leased.message_id, attempts.saturating_sub(1))?;
                 }
             }
             Ok(())
@@ -280,10 +282,10 @@ impl LocalQueue {
     }
 }
 
-/// The receiving end of a pull's claim: if the pull's future is dropped after the claiming
-/// thread sent its claims but before they were taken, they are handed back here.
+/// The receiving end of a pull's leases: if the pull's future is dropped after the leasing
+/// thread sent its leases but before they were taken, they are handed back here.
 struct PendingPull {
-    rx: oneshot::Receiver<Result<Vec<Claimed>, LocalQueueError>>,
+    rx: oneshot::Receiver<Result<Vec<Pulled>, LocalQueueError>>,
     queue: LocalQueue,
     sub: String,
 }
@@ -306,11 +308,11 @@ fn parse_all(
     operation: &'static str,
     sub: &str,
     ack_ids: &[String],
-) -> Result<Vec<Claim>, LocalQueueError> {
+) -> Result<Vec<LeasedDelivery>, LocalQueueError> {
     ack_ids
         .iter()
         .map(|a| {
-            Claim::parse(a).ok_or_else(|| {
+            LeasedDelivery::parse(a).ok_or_else(|| {
                 Fail::Invalid(format!("`{a}` is not an ack id of this queue"))
                     .into_error(operation, sub)
             })
@@ -318,14 +320,18 @@ fn parse_all(
         .collect()
 }
 
-/// The delivery's attempt count if it is still leased under `claim`'s token.
-fn leased_attempts(conn: &Connection, sub: &str, claim: Claim) -> Result<Option<u32>, Fail> {
+/// The delivery's attempt count if it is still leased under `leased`'s token.
+fn leased_attempts(
+    conn: &Connection,
+    sub: &str,
+    leased: LeasedDelivery,
+) -> Result<Option<u32>, Fail> {
     Ok(conn
         .prepare_cached(
             "SELECT attempts FROM deliveries
              WHERE subscription = ?1 AND message_id = ?2 AND lease_token = ?3",
         )?
-        .query_row(params![sub, claim.message_id, claim.token], |r| r.get(0))
+        .query_row(params![sub, leased.message_id, leased.token], |r| r.get(0))
         .optional()?)
 }
 

@@ -1,6 +1,6 @@
 //! Bad input, end to end, on both backends: a table of poison messages, unusable modules and
 //! misbehaving tasks, all published at once to ONE real `taskhost worker` process, each
-//! checked against DESIGN.md's failure classes (section 6):
+//! checked against docs/design.md's failure classes (section 6):
 //!
 //! - poison (not UTF-8 / not a JSON object / bad `job_id` / bad or no module): dead-lettered
 //!   with the parse error as its `error` attribute, acked, nothing stored for the job;

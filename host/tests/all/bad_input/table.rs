@@ -5,7 +5,7 @@ use super::*;
 /// What must become of a message.
 pub(super) enum Expect {
     /// Poison: dead-lettered with a reason containing every one of these; acked; nothing
-    /// stored for the job (DESIGN.md 6: "no error object").
+    /// stored for the job (docs/design.md section 6: "no error object").
     Poison(Vec<String>),
     /// An unusable module: dead-lettered with the reason; `jobs/<id>/error` holds it; the
     /// job was never started (no checkpoint), no result.
@@ -278,7 +278,7 @@ pub(super) fn table(m: &Modules, escape_addr: &str) -> Vec<Case> {
             job: Some("bad-other-world"),
             expect: Expect::Unusable(says(&[
                 &format!("module {} is unusable", m.other_world),
-                "a component of another world, not a taskhost:task@0.1.0 task",
+                "a component of another world, not of taskhost:task/task@0.2.0 or taskhost:task/task@0.1.0",
             ])),
         },
         Case {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use support::cli::{CliEnv, Proc};
 use taskhost::queue::{LocalQueue, Queue, Settle};
-use taskhost::worker::held::SCAN_INTERVAL;
+use taskhost::worker::node_record::SCAN_INTERVAL;
 
 use super::*;
 use crate::support;

@@ -67,7 +67,7 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
             &job2,
             &m,
             r#"{"mode":"save_loop"}"#,
-            &Binding::default(),
+            &JobBinding::default(),
             static_lease(100),
             CancellationToken::new(),
         )
@@ -141,7 +141,7 @@ async fn a_finished_job_is_not_run_again() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -155,7 +155,7 @@ async fn a_finished_job_is_not_run_again() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -233,7 +233,7 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -270,12 +270,12 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
     let job: JobId = "reused".parse().unwrap();
     let ex = executor(store.clone(), rt, JobLimits::default());
     let module = taskhost::ids::ModuleHash::of(b"step counter v1");
-    let bind = |input: &str, module: &taskhost::ids::ModuleHash, on_other_work| Binding {
+    let bind = |input: &str, module: &taskhost::ids::ModuleHash, on_other_work| JobBinding {
         work: Work::of(module, input),
         on_other_work,
         inputs: Default::default(),
     };
-    let run = |input: &'static str, binding: Binding| {
+    let run = |input: &'static str, binding: JobBinding| {
         let ex = ex.clone();
         let (m, job) = (m.clone(), job.clone());
         async move {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use taskhost::checkpoint::{self, Checkpointer, Claimed, Limits, OtherWork};
-use taskhost::exec::{Binding, Executor, JobEnd};
+use taskhost::exec::{Executor, JobBinding, JobEnd};
 use taskhost::files::JobFiles;
 use taskhost::ids::JobId;
 use taskhost::job::Work;

@@ -60,7 +60,7 @@ async fn a_module_built_for_wit_0_1_0_still_runs() {
             &job,
             &m,
             input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )

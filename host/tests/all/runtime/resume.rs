@@ -64,7 +64,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             &job,
             &m,
             &input,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )
@@ -99,7 +99,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             &job,
             &m,
             &slow,
-            &Binding::default(),
+            &JobBinding::default(),
             live_lease(),
             CancellationToken::new(),
         )

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use taskhost::checkpoint::{Limits, OtherWork};
-use taskhost::exec::{Binding, DEFAULT_MAX_CRASHES, Executor, JobEnd};
+use taskhost::exec::{DEFAULT_MAX_CRASHES, Executor, JobBinding, JobEnd};
 use taskhost::files::FileLimits;
 use taskhost::ids::JobId;
 use taskhost::job::Work;
@@ -57,13 +57,13 @@ pub fn executor(store: AnyStore, rt: Runtime, files: FileLimits) -> Executor<Any
 }
 
 /// A job bound to `input` with the message's `inputs` (name, key).
-pub fn binding(input: &str, inputs: &[(&str, &str)]) -> Binding {
-    Binding {
+pub fn binding(input: &str, inputs: &[(&str, &str)]) -> JobBinding {
+    JobBinding {
         work: Work::of(&taskhost::ids::ModuleHash::of(b"module"), input),
         on_other_work: OtherWork::Refuse,
         inputs: inputs
             .iter()
-            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .map(|(n, k)| (n.parse().expect("a valid input name"), k.to_string()))
             .collect::<BTreeMap<_, _>>(),
     }
 }

@@ -1,0 +1,275 @@
+//! The checkpoint object's bytes: magic `THCP`, a version, a flag (task data or none), the
+//! JSON [`Header`]'s length and the header (attempts, failures, progress, fuel, owner and its
+//! lease, the job's binding, the [`ArtifactRecord`]s, a per-write nonce), then the task's
+//! bytes. [`encode`] and [`decode`] are the only code that knows the layout (docs/design.md, "Storage layout").
+
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 4] = b"THCP";
+const FORMAT_VERSION: u8 = 1;
+
+/// The bookkeeping the host keeps beside the task's bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Runs started (1 = the first run). Incremented by every claim.
+    pub attempts: u32,
+    /// Runs that ended in a trap (panic, fuel, memory, timeout). Interruptions don't count.
+    pub failures: u32,
+    /// Runs in a row that started and did not end cleanly (their worker was killed or
+    /// crashed, a host function panicked, or the job was lost) with no save between: every
+    /// claim adds 1, a save sets it to 1 (this run), a clean end to 0. Past `MAX_CRASHES`
+    /// the job is dead-lettered (`exec`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+    /// Runs in a row whose task failed after the store failed its own input or artifact
+    /// calls while the checkpoint's writes went through (`exec`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub storage_failed_runs: u32,
+    /// Last progress the task reported: (done, total).
+    #[serde(default)]
+    pub progress: Option<(u64, u64)>,
+    /// Fuel consumed over all runs.
+    #[serde(default)]
+    pub fuel_used: u64,
+    /// The reason of the last failure, if any.
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// Which worker wrote this version (for `status`).
+    #[serde(default)]
+    pub owner: String,
+    /// Until when the owner's lease holds (ms since the Unix epoch); 0: released (a header
+    /// written before this field existed reads as released).
+    #[serde(default)]
+    pub lease_until_ms: u64,
+    /// The owner's lease period (its ack deadline) in ms; 0: unknown.
+    #[serde(default)]
+    pub lease_period_ms: u64,
+    /// The work the job is bound to: the module (`sha256:<hex>`)...
+    #[serde(default)]
+    pub module: String,
+    /// ... and the sha256 of its input (empty in checkpoints written before jobs were bound).
+    #[serde(default)]
+    pub input_sha256: String,
+    /// The job's artifacts: finished ones, and how far open ones are durable (the state at
+    /// the task's last `save`; see `files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRecord>,
+    /// Milliseconds since the Unix epoch at this write.
+    #[serde(default)]
+    pub updated_ms: u64,
+    /// Random per write, so every write changes the ETag even when nothing else changed.
+    pub nonce: String,
+}
+
+/// An artifact as a checkpoint header records it: finished (its final size and tag), or
+/// open with the parts uploaded so far (what `files::Artifacts::resume` continues from).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
+    pub size: u64,
+    #[serde(default)]
+    pub finished: bool,
+    /// Finished: the object's tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Open: the multipart upload holding the parts, if one was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
+    /// Open: the parts' tags, part 1 first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Encodes a checkpoint object: magic, version, header length, JSON header, task bytes.
+pub fn encode(header: &Header, data: Option<&[u8]>) -> Vec<u8> {
+    let head = serde_json::to_vec(header).expect("header serializes");
+    let mut out = Vec::with_capacity(10 + head.len() + data.map_or(0, |d| d.len()));
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(data.is_some() as u8);
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    if let Some(d) = data {
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// Decodes what [`encode`] wrote.
+pub fn decode(bytes: &[u8]) -> anyhow::Result<(Header, Option<Vec<u8>>)> {
+    anyhow::ensure!(
+        bytes.len() >= 10 && &bytes[..4] == MAGIC,
+        "not a taskhost checkpoint object"
+    );
+    anyhow::ensure!(
+        bytes[4] == FORMAT_VERSION,
+        "checkpoint format version {} is not supported (this host reads {FORMAT_VERSION})",
+        bytes[4]
+    );
+    let has_data = bytes[5] == 1;
+    let len = u32::from_be_bytes(bytes[6..10].try_into().unwrap()) as usize;
+    let rest = &bytes[10..];
+    anyhow::ensure!(rest.len() >= len, "checkpoint header is truncated");
+    let header: Header = serde_json::from_slice(&rest[..len])?;
+    let data = has_data.then(|| rest[len..].to_vec());
+    Ok((header, data))
+}
+
+/// A fresh random nonce for a write's header.
+pub(super) fn nonce() -> String {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    hex::encode(b)
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::collection::vec;
+    use proptest::option::of;
+    use proptest::prelude::*;
+
+    use super::{ArtifactRecord, FORMAT_VERSION, Header, MAGIC, decode, encode};
+
+    fn records() -> impl Strategy<Value = ArtifactRecord> {
+        (
+            any::<String>(),
+            any::<u64>(),
+            any::<bool>(),
+            of(any::<String>()),
+            of(any::<String>()),
+            vec(any::<String>(), 0..3),
+        )
+            .prop_map(
+                |(name, size, finished, etag, upload, parts)| ArtifactRecord {
+                    name,
+                    size,
+                    finished,
+                    etag,
+                    upload,
+                    parts,
+                },
+            )
+    }
+
+    fn headers() -> impl Strategy<Value = Header> {
+        (
+            (
+                any::<u32>(),
+                any::<u32>(),
+                of(any::<(u64, u64)>()),
+                any::<u64>(),
+            ),
+            (
+                of(any::<String>()),
+                any::<String>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            (any::<String>(), any::<String>(), vec(records(), 0..3)),
+            (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
+        )
+            .prop_map(
+                |(
+                    (attempts, failures, progress, fuel_used),
+                    (last_failure, owner, lease_until_ms, lease_period_ms),
+                    (module, input_sha256, artifacts),
+                    (updated_ms, nonce, (crashes, storage_failed_runs)),
+                )| Header {
+                    attempts,
+                    failures,
+                    crashes,
+                    storage_failed_runs,
+                    progress,
+                    fuel_used,
+                    last_failure,
+                    owner,
+                    lease_until_ms,
+                    lease_period_ms,
+                    module,
+                    input_sha256,
+                    artifacts,
+                    updated_ms,
+                    nonce,
+                },
+            )
+    }
+
+    fn data() -> impl Strategy<Value = Option<Vec<u8>>> {
+        of(vec(any::<u8>(), 0..512))
+    }
+
+    /// Bytes to decode: arbitrary ones; the magic and version before arbitrary bytes or a
+    /// JSON text with any length field; a valid object with some bytes overwritten and its
+    /// end cut anywhere.
+    fn objects() -> impl Strategy<Value = Vec<u8>> {
+        const KEYS: &[&str] = &[
+            "attempts",
+            "failures",
+            "progress",
+            "fuel_used",
+            "owner",
+            "nonce",
+            "artifacts",
+            "name",
+            "size",
+            "parts",
+        ];
+        let framed = (
+            prop_oneof![Just(0), Just(1), any::<u8>()],
+            proptest::option::of(any::<u32>()),
+            crate::props::bytes_or_json(KEYS, KEYS),
+            vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(flag, len, head, data)| {
+                let mut out = MAGIC.to_vec();
+                out.extend([FORMAT_VERSION, flag]);
+                // None: the header's true length.
+                out.extend(len.unwrap_or(head.len() as u32).to_be_bytes());
+                out.extend(head);
+                out.extend(data);
+                out
+            });
+        let damaged = (
+            headers(),
+            data(),
+            vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            proptest::option::of(any::<prop::sample::Index>()),
+        )
+            .prop_map(|(h, d, edits, cut)| {
+                let mut out = encode(&h, d.as_deref());
+                for (at, b) in edits {
+                    let i = at.index(out.len());
+                    out[i] = b;
+                }
+                if let Some(cut) = cut {
+                    out.truncate(cut.index(out.len() + 1));
+                }
+                out
+            });
+        prop_oneof![vec(any::<u8>(), 0..64), framed, damaged]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_round_trips(h in headers(), d in data()) {
+            let (h2, d2) = decode(&encode(&h, d.as_deref())).unwrap();
+            prop_assert_eq!(h2, h);
+            prop_assert_eq!(d2, d);
+        }
+
+        /// Any bytes: no panic; what it accepts encodes back to the same object.
+        #[test]
+        fn decode_never_panics(bytes in objects()) {
+            if let Ok((h, d)) = decode(&bytes) {
+                let (h2, d2) = decode(&encode(&h, d.as_deref())).unwrap();
+                prop_assert_eq!(h2, h);
+                prop_assert_eq!(d2, d);
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! What `taskhost status` and the status page show: every job's state from listings, the
+//! objects of the page in view only, and the workers' heartbeats.
+//!
+//! A job's state is read from the keys a listing of `jobs/` shows (docs/design.md §3):
+//! `result` → done, `error` → failed, a `checkpoint` written within the lease window →
+//! running, an older one → waiting, and a job id named only by a `submitted/` batch record
+//! → queued. So the overview of 10,000 jobs costs a listing (one request per 1,000 objects),
+//! one read per submitted batch and one clock read, never one request per job. The page in
+//! view reads its jobs' objects (result, error, checkpoint header), and there the ownership
+//! rule decides running or waiting exactly.
+
+pub mod page;
+pub mod serve;
+pub mod workers;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::ids::{JobId, JobState};
+use crate::keys;
+use crate::store::{ObjectStore, StoreError};
+
+/// What a listing says of one job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// The checkpoint's last write (the store's clock), if it has one.
+    pub checkpoint_ms: Option<u64>,
+    pub result: bool,
+    pub error: bool,
+    /// A manifest exists (the artifacts below are the job's outputs).
+    pub manifest: bool,
+    /// The objects under `artifacts/`: how many, and their bytes together.
+    pub artifacts: (usize, u64),
+    /// Named by a `submitted/` record.
+    pub submitted: bool,
+}
+
+impl Listed {
+    /// The job's state by the listing: a checkpoint written within `window` of `now_ms` (both
+    /// the store's clock) counts as running (a live owner rewrites it every half lease).
+    pub fn state(&self, now_ms: u64, window: Duration) -> JobState {
+        match self.checkpoint_ms {
+            _ if self.result => JobState::Done,
+            _ if self.error => JobState::Failed,
+            Some(ms) if ms + window.as_millis() as u64 >= now_ms => JobState::Running,
+            Some(_) => JobState::Waiting,
+            None => JobState::Queued,
+        }
+    }
+}
+
+/// Every job the store knows of, by id (sorted), from listings only.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    pub jobs: BTreeMap<JobId, Listed>,
+    /// The store's time when the listing was taken (ms since the Unix epoch).
+    pub now_ms: u64,
+}
+
+/// Counts of jobs per state.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub total: usize,
+    pub queued: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub done: usize,
+    pub failed: usize,
+}
+
+impl Counts {
+    fn add(&mut self, state: JobState) {
+        self.total += 1;
+        *match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Running => &mut self.running,
+            JobState::Waiting => &mut self.waiting,
+            JobState::Done => &mut self.done,
+            JobState::Failed => &mut self.failed,
+        } += 1;
+    }
+}
+
+/// Lists `jobs/` and `submitted/` (reading each batch record) and reads the store's clock.
+pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
+    let (listing, batches, clock) = futures_util::future::join3(
+        store.list_entries(keys::JOBS_PREFIX),
+        store.list(keys::SUBMITTED_PREFIX),
+        store.clock(keys::SUBMITTED_PREFIX),
+    )
+    .await;
+    let now_ms = clock?.map_or_else(crate::time::now_ms, |c| c.store_ms);
+    let mut jobs: BTreeMap<JobId, Listed> = BTreeMap::new();
+    for entry in listing? {
+        let Some(rest) = entry.key.strip_prefix(keys::JOBS_PREFIX) else {
+            continue;
+        };
+        let Some((id, what)) = rest.split_once('/') else {
+            continue;
+        };
+        let Ok(id) = id.parse::<JobId>() else {
+            continue;
+        };
+        let job = jobs.entry(id).or_default();
+        match what {
+            "checkpoint" => job.checkpoint_ms = Some(entry.modified_ms),
+            "result" => job.result = true,
+            "error" => job.error = true,
+            "manifest" => job.manifest = true,
+            a if a.starts_with("artifacts/") => {
+                job.artifacts.0 += 1;
+                job.artifacts.1 += entry.size;
+            }
+            _ => {}
+        }
+    }
+    // The batch records, a few at a time (one per 1,000 jobs submitted).
+    use futures_util::StreamExt;
+    let mut reads = futures_util::stream::iter(batches?)
+        .map(|key| async move { store.get(&key).await })
+        .buffer_unordered(8);
+    while let Some(read) = reads.next().await {
+        let Some(object) = read? else { continue };
+        for id in String::from_utf8_lossy(&object.bytes).lines() {
+            if let Ok(id) = id.trim().parse::<JobId>() {
+                jobs.entry(id).or_default().submitted = true;
+            }
+        }
+    }
+    Ok(Scan { jobs, now_ms })
+}
+
+impl Scan {
+    /// Counts per state, and the ids of the jobs in `filter` (all when `None`), in order.
+    pub fn select(&self, window: Duration, filter: Option<JobState>) -> (Counts, Vec<&JobId>) {
+        let mut counts = Counts::default();
+        let mut ids = Vec::new();
+        for (id, listed) in &self.jobs {
+            let state = listed.state(self.now_ms, window);
+            counts.add(state);
+            if filter.is_none_or(|f| f == state) {
+                ids.push(id);
+            }
+        }
+        (counts, ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_follows_the_listed_keys() {
+        let w = Duration::from_secs(60);
+        let now = 1_000_000;
+        let l = |f: &dyn Fn(&mut Listed)| {
+            let mut l = Listed::default();
+            f(&mut l);
+            l.state(now, w)
+        };
+        assert_eq!(l(&|l| l.submitted = true), JobState::Queued);
+        assert_eq!(
+            l(&|l| l.checkpoint_ms = Some(now - 59_000)),
+            JobState::Running
+        );
+        assert_eq!(
+            l(&|l| l.checkpoint_ms = Some(now - 61_000)),
+            JobState::Waiting
+        );
+        assert_eq!(
+            l(&|l| {
+                l.checkpoint_ms = Some(now);
+                l.error = true
+            }),
+            JobState::Failed
+        );
+        assert_eq!(
+            l(&|l| {
+                l.error = true;
+                l.result = true
+            }),
+            JobState::Done
+        );
+    }
+}

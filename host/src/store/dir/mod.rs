@@ -1,0 +1,372 @@
+//! The directory backend: each key is a file under a root directory.
+//!
+//! Conditional writes hold an exclusive `flock` on a per-key lock file while they compare
+//! the current tag and rename a fully written temporary file into place, so they are atomic
+//! across threads and processes on one machine. Readers never lock: `rename` is atomic, so a
+//! reader sees the old or the new bytes, never a mix. The tag is a hash of the bytes, like
+//! an S3 ETag (the MD5 of the body): identical bytes give an identical tag.
+//!
+//! A key component that starts with `.` (a job id may) is stored as `%2E...`: names that
+//! start with `.` are this backend's own lock and temporary files, and `%` is in no key.
+//! Multipart uploads keep their parts under `<root>/.uploads/<id>/` until they are put
+//! together into the object (a temporary file renamed into place, like a write).
+//!
+//! What this backend keeps besides the objects is bounded: a key's lock file is removed
+//! whenever its key is left without an object (after a delete, or a conditional write that
+//! failed on an absent key), so lock files never outnumber objects, and a directory left
+//! empty by a delete is removed; an upload's directory is removed when it is completed or
+//! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
+//! upload's start, as R2 aborts incomplete uploads after 7 days.
+//!
+//! `mod.rs`: the store, its keys and the object operations; `lock.rs`: a key's lock and the
+//! atomic replace; `multipart.rs`: uploads. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's clock is
+//! this host's.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use super::{ClockReading, ETag, ErrorKind, Listed, Object, ObjectStore, Precondition, StoreError};
+
+mod lock;
+mod multipart;
+#[cfg(test)]
+mod tests;
+
+use lock::{lock_key, replace};
+pub use multipart::ABANDONED_UPLOAD_AGE;
+
+/// A bucket kept in a local directory.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// Opens (creating if needed) the store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create the store directory {}", root.display()))?;
+        Ok(DirStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let ok = !key.is_empty()
+            && key.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
+        if !ok {
+            return Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow::anyhow!("invalid object key {key:?}"),
+            ));
+        }
+        Ok(self.root.join(encode(key)))
+    }
+}
+
+/// The kind of a failed file operation: a missing directory is [`ErrorKind::NotFound`] (a
+/// missing object is never an error), one we may not write [`ErrorKind::AccessDenied`], a
+/// path that cannot hold the object (a directory, a file where a directory should be) or
+/// any other refusal that would repeat [`ErrorKind::BadRequest`]; the rest (I/O errors, a
+/// full disk, too many open files, interruptions) [`ErrorKind::Transient`].
+pub(crate) fn io_kind(kind: io::ErrorKind) -> ErrorKind {
+    use io::ErrorKind as K;
+    match kind {
+        K::NotFound => ErrorKind::NotFound,
+        K::PermissionDenied | K::ReadOnlyFilesystem => ErrorKind::AccessDenied,
+        K::InvalidInput
+        | K::InvalidData
+        | K::InvalidFilename
+        | K::IsADirectory
+        | K::NotADirectory
+        | K::DirectoryNotEmpty
+        | K::AlreadyExists
+        | K::FileTooLarge
+        | K::TooManyLinks
+        | K::Unsupported => ErrorKind::BadRequest,
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// A failed file operation as a [`StoreError`] of its kind, saying what was being done.
+fn io_err(e: io::Error, doing: impl FnOnce() -> String) -> StoreError {
+    StoreError::new(io_kind(e.kind()), anyhow::Error::new(e).context(doing()))
+}
+
+/// The on-disk form of a key (or key prefix): each component that starts with `.` gets `%2E`
+/// instead.
+fn encode(key: &str) -> String {
+    key.split('/')
+        .map(|part| match part.strip_prefix('.') {
+            Some(rest) => format!("%2E{rest}"),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The key of an on-disk relative path.
+fn decode(rel: &str) -> String {
+    rel.split('/')
+        .map(|part| match part.strip_prefix("%2E") {
+            Some(rest) => format!(".{rest}"),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn etag_of(bytes: &[u8]) -> ETag {
+    ETag(hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
+fn read(path: &Path) -> io::Result<Option<Object>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(Object {
+            etag: etag_of(&bytes),
+            bytes,
+        })),
+        // A key prefix (a directory here) is no object, as on S3.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A name in the same directory that no `list` returns and no key can take.
+fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+fn put_blocking(
+    root: &Path,
+    path: &Path,
+    bytes: &[u8],
+    pre: &Precondition,
+) -> Result<ETag, StoreError> {
+    let ctx = || format!("writing {}", path.display());
+    let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
+    let result = (|| {
+        let current = read(path).map_err(|e| io_err(e, ctx))?;
+        let holds = match (pre, &current) {
+            (Precondition::None, _) => true,
+            (Precondition::Absent, cur) => cur.is_none(),
+            (Precondition::Matches(tag), Some(cur)) => &cur.etag == tag,
+            (Precondition::Matches(_), None) => false,
+        };
+        if !holds {
+            return Err(StoreError::PreconditionFailed);
+        }
+        replace(path, |f| f.write_all(bytes)).map_err(|e| io_err(e, ctx))?;
+        Ok(etag_of(bytes))
+    })();
+    // After the rename.
+    lock.release(root);
+    result
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Listed>> {
+    // Walk only the directory that can hold matches.
+    let start = match prefix.rfind('/') {
+        Some(i) => root.join(encode(&prefix[..i])),
+        None => root.to_path_buf(),
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                let key = decode(&rel.to_string_lossy().replace('\\', "/"));
+                if key.starts_with(prefix) {
+                    let meta = entry.metadata()?;
+                    let modified_ms = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as u64);
+                    out.push(Listed {
+                        key,
+                        size: meta.len(),
+                        modified_ms,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+fn join_err(e: tokio::task::JoinError) -> StoreError {
+    StoreError::new(
+        ErrorKind::Transient,
+        anyhow::anyhow!("store worker thread failed: {e}"),
+    )
+}
+
+impl ObjectStore for DirStore {
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || {
+            read(&path).map_err(|e| io_err(e, || format!("reading {}", path.display())))
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
+        let path = self.path(key)?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || put_blocking(&root, &path, &bytes, &pre))
+            .await
+            .map_err(join_err)?
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
+        Ok(self.get(key).await?.map(|obj| obj.etag))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let ctx = || format!("deleting {}", path.display());
+            // Under the key's lock, so that its lock file can go too.
+            let lock = lock_key(&path).map_err(|e| io_err(e, ctx))?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e, ctx)),
+            }
+            lock.release(&root);
+            Ok(())
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    async fn list_entries(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            list_blocking(&root, &prefix).map_err(|e| io_err(e, || format!("listing {prefix:?}")))
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_dir() => Ok(None), // a key prefix: no object, as on S3
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(e, || format!("reading {}", path.display()))),
+        }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || {
+            let ctx = || format!("reading {}", path.display());
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err(e, ctx)),
+            };
+            // A key prefix (a directory opens as a file) is no object, as on S3.
+            if file.metadata().map_err(|e| io_err(e, ctx))?.is_dir() {
+                return Ok(None);
+            }
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err(e, ctx))?;
+            let mut bytes = Vec::new();
+            file.take(len)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_err(e, ctx))?;
+            Ok(Some(bytes))
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
+        self.start_upload(key).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> Result<String, StoreError> {
+        self.write_part(key, upload, number, bytes).await
+    }
+
+    async fn upload_complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[String],
+    ) -> Result<ETag, StoreError> {
+        self.complete_upload(key, upload, parts).await
+    }
+
+    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+        self.has_upload(key, upload).await
+    }
+
+    async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
+        self.abort_upload(key, upload).await
+    }
+
+    /// This host's clock: the directory is on this host.
+    async fn clock(&self, _key: &str) -> Result<Option<ClockReading>, StoreError> {
+        Ok(Some(ClockReading::local()))
+    }
+}

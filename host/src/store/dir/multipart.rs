@@ -1,0 +1,153 @@
+//! Multipart uploads: parts under `<root>/.uploads/<id>/` until they are put together into
+//! the object (a temporary file renamed into place, like a write); uploads left alone for
+//! [`ABANDONED_UPLOAD_AGE`] are removed by the next upload's start.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::lock::{lock_key, replace};
+use super::{DirStore, etag_of, io_err, join_err};
+use crate::store::{ETag, ErrorKind, StoreError};
+
+/// How long an upload's parts are kept after its last part was written, if it is neither
+/// completed nor aborted (R2's rule for incomplete multipart uploads: 7 days).
+pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
+/// A failed completion keeps them: it may be tried again, or aborted.
+fn complete_blocking(
+    root: &Path,
+    path: &Path,
+    parts_dir: &Path,
+    parts: usize,
+) -> Result<ETag, StoreError> {
+    let ctx = || format!("completing the upload of {}", path.display());
+    let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
+    let mut hash = Sha256::new();
+    let written = replace(path, |out| {
+        for n in 1..=parts {
+            let bytes = fs::read(parts_dir.join(n.to_string()))?;
+            hash.update(&bytes);
+            out.write_all(&bytes)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| io_err(e, ctx));
+    lock.release(root);
+    written?;
+    let _ = fs::remove_dir_all(parts_dir);
+    Ok(ETag(hex::encode(&hash.finalize()[..16])))
+}
+
+impl DirStore {
+    pub(super) async fn start_upload(&self, key: &str) -> Result<String, StoreError> {
+        self.path(key)?;
+        let mut b = [0u8; 12];
+        getrandom::fill(&mut b)
+            .map_err(|e| StoreError::new(ErrorKind::Transient, anyhow::anyhow!("random: {e}")))?;
+        let id = hex::encode(b);
+        let uploads = self.uploads();
+        let dir = uploads.join(&id);
+        tokio::task::spawn_blocking(move || {
+            remove_abandoned_uploads(&uploads);
+            fs::create_dir_all(&dir)
+                .map_err(|e| io_err(e, || format!("creating {}", dir.display())))
+        })
+        .await
+        .map_err(join_err)??;
+        Ok(id)
+    }
+
+    pub(super) async fn write_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> Result<String, StoreError> {
+        self.path(key)?;
+        let dir = self.upload_dir(upload)?;
+        let tag = etag_of(&bytes).0;
+        tokio::task::spawn_blocking(move || {
+            let part = dir.join(number.to_string());
+            let tmp = dir.join(format!(".{number}.tmp"));
+            fs::write(&tmp, &bytes)
+                .and_then(|()| fs::rename(&tmp, &part))
+                .map_err(|e| io_err(e, || format!("writing {}", part.display())))
+        })
+        .await
+        .map_err(join_err)??;
+        Ok(tag)
+    }
+
+    pub(super) async fn complete_upload(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[String],
+    ) -> Result<ETag, StoreError> {
+        let path = self.path(key)?;
+        let dir = self.upload_dir(upload)?;
+        let count = parts.len();
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || complete_blocking(&root, &path, &dir, count))
+            .await
+            .map_err(join_err)?
+    }
+
+    pub(super) async fn has_upload(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+        self.path(key)?;
+        Ok(self.upload_dir(upload).is_ok())
+    }
+
+    pub(super) async fn abort_upload(&self, _key: &str, upload: &str) -> Result<(), StoreError> {
+        if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        let dir = self.uploads().join(upload);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e, || format!("removing {}", dir.display()))),
+        }
+    }
+}
+
+/// Removes the uploads under `uploads` whose last part was written more than
+/// [`ABANDONED_UPLOAD_AGE`] ago: their writer died without completing or aborting them.
+fn remove_abandoned_uploads(uploads: &Path) {
+    let Ok(entries) = fs::read_dir(uploads) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if idle.is_some_and(|idle| idle > ABANDONED_UPLOAD_AGE) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl DirStore {
+    pub(super) fn uploads(&self) -> PathBuf {
+        self.root.join(".uploads")
+    }
+
+    pub(super) fn upload_dir(&self, upload: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.uploads().join(upload);
+        if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) || !dir.is_dir() {
+            return Err(StoreError::new(
+                ErrorKind::BadRequest,
+                anyhow::anyhow!("no multipart upload {upload:?} in {}", self.root.display()),
+            ));
+        }
+        Ok(dir)
+    }
+}

@@ -1,0 +1,292 @@
+//! The directory store's own tests (the store contract runs in `tests/all`).
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+#[tokio::test]
+async fn conditional_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    assert!(s.get("jobs/a/checkpoint").await.unwrap().is_none());
+    let t1 = s
+        .put("jobs/a/checkpoint", b"one".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.put("jobs/a/checkpoint", b"two".to_vec(), Precondition::Absent)
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    let t2 = s
+        .put(
+            "jobs/a/checkpoint",
+            b"two".to_vec(),
+            Precondition::Matches(t1.clone()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(t1, t2);
+    // A stale writer (holding t1) loses.
+    assert!(matches!(
+        s.put(
+            "jobs/a/checkpoint",
+            b"three".to_vec(),
+            Precondition::Matches(t1)
+        )
+        .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    let got = s.get("jobs/a/checkpoint").await.unwrap().unwrap();
+    assert_eq!(got.bytes, b"two");
+    assert_eq!(got.etag, t2);
+    assert!(matches!(
+        s.put("jobs/b/x", b"x".to_vec(), Precondition::Matches(t2))
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
+    assert!(s.exists("jobs/a/checkpoint").await.unwrap());
+    assert!(s.path("../etc/passwd").is_err());
+    // A component may start with `.` (a job id may): stored under another name, listed
+    // and read back under its own.
+    s.put("jobs/.hidden/x", b"h".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list("jobs/.hidden/").await.unwrap(),
+        vec!["jobs/.hidden/x"]
+    );
+    assert_eq!(s.get("jobs/.hidden/x").await.unwrap().unwrap().bytes, b"h");
+    s.delete("jobs/.hidden/x").await.unwrap();
+    assert!(!s.exists("jobs/.hidden/x").await.unwrap());
+    s.delete("jobs/.hidden/x").await.unwrap();
+    assert!(s.path("jobs/../x").is_err());
+}
+
+#[test]
+fn io_errors_get_their_kind() {
+    use io::ErrorKind as K;
+    for (io, want) in [
+        (K::NotFound, ErrorKind::NotFound),
+        (K::PermissionDenied, ErrorKind::AccessDenied),
+        (K::ReadOnlyFilesystem, ErrorKind::AccessDenied),
+        (K::IsADirectory, ErrorKind::BadRequest),
+        (K::NotADirectory, ErrorKind::BadRequest),
+        (K::InvalidInput, ErrorKind::BadRequest),
+        (K::StorageFull, ErrorKind::Transient),
+        (K::TimedOut, ErrorKind::Transient),
+        (K::Interrupted, ErrorKind::Transient),
+        (K::Other, ErrorKind::Transient),
+    ] {
+        assert_eq!(io_kind(io), want, "{io:?}");
+    }
+}
+
+/// The probe a worker writes fails where a write fails, even while reads work: here the
+/// probe's key is taken by a directory (tests run as root, which file modes do not stop).
+#[tokio::test]
+async fn the_probe_fails_where_writes_fail_while_reads_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    s.put("jobs/a/result", b"r".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let probe = crate::keys::probe("w");
+    crate::store::probe(&s, &probe).await.unwrap();
+    assert!(!s.exists(&probe).await.unwrap(), "the probe is deleted");
+    fs::create_dir_all(tmp.path().join(&probe).join("x")).unwrap();
+    let e = crate::store::probe(&s, &probe).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+    assert!(!e.is_transient());
+    assert_eq!(s.get("jobs/a/result").await.unwrap().unwrap().bytes, b"r");
+    // An invalid key is a bad request too.
+    let e = s.get("../x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_create_only_has_one_winner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    for key in ["k/1", "k/2", "k/3"] {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.put(
+                        key,
+                        format!("writer {i}").into_bytes(),
+                        Precondition::Absent,
+                    )
+                    .await
+                    .is_ok()
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for h in handles {
+            wins += h.await.unwrap() as usize;
+        }
+        assert_eq!(wins, 1, "{key}");
+    }
+}
+
+/// Everything under `root` but `.uploads`, as relative paths.
+fn files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".uploads" {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn lock_files_and_directories_do_not_outlive_their_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let t = s
+        .put("jobs/a/checkpoint", b"1".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    s.put("jobs/a/result", b"r".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    // A lock file stays beside an object.
+    assert!(files(tmp.path()).contains(&"jobs/a/.checkpoint.lock".into()));
+    // A conditional write that fails on an absent key leaves nothing behind.
+    assert!(matches!(
+        s.put("jobs/b/checkpoint", b"2".to_vec(), Precondition::Matches(t))
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert!(matches!(
+        s.put("jobs/a/checkpoint", b"2".to_vec(), Precondition::Absent)
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert_eq!(
+        files(tmp.path()),
+        vec![
+            "jobs",
+            "jobs/a",
+            "jobs/a/.checkpoint.lock",
+            "jobs/a/.result.lock",
+            "jobs/a/checkpoint",
+            "jobs/a/result"
+        ]
+    );
+    // Deleting takes the lock file, and the directories left empty.
+    s.delete("jobs/a/result").await.unwrap();
+    s.delete("jobs/none/result").await.unwrap();
+    assert_eq!(
+        files(tmp.path()),
+        vec![
+            "jobs",
+            "jobs/a",
+            "jobs/a/.checkpoint.lock",
+            "jobs/a/checkpoint"
+        ]
+    );
+    s.delete("jobs/a/checkpoint").await.unwrap();
+    assert_eq!(files(tmp.path()), Vec::<String>::new());
+    assert!(tmp.path().is_dir());
+    // The key works as before.
+    s.put("jobs/a/checkpoint", b"3".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
+}
+
+/// Holders remove the lock file of a key they leave without an object while others wait
+/// for it: still one holder at a time.
+#[test]
+fn a_removed_lock_file_never_lets_two_writers_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let key = root.join("jobs/x/checkpoint");
+    let inside = AtomicU64::new(0);
+    let entries = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let (key, inside, entries) = (&key, &inside, &entries);
+            s.spawn(move || {
+                for i in 0..300u64 {
+                    let lock = lock_key(key).unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    entries.fetch_add(1, Ordering::Relaxed);
+                    // Every other time the key is left without an object.
+                    if (t + i) % 2 == 0 {
+                        fs::write(key, b"x").unwrap();
+                    } else {
+                        let _ = fs::remove_file(key);
+                    }
+                    std::thread::yield_now();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    lock.release(root);
+                }
+            });
+        }
+    });
+    assert_eq!(entries.load(Ordering::Relaxed), 8 * 300);
+}
+
+#[tokio::test]
+async fn uploads_leave_nothing_once_completed_aborted_or_abandoned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let uploads = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(tmp.path().join(".uploads"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let done = s.upload_start("a/done").await.unwrap();
+    let part = s
+        .upload_part("a/done", &done, 1, b"part".to_vec())
+        .await
+        .unwrap();
+    s.upload_complete("a/done", &done, &[part]).await.unwrap();
+    assert_eq!(s.get("a/done").await.unwrap().unwrap().bytes, b"part");
+    let aborted = s.upload_start("a/aborted").await.unwrap();
+    s.upload_part("a/aborted", &aborted, 1, b"part".to_vec())
+        .await
+        .unwrap();
+    s.upload_abort("a/aborted", &aborted).await.unwrap();
+    assert_eq!(uploads(), Vec::<String>::new());
+
+    // One whose writer died long ago, and one at work: the next start removes the first.
+    let old = s.upload_start("a/old").await.unwrap();
+    let long_ago = std::time::SystemTime::now() - ABANDONED_UPLOAD_AGE - Duration::from_secs(60);
+    File::open(tmp.path().join(".uploads").join(&old))
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let working = s.upload_start("a/working").await.unwrap();
+    let next = s.upload_start("a/next").await.unwrap();
+    let mut want = vec![working, next];
+    want.sort();
+    assert_eq!(uploads(), want);
+}

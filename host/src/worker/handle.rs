@@ -1,0 +1,343 @@
+//! One job, from its message to its settlement: parse → resolve the module →
+//! [`Executor::execute`] → [`decide`] → ack / nack with a delay / dead-letter, with one log
+//! line and one counter ([`Stats`]) per job end.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::node_record::{self, NodeRecord};
+use super::receive::StorageFailures;
+use super::{Decision, Stats, WorkerConfig, decide, retry_delay};
+use crate::checkpoint::OtherWork;
+use crate::exec::{Executor, JobBinding, JobEnd};
+use crate::job::JobMessage;
+use crate::modules::{self, ResolveError};
+use crate::observe::metrics::{JobOutcome, Settle};
+use crate::observe::{Health, Metrics};
+use crate::queue::lease::Lease;
+use crate::queue::{IncomingMessage, OutgoingMessage, Queue};
+use crate::store::any::AnyStore;
+use crate::store::{ObjectStore, Precondition};
+use crate::time::now_ms;
+
+/// Pub/Sub allows attribute values of at most 1024 bytes.
+const MAX_ATTRIBUTE: usize = 1024;
+
+/// What every job of a worker shares.
+pub(super) struct Worker<S> {
+    /// The runtime's metrics, counted per job end and per settlement.
+    pub metrics: Arc<Metrics>,
+    pub queue: Queue,
+    pub executor: Executor<S>,
+    pub config: WorkerConfig,
+    pub stats: Arc<Stats>,
+    /// Storage failures in a row, across jobs (the circuit breaker's count).
+    pub storage_failures: StorageFailures,
+    /// This worker's record of the jobs it runs, on the node's disk.
+    pub record: Option<NodeRecord>,
+}
+
+impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
+    pub async fn handle(
+        &self,
+        message: IncomingMessage,
+        lease: Lease,
+        slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let _running = super::heartbeat::Running::count(&self.stats);
+        let attempt = message.delivery_attempt.unwrap_or(1);
+        let job = match JobMessage::parse(
+            &message.data,
+            &message.attributes,
+            self.config.default_module.as_ref(),
+        ) {
+            Ok(job) => job,
+            Err(reason) => {
+                tracing::warn!(message_id = %message.message_id, %reason, "poison message");
+                self.metrics.job_ended(JobOutcome::Poison);
+                return self.dead_letter(&message, None, &reason, lease).await;
+            }
+        };
+        // Every line of the job's handling carries these (a JSON line as fields).
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.job_id,
+            attempt,
+            module = %job.module,
+            worker = %self.executor.worker_id,
+        );
+        let _running = self.metrics.job_running();
+        self.handle_job(message, job, lease, slot, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Worker::handle`] for a message that is a job.
+    async fn handle_job(
+        &self,
+        message: IncomingMessage,
+        job: JobMessage,
+        lease: Lease,
+        slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let attempt = message.delivery_attempt.unwrap_or(1);
+        let id = &job.job_id;
+        // Kept until the message is settled (the end of this function).
+        let _listed = self.record.as_ref().map(|r| {
+            r.list(&node_record::JobEntry {
+                subscription: self.config.subscription_id.clone(),
+                ack_id: lease.ack_id().to_owned(),
+                job_id: id.to_string(),
+            })
+        });
+        let store = &self.executor.store;
+        let module = match modules::resolve(&self.executor.runtime, store, &job.module).await {
+            Ok(m) => m,
+            Err(ResolveError::Missing(h)) => {
+                let window = self.config.missing_module_retry;
+                let waited = Duration::from_millis(
+                    message
+                        .publish_time_ms
+                        .map_or(0, |t| now_ms().saturating_sub(t)),
+                );
+                if waited < window {
+                    let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
+                    tracing::warn!(job = %id, module = %h, waited_s = waited.as_secs(), retry_in = ?delay, "module not in the store (yet); handing the job back");
+                    Stats::bump(&self.stats.retried);
+                    self.metrics.job_ended(JobOutcome::ModuleMissing);
+                    return self.settle(Settle::HandBack, lease.nack(delay).await);
+                }
+                self.metrics.job_ended(JobOutcome::ModuleMissing);
+                let reason = format!(
+                    "module {h} is not in the store {} s after the job was published \
+                     (MISSING_MODULE_RETRY_SECONDS={}): push it with `taskhost module push`",
+                    waited.as_secs(),
+                    window.as_secs()
+                );
+                return self.dead_letter(&message, Some(&job), &reason, lease).await;
+            }
+            Err(ResolveError::Storage(m)) => {
+                self.storage_failures.failed();
+                let delay = retry_delay(attempt);
+                tracing::warn!(job = %id, error = %m, retry_in = ?delay, "cannot fetch the module; handing the job back");
+                Stats::bump(&self.stats.retried);
+                self.metrics.job_ended(JobOutcome::Storage);
+                return self.settle(Settle::HandBack, lease.nack(delay).await);
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "unusable module");
+                self.metrics.job_ended(JobOutcome::BadModule);
+                let reason = e.to_string();
+                return self.dead_letter(&message, Some(&job), &reason, lease).await;
+            }
+        };
+        let binding = JobBinding {
+            work: job.work.clone(),
+            on_other_work: if job.restart {
+                OtherWork::Restart
+            } else if job.upgrade_module {
+                OtherWork::UpgradeModule
+            } else {
+                OtherWork::Refuse
+            },
+            inputs: job.inputs.clone(),
+        };
+        let (end, runs) = self
+            .executor
+            .execute_counted(id, &module, &job.input, &binding, lease.view(), shutdown)
+            .await;
+        // Without a dead-letter policy the queue counts no deliveries: the checkpoint's own
+        // count of runs then spaces the retries out.
+        let attempt = message.delivery_attempt.unwrap_or(runs.max(1));
+        // The job no longer runs: its slot may take the next message while this one is
+        // settled (the ack, nack or dead-letter publish takes a round trip or two).
+        drop(slot);
+        self.count(id, &end);
+        if matches!(end, JobEnd::Storage(_)) {
+            self.storage_failures.failed();
+        } else {
+            self.storage_failures.answered();
+        }
+        match decide(
+            &end,
+            attempt,
+            self.config.max_failures,
+            self.config.ack_deadline,
+        ) {
+            Decision::Ack => self.settle(Settle::Ack, lease.ack().await),
+            Decision::HandBack(delay) => self.settle(Settle::HandBack, lease.nack(delay).await),
+            Decision::DeadLetter(reason) => {
+                self.dead_letter(&message, Some(&job), &reason, lease).await
+            }
+        }
+    }
+
+    /// One log line and one counter per job end.
+    fn count(&self, id: &crate::ids::JobId, end: &JobEnd) {
+        self.metrics.job_ended(outcome(end));
+        let s = &self.stats;
+        match end {
+            JobEnd::Done { attempt, .. } => {
+                tracing::info!(job = %id, attempt, "job done; result stored");
+                Stats::bump(&s.done);
+            }
+            JobEnd::AlreadyDone => {
+                tracing::info!(job = %id, "result already exists; acking without running");
+                Stats::bump(&s.already_done);
+            }
+            JobEnd::TaskFailed(_)
+            | JobEnd::Unreadable(_)
+            | JobEnd::OtherWork(_)
+            | JobEnd::Crashed { .. }
+            | JobEnd::StorageRepeated { .. } => {}
+            JobEnd::Trapped {
+                kind,
+                message,
+                failures,
+            } => {
+                tracing::warn!(job = %id, ?kind, failures, reason = %crate::inert::Inert(message), "task trapped");
+                Stats::bump(&s.retried);
+            }
+            JobEnd::Busy { owner, until_ms } => {
+                let left_ms = until_ms.saturating_sub(now_ms());
+                tracing::info!(job = %id, %owner, left_ms, "another worker runs this job; handing this copy back for later");
+                Stats::bump(&s.busy);
+            }
+            JobEnd::Conflict => {
+                tracing::warn!(job = %id, "another worker owns this job now; stopped without writing");
+                Stats::bump(&s.conflicts);
+            }
+            JobEnd::LeaseLost => {
+                tracing::warn!(job = %id, "lease lost; stopped without writing");
+                Stats::bump(&s.leases_lost);
+            }
+            JobEnd::Cancelled => {
+                tracing::info!(job = %id, "stopped for shutdown; checkpoint flushed; handing the job back");
+                Stats::bump(&s.interrupted);
+            }
+            JobEnd::Storage(m) => {
+                tracing::warn!(job = %id, error = %m, "storage failed; handing the job back for later");
+                Stats::bump(&s.retried);
+            }
+            JobEnd::HostFault(m) => {
+                tracing::error!(job = %id, error = %m, "host fault (not counted against the job); handing the job back for later");
+                Stats::bump(&s.host_faults);
+            }
+        }
+    }
+
+    /// Records the reason (for a valid job), publishes the message to the dead-letter topic
+    /// with an `error` attribute, then acks; hands it back for later if either fails.
+    async fn dead_letter(
+        &self,
+        message: &IncomingMessage,
+        job: Option<&JobMessage>,
+        reason: &str,
+        lease: Lease,
+    ) {
+        let later = retry_delay(message.delivery_attempt.unwrap_or(1));
+        if let Some(job) = job {
+            let key = crate::keys::error(&job.job_id);
+            if let Err(e) = self
+                .executor
+                .store
+                .put(&key, reason.as_bytes().to_vec(), Precondition::None)
+                .await
+            {
+                tracing::warn!(job = %job.job_id, error = %e, "cannot write the job's error; handing it back for later");
+                Stats::bump(&self.stats.retried);
+                return self.settle(Settle::HandBack, lease.nack(later).await);
+            }
+        }
+        let mut attributes: BTreeMap<String, String> = message.attributes.clone();
+        attributes.insert("error".into(), truncate(reason, MAX_ATTRIBUTE));
+        attributes.insert("original_message_id".into(), message.message_id.clone());
+        let out = OutgoingMessage {
+            data: message.data.clone(),
+            attributes,
+        };
+        match self
+            .queue
+            .publish(&self.config.dead_letter_topic_id, vec![out])
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(
+                    message_id = %message.message_id,
+                    job = job.map(|j| j.job_id.as_str()).unwrap_or("-"),
+                    reason,
+                    "dead-lettered"
+                );
+                Stats::bump(&self.stats.dead_lettered);
+                self.settle(Settle::DeadLetter, lease.ack().await);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot publish to the dead-letter topic; handing the message back for later");
+                self.metrics.queue_error(e.kind());
+                Stats::bump(&self.stats.retried);
+                self.settle(Settle::HandBack, lease.nack(later).await);
+            }
+        }
+    }
+}
+
+impl<S> Worker<S> {
+    /// Counts the message as settled with `action`, then [`log_unsettled`]s a failure.
+    fn settle(&self, action: Settle, result: Result<(), crate::queue::QueueError>) {
+        self.metrics.settled(action);
+        log_unsettled(result);
+    }
+
+    /// Tells the probes, if any.
+    pub fn health(&self, f: impl FnOnce(&Health)) {
+        if let Some(h) = self.config.health.as_deref() {
+            f(h)
+        }
+    }
+}
+
+/// The metrics' outcome of a job end.
+fn outcome(end: &JobEnd) -> JobOutcome {
+    match end {
+        JobEnd::Done { .. } => JobOutcome::Done,
+        JobEnd::AlreadyDone => JobOutcome::AlreadyDone,
+        JobEnd::TaskFailed(_) => JobOutcome::TaskFailed,
+        JobEnd::Trapped { .. } => JobOutcome::Trapped,
+        JobEnd::Busy { .. } => JobOutcome::Busy,
+        JobEnd::Conflict => JobOutcome::Conflict,
+        JobEnd::LeaseLost => JobOutcome::LeaseLost,
+        JobEnd::Cancelled => JobOutcome::Interrupted,
+        JobEnd::Unreadable(_) => JobOutcome::Unreadable,
+        JobEnd::OtherWork(_) => JobOutcome::OtherWork,
+        JobEnd::HostFault(_) => JobOutcome::HostFault,
+        JobEnd::Storage(_) => JobOutcome::Storage,
+        JobEnd::Crashed { .. } => JobOutcome::Crashed,
+        JobEnd::StorageRepeated { .. } => JobOutcome::StorageRepeated,
+    }
+}
+
+/// Logs an ack or nack that failed (the message then comes back when its lease lapses).
+/// Which of the two is [`decide`]'s choice; this only reports the outcome.
+fn log_unsettled(result: Result<(), crate::queue::QueueError>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not settle a message; it comes back when its lease lapses");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut cut = max - 3;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &s[..cut])
+}

@@ -1,0 +1,202 @@
+//! Finding the workers of this node that died, and handing their jobs back.
+
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Host, JobEntry, LOCK, STAGING, STAGING_AGE, check_filesystem};
+use crate::checkpoint::{self, Abandoned};
+use crate::ids::JobId;
+use crate::queue::Queue;
+use crate::queue::lease::CALL_TIMEOUT;
+use crate::store::ObjectStore;
+
+/// A worker whose process is gone, with the jobs it recorded. Its lock is held by this
+/// value, so no other worker hands the same jobs back.
+#[derive(Debug)]
+pub struct Dead {
+    pub worker_id: String,
+    pub entries: Vec<JobEntry>,
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Dead {
+    /// Removes its record.
+    pub fn forget(self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The workers recorded under `root` on this machine (`host`), other than `me`, whose process
+/// is gone. A record of another machine, or of none, is never taken: its lock says nothing
+/// here.
+pub fn dead_workers(root: &Path, me: &str, host: &Host) -> Vec<Dead> {
+    let Ok(dirs) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dead = Vec::new();
+    for dir in dirs.flatten() {
+        let Ok(name) = dir.file_name().into_string() else {
+            continue;
+        };
+        if name == me {
+            continue;
+        }
+        let path = dir.path();
+        let staging = name.starts_with(STAGING);
+        // A worker creating its record takes the lock a moment after the file exists: a
+        // fresh staging directory is not even tried, or this scan's lock could make that
+        // worker's own fail.
+        if staging && !older_than(&path, STAGING_AGE) {
+            continue;
+        }
+        if Host::of_record(&path).as_ref() != Some(host) {
+            continue;
+        }
+        let Ok(lock) = File::open(path.join(LOCK)) else {
+            continue;
+        };
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => continue, // alive (maybe frozen): leave it
+            Err(TryLockError::Error(e)) => {
+                tracing::debug!(dir = %path.display(), error = %e, "cannot tell whether a worker lives");
+                continue;
+            }
+        }
+        if staging {
+            // Died while creating its record: it held nothing.
+            let _ = fs::remove_dir_all(&path);
+            continue;
+        }
+        dead.push(Dead {
+            worker_id: name,
+            entries: read_entries(&path),
+            dir: path,
+            _lock: lock,
+        });
+    }
+    dead
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a > age)
+}
+
+pub(crate) fn read_entries(dir: &Path) -> Vec<JobEntry> {
+    let Ok(files) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<JobEntry> = files
+        .flatten()
+        .filter(|f| f.file_name() != LOCK)
+        .filter_map(|f| serde_json::from_slice(&fs::read(f.path()).ok()?).ok())
+        .collect();
+    entries.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    entries
+}
+
+/// Hands back the jobs of `dead` workers that were leased from `subscription`: releases each
+/// checkpoint a dead worker still holds, then nacks its message for redelivery at once.
+/// Returns how many messages were handed back. A job whose release fails is left to its
+/// lease (nacked now, its copy would only be turned away as busy).
+pub async fn hand_back<S: ObjectStore>(
+    dead: Vec<Dead>,
+    queue: &Queue,
+    store: &S,
+    subscription: &str,
+) -> usize {
+    let mut handed = 0;
+    for worker in dead {
+        let jobs: Vec<&JobEntry> = worker
+            .entries
+            .iter()
+            .filter(|e| e.subscription == subscription)
+            .collect();
+        if !jobs.is_empty() {
+            tracing::info!(dead_worker = %worker.worker_id, jobs = jobs.len(), "a worker on this node died holding jobs: handing them back now");
+        }
+        for entry in jobs {
+            let released = match entry.job_id.parse::<JobId>() {
+                Err(_) => Abandoned::NotHeld,
+                Ok(job) => {
+                    match checkpoint::release_abandoned(store, &job, &worker.worker_id).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(job = %entry.job_id, error = %e, "cannot release the dead worker's checkpoint; its lease will lapse instead");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let nacked = tokio::time::timeout(
+                CALL_TIMEOUT,
+                queue.modify_ack_deadline(
+                    subscription,
+                    std::slice::from_ref(&entry.ack_id),
+                    Duration::ZERO,
+                ),
+            )
+            .await;
+            match nacked {
+                Ok(Ok(_)) => {
+                    handed += 1;
+                    tracing::info!(job = %entry.job_id, dead_worker = %worker.worker_id, checkpoint_released = (released == Abandoned::Released), "handed a dead worker's job back");
+                }
+                // Settled or redelivered meanwhile: nothing to hand back.
+                Ok(Err(e)) => {
+                    tracing::debug!(job = %entry.job_id, error = %e, "the dead worker's message is no longer leased")
+                }
+                Err(_) => {
+                    tracing::warn!(job = %entry.job_id, "handing back the dead worker's message timed out; its lease will lapse instead")
+                }
+            }
+        }
+        worker.forget();
+    }
+    handed
+}
+
+/// How often a running worker looks for workers that died on its node.
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Hands back the jobs of the workers recorded under `root` that died, at once and then
+/// every [`SCAN_INTERVAL`], until `stop` is cancelled: a worker restarted on the node finds
+/// its predecessor as it starts, and the other workers there find one that is not restarted.
+pub async fn watch<S: ObjectStore>(
+    root: PathBuf,
+    me: String,
+    queue: Queue,
+    store: S,
+    subscription: String,
+    stop: CancellationToken,
+) {
+    // Where no record can be trusted, none is taken (`NodeRecord::create` said why).
+    let host = match check_filesystem(&root).and_then(|()| Host::this()) {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::debug!(dir = %root.display(), error = %e, "not looking for dead workers");
+            return;
+        }
+    };
+    loop {
+        let dead = dead_workers(&root, &me, &host);
+        if !dead.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hand_back(dead, &queue, &store, &subscription) => {}
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+        }
+    }
+}

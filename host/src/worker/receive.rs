@@ -1,0 +1,574 @@
+//! The receive loop: waits for a free slot, pulls exactly as many messages as slots are free,
+//! and starts a job per message (`Worker::handle`, in `handle.rs`).
+//!
+//! Three small state machines decide when it pulls, each tested by a table below:
+//! - [`Breaker`]: after [`BREAKER_THRESHOLD`] storage failures in a row (counted by the jobs
+//!   in [`StorageFailures`]) it opens: no new jobs, and the store is probed (its probe object
+//!   written and deleted) until it answers, waiting [`PROBE_BACKOFF`] between probes;
+//! - [`IdleBackoff`]: an empty pull waits [`FIRST_IDLE_WAIT`] (50 ms), doubling up to
+//!   [`MAX_IDLE_WAIT`] (500 ms) while pulls stay empty, and back to the first after work;
+//! - a failing pull waits [`PULL_FAILURE_BACKOFF`] (1 s doubling to 30 s) before the next.
+//!
+//! While pulls return messages, up to [`MAX_CONCURRENT_PULLS`] are in flight (each holding
+//! the slots it asked for: a pull's round trip, not the jobs, bounds short jobs); while they
+//! come back empty, one.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::Skewed;
+use super::handle::Worker;
+use super::{BREAKER_THRESHOLD, Stats};
+use crate::observe::metrics::{JobOutcome, PullResult};
+use crate::queue::lease::Lease;
+use crate::queue::{QueueError, Received};
+use crate::store::any::AnyStore;
+use crate::store::{ErrorKind, ObjectStore, StoreError};
+
+/// Wait after the first empty pull; it doubles up to [`MAX_IDLE_WAIT`] while pulls stay empty.
+pub const FIRST_IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Longest wait between empty pulls.
+pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Most pulls in flight at once (fewer with fewer slots; one while pulls come back empty).
+pub const MAX_CONCURRENT_PULLS: usize = 4;
+/// Waits between probes of a store that fails (first, longest): 1 s doubling to 30 s.
+pub const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// Waits after a pull that failed transiently (first, longest): 1 s doubling to 30 s.
+pub const PULL_FAILURE_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30));
+/// While this node's clock is off, how long before a free slot is looked at again.
+const SKEWED_PAUSE: Duration = Duration::from_secs(1);
+
+/// A wait that doubles from `first` up to `max` with every [`Backoff::next_wait`] and starts over
+/// at `first` after [`Backoff::reset`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// `(first, max)`, as [`PROBE_BACKOFF`] and [`PULL_FAILURE_BACKOFF`] give them.
+    pub fn new((first, max): (Duration, Duration)) -> Backoff {
+        Backoff {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    /// The wait to take now; the one after it is twice as long (at most `max`).
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(self.max);
+        wait
+    }
+
+    /// Starts over: the next wait is `first`.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// How long to wait after an empty pull: [`FIRST_IDLE_WAIT`] doubling to [`MAX_IDLE_WAIT`]
+/// while pulls stay empty, starting over once a pull returns work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleBackoff(Backoff);
+
+impl Default for IdleBackoff {
+    fn default() -> Self {
+        IdleBackoff(Backoff::new((FIRST_IDLE_WAIT, MAX_IDLE_WAIT)))
+    }
+}
+
+impl IdleBackoff {
+    /// A pull came back empty: the wait before the next one.
+    pub fn empty(&mut self) -> Duration {
+        self.0.next_wait()
+    }
+
+    /// A pull returned messages: the next empty pull waits [`FIRST_IDLE_WAIT`] again.
+    pub fn work(&mut self) {
+        self.0.reset()
+    }
+}
+
+/// Storage failures in a row across all jobs, with no success between: what opens the
+/// [`Breaker`]. Jobs count into it from their own tasks.
+#[derive(Debug, Default)]
+pub struct StorageFailures(AtomicU32);
+
+impl StorageFailures {
+    /// A job (or a module fetch) failed on storage.
+    pub fn failed(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Storage answered (a job ended any other way, or a probe worked).
+    pub fn answered(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// The failures in a row so far.
+    pub fn in_a_row(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Where the circuit breaker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Storage answers: jobs are taken.
+    Closed,
+    /// Storage failed for every job: no jobs; the next free slot probes the store.
+    Open,
+    /// A probe is in flight: its answer closes the breaker or opens it again.
+    HalfOpen,
+}
+
+/// What the loop does with a free slot, as the [`Breaker`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Pull messages for the free slots.
+    Pull,
+    /// Take no job; probe the store, then report with [`Breaker::probed`].
+    Probe,
+}
+
+/// The circuit breaker on storage failures: closed while storage answers; open after
+/// [`BREAKER_THRESHOLD`] failures in a row (every job would only burn a delivery attempt);
+/// half-open while its probe (a write and delete of the worker's probe object, so a key that
+/// may only read keeps it open) is in flight; closed again when a probe or a job succeeds.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    state: BreakerState,
+    probes: Backoff,
+    said_denied: bool,
+}
+
+impl Breaker {
+    /// A closed breaker that opens after `threshold` storage failures in a row.
+    pub fn new(threshold: u32) -> Breaker {
+        Breaker {
+            threshold,
+            state: BreakerState::Closed,
+            probes: Backoff::new(PROBE_BACKOFF),
+            said_denied: false,
+        }
+    }
+
+    /// Where it stands.
+    pub fn state(&self) -> BreakerState {
+        self.state
+    }
+
+    /// Whether a free slot would probe rather than pull, given the failures in a row.
+    pub fn tripped(&self, failures_in_a_row: u32) -> bool {
+        failures_in_a_row >= self.threshold
+    }
+
+    /// A slot is free and the failures in a row are `failures_in_a_row`: pull, or probe
+    /// (then the breaker is half-open until [`Breaker::probed`]). Logs once when it opens
+    /// and once when it closes.
+    pub fn admit(&mut self, failures_in_a_row: u32) -> Admit {
+        if self.tripped(failures_in_a_row) {
+            if self.state == BreakerState::Closed {
+                tracing::error!(
+                    "storage is failing for every job: taking no new jobs until it answers"
+                );
+            }
+            self.state = BreakerState::HalfOpen;
+            return Admit::Probe;
+        }
+        if self.state != BreakerState::Closed {
+            // A job in flight succeeded while it was open.
+            self.close();
+        }
+        Admit::Pull
+    }
+
+    /// The probe's answer: `None` when the store answered (the breaker is closed; reset the
+    /// failure count), else the wait before the next probe (the breaker is open).
+    pub fn probed(&mut self, answer: Result<(), &StoreError>) -> Option<Duration> {
+        match answer {
+            Ok(()) => {
+                self.close();
+                None
+            }
+            Err(e) => {
+                if e.kind() == ErrorKind::AccessDenied && !self.said_denied {
+                    self.said_denied = true;
+                    tracing::error!(error = %e, "the store answers but refuses the probe write: this worker's key cannot write to the bucket, so no job could finish");
+                }
+                self.state = BreakerState::Open;
+                Some(self.probes.next_wait())
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = BreakerState::Closed;
+        self.said_denied = false;
+        self.probes.reset();
+        tracing::warn!("storage answers again: taking jobs");
+    }
+}
+
+/// What a pull task hands back: the messages (or why none) and the slots it held for them.
+struct Pulled {
+    batch: Result<Vec<Received>, QueueError>,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// What the receive loop needs besides the job context.
+pub(super) struct Loop<'a> {
+    pub slots: usize,
+    /// The worker's probe object (the breaker's probe).
+    pub probe: &'a str,
+    pub skewed: &'a Skewed,
+    /// Ends the loop.
+    pub shutdown: &'a CancellationToken,
+    /// Stops the running jobs (given to each).
+    pub stopping: &'a CancellationToken,
+}
+
+/// Pulls and starts jobs into `jobs` until `shutdown` (`Ok`) or the subscription fails for
+/// good (`Err`). Pulls still in flight at the end are waited for (at most the shutdown
+/// timeout) and what they got is handed straight back.
+pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
+    worker: &Arc<Worker<S>>,
+    l: Loop<'_>,
+    jobs: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let free = Arc::new(Semaphore::new(l.slots));
+    let mut pulls: JoinSet<Pulled> = JoinSet::new();
+    let most_pulls = l.slots.min(MAX_CONCURRENT_PULLS);
+    let mut busy_queue = false;
+    let mut breaker = Breaker::new(BREAKER_THRESHOLD);
+    let mut idle = IdleBackoff::default();
+    let mut failing = Backoff::new(PULL_FAILURE_BACKOFF);
+    let mut pause_until = Instant::now();
+    let metrics = Arc::clone(&worker.metrics);
+    worker.health(|h| h.set_receiving());
+    let result = loop {
+        let tripped = breaker.tripped(worker.storage_failures.in_a_row());
+        let room = pulls.len() < if busy_queue { most_pulls } else { 1 };
+        // The breaker probes only once no pull is in flight (their messages get leases first).
+        let may_pull = room && (!tripped || pulls.is_empty());
+        let paused = Instant::now() < pause_until;
+        tokio::select! {
+            _ = l.shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep_until(pause_until.into()), if may_pull && paused => {}
+            permit = Arc::clone(&free).acquire_owned(), if may_pull && !paused => {
+                let mut permits = vec![permit.expect("never closed")];
+                while let Ok(p) = Arc::clone(&free).try_acquire_owned() {
+                    permits.push(p);
+                }
+                while let Some(joined) = jobs.try_join_next() {
+                    super::log_panic(joined);
+                }
+                if breaker.admit(worker.storage_failures.in_a_row()) == Admit::Probe {
+                    worker.health(|h| h.set_breaker_open(true));
+                    drop(permits);
+                    let probed = tokio::select! {
+                        // A store that does not answer never holds a shutdown up.
+                        _ = l.shutdown.cancelled() => break Ok(()),
+                        probed = crate::store::probe(&worker.executor.store, l.probe) => probed,
+                    };
+                    match breaker.probed(probed.as_ref().map(|_| ())) {
+                        None => worker.storage_failures.answered(),
+                        Some(wait) => pause_until = Instant::now() + wait,
+                    }
+                    continue;
+                }
+                worker.health(|h| h.set_breaker_open(false));
+                let off = l.skewed.get();
+                worker.health(|h| h.set_clock_off(off));
+                if off {
+                    // This node's clock is off (logged by the check): no new jobs.
+                    drop(permits);
+                    pause_until = Instant::now() + SKEWED_PAUSE;
+                    continue;
+                }
+                let (queue, sub) = (worker.queue.clone(), worker.config.subscription_id.clone());
+                let deadline = worker.config.ack_deadline;
+                pulls.spawn(async move {
+                    let batch = queue.pull(&sub, permits.len(), deadline).await;
+                    Pulled { batch, permits }
+                });
+            }
+            Some(joined) = pulls.join_next() => {
+                let Pulled { batch, permits } = match joined {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a pull failed unexpectedly");
+                        continue;
+                    }
+                };
+                match batch {
+                    Ok(batch) if batch.is_empty() => {
+                        metrics.pulled(PullResult::Empty);
+                        worker.health(|h| h.queue_answered(Ok(())));
+                        failing.reset();
+                        busy_queue = false;
+                        pause_until = Instant::now() + idle.empty();
+                    }
+                    Ok(batch) => {
+                        metrics.pulled(PullResult::Messages);
+                        worker.health(|h| h.queue_answered(Ok(())));
+                        failing.reset();
+                        busy_queue = true;
+                        idle.work();
+                        for (received, permit) in batch.into_iter().zip(permits) {
+                            start_job(worker, received, permit, l.shutdown, l.stopping, jobs).await;
+                        }
+                    }
+                    Err(e) => {
+                        metrics.pulled(PullResult::Error);
+                        metrics.queue_error(e.kind());
+                        worker.health(|h| h.queue_answered(Err(e.to_string())));
+                        if !e.is_transient() {
+                            break Err(anyhow::Error::new(e).context("the subscription failed"));
+                        }
+                        busy_queue = false;
+                        let wait = failing.next_wait();
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot pull; taking no jobs until the queue answers");
+                        pause_until = Instant::now() + wait;
+                    }
+                }
+            }
+        }
+    };
+    l.stopping.cancel();
+    hand_back_pulls(worker, pulls).await;
+    result
+}
+
+/// Gives a pulled message its lease and its job; a message pulled as the shutdown began goes
+/// straight back.
+async fn start_job<S: ObjectStore + Clone + Into<AnyStore>>(
+    worker: &Arc<Worker<S>>,
+    received: Received,
+    permit: OwnedSemaphorePermit,
+    shutdown: &CancellationToken,
+    stopping: &CancellationToken,
+    jobs: &mut JoinSet<()>,
+) {
+    let sub = &worker.config.subscription_id;
+    let lease = Lease::start(
+        worker.queue.clone(),
+        sub,
+        &received,
+        worker.config.ack_deadline,
+    )
+    .observe(Arc::clone(&worker.metrics));
+    if shutdown.is_cancelled() {
+        let _ = lease.nack(Duration::ZERO).await;
+        return;
+    }
+    let worker = Arc::clone(worker);
+    let cancel = stopping.clone();
+    jobs.spawn(async move {
+        let handled = worker.handle(received.message, lease, permit, cancel);
+        // A panic outside the task's run (which `Runtime::run` catches itself) ends this job
+        // only: its message goes back when the dropped lease nacks it, or when its lease
+        // lapses.
+        if let Err(p) = AssertUnwindSafe(handled).catch_unwind().await {
+            let panic = crate::runtime::panic_message(&*p);
+            tracing::error!(%panic, "a job's handler panicked (a host fault); its message goes back");
+            Stats::bump(&worker.stats.host_faults);
+            worker.metrics.job_ended(JobOutcome::HostFault);
+        }
+    });
+}
+
+/// Pulls still in flight return at once (they do not wait for messages): whatever they got
+/// goes straight back. A queue that does not answer never holds the exit up.
+async fn hand_back_pulls<S>(worker: &Worker<S>, mut pulls: JoinSet<Pulled>) {
+    let pulled = tokio::time::timeout(worker.config.shutdown_timeout, async {
+        while let Some(joined) = pulls.join_next().await {
+            if let Ok(Pulled {
+                batch: Ok(batch), ..
+            }) = joined
+            {
+                for received in batch {
+                    let sub = &worker.config.subscription_id;
+                    let lease = Lease::start(
+                        worker.queue.clone(),
+                        sub,
+                        &received,
+                        worker.config.ack_deadline,
+                    );
+                    let _ = lease.nack(Duration::ZERO).await;
+                }
+            }
+        }
+    })
+    .await;
+    if pulled.is_err() {
+        pulls.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn an_empty_pull_waits_50_ms_doubling_to_500_ms_and_work_starts_it_over() {
+        // (event, the wait after it if the pull was empty)
+        let table: &[(&str, Option<u64>)] = &[
+            ("empty", Some(50)),
+            ("empty", Some(100)),
+            ("empty", Some(200)),
+            ("empty", Some(400)),
+            ("empty", Some(500)),
+            ("empty", Some(500)),
+            ("work", None),
+            ("empty", Some(50)),
+            ("empty", Some(100)),
+            ("work", None),
+            ("work", None),
+            ("empty", Some(50)),
+        ];
+        let mut idle = IdleBackoff::default();
+        for (i, (event, want)) in table.iter().enumerate() {
+            let got = match *event {
+                "empty" => Some(idle.empty()),
+                _ => {
+                    idle.work();
+                    None
+                }
+            };
+            assert_eq!(got, want.map(MS), "step {i} ({event})");
+        }
+        assert_eq!(FIRST_IDLE_WAIT, MS(50));
+        assert_eq!(MAX_IDLE_WAIT, MS(500));
+    }
+
+    #[test]
+    fn a_backoff_doubles_to_its_cap_and_starts_over() {
+        let mut b = Backoff::new(PULL_FAILURE_BACKOFF);
+        let waits: Vec<u64> = (0..8).map(|_| b.next_wait().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_secs(1));
+    }
+
+    /// One step of the breaker's table: what happens, and what it must say.
+    enum Step {
+        /// A free slot with this many storage failures in a row: pull or probe?
+        Admit(u32, Admit),
+        /// The probe's answer (None: it worked; else the error's kind), and the wait before the next (None: closed).
+        Probed(Option<ErrorKind>, Option<u64>),
+    }
+
+    fn check(steps: &[(Step, BreakerState)]) {
+        let mut b = Breaker::new(3);
+        assert_eq!(b.state(), BreakerState::Closed);
+        for (i, (step, state)) in steps.iter().enumerate() {
+            match step {
+                Step::Admit(n, want) => assert_eq!(b.admit(*n), *want, "step {i}"),
+                Step::Probed(answer, want) => {
+                    let error = answer.map(|kind| StoreError::new(kind, anyhow::anyhow!("down")));
+                    assert_eq!(
+                        b.probed(error.as_ref().map_or(Ok(()), Err)),
+                        want.map(Duration::from_secs),
+                        "step {i}"
+                    )
+                }
+            }
+            assert_eq!(b.state(), *state, "state after step {i}");
+        }
+    }
+
+    #[test]
+    fn the_breaker_stays_closed_below_the_threshold() {
+        use BreakerState::*;
+        check(&[
+            (Step::Admit(0, Admit::Pull), Closed),
+            (Step::Admit(1, Admit::Pull), Closed),
+            (Step::Admit(2, Admit::Pull), Closed),
+            (Step::Admit(0, Admit::Pull), Closed),
+        ]);
+    }
+
+    #[test]
+    fn the_breaker_opens_at_the_threshold_and_stays_open_while_probes_fail() {
+        use BreakerState::*;
+        let down = Some(ErrorKind::Transient);
+        check(&[
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(1)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(2)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(Some(ErrorKind::AccessDenied), Some(4)), Open),
+            (Step::Admit(7, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(8)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(16)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(30)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(30)), Open),
+        ]);
+    }
+
+    #[test]
+    fn a_probe_that_answers_closes_the_breaker_and_its_backoff_starts_over() {
+        use BreakerState::*;
+        let down = Some(ErrorKind::Throttled);
+        check(&[
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(1)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(2)), Open),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(None, None), Closed),
+            // The loop resets the count on a good probe.
+            (Step::Admit(0, Admit::Pull), Closed),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(down, Some(1)), Open),
+        ]);
+    }
+
+    #[test]
+    fn a_job_that_succeeds_while_the_breaker_is_open_closes_it() {
+        use BreakerState::*;
+        check(&[
+            (Step::Admit(4, Admit::Probe), HalfOpen),
+            (Step::Probed(Some(ErrorKind::Transient), Some(1)), Open),
+            // A job still running then wrote its result: the count went back to 0.
+            (Step::Admit(0, Admit::Pull), Closed),
+            (Step::Admit(3, Admit::Probe), HalfOpen),
+            (Step::Probed(Some(ErrorKind::Transient), Some(1)), Open),
+        ]);
+    }
+
+    #[test]
+    fn the_failure_count_is_shared_and_reset_by_any_answer() {
+        let f = StorageFailures::default();
+        let b = Breaker::new(BREAKER_THRESHOLD);
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            f.failed();
+        }
+        assert!(!b.tripped(f.in_a_row()));
+        f.failed();
+        assert!(b.tripped(f.in_a_row()));
+        f.answered();
+        assert_eq!(f.in_a_row(), 0);
+        assert!(!b.tripped(f.in_a_row()));
+    }
+}
