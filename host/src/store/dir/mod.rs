@@ -296,7 +296,6 @@ impl ObjectStore for DirStore {
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_dir() => Ok(None), // a key prefix: no object, as on S3
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(e, || format!("reading {}", path.display()))),
@@ -318,10 +317,6 @@ impl ObjectStore for DirStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(io_err(e, ctx)),
             };
-            // A key prefix (a directory opens as a file) is no object, as on S3.
-            if file.metadata().map_err(|e| io_err(e, ctx))?.is_dir() {
-                return Ok(None);
-            }
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| io_err(e, ctx))?;
             let mut bytes = Vec::new();
