@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod cli_run;
 mod demo;
+mod failures;
 mod files;
 mod files_e2e;
 mod hostile;

@@ -388,7 +388,7 @@ async fn thirty_second_outages_of_storage_then_of_pubsub_lose_no_job() {
     let frozen = in_flight_on(&ids, &a, &b);
     assert!(!frozen.is_empty(), "no job in flight when storage froze");
     eprintln!("storage frozen with {frozen:?} in flight");
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(OUTAGE).await; // the outage's length: the scenario
     let opened: Vec<&Proc> = [&a, &b]
         .into_iter()
         .filter(|w| w.log().contains(BREAKER_OPENS))
@@ -405,7 +405,7 @@ async fn thirty_second_outages_of_storage_then_of_pubsub_lose_no_job() {
     let frozen = in_flight_on(&ids, &a, &b);
     assert!(!frozen.is_empty(), "no job in flight when the queue froze");
     eprintln!("queue frozen with {frozen:?} in flight");
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(OUTAGE).await; // the outage's length: the scenario
     assert!(
         logs(&a, &b).contains(PULLS_FAIL),
         "no pull failed during the queue outage:\n{}",

@@ -142,7 +142,15 @@ fn read(path: &Path) -> io::Result<Option<Object>> {
             bytes,
             note: read_note(path)?,
         })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // A key prefix (a directory here) is no object, as on S3.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
