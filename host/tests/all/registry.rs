@@ -433,3 +433,45 @@ async fn rm_and_prune_never_remove_a_needed_module() {
         assert_eq!(refused.status.code(), Some(CONFLICT), "{kind}: {refused}");
     }
 }
+
+/// A module only queued jobs name (submitted, no worker started them: nothing is stored
+/// under `jobs/`) is counted as queued by `inspect` from the batch records, refused by `rm`
+/// and kept by `prune`, which deletes the module no job names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_only_queued_jobs_name_is_kept() {
+    for kind in KINDS {
+        let env = env(kind, "reg-queued").await;
+        let queued = env.push("step_counter", &["work:v1"]).await;
+        let loose = env.push("digest", &[]).await;
+        let jobs = ids("waiting-for-a-worker", 3);
+        // Submitted by tag: the record names the hash the tag resolved to.
+        env.submit("work:v1", &jobs, 1, 1).await;
+        assert!(
+            env.store.list(taskhost::keys::JOBS_PREFIX).await.unwrap().is_empty(),
+            "{kind}: no job was started"
+        );
+
+        let counts = &env.inspect(&queued).await["jobs"];
+        assert_eq!(counts["queued"], 3, "{kind}: {counts}");
+        for other in ["running", "waiting", "done", "failed"] {
+            assert_eq!(counts[other], 0, "{kind}: {other}: {counts}");
+        }
+        assert_eq!(env.inspect(&loose).await["jobs"]["queued"], 0, "{kind}");
+
+        let refused = env.run(&["module", "rm", "--yes", "work:v1"]).await.failure();
+        assert_eq!(refused.status.code(), Some(CONFLICT), "{kind}: {refused}");
+        assert!(refused.stderr.contains("3 queued"), "{kind}: {refused}");
+
+        let pruned = env.run(&["module", "prune", "--yes"]).await.success();
+        assert!(pruned.stderr.contains("1 of 2 modules"), "{kind}: {pruned}");
+        let left = env.list().await;
+        assert_eq!(left.keys().collect::<Vec<_>>(), [&queued], "{kind}");
+        assert!(
+            env.store
+                .exists(&taskhost::keys::module(&queued.parse().unwrap()))
+                .await
+                .unwrap(),
+            "{kind}"
+        );
+    }
+}
