@@ -447,7 +447,11 @@ async fn a_module_only_queued_jobs_name_is_kept() {
         // Submitted by tag: the record names the hash the tag resolved to.
         env.submit("work:v1", &jobs, 1, 1).await;
         assert!(
-            env.store.list(taskhost::keys::JOBS_PREFIX).await.unwrap().is_empty(),
+            env.store
+                .list(taskhost::keys::JOBS_PREFIX)
+                .await
+                .unwrap()
+                .is_empty(),
             "{kind}: no job was started"
         );
 
@@ -458,7 +462,10 @@ async fn a_module_only_queued_jobs_name_is_kept() {
         }
         assert_eq!(env.inspect(&loose).await["jobs"]["queued"], 0, "{kind}");
 
-        let refused = env.run(&["module", "rm", "--yes", "work:v1"]).await.failure();
+        let refused = env
+            .run(&["module", "rm", "--yes", "work:v1"])
+            .await
+            .failure();
         assert_eq!(refused.status.code(), Some(CONFLICT), "{kind}: {refused}");
         assert!(refused.stderr.contains("3 queued"), "{kind}: {refused}");
 
