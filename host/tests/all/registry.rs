@@ -347,7 +347,7 @@ async fn racing_moves_of_one_tag_exactly_one_wins() {
 
 /// `rm` and `prune` delete what no job needs, ask first (refusing without a terminal), keep
 /// tagged modules with `--keep-tagged`, and never delete a module a running or waiting
-/// job names.
+/// job names (also when the batch records name no module: its checkpoint does).
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_and_prune_never_remove_a_needed_module() {
     for kind in KINDS {
@@ -365,6 +365,19 @@ async fn rm_and_prune_never_remove_a_needed_module() {
         env.submit(&needed, &jobs, 100_000, 20).await;
         env.wait_jobs(&jobs, &mut worker, |s| s == ["running"])
             .await;
+        assert_eq!(env.inspect(&needed).await["jobs"]["running"], 1, "{kind}");
+        // Records from before they named modules (ids only): the job's checkpoint names its
+        // module, and everything below holds the same.
+        for key in env
+            .store
+            .list(taskhost::keys::SUBMITTED_PREFIX)
+            .await
+            .unwrap()
+        {
+            let ids = jobs.iter().map(|j| format!("{j}\n")).collect::<String>();
+            let pre = taskhost::store::Precondition::None;
+            env.store.put(&key, ids.into_bytes(), pre).await.unwrap();
+        }
         assert_eq!(env.inspect(&needed).await["jobs"]["running"], 1, "{kind}");
 
         // Nothing is old enough; the dry run changes nothing.
