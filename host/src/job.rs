@@ -122,6 +122,13 @@ const NOT_WORK: [&str; 3] = ["module", "restart", "upgrade_module"];
 
 impl JobMessage {
     /// Parses and validates a message. `Err` is the reason a poison message is dead-lettered.
+    /// The job id of a message that is not a job (poison), when its data still names a
+    /// valid one: `{"job_id": "..."}` in a JSON object.
+    pub fn job_id_of(data: &[u8]) -> Option<JobId> {
+        let doc: serde_json::Value = serde_json::from_slice(data).ok()?;
+        doc.get("job_id")?.as_str()?.parse().ok()
+    }
+
     pub fn parse(
         data: &[u8],
         attributes: &BTreeMap<String, String>,

@@ -14,6 +14,7 @@ pub mod observe;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod salad;
 pub mod status;
 pub mod store;
 pub mod time;

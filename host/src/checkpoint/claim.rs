@@ -91,6 +91,10 @@ pub async fn claim<S: ObjectStore>(
     let lease_period_ms = lease.deadline.as_millis() as u64;
     let fresh = |mut header: Header| {
         header.attempts += 1;
+        // The run before did not end cleanly.
+        if header.crashes > 0 {
+            header.crashed_runs = header.crashed_runs.saturating_add(1);
+        }
         // Until it ends cleanly, this run counts as one that crashed.
         header.crashes = header.crashes.saturating_add(1);
         header.owner = owner.to_owned();

@@ -31,6 +31,22 @@ pub struct Header {
     /// Fuel consumed over all runs.
     #[serde(default)]
     pub fuel_used: u64,
+    /// The task's wall time over all runs that ended, ms.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub wall_ms: u64,
+    /// Input bytes the task read, over all runs that ended.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub input_bytes: u64,
+    /// Artifact bytes the task uploaded, over all runs that ended.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub artifact_bytes: u64,
+    /// Checkpoint bytes written after the claims, over all runs that ended.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub checkpoint_bytes: u64,
+    /// Runs that did not end cleanly, over the job's life (counted by the claim after
+    /// them: `crashes` was not 0). Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashed_runs: u32,
     /// The reason of the last failure, if any.
     #[serde(default)]
     pub last_failure: Option<String>,
@@ -83,6 +99,58 @@ pub struct ArtifactRecord {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a job cost over all its runs: the accounting `status` shows. While the job runs (or
+/// after it failed) it is read from the checkpoint header ([`Header::usage`]); a done job's
+/// is the note kept with its result (docs/design.md §4), written as this JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub attempts: u32,
+    pub crashes: u32,
+    pub checkpoint_bytes: u64,
+    pub input_bytes: u64,
+    pub artifact_bytes: u64,
+}
+
+/// One run's figures, added to the header's totals when the run ends ([`Header::add_run`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunUsage {
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub checkpoint_bytes: u64,
+    pub input_bytes: u64,
+    pub artifact_bytes: u64,
+}
+
+impl Header {
+    /// Adds an ended run's figures to the totals.
+    pub fn add_run(&mut self, run: &RunUsage) {
+        self.fuel_used = self.fuel_used.saturating_add(run.fuel);
+        self.wall_ms = self.wall_ms.saturating_add(run.wall_ms);
+        self.checkpoint_bytes = self.checkpoint_bytes.saturating_add(run.checkpoint_bytes);
+        self.input_bytes = self.input_bytes.saturating_add(run.input_bytes);
+        self.artifact_bytes = self.artifact_bytes.saturating_add(run.artifact_bytes);
+    }
+
+    /// The totals this header records.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            fuel: self.fuel_used,
+            wall_ms: self.wall_ms,
+            attempts: self.attempts,
+            crashes: self.crashed_runs,
+            checkpoint_bytes: self.checkpoint_bytes,
+            input_bytes: self.input_bytes,
+            artifact_bytes: self.artifact_bytes,
+        }
+    }
 }
 
 /// Encodes a checkpoint object: magic, version, header length, JSON header, task bytes.
@@ -172,6 +240,7 @@ mod props {
             ),
             (any::<String>(), any::<String>(), vec(records(), 0..3)),
             (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
+            (any::<(u64, u64, u64, u64)>(), any::<u32>()),
         )
             .prop_map(
                 |(
@@ -179,6 +248,7 @@ mod props {
                     (last_failure, owner, lease_until_ms, lease_period_ms),
                     (module, input_sha256, artifacts),
                     (updated_ms, nonce, (crashes, storage_failed_runs)),
+                    ((wall_ms, input_bytes, artifact_bytes, checkpoint_bytes), crashed_runs),
                 )| Header {
                     attempts,
                     failures,
@@ -186,6 +256,11 @@ mod props {
                     storage_failed_runs,
                     progress,
                     fuel_used,
+                    wall_ms,
+                    input_bytes,
+                    artifact_bytes,
+                    checkpoint_bytes,
+                    crashed_runs,
                     last_failure,
                     owner,
                     lease_until_ms,
@@ -271,5 +346,38 @@ mod props {
                 prop_assert_eq!(d2, d);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod usage {
+    use super::{Header, RunUsage};
+
+    #[test]
+    fn runs_add_up_and_old_headers_read_as_zero() {
+        let mut h: Header =
+            serde_json::from_str(r#"{"attempts":2,"failures":0,"fuel_used":4,"nonce":""}"#)
+                .unwrap();
+        let run = RunUsage {
+            fuel: 1,
+            wall_ms: 2,
+            checkpoint_bytes: 3,
+            input_bytes: 4,
+            artifact_bytes: 5,
+        };
+        h.add_run(&run);
+        h.add_run(&run);
+        let u = h.usage();
+        assert_eq!(
+            (
+                u.fuel,
+                u.wall_ms,
+                u.checkpoint_bytes,
+                u.input_bytes,
+                u.artifact_bytes
+            ),
+            (6, 4, 6, 8, 10)
+        );
+        assert_eq!((u.attempts, u.crashes), (2, 0));
     }
 }

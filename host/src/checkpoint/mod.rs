@@ -40,7 +40,7 @@ mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};
 use header::nonce;
-pub use header::{ArtifactRecord, Header, decode, encode};
+pub use header::{ArtifactRecord, Header, RunUsage, Usage, decode, encode};
 pub use ownership::{CLOCK_SKEW_ALLOWANCE, skew_allowance_ms};
 use writer::Writer;
 

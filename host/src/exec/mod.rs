@@ -47,6 +47,9 @@ pub struct JobBinding {
     pub on_other_work: OtherWork,
     /// The job's input objects: name → key (the message's `inputs`).
     pub inputs: BTreeMap<crate::ids::InputName, String>,
+    /// The instance's deletion cost (SaladCloud): held at its maximum while a finished job's
+    /// outputs are written (the finish phase). `None`: not kept.
+    pub deletion_cost: Option<crate::salad::DeletionCost>,
 }
 
 /// How a job's run ended, and so what to do with its message.
@@ -157,6 +160,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         if claimed.lease.lost.is_cancelled() {
             return (JobEnd::LeaseLost, attempts);
         }
+        // The finish phase writes the outputs: the instance must not be scaled in meanwhile.
+        let _uploading = binding
+            .deletion_cost
+            .as_ref()
+            .filter(|_| matches!(report.outcome, crate::runtime::Outcome::Finished(_)))
+            .map(crate::salad::DeletionCost::uploading);
         (self.settle(&claimed, &files, report).await, attempts)
     }
 }

@@ -36,6 +36,9 @@ pub struct Listed {
     pub artifacts: (usize, u64),
     /// Named by a `submitted/` record.
     pub submitted: bool,
+    /// The key of a record of a message naming this job that was dead-lettered at parse
+    /// time (poison; the last one listed).
+    pub poison: Option<String>,
     /// The module the newest `submitted/` record naming the job names (`None`: no record
     /// names one).
     pub module: Option<ModuleHash>,
@@ -57,6 +60,8 @@ impl Listed {
             _ if self.error => JobState::Failed,
             Some(ms) if ms + window.as_millis() as u64 >= now_ms => JobState::Running,
             Some(_) => JobState::Waiting,
+            // Nothing stored but a poison record: that message will never run.
+            None if self.poison.is_some() => JobState::Failed,
             None => JobState::Queued,
         }
     }
@@ -68,6 +73,8 @@ pub struct Scan {
     pub jobs: BTreeMap<JobId, Listed>,
     /// The store's time when the listing was taken (ms since the Unix epoch).
     pub now_ms: u64,
+    /// The records of poison messages that named no valid job id, newest first.
+    pub poison_messages: Vec<crate::store::Listed>,
 }
 
 /// Counts of jobs per state.
@@ -94,11 +101,13 @@ impl Counts {
     }
 }
 
-/// Lists `jobs/` and `submitted/` (reading each batch record) and reads the store's clock.
+/// Lists `jobs/`, `submitted/` (reading each batch record) and `poison/`, and reads the
+/// store's clock.
 pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
-    let (listing, batches, clock) = futures_util::future::join3(
+    let (listing, batches, poison, clock) = futures_util::future::join4(
         store.list_entries(keys::JOBS_PREFIX),
         store.list(keys::SUBMITTED_PREFIX),
+        store.list_entries(keys::POISON_PREFIX),
         store.clock(keys::SUBMITTED_PREFIX),
     )
     .await;
@@ -127,6 +136,20 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             _ => {}
         }
     }
+    let mut poison_messages = Vec::new();
+    for entry in poison? {
+        if let Some(rest) = entry.key.strip_prefix(keys::POISON_JOBS_PREFIX) {
+            if let Some(id) = rest
+                .split_once('/')
+                .and_then(|(id, _)| id.parse::<JobId>().ok())
+            {
+                jobs.entry(id).or_default().poison = Some(entry.key);
+            }
+        } else if entry.key.starts_with(keys::POISON_MESSAGES_PREFIX) {
+            poison_messages.push(entry);
+        }
+    }
+    poison_messages.sort_by_key(|e| std::cmp::Reverse(e.modified_ms));
     // The batch records, a few at a time (one per 1,000 jobs submitted); applied oldest
     // first (batch ids sort by time), so a job's module is its newest submission's.
     use futures_util::StreamExt;
@@ -149,7 +172,11 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             job.module = module.or(job.module);
         }
     }
-    Ok(Scan { jobs, now_ms })
+    Ok(Scan {
+        jobs,
+        now_ms,
+        poison_messages,
+    })
 }
 
 impl Scan {
@@ -203,6 +230,16 @@ mod tests {
                 l.result = true
             }),
             JobState::Done
+        );
+        // A poison record decides only when nothing of the job's own is stored.
+        let poison = |l: &mut Listed| l.poison = Some("poison/jobs/j/1".into());
+        assert_eq!(l(&|l| poison(l)), JobState::Failed);
+        assert_eq!(
+            l(&|l| {
+                poison(l);
+                l.checkpoint_ms = Some(now)
+            }),
+            JobState::Running
         );
     }
 }

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Counts, Listed, Scan};
-use crate::checkpoint::{self, Header};
+use crate::checkpoint::{self, Header, Usage};
 use crate::ids::{JobId, JobState};
 use crate::keys;
 use crate::store::ObjectStore;
@@ -38,8 +38,9 @@ pub struct ArtifactCount {
     pub bytes: u64,
 }
 
-/// What a job cost over all its runs. Per-job accounting (issue 15 item 4) fills the fields
-/// that are `None` for now; the checkpoint header already records fuel and crashes.
+/// What a job cost over all its runs (docs/design.md §4): a done job's from the note kept
+/// with its result, any other's from its checkpoint header (the runs that ended so far);
+/// `None` where not known (a queued job; a result written before accounting existed).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Accounting {
     pub fuel: Option<u64>,
@@ -49,6 +50,57 @@ pub struct Accounting {
     pub checkpoint_bytes: Option<u64>,
     pub input_bytes: Option<u64>,
     pub artifact_bytes: Option<u64>,
+}
+
+impl Accounting {
+    /// Every figure of `u`.
+    pub fn of(u: &Usage) -> Accounting {
+        Accounting {
+            fuel: Some(u.fuel),
+            wall_ms: Some(u.wall_ms),
+            attempts: Some(u.attempts),
+            crashes: Some(u.crashes),
+            checkpoint_bytes: Some(u.checkpoint_bytes),
+            input_bytes: Some(u.input_bytes),
+            artifact_bytes: Some(u.artifact_bytes),
+        }
+    }
+
+    /// A done job's accounting: its result's note, else what the header still tells.
+    pub fn done(note: Option<&str>, header: Option<&Header>) -> Accounting {
+        match note.and_then(|n| serde_json::from_str::<Usage>(n).ok()) {
+            Some(u) => Accounting::of(&u),
+            None => Accounting {
+                attempts: header.map(|h| h.attempts),
+                ..Accounting::default()
+            },
+        }
+    }
+
+    /// Adds every known figure of `other` (for totals).
+    pub fn add(&mut self, other: &Accounting) {
+        fn sum<T: std::ops::Add<Output = T> + Copy>(a: &mut Option<T>, b: Option<T>) {
+            if let Some(b) = b {
+                *a = Some(a.map_or(b, |a| a + b));
+            }
+        }
+        sum(&mut self.fuel, other.fuel);
+        sum(&mut self.wall_ms, other.wall_ms);
+        sum(&mut self.attempts, other.attempts);
+        sum(&mut self.crashes, other.crashes);
+        sum(&mut self.checkpoint_bytes, other.checkpoint_bytes);
+        sum(&mut self.input_bytes, other.input_bytes);
+        sum(&mut self.artifact_bytes, other.artifact_bytes);
+    }
+
+    /// The sum of the known figures of `all`.
+    pub fn total<'a>(all: impl IntoIterator<Item = &'a Accounting>) -> Accounting {
+        let mut t = Accounting::default();
+        for a in all {
+            t.add(a);
+        }
+        t
+    }
 }
 
 /// Reads one job's objects as the listing names them (a request only for an object that
@@ -62,16 +114,23 @@ pub async fn read<S: ObjectStore>(
 ) -> anyhow::Result<JobView> {
     let text =
         |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
-    let result = if listed.result {
-        text(store.get(&keys::result(job)).await?)
+    let (result, note) = if listed.result {
+        match store.get(&keys::result(job)).await? {
+            Some(o) => (Some(String::from_utf8_lossy(&o.bytes).into_owned()), o.note),
+            None => (None, None),
+        }
     } else {
-        None
+        (None, None)
     };
-    let error = if listed.error && result.is_none() {
+    let mut error = if listed.error && result.is_none() {
         text(store.get(&keys::error(job)).await?)
     } else {
         None
     };
+    // Dead-lettered at parse time, and nothing else stored: the poison record says why.
+    if let (None, None, None, Some(key)) = (&result, &error, listed.checkpoint_ms, &listed.poison) {
+        error = text(store.get(key).await?).map(|reason| poison_reason(key, &reason));
+    }
     let header: Option<Header> = match listed.checkpoint_ms {
         Some(_) => checkpoint::peek(store, job).await?,
         None => None,
@@ -92,7 +151,24 @@ pub async fn read<S: ObjectStore>(
             count: listed.artifacts.0,
             bytes: listed.artifacts.1,
         });
-    Ok(view(job, state, header, result, error, artifacts))
+    Ok(view(job, state, header, result, note, error, artifacts))
+}
+
+/// A poison record's reason as shown: which message, and why.
+pub fn poison_reason(key: &str, reason: &str) -> String {
+    let message = key.rsplit('/').next().unwrap_or(key);
+    format!("dead-lettered at parse time (poison message {message}): {reason}")
+}
+
+/// A message dead-lettered at parse time that named no valid job id.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PoisonView {
+    /// The queue's message id (or its hash: `keys::poison`).
+    pub message: String,
+    /// When it was recorded (the store's clock, ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Why (the parse error; message text included: hostile, escape it where shown).
+    pub reason: String,
 }
 
 /// A job's view from what was read of it.
@@ -101,13 +177,17 @@ pub fn view(
     state: JobState,
     header: Option<Header>,
     result: Option<String>,
+    note: Option<String>,
     error: Option<String>,
     artifacts: Option<ArtifactCount>,
 ) -> JobView {
-    let known = header.is_some();
-    // A done job's header is the one its last write left (often the claim's): its fuel and
-    // crash count are not the run's. Per-job accounting will keep them with the result.
-    let current = known && state != JobState::Done;
+    // A done job's header is the one its last write left (often the claim's): its totals
+    // are in the note kept with its result.
+    let accounting = match (&header, state) {
+        (_, JobState::Done) => Accounting::done(note.as_deref(), header.as_ref()),
+        (Some(h), _) => Accounting::of(&h.usage()),
+        (None, _) => Accounting::default(),
+    };
     let h = header.unwrap_or_default();
     // A finished job's last saves are superseded by its result: it is complete.
     let progress = match state {
@@ -122,13 +202,7 @@ pub fn view(
         failures: h.failures,
         result,
         error,
-        accounting: Accounting {
-            fuel: current.then_some(h.fuel_used),
-            attempts: known.then_some(h.attempts),
-            crashes: current.then_some(h.crashes),
-            artifact_bytes: artifacts.as_ref().map(|a| a.bytes),
-            ..Accounting::default()
-        },
+        accounting,
         artifacts,
     }
 }
@@ -147,6 +221,12 @@ pub struct Overview {
     pub page: usize,
     pub page_size: usize,
     pub jobs: Vec<JobView>,
+    /// The sum of the known accounting figures of `jobs` (the selection shown).
+    pub totals: Accounting,
+    /// How many messages without a valid job id were dead-lettered at parse time...
+    pub poison_messages: usize,
+    /// ... and the newest of them (at most a page).
+    pub poison: Vec<PoisonView>,
     /// The workers' heartbeats (when asked for).
     pub workers: Option<Vec<super::workers::WorkerView>>,
 }
@@ -191,6 +271,20 @@ pub async fn overview<S: ObjectStore>(
     while let Some(v) = jobs.next().await {
         views.push(v?);
     }
+    let mut poison = Vec::new();
+    for entry in scan
+        .poison_messages
+        .iter()
+        .take(size.min(DEFAULT_PAGE_SIZE))
+    {
+        if let Some(o) = store.get(&entry.key).await? {
+            poison.push(PoisonView {
+                message: entry.key.rsplit('/').next().unwrap_or_default().to_owned(),
+                at_ms: entry.modified_ms,
+                reason: String::from_utf8_lossy(&o.bytes).into_owned(),
+            });
+        }
+    }
     Ok(Overview {
         now_ms: scan.now_ms,
         counts,
@@ -198,7 +292,45 @@ pub async fn overview<S: ObjectStore>(
         matching: ids.len(),
         page: selection.page,
         page_size: size,
+        totals: Accounting::total(views.iter().map(|v| &v.accounting)),
         jobs: views,
+        poison_messages: scan.poison_messages.len(),
+        poison,
         workers: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_done_jobs_accounting_is_its_notes_and_totals_add_what_is_known() {
+        let h = Header {
+            attempts: 2,
+            fuel_used: 5,
+            ..Header::default()
+        };
+        let u = Usage {
+            fuel: 9,
+            wall_ms: 30,
+            attempts: 3,
+            crashes: 1,
+            checkpoint_bytes: 7,
+            input_bytes: 11,
+            artifact_bytes: 13,
+        };
+        let note = serde_json::to_string(&u).unwrap();
+        let done = Accounting::done(Some(&note), Some(&h));
+        assert_eq!(done, Accounting::of(&u));
+        // No note (a result from before accounting): only what the header still tells.
+        let old = Accounting::done(None, Some(&h));
+        assert_eq!((old.attempts, old.fuel), (Some(2), None));
+        let t = Accounting::total([&done, &old, &Accounting::default()]);
+        assert_eq!(
+            (t.attempts, t.fuel, t.wall_ms),
+            (Some(5), Some(9), Some(30))
+        );
+        assert_eq!(Accounting::total([]), Accounting::default());
+    }
 }

@@ -100,8 +100,14 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.get(key).await)
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
-        each!(self, s => s.put(key, bytes, pre).await)
+    async fn put_with_note(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
+    ) -> Result<ETag, StoreError> {
+        each!(self, s => s.put_with_note(key, bytes, pre, note).await)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {

@@ -31,7 +31,13 @@ impl fmt::Display for ETag {
 pub struct Object {
     pub bytes: Vec<u8>,
     pub etag: ETag,
+    /// The note written with this version ([`ObjectStore::put_with_note`]), if any.
+    pub note: Option<String>,
 }
+
+/// The most bytes a note ([`ObjectStore::put_with_note`]) may have: S3 allows 2 KiB of user
+/// metadata per object.
+pub const MAX_NOTE_BYTES: usize = 1024;
 
 /// One object as a listing shows it: its key, size and last write (the store's clock).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +215,21 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         bytes: Vec<u8>,
         pre: Precondition,
+    ) -> impl Future<Output = Result<ETag, StoreError>> + Send {
+        self.put_with_note(key, bytes, pre, None)
+    }
+
+    /// [`put`](ObjectStore::put) with a note kept beside this version's bytes (S3: the user
+    /// metadata `x-amz-meta-taskhost`; a directory: a hidden file beside the object),
+    /// returned by [`get`](ObjectStore::get) and replaced (or removed) by the next write. The
+    /// note is printable ASCII of at most [`MAX_NOTE_BYTES`]; it costs no request of its own,
+    /// and it is not part of the tag or the bytes.
+    fn put_with_note(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
     ) -> impl Future<Output = Result<ETag, StoreError>> + Send;
 
     /// The tag of the object's current version, without its bytes (S3 `HeadObject`).

@@ -89,6 +89,13 @@ pub struct WorkerConfig {
     /// clock and draining. `None`: no probes. (Metrics: the runtime's,
     /// [`Runtime::metrics`](crate::runtime::Runtime::metrics).)
     pub health: Option<Arc<Health>>,
+    /// The instance's deletion cost on SaladCloud ([`DeletionCost`](crate::salad::DeletionCost)):
+    /// each job counts while it runs, its finish phase holds it at the maximum. `None`: not
+    /// on SaladCloud.
+    pub deletion_cost: Option<crate::salad::DeletionCost>,
+    /// On SaladCloud: asks for another node after repeated host faults or a clock that stays
+    /// off ([`Reallocator`](crate::salad::Reallocator)). `None`: never.
+    pub reallocator: Option<Arc<crate::salad::Reallocator>>,
     /// `HEARTBEAT_SECONDS` and the machine: the heartbeat record ([`heartbeat`]); `None`:
     /// no heartbeat.
     pub heartbeat: Option<heartbeat::HeartbeatConfig>,
@@ -161,6 +168,19 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         probe.clone(),
         shutdown.child_token(),
     ));
+    if let Some(r) = config.reallocator.clone() {
+        // The clock's state, as the reallocation rule sees it, every recheck interval.
+        let (skewed, stop) = (skewed.clone(), shutdown.child_token());
+        tokio::spawn(async move {
+            loop {
+                r.clock(skewed.get()).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(CLOCK_RECHECK_INTERVAL) => {}
+                }
+            }
+        });
+    }
     let worker = Arc::new(Worker {
         metrics,
         queue,

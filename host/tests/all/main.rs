@@ -19,6 +19,7 @@ mod pubsub_emulator;
 mod queue_contract;
 mod registry;
 mod runtime;
+mod salad;
 mod status;
 mod store_contract;
 mod store_s3;

@@ -268,6 +268,7 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
         work: Work::of(module, input),
         on_other_work,
         inputs: Default::default(),
+        deletion_cost: None,
     };
     let run = |input: &'static str, binding: JobBinding| {
         let ex = ex.clone();
