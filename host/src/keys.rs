@@ -13,7 +13,7 @@
 //! | `jobs/<job_id>/artifacts/<name>` | an artifact of the job |
 //! | `inputs/<sha256-hex>` | an input uploaded by `taskhost submit --input`, create-only |
 //! | `taskhost-probe/<name>` | a worker's startup write check (deleted at once) |
-//! | `submitted/<batch_id>` | the job ids of one batch `submit` published (one per line) |
+//! | `submitted/<batch_id>` | the job ids of one batch `submit` published and their module (`status::batch`) |
 //! | `workers/<worker_id>` | a worker's heartbeat (JSON), deleted when it exits cleanly |
 //! | `poison/jobs/<job_id>/<message>` | why a message naming this job was dead-lettered at parse time |
 //! | `poison/messages/<message>` | the same for a message without a valid job id |
@@ -94,7 +94,7 @@ pub fn input(sha256_hex: &str) -> String {
 /// Where `submit` records the job ids of each batch it publishes.
 pub const SUBMITTED_PREFIX: &str = "submitted/";
 
-/// The record of one published batch: its job ids, one per line.
+/// The record of one published batch: its job ids and their module (`status::batch`).
 pub fn submitted(batch: &BatchId) -> String {
     format!("{SUBMITTED_PREFIX}{batch}")
 }

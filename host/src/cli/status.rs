@@ -183,8 +183,7 @@ async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobI
 
 pub async fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
-    // The lease window, plus the listing's whole-second times.
-    let window = Duration::from_secs(u64::from(args.ack_deadline_seconds.max(1)) + 1);
+    let window = status::running_window(args.ack_deadline_seconds);
     if let Some(addr) = args.serve {
         return serve(store, addr, window).await;
     }

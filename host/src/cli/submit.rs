@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use taskhost::ids::{BatchId, JobId, ModuleRef};
+use taskhost::ids::{BatchId, JobId, ModuleHash, ModuleRef};
 use taskhost::queue::OutgoingMessage;
 use taskhost::queue::Queue;
 use taskhost::store::ObjectStore;
@@ -19,11 +19,13 @@ const BATCH: usize = 500;
 /// Job ids per `submitted/` record: one write per 1,000 jobs published.
 const RECORD_BATCH: usize = 1000;
 
-/// Writes the record of a batch (`keys::submitted`): its job ids, one per line; `batch`
-/// names a record to rewrite (deleted when `jobs` is empty). Returns its id.
+/// Writes the record of a batch (`keys::submitted`, `status::batch`): its job ids and the
+/// module they name; `batch` names a record to rewrite (deleted when `jobs` is empty).
+/// Returns its id.
 async fn record_batch(
     store: &taskhost::store::any::AnyStore,
     batch: Option<&BatchId>,
+    module: &ModuleHash,
     jobs: &[(JobId, String)],
 ) -> anyhow::Result<BatchId> {
     let (batch, pre) = match batch {
@@ -35,11 +37,11 @@ async fn record_batch(
         store.delete(&key).await?;
         return Ok(batch);
     }
-    let ids: String = jobs.iter().map(|(id, _)| format!("{id}\n")).collect();
+    let record = taskhost::status::batch::encode(module, jobs.iter().map(|(id, _)| id));
     store
-        .put(&key, ids.into_bytes(), pre)
+        .put(&key, record.into_bytes(), pre)
         .await
-        .context("cannot record the batch's job ids (submitted/)")?;
+        .context("cannot record the batch's job ids and module (submitted/)")?;
     Ok(batch)
 }
 
@@ -247,7 +249,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     for record in jobs.chunks(RECORD_BATCH) {
         // The batch's ids are recorded before its messages go out, so `status` shows every
         // job as queued from the moment it is published.
-        let batch = record_batch(&store, None, record).await?;
+        let batch = record_batch(&store, None, &module, record).await?;
         let mut sent = 0usize;
         for chunk in record.chunks(BATCH) {
             let messages = chunk
@@ -265,7 +267,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     bar.abandon();
                     // The record names only what went out (best effort).
-                    let _ = record_batch(&store, Some(&batch), &record[..sent]).await;
+                    let _ = record_batch(&store, Some(&batch), &module, &record[..sent]).await;
                     anyhow::bail!(
                         "{e}; {published} jobs were published before this batch \
                          (resubmitting is safe: a job whose result exists is not run again)"

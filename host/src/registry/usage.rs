@@ -1,23 +1,28 @@
 //! Which jobs name which module: the one function `module inspect`, `module rm` and
 //! `module prune` ask ([`usage`]).
 //!
-//! Today it reads what the store holds under `jobs/`: a job with a checkpoint names the
-//! module its checkpoint records (its work), in the state `status` would show (done, failed,
-//! running with a live lease, waiting for its next delivery). A job no worker has started
-//! yet has nothing stored and is not counted here: `queued` stays 0 until the per-batch
-//! `submitted/` records `submit` writes are read too (the worker's "module missing"
-//! handling is the safety net for such a job: it waits `MISSING_MODULE_RETRY_SECONDS`,
-//! then dead-letters it with the reason).
+//! It counts on the status machinery ([`status::scan`]): one listing of `jobs/` and the
+//! `submitted/` batch records, which name each job's module, so a job no worker has started
+//! yet (queued) is counted too, and each job's state is the one `status` counts it in
+//! (docs/design.md §4, "Status from listings"). A job no record names a module for (published
+//! by an older `submit`, or by other means) is read from its checkpoint, which records its
+//! module, if it has one; such a job with nothing stored names no module anyone can tell.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use serde::Serialize;
 
 use super::RegistryError;
-use crate::checkpoint::{self, ownership};
-use crate::ids::{JobId, JobState, ModuleHash};
-use crate::keys;
+use crate::checkpoint;
+use crate::ids::{JobState, ModuleHash};
+use crate::status;
 use crate::store::ObjectStore;
+
+/// Checkpoints read at once for jobs no batch record names a module for.
+const READS_IN_FLIGHT: usize = 16;
 
 /// How many jobs in each state name a module.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -53,51 +58,33 @@ impl JobCounts {
     }
 }
 
-/// The jobs naming each module, by state (modules no job names are absent). One listing of
-/// `jobs/` and one read of each job's checkpoint.
+/// The jobs naming each module, by state (modules no job names are absent); `window` is
+/// [`status::running_window`]. One listing of `jobs/`, one read per batch record, and one
+/// checkpoint read per job no record names a module for.
 pub async fn usage<S: ObjectStore>(
     store: &S,
+    window: Duration,
 ) -> Result<BTreeMap<ModuleHash, JobCounts>, RegistryError> {
-    let listed = store.list(keys::JOBS_PREFIX).await?;
-    // job id -> the names of its objects (checkpoint, result, error, ...)
-    let mut jobs: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for key in &listed {
-        if let Some((id, rest)) = key
-            .strip_prefix(keys::JOBS_PREFIX)
-            .and_then(|k| k.split_once('/'))
-        {
-            jobs.entry(id).or_default().insert(rest);
+    let scan = status::scan(store).await?;
+    let mut counts: BTreeMap<ModuleHash, JobCounts> = BTreeMap::new();
+    let mut unrecorded = Vec::new();
+    for (id, listed) in &scan.jobs {
+        let state = listed.state(scan.now_ms, window);
+        match listed.module {
+            Some(module) => counts.entry(module).or_default().add(state),
+            None if listed.checkpoint_ms.is_some() => unrecorded.push((id, state)),
+            None => {}
         }
     }
-    let now_ms = crate::time::now_ms();
-    let mut counts: BTreeMap<ModuleHash, JobCounts> = BTreeMap::new();
-    for (id, objects) in jobs {
-        if !objects.contains("checkpoint") {
-            continue;
+    let mut reads = futures_util::stream::iter(unrecorded)
+        .map(|(id, state)| async move { (checkpoint::peek(store, id).await, state) })
+        .buffer_unordered(READS_IN_FLIGHT);
+    while let Some((header, state)) = reads.next().await {
+        // Deleted since the listing, or unreadable: it names no module we can tell.
+        let Ok(Some(header)) = header else { continue };
+        if let Ok(module) = header.module.parse::<ModuleHash>() {
+            counts.entry(module).or_default().add(state);
         }
-        let Ok(job) = id.parse::<JobId>() else {
-            continue;
-        };
-        let header = match checkpoint::peek(store, &job).await {
-            Ok(Some(h)) => h,
-            // Deleted since the listing, or unreadable: it names no module we can tell.
-            Ok(None) | Err(_) => continue,
-        };
-        let Ok(module) = header.module.parse::<ModuleHash>() else {
-            continue;
-        };
-        let live = ownership::recorded(header.lease_until_ms, header.lease_period_ms, now_ms)
-            == ownership::Recorded::Live;
-        let state = if objects.contains("result") {
-            JobState::Done
-        } else if objects.contains("error") {
-            JobState::Failed
-        } else if live {
-            JobState::Running
-        } else {
-            JobState::Waiting
-        };
-        counts.entry(module).or_default().add(state);
     }
     Ok(counts)
 }

@@ -4,11 +4,12 @@
 //! A job's state is read from the keys a listing of `jobs/` shows (docs/design.md §3):
 //! `result` → done, `error` → failed, a `checkpoint` written within the lease window →
 //! running, an older one → waiting, and a job id named only by a `submitted/` batch record
-//! → queued. So the overview of 10,000 jobs costs a listing (one request per 1,000 objects),
+//! → queued (a batch record also names the module its jobs run, [`batch`]). So the overview of 10,000 jobs costs a listing (one request per 1,000 objects),
 //! one read per submitted batch and one clock read, never one request per job. The page in
 //! view reads its jobs' objects (result, error, checkpoint header), and there the ownership
 //! rule decides running or waiting exactly.
 
+pub mod batch;
 pub mod page;
 pub mod serve;
 pub mod workers;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::ids::{JobId, JobState};
+use crate::ids::{JobId, JobState, ModuleHash};
 use crate::keys;
 use crate::store::{ObjectStore, StoreError};
 
@@ -40,6 +41,16 @@ pub struct Listed {
     /// The key of a record of a message naming this job that was dead-lettered at parse
     /// time (poison; the last one listed).
     pub poison: Option<String>,
+    /// The module the newest `submitted/` record naming the job names (`None`: no record
+    /// names one).
+    pub module: Option<ModuleHash>,
+}
+
+/// The window [`Listed::state`] counts a checkpoint write as a running job's in: the lease
+/// (`ACK_DEADLINE_SECONDS`, its owner rewrites the checkpoint every half of it), plus the
+/// listing's whole-second times.
+pub fn running_window(ack_deadline_seconds: u32) -> Duration {
+    Duration::from_secs(u64::from(ack_deadline_seconds.max(1)) + 1)
 }
 
 impl Listed {
@@ -148,17 +159,26 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
         }
     }
     poison_messages.sort_by_key(|e| std::cmp::Reverse(e.modified_ms));
-    // The batch records, a few at a time (one per 1,000 jobs submitted).
+    // The batch records, a few at a time (one per 1,000 jobs submitted); applied oldest
+    // first (batch ids sort by time), so a job's module is its newest submission's.
     use futures_util::StreamExt;
-    let mut reads = futures_util::stream::iter(batches?)
-        .map(|key| async move { store.get(&key).await })
-        .buffer_unordered(8);
-    while let Some(read) = reads.next().await {
-        let Some(object) = read? else { continue };
-        for id in String::from_utf8_lossy(&object.bytes).lines() {
-            if let Ok(id) = id.trim().parse::<JobId>() {
-                jobs.entry(id).or_default().submitted = true;
-            }
+    let mut records: Vec<(String, Vec<u8>)> =
+        futures_util::stream::iter(batches?)
+            .map(|key| async move {
+                Ok::<_, StoreError>(store.get(&key).await?.map(|o| (key, o.bytes)))
+            })
+            .buffer_unordered(8)
+            .filter_map(|read| async move { read.transpose() })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+    records.sort();
+    for (_, bytes) in records {
+        for (id, module) in batch::decode(&String::from_utf8_lossy(&bytes)) {
+            let job = jobs.entry(id).or_default();
+            job.submitted = true;
+            job.module = module.or(job.module);
         }
     }
     Ok(Scan {

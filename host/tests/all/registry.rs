@@ -347,7 +347,7 @@ async fn racing_moves_of_one_tag_exactly_one_wins() {
 
 /// `rm` and `prune` delete what no job needs, ask first (refusing without a terminal), keep
 /// tagged modules with `--keep-tagged`, and never delete a module a running or waiting
-/// job names.
+/// job names (also when the batch records name no module: its checkpoint does).
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_and_prune_never_remove_a_needed_module() {
     for kind in KINDS {
@@ -365,6 +365,19 @@ async fn rm_and_prune_never_remove_a_needed_module() {
         env.submit(&needed, &jobs, 100_000, 20).await;
         env.wait_jobs(&jobs, &mut worker, |s| s == ["running"])
             .await;
+        assert_eq!(env.inspect(&needed).await["jobs"]["running"], 1, "{kind}");
+        // Records from before they named modules (ids only): the job's checkpoint names its
+        // module, and everything below holds the same.
+        for key in env
+            .store
+            .list(taskhost::keys::SUBMITTED_PREFIX)
+            .await
+            .unwrap()
+        {
+            let ids = jobs.iter().map(|j| format!("{j}\n")).collect::<String>();
+            let pre = taskhost::store::Precondition::None;
+            env.store.put(&key, ids.into_bytes(), pre).await.unwrap();
+        }
         assert_eq!(env.inspect(&needed).await["jobs"]["running"], 1, "{kind}");
 
         // Nothing is old enough; the dry run changes nothing.
@@ -431,5 +444,54 @@ async fn rm_and_prune_never_remove_a_needed_module() {
         assert!(env.list().await.contains_key(&needed), "{kind}");
         let refused = env.run(&["module", "rm", "--yes", &needed]).await.failure();
         assert_eq!(refused.status.code(), Some(CONFLICT), "{kind}: {refused}");
+    }
+}
+
+/// A module only queued jobs name (submitted, no worker started them: nothing is stored
+/// under `jobs/`) is counted as queued by `inspect` from the batch records, refused by `rm`
+/// and kept by `prune`, which deletes the module no job names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_only_queued_jobs_name_is_kept() {
+    for kind in KINDS {
+        let env = env(kind, "reg-queued").await;
+        let queued = env.push("step_counter", &["work:v1"]).await;
+        let loose = env.push("digest", &[]).await;
+        let jobs = ids("waiting-for-a-worker", 3);
+        // Submitted by tag: the record names the hash the tag resolved to.
+        env.submit("work:v1", &jobs, 1, 1).await;
+        assert!(
+            env.store
+                .list(taskhost::keys::JOBS_PREFIX)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{kind}: no job was started"
+        );
+
+        let counts = &env.inspect(&queued).await["jobs"];
+        assert_eq!(counts["queued"], 3, "{kind}: {counts}");
+        for other in ["running", "waiting", "done", "failed"] {
+            assert_eq!(counts[other], 0, "{kind}: {other}: {counts}");
+        }
+        assert_eq!(env.inspect(&loose).await["jobs"]["queued"], 0, "{kind}");
+
+        let refused = env
+            .run(&["module", "rm", "--yes", "work:v1"])
+            .await
+            .failure();
+        assert_eq!(refused.status.code(), Some(CONFLICT), "{kind}: {refused}");
+        assert!(refused.stderr.contains("3 queued"), "{kind}: {refused}");
+
+        let pruned = env.run(&["module", "prune", "--yes"]).await.success();
+        assert!(pruned.stderr.contains("1 of 2 modules"), "{kind}: {pruned}");
+        let left = env.list().await;
+        assert_eq!(left.keys().collect::<Vec<_>>(), [&queued], "{kind}");
+        assert!(
+            env.store
+                .exists(&taskhost::keys::module(&queued.parse().unwrap()))
+                .await
+                .unwrap(),
+            "{kind}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use super::super::config::StoreArgs;
 use super::super::exit;
 use taskhost::ids::{ModuleHash, ModuleRef};
-use taskhost::registry::{self, prune, usage};
+use taskhost::registry::{self, prune};
 use taskhost::store::any::AnyStore;
 
 #[derive(Args, Debug)]
@@ -21,6 +21,8 @@ pub struct RmArgs {
     pub yes: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub usage: super::UsageArgs,
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +42,8 @@ pub struct PruneArgs {
     pub yes: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub usage: super::UsageArgs,
 }
 
 pub async fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
@@ -51,7 +55,7 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
             hashes.push(h);
         }
     }
-    let jobs = usage::usage(&store).await?;
+    let jobs = args.usage.usage(&store).await?;
     let mut refused = false;
     hashes.retain(|h| match jobs.get(h).filter(|c| c.needed()) {
         Some(c) => {
@@ -80,7 +84,7 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
     let entries = registry::list(&store).await?;
-    let jobs = usage::usage(&store).await?;
+    let jobs = args.usage.usage(&store).await?;
     let rules = prune::Rules {
         keep_tagged: args.keep_tagged,
         older_than: args.older_than,

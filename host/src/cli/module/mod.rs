@@ -68,6 +68,27 @@ impl HostArgs {
     }
 }
 
+/// How `inspect`, `rm` and `prune` count the jobs naming each module.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct UsageArgs {
+    /// In the counts, a checkpoint written within this many seconds is a running job's (its
+    /// owner rewrites it every half ACK_DEADLINE_SECONDS), as `status` counts it.
+    #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = taskhost::queue::DEFAULT_ACK_DEADLINE_SECS)]
+    pub ack_deadline_seconds: u32,
+}
+
+impl UsageArgs {
+    /// The jobs naming each module, by state (the one place the CLI counts them).
+    async fn usage(
+        &self,
+        store: &AnyStore,
+    ) -> Result<std::collections::BTreeMap<ModuleHash, registry::usage::JobCounts>, RegistryError>
+    {
+        let window = taskhost::status::running_window(self.ack_deadline_seconds);
+        registry::usage::usage(store, window).await
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct PushArgs {
     /// The component (.wasm, built for wasm32-wasip2).

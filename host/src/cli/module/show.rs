@@ -8,7 +8,6 @@ use serde::Serialize;
 use super::super::config::StoreArgs;
 use taskhost::ids::ModuleRef;
 use taskhost::inert::{self, Inert};
-use taskhost::registry::usage::{self, JobCounts};
 use taskhost::registry::{self, Description, ModuleEntry};
 use taskhost::store::ObjectStore;
 
@@ -30,6 +29,8 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub usage: super::UsageArgs,
 }
 
 /// One module as `list --json` prints it (and `inspect --json` extends it).
@@ -66,7 +67,7 @@ struct Inspected {
     imports: Vec<String>,
     exports: Vec<String>,
     sdk: Option<String>,
-    jobs: JobCounts,
+    jobs: taskhost::registry::usage::JobCounts,
 }
 
 /// A stored string (a host name, an import's name: whatever a push wrote) for the
@@ -127,7 +128,13 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             None => Description::default(),
         },
     };
-    let jobs = job_counts(&store, &hash).await?;
+    let jobs = args
+        .usage
+        .usage(&store)
+        .await?
+        .get(&hash)
+        .copied()
+        .unwrap_or_default();
     let mut row = Row::of(entry);
     row.world = description.world.clone();
     let out = Inspected {
@@ -173,16 +180,4 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         j.queued, j.running, j.waiting, j.done, j.failed
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// How many jobs in each state name `hash` (the one place the CLI counts them).
-async fn job_counts(
-    store: &taskhost::store::any::AnyStore,
-    hash: &taskhost::ids::ModuleHash,
-) -> anyhow::Result<JobCounts> {
-    Ok(usage::usage(store)
-        .await?
-        .get(hash)
-        .copied()
-        .unwrap_or_default())
 }
