@@ -32,7 +32,7 @@ pub struct StatusArgs {
     /// overview as one document.
     #[arg(long)]
     pub json: bool,
-    /// Only jobs in this state (queued, running, waiting, done, failed).
+    /// Only jobs in this state (queued, running, waiting, done, failed, cancelled, paused).
     #[arg(long)]
     pub state: Option<JobState>,
     /// The page of jobs to show (0 is the first).
@@ -73,6 +73,8 @@ pub struct JobStatus {
     pub error: Option<String>,
     /// A done job's artifacts: how many, and their bytes together.
     pub artifacts: Option<ArtifactCount>,
+    /// A user's cancel or pause: what, who and when.
+    pub control: Option<checkpoint::Control>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -101,6 +103,16 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let state = match (&result, &error, &header) {
         (Some(_), _, _) => JobState::Done,
         (None, Some(_), _) => JobState::Failed,
+        (
+            None,
+            None,
+            Some(Header {
+                control: Some(c), ..
+            }),
+        ) => match c.action {
+            checkpoint::Action::Cancel => JobState::Cancelled,
+            checkpoint::Action::Pause => JobState::Paused,
+        },
         // A live owner's lease (the ownership rule, as a claim reads it): someone runs it.
         (None, None, Some(h)) if live(h) => JobState::Running,
         (None, None, Some(_)) => JobState::Waiting,
@@ -132,6 +144,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         result,
         error,
         artifacts,
+        control: h.control.clone().filter(|_| state != JobState::Done),
     };
     Ok((status, h))
 }
@@ -209,8 +222,18 @@ async fn overview(
     }
     let c = &o.counts;
     println!(
-        "{} jobs: {} queued, {} running, {} waiting, {} done, {} failed",
-        c.total, c.queued, c.running, c.waiting, c.done, c.failed
+        "{} jobs: {} queued, {} running, {} waiting, {} done, {} failed{}",
+        c.total,
+        c.queued,
+        c.running,
+        c.waiting,
+        c.done,
+        c.failed,
+        if c.cancelled + c.paused > 0 {
+            format!(", {} cancelled, {} paused", c.cancelled, c.paused)
+        } else {
+            String::new()
+        }
     );
     for v in &o.jobs {
         println!("{}", line(&from_view(v)));
@@ -244,6 +267,7 @@ fn from_view(v: &status::page::JobView) -> JobStatus {
             count: a.count,
             bytes: a.bytes,
         }),
+        control: v.control.clone().filter(|_| v.state != JobState::Done),
     }
 }
 
@@ -319,7 +343,15 @@ fn line(s: &JobStatus) -> String {
     let tail = match (&s.result, &s.error) {
         (Some(r), _) => format!("{artifacts}result {}", Inert(r)),
         (None, Some(e)) => format!("error {}", Inert(e)),
-        _ => String::new(),
+        _ => match &s.control {
+            Some(c) => format!(
+                "{} by {} at {} ms",
+                c.action.as_str(),
+                Inert(&c.by),
+                c.at_ms
+            ),
+            None => String::new(),
+        },
     };
     format!(
         "{:<24} {:<8} {:<18} attempts {:<3} failures {:<3} {tail}",
@@ -384,6 +416,7 @@ mod tests {
             result: result.map(Into::into),
             error: error.map(Into::into),
             artifacts: None,
+            control: None,
         }
     }
 

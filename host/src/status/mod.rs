@@ -35,6 +35,9 @@ pub struct Listed {
     pub artifacts: (usize, u64),
     /// Named by a `submitted/` record.
     pub submitted: bool,
+    /// The `cancelled` / `paused` marker `job cancel` / `job pause` writes.
+    pub cancelled: bool,
+    pub paused: bool,
 }
 
 impl Listed {
@@ -44,6 +47,8 @@ impl Listed {
         match self.checkpoint_ms {
             _ if self.result => JobState::Done,
             _ if self.error => JobState::Failed,
+            _ if self.cancelled => JobState::Cancelled,
+            _ if self.paused => JobState::Paused,
             Some(ms) if ms + window.as_millis() as u64 >= now_ms => JobState::Running,
             Some(_) => JobState::Waiting,
             None => JobState::Queued,
@@ -68,6 +73,8 @@ pub struct Counts {
     pub waiting: usize,
     pub done: usize,
     pub failed: usize,
+    pub cancelled: usize,
+    pub paused: usize,
 }
 
 impl Counts {
@@ -79,6 +86,8 @@ impl Counts {
             JobState::Waiting => &mut self.waiting,
             JobState::Done => &mut self.done,
             JobState::Failed => &mut self.failed,
+            JobState::Cancelled => &mut self.cancelled,
+            JobState::Paused => &mut self.paused,
         } += 1;
     }
 }
@@ -109,6 +118,8 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             "result" => job.result = true,
             "error" => job.error = true,
             "manifest" => job.manifest = true,
+            "cancelled" => job.cancelled = true,
+            "paused" => job.paused = true,
             a if a.starts_with("artifacts/") => {
                 job.artifacts.0 += 1;
                 job.artifacts.1 += entry.size;
@@ -180,6 +191,22 @@ mod tests {
         assert_eq!(
             l(&|l| {
                 l.error = true;
+                l.result = true
+            }),
+            JobState::Done
+        );
+        let stopped = |f: &dyn Fn(&mut Listed)| {
+            l(&|l| {
+                l.checkpoint_ms = Some(now);
+                f(l)
+            })
+        };
+        assert_eq!(stopped(&|l| l.cancelled = true), JobState::Cancelled);
+        assert_eq!(stopped(&|l| l.paused = true), JobState::Paused);
+        // A result always wins over a cancel.
+        assert_eq!(
+            stopped(&|l| {
+                l.cancelled = true;
                 l.result = true
             }),
             JobState::Done

@@ -106,6 +106,8 @@ pub struct Stats {
     pub leases_lost: AtomicU64,
     pub interrupted: AtomicU64,
     pub host_faults: AtomicU64,
+    /// Jobs a user cancelled or paused (`taskhost job cancel` / `pause`).
+    pub stopped: AtomicU64,
     /// Messages being handled now (a gauge, for the heartbeat).
     pub running: AtomicU64,
 }
