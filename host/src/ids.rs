@@ -345,3 +345,140 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Longest module name, and longest tag, accepted (`NAME:TAG`).
+pub const MAX_TAG_PART_LEN: usize = 128;
+
+/// A movable name of a module, `NAME:TAG` (docs/design.md §4, `modules/tags/`): NAME and
+/// TAG are each 1..=128 characters from `[A-Za-z0-9._-]`, starting with a letter or a
+/// digit. `NAME` alone means `NAME:latest`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleTag {
+    name: String,
+    tag: String,
+}
+
+/// The tag `NAME` alone stands for.
+pub const DEFAULT_TAG: &str = "latest";
+
+impl ModuleTag {
+    /// The name part (before the `:`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tag part (after the `:`).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+fn check_tag_part(what: &str, s: &str) -> Result<(), String> {
+    let ok = (1..=MAX_TAG_PART_LEN).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "module {what} {s:?} must be 1 to {MAX_TAG_PART_LEN} characters from [A-Za-z0-9._-], starting with a letter or digit"
+        ))
+    }
+}
+
+impl FromStr for ModuleTag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, tag) = s.split_once(':').unwrap_or((s, DEFAULT_TAG));
+        if name == "sha256" {
+            return Err(format!(
+                "{s:?} is not a module name: `sha256` names a hash (sha256:<64 lowercase hex>)"
+            ));
+        }
+        check_tag_part("name", name)?;
+        check_tag_part("tag", tag)?;
+        Ok(ModuleTag {
+            name: name.to_owned(),
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ModuleTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.tag)
+    }
+}
+
+/// How a user names a module: its hash (immutable) or a tag (movable, resolved to a hash
+/// once, where it is used: `submit`, a worker's start).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ModuleRef {
+    Hash(ModuleHash),
+    Tag(ModuleTag),
+}
+
+impl FromStr for ModuleRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("sha256:") {
+            return s.parse().map(ModuleRef::Hash);
+        }
+        s.parse()
+            .map(ModuleRef::Tag)
+            .map_err(|e| format!("{e} (a module is sha256:<64 lowercase hex> or NAME[:TAG])"))
+    }
+}
+
+impl fmt::Display for ModuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModuleRef::Hash(h) => h.fmt(f),
+            ModuleRef::Tag(t) => t.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod module_ref_tests {
+    use super::*;
+
+    #[test]
+    fn module_refs() {
+        let long = "a".repeat(MAX_TAG_PART_LEN + 1);
+        let hash = ModuleHash::of(b"abc").to_string();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("prime", Some("prime:latest")),
+            ("prime:v2", Some("prime:v2")),
+            (
+                "Prime-count.x_1:2025-01-01",
+                Some("Prime-count.x_1:2025-01-01"),
+            ),
+            (&hash, Some(&hash)),
+            (&long[1..], Some("")),
+            (&long, None),
+            ("", None),
+            (":v1", None),
+            ("prime:", None),
+            ("prime:v1:v2", None),
+            ("-prime", None),
+            ("prime:.v1", None),
+            ("a/b", None),
+            ("prime:v 1", None),
+            ("sha256:abc", None),
+            ("sha256", None),
+            ("é:v1", None),
+        ];
+        for (input, want) in cases {
+            let got = input.parse::<ModuleRef>();
+            match want {
+                None => assert!(got.is_err(), "{input:?} parsed as {got:?}"),
+                Some("") => assert!(got.is_ok(), "{input:?}: {got:?}"),
+                Some(w) => assert_eq!(got.unwrap().to_string(), *w, "{input:?}"),
+            }
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! Every storage key taskhost reads or writes, built in this one module, only from validated
-//! ids ([`JobId`], [`ModuleHash`]): no other module formats a key.
+//! ids ([`JobId`], [`ModuleHash`], [`ModuleTag`]): no other module formats a key.
 //!
 //! | key | what |
 //! |---|---|
 //! | `modules/<sha256-hex>.wasm` | a task module, create-only |
+//! | `modules/<sha256-hex>.json` | the module's push record (when, by which host, its world) |
+//! | `modules/tags/<name>/<tag>` | a tag: which module `NAME:TAG` names (moved by `If-Match`) |
 //! | `jobs/<job_id>/checkpoint` | the job's checkpoint: its fence and lease record |
 //! | `jobs/<job_id>/result` | the job's result, create-only |
 //! | `jobs/<job_id>/error` | why the job was dead-lettered |
@@ -14,13 +16,40 @@
 //! | `submitted/<batch_id>` | the job ids of one batch `submit` published (one per line) |
 //! | `workers/<worker_id>` | a worker's heartbeat (JSON), deleted when it exits cleanly |
 
-use crate::ids::{BatchId, JobId, ModuleHash};
+use crate::ids::{BatchId, JobId, ModuleHash, ModuleTag};
 
 /// Where every job's objects live.
 pub const JOBS_PREFIX: &str = "jobs/";
 
+/// Where modules, their records and their tags live.
+pub const MODULES_PREFIX: &str = "modules/";
+/// Where tags live (inside [`MODULES_PREFIX`]; no module hash is `tags`).
+pub const TAGS_PREFIX: &str = "modules/tags/";
+
 pub fn module(hash: &ModuleHash) -> String {
-    format!("modules/{}.wasm", hash.hex())
+    format!("{MODULES_PREFIX}{}.wasm", hash.hex())
+}
+
+/// The module's push record (JSON, `crate::registry::ModuleRecord`).
+pub fn module_record(hash: &ModuleHash) -> String {
+    format!("{MODULES_PREFIX}{}.json", hash.hex())
+}
+
+/// The module a `modules/<hex>.wasm` key names; `None` for any other key.
+pub fn module_of_key(key: &str) -> Option<ModuleHash> {
+    let hex = key.strip_prefix(MODULES_PREFIX)?.strip_suffix(".wasm")?;
+    format!("sha256:{hex}").parse().ok()
+}
+
+/// The tag record of `NAME:TAG` (JSON, `crate::registry::TagRecord`).
+pub fn tag(tag: &ModuleTag) -> String {
+    format!("{TAGS_PREFIX}{}/{}", tag.name(), tag.tag())
+}
+
+/// The tag a `modules/tags/<name>/<tag>` key names; `None` for any other key.
+pub fn tag_of_key(key: &str) -> Option<ModuleTag> {
+    let (name, tag) = key.strip_prefix(TAGS_PREFIX)?.split_once('/')?;
+    format!("{name}:{tag}").parse().ok()
 }
 
 pub fn checkpoint(job: &JobId) -> String {
@@ -86,7 +115,7 @@ pub fn worker(id: &str) -> Option<String> {
 /// Prefixes of the host's own objects: a job's input key may not start with one.
 pub const RESERVED_PREFIXES: [&str; 5] = [
     JOBS_PREFIX,
-    "modules/",
+    MODULES_PREFIX,
     "taskhost-probe/",
     SUBMITTED_PREFIX,
     WORKERS_PREFIX,
@@ -95,4 +124,29 @@ pub const RESERVED_PREFIXES: [&str; 5] = [
 /// A probe object's key; `name` must be made of `[A-Za-z0-9._-]` (a worker id is).
 pub fn probe(name: &str) -> String {
     format!("taskhost-probe/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key built here reads back as what built it; other keys read as nothing.
+    #[test]
+    fn registry_keys_round_trip() {
+        let h = ModuleHash::of(b"m");
+        assert_eq!(module_of_key(&module(&h)), Some(h));
+        assert_eq!(module_of_key(&module_record(&h)), None);
+        let t: ModuleTag = "prime:v2".parse().unwrap();
+        assert_eq!(tag(&t), "modules/tags/prime/v2");
+        assert_eq!(tag_of_key(&tag(&t)), Some(t));
+        for other in [
+            "modules/tags/prime",
+            "modules/tags/a/b/c",
+            "modules/x.wasm",
+            "jobs/a/result",
+        ] {
+            assert_eq!(tag_of_key(other), None, "{other}");
+            assert_eq!(module_of_key(other), None, "{other}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod modules;
 pub mod observe;
 pub mod queue;
+pub mod registry;
 pub mod runtime;
 pub mod status;
 pub mod store;

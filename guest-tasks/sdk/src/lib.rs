@@ -151,8 +151,32 @@ macro_rules! export_task {
             }
 
             $crate::bindings::__export_task_world!(__TaskhostGuestExport with_types_in $crate::bindings);
+
+            // The SDK's version in the custom section `taskhost-sdk`, which `taskhost module
+            // inspect` shows. Emitted here, beside the export, so the linker keeps it.
+            #[used]
+            #[unsafe(link_section = "taskhost-sdk")]
+            static __TASKHOST_SDK_VERSION: [u8; $crate::SDK_VERSION.len()] =
+                $crate::__sdk_version_bytes();
         };
     };
+}
+
+/// This SDK's version (its crate version), recorded in every task module it builds (the
+/// custom section `taskhost-sdk`).
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// [`SDK_VERSION`] as a byte array, for [`export_task!`].
+#[doc(hidden)]
+pub const fn __sdk_version_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let v = SDK_VERSION.as_bytes();
+    let mut i = 0;
+    while i < N {
+        out[i] = v[i];
+        i += 1;
+    }
+    out
 }
 
 /// The body of the exported `run`: deserializes the input, runs the task, serializes the

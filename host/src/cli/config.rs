@@ -285,3 +285,13 @@ pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimit
     })?;
     Ok(limits)
 }
+
+/// This host's name: `flag` (`--host-name`, `HOSTNAME`), else the contents of
+/// /etc/hostname, else empty. Worker ids start with it; `module push` and `module tag`
+/// record it.
+pub fn host_name(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}

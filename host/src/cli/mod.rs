@@ -39,7 +39,8 @@ pub mod exit {
     /// The task trapped or hit a limit; its checkpoint is kept (`run`).
     pub const TRAPPED: u8 = 4;
     /// Another worker owns the job (`run`), or the job is running or changed while it was
-    /// being reset (`job reset`).
+    /// being reset (`job reset`); someone else moved the tag meanwhile (`module push --tag`,
+    /// `module tag`); a job still needs the module (`module rm`).
     pub const CONFLICT: u8 = 5;
     /// Storage failed (`run`).
     pub const STORAGE: u8 = 6;
@@ -49,7 +50,7 @@ pub mod exit {
     /// What was asked for does not exist (yet): a job that is not done, an artifact it does
     /// not have (`artifacts`).
     pub const NOT_FOUND: u8 = 8;
-    /// The user answered no; nothing was changed (`job reset`).
+    /// The user answered no; nothing was changed (`job reset`, `module rm`, `module prune`).
     pub const DECLINED: u8 = 9;
     /// Interrupted (Ctrl-C / SIGTERM; a second signal for every command); a checkpoint
     /// is durable.
@@ -63,12 +64,14 @@ Exit codes:
   2    bad usage: an unknown flag or subcommand, a value that does not parse
   3    not a usable task module (run, module push)
   4    the task trapped or hit a limit; its checkpoint is kept, run again to resume (run)
-  5    another worker owns the job (run); the job is running or changed (job reset)
+  5    another worker owns the job (run); the job is running or changed (job reset);
+       the tag was moved by someone else (module push --tag, module tag); a job still
+       needs the module (module rm)
   6    storage failed; nothing is lost, try again (run)
   7    any other error: a setting out of range or missing, a service that cannot be
        reached or refuses, a file that cannot be read (the message says which)
   8    not found: the job is not done, or has no such artifact (artifacts)
-  9    declined: the answer was no, nothing was changed (job reset)
+  9    declined: the answer was no, nothing was changed (job reset, module rm, module prune)
   130  interrupted (Ctrl-C, SIGTERM); the checkpoint is saved";
 }
 

@@ -1,4 +1,4 @@
-//! `taskhost submit --module sha256:<hex> [--input NAME=PATH ...] FILE`.
+//! `taskhost submit --module sha256:<hex>|NAME[:TAG] [--input NAME=PATH ...] FILE`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_queue};
-use taskhost::ids::{BatchId, JobId, ModuleHash};
+use taskhost::ids::{BatchId, JobId, ModuleRef};
 use taskhost::queue::OutgoingMessage;
 use taskhost::queue::Queue;
 use taskhost::store::ObjectStore;
@@ -48,8 +48,9 @@ async fn record_batch(
 /// FILE is the guide's data.csv (a header `job_id,steps`; other columns become fields too,
 /// numbers as numbers) or JSON lines (one job document per line); `-` reads standard input.
 /// Every job gets the message attribute `module` (so the guide's Avro schema stays valid).
-/// The module must already be in the bucket (`taskhost module push`). Prints how many jobs
-/// were published.
+/// The module must already be in the bucket (`taskhost module push`). A tag (`NAME:TAG`) is
+/// resolved once, now: every message names the hash it points at (printed), so moving the
+/// tag later changes no job submitted here. Prints how many jobs were published.
 ///
 /// `--input NAME=PATH` uploads PATH once, content-addressed (`inputs/<sha256>`, skipped when
 /// the bucket has it already), and adds `"inputs": {"NAME": "inputs/<sha256>"}` to every job;
@@ -59,9 +60,10 @@ async fn record_batch(
 pub struct SubmitArgs {
     /// Jobs file: .csv, or JSON lines; `-` for standard input.
     pub file: PathBuf,
-    /// The task module every job runs (as printed by `taskhost module push`).
+    /// The task module every job runs: `sha256:<hex>` (as `taskhost module push` prints
+    /// it) or a tag `NAME[:TAG]`, resolved once, now.
     #[arg(long, env = "DEFAULT_MODULE")]
-    pub module: ModuleHash,
+    pub module: ModuleRef,
     #[command(flatten)]
     pub pubsub: PubsubArgs,
     #[command(flatten)]
@@ -225,12 +227,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!jobs.is_empty(), "no jobs in {}", args.file.display());
 
     let store = args.store.open()?;
-    if !store.exists(&taskhost::keys::module(&args.module)).await? {
-        anyhow::bail!(
-            "module {} is not in the bucket: push it first with `taskhost module push FILE.wasm`",
-            args.module
-        );
-    }
+    let module = super::module::resolve_ref(&store, &args.module).await?;
     add_inputs(&mut jobs, &Default::default())?;
     let inputs = upload_inputs(&store, &args.inputs, args.quiet).await?;
     add_inputs(&mut jobs, &inputs)?;
@@ -257,7 +254,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|(_, doc)| OutgoingMessage {
                     data: doc.clone().into_bytes(),
-                    attributes: BTreeMap::from([("module".to_owned(), args.module.to_string())]),
+                    attributes: BTreeMap::from([("module".to_owned(), module.to_string())]),
                 })
                 .collect();
             match ps.publish(&args.topics.topic_id, messages).await {

@@ -11,7 +11,7 @@ use super::config::{
 };
 use taskhost::checkpoint::Limits;
 use taskhost::exec::Executor;
-use taskhost::ids::ModuleHash;
+use taskhost::ids::ModuleRef;
 use taskhost::observe::{Health, Metrics};
 use taskhost::queue::Queue;
 use taskhost::runtime::{Runtime, RuntimeConfig};
@@ -62,9 +62,11 @@ pub struct WorkerArgs {
     /// which a job is dead-lettered instead of taking another worker down.
     #[arg(long, env = "MAX_CRASHES", default_value_t = taskhost::exec::DEFAULT_MAX_CRASHES)]
     pub max_crashes: u32,
-    /// Module for messages that name none (sha256:<hex>).
+    /// Module for messages that name none: `sha256:<hex>`, or a tag `NAME[:TAG]` resolved
+    /// once, when the worker starts (the hash is logged; moving the tag later changes
+    /// nothing for this worker: restart it to follow the tag).
     #[arg(long, env = "DEFAULT_MODULE")]
-    pub default_module: Option<ModuleHash>,
+    pub default_module: Option<ModuleRef>,
     /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
     /// redone from the last checkpoint elsewhere (never a wrong result).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
@@ -108,6 +110,10 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
     }
     let store = args.store.open()?.observed(metrics.clone(), health.clone());
+    let default_module = match &args.default_module {
+        Some(r) => Some(super::module::resolve_default(&store, r).await?),
+        None => None,
+    };
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
@@ -119,12 +125,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     taskhost::runtime::sandbox::check_concurrent_tasks(slots as u64)
         .map_err(|e| anyhow::anyhow!("WORKER_SLOTS (--slots): {e}"))?;
     // One instance slot per job slot: a job never waits for or fails on a full pool.
-    let host = args
-        .host_name
-        .clone()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = super::config::host_name(args.host_name.as_deref());
     let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
     let heartbeat =
         (args.heartbeat_secs > 0).then(|| taskhost::worker::heartbeat::HeartbeatConfig {
@@ -184,7 +185,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
         slots,
         max_failures: args.max_failures,
-        default_module: args.default_module,
+        default_module,
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         record_dir,
         health,

@@ -18,6 +18,7 @@ mod observe;
 mod outages;
 mod pubsub_emulator;
 mod queue_contract;
+mod registry;
 mod runtime;
 mod status;
 mod store_contract;

@@ -120,7 +120,12 @@ async fn module_push_prints_the_hash_is_idempotent_and_refuses_non_components() 
             "{name} was uploaded"
         );
     }
-    assert_eq!(stack.store.list("modules/").await.unwrap(), vec![key]);
+    // The module and its push record (registry), nothing of the refused files.
+    let record = keys::module_record(&ModuleHash::of(&bytes));
+    assert_eq!(
+        stack.store.list("modules/").await.unwrap(),
+        vec![record, key]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
