@@ -15,6 +15,7 @@ pub const MAX_JOB_ID_LEN: usize = 200;
 pub struct JobId(String);
 
 impl JobId {
+    /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -242,6 +243,7 @@ impl WorkerId {
             .flatten()
     }
 
+    /// The id: `<host>-<pid>-<6 hex digits>`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -302,6 +304,7 @@ mod worker_id_tests {
 pub struct InputName(String);
 
 impl InputName {
+    /// The name as the message gives it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -416,7 +419,9 @@ impl fmt::Display for ModuleTag {
 /// once, where it is used: `submit`, a worker's start).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ModuleRef {
+    /// `sha256:<hex>`: that module, always.
     Hash(ModuleHash),
+    /// `NAME:TAG`: whichever module the tag names when it is resolved.
     Tag(ModuleTag),
 }
 

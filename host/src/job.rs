@@ -17,7 +17,9 @@ use crate::ids::{InputName, JobId, ModuleHash};
 /// A validated job message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobMessage {
+    /// The job's id: its storage keys, and the one result it gets.
     pub job_id: JobId,
+    /// The module to run (a tag in the message is resolved before it becomes a job).
     pub module: ModuleHash,
     /// The whole data document, given to the task as its input.
     pub input: String,
@@ -82,7 +84,11 @@ pub fn parse_inputs(
 /// What a job computes: the module and the sha256 (hex) of its input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Work {
+    /// The module's hash as text (`sha256:<hex>`); empty when unbound.
     pub module: String,
+    /// The sha256 (lower-case hex) of the input: of a JSON object without the fields that
+    /// say how to run it (`module`, `restart`, `upgrade_module`), keys sorted; of any other
+    /// text as it is. Empty when unbound.
     pub input_sha256: String,
 }
 
@@ -121,6 +127,13 @@ impl Work {
 const NOT_WORK: [&str; 3] = ["module", "restart", "upgrade_module"];
 
 impl JobMessage {
+    /// The job id of a message that is not a job (poison), when its data still names a
+    /// valid one: `{"job_id": "..."}` in a JSON object.
+    pub fn job_id_of(data: &[u8]) -> Option<JobId> {
+        let doc: serde_json::Value = serde_json::from_slice(data).ok()?;
+        doc.get("job_id")?.as_str()?.parse().ok()
+    }
+
     /// Parses and validates a message. `Err` is the reason a poison message is dead-lettered.
     pub fn parse(
         data: &[u8],

@@ -15,6 +15,8 @@
 //! | `taskhost-probe/<name>` | a worker's startup write check (deleted at once) |
 //! | `submitted/<batch_id>` | the job ids of one batch `submit` published (one per line) |
 //! | `workers/<worker_id>` | a worker's heartbeat (JSON), deleted when it exits cleanly |
+//! | `poison/jobs/<job_id>/<message>` | why a message naming this job was dead-lettered at parse time |
+//! | `poison/messages/<message>` | the same for a message without a valid job id |
 
 use crate::ids::{BatchId, JobId, ModuleHash, ModuleTag};
 
@@ -26,6 +28,7 @@ pub const MODULES_PREFIX: &str = "modules/";
 /// Where tags live (inside [`MODULES_PREFIX`]; no module hash is `tags`).
 pub const TAGS_PREFIX: &str = "modules/tags/";
 
+/// The module's bytes (a component), create-only.
 pub fn module(hash: &ModuleHash) -> String {
     format!("{MODULES_PREFIX}{}.wasm", hash.hex())
 }
@@ -52,18 +55,23 @@ pub fn tag_of_key(key: &str) -> Option<ModuleTag> {
     format!("{name}:{tag}").parse().ok()
 }
 
+/// The job's checkpoint: its fence and lease record, and the task's saved state.
 pub fn checkpoint(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/checkpoint")
 }
 
+/// The job's result document, create-only: once it exists the job is done.
 pub fn result(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/result")
 }
 
+/// Why the job was dead-lettered (plain text, overwritten).
 pub fn error(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/error")
 }
 
+/// The finished job's artifacts (JSON, `crate::files::Manifest`), written just before the
+/// result.
 pub fn manifest(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/manifest")
 }
@@ -112,13 +120,36 @@ pub fn worker(id: &str) -> Option<String> {
     Some(format!("{WORKERS_PREFIX}{id}"))
 }
 
+/// Where workers record the messages they dead-lettered at parse time (poison).
+pub const POISON_PREFIX: &str = "poison/";
+/// Poison records of messages that named a valid job id: `<this><job_id>/<message>`.
+pub const POISON_JOBS_PREFIX: &str = "poison/jobs/";
+/// Poison records of messages without a valid job id: `<this><message>`.
+pub const POISON_MESSAGES_PREFIX: &str = "poison/messages/";
+
+/// The record of a poison message (`message_id` as the queue gave it: a name made of
+/// `[A-Za-z0-9._-]` is used as is, anything else by the hex of its sha256's first 16 bytes),
+/// under its job when the message named a valid one.
+pub fn poison(job: Option<&JobId>, message_id: &str) -> String {
+    use sha2::Digest as _;
+    let message = match crate::ids::check_name(message_id) {
+        Ok(()) => message_id.to_owned(),
+        Err(_) => hex::encode(&sha2::Sha256::digest(message_id.as_bytes())[..16]),
+    };
+    match job {
+        Some(job) => format!("{POISON_JOBS_PREFIX}{job}/{message}"),
+        None => format!("{POISON_MESSAGES_PREFIX}{message}"),
+    }
+}
+
 /// Prefixes of the host's own objects: a job's input key may not start with one.
-pub const RESERVED_PREFIXES: [&str; 5] = [
+pub const RESERVED_PREFIXES: [&str; 6] = [
     JOBS_PREFIX,
     MODULES_PREFIX,
     "taskhost-probe/",
     SUBMITTED_PREFIX,
     WORKERS_PREFIX,
+    POISON_PREFIX,
 ];
 
 /// A probe object's key; `name` must be made of `[A-Za-z0-9._-]` (a worker id is).

@@ -7,6 +7,7 @@ use crate::ids::ModuleHash;
 use crate::runtime::{ModuleError, Prepared, Runtime};
 use crate::store::{ObjectStore, Precondition, StoreError};
 
+/// Why a module could not be made ready to run ([`resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolveError {
     /// No such module in the bucket.

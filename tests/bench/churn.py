@@ -25,10 +25,10 @@ Scenarios:
 * `--scenario small`: 1 worker process, no kills, 200 one-step jobs (step_ms 0); taskhost
   with its default WORKER_SLOTS. Reports jobs/s and S3 requests per job (counted from the S3
   server's request log, without this script's own requests).
-* `--scenario metrics`: the cost of metrics. taskhost only, 1 worker, 400 one-step jobs,
-  run --rounds times (3) with metrics off and on alternately (on: METRICS_ADDR set and
-  `/metrics` scraped every SCRAPE_INTERVAL, 1 s, much more often than Prometheus's usual
-  15 s). The rate of each run is taken from the worker's own log (jobs done per second
+* `--scenario metrics`: the cost of metrics and heartbeats. taskhost only, 1 worker, 400
+  one-step jobs, run --rounds times (3) with both off and on alternately (on: METRICS_ADDR
+  set and `/metrics` scraped every SCRAPE_INTERVAL, 1 s, much more often than Prometheus's
+  usual 15 s, and HEARTBEAT_SECONDS=1, 60 times the default rate; off: HEARTBEAT_SECONDS=0). The rate of each run is taken from the worker's own log (jobs done per second
   between its first and its last `job done` line: no polling granularity); the median of
   each side is compared (goal: under 2 % slower with metrics). After each run's last
   result the idle worker's resident memory is read (VmRSS) after IDLE_WAIT (goal with
@@ -97,6 +97,7 @@ STOP_TIMEOUT = 20.0  # s a worker gets to exit after SIGTERM before SIGKILL
 MAX_CRASHES = 20  # workers that exit by themselves before a contender is given up
 KILL_EVERY = (3.0, 6.0)  # s, uniform: the kill loop's period
 SCRAPE_INTERVAL = 1.0  # s between two scrapes of a worker's /metrics (scenario metrics)
+HEARTBEAT_INTERVAL = 1  # s between two heartbeats, metrics on (scenario metrics)
 IDLE_WAIT = 5.0  # s a worker idles before its resident memory is read (scenario metrics)
 
 
@@ -667,6 +668,11 @@ class WorkerPool:
         self.envs = [bench.worker_env(contender, cdir) for _ in range(count)]
         # Each worker's /metrics (metrics on): a port of its own, kept across restarts.
         self.metrics_urls = []
+        if bench.args.scenario == "metrics" and self.taskhost:
+            # Heartbeats belong to the cost measured: off (0) beside metrics off; on, every
+            # HEARTBEAT_INTERVAL (60 times the default's rate, the most the worker allows).
+            for env in self.envs:
+                env["HEARTBEAT_SECONDS"] = str(HEARTBEAT_INTERVAL if contender.metrics else 0)
         if contender.metrics:
             for env in self.envs:
                 port = free_port()

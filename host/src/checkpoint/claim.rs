@@ -25,7 +25,13 @@ pub struct Claimed {
 pub enum ClaimError {
     /// Another worker holds the job under a live lease (or claimed it just now). Hand the
     /// message back for at least one lease period.
-    Busy { owner: String, until_ms: u64 },
+    Busy {
+        /// The worker holding it, as its header names it (or a note that another worker
+        /// claimed it just now).
+        owner: String,
+        /// Until when its lease holds (ms since the Unix epoch).
+        until_ms: u64,
+    },
     /// The job's result exists: nothing to run.
     AlreadyDone,
     /// The stored job was bound to other work (another module or input), and the message
@@ -94,6 +100,10 @@ pub async fn claim<S: ObjectStore>(
     let lease_period_ms = lease.deadline.as_millis() as u64;
     let fresh = |mut header: Header| {
         header.attempts += 1;
+        // The run before did not end cleanly.
+        if header.crashes > 0 {
+            header.crashed_runs = header.crashed_runs.saturating_add(1);
+        }
         // Until it ends cleanly, this run counts as one that crashed.
         header.crashes = header.crashes.saturating_add(1);
         header.owner = owner.to_owned();

@@ -22,7 +22,12 @@ pub enum Requested {
     /// The record is written. `running`: a worker held the job under a live lease (it stops
     /// at its next write of the header); `done_since`: the job's result appeared while the
     /// record was being written (the job finished first: it is done).
-    Recorded { running: bool, done_since: bool },
+    Recorded {
+        /// A worker held the job under a live lease when the record was written.
+        running: bool,
+        /// The job's result appeared while the record was being written.
+        done_since: bool,
+    },
     /// The job's result exists: nothing was written (a finished job stays done).
     AlreadyDone,
     /// A record was already there (a cancel is not turned into a pause).

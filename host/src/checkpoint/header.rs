@@ -31,6 +31,22 @@ pub struct Header {
     /// Fuel consumed over all runs.
     #[serde(default)]
     pub fuel_used: u64,
+    /// The task's wall time over all runs that ended, ms.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub wall_ms: u64,
+    /// Input bytes the task read, over all runs that ended.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub input_bytes: u64,
+    /// Artifact bytes the task uploaded, over all runs that ended.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub artifact_bytes: u64,
+    /// Checkpoint bytes written after the claims, over all runs that ended.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub checkpoint_bytes: u64,
+    /// Runs that did not end cleanly, over the job's life (counted by the claim after
+    /// them: `crashes` was not 0). Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashed_runs: u32,
     /// The reason of the last failure, if any.
     #[serde(default)]
     pub last_failure: Option<String>,
@@ -69,6 +85,7 @@ pub struct Header {
 /// A user's request to stop a job, as the checkpoint header records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Control {
+    /// Cancel or pause.
     pub action: Action,
     /// Who asked (`<user>@<host>` of the command, or what `--by` said).
     pub by: String,
@@ -100,9 +117,11 @@ impl Action {
 /// open with the parts uploaded so far (what `files::Artifacts::resume` continues from).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRecord {
+    /// The artifact's name (its key is `jobs/<id>/artifacts/<name>`).
     pub name: String,
     /// Finished: the artifact's size. Open: its durable bytes (the parts uploaded).
     pub size: u64,
+    /// Whether `finish` made it an object; `false`: still open, to be continued or discarded.
     #[serde(default)]
     pub finished: bool,
     /// Finished: the object's tag.
@@ -118,6 +137,70 @@ pub struct ArtifactRecord {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a job cost over all its runs: the accounting `status` shows. While the job runs (or
+/// after it failed) it is read from the checkpoint header ([`Header::usage`]); a done job's
+/// is the note kept with its result (docs/design.md §4), written as this JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Fuel the task consumed, over all runs.
+    pub fuel: u64,
+    /// Wall-clock time of the runs, in ms (from each run's start to its end).
+    pub wall_ms: u64,
+    /// Runs started (the header's `attempts`).
+    pub attempts: u32,
+    /// Runs that ended without a clean end (the worker killed or crashed).
+    pub crashes: u32,
+    /// Bytes of checkpoint objects written, over all runs.
+    pub checkpoint_bytes: u64,
+    /// Input bytes the task read, over all runs.
+    pub input_bytes: u64,
+    /// Artifact bytes the task wrote, over all runs.
+    pub artifact_bytes: u64,
+}
+
+/// One run's figures, added to the header's totals when the run ends ([`Header::add_run`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunUsage {
+    /// Fuel this run consumed.
+    pub fuel: u64,
+    /// This run's wall-clock time, in ms.
+    pub wall_ms: u64,
+    /// Bytes of checkpoint objects this run wrote.
+    pub checkpoint_bytes: u64,
+    /// Input bytes this run read.
+    pub input_bytes: u64,
+    /// Artifact bytes this run wrote.
+    pub artifact_bytes: u64,
+}
+
+impl Header {
+    /// Adds an ended run's figures to the totals.
+    pub fn add_run(&mut self, run: &RunUsage) {
+        self.fuel_used = self.fuel_used.saturating_add(run.fuel);
+        self.wall_ms = self.wall_ms.saturating_add(run.wall_ms);
+        self.checkpoint_bytes = self.checkpoint_bytes.saturating_add(run.checkpoint_bytes);
+        self.input_bytes = self.input_bytes.saturating_add(run.input_bytes);
+        self.artifact_bytes = self.artifact_bytes.saturating_add(run.artifact_bytes);
+    }
+
+    /// The totals this header records.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            fuel: self.fuel_used,
+            wall_ms: self.wall_ms,
+            attempts: self.attempts,
+            crashes: self.crashed_runs,
+            checkpoint_bytes: self.checkpoint_bytes,
+            input_bytes: self.input_bytes,
+            artifact_bytes: self.artifact_bytes,
+        }
+    }
 }
 
 /// Encodes a checkpoint object: magic, version, header length, JSON header, task bytes.
@@ -207,6 +290,7 @@ mod props {
             ),
             (any::<String>(), any::<String>(), vec(records(), 0..3)),
             (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
+            (any::<(u64, u64, u64, u64)>(), any::<u32>()),
             of((any::<bool>(), any::<String>(), any::<u64>())),
         )
             .prop_map(
@@ -215,6 +299,7 @@ mod props {
                     (last_failure, owner, lease_until_ms, lease_period_ms),
                     (module, input_sha256, artifacts),
                     (updated_ms, nonce, (crashes, storage_failed_runs)),
+                    ((wall_ms, input_bytes, artifact_bytes, checkpoint_bytes), crashed_runs),
                     control,
                 )| Header {
                     attempts,
@@ -223,6 +308,11 @@ mod props {
                     storage_failed_runs,
                     progress,
                     fuel_used,
+                    wall_ms,
+                    input_bytes,
+                    artifact_bytes,
+                    checkpoint_bytes,
+                    crashed_runs,
                     last_failure,
                     owner,
                     lease_until_ms,
@@ -313,5 +403,38 @@ mod props {
                 prop_assert_eq!(d2, d);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod usage {
+    use super::{Header, RunUsage};
+
+    #[test]
+    fn runs_add_up_and_old_headers_read_as_zero() {
+        let mut h: Header =
+            serde_json::from_str(r#"{"attempts":2,"failures":0,"fuel_used":4,"nonce":""}"#)
+                .unwrap();
+        let run = RunUsage {
+            fuel: 1,
+            wall_ms: 2,
+            checkpoint_bytes: 3,
+            input_bytes: 4,
+            artifact_bytes: 5,
+        };
+        h.add_run(&run);
+        h.add_run(&run);
+        let u = h.usage();
+        assert_eq!(
+            (
+                u.fuel,
+                u.wall_ms,
+                u.checkpoint_bytes,
+                u.input_bytes,
+                u.artifact_bytes
+            ),
+            (6, 4, 6, 8, 10)
+        );
+        assert_eq!((u.attempts, u.crashes), (2, 0));
     }
 }

@@ -41,7 +41,7 @@ mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};
 use header::nonce;
-pub use header::{Action, ArtifactRecord, Control, Header, decode, encode};
+pub use header::{Action, ArtifactRecord, Control, Header, RunUsage, Usage, decode, encode};
 pub use ownership::{CLOCK_SKEW_ALLOWANCE, skew_allowance_ms};
 use writer::Writer;
 
@@ -84,7 +84,11 @@ impl std::error::Error for CheckpointError {}
 /// Limits of the checkpoint writer.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Largest task data one save may hold, in bytes (a larger save is refused with
+    /// [`CheckpointError::TooLarge`]). Default [`DEFAULT_MAX_CHECKPOINT_BYTES`], 16 MiB.
     pub max_bytes: usize,
+    /// Least time between two writes of the checkpoint object: saves in between are
+    /// coalesced. Default [`DEFAULT_MIN_WRITE_INTERVAL`], 1 s (R2: 1 write/s per key).
     pub min_write_interval: Duration,
 }
 
@@ -140,6 +144,7 @@ enum Cmd {
 /// claim the job.
 #[derive(Clone, Debug)]
 pub struct Proof {
+    /// Until when that write recorded the lease (ms since the Unix epoch).
     pub lease_until_ms: u64,
     /// The lease period that write recorded (ms; 0: unknown), which sets the allowance.
     pub lease_period_ms: u64,

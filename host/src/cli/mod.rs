@@ -13,6 +13,7 @@ mod demo;
 mod job;
 mod job_control;
 mod module;
+mod preflight;
 mod run;
 mod setup;
 pub mod status;
@@ -152,7 +153,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup(args) => setup::main(args).await,
         Command::Module(args) => module::main(args).await,
         Command::Submit(args) => submit::main(args).await,
-        Command::Worker(args) => worker::main(args).await,
+        Command::Worker(args) => {
+            // On SaladCloud (it sets SALAD_MACHINE_ID in every container) the worker uses
+            // the instance metadata service.
+            let on_salad = cli.salad_machine_id.is_some_and(|id| !id.is_empty());
+            worker::main(args, on_salad).await
+        }
         Command::Status(args) => status::main(args).await,
         Command::Run(args) => run::main(args).await,
         Command::Demo(args) => demo::main(args).await,

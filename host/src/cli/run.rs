@@ -89,6 +89,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         work: taskhost::job::Work::of(&hash, &args.input),
         on_other_work: taskhost::checkpoint::OtherWork::Refuse,
         inputs,
+        deletion_cost: None,
     };
     // No queue here: the job's lease renews itself while this process runs.
     let (lease, renewing) = LeaseView::detached(RUN_LEASE);

@@ -11,7 +11,10 @@ use super::config::StoreArgs;
 use taskhost::checkpoint::{self, Header};
 use taskhost::ids::{JobId, JobState};
 use taskhost::inert::{self, Inert};
-use taskhost::status::{self, page::Selection};
+use taskhost::status::{
+    self,
+    page::{Accounting, Selection},
+};
 use taskhost::store::ObjectStore;
 use taskhost::store::any::AnyStore;
 
@@ -75,6 +78,8 @@ pub struct JobStatus {
     pub artifacts: Option<ArtifactCount>,
     /// A user's cancel or pause: what, who and when.
     pub control: Option<checkpoint::Control>,
+    /// What the job cost (docs/design.md §4).
+    pub accounting: Accounting,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -92,9 +97,20 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let text = |o: Option<taskhost::store::Object>| {
         o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
     };
-    let result = text(store.get(&taskhost::keys::result(job)).await?);
-    let error = text(store.get(&taskhost::keys::error(job)).await?);
+    let (result, note) = match store.get(&taskhost::keys::result(job)).await? {
+        Some(o) => (Some(String::from_utf8_lossy(&o.bytes).into_owned()), o.note),
+        None => (None, None),
+    };
+    let mut error = text(store.get(&taskhost::keys::error(job)).await?);
     let header: Option<Header> = checkpoint::peek(store, job).await?;
+    if result.is_none() && error.is_none() && header.is_none() {
+        // Nothing stored: a message naming it may have been dead-lettered at parse time.
+        let prefix = format!("{}{job}/", taskhost::keys::POISON_JOBS_PREFIX);
+        if let Some(key) = store.list(&prefix).await?.pop() {
+            error = text(store.get(&key).await?)
+                .map(|reason| status::page::poison_reason(&key, &reason));
+        }
+    }
     let now_ms = taskhost::time::now_ms();
     let live = |h: &Header| {
         checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
@@ -117,6 +133,11 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         (None, None, Some(h)) if live(h) => JobState::Running,
         (None, None, Some(_)) => JobState::Waiting,
         (None, None, None) => JobState::Queued,
+    };
+    let accounting = match (&header, state) {
+        (_, JobState::Done) => Accounting::done(note.as_deref(), header.as_ref()),
+        (Some(h), _) => Accounting::of(&h.usage()),
+        (None, _) => Accounting::default(),
     };
     let h = header.unwrap_or_default();
     let artifacts = match state {
@@ -145,6 +166,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         error,
         artifacts,
         control: h.control.clone().filter(|_| state != JobState::Done),
+        accounting,
     };
     Ok((status, h))
 }
@@ -238,6 +260,18 @@ async fn overview(
     for v in &o.jobs {
         println!("{}", line(&from_view(v)));
     }
+    if !o.jobs.is_empty() {
+        println!("{}", totals_line(o.jobs.len(), &o.totals));
+    }
+    if o.poison_messages > 0 {
+        println!(
+            "{} messages without a valid job id dead-lettered at parse time (poison); the newest:",
+            o.poison_messages
+        );
+        for p in &o.poison {
+            println!("  message {} error {}", Inert(&p.message), Inert(&p.reason));
+        }
+    }
     let first = o.page * o.page_size;
     if o.matching > first + o.jobs.len() {
         eprintln!(
@@ -268,7 +302,32 @@ fn from_view(v: &status::page::JobView) -> JobStatus {
             bytes: a.bytes,
         }),
         control: v.control.clone().filter(|_| v.state != JobState::Done),
+        accounting: v.accounting.clone(),
     }
+}
+
+/// A job's accounting in short: fuel, wall time, bytes in / out ("-" where unknown).
+fn costs(a: &Accounting) -> String {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let bytes = |b: Option<u64>| or_dash(b.map(|b| indicatif::HumanBytes(b).to_string()));
+    format!(
+        "fuel {} wall {} in {} out {} ckpt {} crashes {}",
+        or_dash(a.fuel.map(|f| f.to_string())),
+        or_dash(a.wall_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0))),
+        bytes(a.input_bytes),
+        bytes(a.artifact_bytes),
+        bytes(a.checkpoint_bytes),
+        or_dash(a.crashes.map(|c| c.to_string())),
+    )
+}
+
+/// The totals line under a page of jobs.
+fn totals_line(jobs: usize, totals: &Accounting) -> String {
+    format!(
+        "total of these {jobs}: attempts {} {}",
+        totals.attempts.unwrap_or(0),
+        costs(totals)
+    )
 }
 
 async fn workers(store: &AnyStore, json: bool) -> anyhow::Result<ExitCode> {
@@ -354,8 +413,13 @@ fn line(s: &JobStatus) -> String {
         },
     };
     format!(
-        "{:<24} {:<8} {:<18} attempts {:<3} failures {:<3} {tail}",
-        s.job_id, s.state, progress, s.attempts, s.failures
+        "{:<24} {:<8} {:<18} attempts {:<3} failures {:<3} {} {tail}",
+        s.job_id,
+        s.state,
+        progress,
+        s.attempts,
+        s.failures,
+        costs(&s.accounting)
     )
 }
 
@@ -417,6 +481,7 @@ mod tests {
             error: error.map(Into::into),
             artifacts: None,
             control: None,
+            accounting: Accounting::default(),
         }
     }
 

@@ -15,8 +15,6 @@ use taskhost::ids::ModuleRef;
 use taskhost::observe::{Health, Metrics};
 use taskhost::queue::Queue;
 use taskhost::runtime::{Runtime, RuntimeConfig};
-use taskhost::store::ErrorKind;
-use taskhost::store::any::AnyStore;
 use taskhost::worker::{
     self, DEFAULT_MAX_FAILURES, DEFAULT_MISSING_MODULE_RETRY, DEFAULT_SHUTDOWN_TIMEOUT,
     WorkerConfig,
@@ -83,6 +81,26 @@ pub struct WorkerArgs {
     /// `/startupz`) on this address, e.g. `0.0.0.0:9464` (off when unset).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// SaladCloud's instance metadata service, used only on SaladCloud (SALAD_MACHINE_ID
+    /// set): the deletion cost, reallocation. Always reached directly, never through a proxy.
+    #[arg(long, env = "SALAD_IMDS_URL", default_value = taskhost::salad::imds::DEFAULT_IMDS_URL)]
+    pub salad_imds_url: String,
+    /// Exit (code 7) when the startup checks find a misconfiguration (a missing bucket,
+    /// subscription or dead-letter topic, a refused permission), as scripts may want. By
+    /// default the worker stays up and not ready, logs the problem once a minute, rechecks
+    /// it with backoff and starts by itself once it is fixed (on SaladCloud an exit would
+    /// be a crash loop that burns nodes).
+    #[arg(long, env = "EXIT_ON_MISCONFIG")]
+    pub exit_on_misconfig: bool,
+    /// On SaladCloud: host faults in a row (a run failed for a reason that is not the task's,
+    /// no job done between) after which the worker asks SaladCloud for another node (the
+    /// node is kept from the workload for 48 h); 0: never.
+    #[arg(long, env = "REALLOCATE_AFTER_HOST_FAULTS", default_value_t = taskhost::salad::reallocate::DEFAULT_AFTER_HOST_FAULTS)]
+    pub reallocate_after_host_faults: u32,
+    /// On SaladCloud: seconds the node's clock may disagree with the store's before the
+    /// worker asks for another node; 0: never.
+    #[arg(long, env = "REALLOCATE_AFTER_CLOCK_OFF_SECONDS", default_value_t = taskhost::salad::reallocate::DEFAULT_AFTER_CLOCK_OFF.as_secs())]
+    pub reallocate_after_clock_off_secs: u64,
     /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
     /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
     #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = taskhost::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
@@ -93,7 +111,7 @@ pub struct WorkerArgs {
     pub machine_id: Option<String>,
 }
 
-pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
     let limits = args.limits.job_limits()?;
@@ -109,6 +127,27 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_ADDR={addr}: {e}"))?;
         tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
     }
+    let imds = on_salad
+        .then(|| {
+            taskhost::salad::Imds::new(&taskhost::salad::ImdsConfig {
+                base_url: args.salad_imds_url.clone(),
+                ..Default::default()
+            })
+        })
+        .transpose()?;
+    // 0 at once (idle), then kept current by the worker's jobs.
+    let deletion_cost = imds
+        .clone()
+        .map(|imds| taskhost::salad::DeletionCost::spawn(imds, server.clone()));
+    let reallocator = imds.clone().map(|imds| {
+        Arc::new(taskhost::salad::Reallocator::new(
+            imds,
+            taskhost::salad::ReallocateConfig {
+                after_host_faults: args.reallocate_after_host_faults,
+                after_clock_off: Duration::from_secs(args.reallocate_after_clock_off_secs),
+            },
+        ))
+    });
     let store = args.store.open()?.observed(metrics.clone(), health.clone());
     let default_module = match &args.default_module {
         Some(r) => Some(super::module::resolve_default(&store, r).await?),
@@ -157,12 +196,18 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             server.clone(),
         ));
     }
-    if !preflight(
-        &store,
-        &queue,
-        &subscription,
-        &dead_letter_topic,
-        &worker_id,
+    let probe_key = taskhost::keys::probe(&worker_id);
+    let checks = super::preflight::Checks {
+        store: &store,
+        queue: &queue,
+        subscription: &subscription,
+        dead_letter_topic: &dead_letter_topic,
+        probe_key: &probe_key,
+    };
+    if !super::preflight::preflight(
+        &checks,
+        args.exit_on_misconfig,
+        health.as_deref(),
         &shutdown,
     )
     .await?
@@ -189,6 +234,8 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         missing_module_retry: Duration::from_secs(args.missing_module_retry_secs),
         record_dir,
         health,
+        deletion_cost,
+        reallocator,
         heartbeat,
         shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
             |_| {
@@ -201,71 +248,4 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     worker::run(queue, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Checks, before the first pull, what would otherwise fail every job: that the store can be
-/// written (a probe object, written then deleted), and on Pub/Sub that the subscription and
-/// the dead-letter topic exist and the worker may publish to the latter (IAM, where the
-/// server can tell). A misconfiguration is one clear sentence and a non-zero exit,
-/// with no job touched; a store that does not answer yet is waited for (`Ok(false)`: the
-/// shutdown came first).
-async fn preflight(
-    store: &AnyStore,
-    queue: &Queue,
-    subscription: &str,
-    dead_letter_topic: &str,
-    worker_id: &str,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<bool> {
-    let key = taskhost::keys::probe(worker_id);
-    loop {
-        match taskhost::store::probe(store, &key).await {
-            Ok(()) => break,
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "the store does not answer; taking no job until it does (retrying in 5 s)");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(false),
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-            Err(e) => {
-                // A missing bucket and a refused key say themselves what to check.
-                let check = match e.kind() {
-                    ErrorKind::NotFound | ErrorKind::AccessDenied => "",
-                    _ => {
-                        " (check R2_BUCKET_NAME, R2_S3_ENDPOINT_URL and that the R2 token may read and write the bucket)"
-                    }
-                };
-                anyhow::bail!("cannot write to the store, so no job can run: {e}{check}")
-            }
-        }
-    }
-    if let Queue::PubSub(pubsub) = queue {
-        let Some(facts) = pubsub.lookup_subscription(subscription).await? else {
-            anyhow::bail!(
-                "the subscription `{subscription}` does not exist: run `taskhost setup` (or set SUBSCRIPTION_ID)"
-            );
-        };
-        if facts.dead_letter_policy == Some(false) {
-            tracing::warn!(
-                "the subscription `{subscription}` has no dead-letter policy, so Pub/Sub counts no \
-                 deliveries: failing jobs are still bounded by the worker's own counts (MAX_FAILURES, \
-                 MAX_CRASHES), but `taskhost setup` gives it one"
-            );
-        }
-        if !pubsub.topic_exists(dead_letter_topic).await? {
-            anyhow::bail!(
-                "the dead-letter topic `{dead_letter_topic}` does not exist, so failed jobs could not be set aside: \
-                 run `taskhost setup` (or set DEAD_LETTER_TOPIC_ID)"
-            );
-        }
-        if pubsub.may_publish(dead_letter_topic).await? == Some(false) {
-            anyhow::bail!(
-                "the worker's credentials may not publish to the dead-letter topic `{dead_letter_topic}`, \
-                 so failed jobs could not be set aside: grant its service account \
-                 roles/pubsub.publisher on that topic"
-            );
-        }
-    }
-    Ok(true)
 }

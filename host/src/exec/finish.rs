@@ -40,14 +40,23 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         if !manifest.artifacts.is_empty() {
             let bytes = manifest.encode();
             if let Err(end) = self
-                .write_owned(job, &proof, &keys::manifest(job), bytes)
+                .write_owned(job, &proof, &keys::manifest(job), bytes, None)
                 .await
             {
                 return end;
             }
         }
+        // The job's accounting rides on the result as its note: no request of its own.
+        let usage = claimed.checkpointer.header().usage();
+        let note = serde_json::to_string(&usage).expect("usage serializes");
         let end = match self
-            .write_owned(job, &proof, &keys::result(job), result.clone().into_bytes())
+            .write_owned(
+                job,
+                &proof,
+                &keys::result(job),
+                result.clone().into_bytes(),
+                Some(note),
+            )
             .await
         {
             Ok(Written::Created | Written::Replaced) => JobEnd::Done {
@@ -61,7 +70,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         end
     }
 
-    /// Writes one of a finished job's outputs (`key`, `bytes`) while `proof` holds, each
+    /// Writes one of a finished job's outputs (`key`, `bytes`, with `note`) while `proof` holds, each
     /// request bounded by the time it still holds. Create-only first; an object already there
     /// with the same bytes is this work's (`Existed`: our own write whose answer was lost, or
     /// the same work done before); one with other bytes was written by a worker that no
@@ -74,13 +83,15 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         proof: &Proof,
         key: &str,
         bytes: Vec<u8>,
+        note: Option<String>,
     ) -> Result<Written, JobEnd> {
         let expired = || {
             tracing::warn!(job = %job, key, "a result write outlasted this worker's hold on the job; giving the job up");
             JobEnd::LeaseLost
         };
         let storage = |e: StoreError| JobEnd::Storage(e.to_string());
-        let create = self.store.put(key, bytes.clone(), Precondition::Absent);
+        let create =
+            (self.store).put_with_note(key, bytes.clone(), Precondition::Absent, note.clone());
         match within(proof, create).await.ok_or_else(expired)? {
             Ok(_) => return Ok(Written::Created),
             Err(StoreError::PreconditionFailed) => {}
@@ -98,9 +109,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             return Ok(Written::Existed);
         }
         tracing::warn!(job = %job, key, "replacing what a worker that no longer owns the job wrote");
-        let replace = self
-            .store
-            .put(key, bytes, Precondition::Matches(stored.etag));
+        let replace =
+            (self.store).put_with_note(key, bytes, Precondition::Matches(stored.etag), note);
         match within(proof, replace).await.ok_or_else(expired)? {
             Ok(_) => Ok(Written::Replaced),
             Err(StoreError::PreconditionFailed) => Err(JobEnd::Conflict),

@@ -43,10 +43,15 @@ use crate::store::any::AnyStore;
 /// work").
 #[derive(Clone, Debug, Default)]
 pub struct JobBinding {
+    /// What the job computes: recorded by its first claim, compared by every later one.
     pub work: Work,
+    /// What a claim does when the stored job was made for other work.
     pub on_other_work: OtherWork,
     /// The job's input objects: name → key (the message's `inputs`).
     pub inputs: BTreeMap<crate::ids::InputName, String>,
+    /// The instance's deletion cost (SaladCloud): held at its maximum while a finished job's
+    /// outputs are written (the finish phase). `None`: not kept.
+    pub deletion_cost: Option<crate::salad::DeletionCost>,
 }
 
 /// How a job's run ended, and so what to do with its message.
@@ -55,19 +60,32 @@ pub enum JobEnd {
     /// A result already existed: nothing ran. Ack.
     AlreadyDone,
     /// The result is durable now. Ack.
-    Done { result: String, attempt: u32 },
+    Done {
+        /// The result document, as stored.
+        result: String,
+        /// This run's number (the checkpoint's `attempts`, this claim included).
+        attempt: u32,
+    },
     /// The task reported a permanent failure; `jobs/<id>/error` is written. Dead-letter.
     TaskFailed(String),
     /// The task trapped; the failure is counted in the checkpoint. Nack, or dead-letter
     /// once `failures` reaches the limit.
     Trapped {
+        /// Which limit or fault.
         kind: TrapKind,
+        /// The trap in one line (recorded as the header's `last_failure`).
         message: String,
+        /// Trapped runs of this job so far, this one included.
         failures: u32,
     },
     /// Another worker holds the job under a live lease. Nothing ran; hand the message back
     /// for at least one lease period.
-    Busy { owner: String, until_ms: u64 },
+    Busy {
+        /// The worker holding it, as its checkpoint names it.
+        owner: String,
+        /// Until when its lease holds (ms since the Unix epoch).
+        until_ms: u64,
+    },
     /// Another worker took the job over (the checkpoint changed under us). The task was
     /// stopped; nothing was written; count nothing.
     Conflict,
@@ -91,21 +109,36 @@ pub enum JobEnd {
     /// The job's last runs ended without a clean end (their worker crashed, was killed or
     /// panicked, or lost the job) and saved nothing between: `crashes` of them, over the
     /// limit. Nothing ran. Dead-letter.
-    Crashed { crashes: u32, last: String },
+    Crashed {
+        /// Runs in a row without a clean end.
+        crashes: u32,
+        /// The last failure recorded in the checkpoint (`"none recorded"` without one).
+        last: String,
+    },
     /// The store kept failing this job's own input or artifact calls while it answered the
     /// checkpoint's (`runs` runs in a row): a broken object, not an outage. Dead-letter.
-    StorageRepeated { runs: u32, last: String },
+    StorageRepeated {
+        /// Runs in a row whose input or artifact calls failed on the store.
+        runs: u32,
+        /// The last of those store errors.
+        last: String,
+    },
 }
 
 /// The fixed parts of running jobs.
 #[derive(Clone)]
 pub struct Executor<S> {
+    /// Where checkpoints, results, errors, inputs and artifacts are read and written.
     pub store: S,
+    /// The engine and module caches the tasks run on.
     pub runtime: Runtime,
     /// Names this worker in checkpoint headers.
     pub worker_id: String,
+    /// Each run's caps (fuel, memory, wall clock).
     pub limits: JobLimits,
+    /// Size and write spacing of checkpoints.
     pub checkpoint_limits: Limits,
+    /// Input read and artifact caps of each job.
     pub file_limits: FileLimits,
     /// `MAX_CRASHES`: runs in a row without a clean end (and without a save) after which
     /// the job is dead-lettered instead of run again ([`JobEnd::Crashed`]).
@@ -160,6 +193,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         if claimed.lease.lost.is_cancelled() {
             return (JobEnd::LeaseLost, attempts);
         }
+        // The finish phase writes the outputs: the instance must not be scaled in meanwhile.
+        let _uploading = binding
+            .deletion_cost
+            .as_ref()
+            .filter(|_| matches!(report.outcome, crate::runtime::Outcome::Finished(_)))
+            .map(crate::salad::DeletionCost::uploading);
         let end = self.settle(&claimed, &files, report).await;
         if end != JobEnd::Conflict {
             return (end, attempts);

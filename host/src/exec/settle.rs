@@ -3,7 +3,7 @@
 //! releasing the checkpoint; a finished task goes on to `finish`.
 
 use super::{ClaimedJob, Executor, JobEnd, MAX_STORAGE_FAILED_RUNS};
-use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::checkpoint::{CheckpointError, Checkpointer, RunUsage};
 use crate::files::JobFiles;
 use crate::keys;
 use crate::runtime::{Outcome, RunReport, TrapKind};
@@ -19,8 +19,16 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         report: RunReport,
     ) -> JobEnd {
         let checkpointer = &claimed.checkpointer;
-        let fuel = report.fuel_used;
-        checkpointer.update_header(|h| h.fuel_used = h.fuel_used.saturating_add(fuel));
+        // This run's figures join the totals, written with its end (the checkpoint's
+        // release, or the result's note).
+        let run = RunUsage {
+            fuel: report.fuel_used,
+            wall_ms: report.elapsed.as_millis() as u64,
+            checkpoint_bytes: checkpointer.bytes_written(),
+            input_bytes: files.inputs.bytes_read(),
+            artifact_bytes: files.artifacts.bytes_written(),
+        };
+        checkpointer.update_header(|h| h.add_run(&run));
         let outcome = match report.outcome {
             // The task failed after the store failed it (an input read, an artifact upload):
             // the outage's doing, not the task's. Retry later; count nothing.

@@ -72,6 +72,8 @@ async fn a_host_panic_ends_one_job_and_counts_as_a_crash() {
         let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
         assert_eq!(header.lease_until_ms, 0, "released");
         assert_eq!(header.crashes, crashes);
+        // The accounting counts a crashed run at the next claim, for good.
+        assert_eq!(header.crashed_runs, crashes - 1);
         assert_eq!(header.failures, 0, "never the task's failure");
         // Another job on the same executor is untouched.
         let ok = run(&ex, &module, &format!("fine-{crashes}")).await;
@@ -133,4 +135,11 @@ async fn a_clean_end_clears_the_crash_count() {
     assert!(matches!(end, JobEnd::TaskFailed(_)), "{end:?}");
     let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
     assert_eq!((header.attempts, header.crashes), (2, 0));
+    // Forgiven for the crash limit, not in the accounting; the run that ended is counted.
+    let usage = header.usage();
+    assert_eq!((usage.crashes, usage.attempts), (1, 2));
+    assert!(
+        usage.fuel > 0 && usage.fuel == header.fuel_used,
+        "{usage:?}"
+    );
 }

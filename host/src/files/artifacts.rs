@@ -18,11 +18,21 @@ use crate::store::{ETag, ObjectStore, Precondition, StoreError};
 /// Why an artifact operation failed (the WIT `artifact-error`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ArtifactError {
+    /// The name is not a valid artifact name, or an artifact of that name is open in this
+    /// run; the text says which.
     InvalidName(String),
+    /// The artifact would exceed the per-artifact limit (bytes, given); nothing was written.
     TooLarge(u64),
+    /// The job's artifacts would exceed the per-job total (bytes, given), or the job has as
+    /// many artifacts as it may (the count, given).
     JobLimit(u64),
+    /// The artifact was finished already; it takes no more writes.
     Finished,
+    /// Another worker owns the job now, or this worker's hold on it ran out: the task should
+    /// stop.
     Conflict,
+    /// The store failed (after retries); the text names the artifact, the worker's log
+    /// has the store's error.
     Storage(String),
 }
 
@@ -82,6 +92,9 @@ impl Open {
 }
 
 impl Artifacts {
+    /// The artifacts of `job`'s run, starting from those `recorded` in its checkpoint:
+    /// finished ones are kept, unfinished ones may be continued by a `create` of the same
+    /// name. Every write is fenced by `fence` and capped by `limits`.
     pub fn new(
         store: AnyStore,
         job: JobId,
@@ -237,6 +250,8 @@ impl Artifacts {
         self.storage_failed.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the open artifact `h` so far (those continued from an earlier run
+    /// included); 0 for a handle no longer open.
     pub fn size(&self, h: &ArtifactHandle) -> u64 {
         self.lock().open.get(&h.0).map_or(0, Open::size)
     }

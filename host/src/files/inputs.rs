@@ -47,6 +47,8 @@ struct State {
 }
 
 impl Inputs {
+    /// The inputs `names` (input name → store key) of one run, which may read at most
+    /// `limit` bytes of them in all.
     pub fn new(store: AnyStore, names: BTreeMap<InputName, String>, limit: u64) -> Inputs {
         Inputs {
             store,

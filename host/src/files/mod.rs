@@ -82,14 +82,18 @@ impl Default for FileLimits {
 /// One artifact of a finished job, as its manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
+    /// The artifact's name (its key is `jobs/<id>/artifacts/<name>`).
     pub name: String,
+    /// Its length in bytes.
     pub size: u64,
+    /// The store's tag of the object written.
     pub etag: String,
 }
 
 /// `jobs/<id>/manifest`: the artifacts of a finished job, written just before its result.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Every finished artifact, one entry per name.
     pub artifacts: Vec<ManifestEntry>,
 }
 
@@ -113,6 +117,7 @@ impl Manifest {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// Bytes of all the artifacts listed.
     pub fn total_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.size).sum()
     }
@@ -121,7 +126,9 @@ impl Manifest {
 /// A job's inputs and artifacts for one run.
 #[derive(Clone)]
 pub struct JobFiles {
+    /// The input objects the job's message names.
     pub inputs: Inputs,
+    /// The artifacts the run writes.
     pub artifacts: Artifacts,
     /// Time the task's input and artifact calls spent in the host (waiting on the store).
     pub store_wait: StoreWait,

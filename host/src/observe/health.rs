@@ -43,6 +43,8 @@ pub struct Health {
     store_down: Mutex<Option<String>>,
     /// Why the queue is taken as not answering, if it is.
     queue_down: Mutex<Option<String>>,
+    /// The misconfiguration the startup checks found, while they wait for it to be fixed.
+    misconfigured: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,6 +105,11 @@ impl Health {
         *lock(&self.store_down) = Some(why);
     }
 
+    /// The startup checks found a misconfiguration (`Some(the sentence)`), or it is fixed.
+    pub fn set_misconfigured(&self, why: Option<String>) {
+        *lock(&self.misconfigured) = why;
+    }
+
     /// A pull went through (`Ok`) or failed (`Err(why)`).
     pub fn queue_answered(&self, result: Result<(), String>) {
         *lock(&self.queue_down) = result.err();
@@ -118,6 +125,9 @@ impl Health {
             why.push("the worker is shutting down".to_owned());
         } else if !self.receiving.load(Ordering::Relaxed) {
             why.push("the worker is not taking jobs yet (startup checks)".to_owned());
+        }
+        if let Some(e) = &*lock(&self.misconfigured) {
+            why.push(format!("misconfigured: {e}"));
         }
         if let Some(e) = &*lock(&self.store_down) {
             why.push(format!("the store does not answer: {e}"));

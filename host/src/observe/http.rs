@@ -21,8 +21,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// One answer: status, content type and body.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The HTTP status code (200, 404, 503, ...).
     pub status: u16,
+    /// The `Content-Type` header's value.
     pub content_type: &'static str,
+    /// The body; left out of the answer to a `HEAD`.
     pub body: String,
 }
 

@@ -96,8 +96,11 @@ label_values! {
 label_values! {
     /// What the worker did with a message.
     Settle {
+        /// Acknowledged: the queue forgets it.
         Ack => "ack",
+        /// Handed back (nacked, perhaps after a delay) for a later delivery.
         HandBack => "hand_back",
+        /// Recorded as failed on the dead-letter topic, then acknowledged.
         DeadLetter => "dead_letter",
     }
 }
@@ -105,8 +108,11 @@ label_values! {
 label_values! {
     /// How a pull ended.
     PullResult {
+        /// At least one message.
         Messages => "messages",
+        /// No message.
         Empty => "empty",
+        /// The pull failed.
         Error => "error",
     }
 }
@@ -126,9 +132,11 @@ label_values! {
 label_values! {
     /// How a checkpoint write ended.
     WriteResult {
+        /// Written.
         Ok => "ok",
         /// 412: another worker owns the job now.
         Conflict => "conflict",
+        /// Any other failure (a store error).
         Error => "error",
     }
 }
@@ -137,10 +145,15 @@ label_values! {
     /// A store error's kind ([`crate::store::ErrorKind`], without `precondition_failed`,
     /// which is an answer of the protocol, not an error).
     StoreErrorKind {
+        /// [`crate::store::ErrorKind::Transient`].
         Transient => "transient",
+        /// [`crate::store::ErrorKind::Throttled`].
         Throttled => "throttled",
+        /// [`crate::store::ErrorKind::NotFound`].
         NotFound => "not_found",
+        /// [`crate::store::ErrorKind::AccessDenied`].
         AccessDenied => "access_denied",
+        /// [`crate::store::ErrorKind::BadRequest`].
         BadRequest => "bad_request",
     }
 }
@@ -148,8 +161,11 @@ label_values! {
 label_values! {
     /// A queue error's kind ([`crate::queue::ErrorKind`]).
     QueueErrorKind {
+        /// [`crate::queue::ErrorKind::Transient`].
         Transient => "transient",
+        /// [`crate::queue::ErrorKind::NotFound`].
         NotFound => "not_found",
+        /// [`crate::queue::ErrorKind::Permanent`].
         Permanent => "permanent",
     }
 }
@@ -164,37 +180,59 @@ label_values! {
     }
 }
 
-/// A family's one label, named `name`.
+/// The label set of `taskhost_jobs_ended`: one label, `outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
+    /// How the delivery ended.
     pub outcome: JobOutcome,
 }
+
+/// The label set of `taskhost_messages_settled`: one label, `action`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
+    /// What was done with the message.
     pub action: Settle,
 }
+
+/// The label set of `taskhost_pulls`: one label, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PullLabel {
+    /// How the pull ended.
     pub result: PullResult,
 }
+
+/// The label set of `taskhost_lease_extensions`: one label, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ExtensionLabel {
+    /// How the extension ended.
     pub result: ExtensionResult,
 }
+
+/// The label set of `taskhost_checkpoint_writes`: one label, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabel {
+    /// How the write ended.
     pub result: WriteResult,
 }
+
+/// The label set of `taskhost_store_errors`: one label, `kind`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreKindLabel {
+    /// The store error's kind.
     pub kind: StoreErrorKind,
 }
+
+/// The label set of `taskhost_queue_errors`: one label, `kind`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueKindLabel {
+    /// The queue error's kind.
     pub kind: QueueErrorKind,
 }
+
+/// The label set of `taskhost_module_cache`: one label, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabel {
+    /// Where the compiled module came from.
     pub result: CacheResult,
 }
 

@@ -104,6 +104,7 @@ pub struct IncomingMessage {
 /// A pulled message under lease.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The message itself: data, attributes, delivery attempt.
     pub message: IncomingMessage,
     /// Names this delivery (not the message) in `modify_ack_deadline` and `acknowledge`.
     pub ack_id: String,
@@ -116,11 +117,14 @@ pub struct Received {
 /// other machines read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
+    /// On this process's monotonic clock.
     pub instant: Instant,
+    /// On the wall clock, in ms since the Unix epoch.
     pub unix_ms: u64,
 }
 
 impl Stamp {
+    /// Now, read on both clocks.
     pub fn now() -> Stamp {
         Stamp {
             instant: Instant::now(),
@@ -128,6 +132,7 @@ impl Stamp {
         }
     }
 
+    /// `d` later on both clocks (the wall clock saturating at `u64::MAX` ms).
     pub fn plus(self, d: Duration) -> Stamp {
         Stamp {
             instant: self.instant + d,
@@ -231,14 +236,17 @@ impl QueueError {
         }
     }
 
+    /// Whether retrying may help, and why not.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// [`ErrorKind::Transient`]: retry with backoff.
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
 
+    /// [`ErrorKind::NotFound`]: the topic or subscription does not exist.
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }
@@ -302,7 +310,9 @@ impl From<local::LocalQueueError> for QueueError {
 /// The queue, chosen by configuration (`PROJECT_ID` set or not). Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Queue {
+    /// Google Cloud Pub/Sub, or its emulator.
     PubSub(Pubsub),
+    /// The embedded SQLite queue.
     Local(LocalQueue),
 }
 

@@ -70,7 +70,9 @@ impl From<StoreError> for RegistryError {
 /// Who did something and when: the host's name and its clock (ms since the Unix epoch).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
+    /// The host's name, as the command line gives it (may be empty).
     pub host: String,
+    /// When, by that host's clock (ms since the Unix epoch).
     pub at_ms: u64,
 }
 
@@ -88,8 +90,11 @@ impl Stamp {
 /// later push of a module stored before records existed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleRecord {
+    /// The module's length in bytes.
     pub size: u64,
+    /// Who pushed it first, and when.
     pub pushed: Stamp,
+    /// Its world, imports, exports and SDK version (flattened into the record's JSON).
     #[serde(flatten)]
     pub description: Description,
 }
@@ -97,7 +102,9 @@ pub struct ModuleRecord {
 /// `modules/tags/<name>/<tag>`: the module the tag names, and who moved it there when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRecord {
+    /// The module's hash as text (`sha256:<hex>`); [`TagRecord::hash`] parses it.
     pub module: String,
+    /// Who moved the tag here, and when.
     pub tagged: Stamp,
 }
 
@@ -116,6 +123,7 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, R
 /// What [`push`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pushed {
+    /// The module's hash: its name in the store.
     pub hash: ModuleHash,
     /// `false`: the module was already in the store.
     pub uploaded: bool,
@@ -165,7 +173,10 @@ pub enum TagMove {
     /// The tag is new.
     Created,
     /// The tag named this other module before.
-    Moved { from: String },
+    Moved {
+        /// The module it named (`sha256:<hex>`, as the old record said).
+        from: String,
+    },
 }
 
 /// Points `tag` at `hash`, if the tag is still what the caller saw: `seen` is the version
@@ -238,6 +249,7 @@ pub async fn resolve<S: ObjectStore>(
 /// One module of [`list`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModuleEntry {
+    /// The module's hash as text (`sha256:<hex>`).
     pub module: String,
     /// Bytes (from the record, else the object's size).
     pub size: u64,
@@ -245,6 +257,7 @@ pub struct ModuleEntry {
     pub tags: Vec<String>,
     /// Its push record; `None` for a module pushed before records existed.
     pub record: Option<ModuleRecord>,
+    /// The module's hash (not serialized: `module` shows it).
     #[serde(skip)]
     pub hash: ModuleHash,
 }

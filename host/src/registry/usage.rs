@@ -22,11 +22,17 @@ use crate::store::ObjectStore;
 /// How many jobs in each state name a module.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct JobCounts {
+    /// [`JobState::Queued`].
     pub queued: u64,
+    /// [`JobState::Running`].
     pub running: u64,
+    /// [`JobState::Waiting`].
     pub waiting: u64,
+    /// [`JobState::Done`].
     pub done: u64,
+    /// [`JobState::Failed`].
     pub failed: u64,
+    /// [`JobState::Cancelled`].
     pub cancelled: u64,
     /// Paused jobs still need their module: `job resume` continues them.
     pub paused: u64,

@@ -43,6 +43,9 @@ pub const SUPPORTED_WORLDS: &[&str] = &["taskhost:task/task@0.2.0", "taskhost:ta
 
 /// Generated bindings of the WIT world `taskhost:task/task@0.2.0` (`wit/`), and of 0.1.0
 /// (`wit/v0.1.0/`), whose modules run unchanged: a component of either version links.
+// `bindgen!` carries the WIT's doc comments but writes its own items (`Task`, `TaskPre`,
+// `TaskIndices`, the `Host` traits' glue) undocumented.
+#[allow(missing_docs)]
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "task",
@@ -111,7 +114,9 @@ pub enum ModuleError {
     WrongWorld(String),
     /// The bytes fetched do not hash to the module's name.
     HashMismatch {
+        /// The hash the module was asked for by (its name in the store).
         expected: ModuleHash,
+        /// The sha256 of the bytes fetched.
         actual: ModuleHash,
     },
 }
@@ -163,7 +168,13 @@ pub enum Outcome {
     /// `run` returned err: a permanent failure reported by the task.
     TaskError(String),
     /// The task trapped or hit a limit.
-    Trapped { kind: TrapKind, message: String },
+    Trapped {
+        /// Which limit or fault.
+        kind: TrapKind,
+        /// What happened, for the job's error record: the trap's cause, or for a panic the
+        /// task's last stderr line.
+        message: String,
+    },
     /// Another worker owns the job now; whatever the task returned is discarded.
     Conflict,
     /// The host could not start the task (instance pool exhausted, instantiation failed for
@@ -181,6 +192,7 @@ pub enum Outcome {
 /// What [`Runtime::run`] reports.
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    /// How the run ended.
     pub outcome: Outcome,
     /// Fuel this run consumed.
     pub fuel_used: u64,
@@ -189,6 +201,7 @@ pub struct RunReport {
     /// From the call to [`Runtime::run`] until the task's `run` was entered (store created,
     /// component instantiated).
     pub startup: Duration,
+    /// From the call to [`Runtime::run`] until it returned (startup included).
     pub elapsed: Duration,
     /// Output bytes dropped because the task wrote more than the log keeps.
     pub output_dropped: u64,
@@ -196,11 +209,15 @@ pub struct RunReport {
 
 /// One job to run.
 pub struct RunRequest<'a> {
+    /// The job's id (logs, the job's store keys).
     pub job: &'a JobId,
     /// 1 for the first run, n for the n-th.
     pub attempt: u32,
+    /// The job's input document, passed to the task's `run`.
     pub input: &'a str,
+    /// The run's caps (fuel, memory, wall clock).
     pub limits: &'a JobLimits,
+    /// The job's checkpoint, which the task reads and writes through its imports.
     pub checkpoint: Checkpointer,
     /// The job's inputs and artifacts.
     pub files: JobFiles,
@@ -220,6 +237,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The engine (with its instance pool of `max_concurrent_tasks` slots) and a linker of
+    /// WASI and every [`SUPPORTED_WORLDS`]. `Err`: the config is out of range
+    /// ([`RuntimeConfig::check`]), the engine cannot be built (the pool's memory cannot be
+    /// reserved), or the cache directory cannot be created.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         config.check()?;
         let engine = Engine::new(&sandbox::engine_config(
@@ -241,6 +262,7 @@ impl Runtime {
         })
     }
 
+    /// The wasmtime engine every module of this runtime is compiled for.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -61,6 +61,7 @@ pub struct LogPipe {
 }
 
 impl LogPipe {
+    /// An empty pipe for `job`'s `stream` (`"stdout"` or `"stderr"`, as logged).
     pub fn new(job: Arc<str>, stream: &'static str) -> Self {
         LogPipe {
             job,

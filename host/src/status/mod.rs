@@ -27,7 +27,9 @@ use crate::store::{ObjectStore, StoreError};
 pub struct Listed {
     /// The checkpoint's last write (the store's clock), if it has one.
     pub checkpoint_ms: Option<u64>,
+    /// A result exists.
     pub result: bool,
+    /// An error exists (the job was dead-lettered).
     pub error: bool,
     /// A manifest exists (the artifacts below are the job's outputs).
     pub manifest: bool,
@@ -35,9 +37,13 @@ pub struct Listed {
     pub artifacts: (usize, u64),
     /// Named by a `submitted/` record.
     pub submitted: bool,
-    /// The `cancelled` / `paused` marker `job cancel` / `job pause` writes.
+    /// The `cancelled` marker `job cancel` writes.
     pub cancelled: bool,
+    /// The `paused` marker `job pause` writes.
     pub paused: bool,
+    /// The key of a record of a message naming this job that was dead-lettered at parse
+    /// time (poison; the last one listed).
+    pub poison: Option<String>,
 }
 
 impl Listed {
@@ -51,6 +57,8 @@ impl Listed {
             _ if self.paused => JobState::Paused,
             Some(ms) if ms + window.as_millis() as u64 >= now_ms => JobState::Running,
             Some(_) => JobState::Waiting,
+            // Nothing stored but a poison record: that message will never run.
+            None if self.poison.is_some() => JobState::Failed,
             None => JobState::Queued,
         }
     }
@@ -59,21 +67,32 @@ impl Listed {
 /// Every job the store knows of, by id (sorted), from listings only.
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
+    /// Every job named by a key under `jobs/` or by a `submitted/` record.
     pub jobs: BTreeMap<JobId, Listed>,
     /// The store's time when the listing was taken (ms since the Unix epoch).
     pub now_ms: u64,
+    /// The records of poison messages that named no valid job id, newest first.
+    pub poison_messages: Vec<crate::store::Listed>,
 }
 
 /// Counts of jobs per state.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
+    /// Every job, whatever its state (the sum of the others).
     pub total: usize,
+    /// [`JobState::Queued`].
     pub queued: usize,
+    /// [`JobState::Running`].
     pub running: usize,
+    /// [`JobState::Waiting`].
     pub waiting: usize,
+    /// [`JobState::Done`].
     pub done: usize,
+    /// [`JobState::Failed`].
     pub failed: usize,
+    /// [`JobState::Cancelled`].
     pub cancelled: usize,
+    /// [`JobState::Paused`].
     pub paused: usize,
 }
 
@@ -92,11 +111,13 @@ impl Counts {
     }
 }
 
-/// Lists `jobs/` and `submitted/` (reading each batch record) and reads the store's clock.
+/// Lists `jobs/`, `submitted/` (reading each batch record) and `poison/`, and reads the
+/// store's clock.
 pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
-    let (listing, batches, clock) = futures_util::future::join3(
+    let (listing, batches, poison, clock) = futures_util::future::join4(
         store.list_entries(keys::JOBS_PREFIX),
         store.list(keys::SUBMITTED_PREFIX),
+        store.list_entries(keys::POISON_PREFIX),
         store.clock(keys::SUBMITTED_PREFIX),
     )
     .await;
@@ -127,6 +148,20 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             _ => {}
         }
     }
+    let mut poison_messages = Vec::new();
+    for entry in poison? {
+        if let Some(rest) = entry.key.strip_prefix(keys::POISON_JOBS_PREFIX) {
+            if let Some(id) = rest
+                .split_once('/')
+                .and_then(|(id, _)| id.parse::<JobId>().ok())
+            {
+                jobs.entry(id).or_default().poison = Some(entry.key);
+            }
+        } else if entry.key.starts_with(keys::POISON_MESSAGES_PREFIX) {
+            poison_messages.push(entry);
+        }
+    }
+    poison_messages.sort_by_key(|e| std::cmp::Reverse(e.modified_ms));
     // The batch records, a few at a time (one per 1,000 jobs submitted).
     use futures_util::StreamExt;
     let mut reads = futures_util::stream::iter(batches?)
@@ -140,7 +175,11 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             }
         }
     }
-    Ok(Scan { jobs, now_ms })
+    Ok(Scan {
+        jobs,
+        now_ms,
+        poison_messages,
+    })
 }
 
 impl Scan {
@@ -210,6 +249,16 @@ mod tests {
                 l.result = true
             }),
             JobState::Done
+        );
+        // A poison record decides only when nothing of the job's own is stored.
+        let poison = |l: &mut Listed| l.poison = Some("poison/jobs/j/1".into());
+        assert_eq!(l(&|l| poison(l)), JobState::Failed);
+        assert_eq!(
+            l(&|l| {
+                poison(l);
+                l.checkpoint_ms = Some(now)
+            }),
+            JobState::Running
         );
     }
 }

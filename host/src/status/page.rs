@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Counts, Listed, Scan};
-use crate::checkpoint::{self, Header};
+use crate::checkpoint::{self, Header, Usage};
 use crate::ids::{JobId, JobState};
 use crate::keys;
 use crate::store::ObjectStore;
@@ -15,11 +15,15 @@ use crate::store::ObjectStore;
 /// One job as shown: its state, progress, counts, accounting and result or error.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct JobView {
+    /// The job's id.
     pub job_id: String,
+    /// Where it stands.
     pub state: JobState,
     /// Last progress reported: (done, total).
     pub progress: Option<(u64, u64)>,
+    /// Runs claimed (the checkpoint's `attempts`; 0 without a checkpoint).
     pub attempts: u32,
+    /// Trapped runs counted against the job (the checkpoint's `failures`).
     pub failures: u32,
     /// The task's result (its text, hostile: escape it where it is shown).
     pub result: Option<String>,
@@ -36,21 +40,83 @@ pub struct JobView {
 /// A done job's artifacts.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ArtifactCount {
+    /// How many.
     pub count: usize,
+    /// Their bytes together.
     pub bytes: u64,
 }
 
-/// What a job cost over all its runs. Per-job accounting (issue 15 item 4) fills the fields
-/// that are `None` for now; the checkpoint header already records fuel and crashes.
+/// What a job cost over all its runs (docs/design.md §4): a done job's from the note kept
+/// with its result, any other's from its checkpoint header (the runs that ended so far);
+/// `None` where not known (a queued job; a result written before accounting existed).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Accounting {
+    /// Wasm fuel used (about one unit per instruction), as the checkpoint header counts it;
+    /// `None` for a done job (its header is not the run's) or without a checkpoint.
     pub fuel: Option<u64>,
+    /// Wall-clock time of its runs (ms); not recorded yet.
     pub wall_ms: Option<u64>,
+    /// Runs claimed; `None` without a checkpoint.
     pub attempts: Option<u32>,
+    /// Runs in a row without a clean end; `None` for a done job or without a checkpoint.
     pub crashes: Option<u32>,
+    /// Bytes of checkpoint objects written; not recorded yet.
     pub checkpoint_bytes: Option<u64>,
+    /// Bytes of input objects read; not recorded yet.
     pub input_bytes: Option<u64>,
+    /// Bytes of a done job's artifacts, from the listing.
     pub artifact_bytes: Option<u64>,
+}
+
+impl Accounting {
+    /// Every figure of `u`.
+    pub fn of(u: &Usage) -> Accounting {
+        Accounting {
+            fuel: Some(u.fuel),
+            wall_ms: Some(u.wall_ms),
+            attempts: Some(u.attempts),
+            crashes: Some(u.crashes),
+            checkpoint_bytes: Some(u.checkpoint_bytes),
+            input_bytes: Some(u.input_bytes),
+            artifact_bytes: Some(u.artifact_bytes),
+        }
+    }
+
+    /// A done job's accounting: its result's note, else what the header still tells.
+    pub fn done(note: Option<&str>, header: Option<&Header>) -> Accounting {
+        match note.and_then(|n| serde_json::from_str::<Usage>(n).ok()) {
+            Some(u) => Accounting::of(&u),
+            None => Accounting {
+                attempts: header.map(|h| h.attempts),
+                ..Accounting::default()
+            },
+        }
+    }
+
+    /// Adds every known figure of `other` (for totals).
+    pub fn add(&mut self, other: &Accounting) {
+        fn sum<T: std::ops::Add<Output = T> + Copy>(a: &mut Option<T>, b: Option<T>) {
+            if let Some(b) = b {
+                *a = Some(a.map_or(b, |a| a + b));
+            }
+        }
+        sum(&mut self.fuel, other.fuel);
+        sum(&mut self.wall_ms, other.wall_ms);
+        sum(&mut self.attempts, other.attempts);
+        sum(&mut self.crashes, other.crashes);
+        sum(&mut self.checkpoint_bytes, other.checkpoint_bytes);
+        sum(&mut self.input_bytes, other.input_bytes);
+        sum(&mut self.artifact_bytes, other.artifact_bytes);
+    }
+
+    /// The sum of the known figures of `all`.
+    pub fn total<'a>(all: impl IntoIterator<Item = &'a Accounting>) -> Accounting {
+        let mut t = Accounting::default();
+        for a in all {
+            t.add(a);
+        }
+        t
+    }
 }
 
 /// Reads one job's objects as the listing names them (a request only for an object that
@@ -64,16 +130,23 @@ pub async fn read<S: ObjectStore>(
 ) -> anyhow::Result<JobView> {
     let text =
         |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
-    let result = if listed.result {
-        text(store.get(&keys::result(job)).await?)
+    let (result, note) = if listed.result {
+        match store.get(&keys::result(job)).await? {
+            Some(o) => (Some(String::from_utf8_lossy(&o.bytes).into_owned()), o.note),
+            None => (None, None),
+        }
     } else {
-        None
+        (None, None)
     };
-    let error = if listed.error && result.is_none() {
+    let mut error = if listed.error && result.is_none() {
         text(store.get(&keys::error(job)).await?)
     } else {
         None
     };
+    // Dead-lettered at parse time, and nothing else stored: the poison record says why.
+    if let (None, None, None, Some(key)) = (&result, &error, listed.checkpoint_ms, &listed.poison) {
+        error = text(store.get(key).await?).map(|reason| poison_reason(key, &reason));
+    }
     let header: Option<Header> = match listed.checkpoint_ms {
         Some(_) => checkpoint::peek(store, job).await?,
         None => None,
@@ -104,7 +177,24 @@ pub async fn read<S: ObjectStore>(
             count: listed.artifacts.0,
             bytes: listed.artifacts.1,
         });
-    Ok(view(job, state, header, result, error, artifacts))
+    Ok(view(job, state, header, result, note, error, artifacts))
+}
+
+/// A poison record's reason as shown: which message, and why.
+pub fn poison_reason(key: &str, reason: &str) -> String {
+    let message = key.rsplit('/').next().unwrap_or(key);
+    format!("dead-lettered at parse time (poison message {message}): {reason}")
+}
+
+/// A message dead-lettered at parse time that named no valid job id.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PoisonView {
+    /// The queue's message id (or its hash: `keys::poison`).
+    pub message: String,
+    /// When it was recorded (the store's clock, ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Why (the parse error; message text included: hostile, escape it where shown).
+    pub reason: String,
 }
 
 /// A job's view from what was read of it.
@@ -113,13 +203,17 @@ pub fn view(
     state: JobState,
     header: Option<Header>,
     result: Option<String>,
+    note: Option<String>,
     error: Option<String>,
     artifacts: Option<ArtifactCount>,
 ) -> JobView {
-    let known = header.is_some();
-    // A done job's header is the one its last write left (often the claim's): its fuel and
-    // crash count are not the run's. Per-job accounting will keep them with the result.
-    let current = known && state != JobState::Done;
+    // A done job's header is the one its last write left (often the claim's): its totals
+    // are in the note kept with its result.
+    let accounting = match (&header, state) {
+        (_, JobState::Done) => Accounting::done(note.as_deref(), header.as_ref()),
+        (Some(h), _) => Accounting::of(&h.usage()),
+        (None, _) => Accounting::default(),
+    };
     let h = header.unwrap_or_default();
     // A finished job's last saves are superseded by its result: it is complete.
     let progress = match state {
@@ -135,13 +229,7 @@ pub fn view(
         result,
         error,
         control: h.control.clone(),
-        accounting: Accounting {
-            fuel: current.then_some(h.fuel_used),
-            attempts: known.then_some(h.attempts),
-            crashes: current.then_some(h.crashes),
-            artifact_bytes: artifacts.as_ref().map(|a| a.bytes),
-            ..Accounting::default()
-        },
+        accounting,
         artifacts,
     }
 }
@@ -151,6 +239,7 @@ pub fn view(
 pub struct Overview {
     /// The store's time of the listing (ms since the Unix epoch).
     pub now_ms: u64,
+    /// Jobs per state, over every job.
     pub counts: Counts,
     /// The state shown (`None`: every job).
     pub filter: Option<JobState>,
@@ -158,8 +247,16 @@ pub struct Overview {
     pub matching: usize,
     /// The page shown (0-based) and its size.
     pub page: usize,
+    /// Jobs per page.
     pub page_size: usize,
+    /// The jobs of this page, in id order.
     pub jobs: Vec<JobView>,
+    /// The sum of the known accounting figures of `jobs` (the selection shown).
+    pub totals: Accounting,
+    /// How many messages without a valid job id were dead-lettered at parse time...
+    pub poison_messages: usize,
+    /// ... and the newest of them (at most a page).
+    pub poison: Vec<PoisonView>,
     /// The workers' heartbeats (when asked for).
     pub workers: Option<Vec<super::workers::WorkerView>>,
 }
@@ -167,8 +264,12 @@ pub struct Overview {
 /// Which jobs to show.
 #[derive(Clone, Copy, Debug)]
 pub struct Selection {
+    /// Only jobs in this state; `None`: every job.
     pub filter: Option<JobState>,
+    /// The page to show (0-based).
     pub page: usize,
+    /// Jobs per page (0 counts as 1; the page server caps it at
+    /// [`MAX_PAGE_SIZE`](super::serve::MAX_PAGE_SIZE)).
     pub page_size: usize,
     /// A checkpoint written within this window counts as running in the counts.
     pub window: Duration,
@@ -204,6 +305,20 @@ pub async fn overview<S: ObjectStore>(
     while let Some(v) = jobs.next().await {
         views.push(v?);
     }
+    let mut poison = Vec::new();
+    for entry in scan
+        .poison_messages
+        .iter()
+        .take(size.min(DEFAULT_PAGE_SIZE))
+    {
+        if let Some(o) = store.get(&entry.key).await? {
+            poison.push(PoisonView {
+                message: entry.key.rsplit('/').next().unwrap_or_default().to_owned(),
+                at_ms: entry.modified_ms,
+                reason: String::from_utf8_lossy(&o.bytes).into_owned(),
+            });
+        }
+    }
     Ok(Overview {
         now_ms: scan.now_ms,
         counts,
@@ -211,7 +326,45 @@ pub async fn overview<S: ObjectStore>(
         matching: ids.len(),
         page: selection.page,
         page_size: size,
+        totals: Accounting::total(views.iter().map(|v| &v.accounting)),
         jobs: views,
+        poison_messages: scan.poison_messages.len(),
+        poison,
         workers: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_done_jobs_accounting_is_its_notes_and_totals_add_what_is_known() {
+        let h = Header {
+            attempts: 2,
+            fuel_used: 5,
+            ..Header::default()
+        };
+        let u = Usage {
+            fuel: 9,
+            wall_ms: 30,
+            attempts: 3,
+            crashes: 1,
+            checkpoint_bytes: 7,
+            input_bytes: 11,
+            artifact_bytes: 13,
+        };
+        let note = serde_json::to_string(&u).unwrap();
+        let done = Accounting::done(Some(&note), Some(&h));
+        assert_eq!(done, Accounting::of(&u));
+        // No note (a result from before accounting): only what the header still tells.
+        let old = Accounting::done(None, Some(&h));
+        assert_eq!((old.attempts, old.fuel), (Some(2), None));
+        let t = Accounting::total([&done, &old, &Accounting::default()]);
+        assert_eq!(
+            (t.attempts, t.fuel, t.wall_ms),
+            (Some(5), Some(9), Some(30))
+        );
+        assert_eq!(Accounting::total([]), Accounting::default());
+    }
 }

@@ -38,6 +38,7 @@ pub const MAX_PAGE_SIZE: usize = 500;
 
 /// What the handler reads, and its last listing.
 pub struct App {
+    /// The store whose jobs and workers are shown.
     pub store: AnyStore,
     /// A checkpoint written within this window counts as running.
     pub window: Duration,
@@ -51,6 +52,7 @@ struct Cached {
 }
 
 impl App {
+    /// An app over `store`, with no listing yet (the first request takes one).
     pub fn new(store: AnyStore, window: Duration) -> App {
         App {
             store,

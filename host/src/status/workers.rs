@@ -10,9 +10,11 @@ use crate::store::ObjectStore;
 /// A worker's heartbeat record (JSON).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Heartbeat {
+    /// The worker's id (also its record's key, `workers/<worker id>`).
     pub worker_id: String,
     /// `SALAD_MACHINE_ID` when set, else the host name.
     pub machine: String,
+    /// Jobs it runs at most at once (`WORKER_SLOTS`).
     pub slots: usize,
     /// The jobs it runs now.
     pub running: usize,
@@ -22,6 +24,7 @@ pub struct Heartbeat {
     pub version: String,
     /// When it started and when it wrote this record (its clock, ms since the Unix epoch).
     pub started_ms: u64,
+    /// When it wrote this record (its clock, ms since the Unix epoch).
     pub updated_ms: u64,
     /// How often it writes this record (ms): a record older than about two of these is a
     /// dead worker's.
@@ -31,6 +34,7 @@ pub struct Heartbeat {
 /// A heartbeat as shown: live or recently dead.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct WorkerView {
+    /// The record as read (flattened into the view's JSON).
     #[serde(flatten)]
     pub heartbeat: Heartbeat,
     /// Written within [`live_for`] of the store's time (the store's clock).

@@ -9,9 +9,12 @@ use super::s3::S3Store;
 use super::{ClockReading, ETag, Listed, Object, ObjectStore, Precondition, StoreError};
 use crate::observe::{Health, Metrics};
 
+/// One [`ObjectStore`] of either backend, chosen at run time. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum AnyStore {
+    /// A local directory.
     Dir(DirStore),
+    /// An S3 bucket (R2 in production).
     S3(S3Store),
     /// A backend whose calls are observed.
     Observed(Arc<Observed>),
@@ -100,8 +103,14 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.get(key).await)
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
-        each!(self, s => s.put(key, bytes, pre).await)
+    async fn put_with_note(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
+    ) -> Result<ETag, StoreError> {
+        each!(self, s => s.put_with_note(key, bytes, pre, note).await)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {

@@ -29,14 +29,24 @@ impl fmt::Display for ETag {
 /// An object's bytes with the tag of the version they were read from.
 #[derive(Clone, Debug)]
 pub struct Object {
+    /// The whole object.
     pub bytes: Vec<u8>,
+    /// The version read: the tag a later `IfMatch` write must name.
     pub etag: ETag,
+    /// The note written with this version ([`ObjectStore::put_with_note`]), if any.
+    pub note: Option<String>,
 }
+
+/// The most bytes a note ([`ObjectStore::put_with_note`]) may have: S3 allows 2 KiB of user
+/// metadata per object.
+pub const MAX_NOTE_BYTES: usize = 1024;
 
 /// One object as a listing shows it: its key, size and last write (the store's clock).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
+    /// The object's full key.
     pub key: String,
+    /// Its length in bytes.
     pub size: u64,
     /// When the object was last written, ms since the Unix epoch by the store's clock (S3:
     /// `LastModified`, whole seconds; a directory: the file's mtime).
@@ -95,6 +105,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// A failed store call: a precondition that did not hold (an answer of the protocol), or a
+/// failure of one [`ErrorKind`]. `Display` never shows a secret.
 #[derive(Debug)]
 pub enum StoreError {
     /// The precondition did not hold: the object exists (create-only) or changed (if-match).
@@ -127,6 +139,7 @@ impl StoreError {
         }
     }
 
+    /// What went wrong, as [`ErrorKind`] (which decides retry or not).
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::PreconditionFailed => ErrorKind::PreconditionFailed,
@@ -209,6 +222,21 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         bytes: Vec<u8>,
         pre: Precondition,
+    ) -> impl Future<Output = Result<ETag, StoreError>> + Send {
+        self.put_with_note(key, bytes, pre, None)
+    }
+
+    /// [`put`](ObjectStore::put) with a note kept beside this version's bytes (S3: the user
+    /// metadata `x-amz-meta-taskhost`; a directory: a hidden file beside the object),
+    /// returned by [`get`](ObjectStore::get) and replaced (or removed) by the next write. The
+    /// note is printable ASCII of at most [`MAX_NOTE_BYTES`]; it costs no request of its own,
+    /// and it is not part of the tag or the bytes.
+    fn put_with_note(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
     ) -> impl Future<Output = Result<ETag, StoreError>> + Send;
 
     /// The tag of the object's current version, without its bytes (S3 `HeadObject`).

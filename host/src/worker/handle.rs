@@ -61,6 +61,20 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             Err(reason) => {
                 tracing::warn!(message_id = %message.message_id, %reason, "poison message");
                 self.metrics.job_ended(JobOutcome::Poison);
+                // Recorded first, so that `status` shows it; a failed write hands it back.
+                let job_id = JobMessage::job_id_of(&message.data);
+                let key = crate::keys::poison(job_id.as_ref(), &message.message_id);
+                let record = self.executor.store.put(
+                    &key,
+                    truncate(&reason, MAX_ATTRIBUTE).into_bytes(),
+                    Precondition::None,
+                );
+                if let Err(e) = record.await {
+                    tracing::warn!(message_id = %message.message_id, error = %e, "cannot record the poison message; handing it back for later");
+                    Stats::bump(&self.stats.retried);
+                    let later = retry_delay(attempt);
+                    return self.settle(Settle::HandBack, lease.nack(later).await);
+                }
                 return self.dead_letter(&message, None, &reason, lease).await;
             }
         };
@@ -148,7 +162,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 OtherWork::Refuse
             },
             inputs: job.inputs.clone(),
+            deletion_cost: self.config.deletion_cost.clone(),
         };
+        // Counted in the deletion cost while it runs.
+        let counted = self.config.deletion_cost.as_ref().map(|c| c.job());
         let (end, runs) = self
             .executor
             .execute_counted(id, &module, &job.input, &binding, lease.view(), shutdown)
@@ -159,7 +176,18 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         // The job no longer runs: its slot may take the next message while this one is
         // settled (the ack, nack or dead-letter publish takes a round trip or two).
         drop(slot);
+        drop(counted);
         self.count(id, &end);
+        if let Some(r) = &self.config.reallocator {
+            match &end {
+                JobEnd::HostFault(m) => {
+                    let (r, m) = (Arc::clone(r), m.clone());
+                    tokio::spawn(async move { r.host_fault(&m).await });
+                }
+                JobEnd::Done { .. } => r.job_done(),
+                _ => {}
+            }
+        }
         if matches!(end, JobEnd::Storage(_)) {
             self.storage_failures.failed();
         } else {

@@ -43,6 +43,7 @@ pub struct Beating {
 pub struct Running<'a>(&'a Stats);
 
 impl Running<'_> {
+    /// Adds one to `stats.running` until the value returned is dropped.
     pub fn count(stats: &Stats) -> Running<'_> {
         stats.running.fetch_add(1, Ordering::Relaxed);
         Running(stats)

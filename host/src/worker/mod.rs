@@ -67,14 +67,23 @@ pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// Longest delay of a handed-back message: 600 s, Pub/Sub's longest ack deadline.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(MAX_ACK_DEADLINE_SECS as u64);
 
+/// How a worker pulls, runs and settles jobs (the queue, store and runtime are given
+/// beside it).
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
+    /// The subscription jobs are pulled from.
     pub subscription_id: String,
+    /// The topic a dead-lettered message is published to, with an `error` attribute.
     pub dead_letter_topic_id: String,
     /// `ACK_DEADLINE_SECONDS`: each lease extension sets the deadline this far ahead.
     pub ack_deadline: Duration,
+    /// `WORKER_SLOTS`: jobs run at once, and so messages held at once (0 counts as 1).
     pub slots: usize,
+    /// `MAX_FAILURES`: trapped runs after which a job is dead-lettered (default
+    /// [`DEFAULT_MAX_FAILURES`], 3).
     pub max_failures: u32,
+    /// `DEFAULT_MODULE`: the module of a message that names none; `None`: such a message
+    /// is poison.
     pub default_module: Option<ModuleHash>,
     /// `SHUTDOWN_TIMEOUT_SECONDS`: the longest a shutdown waits for tasks to flush.
     pub shutdown_timeout: Duration,
@@ -89,6 +98,13 @@ pub struct WorkerConfig {
     /// clock and draining. `None`: no probes. (Metrics: the runtime's,
     /// [`Runtime::metrics`](crate::runtime::Runtime::metrics).)
     pub health: Option<Arc<Health>>,
+    /// The instance's deletion cost on SaladCloud ([`DeletionCost`](crate::salad::DeletionCost)):
+    /// each job counts while it runs, its finish phase holds it at the maximum. `None`: not
+    /// on SaladCloud.
+    pub deletion_cost: Option<crate::salad::DeletionCost>,
+    /// On SaladCloud: asks for another node after repeated host faults or a clock that stays
+    /// off ([`Reallocator`](crate::salad::Reallocator)). `None`: never.
+    pub reallocator: Option<Arc<crate::salad::Reallocator>>,
     /// `HEARTBEAT_SECONDS` and the machine: the heartbeat record ([`heartbeat`]); `None`:
     /// no heartbeat.
     pub heartbeat: Option<heartbeat::HeartbeatConfig>,
@@ -97,14 +113,25 @@ pub struct WorkerConfig {
 /// Counters, one per failure class (logged at exit and readable by tests).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Jobs whose result this worker stored.
     pub done: AtomicU64,
+    /// Messages of jobs whose result existed already (acked without running).
     pub already_done: AtomicU64,
+    /// Messages published to the dead-letter topic and acked.
     pub dead_lettered: AtomicU64,
+    /// Messages handed back for a later retry: a trap under the failure limit, a store
+    /// failure, a module not in the store yet, a dead-letter that could not be recorded.
     pub retried: AtomicU64,
+    /// Copies handed back because another worker runs the job under a live lease.
     pub busy: AtomicU64,
+    /// Runs stopped because another worker took the job over (412 on the checkpoint).
     pub conflicts: AtomicU64,
+    /// Runs stopped because the queue lease was lost.
     pub leases_lost: AtomicU64,
+    /// Runs stopped for shutdown (checkpoint flushed, message handed back).
     pub interrupted: AtomicU64,
+    /// Jobs the host could not run or whose handler panicked (not counted against the
+    /// job).
     pub host_faults: AtomicU64,
     /// Jobs a user cancelled or paused (`taskhost job cancel` / `pause`).
     pub stopped: AtomicU64,
@@ -163,6 +190,19 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         probe.clone(),
         shutdown.child_token(),
     ));
+    if let Some(r) = config.reallocator.clone() {
+        // The clock's state, as the reallocation rule sees it, every recheck interval.
+        let (skewed, stop) = (skewed.clone(), shutdown.child_token());
+        tokio::spawn(async move {
+            loop {
+                r.clock(skewed.get()).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(CLOCK_RECHECK_INTERVAL) => {}
+                }
+            }
+        });
+    }
     let worker = Arc::new(Worker {
         metrics,
         queue,

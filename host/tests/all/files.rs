@@ -259,6 +259,7 @@ async fn a_stale_worker_writes_no_artifact_after_a_takeover() {
         let a = checkpoint::claim(&store, &job, "a", &stale_lease, &b.work, OtherWork::Refuse)
             .await
             .unwrap();
+        // Time itself is what is waited for: A's 100 ms lease ends.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let ex = executor(store.clone(), rt.clone(), FileLimits::default());
         let end = run_digest(

@@ -414,6 +414,8 @@ async fn a_frozen_store_does_not_run_out_the_tasks_clock() {
         while checkpoint::peek(&store, &job).await.unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Part of the scenario: the reads run a moment (where exactly the freeze lands does
+        // not matter), then the store is frozen for longer than the task's 3 s limit.
         tokio::time::sleep(Duration::from_millis(300)).await;
         s3.freeze(true);
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -36,7 +36,7 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// `GET path`, asynchronously (the blocking client on a blocking thread).
-async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
     let (addr, path) = (addr.to_owned(), path.to_owned());
     tokio::task::spawn_blocking(move || get(&addr, &path))
         .await
@@ -44,7 +44,7 @@ async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// The value of the series `series` (name and labels exactly as exported) in `text`.
-fn value(text: &str, series: &str) -> f64 {
+pub(crate) fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
@@ -77,7 +77,7 @@ async fn until(
     }
 }
 
-fn metrics_addr() -> String {
+pub(crate) fn metrics_addr() -> String {
     format!("127.0.0.1:{}", support::pubsub::free_port())
 }
 
@@ -334,7 +334,7 @@ async fn refused_credentials_and_key_files_appear_in_no_error() {
     for format in ["text", "json"] {
         let out = cli
             .set("LOG_FORMAT", format)
-            .run(&["worker"])
+            .run(&["worker", "--exit-on-misconfig"])
             .await
             .failure();
         let all = format!("{}{}", out.stdout, out.stderr);

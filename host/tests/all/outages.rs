@@ -1,6 +1,8 @@
 //! Misconfigurations and outages never cost a job: a wrong bucket, wrong credentials or a
-//! missing dead-letter topic is one clear sentence at startup and touches no message; the S3
-//! server and the Pub/Sub emulator each frozen for 30 s mid-run lose nothing.
+//! missing dead-letter topic is one clear sentence at startup and touches no message (with
+//! `--exit-on-misconfig`, an exit; by default the worker waits, not ready, and starts by
+//! itself once the problem is fixed); the S3 server and the Pub/Sub emulator each frozen
+//! for 30 s mid-run lose nothing.
 //!
 //! Each test has its own servers: they are frozen, or their settings are made wrong.
 
@@ -168,7 +170,8 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
         } else {
             p.cli.set(name, value)
         };
-        let out = cli.run(&["worker"]).await;
+        // `--exit-on-misconfig`: the exit scripts want (by default the worker waits, below).
+        let out = cli.run(&["worker", "--exit-on-misconfig"]).await;
         let took = started.elapsed();
         assert_ne!(out.status.code(), Some(0), "{name}={value}: {out}");
         let last = out
@@ -230,6 +233,94 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
     w.wait_for_log("worker started", Duration::from_secs(30))
         .await;
     w.assert_running();
+}
+
+/// `GET path` on `addr`: the status and the body (`None`: no answer).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// Issue 18: a worker started against a bucket that does not exist stays up and not ready,
+/// says why once, and starts by itself once the bucket is created: no crash loop, no
+/// redeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_a_missing_bucket_and_starts_once_it_exists() {
+    let servers = support::stack::servers().await;
+    let bucket = format!("late-{}", std::process::id());
+    let port = support::pubsub::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cli = CliEnv::embedded("late-bucket")
+        .set("R2_BUCKET_NAME", &bucket)
+        .set("R2_S3_ENDPOINT_URL", servers.s3.endpoint())
+        .set("R2_AWS_ACCESS_KEY_ID", support::s3::ACCESS_KEY_ID)
+        .set("R2_AWS_SECRET_ACCESS_KEY", support::s3::SECRET_ACCESS_KEY)
+        .set("METRICS_ADDR", &addr)
+        .set("ACK_DEADLINE_SECONDS", "10");
+    let mut worker = cli.spawn("worker", &["worker"]);
+    worker
+        .wait_for_log("cannot write to the store", Duration::from_secs(30))
+        .await;
+    let (status, body) = http_get(&addr, "/readyz").expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("misconfigured") && body.contains("cannot write to the store"),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/livez").map(|a| a.0), Some(200));
+    // Fixed: the bucket is created; the same process takes the jobs.
+    let config = taskhost::store::s3::S3Config {
+        bucket: bucket.clone(),
+        ..servers.s3.config("")
+    };
+    assert!(
+        taskhost::store::s3::S3Store::new(config)
+            .unwrap()
+            .ensure_bucket()
+            .await
+            .unwrap()
+    );
+    let wasm = support::guests::wasm("step_counter");
+    let module = cli
+        .run(&["module", "push", wasm.to_str().unwrap()])
+        .await
+        .success()
+        .last_line()
+        .to_string();
+    let jobs = cli.write_file("jobs.jsonl", "{\"job_id\":\"late-1\",\"steps\":3}\n");
+    cli.run(&[
+        "submit",
+        "--quiet",
+        "--module",
+        &module,
+        jobs.to_str().unwrap(),
+    ])
+    .await
+    .success();
+    worker
+        .wait_for_log("job done", Duration::from_secs(60))
+        .await;
+    worker.assert_running();
+    let log = worker.log();
+    assert!(
+        log.contains("the misconfiguration is fixed: starting"),
+        "{log}"
+    );
+    // Said once, not once per recheck (the next time would be a minute later).
+    assert_eq!(log.matches("cannot write to the store").count(), 1, "{log}");
+    assert_eq!(http_get(&addr, "/readyz").map(|a| a.0), Some(200));
+    worker.terminate(Duration::from_secs(15)).await;
 }
 
 /// How long each outage lasts.
@@ -297,7 +388,7 @@ async fn thirty_second_outages_of_storage_then_of_pubsub_lose_no_job() {
     let frozen = in_flight_on(&ids, &a, &b);
     assert!(!frozen.is_empty(), "no job in flight when storage froze");
     eprintln!("storage frozen with {frozen:?} in flight");
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(OUTAGE).await; // the outage's length: the scenario
     let opened: Vec<&Proc> = [&a, &b]
         .into_iter()
         .filter(|w| w.log().contains(BREAKER_OPENS))
@@ -314,7 +405,7 @@ async fn thirty_second_outages_of_storage_then_of_pubsub_lose_no_job() {
     let frozen = in_flight_on(&ids, &a, &b);
     assert!(!frozen.is_empty(), "no job in flight when the queue froze");
     eprintln!("queue frozen with {frozen:?} in flight");
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(OUTAGE).await; // the outage's length: the scenario
     assert!(
         logs(&a, &b).contains(PULLS_FAIL),
         "no pull failed during the queue outage:\n{}",

@@ -400,7 +400,7 @@ async fn emulator_a_lease_survives_pubsub_unreachable_for_part_of_its_deadline()
     let due = got[0].leased_until.instant - deadline / 2;
     tokio::time::sleep_until(due - Duration::from_millis(100)).await;
     emulator.freeze(true);
-    tokio::time::sleep(SURVIVE_OUTAGE).await;
+    tokio::time::sleep(SURVIVE_OUTAGE).await; // the outage's length: the scenario
     emulator.freeze(false);
     // Past the deadline the first extension would have had: still held.
     tokio::time::sleep_until(got[0].leased_until.instant + Duration::from_secs(1)).await;

@@ -13,6 +13,7 @@ use serde_json::Value;
 use support::cli::{CliEnv, Proc};
 use support::stack::*;
 use taskhost::queue::OutgoingMessage;
+use taskhost::store::ObjectStore;
 
 /// `taskhost status --json` (the overview) as one document.
 async fn overview(cli: &CliEnv, extra: &[&str]) -> Value {
@@ -65,14 +66,21 @@ async fn queued_jobs_and_dead_letters_are_visible() {
         )
         .await
         .success();
-    // A poison message (its module is not a hash) with a valid job id, published by hand.
-    let poison = OutgoingMessage {
-        data: br#"{"job_id":"poison","module":"not-a-hash"}"#.to_vec(),
+    // Poison messages published by hand: one with a valid job id (its module is not a
+    // hash), one without a job id.
+    let poison = |data: &[u8]| OutgoingMessage {
+        data: data.to_vec(),
         attributes: BTreeMap::new(),
     };
     stack
         .pubsub
-        .publish(&stack.topic, vec![poison])
+        .publish(
+            &stack.topic,
+            vec![
+                poison(br#"{"job_id":"poison","module":"not-a-hash"}"#),
+                poison(br#"{"steps":3}"#),
+            ],
+        )
         .await
         .unwrap();
 
@@ -93,11 +101,11 @@ async fn queued_jobs_and_dead_letters_are_visible() {
         &stack.cli,
         Duration::from_secs(90),
         &mut [&mut worker],
-        |o| o["counts"]["done"] == 2 && o["counts"]["failed"] == 1,
+        |o| o["counts"]["done"] == 2 && o["counts"]["failed"] == 2 && o["poison_messages"] == 1,
     )
     .await;
     stop(&mut worker).await;
-    assert_eq!(after["counts"]["total"], 3, "{after:#}");
+    assert_eq!(after["counts"]["total"], 4, "{after:#}");
     assert_eq!(after["counts"]["queued"], 0, "{after:#}");
     let jobs = by_id(&after);
     assert_step_result("q1", 2, &jobs["q1"]);
@@ -106,15 +114,123 @@ async fn queued_jobs_and_dead_letters_are_visible() {
     assert_eq!(jobs["bad-steps"]["state"], "failed");
     let failed = jobs["bad-steps"]["error"].as_str().unwrap();
     assert!(failed.contains("steps"), "{failed}");
-    // A poison message stores nothing for its job (docs/design.md §6): not listed.
-    assert!(!jobs.contains_key("poison"), "{after:#}");
-    // The table shows the same.
+    // Poison at parse time with a job id: failed, with the parse error (its `poison/`
+    // record, docs/design.md §4); nothing of the job's own is stored.
+    assert_eq!(jobs["poison"]["state"], "failed", "{after:#}");
+    let why = jobs["poison"]["error"].as_str().unwrap();
+    assert!(
+        why.contains("poison message") && why.contains("sha256:<64"),
+        "{why}"
+    );
+    assert!(stack.store.list("jobs/poison/").await.unwrap().is_empty());
+    // Without a job id: in the list of its own, with its reason.
+    let unnamed = &after["poison"][0];
+    assert!(
+        unnamed["reason"].as_str().unwrap().contains("job_id"),
+        "{after:#}"
+    );
+    // Named, the poison job reads the same; the table shows all of it.
+    let named = stack
+        .cli
+        .run(&["status", "poison", "--json"])
+        .await
+        .success();
+    let named: Value = serde_json::from_str(named.stdout.trim()).unwrap();
+    assert_eq!(named["state"], "failed", "{named:#}");
+    assert_eq!(named["error"].as_str(), Some(why), "{named:#}");
     let table = stack.cli.run(&["status"]).await.success();
     assert!(
         table
             .stdout
-            .starts_with("3 jobs: 0 queued, 0 running, 0 waiting, 2 done, 1 failed"),
+            .starts_with("4 jobs: 0 queued, 0 running, 0 waiting, 2 done, 2 failed"),
         "{table}"
+    );
+    assert!(
+        table.stdout.contains("1 messages without a valid job id"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_accounting_matches_what_its_worker_measured() {
+    let stack = Stack::setup("st-acct").await;
+    let module = stack.push("digest").await;
+    const SIZE: u64 = 300_000;
+    let input = stack.cli.write_file("data.bin", vec![7u8; SIZE as usize]);
+    // Three chunks, 700 ms apart: the checkpoint is written during the run.
+    let jobs = stack.cli.write_file(
+        "jobs.jsonl",
+        "{\"job_id\":\"acct\",\"copy\":true,\"chunk_bytes\":100000,\"chunk_ms\":700}\n",
+    );
+    let data = format!("data={}", input.display());
+    stack
+        .cli
+        .run(&[
+            "submit",
+            "--quiet",
+            "--module",
+            &module,
+            "--input",
+            &data,
+            jobs.to_str().unwrap(),
+        ])
+        .await
+        .success();
+    let addr = crate::observe::metrics_addr();
+    let mut worker = stack
+        .cli
+        .set("METRICS_ADDR", &addr)
+        .spawn("worker", &["worker", "--slots", "1"]);
+    let o = wait_overview(
+        &stack.cli,
+        Duration::from_secs(90),
+        &mut [&mut worker],
+        |o| o["counts"]["done"] == 1,
+    )
+    .await;
+    // What the worker counted (its only job, one run).
+    let (_, metrics) = crate::observe::fetch(&addr, "/metrics").await.unwrap();
+    stop(&mut worker).await;
+    let counted = |series: &str| crate::observe::value(&metrics, series) as u64;
+    let a = &by_id(&o)["acct"]["accounting"];
+    let artifacts: u64 = (stack
+        .store
+        .list_entries("jobs/acct/artifacts/")
+        .await
+        .unwrap())
+    .iter()
+    .map(|e| e.size)
+    .sum();
+    assert_eq!(a["input_bytes"], SIZE, "{o:#}");
+    assert_eq!(a["input_bytes"], counted("taskhost_input_read_bytes_total"));
+    assert!(artifacts > SIZE, "copy.bin and report.json: {artifacts}");
+    assert_eq!(a["artifact_bytes"], artifacts, "{o:#}");
+    assert_eq!(
+        a["artifact_bytes"],
+        counted("taskhost_artifact_written_bytes_total")
+    );
+    assert!(a["fuel"].as_u64().unwrap() > 0, "{o:#}");
+    assert_eq!(a["fuel"], counted("taskhost_fuel_used_total"), "{metrics}");
+    assert!(a["checkpoint_bytes"].as_u64().unwrap() > 0, "{o:#}");
+    assert_eq!(
+        a["checkpoint_bytes"],
+        counted("taskhost_checkpoint_written_bytes_total"),
+        "{metrics}"
+    );
+    assert!(a["wall_ms"].as_u64().unwrap() >= 3 * 700, "{o:#}");
+    assert_eq!(a["attempts"], 1, "{o:#}");
+    assert_eq!(a["crashes"], 0, "{o:#}");
+    // The selection's totals (one job), the named job and the table say the same.
+    assert_eq!(&o["totals"], a, "{o:#}");
+    let named = stack.cli.run(&["status", "acct", "--json"]).await.success();
+    let named: Value = serde_json::from_str(named.stdout.trim()).unwrap();
+    assert_eq!(&named["accounting"], a, "{named:#}");
+    let table = stack.cli.run(&["status"]).await.success();
+    let fuel = format!("fuel {}", a["fuel"]);
+    assert_eq!(
+        table.stdout.matches(&fuel).count(),
+        2,
+        "the job and the total: {table}"
     );
 }
 

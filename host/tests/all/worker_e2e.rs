@@ -322,8 +322,17 @@ async fn malformed_messages_are_dead_lettered_with_their_reason() {
         let error = got.attributes.get("error").expect("an error attribute");
         assert!(error.contains(says), "{error:?} should say {says:?}");
     }
-    // Nothing was run or stored for them.
+    // Nothing was run or stored under `jobs/` for them; each has its `poison/` record with
+    // the reason (docs/design.md §4), under the job id when the data named a valid one.
     assert!(stack.store.list("jobs/").await.unwrap().is_empty());
+    let records = stack.store.list("poison/").await.unwrap();
+    assert_eq!(records.len(), poison.len(), "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|k| k.starts_with("poison/jobs/bad-ref/")),
+        "{records:?}"
+    );
 
     worker.assert_running();
     stack

@@ -143,6 +143,7 @@ mod tests {
             error: None,
             artifacts: None,
             control: None,
+            accounting: Default::default(),
         }
     }
 

@@ -54,6 +54,7 @@ impl DirStore {
         Ok(DirStore { root })
     }
 
+    /// The directory under which every key is a file.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -139,9 +140,45 @@ fn read(path: &Path) -> io::Result<Option<Object>> {
         Ok(bytes) => Ok(Some(Object {
             etag: etag_of(&bytes),
             bytes,
+            note: read_note(path)?,
         })),
+        // A key prefix (a directory here) is no object, as on S3.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The hidden file beside an object that holds its note (written before the object's
+/// rename, removed with it; a reader racing a write may pair the new bytes with the old
+/// note, which only a display reads).
+fn note_path(path: &Path) -> PathBuf {
+    hidden_sibling(path, "note")
+}
+
+fn read_note(path: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(note_path(path)) {
+        Ok(note) => Ok(Some(note)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Sets (or with `None` removes) the note beside `path`.
+fn write_note(path: &Path, note: Option<&str>) -> io::Result<()> {
+    let at = note_path(path);
+    match note {
+        Some(note) => replace(&at, |f| f.write_all(note.as_bytes())),
+        None => match fs::remove_file(&at) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -159,6 +196,7 @@ fn put_blocking(
     path: &Path,
     bytes: &[u8],
     pre: &Precondition,
+    note: Option<&str>,
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("writing {}", path.display());
     let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
@@ -173,6 +211,7 @@ fn put_blocking(
         if !holds {
             return Err(StoreError::PreconditionFailed);
         }
+        write_note(path, note).map_err(|e| io_err(e, ctx))?;
         replace(path, |f| f.write_all(bytes)).map_err(|e| io_err(e, ctx))?;
         Ok(etag_of(bytes))
     })();
@@ -244,12 +283,20 @@ impl ObjectStore for DirStore {
         .map_err(join_err)?
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
+    async fn put_with_note(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
+    ) -> Result<ETag, StoreError> {
         let path = self.path(key)?;
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || put_blocking(&root, &path, &bytes, &pre))
-            .await
-            .map_err(join_err)?
+        tokio::task::spawn_blocking(move || {
+            put_blocking(&root, &path, &bytes, &pre, note.as_deref())
+        })
+        .await
+        .map_err(join_err)?
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
@@ -268,6 +315,7 @@ impl ObjectStore for DirStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(e, ctx)),
             }
+            write_note(&path, None).map_err(|e| io_err(e, ctx))?;
             lock.release(&root);
             Ok(())
         })

@@ -186,6 +186,9 @@ impl S3Store {
     }
 }
 
+/// The user metadata that holds an object's note (`x-amz-meta-taskhost`).
+const NOTE_METADATA: &str = "taskhost";
+
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let full = self.full_key(key);
@@ -193,11 +196,18 @@ impl ObjectStore for S3Store {
             return Ok(None);
         };
         let etag = etag_of("GetObject", &full, resp.e_tag())?;
+        let note = resp.metadata().and_then(|m| m.get(NOTE_METADATA)).cloned();
         let bytes = body(&full, resp).await?;
-        Ok(Some(Object { bytes, etag }))
+        Ok(Some(Object { bytes, etag, note }))
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, pre: Precondition) -> Result<ETag, StoreError> {
+    async fn put_with_note(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
+    ) -> Result<ETag, StoreError> {
         let full = self.full_key(key);
         let mut req = self
             .client
@@ -205,6 +215,9 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(&full)
             .body(ByteStream::from(bytes));
+        if let Some(note) = note {
+            req = req.metadata(NOTE_METADATA, note);
+        }
         req = match &pre {
             Precondition::None => req,
             Precondition::Absent => req.if_none_match("*"),

@@ -16,7 +16,9 @@ use super::LOCK;
 /// lapsed by then.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
+    /// The host name (`/proc/sys/kernel/hostname`).
     pub name: String,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): new at every boot.
     pub boot_id: String,
 }
 

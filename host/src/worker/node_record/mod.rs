@@ -51,8 +51,12 @@ pub(crate) const STAGING_AGE: Duration = Duration::from_secs(60);
 /// One job a worker runs: the message that leases it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobEntry {
+    /// The subscription the message was pulled from (only a worker pulling from it may
+    /// nack it).
     pub subscription: String,
+    /// The delivery's ack id: what the nack names.
     pub ack_id: String,
+    /// The job's id as the message gave it (not parsed: a record is read back as it is).
     pub job_id: String,
 }
 

@@ -17,7 +17,9 @@ use crate::store::ObjectStore;
 /// value, so no other worker hands the same jobs back.
 #[derive(Debug)]
 pub struct Dead {
+    /// The dead worker's id (its directory's name, and the owner its checkpoints name).
     pub worker_id: String,
+    /// The jobs it recorded, by job id.
     pub entries: Vec<JobEntry>,
     dir: PathBuf,
     _lock: File,

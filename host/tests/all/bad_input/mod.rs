@@ -3,7 +3,8 @@
 //! checked against docs/design.md's failure classes (section 6):
 //!
 //! - poison (not UTF-8 / not a JSON object / bad `job_id` / bad or no module): dead-lettered
-//!   with the parse error as its `error` attribute, acked, nothing stored for the job;
+//!   with the parse error as its `error` attribute, acked, nothing stored under `jobs/`; its
+//!   `poison/` record (under its job id when the data names a valid one) holds the reason;
 //! - an unusable module (tampered, not wasm, a core module, another world, not in the store):
 //!   dead-lettered with the reason, `jobs/<id>/error` written, the job never started;
 //! - a task error or a trap (with `MAX_FAILURES=1`): dead-lettered after exactly one run,

@@ -59,7 +59,8 @@ pub(super) async fn run_table(b: &Backend) {
         }
     }
 
-    // Nothing else was stored: poison left no trace, unusable modules never started a job.
+    // Nothing else was stored under `jobs/`: poison touched no job's objects (its record is
+    // under `poison/`, checked above), unusable modules never started a job.
     let mut want: BTreeSet<String> = BTreeSet::new();
     for c in &cases {
         let Some(job) = c.job else { continue };
@@ -322,6 +323,12 @@ pub(super) async fn check(b: &Backend, c: &Case, dead: Option<&IncomingMessage>,
             msg.attributes["original_message_id"].clone(),
         );
         assert_eq!(msg.attributes, want, "{what}: the dead letter's attributes");
+        if let Expect::Poison(_) = c.expect {
+            // Recorded for `status` before it was published (docs/design.md §4).
+            let job = c.job.map(job_id);
+            let key = keys::poison(job.as_ref(), &msg.attributes["original_message_id"]);
+            assert_eq!(b.text(&key).await.as_ref(), Some(reason), "{what}: {key}");
+        }
         if let Some(job) = c.job {
             let error = b.text(&keys::error(&job_id(job))).await;
             let checkpoint = b

@@ -26,6 +26,7 @@ async fn a_pull_dropped_mid_flight_loses_no_message_and_counts_no_attempt() {
             "a pull finished while the write lock was held"
         );
     }
+    // Part of the scenario: the write lock stays held a while before it is let go.
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.execute_batch("ROLLBACK").unwrap();
     // Another connection's commit: the orphaned claims ran (we are the only other writer).

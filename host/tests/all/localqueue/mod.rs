@@ -271,7 +271,8 @@ async fn an_acked_message_never_comes_back() {
     let got = q.pull("worker", 1, Duration::from_secs(1)).await;
     assert_eq!(got.len(), 1);
     q.ack("worker", &got).await;
-    // Past the lease it had: still gone, for this opener and for a fresh one.
+    // Past the lease it had: still gone, for this opener and for a fresh one. (Time itself
+    // is what is waited for: the 1 s lease ends.)
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(q.pull("worker", 1, LONG).await.is_empty());
     assert_eq!(q.backlog("worker").await, Backlog::default());
@@ -286,6 +287,7 @@ async fn a_stale_holder_cannot_settle_a_message_pulled_since() {
     let q = setup(dir.path()).await;
     q.publish("jobs", texts(1)).await;
     let stale = q.pull("worker", 1, Duration::from_secs(1)).await.remove(0);
+    // Time itself is what is waited for: the 1 s lease lapses.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let current = q.pull("worker", 1, LONG).await.remove(0);
     assert_eq!(current.message.message_id, stale.message.message_id);

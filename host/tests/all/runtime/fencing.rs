@@ -45,18 +45,8 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
         let store = store.clone();
         let job2 = job2.clone();
         tokio::spawn(async move {
-            // Wait until the first worker has claimed, then take the job over.
-            loop {
-                if store
-                    .exists(&taskhost::keys::checkpoint(&job2))
-                    .await
-                    .unwrap()
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Wait until the first worker's task runs (it has saved), then take the job over.
+            wait_saved(&store, &taskhost::keys::checkpoint(&job2)).await;
             // The running worker writes often: our claim may lose a race; retry until won.
             let unbound = Work::default();
             loop {
@@ -193,6 +183,24 @@ async fn a_finished_job_is_not_run_again() {
     );
 }
 
+/// How long after a job ended a write it should not have made is looked for: fifteen times
+/// the checkpoint writer's 20 ms spacing ([`fast_ckpt`]).
+const LATE_WRITE_WINDOW: Duration = Duration::from_millis(300);
+
+/// Waits until the checkpoint at `key` holds task bytes: the task runs and has saved.
+async fn wait_saved(store: &DirStore, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(obj) = store.get(key).await.unwrap()
+            && checkpoint::decode(&obj.bytes).is_ok_and(|(_, data)| data.is_some())
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{key}: nothing saved");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A task that ignores `conflict` errors is stopped by the host within a second of the
 /// takeover, whatever it does with the error; nothing more is written.
 #[tokio::test]
@@ -207,10 +215,7 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
     let thief = {
         let (store, key) = (store.clone(), key.clone());
         tokio::spawn(async move {
-            while !store.exists(&key).await.unwrap() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            wait_saved(&store, &key).await;
             // Another worker's claim, as the store sees it: the object changes under us.
             let header = checkpoint::Header {
                 owner: "thief".into(),
@@ -241,8 +246,9 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
         took < Duration::from_secs(1),
         "stopped {took:?} after the takeover"
     );
-    // Nothing written after the takeover, no result.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing written after the takeover, no result (a late write would show within the
+    // window: the absence of a write is no event to wait for).
+    tokio::time::sleep(LATE_WRITE_WINDOW).await;
     let now = store.get(&key).await.unwrap().unwrap();
     let (h, data) = checkpoint::decode(&now.bytes).unwrap();
     assert_eq!(
@@ -268,6 +274,7 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
         work: Work::of(module, input),
         on_other_work,
         inputs: Default::default(),
+        deletion_cost: None,
     };
     let run = |input: &'static str, binding: JobBinding| {
         let ex = ex.clone();

@@ -176,6 +176,8 @@ async fn cancellation_stops_a_running_task() {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
+        // Part of the scenario: the task spins for a moment (it makes no call that could be
+        // observed) before it is cancelled.
         tokio::time::sleep(Duration::from_millis(100)).await;
         c.cancel();
     });

@@ -65,6 +65,7 @@ pub fn binding(input: &str, inputs: &[(&str, &str)]) -> JobBinding {
             .iter()
             .map(|(n, k)| (n.parse().expect("a valid input name"), k.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        deletion_cost: None,
     }
 }
 

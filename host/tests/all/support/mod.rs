@@ -7,6 +7,7 @@ pub mod child;
 pub mod cli;
 pub mod exec;
 pub mod guests;
+pub mod imds;
 pub mod pubsub;
 pub mod s3;
 pub mod stack;

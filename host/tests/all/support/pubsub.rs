@@ -148,6 +148,25 @@ impl PubsubEmulator {
         }
     }
 
+    /// Deletes topic `topic` of `project` through the emulator's REST interface (the
+    /// library's client has no delete: taskhost never deletes a topic). Returns the HTTP
+    /// status line.
+    pub fn delete_topic(&self, project: &str, topic: &str) -> String {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.host()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = format!(
+            "DELETE /v1/projects/{project}/topics/{topic} HTTP/1.1\r\nHost: {}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.host()
+        );
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer.lines().next().unwrap_or_default().to_string()
+    }
+
     /// What the emulator has written to stdout and stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,0 +1,224 @@
+//! Stopping a worker: SIGTERM hands its job to another worker at once, and a drain that
+//! cannot flush is still bounded.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use support::cli::CliEnv;
+use support::s3::S3Server;
+use taskhost::checkpoint;
+use taskhost::ids::JobId;
+use taskhost::queue::{LocalQueue, Queue};
+use taskhost::store::dir::DirStore;
+
+use super::*;
+use crate::support;
+
+/// SIGTERM: the job is released and runs on another worker within 2 s; the stopped worker
+/// exits 0.
+/// The lease of the hand-over test: the job could only move sooner by being handed back.
+const HANDOVER_LEASE: Duration = Duration::from_secs(30);
+/// How soon after SIGTERM the job must start on the other worker: half the lease, far below
+/// a lapse and far above the hand-over itself (a nack, a redelivery, and the other worker's
+/// module fetch and compile, ~1.5 s in the debug build).
+const HANDOVER_BOUND: Duration = Duration::from_secs(HANDOVER_LEASE.as_secs() / 2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_job_to_another_worker_before_its_lease_could_lapse() {
+    let stack = Stack::setup_with("handover", HANDOVER_LEASE).await;
+    let module = stack.push("step_counter").await;
+    let cli = stack.cli.set("WORKER_SLOTS", "1");
+    let mut a = cli.spawn("worker-a", &["worker"]);
+    let id = "handover-job".to_string();
+    stack
+        .submit(&module, "handover.jsonl", &(job(&id, 80, 100) + "\n"))
+        .await
+        .success();
+    a.wait_for_log("job started", WORKER_START).await;
+    wait_progress(&stack, &id, 5).await;
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    b.wait_for_log("worker started", WORKER_START).await;
+
+    let signalled = Instant::now();
+    a.signal(libc::SIGTERM);
+    b.wait_for_log("job started", HANDOVER_LEASE).await;
+    let handed = signalled.elapsed();
+    assert!(
+        handed < HANDOVER_BOUND,
+        "ran elsewhere {handed:?} after SIGTERM: not handed over, the lease lapsed"
+    );
+    eprintln!("handed over in {handed:?}");
+    let status = a.wait_exit(WORKER_STOP).await;
+    assert_eq!(status.code(), Some(0), "{}", a.log());
+    assert!(b.log().contains("resumed=true"), "{}", b.log());
+    let statuses = stack
+        .wait_done(
+            std::slice::from_ref(&id),
+            Duration::from_secs(60),
+            &mut [&mut b],
+        )
+        .await;
+    assert_sum(&id, 80, &statuses[&id]);
+    stop(&mut b).await;
+    assert_nothing_left(&stack).await;
+}
+
+/// With storage frozen, a drain cannot flush: the worker still exits within
+/// SHUTDOWN_TIMEOUT_SECONDS, and a second signal makes it exit at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
+    let stack = Stack::setup_with("bounded", LEASE).await;
+    // This test's own S3 server: it freezes it.
+    let s3 = S3Server::start().await;
+    let servers = servers().await;
+    let cli = CliEnv::new(&servers.emulator, &s3, "e2e-bounded", "bounded")
+        .set("ACK_DEADLINE_SECONDS", LEASE.as_secs().to_string())
+        .set("WORKER_SLOTS", "1");
+    let module = {
+        let path = support::guests::wasm("step_counter");
+        cli.run(&["module", "push", path.to_str().unwrap()])
+            .await
+            .success()
+            .last_line()
+            .to_string()
+    };
+    for (timeout, second_signal) in [("2", false), ("60", true)] {
+        let id = format!("bounded-{timeout}");
+        let path = cli.write_file(&format!("{id}.jsonl"), job(&id, 200, 100) + "\n");
+        cli.run(&[
+            "submit",
+            "--quiet",
+            "--module",
+            &module,
+            path.to_str().unwrap(),
+        ])
+        .await
+        .success();
+        let mut w = cli
+            .set("SHUTDOWN_TIMEOUT_SECONDS", timeout)
+            .spawn(&format!("worker-{timeout}"), &["worker"]);
+        w.wait_for_log(&format!("job started job={id}"), WORKER_START)
+            .await;
+        // The job has saved a step: its drain has a checkpoint to flush.
+        wait_progress_of(&cli, &id, 1).await;
+        s3.freeze(true);
+        let signalled = Instant::now();
+        w.signal(libc::SIGTERM);
+        let status = if second_signal {
+            // The drain has begun (and cannot end: the store is frozen).
+            w.wait_for_log("worker stopping", WORKER_STOP).await;
+            w.assert_running();
+            let again = Instant::now();
+            w.signal(libc::SIGTERM);
+            let status = w.wait_exit(Duration::from_secs(5)).await;
+            let took = again.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "second signal: exit took {took:?}"
+            );
+            assert_eq!(status.code(), Some(130), "{}", w.log());
+            status
+        } else {
+            let status = w.wait_exit(Duration::from_secs(20)).await;
+            let took = signalled.elapsed();
+            assert!(
+                took < Duration::from_secs(5),
+                "SHUTDOWN_TIMEOUT 2 s, exit took {took:?}"
+            );
+            assert_eq!(status.code(), Some(0), "{}", w.log());
+            status
+        };
+        assert!(status.signal().is_none(), "{status}");
+        s3.freeze(false);
+    }
+    drop(stack);
+}
+
+/// SIGTERM on the embedded queue: the running job's checkpoint is flushed released (its
+/// lease ended, `lease_until_ms` 0) and its message is ready for another worker at once (not
+/// leased, nothing to wait out), which resumes the job from the checkpoint well before the
+/// lease could have lapsed; the stopped worker exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_embedded_queue_releases_the_job_and_redelivers_it_at_once() {
+    let cli = CliEnv::embedded("handover")
+        .set("ACK_DEADLINE_SECONDS", HANDOVER_LEASE.as_secs().to_string())
+        .set("WORKER_SLOTS", "1");
+    let wasm = support::guests::wasm("step_counter");
+    let pushed = cli.run(&["module", "push", wasm.to_str().unwrap()]).await;
+    let module = pushed.success().last_line().to_string();
+    let id = "handover-job".to_string();
+    let path = cli.write_file("handover.jsonl", job(&id, 80, 100) + "\n");
+    let args = [
+        "submit",
+        "--quiet",
+        "--module",
+        &module,
+        path.to_str().unwrap(),
+    ];
+    cli.run(&args).await.success();
+    let mut a = cli.spawn("worker-a", &["worker"]);
+    wait_progress_of(&cli, &id, 5).await;
+
+    let signalled = Instant::now();
+    a.signal(libc::SIGTERM);
+    let status = a.wait_exit(WORKER_STOP).await;
+    assert_eq!(status.code(), Some(0), "{}", a.log());
+    let store = DirStore::open(cli.var("STORE_DIR")).unwrap();
+    let job_id: JobId = id.parse().unwrap();
+    let header = checkpoint::peek(&store, &job_id).await.unwrap().unwrap();
+    assert_eq!(
+        header.lease_until_ms,
+        0,
+        "not released: {header:?}\n{}",
+        a.log()
+    );
+    let queue = LocalQueue::open(cli.var("QUEUE_FILE")).await.unwrap();
+    let backlog = queue.backlog(cli.var("SUBSCRIPTION_ID")).await.unwrap();
+    assert_eq!(
+        (backlog.ready, backlog.leased),
+        (1, 0),
+        "not handed back at once"
+    );
+
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    b.wait_for_log("job started", HANDOVER_LEASE).await;
+    let handed = signalled.elapsed();
+    assert!(
+        handed < HANDOVER_BOUND,
+        "ran elsewhere {handed:?} after SIGTERM: not handed over, the lease lapsed"
+    );
+    assert!(b.log().contains("resumed=true"), "{}", b.log());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let statuses = loop {
+        let statuses = status_of(&cli, &id).await;
+        if statuses["state"] == "done" {
+            break statuses;
+        }
+        b.assert_running();
+        assert!(Instant::now() < deadline, "{statuses:#}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_sum(&id, 80, &statuses);
+    assert_eq!(statuses["attempts"], 2, "{statuses:#}");
+    stop(&mut b).await;
+    let queue = Queue::Local(queue);
+    let dead_sub = format!("{}-dead-letter-sub", cli.var("TOPIC_ID"));
+    for sub in [cli.var("SUBSCRIPTION_ID").to_string(), dead_sub] {
+        let left = queue
+            .pull_some(
+                &sub,
+                10,
+                Duration::from_secs(2),
+                taskhost::queue::Settle::Nack,
+            )
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "left on {sub}: {left:?}");
+    }
+}
+
+/// `status --json` of one job.
+async fn status_of(cli: &CliEnv, id: &str) -> serde_json::Value {
+    let mut statuses = status(cli, &[id.to_string()]).await;
+    statuses.remove(id).unwrap()
+}

@@ -1,0 +1,172 @@
+//! SaladCloud (issue 18): the IMDS client and the deletion cost, against a local stand-in of
+//! SaladCloud's instance metadata service (`support::imds`, which checks every request
+//! against the service's published OpenAPI shapes).
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use support::cli::CliEnv;
+use support::imds::{Imds as StandIn, JWT};
+use taskhost::salad::imds::{MAX_DELETION_COST, MAX_REASON_CHARS};
+use taskhost::salad::{Imds, ImdsConfig, ImdsError};
+
+fn client(url: &str) -> Imds {
+    Imds::new(&ImdsConfig {
+        base_url: url.to_owned(),
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_client_speaks_the_documented_operations() {
+    let imds = StandIn::start();
+    let c = client(imds.url());
+    let status = c.status().await.unwrap();
+    assert!(status.ready && status.started);
+    assert_eq!(c.token().await.unwrap(), JWT);
+    c.set_deletion_cost(0).await.unwrap();
+    c.set_deletion_cost(MAX_DELETION_COST).await.unwrap();
+    assert_eq!(c.deletion_cost().await.unwrap(), MAX_DELETION_COST);
+    c.reallocate("the clock is off").await.unwrap();
+    // Too long for the service: cut to what it accepts, still sent.
+    c.reallocate(&"x".repeat(5000)).await.unwrap();
+    // Empty: the service wants at least one character.
+    c.reallocate("").await.unwrap();
+    assert_eq!(imds.deletion_costs(), [0, MAX_DELETION_COST]);
+    let reasons = imds.reallocations();
+    assert_eq!(reasons.len(), 3);
+    assert_eq!(reasons[0], "the clock is off");
+    assert_eq!(reasons[1].chars().count(), MAX_REASON_CHARS);
+    assert!(!reasons[2].is_empty());
+    assert_eq!(imds.violations(), Vec::<String>::new());
+}
+
+/// Every call is bounded: a service that accepts and never answers, and one that is not
+/// there, are errors within the timeout, never a hang.
+#[tokio::test]
+async fn calls_are_bounded_and_fail_softly() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let c = Imds::new(&ImdsConfig {
+        base_url: format!("http://{addr}"),
+        timeout: Duration::from_millis(300),
+    })
+    .unwrap();
+    let started = Instant::now();
+    let err = c.set_deletion_cost(1).await.unwrap_err();
+    assert!(matches!(err, ImdsError::Timeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(silent);
+    let err = c.status().await.unwrap_err();
+    assert!(
+        matches!(err, ImdsError::Unreachable(_) | ImdsError::Timeout(_)),
+        "{err}"
+    );
+    // Nothing listening: refused at once.
+    let err = client("http://127.0.0.1:1").token().await.unwrap_err();
+    assert!(matches!(err, ImdsError::Unreachable(_)), "{err}");
+}
+
+/// The deletion cost across a job's life, as the worker sets it on SaladCloud: 0 when idle,
+/// positive (below the maximum) while the job runs, the maximum while its result is written,
+/// 0 again after. A proxy setting in the environment is never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_keeps_the_deletion_cost_current() {
+    let imds = StandIn::start();
+    let cli = CliEnv::embedded("salad-cost")
+        .set("SALAD_MACHINE_ID", "machine-1")
+        .set("SALAD_IMDS_URL", imds.url())
+        .set("HTTP_PROXY", "http://127.0.0.1:1")
+        .set("http_proxy", "http://127.0.0.1:1")
+        .set("WORKER_SLOTS", "1");
+    let path = support::guests::wasm("step_counter");
+    let module = cli
+        .run(&["module", "push", path.to_str().unwrap()])
+        .await
+        .success()
+        .last_line()
+        .to_string();
+    let mut worker = cli.spawn("worker", &["worker"]);
+    // Idle first.
+    support::child::wait_for("the idle cost", || {
+        imds.deletion_costs().first() == Some(&0)
+    });
+    let jobs = cli.write_file(
+        "jobs.jsonl",
+        r#"{"job_id":"cost-1","steps":8,"step_ms":250}"#.to_owned() + "\n",
+    );
+    cli.run(&[
+        "submit",
+        "--quiet",
+        "--module",
+        &module,
+        jobs.to_str().unwrap(),
+    ])
+    .await
+    .success();
+    worker
+        .wait_for_log("job done", Duration::from_secs(60))
+        .await;
+    support::child::wait_for("the cost back to 0 after the job", || {
+        imds.deletion_costs().len() >= 4 && imds.deletion_costs().last() == Some(&0)
+    });
+    let costs = imds.deletion_costs();
+    let running = costs
+        .iter()
+        .position(|c| (1..MAX_DELETION_COST).contains(c))
+        .unwrap_or_else(|| panic!("no running cost in {costs:?}"));
+    let uploading = costs
+        .iter()
+        .position(|c| *c == MAX_DELETION_COST)
+        .unwrap_or_else(|| panic!("no maximum while writing the result in {costs:?}"));
+    assert!(running < uploading, "{costs:?}");
+    assert_eq!(costs[0], 0, "{costs:?}");
+    assert_eq!(imds.violations(), Vec::<String>::new());
+    worker.terminate(Duration::from_secs(15)).await;
+}
+
+/// Off SaladCloud (no SALAD_MACHINE_ID) the worker never calls the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_saladcloud_the_service_is_never_called() {
+    let imds = StandIn::start();
+    let cli = CliEnv::embedded("salad-off").set("SALAD_IMDS_URL", imds.url());
+    let mut worker = cli.spawn("worker", &["worker"]);
+    worker
+        .wait_for_log("worker started", Duration::from_secs(30))
+        .await;
+    worker.terminate(Duration::from_secs(15)).await;
+    assert_eq!(imds.requests(), 0);
+}
+
+/// Reallocation asks once, with its reason, after the configured host faults in a row, and
+/// never for faults a done job separated.
+#[tokio::test]
+async fn repeated_host_faults_reallocate_once() {
+    use taskhost::salad::{ReallocateConfig, Reallocator};
+    let imds = StandIn::start();
+    let r = Reallocator::new(
+        client(imds.url()),
+        ReallocateConfig {
+            after_host_faults: 3,
+            ..Default::default()
+        },
+    );
+    r.host_fault("instantiate failed").await;
+    r.host_fault("instantiate failed").await;
+    r.job_done();
+    r.host_fault("instantiate failed").await;
+    r.host_fault("instantiate failed").await;
+    r.clock(false).await;
+    assert_eq!(imds.reallocations(), Vec::<String>::new());
+    r.host_fault("the pool is exhausted").await;
+    r.host_fault("the pool is exhausted").await;
+    let reasons = imds.reallocations();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("3 host faults") && reasons[0].contains("the pool is exhausted"),
+        "{reasons:?}"
+    );
+    assert_eq!(imds.violations(), Vec::<String>::new());
+}
