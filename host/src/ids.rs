@@ -158,6 +158,10 @@ pub enum JobState {
     Done,
     /// Its error is stored (dead-lettered).
     Failed,
+    /// A user cancelled it (`job cancel`): no worker runs it again.
+    Cancelled,
+    /// A user paused it (`job pause`): its checkpoint waits for `job resume`.
+    Paused,
 }
 
 impl JobState {
@@ -169,19 +173,25 @@ impl JobState {
             JobState::Waiting => "waiting",
             JobState::Done => "done",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Paused => "paused",
         }
     }
 
-    /// Done or failed: nothing more will happen to it by itself.
+    /// Done, failed or cancelled: nothing more will happen to it by itself.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Done | JobState::Failed)
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
 impl FromStr for JobState {
     type Err = String;
 
-    /// A state by its name (`queued`, `running`, `waiting`, `done`, `failed`).
+    /// A state by its name (`queued`, `running`, `waiting`, `done`, `failed`, `cancelled`,
+    /// `paused`).
     fn from_str(s: &str) -> Result<JobState, String> {
         [
             JobState::Queued,
@@ -189,10 +199,16 @@ impl FromStr for JobState {
             JobState::Waiting,
             JobState::Done,
             JobState::Failed,
+            JobState::Cancelled,
+            JobState::Paused,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
-        .ok_or_else(|| format!("{s:?} is not a state (queued, running, waiting, done, failed)"))
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a state (queued, running, waiting, done, failed, cancelled, paused)"
+            )
+        })
     }
 }
 

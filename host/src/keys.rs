@@ -76,6 +76,17 @@ pub fn manifest(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/manifest")
 }
 
+/// The listing's marker of a cancelled (`"cancel"`) or paused (`"pause"`) job, written by
+/// `job cancel` / `job pause` after the checkpoint header's record (which is what counts).
+pub fn stopped(job: &JobId, action: &str) -> String {
+    let name = if action == "pause" {
+        "paused"
+    } else {
+        "cancelled"
+    };
+    format!("{JOBS_PREFIX}{job}/{name}")
+}
+
 /// Where a job's artifacts live.
 pub fn artifacts_prefix(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/artifacts/")

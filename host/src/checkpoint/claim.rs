@@ -41,6 +41,8 @@ pub enum ClaimError {
     Unreadable(String),
     /// The store failed; retry later.
     Storage(String),
+    /// A user cancelled or paused the job (`taskhost job cancel` / `pause`): not run.
+    Stopped(super::Control),
 }
 
 impl std::fmt::Display for ClaimError {
@@ -53,6 +55,7 @@ impl std::fmt::Display for ClaimError {
                 )
             }
             ClaimError::AlreadyDone => f.write_str("the job's result exists"),
+            ClaimError::Stopped(c) => write!(f, "{} by {}", c.action.as_str(), c.by),
             ClaimError::Unreadable(m) | ClaimError::Storage(m) | ClaimError::OtherWork(m) => {
                 f.write_str(m)
             }
@@ -163,6 +166,11 @@ pub async fn claim<S: ObjectStore>(
         .map_err(|e| ClaimError::Storage(e.to_string()))?;
     if done && !start_over {
         return Err(ClaimError::AlreadyDone);
+    }
+    // A cancel or pause: the job is not run (a result, above, always wins; a message that
+    // asks to start over drops the record with the rest of the old state).
+    if let Some(control) = header.control.clone().filter(|_| !start_over) {
+        return Err(ClaimError::Stopped(control));
     }
     // A finished job's last lease is left to expire: it holds nothing once the result exists.
     let now = now_ms();

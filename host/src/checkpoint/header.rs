@@ -70,11 +70,47 @@ pub struct Header {
     /// the task's last `save`; see `files`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRecord>,
+    /// A user's request to stop the job (`taskhost job cancel` / `job pause`): written by
+    /// the command `If-Match` the tag it read, so the owner's next write is refused and it
+    /// stops; a claim that finds it does not run the job (docs/design.md "Job control").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<Control>,
     /// Milliseconds since the Unix epoch at this write.
     #[serde(default)]
     pub updated_ms: u64,
     /// Random per write, so every write changes the ETag even when nothing else changed.
     pub nonce: String,
+}
+
+/// A user's request to stop a job, as the checkpoint header records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// Cancel or pause.
+    pub action: Action,
+    /// Who asked (`<user>@<host>` of the command, or what `--by` said).
+    pub by: String,
+    /// When the command recorded it (ms since the Unix epoch, the command's clock).
+    pub at_ms: u64,
+}
+
+/// What a [`Control`] record asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Stop the job for good (`cancelled`).
+    Cancel,
+    /// Stop the job, keeping its checkpoint, until `job resume` clears the record (`paused`).
+    Pause,
+}
+
+impl Action {
+    /// The action's name: `cancel` or `pause`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Cancel => "cancel",
+            Action::Pause => "pause",
+        }
+    }
 }
 
 /// An artifact as a checkpoint header records it: finished (its final size and tag), or
@@ -215,7 +251,7 @@ mod props {
     use proptest::option::of;
     use proptest::prelude::*;
 
-    use super::{ArtifactRecord, FORMAT_VERSION, Header, MAGIC, decode, encode};
+    use super::{Action, ArtifactRecord, Control, FORMAT_VERSION, Header, MAGIC, decode, encode};
 
     fn records() -> impl Strategy<Value = ArtifactRecord> {
         (
@@ -255,6 +291,7 @@ mod props {
             (any::<String>(), any::<String>(), vec(records(), 0..3)),
             (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
             (any::<(u64, u64, u64, u64)>(), any::<u32>()),
+            of((any::<bool>(), any::<String>(), any::<u64>())),
         )
             .prop_map(
                 |(
@@ -263,6 +300,7 @@ mod props {
                     (module, input_sha256, artifacts),
                     (updated_ms, nonce, (crashes, storage_failed_runs)),
                     ((wall_ms, input_bytes, artifact_bytes, checkpoint_bytes), crashed_runs),
+                    control,
                 )| Header {
                     attempts,
                     failures,
@@ -282,6 +320,11 @@ mod props {
                     module,
                     input_sha256,
                     artifacts,
+                    control: control.map(|(pause, by, at_ms)| Control {
+                        action: if pause { Action::Pause } else { Action::Cancel },
+                        by,
+                        at_ms,
+                    }),
                     updated_ms,
                     nonce,
                 },

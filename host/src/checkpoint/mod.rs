@@ -34,13 +34,14 @@ use crate::queue::lease::LeaseView;
 use crate::store::ObjectStore;
 
 mod claim;
+pub mod control;
 mod header;
 pub mod ownership;
 mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};
 use header::nonce;
-pub use header::{ArtifactRecord, Header, RunUsage, Usage, decode, encode};
+pub use header::{Action, ArtifactRecord, Control, Header, RunUsage, Usage, decode, encode};
 pub use ownership::{CLOCK_SKEW_ALLOWANCE, skew_allowance_ms};
 use writer::Writer;
 

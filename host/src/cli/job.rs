@@ -1,4 +1,4 @@
-//! `taskhost job reset JOB_ID...`.
+//! `taskhost job reset JOB_ID...` (and the subcommands of `job_control`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -26,6 +26,12 @@ pub enum JobCommand {
     /// (`--yes` for scripts). A job that a live worker runs, or that a worker claims while
     /// it is being reset, is left alone.
     Reset(ResetArgs),
+    /// Cancel jobs: a worker never starts a cancelled job, and stops a running one within
+    /// half an ack deadline (at its next lease extension) without writing anything more.
+    /// A job whose result exists stays done. Asks first (`--yes` for scripts).
+    Cancel(super::job_control::StopArgs),
+    /// Pause jobs: a cancel that keeps the checkpoint; `job resume` continues them.
+    Pause(super::job_control::StopArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +49,8 @@ pub struct ResetArgs {
 pub async fn main(args: JobArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         JobCommand::Reset(r) => reset(r).await,
+        JobCommand::Cancel(a) => super::job_control::stop(a, checkpoint::Action::Cancel).await,
+        JobCommand::Pause(a) => super::job_control::stop(a, checkpoint::Action::Pause).await,
     }
 }
 
@@ -144,6 +152,8 @@ async fn look<S: ObjectStore>(store: &S, id: &JobId) -> anyhow::Result<Looked> {
         ("result", keys::result(id)),
         ("manifest", keys::manifest(id)),
         ("error", keys::error(id)),
+        ("cancelled", keys::stopped(id, "cancel")),
+        ("paused", keys::stopped(id, "pause")),
     ];
     let artifacts = store.list(&keys::artifacts_prefix(id)).await?;
     candidates.extend(artifacts.into_iter().map(|k| ("artifact", k)));

@@ -11,6 +11,7 @@ mod artifacts;
 pub mod config;
 mod demo;
 mod job;
+mod job_control;
 mod module;
 mod preflight;
 mod run;

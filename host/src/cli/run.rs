@@ -142,6 +142,18 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
             eprintln!("error: another worker owns job {job} now; nothing was written");
             ExitCode::from(exit::CONFLICT)
         }
+        JobEnd::Stopped(c) => {
+            eprintln!(
+                "error: job {job} was {} by {} (`taskhost job resume` continues a paused job)",
+                if c.action == taskhost::checkpoint::Action::Pause {
+                    "paused"
+                } else {
+                    "cancelled"
+                },
+                Inert(&c.by)
+            );
+            ExitCode::from(exit::CONFLICT)
+        }
         JobEnd::Busy { owner, .. } => {
             eprintln!("error: job {job} is running on `{owner}` now; try again later");
             ExitCode::from(exit::CONFLICT)

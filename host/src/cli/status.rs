@@ -35,7 +35,7 @@ pub struct StatusArgs {
     /// overview as one document.
     #[arg(long)]
     pub json: bool,
-    /// Only jobs in this state (queued, running, waiting, done, failed).
+    /// Only jobs in this state (queued, running, waiting, done, failed, cancelled, paused).
     #[arg(long)]
     pub state: Option<JobState>,
     /// The page of jobs to show (0 is the first).
@@ -76,6 +76,8 @@ pub struct JobStatus {
     pub error: Option<String>,
     /// A done job's artifacts: how many, and their bytes together.
     pub artifacts: Option<ArtifactCount>,
+    /// A user's cancel or pause: what, who and when.
+    pub control: Option<checkpoint::Control>,
     /// What the job cost (docs/design.md §4).
     pub accounting: Accounting,
 }
@@ -117,6 +119,16 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
     let state = match (&result, &error, &header) {
         (Some(_), _, _) => JobState::Done,
         (None, Some(_), _) => JobState::Failed,
+        (
+            None,
+            None,
+            Some(Header {
+                control: Some(c), ..
+            }),
+        ) => match c.action {
+            checkpoint::Action::Cancel => JobState::Cancelled,
+            checkpoint::Action::Pause => JobState::Paused,
+        },
         // A live owner's lease (the ownership rule, as a claim reads it): someone runs it.
         (None, None, Some(h)) if live(h) => JobState::Running,
         (None, None, Some(_)) => JobState::Waiting,
@@ -153,6 +165,7 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         result,
         error,
         artifacts,
+        control: h.control.clone().filter(|_| state != JobState::Done),
         accounting,
     };
     Ok((status, h))
@@ -230,8 +243,18 @@ async fn overview(
     }
     let c = &o.counts;
     println!(
-        "{} jobs: {} queued, {} running, {} waiting, {} done, {} failed",
-        c.total, c.queued, c.running, c.waiting, c.done, c.failed
+        "{} jobs: {} queued, {} running, {} waiting, {} done, {} failed{}",
+        c.total,
+        c.queued,
+        c.running,
+        c.waiting,
+        c.done,
+        c.failed,
+        if c.cancelled + c.paused > 0 {
+            format!(", {} cancelled, {} paused", c.cancelled, c.paused)
+        } else {
+            String::new()
+        }
     );
     for v in &o.jobs {
         println!("{}", line(&from_view(v)));
@@ -277,6 +300,7 @@ fn from_view(v: &status::page::JobView) -> JobStatus {
             count: a.count,
             bytes: a.bytes,
         }),
+        control: v.control.clone().filter(|_| v.state != JobState::Done),
         accounting: v.accounting.clone(),
     }
 }
@@ -377,7 +401,15 @@ fn line(s: &JobStatus) -> String {
     let tail = match (&s.result, &s.error) {
         (Some(r), _) => format!("{artifacts}result {}", Inert(r)),
         (None, Some(e)) => format!("error {}", Inert(e)),
-        _ => String::new(),
+        _ => match &s.control {
+            Some(c) => format!(
+                "{} by {} at {} ms",
+                c.action.as_str(),
+                Inert(&c.by),
+                c.at_ms
+            ),
+            None => String::new(),
+        },
     };
     format!(
         "{:<24} {:<8} {:<18} attempts {:<3} failures {:<3} {} {tail}",
@@ -447,6 +479,7 @@ mod tests {
             result: result.map(Into::into),
             error: error.map(Into::into),
             artifacts: None,
+            control: None,
             accounting: Accounting::default(),
         }
     }

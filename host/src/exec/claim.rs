@@ -76,5 +76,6 @@ fn end_of_claim_error(e: ClaimError) -> JobEnd {
         ClaimError::Unreadable(m) => JobEnd::Unreadable(m),
         ClaimError::OtherWork(m) => JobEnd::OtherWork(m),
         ClaimError::Storage(m) => JobEnd::Storage(m),
+        ClaimError::Stopped(c) => JobEnd::Stopped(c),
     }
 }

@@ -93,6 +93,9 @@ pub enum JobEnd {
     LeaseLost,
     /// Stopped by the host (shutdown); the checkpoint is durable and released. Nack now.
     Cancelled,
+    /// A user cancelled or paused the job (`taskhost job cancel` / `pause`): its checkpoint
+    /// header holds the record. Not run, or stopped without writing anything more. Ack.
+    Stopped(crate::checkpoint::Control),
     /// The checkpoint cannot be read by this host (corrupt, or a newer format). Permanent.
     Unreadable(String),
     /// The job is stored for other work than the message asks for. Permanent; the reason
@@ -196,7 +199,15 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             .as_ref()
             .filter(|_| matches!(report.outcome, crate::runtime::Outcome::Finished(_)))
             .map(crate::salad::DeletionCost::uploading);
-        (self.settle(&claimed, &files, report).await, attempts)
+        let end = self.settle(&claimed, &files, report).await;
+        if end != JobEnd::Conflict {
+            return (end, attempts);
+        }
+        // A refused write: another worker, or a user's cancel or pause? One read tells.
+        match crate::checkpoint::control::read(&self.store, job).await {
+            Some(control) => (JobEnd::Stopped(control), attempts),
+            None => (end, attempts),
+        }
     }
 }
 

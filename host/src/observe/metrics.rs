@@ -82,6 +82,10 @@ label_values! {
         LeaseLost => "lease_lost",
         /// Stopped for shutdown.
         Interrupted => "interrupted",
+        /// Cancelled by a user (`job cancel`).
+        Cancelled => "cancelled",
+        /// Paused by a user (`job pause`).
+        Paused => "paused",
         /// The store failed: retried later.
         Storage => "storage",
         /// The host could not run the task (not the task's fault).

@@ -37,6 +37,10 @@ pub struct JobCounts {
     pub done: u64,
     /// [`JobState::Failed`].
     pub failed: u64,
+    /// [`JobState::Cancelled`].
+    pub cancelled: u64,
+    /// Paused jobs still need their module: `job resume` continues them.
+    pub paused: u64,
 }
 
 impl JobCounts {
@@ -48,13 +52,15 @@ impl JobCounts {
             JobState::Waiting => &mut self.waiting,
             JobState::Done => &mut self.done,
             JobState::Failed => &mut self.failed,
+            JobState::Cancelled => &mut self.cancelled,
+            JobState::Paused => &mut self.paused,
         } += 1;
     }
 
-    /// A job still needs the module: one is queued, running or waiting to resume. A needed
-    /// module is never deleted.
+    /// A job still needs the module: one is queued, running, waiting to resume or paused.
+    /// A needed module is never deleted.
     pub fn needed(&self) -> bool {
-        self.queued + self.running + self.waiting > 0
+        self.queued + self.running + self.waiting + self.paused > 0
     }
 }
 

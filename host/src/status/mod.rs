@@ -38,6 +38,10 @@ pub struct Listed {
     pub artifacts: (usize, u64),
     /// Named by a `submitted/` record.
     pub submitted: bool,
+    /// The `cancelled` marker `job cancel` writes.
+    pub cancelled: bool,
+    /// The `paused` marker `job pause` writes.
+    pub paused: bool,
     /// The key of a record of a message naming this job that was dead-lettered at parse
     /// time (poison; the last one listed).
     pub poison: Option<String>,
@@ -60,6 +64,8 @@ impl Listed {
         match self.checkpoint_ms {
             _ if self.result => JobState::Done,
             _ if self.error => JobState::Failed,
+            _ if self.cancelled => JobState::Cancelled,
+            _ if self.paused => JobState::Paused,
             Some(ms) if ms + window.as_millis() as u64 >= now_ms => JobState::Running,
             Some(_) => JobState::Waiting,
             // Nothing stored but a poison record: that message will never run.
@@ -95,6 +101,10 @@ pub struct Counts {
     pub done: usize,
     /// [`JobState::Failed`].
     pub failed: usize,
+    /// [`JobState::Cancelled`].
+    pub cancelled: usize,
+    /// [`JobState::Paused`].
+    pub paused: usize,
 }
 
 impl Counts {
@@ -106,6 +116,8 @@ impl Counts {
             JobState::Waiting => &mut self.waiting,
             JobState::Done => &mut self.done,
             JobState::Failed => &mut self.failed,
+            JobState::Cancelled => &mut self.cancelled,
+            JobState::Paused => &mut self.paused,
         } += 1;
     }
 }
@@ -138,6 +150,8 @@ pub async fn scan<S: ObjectStore>(store: &S) -> Result<Scan, StoreError> {
             "result" => job.result = true,
             "error" => job.error = true,
             "manifest" => job.manifest = true,
+            "cancelled" => job.cancelled = true,
+            "paused" => job.paused = true,
             a if a.starts_with("artifacts/") => {
                 job.artifacts.0 += 1;
                 job.artifacts.1 += entry.size;
@@ -236,6 +250,22 @@ mod tests {
         assert_eq!(
             l(&|l| {
                 l.error = true;
+                l.result = true
+            }),
+            JobState::Done
+        );
+        let stopped = |f: &dyn Fn(&mut Listed)| {
+            l(&|l| {
+                l.checkpoint_ms = Some(now);
+                f(l)
+            })
+        };
+        assert_eq!(stopped(&|l| l.cancelled = true), JobState::Cancelled);
+        assert_eq!(stopped(&|l| l.paused = true), JobState::Paused);
+        // A result always wins over a cancel.
+        assert_eq!(
+            stopped(&|l| {
+                l.cancelled = true;
                 l.result = true
             }),
             JobState::Done

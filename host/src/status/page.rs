@@ -33,6 +33,8 @@ pub struct JobView {
     pub artifacts: Option<ArtifactCount>,
     /// What the job cost.
     pub accounting: Accounting,
+    /// A user's cancel or pause: what, who and when (`job cancel` / `job pause`).
+    pub control: Option<checkpoint::Control>,
 }
 
 /// A done job's artifacts.
@@ -156,6 +158,16 @@ pub async fn read<S: ObjectStore>(
     let state = match (&result, &error, &header) {
         (Some(_), _, _) => JobState::Done,
         (None, Some(_), _) => JobState::Failed,
+        (
+            None,
+            None,
+            Some(Header {
+                control: Some(c), ..
+            }),
+        ) => match c.action {
+            checkpoint::Action::Cancel => JobState::Cancelled,
+            checkpoint::Action::Pause => JobState::Paused,
+        },
         (None, None, Some(h)) if live(h) => JobState::Running,
         (None, None, Some(_)) => JobState::Waiting,
         (None, None, None) => JobState::Queued,
@@ -216,6 +228,7 @@ pub fn view(
         failures: h.failures,
         result,
         error,
+        control: h.control.clone(),
         accounting,
         artifacts,
     }

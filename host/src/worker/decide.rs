@@ -20,7 +20,7 @@ pub enum Decision {
 /// the first), the failure limit and the ack deadline.
 pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Duration) -> Decision {
     match end {
-        JobEnd::Done { .. } | JobEnd::AlreadyDone => Decision::Ack,
+        JobEnd::Done { .. } | JobEnd::AlreadyDone | JobEnd::Stopped(_) => Decision::Ack,
         JobEnd::TaskFailed(msg) => Decision::DeadLetter(format!("the task failed: {msg}")),
         JobEnd::Trapped {
             kind,
@@ -168,6 +168,15 @@ mod tests {
             ),
             (JobEnd::Conflict, 1, Decision::HandBack(Duration::ZERO)),
             (JobEnd::LeaseLost, 1, Decision::HandBack(Duration::ZERO)),
+            (
+                JobEnd::Stopped(crate::checkpoint::Control {
+                    action: crate::checkpoint::Action::Cancel,
+                    by: "me".into(),
+                    at_ms: 1,
+                }),
+                9,
+                Decision::Ack,
+            ),
             (JobEnd::Cancelled, 1, Decision::HandBack(Duration::ZERO)),
             (
                 JobEnd::Unreadable("format 9".into()),

@@ -250,6 +250,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 tracing::info!(job = %id, "stopped for shutdown; checkpoint flushed; handing the job back");
                 Stats::bump(&s.interrupted);
             }
+            JobEnd::Stopped(c) => {
+                tracing::info!(job = %id, action = c.action.as_str(), by = %crate::inert::Inert(&c.by), at_ms = c.at_ms, "stopped by a user's request; nothing more written; acking");
+                Stats::bump(&s.stopped);
+            }
             JobEnd::Storage(m) => {
                 tracing::warn!(job = %id, error = %m, "storage failed; handing the job back for later");
                 Stats::bump(&s.retried);
@@ -342,6 +346,8 @@ fn outcome(end: &JobEnd) -> JobOutcome {
         JobEnd::Conflict => JobOutcome::Conflict,
         JobEnd::LeaseLost => JobOutcome::LeaseLost,
         JobEnd::Cancelled => JobOutcome::Interrupted,
+        JobEnd::Stopped(c) if c.action == crate::checkpoint::Action::Pause => JobOutcome::Paused,
+        JobEnd::Stopped(_) => JobOutcome::Cancelled,
         JobEnd::Unreadable(_) => JobOutcome::Unreadable,
         JobEnd::OtherWork(_) => JobOutcome::OtherWork,
         JobEnd::HostFault(_) => JobOutcome::HostFault,

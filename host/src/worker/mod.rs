@@ -133,6 +133,8 @@ pub struct Stats {
     /// Jobs the host could not run or whose handler panicked (not counted against the
     /// job).
     pub host_faults: AtomicU64,
+    /// Jobs a user cancelled or paused (`taskhost job cancel` / `pause`).
+    pub stopped: AtomicU64,
     /// Messages being handled now (a gauge, for the heartbeat).
     pub running: AtomicU64,
 }

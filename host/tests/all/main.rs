@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod cli_run;
+mod control;
 mod demo;
 mod failures;
 mod files;

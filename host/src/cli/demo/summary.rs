@@ -142,6 +142,7 @@ mod tests {
             result: result.map(str::to_owned),
             error: None,
             artifacts: None,
+            control: None,
             accounting: Default::default(),
         }
     }
