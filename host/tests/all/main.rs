@@ -4,6 +4,7 @@
 
 mod support;
 
+mod autoscale;
 mod bad_input;
 mod cli_run;
 mod control;

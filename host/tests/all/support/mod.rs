@@ -11,5 +11,6 @@ pub mod http;
 pub mod imds;
 pub mod pubsub;
 pub mod s3;
+pub mod salad_api;
 pub mod stack;
 pub mod sts;
