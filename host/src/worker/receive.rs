@@ -13,7 +13,7 @@
 //! the slots it asked for: a pull's round trip, not the jobs, bounds short jobs); while they
 //! come back empty, one.
 //!
-//! With several lanes, one pull is [`pull_lanes`]: each lane in order, asked for the slots the
+//! With several lanes, one pull is `pull_lanes`: each lane in order, asked for the slots the
 //! lanes above it left free (docs/design.md, "Priority lanes"); it is empty when every lane
 //! was.
 
