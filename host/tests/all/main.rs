@@ -14,6 +14,7 @@ mod files;
 mod files_e2e;
 mod hostile;
 mod keyless;
+mod lanes;
 mod launch;
 mod leasing;
 mod localqueue;
