@@ -330,3 +330,73 @@ fn outgoing(m: &IncomingMessage, module: Option<&ModuleHash>) -> OutgoingMessage
     };
     OutgoingMessage { data, attributes }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &str, attributes: &[(&str, &str)]) -> IncomingMessage {
+        IncomingMessage {
+            message_id: "7".into(),
+            data: data.as_bytes().to_vec(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            delivery_attempt: None,
+            publish_time_ms: Some(5),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_is_shown_and_replayed_without_its_dead_letter_attributes() {
+        let m = ModuleHash::of(b"m");
+        let n = ModuleHash::of(b"n");
+        let ours = message(
+            r#"{"job_id":"a","steps":3}"#,
+            &[
+                ("module", &m.to_string()),
+                ("error", "it broke"),
+                ("original_message_id", "1"),
+                ("attempts", "4"),
+                ("team", "x"),
+            ],
+        );
+        let l = Letter::of(&ours);
+        assert_eq!(l.job_id.as_deref(), Some("a"));
+        assert_eq!(l.reason.as_deref(), Some("it broke"));
+        assert_eq!(l.module, Some(m.to_string()));
+        assert_eq!((l.attempts, l.dead_lettered_ms), (Some(4), Some(5)));
+
+        let again = outgoing(&ours, None);
+        assert_eq!(again.data, ours.data, "the job as it was");
+        let keys: Vec<&str> = again.attributes.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["module", "team"]);
+        let moved = outgoing(&ours, Some(&n));
+        assert_eq!(moved.attributes["module"], n.to_string());
+        let job = JobMessage::parse(&moved.data, &moved.attributes, None).unwrap();
+        assert_eq!(job.module, n);
+        assert!(
+            job.upgrade_module,
+            "resumes the same input on the new module"
+        );
+
+        // Forwarded by Pub/Sub's own policy; and a poison message that is not JSON.
+        let forwarded = message(
+            r#"{"job_id":"b","module":"x"}"#,
+            &[
+                (PUBSUB_DELIVERY_COUNT, "100"),
+                ("CloudPubSubDeadLetterSourceSubscription", "s"),
+            ],
+        );
+        let l = Letter::of(&forwarded);
+        assert!(l.reason.unwrap().contains("delivery attempts exhausted"));
+        assert_eq!((l.attempts, l.module.as_deref()), (Some(100), Some("x")));
+        assert!(outgoing(&forwarded, None).attributes.is_empty());
+        let poison = message("not json", &[("error", "message data is not JSON")]);
+        assert_eq!(Letter::of(&poison).job_id, None);
+        let moved = outgoing(&poison, Some(&n));
+        assert_eq!(moved.data, b"not json");
+        assert_eq!(moved.attributes["module"], n.to_string());
+    }
+}

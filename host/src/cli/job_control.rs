@@ -85,8 +85,8 @@ pub async fn stop(args: StopArgs, action: Action) -> anyhow::Result<ExitCode> {
                     String::new()
                 };
                 eprintln!(
-                    "error: {id}: storage failed: {e:#}; its {} is not recorded{after} \
-                     (run the command again)",
+                    "error: {id}: storage failed: {e:#}; its {} is not recorded, or only in \
+                     part{after} (running the command again is safe)",
                     action.as_str()
                 );
                 return Ok(ExitCode::from(super::exit::STORAGE));

@@ -187,7 +187,8 @@ pub async fn read_work(
     Ok(match store.get(&key).await? {
         None => Err(format!(
             "no stored work ({key}: a job published other than by `taskhost submit`, or before \
-             work was stored): submit it again"
+             work was stored): `taskhost dead-letter replay {id}` if it was dead-lettered, \
+             else submit it again"
         )),
         Some(o) => StoredWork::decode(&o.bytes).map_err(|e| format!("{key}: {e}")),
     })
