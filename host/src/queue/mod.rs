@@ -19,6 +19,7 @@
 //! `local` know their wire protocols, and neither imports the other.
 
 pub mod browse;
+pub mod lanes;
 pub mod lease;
 pub mod local;
 pub mod pubsub;
