@@ -11,6 +11,8 @@
 //! | `jobs/<job_id>/error` | why the job was dead-lettered |
 //! | `jobs/<job_id>/manifest` | the finished job's artifacts (JSON), written just before the result |
 //! | `jobs/<job_id>/artifacts/<name>` | an artifact of the job |
+//! | `jobs/<job_id>/cancelled`, `jobs/<job_id>/paused` | the listing's marker of a user's cancel or pause |
+//! | `jobs/<job_id>/work` | the job's module and document as `submit` published them (`job::StoredWork`) |
 //! | `inputs/<sha256-hex>` | an input uploaded by `taskhost submit --input`, create-only |
 //! | `taskhost-probe/<name>` | a worker's startup write check (deleted at once) |
 //! | `submitted/<batch_id>` | the job ids of one batch `submit` published and their module (`status::batch`) |
@@ -87,6 +89,12 @@ pub fn stopped(job: &JobId, action: &str) -> String {
     format!("{JOBS_PREFIX}{job}/{name}")
 }
 
+/// The job's work as `submit` published it (JSON, `crate::job::StoredWork`): what `job
+/// resume`, `job retry` and `dead-letter replay` publish again.
+pub fn work(job: &JobId) -> String {
+    format!("{JOBS_PREFIX}{job}/work")
+}
+
 /// Where a job's artifacts live.
 pub fn artifacts_prefix(job: &JobId) -> String {
     format!("{JOBS_PREFIX}{job}/artifacts/")
@@ -140,6 +148,11 @@ pub fn poison(job: Option<&JobId>, message_id: &str) -> String {
         Some(job) => format!("{POISON_JOBS_PREFIX}{job}/{message}"),
         None => format!("{POISON_MESSAGES_PREFIX}{message}"),
     }
+}
+
+/// Where the poison records of messages naming `job` live (`poison/jobs/<job_id>/`).
+pub fn poison_of(job: &JobId) -> String {
+    format!("{POISON_JOBS_PREFIX}{job}/")
 }
 
 /// Prefixes of the host's own objects: a job's input key may not start with one.

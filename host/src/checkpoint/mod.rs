@@ -37,6 +37,7 @@ mod claim;
 pub mod control;
 mod header;
 pub mod ownership;
+pub mod requeue;
 mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};

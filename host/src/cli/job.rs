@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::config::StoreArgs;
+use taskhost::checkpoint::requeue::Requeue;
 use taskhost::checkpoint::{self, ownership};
 use taskhost::ids::JobId;
 use taskhost::keys;
@@ -32,6 +33,16 @@ pub enum JobCommand {
     Cancel(super::job_control::StopArgs),
     /// Pause jobs: a cancel that keeps the checkpoint; `job resume` continues them.
     Pause(super::job_control::StopArgs),
+    /// Continue paused jobs from their checkpoints: clears each pause, then publishes the
+    /// job's stored work again (a job that is not paused is published again too: a resume
+    /// whose publish failed is redone this way). A cancelled or done job is left alone.
+    Resume(super::requeue::RequeueArgs),
+    /// Run failed jobs again from their stored work: resets their failure counters (the
+    /// checkpoint header's failures, crashes and storage-failed runs; the `error` and
+    /// poison records), then publishes them. The checkpoint is kept: a job resumes from it.
+    /// A done, cancelled, paused or running job is left alone. (Its dead letter stays:
+    /// `dead-letter replay` does the same from the dead letters and removes them.)
+    Retry(super::requeue::RequeueArgs),
 }
 
 #[derive(Args, Debug)]
@@ -51,6 +62,8 @@ pub async fn main(args: JobArgs) -> anyhow::Result<ExitCode> {
         JobCommand::Reset(r) => reset(r).await,
         JobCommand::Cancel(a) => super::job_control::stop(a, checkpoint::Action::Cancel).await,
         JobCommand::Pause(a) => super::job_control::stop(a, checkpoint::Action::Pause).await,
+        JobCommand::Resume(a) => super::requeue::main(a, Requeue::Resume).await,
+        JobCommand::Retry(a) => super::requeue::main(a, Requeue::Retry).await,
     }
 }
 

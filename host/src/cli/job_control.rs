@@ -49,7 +49,9 @@ fn stoppable(s: &str) -> Result<JobState, String> {
     }
 }
 
-/// Records `action` for the jobs `args` names; exit 0 when every one is recorded (or was).
+/// Records `action` for the jobs `args` names; exit 0 when every one is recorded (or was),
+/// 5 when one was done, 6 when the store failed (the jobs before it are recorded; the store
+/// is waited for as long as its client's attempt timeout, so a short outage only delays it).
 pub async fn stop(args: StopArgs, action: Action) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
     let ids = select(&store, &args).await?;
@@ -71,8 +73,26 @@ pub async fn stop(args: StopArgs, action: Action) -> anyhow::Result<ExitCode> {
         at_ms: now_ms(),
     };
     let mut finished = 0;
-    for id in &ids {
-        match control::request(&store, id, &record).await? {
+    for (i, id) in ids.iter().enumerate() {
+        let requested = match control::request(&store, id, &record).await {
+            Ok(requested) => requested,
+            Err(e) => {
+                // Loud, never silent: the command stops here, and says what is not recorded.
+                let rest = ids.len() - i - 1;
+                let after = if rest > 0 {
+                    format!(", nor for the {rest} job(s) after it")
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "error: {id}: storage failed: {e:#}; its {} is not recorded, or only in \
+                     part{after} (running the command again is safe)",
+                    action.as_str()
+                );
+                return Ok(ExitCode::from(super::exit::STORAGE));
+            }
+        };
+        match requested {
             Requested::Recorded {
                 done_since: true, ..
             }

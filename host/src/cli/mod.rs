@@ -10,11 +10,13 @@
 mod artifacts;
 mod autoscale;
 pub mod config;
+mod dead_letter;
 mod demo;
 mod job;
 mod job_control;
 mod module;
 mod preflight;
+mod requeue;
 mod run;
 mod setup;
 pub mod status;
@@ -42,17 +44,21 @@ pub mod exit {
     pub const TRAPPED: u8 = 4;
     /// Another worker owns the job (`run`), or the job is running or changed while it was
     /// being reset (`job reset`); someone else moved the tag meanwhile (`module push --tag`,
-    /// `module tag`); a job still needs the module (`module rm`).
+    /// `module tag`); a job still needs the module (`module rm`); a job was done, cancelled,
+    /// paused or running and was left alone (`job cancel` / `pause` / `resume` / `retry`,
+    /// `dead-letter replay`).
     pub const CONFLICT: u8 = 5;
-    /// Storage failed (`run`).
+    /// Storage failed (`run`; the job control commands, naming what was not recorded).
     pub const STORAGE: u8 = 6;
     /// Any other error, said in one sentence: a setting out of range or missing, a service
     /// that cannot be reached or refuses, a file that cannot be read.
     pub const ERROR: u8 = 7;
     /// What was asked for does not exist (yet): a job that is not done, an artifact it does
-    /// not have (`artifacts`).
+    /// not have (`artifacts`); a job without stored work (`job resume`, `job retry`); no dead
+    /// letter naming the job (`dead-letter replay`).
     pub const NOT_FOUND: u8 = 8;
-    /// The user answered no; nothing was changed (`job reset`, `module rm`, `module prune`).
+    /// The user answered no; nothing was changed (`job reset`, `job cancel`, `job pause`,
+    /// `module rm`, `module prune`, `dead-letter replay --all`).
     pub const DECLINED: u8 = 9;
     /// Interrupted (Ctrl-C / SIGTERM; a second signal for every command); a checkpoint
     /// is durable.
@@ -68,12 +74,16 @@ Exit codes:
   4    the task trapped or hit a limit; its checkpoint is kept, run again to resume (run)
   5    another worker owns the job (run); the job is running or changed (job reset);
        the tag was moved by someone else (module push --tag, module tag); a job still
-       needs the module (module rm)
-  6    storage failed; nothing is lost, try again (run)
+       needs the module (module rm); a job was done, cancelled, paused or running and
+       was left alone (job cancel/pause/resume/retry, dead-letter replay)
+  6    storage failed; nothing is lost, try again (run, job cancel/pause/resume/retry,
+       dead-letter replay: the message names what was not recorded)
   7    any other error: a setting out of range or missing, a service that cannot be
        reached or refuses, a file that cannot be read (the message says which)
-  8    not found: the job is not done, or has no such artifact (artifacts)
-  9    declined: the answer was no, nothing was changed (job reset, module rm, module prune)
+  8    not found: the job is not done, or has no such artifact (artifacts); no stored
+       work (job resume, job retry); no dead letter names the job (dead-letter replay)
+  9    declined: the answer was no, nothing was changed (job reset, job cancel, job pause,
+       module rm, module prune, dead-letter replay --all)
   130  interrupted (Ctrl-C, SIGTERM); the checkpoint is saved";
 }
 
@@ -117,6 +127,7 @@ pub enum Command {
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
     Job(job::JobArgs),
+    DeadLetter(dead_letter::DeadLetterArgs),
     Artifacts(artifacts::ArtifactsArgs),
     Task(task::TaskArgs),
     Autoscale(autoscale::AutoscaleArgs),
@@ -165,6 +176,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::main(args).await,
         Command::Demo(args) => demo::main(args).await,
         Command::Job(args) => job::main(args).await,
+        Command::DeadLetter(args) => dead_letter::main(args).await,
         Command::Artifacts(args) => artifacts::main(args).await,
         Command::Task(args) => task::main(args).await,
         Command::Autoscale(args) => autoscale::main(args).await,

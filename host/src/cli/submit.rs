@@ -19,6 +19,9 @@ use taskhost::store::ObjectStore;
 const BATCH: usize = 500;
 /// Job ids per `submitted/` record: one write per 1,000 jobs published.
 const RECORD_BATCH: usize = 1000;
+/// Work records (`jobs/<id>/work`) written at once: 10,000 jobs take about 10,000 / 32
+/// round trips.
+const WORK_WRITES: usize = 32;
 
 /// Writes the record of a batch (`keys::submitted`, `status::batch`): its job ids and the
 /// module they name; `batch` names a record to rewrite (deleted when `jobs` is empty).
@@ -44,6 +47,33 @@ async fn record_batch(
         .await
         .context("cannot record the batch's job ids and module (submitted/)")?;
     Ok(batch)
+}
+
+/// Writes each job's work (`keys::work`: its module and document, as published), up to
+/// [`WORK_WRITES`] at a time.
+async fn store_works(
+    store: &taskhost::store::any::AnyStore,
+    module: &ModuleHash,
+    jobs: &[(JobId, String)],
+) -> anyhow::Result<()> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(jobs)
+        .map(|(id, doc)| async move {
+            let work = taskhost::job::StoredWork::new(module, doc)
+                .map_err(|e| anyhow::anyhow!("job {id}: {e}"))?;
+            store
+                .put(
+                    &taskhost::keys::work(id),
+                    work.encode(),
+                    taskhost::store::Precondition::None,
+                )
+                .await
+                .with_context(|| format!("cannot store the work of job {id} (jobs/{id}/work)"))?;
+            Ok::<(), anyhow::Error>(())
+        })
+        .buffer_unordered(WORK_WRITES)
+        .try_collect::<()>()
+        .await
 }
 
 /// Publish jobs to the jobs topic.
@@ -263,8 +293,10 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let mut published = 0usize;
     for record in jobs.chunks(RECORD_BATCH) {
-        // The batch's ids are recorded before its messages go out, so `status` shows every
-        // job as queued from the moment it is published.
+        // Each job's work, then the batch's ids, are stored before its messages go out, so
+        // `status` shows every job as queued from the moment it is published, and `job
+        // resume` / `job retry` find what to publish again.
+        store_works(&store, &module, record).await?;
         let batch = record_batch(&store, None, &module, record).await?;
         let mut sent = 0usize;
         for chunk in record.chunks(BATCH) {

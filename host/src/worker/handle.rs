@@ -28,6 +28,12 @@ use crate::time::now_ms;
 /// Pub/Sub allows attribute values of at most 1024 bytes.
 const MAX_ATTRIBUTE: usize = 1024;
 
+/// The attributes a dead-lettered message gets (docs/design.md §6): why, the message it was,
+/// and its delivery attempt (when the queue counts them). `dead-letter replay` removes them.
+pub const DEAD_LETTER_ATTRIBUTES: [&str; 3] =
+    ["error", "original_message_id", DEAD_LETTER_ATTEMPTS];
+const DEAD_LETTER_ATTEMPTS: &str = "attempts";
+
 /// What every job of a worker shares.
 pub(super) struct Worker<S> {
     /// The runtime's metrics, counted per job end and per settlement.
@@ -291,6 +297,9 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         let mut attributes: BTreeMap<String, String> = message.attributes.clone();
         attributes.insert("error".into(), truncate(reason, MAX_ATTRIBUTE));
         attributes.insert("original_message_id".into(), message.message_id.clone());
+        if let Some(n) = message.delivery_attempt {
+            attributes.insert(DEAD_LETTER_ATTEMPTS.into(), n.to_string());
+        }
         let out = OutgoingMessage {
             data: message.data.clone(),
             attributes,

@@ -50,6 +50,7 @@ pub mod receive;
 
 pub use clock::{CLOCK_CHECK_INTERVAL, CLOCK_RECHECK_INTERVAL, skew_ms};
 pub use decide::{Decision, busy_delay, decide, retry_delay};
+pub use handle::DEAD_LETTER_ATTRIBUTES;
 use handle::Worker;
 
 /// Default number of trapped runs after which a job is dead-lettered.

@@ -1,6 +1,8 @@
 //! Job control against real servers (issue 16): `job cancel` of a queued, a running and a
-//! finished job, and cancels racing the jobs' ends, once on the embedded queue with the
-//! directory store and once on the Pub/Sub emulator with the S3 server.
+//! finished job, cancels racing the jobs' ends, pause + resume, `dead-letter list` /
+//! `replay` of poison and failed jobs and `job retry`, once on the embedded queue with the
+//! directory store and once on the Pub/Sub emulator with the S3 server; a cancel during a
+//! storage outage on a private S3 server.
 
 use crate::support;
 
@@ -8,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cli::{CliEnv, Proc};
+use support::s3::S3Server;
 use support::stack::*;
+use taskhost::queue::{LocalQueue, OutgoingMessage, Queue};
 
 /// The ack deadline of these tests: a running job's owner rewrites its header every 5 s.
 const DEADLINE_S: u64 = 10;
@@ -26,7 +30,11 @@ async fn embedded(topic: &str) -> CliEnv {
 }
 
 async fn push(cli: &CliEnv) -> String {
-    let path = support::guests::wasm("step_counter");
+    push_guest(cli, "step_counter").await
+}
+
+async fn push_guest(cli: &CliEnv, guest: &str) -> String {
+    let path = support::guests::wasm(guest);
     let out = cli
         .run(&["module", "push", path.to_str().unwrap()])
         .await
@@ -220,4 +228,238 @@ async fn cancel_races_the_end_on_both_backends() {
     cancel_racing_the_end(embedded("ctl-race-emb").await).await;
     let stack = Stack::setup_with("ctl-race-ps", Duration::from_secs(DEADLINE_S)).await;
     cancel_racing_the_end(stack.cli.clone()).await;
+}
+
+/// Pause, then resume: the job continues from its checkpoint (fewer steps run than a restart
+/// would) and its result equals an uninterrupted run's. A done job is not resumed (exit 5),
+/// nor one without stored work (exit 8).
+async fn pause_and_resume(cli: CliEnv) {
+    const STEPS: u64 = 200;
+    let module = push(&cli).await;
+    let mut worker = cli.spawn("worker", &["worker", "--slots", "2"]);
+    let job = format!("{{\"job_id\":\"pr\",\"steps\":{STEPS},\"step_ms\":100}}\n");
+    submit(&cli, &module, "pr.jsonl", &job).await;
+    wait_state(&cli, "pr", &mut worker, |s| {
+        s["state"] == "running" && s["progress"][0].as_u64().unwrap_or(0) >= 10
+    })
+    .await;
+    let out = cli
+        .run(&["job", "pause", "pr", "--yes", "--by", "tester"])
+        .await
+        .success();
+    assert!(out.stdout.contains("pr: pause recorded"), "{out}");
+    wait_log(&mut worker, STOPPED, "pr").await;
+    let paused = wait_state(&cli, "pr", &mut worker, |s| s["state"] == "paused").await;
+    let at = paused["progress"][0].as_u64().unwrap();
+    assert!((10..STEPS).contains(&at), "{paused:#}");
+
+    let out = cli.run(&["job", "resume", "pr"]).await.success();
+    assert!(
+        out.stdout.contains("pr: cleared pause; published again"),
+        "{out}"
+    );
+    let done = wait_state(&cli, "pr", &mut worker, |s| s["state"] == "done").await;
+    assert_step_result("pr", STEPS, &done);
+    assert!(done["control"].is_null(), "{done:#}");
+    let log = worker.log();
+    let from = job_lines(&log, "resuming at step ", "pr")
+        .last()
+        .and_then(|l| number_after(l, "resuming at step "))
+        .unwrap_or_else(|| panic!("pr was not resumed from its checkpoint:\n{log}"));
+    // The resumed run ran STEPS - from steps, a restart STEPS.
+    assert!(
+        from > 0 && from <= at,
+        "resumed at step {from}, paused at {at}\n{log}"
+    );
+
+    let out = cli.run(&["job", "resume", "pr"]).await.failure();
+    assert_eq!(out.status.code(), Some(5), "{out}");
+    assert!(out.stderr.contains("pr: done"), "{out}");
+    let out = cli.run(&["job", "resume", "nosuchjob"]).await.failure();
+    assert_eq!(out.status.code(), Some(8), "{out}");
+    assert!(out.stderr.contains("no stored work"), "{out}");
+    stop(&mut worker).await;
+}
+
+/// The message ids `dead-letter list --json` shows, by job id.
+async fn dead_letters(cli: &CliEnv) -> Vec<Value> {
+    let out = cli.run(&["dead-letter", "list", "--json"]).await.success();
+    let mut letters: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}\n{out}")))
+        .collect();
+    letters.sort_by_key(|l| l["message_id"].as_str().unwrap().to_owned());
+    letters
+}
+
+/// A poison message (no module, a worker without DEFAULT_MODULE) and two jobs that trap
+/// (MAX_FAILURES=1) are dead-lettered; `dead-letter list` shows them and loses none (read
+/// twice, the same); `dead-letter replay --module` runs the poison one and a failed one on
+/// the step counter, their failure counters reset; `job retry --module` runs the other from
+/// its stored work; then `replay --all` removes the last, stale dead letter.
+async fn replay_poison_and_failed(cli: CliEnv, queue: Queue) {
+    let counter = push(&cli).await;
+    let broken = push_guest(&cli, "misbehave").await;
+    let cli = cli.set("MAX_FAILURES", "1");
+    let mut worker = cli.spawn("worker", &["worker", "--slots", "2"]);
+    worker.wait_for_log("worker started", WORKER_START).await;
+    let topic = cli.var("TOPIC_ID").to_owned();
+    queue
+        .publish(
+            &topic,
+            vec![OutgoingMessage {
+                data: br#"{"job_id":"nomod","steps":4}"#.to_vec(),
+                attributes: Default::default(),
+            }],
+        )
+        .await
+        .unwrap();
+    let jobs = "{\"job_id\":\"bad\",\"steps\":5,\"mode\":\"panic\"}\n\
+                {\"job_id\":\"bad2\",\"steps\":3,\"mode\":\"panic\"}\n";
+    submit(&cli, &broken, "bad.jsonl", jobs).await;
+    for id in ["nomod", "bad", "bad2"] {
+        wait_state(&cli, id, &mut worker, |s| s["state"] == "failed").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = dead_letters(&cli).await;
+        if listed.len() >= 3 || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|l| l["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{listed:#?}");
+    for want in ["nomod", "bad", "bad2"] {
+        assert!(ids.contains(&want), "{listed:#?}");
+    }
+    for l in &listed {
+        assert!(!l["reason"].as_str().unwrap_or("").is_empty(), "{l:#}");
+        assert!(l["dead_lettered_ms"].as_u64().is_some(), "{l:#}");
+    }
+    let bad = listed.iter().find(|l| l["job_id"] == "bad").unwrap();
+    assert_eq!(bad["module"], broken, "{bad:#}");
+    // Listing consumed nothing: the same messages again.
+    assert_eq!(dead_letters(&cli).await, listed);
+
+    let out = cli
+        .run(&[
+            "dead-letter",
+            "replay",
+            "nomod",
+            "bad",
+            "--module",
+            &counter,
+        ])
+        .await
+        .success();
+    assert!(out.stdout.contains("nomod: replayed"), "{out}");
+    assert!(out.stdout.contains("bad: replayed"), "{out}");
+    for (id, steps) in [("nomod", 4), ("bad", 5)] {
+        let s = wait_state(&cli, id, &mut worker, |s| s["state"] == "done").await;
+        assert_step_result(id, steps, &s);
+        assert_eq!(s["failures"], 0, "the failure counter was not reset: {s:#}");
+    }
+    let left = dead_letters(&cli).await;
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_eq!(left[0]["job_id"], "bad2", "{left:#?}");
+
+    let out = cli
+        .run(&["job", "retry", "bad2", "--module", &counter])
+        .await
+        .success();
+    assert!(
+        out.stdout.contains("bad2: cleared failures, error"),
+        "{out}"
+    );
+    let s = wait_state(&cli, "bad2", &mut worker, |s| s["state"] == "done").await;
+    assert_step_result("bad2", 3, &s);
+    // Its dead letter is stale now: `replay --all` removes it without running it again.
+    let out = cli
+        .run(&["dead-letter", "replay", "--all", "--yes"])
+        .await
+        .success();
+    assert!(out.stdout.contains("bad2: done"), "{out}");
+    assert!(dead_letters(&cli).await.is_empty());
+    let out = cli
+        .run(&["dead-letter", "replay", "--all", "--yes"])
+        .await
+        .failure();
+    assert_eq!(out.status.code(), Some(8), "{out}");
+    let out = cli.run(&["dead-letter", "replay", "--all"]).await;
+    assert_eq!(out.status.code(), Some(8), "nothing to ask about: {out}");
+    stop(&mut worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_on_both_backends() {
+    pause_and_resume(embedded("ctl-pause-emb").await).await;
+    let stack = Stack::setup_with("ctl-pause-ps", Duration::from_secs(DEADLINE_S)).await;
+    pause_and_resume(stack.cli.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_poison_and_failed_jobs_on_both_backends() {
+    let cli = embedded("ctl-dl-emb").await;
+    let queue = Queue::Local(LocalQueue::open(cli.var("QUEUE_FILE")).await.unwrap());
+    replay_poison_and_failed(cli, queue).await;
+    let stack = Stack::setup_with("ctl-dl-ps", Duration::from_secs(DEADLINE_S)).await;
+    let queue = Queue::PubSub(stack.pubsub.clone());
+    replay_poison_and_failed(stack.cli.clone(), queue).await;
+}
+
+/// A cancel while storage is frozen waits for it and is applied once it answers (or, if it
+/// gave up, says so and exits non-zero); with storage gone it fails loudly (exit 6, naming
+/// the job), never silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_storage_outage_is_applied_or_fails_loudly() {
+    let servers = servers().await;
+    let s3 = S3Server::start().await;
+    let cli = CliEnv::new(&servers.emulator, &s3, "e2e-ctl-outage", "ctl-outage")
+        .set("ACK_DEADLINE_SECONDS", DEADLINE_S.to_string());
+    cli.run(&["setup"]).await.success();
+    let module = push(&cli).await;
+    let mut worker = cli.spawn("worker", &["worker", "--slots", "2"]);
+    let jobs = "{\"job_id\":\"long\",\"steps\":600,\"step_ms\":100}\n";
+    submit(&cli, &module, "long.jsonl", jobs).await;
+    wait_state(&cli, "long", &mut worker, |s| s["state"] == "running").await;
+
+    s3.freeze(true);
+    let pending = tokio::spawn({
+        let cli = cli.clone();
+        async move { cli.run(&["job", "cancel", "long", "--yes"]).await }
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await; // the outage's length: the scenario
+    s3.freeze(false);
+    let out = pending.await.unwrap();
+    let s = if out.status.success() {
+        assert!(out.stdout.contains("long: cancel recorded"), "{out}");
+        wait_log(&mut worker, STOPPED, "long").await;
+        wait_state(&cli, "long", &mut worker, |s| s["state"] == "cancelled").await
+    } else {
+        assert!(
+            out.stderr.contains("long"),
+            "a failure must name the job: {out}"
+        );
+        status(&cli, &["long".into()]).await.remove("long").unwrap()
+    };
+    assert_eq!(
+        out.status.success(),
+        s["state"] == "cancelled",
+        "exit {:?} but {s:#}",
+        out.status
+    );
+    stop(&mut worker).await;
+
+    drop(s3);
+    let out = cli.run(&["job", "cancel", "long", "--yes"]).await.failure();
+    assert_eq!(out.status.code(), Some(6), "{out}");
+    assert!(
+        out.stderr.contains("long") && out.stderr.contains("not recorded"),
+        "{out}"
+    );
 }

@@ -48,6 +48,13 @@ fn the_demo_kills_a_worker_resumes_its_jobs_and_verifies_every_result() {
         .find_map(|l| l.strip_prefix("resumes   "))
         .expect("a resumes line");
     assert!(!resumes.starts_with("0 of"), "{text}");
+    // One more job was cancelled mid-run: stopped, no result.
+    assert!(text.contains("cancelled demo-cancel at step"), "{text}");
+    assert!(
+        text.contains("cancel    demo-cancel: cancelled at step"),
+        "{text}"
+    );
+    assert!(text.contains("no result"), "{text}");
     assert!(text.trim_end().ends_with("demo ok"), "{text}");
 }
 

@@ -2,8 +2,9 @@
 //!
 //! In steps: [`setup`] pushes the module and submits the jobs, [`start_workers`] starts the
 //! worker processes, [`supervise`] polls and draws the jobs and kills one worker mid-job
-//! (whom to kill and which of its jobs resumed elsewhere: the pure [`decide::decide`]), and
-//! [`summary::summarize`] verifies every result and says what the kill cost.
+//! (whom to kill and which of its jobs resumed elsewhere: the pure [`decide::decide`]) and
+//! cancels one long job mid-run (`job cancel`'s request), and [`summary::summarize`]
+//! verifies every result and says what the kill and the cancel did.
 
 mod decide;
 mod summary;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use taskhost::checkpoint::Header;
-use taskhost::ids::{JobId, WorkerId};
+use taskhost::ids::{JobId, JobState, WorkerId};
 use taskhost::queue::{LocalQueue, OutgoingMessage, Queue};
 use taskhost::runtime::{Runtime, RuntimeConfig};
 use taskhost::store::any::AnyStore;
@@ -30,7 +31,8 @@ use super::status::{JobStatus, read_job};
 ///
 /// Pushes the step-counter task module, submits jobs, starts several worker processes,
 /// SIGKILLs one of them mid-job, shows its jobs resume on another worker from their
-/// checkpoints, draws progress bars, then verifies every result and prints a summary.
+/// checkpoints, cancels one more (longer) job mid-run as `taskhost job cancel` does, draws
+/// progress bars, then verifies every result and prints a summary.
 /// Exits non-zero if any result is wrong or missing.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -85,10 +87,10 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             tmp.path().to_path_buf()
         }
     };
-    let (store, jobs) = setup(&args, &dir).await?;
+    let (store, jobs, cancel) = setup(&args, &dir).await?;
     let mut workers = start_workers(&args, &dir)?;
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    let watched = supervise(&args, &store, &jobs, &mut workers, deadline).await?;
+    let watched = supervise(&args, &store, &jobs, &cancel, &mut workers, deadline).await?;
     workers.terminate_all();
     let summary = summary::summarize(&jobs, &watched, args.step_ms, started.elapsed());
     for line in &summary.lines {
@@ -104,9 +106,22 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// The demo's jobs: each id and its steps (the first `--steps`, each next 5 more).
 type Jobs = Vec<(JobId, u64)>;
 
+/// The job the demo cancels mid-run (not one of [`Jobs`]: its result is not expected), and
+/// its steps ([`CANCEL_STEPS_TIMES`] `--steps`, so it is still running when its worker
+/// learns of the cancel).
+pub struct CancelJob {
+    pub id: JobId,
+    pub steps: u64,
+}
+
+/// The cancelled job's steps, in `--steps`.
+const CANCEL_STEPS_TIMES: u64 = 4;
+/// The cancel is asked once the job has done this fraction of its steps (1 / this).
+const CANCEL_AT_FRACTION: u64 = 10;
+
 /// Step 1: pushes the step-counter module and submits the jobs, on the embedded default in
 /// `dir` (its store, queue and module cache).
-async fn setup(args: &DemoArgs, dir: &Path) -> anyhow::Result<(AnyStore, Jobs)> {
+async fn setup(args: &DemoArgs, dir: &Path) -> anyhow::Result<(AnyStore, Jobs, CancelJob)> {
     let module_path = args.module.clone().unwrap_or_else(|| {
         args.guest_target_dir
             .join("wasm32-wasip2/release/step_counter.wasm")
@@ -141,8 +156,13 @@ async fn setup(args: &DemoArgs, dir: &Path) -> anyhow::Result<(AnyStore, Jobs)> 
             (id, args.steps + 5 * i as u64)
         })
         .collect();
-    let messages = jobs
-        .iter()
+    let cancel = CancelJob {
+        id: "demo-cancel".parse().expect("valid id"),
+        steps: args.steps * CANCEL_STEPS_TIMES,
+    };
+    // The job to cancel goes first, so that it starts at once.
+    let messages = std::iter::once((&cancel.id, &cancel.steps))
+        .chain(jobs.iter().map(|(id, steps)| (id, steps)))
         .map(|(id, steps)| OutgoingMessage {
             data:
                 serde_json::json!({"job_id": id.as_str(), "steps": steps, "step_ms": args.step_ms})
@@ -159,7 +179,11 @@ async fn setup(args: &DemoArgs, dir: &Path) -> anyhow::Result<(AnyStore, Jobs)> 
         jobs.last().map_or(0, |j| j.1),
         args.step_ms
     );
-    Ok((store, jobs))
+    println!(
+        "submitted {} ({} steps), to be cancelled mid-run",
+        cancel.id, cancel.steps
+    );
+    Ok((store, jobs, cancel))
 }
 
 /// Step 2: the worker processes (at least two: one is killed), logging into `dir`.
@@ -237,12 +261,22 @@ fn spawn_worker(dir: &Path, n: usize, slots: usize) -> anyhow::Result<(u32, Chil
     Ok((child.id(), child))
 }
 
-/// What the supervision saw: each job's last status (in job order), the kill, and the
-/// killed jobs seen resuming elsewhere (job id -> the step it resumed from).
+/// What the supervision saw: each job's last status (in job order), the kill, the killed
+/// jobs seen resuming elsewhere (job id -> the step it resumed from), and the cancel.
 pub struct Watched {
     pub statuses: Vec<JobStatus>,
     pub kill: Option<Kill>,
     pub resumed: BTreeMap<String, u64>,
+    pub cancel: Option<Cancelled>,
+}
+
+/// The demo's cancel: the job, the step it had reached when the cancel was recorded, and its
+/// last status.
+pub struct Cancelled {
+    pub job: JobId,
+    pub steps: u64,
+    pub at_step: u64,
+    pub last: JobStatus,
 }
 
 /// Step 3: polls every job (every 200 ms) until all are final or `deadline` passes, draws
@@ -251,12 +285,16 @@ async fn supervise(
     args: &DemoArgs,
     store: &AnyStore,
     jobs: &Jobs,
+    cancel: &CancelJob,
     workers: &mut Workers,
     deadline: Instant,
 ) -> anyhow::Result<Watched> {
-    let bars = Bars::new(jobs, args.quiet);
+    let mut shown = jobs.clone();
+    shown.push((cancel.id.clone(), cancel.steps));
+    let bars = Bars::new(&shown, args.quiet);
     let mut kill: Option<Kill> = None;
     let mut resumed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut cancelled: Option<(u64, JobStatus)> = None;
     loop {
         let mut statuses = Vec::with_capacity(jobs.len());
         let mut seen = Vec::with_capacity(jobs.len());
@@ -283,17 +321,54 @@ async fn supervise(
             ))?;
             kill = Some(k);
         }
-        let finished = statuses.iter().all(|s| s.state.is_final());
+        let (c, _) = read_job(store, &cancel.id).await?;
+        bars.show(jobs.len(), &c, false);
+        let at_step = c.progress.map_or(0, |(done, _)| done);
+        match &mut cancelled {
+            Some((_, last)) => *last = c,
+            None if c.state == JobState::Running
+                && at_step >= cancel.steps / CANCEL_AT_FRACTION =>
+            {
+                cancel_job(store, &cancel.id).await?;
+                bars.println(format!(
+                    "cancelled {} at step {at_step} of {} (as `taskhost job cancel` does): \
+                     its worker stops it at its next lease extension",
+                    cancel.id, cancel.steps
+                ))?;
+                cancelled = Some((at_step, c));
+            }
+            None if c.state.is_final() => cancelled = Some((at_step, c)),
+            None => {}
+        }
+        let finished = statuses.iter().all(|s| s.state.is_final())
+            && cancelled.as_ref().is_some_and(|(_, s)| s.state.is_final());
         if finished || Instant::now() > deadline {
             bars.finish();
             return Ok(Watched {
                 statuses,
                 kill,
                 resumed,
+                cancel: cancelled.map(|(at_step, last)| Cancelled {
+                    job: cancel.id.clone(),
+                    steps: cancel.steps,
+                    at_step,
+                    last,
+                }),
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Records a cancel of `job` by the demo, as `taskhost job cancel` does.
+async fn cancel_job(store: &AnyStore, job: &JobId) -> anyhow::Result<()> {
+    let record = taskhost::checkpoint::Control {
+        action: taskhost::checkpoint::Action::Cancel,
+        by: "demo".into(),
+        at_ms: taskhost::time::now_ms(),
+    };
+    taskhost::checkpoint::control::request(store, job, &record).await?;
+    Ok(())
 }
 
 /// What [`decide`] needs of a job's status and checkpoint header.

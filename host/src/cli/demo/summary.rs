@@ -5,7 +5,7 @@ use std::time::Duration;
 use taskhost::ids::{JobId, JobState};
 use taskhost::inert::Inert;
 
-use super::Watched;
+use super::{Cancelled, Watched};
 
 /// The summary's lines, and whether every result is right.
 pub struct Summary {
@@ -64,6 +64,17 @@ pub fn summarize(
         watched.resumed.len(),
         watched.kill.as_ref().map_or(0, |k| k.held.len())
     ));
+    let cancel_ok = match &watched.cancel {
+        None => {
+            lines.push("cancel    none: the job to cancel never ran".to_owned());
+            true
+        }
+        Some(c) => {
+            let (line, ok) = cancel_line(c);
+            lines.push(line);
+            ok
+        }
+    };
     for f in watched
         .statuses
         .iter()
@@ -78,8 +89,10 @@ pub fn summarize(
     for w in &wrong {
         lines.push(format!("WRONG     {w}"));
     }
-    if wrong.is_empty() {
+    if wrong.is_empty() && cancel_ok {
         lines.push("demo ok".to_owned());
+    } else if wrong.is_empty() {
+        lines.push("demo FAILED: the cancelled job did not end as it should".to_owned());
     } else {
         lines.push(format!(
             "demo FAILED: {} of {} results wrong or missing",
@@ -89,7 +102,39 @@ pub fn summarize(
     }
     Summary {
         lines,
-        ok: wrong.is_empty(),
+        ok: wrong.is_empty() && cancel_ok,
+    }
+}
+
+/// The cancel's line, and whether the job ended as it may: cancelled without a result, or
+/// done with the right one (it finished before its worker learned of the cancel: a result
+/// wins).
+fn cancel_line(c: &Cancelled) -> (String, bool) {
+    let id = c.job.as_str();
+    match c.last.state {
+        JobState::Cancelled if c.last.result.is_none() => {
+            let stopped = c.last.progress.map_or(c.at_step, |(done, _)| done);
+            (
+                format!(
+                    "cancel    {id}: cancelled at step {} of {} by {}; stopped at step {stopped}, no result",
+                    c.at_step,
+                    c.steps,
+                    c.last.control.as_ref().map_or("?", |r| r.by.as_str())
+                ),
+                true,
+            )
+        }
+        JobState::Done => match check_result(id, c.steps, c.last.result.as_deref()) {
+            None => (
+                format!("cancel    {id}: finished before the cancel reached it (a result wins)"),
+                true,
+            ),
+            Some(wrong) => (format!("WRONG     {wrong}"), false),
+        },
+        other => (
+            format!("cancel    {id}: ended {other}, not cancelled"),
+            false,
+        ),
     }
 }
 
@@ -168,6 +213,20 @@ mod tests {
                 held: BTreeMap::from([("a".into(), (1, 400)), ("b".into(), (2, 50))]),
             }),
             resumed: BTreeMap::from([("a".into(), 1)]),
+            cancel: Some(Cancelled {
+                job: "c".parse().unwrap(),
+                steps: 100,
+                at_step: 10,
+                last: JobStatus {
+                    progress: Some((12, 100)),
+                    control: Some(taskhost::checkpoint::Control {
+                        action: taskhost::checkpoint::Action::Cancel,
+                        by: "demo".into(),
+                        at_ms: 1,
+                    }),
+                    ..status("c", JobState::Cancelled, None)
+                },
+            }),
         };
         let s = summarize(&jobs, &watched, 20, Duration::from_secs(3));
         let text = s.lines.join("\n");
@@ -178,6 +237,7 @@ mod tests {
             "a: resumed on another worker from step 1; work lost: 400 ms since its last checkpoint (~20 steps)",
             "b: finished (resume not observed)",
             "resumes   1 of 2 killed job(s)",
+            "cancel    c: cancelled at step 10 of 100 by demo; stopped at step 12, no result",
             "WRONG     b: wrong result",
             "demo FAILED: 1 of 2 results wrong or missing",
         ] {

@@ -315,13 +315,20 @@ pub(super) async fn check(b: &Backend, c: &Case, dead: Option<&IncomingMessage>,
                 "{what}: the reason {reason:?} does not say {s:?}"
             );
         }
-        // The original attributes, plus `error` and `original_message_id`, nothing else.
+        // The original attributes, plus `error`, `original_message_id` and the delivery
+        // attempt (`attempts`, a number from 1), nothing else.
         let mut want = c.attributes.clone();
         want.insert("error".into(), reason.clone());
         want.insert(
             "original_message_id".into(),
             msg.attributes["original_message_id"].clone(),
         );
+        let attempts = msg.attributes.get("attempts").cloned().unwrap_or_default();
+        assert!(
+            attempts.parse::<u32>().is_ok_and(|n| n >= 1),
+            "{what}: attempts {attempts:?}"
+        );
+        want.insert("attempts".into(), attempts);
         assert_eq!(msg.attributes, want, "{what}: the dead letter's attributes");
         if let Expect::Poison(_) = c.expect {
             // Recorded for `status` before it was published (docs/design.md §4).

@@ -1,0 +1,102 @@
+//! Reading every message of a subscription without consuming it (`taskhost dead-letter
+//! list`), then settling the chosen ones (`dead-letter replay`): the messages are pulled
+//! and held under one lease until the caller acks some and hands the rest back at once.
+//! Nothing is acked unless asked for, so a reader that stops anywhere loses no message
+//! (what it holds comes back when [`BROWSE_LEASE`] lapses, or at once after
+//! [`Browse::release`]).
+
+use std::time::Duration;
+
+use super::{IncomingMessage, Queue, QueueError, Received};
+
+/// The lease the messages are read under: long enough to list them and republish the chosen
+/// ones; a reader that dies holds them this long at most.
+pub const BROWSE_LEASE: Duration = Duration::from_secs(120);
+/// Empty pulls in a row that end the reading (a pull returns at once, and a server may
+/// answer empty while it still holds messages: the emulator does now and then).
+const EMPTY_PULLS: u32 = 5;
+/// The wait between two empty pulls.
+const EMPTY_WAIT: Duration = Duration::from_millis(100);
+/// Messages asked for per pull.
+const PULL: usize = 100;
+
+/// The messages of a subscription, held (not consumed) until acked or released.
+#[derive(Debug)]
+pub struct Browse {
+    queue: Queue,
+    sub: String,
+    held: Vec<Received>,
+}
+
+impl Queue {
+    /// Reads the messages of `sub` (at most `limit`), holding each under [`BROWSE_LEASE`];
+    /// each read counts a delivery attempt, as every pull does. A message delivered twice
+    /// while held (at-least-once) is shown once.
+    pub async fn browse(&self, sub: &str, limit: usize) -> Result<Browse, QueueError> {
+        let mut browse = Browse {
+            queue: self.clone(),
+            sub: sub.to_owned(),
+            held: Vec::new(),
+        };
+        let mut empty = 0;
+        while browse.held.len() < limit && empty < EMPTY_PULLS {
+            let want = PULL.min(limit - browse.held.len());
+            let got = match self.pull(sub, want, BROWSE_LEASE).await {
+                Ok(got) => got,
+                Err(e) => {
+                    // Hand back what was read before failing.
+                    let _ = browse.release().await;
+                    return Err(e);
+                }
+            };
+            if got.is_empty() {
+                empty += 1;
+                tokio::time::sleep(EMPTY_WAIT).await;
+            } else {
+                empty = 0;
+                browse.held.extend(got);
+            }
+        }
+        Ok(browse)
+    }
+}
+
+impl Browse {
+    /// The messages read, each once, oldest publish first.
+    pub fn messages(&self) -> Vec<&IncomingMessage> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out: Vec<&IncomingMessage> = self
+            .held
+            .iter()
+            .map(|r| &r.message)
+            .filter(|m| seen.insert(m.message_id.clone()))
+            .collect();
+        out.sort_by_key(|m| m.publish_time_ms);
+        out
+    }
+
+    /// Acks the messages with these ids (every delivery of each held): they are consumed.
+    pub async fn ack(&mut self, message_ids: &[&str]) -> Result<(), QueueError> {
+        let (done, kept): (Vec<Received>, Vec<Received>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|r| message_ids.contains(&r.message.message_id.as_str()));
+        self.held = kept;
+        let ack_ids: Vec<String> = done.iter().map(|r| r.ack_id.clone()).collect();
+        let acked = self.queue.acknowledge(&self.sub, &ack_ids).await;
+        if acked.is_err() {
+            // Still held: released with the rest.
+            self.held.extend(done);
+        }
+        acked
+    }
+
+    /// Hands every message still held back at once (the subscription delivers it again).
+    pub async fn release(&mut self) -> Result<(), QueueError> {
+        let ack_ids: Vec<String> = self.held.iter().map(|r| r.ack_id.clone()).collect();
+        self.queue
+            .modify_ack_deadline(&self.sub, &ack_ids, Duration::ZERO)
+            .await?;
+        self.held.clear();
+        Ok(())
+    }
+}
