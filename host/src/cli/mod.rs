@@ -15,6 +15,7 @@ mod job_control;
 mod module;
 mod preflight;
 mod run;
+mod selfcheck;
 mod setup;
 pub mod status;
 pub mod submit;
@@ -107,6 +108,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 // Each variant takes its help from its arguments struct's doc comment.
+// Parsed once per process: the size of the largest variant (the worker's settings) costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Setup(setup::SetupArgs),
     Module(module::ModuleArgs),

@@ -15,6 +15,7 @@ mod hostile;
 mod launch;
 mod leasing;
 mod localqueue;
+mod module_cache;
 mod observe;
 mod outages;
 mod pubsub_emulator;
