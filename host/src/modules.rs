@@ -115,3 +115,51 @@ pub async fn push<S: ObjectStore>(
         )),
     }
 }
+
+/// How often a worker drops from its caches the modules the bucket no longer holds
+/// (`CACHE_SWEEP_SECONDS`): every 10 min (one listing of `modules/` each time).
+pub const DEFAULT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Drops from `runtime`'s caches (memory and disk) every module the bucket no longer holds
+/// (removed by `taskhost module rm` or `prune`), so their space is freed; a job of one of
+/// them that still comes finds it missing the usual way. Returns how many were dropped.
+/// `Err`: the bucket could not be listed (nothing dropped).
+pub async fn sweep<S: ObjectStore>(runtime: &Runtime, store: &S) -> Result<usize, StoreError> {
+    // Listed before the bucket, so every module counted was fetched (so pushed) before the
+    // listing began: one missing from it was deleted.
+    let cached = runtime.cached_modules();
+    if cached.is_empty() {
+        return Ok(0);
+    }
+    let listed: std::collections::HashSet<ModuleHash> = store
+        .list(crate::keys::MODULES_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|k| crate::keys::module_of_key(k))
+        .collect();
+    let gone: Vec<_> = cached.into_iter().filter(|h| !listed.contains(h)).collect();
+    for h in &gone {
+        tracing::info!(module = %h, "module no longer in the bucket: dropped from the caches");
+        runtime.forget(h);
+    }
+    Ok(gone.len())
+}
+
+/// [`sweep`] every `every` until `shutdown` (the first at once); a failed listing is
+/// logged and tried again at the next round.
+pub async fn keep_swept<S: ObjectStore>(
+    runtime: Runtime,
+    store: S,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        if let Err(e) = sweep(&runtime, &store).await {
+            tracing::warn!(error = %e, "cannot list the modules to sweep the module caches");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -266,6 +266,12 @@ pub struct CacheArgs {
     /// is set.
     #[arg(long = "cache-dir", env = "TASKHOST_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Disk budget of the compiled-module cache, in MiB (default 2048): the least recently
+    /// used modules are removed to stay within it, never one a running job uses (a module
+    /// that cannot fit is kept in memory only). Keep it well under the disk the machine
+    /// gives the container. 0: unbounded.
+    #[arg(long = "cache-max-mb", env = "CACHE_MAX_MB", value_name = "MIB", default_value_t = taskhost::runtime::DEFAULT_CACHE_MAX_BYTES >> 20)]
+    pub cache_max_mb: u64,
 }
 
 impl CacheArgs {
@@ -285,6 +291,8 @@ impl CacheArgs {
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             cache_dir: self.dir(),
+            cache_max_bytes: (self.cache_max_mb > 0)
+                .then(|| self.cache_max_mb.saturating_mul(1 << 20)),
             ..RuntimeConfig::default()
         }
     }

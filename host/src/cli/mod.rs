@@ -18,6 +18,7 @@ mod module;
 mod preflight;
 mod requeue;
 mod run;
+mod selfcheck;
 mod setup;
 pub mod status;
 pub mod submit;
@@ -118,6 +119,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 // Each variant takes its help from its arguments struct's doc comment.
+// Parsed once per process: the size of the largest variant (the worker's settings) costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Setup(setup::SetupArgs),
     Module(module::ModuleArgs),

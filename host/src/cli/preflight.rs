@@ -1,7 +1,8 @@
 //! The worker's startup checks: what would otherwise fail every job. The store can be
-//! written (a probe object, written then deleted); on Pub/Sub, every lane's subscription and the
-//! dead-letter topic exist and the worker may publish to the latter (IAM, where the server
-//! can tell).
+//! written (a probe object, written then deleted); a `DEFAULT_MODULE` given as a tag exists
+//! (it is resolved here, once); on Pub/Sub, every lane's subscription and the dead-letter topic exist
+//! and the worker may publish to the latter (IAM, where the server can tell). The node's own
+//! checks (the cache directory, the compile time) are in `selfcheck`.
 //!
 //! A store or queue that does not answer is waited for (every 5 s). A misconfiguration is one
 //! sentence: by default the worker stays up and not ready (`/readyz` says the sentence),
@@ -13,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use taskhost::ids::{ModuleHash, ModuleRef};
 use taskhost::observe::Health;
 use taskhost::queue::Queue;
 use taskhost::queue::lanes::Lanes;
@@ -38,6 +40,15 @@ pub struct Checks<'a> {
     pub dead_letter_topic: &'a str,
     /// The probe object's key (`keys::probe`).
     pub probe_key: &'a str,
+    /// `DEFAULT_MODULE`, resolved by the checks.
+    pub default_module: Option<&'a ModuleRef>,
+}
+
+/// What the checks found once they passed.
+#[derive(Debug)]
+pub struct Passed {
+    /// `DEFAULT_MODULE`'s hash (a tag resolved once, now).
+    pub default_module: Option<ModuleHash>,
 }
 
 /// Why a check did not pass.
@@ -48,26 +59,26 @@ enum Problem {
     Misconfigured(String),
 }
 
-/// Runs the checks until they pass (`Ok(true)`) or `shutdown` comes first (`Ok(false)`).
+/// Runs the checks until they pass (`Ok(Some(..))`) or `shutdown` comes first (`Ok(None)`).
 /// `Err(the sentence)`: a misconfiguration, with `exit_on_misconfig` set.
 pub async fn preflight(
     checks: &Checks<'_>,
     exit_on_misconfig: bool,
     health: Option<&Health>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Passed>> {
     let mut recheck = FIRST_RECHECK;
     let mut logged: Option<(String, Instant)> = None;
     loop {
         let wait = match check(checks).await {
-            Ok(()) => {
+            Ok(passed) => {
                 if let Some(h) = health {
                     h.set_misconfigured(None);
                 }
                 if logged.is_some() {
                     tracing::info!("the misconfiguration is fixed: starting");
                 }
-                return Ok(true);
+                return Ok(Some(passed));
             }
             Err(Problem::Unanswered(why)) => {
                 tracing::warn!("{why}; taking no job until it does (retrying in 5 s)");
@@ -95,14 +106,14 @@ pub async fn preflight(
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
 /// One round of the checks.
-async fn check(c: &Checks<'_>) -> Result<(), Problem> {
+async fn check(c: &Checks<'_>) -> Result<Passed, Problem> {
     match taskhost::store::probe(c.store, c.probe_key).await {
         Ok(()) => {}
         Err(e) if e.is_transient() => {
@@ -123,8 +134,13 @@ async fn check(c: &Checks<'_>) -> Result<(), Problem> {
             )));
         }
     }
+    let default_module = match c.default_module {
+        None => None,
+        Some(r) => Some(default_module(c.store, r).await?),
+    };
+    let passed = Passed { default_module };
     let Queue::PubSub(pubsub) = c.queue else {
-        return Ok(());
+        return Ok(passed);
     };
     let queue_error = |e: taskhost::queue::pubsub::PubsubError| {
         if e.is_transient() {
@@ -180,5 +196,28 @@ async fn check(c: &Checks<'_>) -> Result<(), Problem> {
              roles/pubsub.publisher on that topic"
         )));
     }
-    Ok(())
+    Ok(passed)
+}
+
+/// `DEFAULT_MODULE` resolved (a tag's hash is logged; a hash is taken as it is: a job finds
+/// it missing the usual way). A tag that does not exist (yet) is a misconfiguration:
+/// waited for, like the others.
+async fn default_module(store: &AnyStore, r: &ModuleRef) -> Result<ModuleHash, Problem> {
+    use taskhost::registry::{self, RegistryError};
+    match registry::resolve(store, r).await {
+        Ok(hash) => {
+            if let ModuleRef::Tag(t) = r {
+                tracing::info!(tag = %t, module = %hash, "DEFAULT_MODULE resolved once, at start: jobs that name no module run this hash");
+            }
+            Ok(hash)
+        }
+        Err(RegistryError::Storage(e)) if e.is_transient() => Err(Problem::Unanswered(format!(
+            "the store does not answer ({e})"
+        ))),
+        Err(RegistryError::NoSuchTag(t)) => Err(Problem::Misconfigured(format!(
+            "DEFAULT_MODULE {t}: no module is tagged {t}, so jobs that name no module could not run: \
+             push one with `taskhost module push FILE --tag {t}` (or tag one with `taskhost module tag`)"
+        ))),
+        Err(e) => Err(Problem::Misconfigured(format!("DEFAULT_MODULE {r}: {e}"))),
+    }
 }

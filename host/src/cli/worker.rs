@@ -63,7 +63,8 @@ pub struct WorkerArgs {
     pub max_crashes: u32,
     /// Module for messages that name none: `sha256:<hex>`, or a tag `NAME[:TAG]` resolved
     /// once, when the worker starts (the hash is logged; moving the tag later changes
-    /// nothing for this worker: restart it to follow the tag).
+    /// nothing for this worker: restart it to follow the tag). A tag that does not exist yet
+    /// is a misconfiguration: waited for (see --exit-on-misconfig).
     #[arg(long, env = "DEFAULT_MODULE")]
     pub default_module: Option<ModuleRef>,
     /// Longest time between SIGTERM and exit, in seconds; what is not flushed by then is
@@ -102,6 +103,15 @@ pub struct WorkerArgs {
     /// worker asks for another node; 0: never.
     #[arg(long, env = "REALLOCATE_AFTER_CLOCK_OFF_SECONDS", default_value_t = taskhost::salad::reallocate::DEFAULT_AFTER_CLOCK_OFF.as_secs())]
     pub reallocate_after_clock_off_secs: u64,
+    /// On SaladCloud: seconds the startup self-check's compile of a fixed module (about 0.2 s
+    /// on an ordinary machine) may take, three tries in a row, before the worker asks for
+    /// another node; 0: never. Off SaladCloud the compile is not checked.
+    #[arg(long, env = "REALLOCATE_AFTER_COMPILE_SECONDS", default_value_t = super::selfcheck::DEFAULT_COMPILE_LIMIT.as_secs_f64())]
+    pub reallocate_after_compile_secs: f64,
+    /// Seconds between two sweeps of the module caches, which drop the modules the bucket no
+    /// longer holds (`module rm`, `module prune`; one listing of `modules/` each); 0: never.
+    #[arg(long, env = "CACHE_SWEEP_SECONDS", default_value_t = taskhost::modules::DEFAULT_SWEEP_INTERVAL.as_secs())]
+    pub cache_sweep_secs: u64,
     /// Seconds between two writes of this worker's heartbeat record (`workers/<worker id>`,
     /// shown by `taskhost status --workers`; deleted on a clean exit); 0: no heartbeat.
     #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = taskhost::worker::heartbeat::DEFAULT_INTERVAL.as_secs())]
@@ -150,10 +160,6 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         ))
     });
     let store = args.store.open()?.observed(metrics.clone(), health.clone());
-    let default_module = match &args.default_module {
-        Some(r) => Some(super::module::resolve_default(&store, r).await?),
-        None => None,
-    };
     let queue = args.pubsub.connect().await?;
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
@@ -187,6 +193,7 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         ..args.cache.runtime_config()
     };
     let record_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));
+    let cache_dir = runtime_config.cache_dir.clone();
     let runtime = Runtime::new(runtime_config)?;
     if let Some(h) = &health {
         h.set_started();
@@ -197,6 +204,29 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
             server.clone(),
         ));
     }
+    // The node's own checks: a node that fails them is given up on SaladCloud (it stays up,
+    // taking no job, until SaladCloud moves the instance).
+    // The compile check only matters where a slow node can be given up: on SaladCloud.
+    let compile_limit = Duration::try_from_secs_f64(args.reallocate_after_compile_secs)
+        .ok()
+        .filter(|d| !d.is_zero() && reallocator.is_some());
+    if let Some(problem) =
+        super::selfcheck::run(&runtime, cache_dir.as_deref(), compile_limit).await
+    {
+        let asked = match &reallocator {
+            Some(r) => r.self_check_failed(&problem.0).await,
+            None => false,
+        };
+        if asked {
+            if let Some(h) = &health {
+                h.set_node_failed(problem.0.clone());
+            }
+            tracing::error!(problem = %problem.0, "this node failed its self-check: reallocation asked, taking no job here");
+            shutdown.cancelled().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        tracing::error!(problem = %problem.0, "this node failed its self-check; working on");
+    }
     let probe_key = taskhost::keys::probe(&worker_id);
     let checks = super::preflight::Checks {
         store: &store,
@@ -204,16 +234,26 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         lanes: &lanes,
         dead_letter_topic: &dead_letter_topic,
         probe_key: &probe_key,
+        default_module: args.default_module.as_ref(),
     };
-    if !super::preflight::preflight(
+    let Some(passed) = super::preflight::preflight(
         &checks,
         args.exit_on_misconfig,
         health.as_deref(),
         &shutdown,
     )
     .await?
-    {
+    else {
         return Ok(ExitCode::SUCCESS);
+    };
+    let default_module = passed.default_module;
+    if args.cache_sweep_secs > 0 {
+        tokio::spawn(taskhost::modules::keep_swept(
+            runtime.clone(),
+            store.clone(),
+            Duration::from_secs(args.cache_sweep_secs),
+            server.clone(),
+        ));
     }
 
     let executor = Executor {

@@ -45,6 +45,8 @@ pub struct Health {
     queue_down: Mutex<Option<String>>,
     /// The misconfiguration the startup checks found, while they wait for it to be fixed.
     misconfigured: Mutex<Option<String>>,
+    /// Why this node was given up (a failed self-check, reallocation asked), if it was.
+    node_failed: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +112,12 @@ impl Health {
         *lock(&self.misconfigured) = why;
     }
 
+    /// The node failed its self-check and the worker asked for another node (`why`): it
+    /// takes no job here.
+    pub fn set_node_failed(&self, why: String) {
+        *lock(&self.node_failed) = Some(why);
+    }
+
     /// A pull went through (`Ok`) or failed (`Err(why)`).
     pub fn queue_answered(&self, result: Result<(), String>) {
         *lock(&self.queue_down) = result.err();
@@ -128,6 +136,9 @@ impl Health {
         }
         if let Some(e) = &*lock(&self.misconfigured) {
             why.push(format!("misconfigured: {e}"));
+        }
+        if let Some(e) = &*lock(&self.node_failed) {
+            why.push(format!("this node failed its self-check: {e}"));
         }
         if let Some(e) = &*lock(&self.store_down) {
             why.push(format!("the store does not answer: {e}"));

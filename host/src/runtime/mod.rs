@@ -15,6 +15,7 @@ mod files;
 mod host;
 pub mod output;
 pub mod sandbox;
+mod selfcheck;
 mod v0_1;
 
 use std::path::PathBuf;
@@ -29,13 +30,14 @@ use wasmtime::{Engine, Store, Trap};
 use crate::checkpoint::Checkpointer;
 use crate::files::JobFiles;
 use crate::ids::{JobId, ModuleHash};
-pub use cache::Prepared;
+pub use cache::{DEFAULT_CACHE_MAX_BYTES, MAX_BYTES_IN_MEMORY, MAX_MODULES_IN_MEMORY, Prepared};
 use host::HostState;
 pub use sandbox::{
     DEFAULT_FUEL_YIELD_INTERVAL, DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TASK_TIMEOUT, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
     MAX_TASK_ERROR_BYTES,
 };
+pub use selfcheck::COMPILE_CHECK_NORM;
 
 /// The WIT worlds a task module may target (`wit/task.wit`, `wit/v0.1.0/task.wit`), newest
 /// first: the linker serves all of them.
@@ -74,6 +76,10 @@ pub struct RuntimeConfig {
     /// Where compiled modules are cached; `None` (the default) disables the disk cache. The
     /// library reads no environment: the command line chooses this directory (`--cache-dir`).
     pub cache_dir: Option<PathBuf>,
+    /// The disk cache's budget in bytes (every compiled module under `cache_dir` together,
+    /// the least recently used removed first, never one a running job uses); `None`:
+    /// unbounded. Default [`DEFAULT_CACHE_MAX_BYTES`].
+    pub cache_max_bytes: Option<u64>,
     /// Fuel between two yields to tokio.
     pub fuel_yield_interval: u64,
     /// Most tasks running at once in this process: the pooling allocator keeps this many
@@ -93,6 +99,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             cache_dir: None,
+            cache_max_bytes: Some(DEFAULT_CACHE_MAX_BYTES),
             fuel_yield_interval: DEFAULT_FUEL_YIELD_INTERVAL,
             fuel_metering: true,
             max_concurrent_tasks: DEFAULT_MAX_CONCURRENT_TASKS,
@@ -240,7 +247,8 @@ impl Runtime {
     /// The engine (with its instance pool of `max_concurrent_tasks` slots) and a linker of
     /// WASI and every [`SUPPORTED_WORLDS`]. `Err`: the config is out of range
     /// ([`RuntimeConfig::check`]), the engine cannot be built (the pool's memory cannot be
-    /// reserved), or the cache directory cannot be created.
+    /// reserved). A cache directory that cannot be created leaves the disk cache off
+    /// ([`Runtime::check_cache_dir`] says why).
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         config.check()?;
         let engine = Engine::new(&sandbox::engine_config(
@@ -251,7 +259,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         bindings::v0_1::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let cache = cache::ModuleCache::new(&engine, config.cache_dir)?;
+        let cache = cache::ModuleCache::new(&engine, config.cache_dir, config.cache_max_bytes);
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
@@ -286,7 +294,7 @@ impl Runtime {
         match self.link(&component) {
             Ok(p) => {
                 tracing::info!(module = %hash, "module loaded from the disk cache");
-                Some(self.cache.insert(*hash, p))
+                Some(self.cache.insert(*hash, p, &component))
             }
             Err(e) => {
                 tracing::warn!(module = %hash, error = %e, "cached module no longer links; recompiling");
@@ -323,7 +331,7 @@ impl Runtime {
         );
         let prepared = self.link(&component)?;
         self.cache.store_disk(&hash, &component);
-        Ok(self.cache.insert(hash, prepared))
+        Ok(self.cache.insert(hash, prepared, &component))
     }
 
     /// [`Runtime::load_cached`], else [`Runtime::compile`] on a blocking thread.

@@ -3,7 +3,8 @@
 //! workload for a long time (48 h), so the thresholds are conservative settings and a
 //! misconfiguration shared by every node never reallocates (the startup checks wait instead).
 //!
-//! The node is taken to be the problem after [`ReallocateConfig::after_host_faults`] host
+//! The node is taken to be the problem when it fails a startup self-check (the binary's
+//! `selfcheck`: its disk cannot be written, compiling takes far beyond the norm), after [`ReallocateConfig::after_host_faults`] host
 //! faults in a row (a job's run failed for a reason that is not the task's, with no job done
 //! between), or when its clock has disagreed with the store's for
 //! [`ReallocateConfig::after_clock_off`]. The decision is [`reason`], a pure function; the
@@ -119,6 +120,29 @@ impl Reallocator {
             };
         }
         self.consider().await;
+    }
+
+    /// The node failed a startup self-check (`what`: which, and how): asks for another node
+    /// at once. `true`: asked (or asked before); `false`: the request failed (logged).
+    pub async fn self_check_failed(&self, what: &str) -> bool {
+        if self.asked.load(Ordering::Relaxed) {
+            return true;
+        }
+        let why = format!(
+            "taskhost: this node failed the startup self-check: {}",
+            cut(what)
+        );
+        tracing::error!(reason = %why, "this node is the problem: asking SaladCloud to reallocate the instance");
+        match self.imds.reallocate(&why).await {
+            Ok(()) => {
+                self.asked.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask for a reallocation; working on this node");
+                false
+            }
+        }
     }
 
     /// What the node has shown so far.

@@ -18,6 +18,7 @@ mod lanes;
 mod launch;
 mod leasing;
 mod localqueue;
+mod module_cache;
 mod observe;
 mod outages;
 mod pubsub_emulator;

@@ -423,3 +423,94 @@ async fn thirty_second_outages_of_storage_then_of_pubsub_lose_no_job() {
     let logs = a.log() + &b.log();
     assert!(!logs.contains("dead-lettered"), "{logs}");
 }
+
+/// Issue 18: a `DEFAULT_MODULE` tag that does not exist yet keeps the worker up and not
+/// ready (no crash loop); once the module is pushed with that tag, the jobs that name no
+/// module run it. `--exit-on-misconfig` keeps the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_its_default_module_tag() {
+    use taskhost::queue::OutgoingMessage;
+    let port = support::pubsub::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cli = CliEnv::embedded("late-tag")
+        .set("DEFAULT_MODULE", "late:v1")
+        .set("ACK_DEADLINE_SECONDS", "10");
+    let exited = cli.run(&["worker", "--exit-on-misconfig"]).await.failure();
+    assert!(
+        exited.stderr.contains("no module is tagged late:v1"),
+        "{exited}"
+    );
+    let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);
+    worker
+        .wait_for_log("no module is tagged late:v1", Duration::from_secs(30))
+        .await;
+    let (status, body) = http_get(&addr, "/readyz").expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("DEFAULT_MODULE late:v1"), "{body}");
+    // Jobs that name no module, published while the worker waits.
+    let queue = taskhost::queue::local::LocalQueue::open(cli.var("QUEUE_FILE"))
+        .await
+        .unwrap();
+    let messages = (1..=2)
+        .map(|n| OutgoingMessage {
+            data: format!(r#"{{"job_id":"late-tag-{n}","steps":3}}"#).into_bytes(),
+            attributes: Default::default(),
+        })
+        .collect();
+    Queue::Local(queue)
+        .publish("late-tag", messages)
+        .await
+        .unwrap();
+    // Fixed: the module is pushed with the tag; the same process takes the jobs.
+    let wasm = support::guests::wasm("step_counter");
+    let pushed = cli
+        .run(&["module", "push", wasm.to_str().unwrap(), "--tag", "late:v1"])
+        .await
+        .success();
+    let module = pushed.last_line().to_string();
+    worker
+        .wait_for_log(
+            "the misconfiguration is fixed: starting",
+            Duration::from_secs(60),
+        )
+        .await;
+    let ids: Vec<String> = (1..=2).map(|n| format!("late-tag-{n}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut args = vec!["status", "--json"];
+        args.extend(ids.iter().map(String::as_str));
+        let out = cli.run(&args).await.success();
+        let done: Vec<Value> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|s| s["state"] == "done")
+            .collect();
+        if done.len() == ids.len() {
+            for s in done {
+                let result: Value = serde_json::from_str(s["result"].as_str().unwrap()).unwrap();
+                assert_eq!(result["sum"], 6, "{s}");
+            }
+            break;
+        }
+        worker.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "not done: {out}\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    worker.assert_running();
+    let log = worker.log();
+    assert!(
+        log.contains(&module),
+        "the tag resolved to the pushed hash: {log}"
+    );
+    assert_eq!(
+        log.matches("no module is tagged late:v1").count(),
+        1,
+        "{log}"
+    );
+    worker.terminate(Duration::from_secs(15)).await;
+}

@@ -285,11 +285,12 @@ async fn tags_resolve_once_and_jobs_keep_their_hash() {
             "{kind}: {text}"
         );
 
-        // A worker whose DEFAULT_MODULE tag does not exist refuses to start.
+        // A worker whose DEFAULT_MODULE tag does not exist refuses to start with
+        // `--exit-on-misconfig` (by default it waits for it: `outages.rs`).
         let no_tag = env
             .cli
             .set("DEFAULT_MODULE", "nosuch:v1")
-            .run(&["worker"])
+            .run(&["worker", "--exit-on-misconfig"])
             .await
             .failure();
         assert!(

@@ -170,3 +170,97 @@ async fn repeated_host_faults_reallocate_once() {
     );
     assert_eq!(imds.violations(), Vec::<String>::new());
 }
+
+/// A node that fails the startup self-check (here: compiling far beyond the limit, the
+/// limit set absurdly low) asks for another node once, with its reason, says so on
+/// `/readyz`, takes no job and stays up (a non-zero exit would keep the node from the
+/// workload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fails_its_self_check_asks_for_another() {
+    let imds = StandIn::start();
+    let port = support::pubsub::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cli = CliEnv::embedded("salad-selfcheck")
+        .set("SALAD_MACHINE_ID", "machine-slow")
+        .set("SALAD_IMDS_URL", imds.url())
+        .set("METRICS_ADDR", &addr)
+        .set("REALLOCATE_AFTER_COMPILE_SECONDS", "0.000001");
+    let mut worker = cli.spawn("worker", &["worker"]);
+    worker
+        .wait_for_log("reallocation asked", Duration::from_secs(60))
+        .await;
+    let reasons = imds.reallocations();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("startup self-check") && reasons[0].contains("compiling"),
+        "{reasons:?}"
+    );
+    let body = http_get(&addr, "/readyz");
+    assert!(
+        body.starts_with("503") && body.contains("self-check"),
+        "{body}"
+    );
+    worker.assert_running();
+    assert!(!worker.log().contains("worker started"), "{}", worker.log());
+    assert_eq!(imds.violations(), Vec::<String>::new());
+    worker.terminate(Duration::from_secs(15)).await;
+}
+
+/// A cache directory that cannot be written because of the settings (every node alike) is
+/// never a reason to reallocate: the worker says what to fix and runs its jobs with the
+/// modules in memory only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_directory_every_node_shares_never_reallocates() {
+    let imds = StandIn::start();
+    let cli = CliEnv::embedded("salad-cachedir")
+        .set("SALAD_MACHINE_ID", "machine-1")
+        .set("SALAD_IMDS_URL", imds.url());
+    // A directory below a regular file: it can never be created.
+    let file = cli.write_file("not-a-dir", "");
+    let cli = cli.set(
+        "TASKHOST_CACHE_DIR",
+        file.join("cache").display().to_string(),
+    );
+    let path = support::guests::wasm("step_counter");
+    let module = cli
+        .run(&["module", "push", path.to_str().unwrap()])
+        .await
+        .success()
+        .last_line()
+        .to_string();
+    let mut worker = cli.spawn("worker", &["worker"]);
+    worker
+        .wait_for_log("worker started", Duration::from_secs(60))
+        .await;
+    assert!(
+        worker.log().contains("cannot be written") && worker.log().contains("TASKHOST_CACHE_DIR"),
+        "{}",
+        worker.log()
+    );
+    let jobs = cli.write_file("jobs.jsonl", "{\"job_id\":\"mem-1\",\"steps\":3}\n");
+    cli.run(&[
+        "submit",
+        "--quiet",
+        "--module",
+        &module,
+        jobs.to_str().unwrap(),
+    ])
+    .await
+    .success();
+    worker
+        .wait_for_log("job done", Duration::from_secs(60))
+        .await;
+    assert_eq!(imds.reallocations(), Vec::<String>::new());
+    worker.terminate(Duration::from_secs(15)).await;
+}
+
+/// `GET path` on `addr`: the status line and body, as one string.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.split_once(' ')
+        .map_or(text.clone(), |(_, rest)| rest.to_owned())
+}

@@ -212,15 +212,3 @@ pub async fn resolve_ref(store: &AnyStore, r: &ModuleRef) -> anyhow::Result<Modu
     }
     Ok(hash)
 }
-
-/// A worker's `DEFAULT_MODULE`, resolved once at its start (a tag's hash is logged; a hash
-/// is taken as it is: a job finds it missing the usual way).
-pub async fn resolve_default(store: &AnyStore, r: &ModuleRef) -> anyhow::Result<ModuleHash> {
-    let hash = registry::resolve(store, r)
-        .await
-        .with_context(|| format!("DEFAULT_MODULE {r}"))?;
-    if let ModuleRef::Tag(t) = r {
-        tracing::info!(tag = %t, module = %hash, "DEFAULT_MODULE resolved once, at start: jobs that name no module run this hash");
-    }
-    Ok(hash)
-}

@@ -1,6 +1,7 @@
 //! The sandboxed runtime against the real task modules: results, resume, limits, isolation,
 //! fencing, module checks. The fixtures are here; each area is a submodule.
 
+mod cache;
 mod fencing;
 mod modules;
 mod resume;
