@@ -26,12 +26,12 @@ bash tests/build-guests.sh
 status=0
 # The guest workspace builds for wasm32-wasip2 by default (guest-tasks/.cargo/config.toml):
 # its pure core's unit tests run natively, for the host's own target.
-echo "== prime-core unit tests (native)"
+echo "== prime-core and workloads-core unit tests (native)"
 host_target="$(rustc -vV | sed -n 's/^host: //p')"
 (
     cd guest-tasks || exit 1
     if [ -n "${GUEST_TARGET_DIR:-}" ]; then export CARGO_TARGET_DIR="$GUEST_TARGET_DIR"; fi
-    cargo test -p prime-core --target "$host_target" --locked --lib
+    cargo test -p prime-core -p workloads-core --target "$host_target" --locked --lib
 ) || status=$?
 
 echo "== cargo test"

@@ -89,6 +89,10 @@ pub struct RuntimeConfig {
     /// Fuel metering on (the default). Off exists only to measure its cost: without it a
     /// task never yields and fuel budgets are ignored.
     pub fuel_metering: bool,
+    /// Epoch interruption on (off by default): the guest yields to tokio at each tick of a
+    /// thread this runtime starts ([`EPOCH_TICK`]). It exists only to compare its cost with
+    /// fuel's (the benchmark runs it with `fuel_metering: false`); the worker never sets it.
+    pub epoch_interruption: bool,
     /// Where this runtime, and the jobs run with it, count (module cache, compile time,
     /// checkpoint writes, fuel, bytes). Default: a fresh [`Metrics`](crate::observe::Metrics)
     /// nobody reads.
@@ -102,6 +106,7 @@ impl Default for RuntimeConfig {
             cache_max_bytes: Some(DEFAULT_CACHE_MAX_BYTES),
             fuel_yield_interval: DEFAULT_FUEL_YIELD_INTERVAL,
             fuel_metering: true,
+            epoch_interruption: false,
             max_concurrent_tasks: DEFAULT_MAX_CONCURRENT_TASKS,
             metrics: Arc::default(),
         }
@@ -240,8 +245,12 @@ pub struct Runtime {
     cache: Arc<cache::ModuleCache>,
     fuel_yield_interval: u64,
     fuel_metering: bool,
+    epoch_interruption: bool,
     metrics: Arc<crate::observe::Metrics>,
 }
+
+/// The epoch tick of a runtime with [`RuntimeConfig::epoch_interruption`].
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 impl Runtime {
     /// The engine (with its instance pool of `max_concurrent_tasks` slots) and a linker of
@@ -253,8 +262,22 @@ impl Runtime {
         config.check()?;
         let engine = Engine::new(&sandbox::engine_config(
             config.fuel_metering,
+            config.epoch_interruption,
             config.max_concurrent_tasks,
         ))?;
+        if config.epoch_interruption {
+            // Ticks until the engine is dropped.
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("taskhost-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })?;
+        }
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -266,6 +289,7 @@ impl Runtime {
             cache: Arc::new(cache),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             fuel_metering: config.fuel_metering,
+            epoch_interruption: config.epoch_interruption,
             metrics: config.metrics,
         })
     }
@@ -383,6 +407,10 @@ impl Runtime {
             store
                 .fuel_async_yield_interval(Some(self.fuel_yield_interval))
                 .expect("fuel is enabled");
+        }
+        if self.epoch_interruption {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_async_yield_and_update(1);
         }
 
         enum End {

@@ -236,12 +236,14 @@ pub fn check_concurrent_tasks(n: u64) -> Result<u32, LimitError> {
     }
 }
 
-/// The engine's configuration: component model, fuel metering (if on), and an instance pool
-/// of `slots` tasks, each slot sized to one task's caps above.
-pub(super) fn engine_config(fuel_metering: bool, slots: u32) -> Config {
+/// The engine's configuration: component model, fuel metering (if on), epoch interruption
+/// (if on: benchmarks only), and an instance pool of `slots` tasks, each slot sized to one
+/// task's caps above.
+pub(super) fn engine_config(fuel_metering: bool, epoch_interruption: bool, slots: u32) -> Config {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.consume_fuel(fuel_metering);
+    cfg.epoch_interruption(epoch_interruption);
     // Pooled instance slots: a warm start reuses a slot (copy-on-write memory image, no
     // mmap), which is what makes starting a cached module take microseconds. A wasip2
     // component holds a few core instances (the task plus WASI adapter shims).

@@ -3,6 +3,7 @@
 
 mod cache;
 mod fencing;
+mod fuel;
 mod modules;
 mod resume;
 mod sandbox;
