@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::dir::DirStore;
 use super::s3::S3Store;
-use super::{ClockReading, ETag, Listed, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, Listed, Multipart, Object, ObjectStore, Precondition, StoreError};
 use crate::observe::{Health, Metrics};
 
 /// One [`ObjectStore`] of either backend, chosen at run time. Cheap to clone.
@@ -138,6 +138,12 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.get_range(key, offset, len).await)
     }
 
+    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
+        each!(self, s => s.clock(key).await)
+    }
+}
+
+impl Multipart for AnyStore {
     async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
         each!(self, s => s.upload_start(key).await)
     }
@@ -167,9 +173,5 @@ impl ObjectStore for AnyStore {
 
     async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
         each!(self, s => s.upload_abort(key, upload).await)
-    }
-
-    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
-        each!(self, s => s.clock(key).await)
     }
 }

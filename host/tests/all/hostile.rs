@@ -20,7 +20,7 @@ use taskhost::queue::{LocalQueue, Queue, Settle, Stamp};
 use taskhost::runtime::Runtime;
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
-use taskhost::store::{ObjectStore, Precondition};
+use taskhost::store::{Multipart, ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
 
 fn executor(store: AnyStore, rt: Runtime) -> Executor<AnyStore> {

@@ -14,7 +14,9 @@ use taskhost::ids::{JobId, ModuleHash};
 use taskhost::keys;
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
-use taskhost::store::{ETag, ErrorKind, MIN_PART_BYTES, ObjectStore, Precondition, StoreError};
+use taskhost::store::{
+    ETag, ErrorKind, MIN_PART_BYTES, Multipart, ObjectStore, Precondition, StoreError,
+};
 
 /// The backend under test, kept alive for the test's length.
 enum Backend {
