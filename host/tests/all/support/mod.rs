@@ -3,6 +3,7 @@
 // The servers are stopped, frozen and thawed with kill(2), which has no safe form in std.
 #![allow(unsafe_code)]
 
+pub mod bytes;
 pub mod child;
 pub mod cli;
 pub mod exec;
