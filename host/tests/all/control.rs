@@ -26,25 +26,11 @@ async fn embedded(topic: &str) -> CliEnv {
 }
 
 async fn push(cli: &CliEnv) -> String {
-    let path = support::guests::wasm("step_counter");
-    let out = cli
-        .run(&["module", "push", path.to_str().unwrap()])
-        .await
-        .success();
-    out.last_line().to_string()
+    cli.push_guest("step_counter").await
 }
 
 async fn submit(cli: &CliEnv, module: &str, name: &str, jobs: &str) {
-    let path = cli.write_file(name, jobs);
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
-        module,
-        path.to_str().unwrap(),
-    ])
-    .await
-    .success();
+    cli.submit_file(module, name, jobs).await.success();
 }
 
 /// Polls `status` of `id` until `done` holds of it.

@@ -11,47 +11,25 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::cli::{CliEnv, Proc};
-use support::s3::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use support::embedded::Embedded;
 use taskhost::checkpoint;
 use taskhost::ids::JobId;
 use taskhost::keys;
 use taskhost::store::ObjectStore;
-use taskhost::store::any::AnyStore;
-use taskhost::store::dir::DirStore;
 
 /// How long one digest job may take end to end in the debug build.
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 /// How much a worker's peak RSS may grow while it hashes a 200 MB input.
 const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 
-struct Env {
-    cli: CliEnv,
-    store: AnyStore,
-    _s3: Option<S3Server>,
-}
+type Env = Embedded;
 
 async fn env(kind: &str, topic: &str) -> Env {
-    let cli = CliEnv::embedded(topic).set("ACK_DEADLINE_SECONDS", "4");
-    match kind {
-        "dir" => Env {
-            store: AnyStore::Dir(DirStore::open(cli.var("STORE_DIR")).unwrap()),
-            cli,
-            _s3: None,
-        },
-        _ => {
-            let s3 = S3Server::start().await;
-            let cli = cli
-                .set("R2_BUCKET_NAME", BUCKET)
-                .set("R2_S3_ENDPOINT_URL", s3.endpoint())
-                .set("R2_AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-                .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
-            Env {
-                store: AnyStore::S3(s3.store("")),
-                cli,
-                _s3: Some(s3),
-            }
-        }
-    }
+    Embedded::start(
+        kind,
+        CliEnv::embedded(topic).set("ACK_DEADLINE_SECONDS", "4"),
+    )
+    .await
 }
 
 /// Writes `size` pseudo-random bytes to `path` a MiB at a time; returns their CRC-32.
@@ -79,16 +57,10 @@ fn write_input(path: &Path, size: usize, seed: u32) -> String {
 
 impl Env {
     async fn push_digest(&self) -> String {
-        let path = support::guests::wasm("digest");
-        let out = self
-            .cli
-            .run(&["module", "push", path.to_str().unwrap()])
-            .await
-            .success();
-        out.last_line().to_string()
+        self.cli.push_guest("digest").await
     }
 
-    async fn submit(&self, module: &str, jobs: &str, inputs: &[(&str, &Path)]) {
+    async fn submit_inputs(&self, module: &str, jobs: &str, inputs: &[(&str, &Path)]) {
         let file = self.cli.write_file("jobs.jsonl", jobs);
         let specs: Vec<String> = inputs
             .iter()
@@ -150,13 +122,13 @@ async fn a_200_mb_input_in_bounded_memory(kind: &str) {
 
     // Warm up: the worker compiles the module and runs a small job first.
     let mut worker = env.worker("w");
-    env.submit(&module, "{\"job_id\":\"small\"}\n", &[("data", &small)])
+    env.submit_inputs(&module, "{\"job_id\":\"small\"}\n", &[("data", &small)])
         .await;
     let r = env.wait_result("small", &mut worker).await;
     assert_eq!(r["crc32"], small_crc.as_str(), "{kind}");
     let before = peak_rss(worker.pid());
 
-    env.submit(&module, "{\"job_id\":\"big\"}\n", &[("data", &big)])
+    env.submit_inputs(&module, "{\"job_id\":\"big\"}\n", &[("data", &big)])
         .await;
     let r = env.wait_result("big", &mut worker).await;
     assert_eq!(r["bytes"], 200_000_000u64, "{kind}");
@@ -208,7 +180,7 @@ async fn killed_mid_input_resumes(kind: &str) {
     let size = 48usize << 20;
     let input = env.cli.dir().join("in.bin");
     let crc = write_input(&input, size, 3);
-    env.submit(
+    env.submit_inputs(
         &module,
         "{\"job_id\":\"resume\",\"copy\":true,\"chunk_ms\":80}\n",
         &[("data", &input)],

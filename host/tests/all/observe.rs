@@ -5,81 +5,17 @@
 
 use crate::support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::cli::{CliEnv, Proc};
+use support::cli::CliEnv;
+use support::http::{fetch, metrics_addr, until, value};
 use support::s3::{S3Server, SECRET_ACCESS_KEY};
 use support::stack::{Stack, WORKER_START, stop};
 use taskhost::checkpoint;
 use taskhost::ids::JobId;
 use taskhost::queue::OutgoingMessage;
 use taskhost::store::{ObjectStore, Precondition};
-
-/// `GET path` on `addr`: the status and the body, or `None` when nothing answers in time.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let sock = addr.parse().unwrap();
-    let mut conn = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-/// `GET path`, asynchronously (the blocking client on a blocking thread).
-pub(crate) async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    tokio::task::spawn_blocking(move || get(&addr, &path))
-        .await
-        .unwrap()
-}
-
-/// The value of the series `series` (name and labels exactly as exported) in `text`.
-pub(crate) fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Polls `path` until `ok` holds for its answer; panics after `timeout`, with the last answer.
-async fn until(
-    addr: &str,
-    path: &str,
-    timeout: Duration,
-    worker: &mut Proc,
-    ok: impl Fn(&(u16, String)) -> bool,
-) -> (u16, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = fetch(addr, path).await;
-        if let Some(answer) = got.filter(|a| ok(a)) {
-            return answer;
-        }
-        worker.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{path} not as expected within {timeout:?}; log:\n{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(crate) fn metrics_addr() -> String {
-    format!("127.0.0.1:{}", support::pubsub::free_port())
-}
 
 /// A service-account key file whose private key is `secret` (never valid; only seen).
 fn key_file(cli: &CliEnv, secret: &str) -> std::path::PathBuf {
@@ -267,11 +203,7 @@ async fn a_runs_metrics_count_what_happened_and_its_json_lines_carry_the_job() {
 async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
     // Its own S3 server (it is frozen) and the embedded queue.
     let s3 = S3Server::start().await;
-    let cli = CliEnv::embedded("obs-ready")
-        .set("R2_BUCKET_NAME", support::s3::BUCKET)
-        .set("R2_S3_ENDPOINT_URL", s3.endpoint())
-        .set("R2_AWS_ACCESS_KEY_ID", support::s3::ACCESS_KEY_ID)
-        .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
+    let cli = CliEnv::embedded("obs-ready").on_s3(&s3);
     cli.run(&["setup"]).await.success();
     let addr = metrics_addr();
     let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);

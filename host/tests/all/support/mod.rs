@@ -6,8 +6,10 @@
 pub mod bytes;
 pub mod child;
 pub mod cli;
+pub mod embedded;
 pub mod exec;
 pub mod guests;
+pub mod http;
 pub mod imds;
 pub mod pubsub;
 pub mod s3;
