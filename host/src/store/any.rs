@@ -35,6 +35,14 @@ enum Backend {
 }
 
 impl Observed {
+    /// A call starts: the probe checks a store whose calls wait too long
+    /// ([`crate::observe::health::next_check`]).
+    fn calling(&self) {
+        if let Some(h) = &self.health {
+            h.store_called();
+        }
+    }
+
     /// Counts an error by kind; any answer (a failed precondition too) tells the probe the
     /// store answers.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -78,10 +86,13 @@ macro_rules! each {
         match $store {
             AnyStore::Dir($s) => $call,
             AnyStore::S3($s) => $call,
-            AnyStore::Observed(o) => o.note(match &o.backend {
-                Backend::Dir($s) => $call,
-                Backend::S3($s) => $call,
-            }),
+            AnyStore::Observed(o) => {
+                o.calling();
+                o.note(match &o.backend {
+                    Backend::Dir($s) => $call,
+                    Backend::S3($s) => $call,
+                })
+            }
         }
     };
 }

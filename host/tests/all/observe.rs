@@ -199,6 +199,18 @@ async fn a_runs_metrics_count_what_happened_and_its_json_lines_carry_the_job() {
     }
 }
 
+/// The heartbeat interval of the idle worker whose store freezes.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How soon `/readyz` must follow the store (docs/design.md §10): the next heartbeat write,
+/// then `STORE_CHECK_INTERVAL` for it to wait unanswered and `STORE_CHECK_TIMEOUT` for the
+/// check (11 s), with twice as much again for a loaded machine; the same for the way back, when
+/// any call succeeds or the next check (every 5 s) does.
+const NOTICED: Duration = Duration::from_secs(
+    3 * (HEARTBEAT.as_secs()
+        + taskhost::observe::health::STORE_CHECK_INTERVAL.as_secs()
+        + taskhost::observe::health::STORE_CHECK_TIMEOUT.as_secs()),
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
     // Its own S3 server (it is frozen) and the embedded queue.
@@ -206,7 +218,12 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
     let cli = CliEnv::embedded("obs-ready").on_s3(&s3);
     cli.run(&["setup"]).await.success();
     let addr = metrics_addr();
-    let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);
+    // An idle worker: its heartbeat is its only store call, and what tells it the store
+    // stopped answering (its write waits; the probe asks STORE_CHECK_INTERVAL later).
+    let mut worker = cli
+        .set("METRICS_ADDR", &addr)
+        .set("HEARTBEAT_SECONDS", HEARTBEAT.as_secs().to_string())
+        .spawn("worker", &["worker"]);
     until(&addr, "/readyz", WORKER_START, &mut worker, |(s, _)| {
         *s == 200
     })
@@ -215,8 +232,7 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
 
     s3.freeze(true);
     let frozen = Instant::now();
-    let thirty = Duration::from_secs(30);
-    let deadline = frozen + thirty;
+    let deadline = frozen + NOTICED;
     let why = loop {
         let (status, body) = fetch(&addr, "/readyz").await.expect("readyz answers");
         // Liveness never follows an outage.
@@ -227,7 +243,7 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
         assert_eq!(status, 200, "{body}");
         assert!(
             Instant::now() < deadline,
-            "still ready 30 s into the outage"
+            "still ready {NOTICED:?} into the outage"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -241,7 +257,7 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     s3.freeze(false);
-    until(&addr, "/readyz", thirty, &mut worker, |(s, _)| *s == 200).await;
+    until(&addr, "/readyz", NOTICED, &mut worker, |(s, _)| *s == 200).await;
     let (_, text) = fetch(&addr, "/metrics").await.unwrap();
     assert_eq!(
         value(&text, "taskhost_jobs_ended_total{outcome=\"done\"}"),
