@@ -19,6 +19,9 @@ use taskhost::store::ObjectStore;
 
 /// How long one digest job may take end to end in the debug build.
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
+/// How far the hashing of the killed worker's input must be (by its checkpoint) when it is
+/// killed: a quarter of the 48 MiB input, so that the resumed run provably starts past 0.
+const KILL_AFTER: u64 = 12 << 20;
 /// How much a worker's peak RSS may grow while it hashes a 200 MB input.
 const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 
@@ -188,20 +191,25 @@ async fn killed_mid_input_resumes(kind: &str) {
     .await;
 
     // Kill the first worker once its checkpoint records a part of copy.bin as durable and
-    // the hashing is well past it.
+    // the hashing is well past it. The worker is stopped (SIGSTOP) while the checkpoint is
+    // read, so what is read is where it is when killed: it cannot run on to the end between
+    // the read and the kill, however late this test is scheduled. It runs only while the
+    // test sleeps between reads, a chunk per `chunk_ms` at most.
     let mut w1 = env.worker("w1");
     let job: JobId = "resume".parse().unwrap();
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
+        w1.signal(libc::SIGSTOP);
         if let Some(h) = checkpoint::peek(&env.store, &job).await.unwrap() {
             let durable = h
                 .artifacts
                 .iter()
                 .any(|a| a.name == "copy.bin" && a.size > 0);
-            if durable && h.progress.is_some_and(|(done, _)| done >= 12 << 20) {
+            if durable && h.progress.is_some_and(|(done, _)| done >= KILL_AFTER) {
                 break;
             }
         }
+        w1.signal(libc::SIGCONT);
         w1.assert_running();
         assert!(Instant::now() < deadline, "no progress; log:\n{}", w1.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -231,7 +239,7 @@ async fn killed_mid_input_resumes(kind: &str) {
     let offset = number_after(line, "resuming at offset ").unwrap();
     let durable = number_after(line, "copy.bin durable to ").unwrap();
     assert!(
-        offset >= 12 << 20 && durable > 0 && durable <= offset,
+        offset >= KILL_AFTER && durable > 0 && durable <= offset,
         "{kind}: {line}"
     );
     let ended = log
