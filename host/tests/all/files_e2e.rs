@@ -19,6 +19,11 @@ use taskhost::store::ObjectStore;
 
 /// How long one digest job may take end to end in the debug build.
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
+/// The workers' ack deadline: an artifact part (8 MiB) must be uploaded within the hold it
+/// leaves, or the worker gives the job up and it starts over elsewhere; 4 s was not enough
+/// for the S3 test server on a loaded machine (every run of the job gave it up), 20 s is.
+/// A killed worker's job waits at most this long for its lease to lapse.
+const ACK_DEADLINE_SECS: u64 = 20;
 /// How far the hashing of the killed worker's input must be (by its checkpoint) when it is
 /// killed: a quarter of the 48 MiB input, so that the resumed run provably starts past 0.
 const KILL_AFTER: u64 = 12 << 20;
@@ -28,11 +33,8 @@ const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 type Env = Embedded;
 
 async fn env(kind: &str, topic: &str) -> Env {
-    Embedded::start(
-        kind,
-        CliEnv::embedded(topic).set("ACK_DEADLINE_SECONDS", "4"),
-    )
-    .await
+    let cli = CliEnv::embedded(topic).set("ACK_DEADLINE_SECONDS", ACK_DEADLINE_SECS.to_string());
+    Embedded::start(kind, cli).await
 }
 
 /// Writes `size` pseudo-random bytes to `path` a MiB at a time; returns their CRC-32.

@@ -331,12 +331,21 @@ fn huge_artifact_writes_keep_host_memory_bounded() {
 /// the child's accounting starts from the forking process's).
 fn wait_with_peak_rss(mut child: std::process::Child) -> (i32, u64) {
     let status = format!("/proc/{}/status", child.id());
+    let exe = format!("/proc/{}/exe", child.id());
+    let bin = std::fs::canonicalize(support::cli::BIN).unwrap();
     let mut peak = 0;
     loop {
-        if let Some(kb) = std::fs::read_to_string(&status).ok().and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        }) {
+        // Only once it runs the binary: until its exec, the child is a copy of this test
+        // process (or shares its memory), whose size is that of whatever other tests run.
+        let execed = std::fs::read_link(&exe).is_ok_and(|e| e == bin);
+        if let Some(kb) = execed
+            .then(|| std::fs::read_to_string(&status).ok())
+            .flatten()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+        {
             peak = peak.max(kb * 1024);
         }
         if let Some(exit) = child.try_wait().unwrap() {
