@@ -187,6 +187,14 @@ pub struct PullLabel {
     pub result: PullResult,
 }
 
+/// The label set of `taskhost_lane_messages_pulled`: one label, `lane` (a lane's name: the
+/// names are configuration, `LANES`, so bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// The lane's name.
+    pub lane: String,
+}
+
 /// The label set of `taskhost_lease_extensions`: one label, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ExtensionLabel {
