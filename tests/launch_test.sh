@@ -263,6 +263,39 @@ check "d: ... one sentence naming GOOGLE_APPLICATION_CREDENTIALS" \
     one_sentence_naming "GOOGLE_APPLICATION_CREDENTIALS"
 check "d: ... the worker is not started" worker_not_started
 
+echo "== (f) GCP_CREDENTIAL_CONFIG: the keyless workload identity configuration"
+wif_json='{"type":"external_account","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/salad/providers/salad","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","token_url":"https://sts.googleapis.com/v1/token","credential_source":{"url":"http://169.254.169.254/v1/token","headers":{"Metadata":"true"},"format":{"type":"json","subject_token_field_name":"jwt"}}}'
+wif_file="$work/f/creds.json"
+launch f "GCP_CREDENTIAL_CONFIG=$wif_json" "GOOGLE_APPLICATION_CREDENTIALS=$wif_file" \
+    "NO_PROXY=internal.example"
+check "f: JSON as is: starts" started
+check "f: the file holds exactly the configuration" file_is "$wif_file" "$wif_json"
+check "f: the file has mode 600" mode_is "$wif_file" 600
+check "f: no GCP_CREDENTIAL_CONFIG in the worker's environment" \
+    worker_env_lacks_var GCP_CREDENTIAL_CONFIG
+check "f: NO_PROXY keeps its value and adds the metadata service" \
+    worker_env_has "NO_PROXY=internal.example,169.254.169.254"
+check "f: no_proxy names the metadata service" worker_env_has "no_proxy=169.254.169.254"
+check "f: says no key is used" err_has "no key"
+launch f64 "GCP_CREDENTIAL_CONFIG=$(printf '%s' "$wif_json" | base64 -w0)" \
+    "GOOGLE_APPLICATION_CREDENTIALS=$wif_file"
+check "f: base64 of it: starts" started
+check "f: base64 of it: the file holds the decoded configuration" file_is "$wif_file" "$wif_json"
+launch fboth "GCP_CREDENTIAL_CONFIG=$wif_json" "GCP_KEY=$key_b64" \
+    "GOOGLE_APPLICATION_CREDENTIALS=$work/fboth/creds.json"
+check "f: both GCP_KEY and GCP_CREDENTIAL_CONFIG: exit 2 naming both" \
+    refused_naming "GCP_KEY and GCP_CREDENTIAL_CONFIG are both set"
+check "f: ... the key is not printed" output_lacks "$secret"
+launch fkey "GCP_CREDENTIAL_CONFIG=$key_json" "GOOGLE_APPLICATION_CREDENTIALS=$work/fkey/creds.json"
+check "f: a service-account key as GCP_CREDENTIAL_CONFIG: exit 2" rc_is 2
+check "f: ... one sentence naming GCP_CREDENTIAL_CONFIG" \
+    one_sentence_naming "GCP_CREDENTIAL_CONFIG is not an external_account"
+check "f: ... the key is not printed" output_lacks "$secret"
+check "f: ... no file is left" empty_dir "$work/fkey"
+launch fnopath "GCP_CREDENTIAL_CONFIG=$wif_json"
+check "f: without GOOGLE_APPLICATION_CREDENTIALS: exit 2 naming it" \
+    refused_naming "GOOGLE_APPLICATION_CREDENTIALS is not set:"
+
 echo "== (e) exec: the worker is launch.sh's process, and SIGTERM reaches it"
 rm -f -- "$rec".*
 last="exec"

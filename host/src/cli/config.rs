@@ -86,7 +86,9 @@ pub struct PubsubArgs {
     /// host:port of the Pub/Sub emulator (plain HTTP, no credentials).
     #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
     pub emulator_host: Option<String>,
-    /// Service-account key file; default: application default credentials.
+    /// Google credentials: a service-account key file, or an `external_account` configuration
+    /// (workload identity federation: no key; docs/saladcloud.md); default: application
+    /// default credentials.
     #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
     pub credentials: Option<PathBuf>,
 }

@@ -8,6 +8,7 @@
 //! file limits, the cache) and flattened into the commands that need it.
 
 mod artifacts;
+mod autoscale;
 pub mod config;
 mod demo;
 mod job;
@@ -118,6 +119,7 @@ pub enum Command {
     Job(job::JobArgs),
     Artifacts(artifacts::ArtifactsArgs),
     Task(task::TaskArgs),
+    Autoscale(autoscale::AutoscaleArgs),
 }
 
 /// Logs to stderr in `--log-format`; `--log` (`RUST_LOG`) overrides the default level
@@ -165,6 +167,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(args) => job::main(args).await,
         Command::Artifacts(args) => artifacts::main(args).await,
         Command::Task(args) => task::main(args).await,
+        Command::Autoscale(args) => autoscale::main(args).await,
     }
 }
 

@@ -94,7 +94,7 @@ async fn urgent_jobs_overtake_the_backlog(cli: CliEnv) {
     let backlog = ids("bl", BACKLOG);
     let urgent = ids("urgent", URGENT);
     submit(&cli, &module, "default", &backlog, BACKLOG_JOB).await;
-    let addr = support::http::metrics_addr();
+    let addr = support::probes::metrics_addr();
     let mut worker = cli
         .set("METRICS_ADDR", &addr)
         .spawn("worker", &["worker", "--slots", "1"]);
@@ -131,7 +131,7 @@ async fn urgent_jobs_overtake_the_backlog(cli: CliEnv) {
         worker.log()
     );
     // The messages pulled are counted by lane (each job at least once).
-    let (code, metrics) = support::http::fetch(&addr, "/metrics").await.unwrap();
+    let (code, metrics) = support::probes::fetch(&addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for (lane, least) in [("urgent", URGENT), ("default", BACKLOG)] {
         let series = format!("taskhost_lane_messages_pulled_total{{lane=\"{lane}\"}} ");

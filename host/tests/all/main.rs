@@ -4,6 +4,7 @@
 
 mod support;
 
+mod autoscale;
 mod bad_input;
 mod cli_run;
 mod control;
@@ -12,6 +13,7 @@ mod failures;
 mod files;
 mod files_e2e;
 mod hostile;
+mod keyless;
 mod lanes;
 mod launch;
 mod leasing;

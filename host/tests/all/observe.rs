@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cli::CliEnv;
-use support::http::{fetch, metrics_addr, until, value};
+use support::probes::{fetch, metrics_addr, until, value};
 use support::s3::{S3Server, SECRET_ACCESS_KEY};
 use support::stack::{Stack, WORKER_START, stop};
 use taskhost::checkpoint;

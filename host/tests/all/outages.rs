@@ -242,13 +242,16 @@ async fn a_worker_waits_for_a_missing_bucket_and_starts_once_it_exists() {
     worker
         .wait_for_log("cannot write to the store", Duration::from_secs(30))
         .await;
-    let (status, body) = support::http::get(&addr, "/readyz").expect("/readyz answers");
+    let (status, body) = support::probes::get(&addr, "/readyz").expect("/readyz answers");
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("misconfigured") && body.contains("cannot write to the store"),
         "{body}"
     );
-    assert_eq!(support::http::get(&addr, "/livez").map(|a| a.0), Some(200));
+    assert_eq!(
+        support::probes::get(&addr, "/livez").map(|a| a.0),
+        Some(200)
+    );
     // Fixed: the bucket is created; the same process takes the jobs.
     let config = taskhost::store::s3::S3Config {
         bucket: bucket.clone(),
@@ -280,7 +283,10 @@ async fn a_worker_waits_for_a_missing_bucket_and_starts_once_it_exists() {
     );
     // Said once, not once per recheck (the next time would be a minute later).
     assert_eq!(log.matches("cannot write to the store").count(), 1, "{log}");
-    assert_eq!(support::http::get(&addr, "/readyz").map(|a| a.0), Some(200));
+    assert_eq!(
+        support::probes::get(&addr, "/readyz").map(|a| a.0),
+        Some(200)
+    );
     worker.terminate(Duration::from_secs(15)).await;
 }
 

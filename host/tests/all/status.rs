@@ -176,7 +176,7 @@ async fn a_jobs_accounting_matches_what_its_worker_measured() {
         ])
         .await
         .success();
-    let addr = support::http::metrics_addr();
+    let addr = support::probes::metrics_addr();
     let mut worker = stack
         .cli
         .set("METRICS_ADDR", &addr)
@@ -189,9 +189,9 @@ async fn a_jobs_accounting_matches_what_its_worker_measured() {
     )
     .await;
     // What the worker counted (its only job, one run).
-    let (_, metrics) = support::http::fetch(&addr, "/metrics").await.unwrap();
+    let (_, metrics) = support::probes::fetch(&addr, "/metrics").await.unwrap();
     stop(&mut worker).await;
-    let counted = |series: &str| support::http::value(&metrics, series) as u64;
+    let counted = |series: &str| support::probes::value(&metrics, series) as u64;
     let a = &by_id(&o)["acct"]["accounting"];
     let artifacts: u64 = (stack
         .store

@@ -180,11 +180,9 @@ impl Grpc {
             Ok(CacheableResource::NotModified) => http::HeaderMap::new(),
             Err(e) => {
                 let transient = e.is_transient();
-                return Err(fail(
-                    "could not obtain credentials (check GOOGLE_APPLICATION_CREDENTIALS)".into(),
-                    transient,
-                )
-                .with_source(e));
+                // No source attached: the auth library's error may quote a token answer;
+                // the detail carries its redacted text.
+                return Err(fail(super::credentials::describe_error(&e), transient));
             }
         };
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());

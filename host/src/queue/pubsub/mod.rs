@@ -1,7 +1,9 @@
 //! Google Cloud Pub/Sub: the production queue backend.
 //!
-//! - `mod.rs`: connecting (endpoint, credentials: a service-account key, Application Default
-//!   Credentials, or the emulator with anonymous credentials) and [`PubsubError`];
+//! - `mod.rs`: connecting (the endpoint; the emulator with anonymous credentials) and
+//!   [`PubsubError`];
+//! - `credentials.rs`: a service-account key, an `external_account` configuration (workload
+//!   identity federation: no key), or Application Default Credentials;
 //! - `admin.rs`: idempotent `ensure_*` for topics, subscriptions and the guide's Avro schema,
 //!   on the official `google-cloud-pubsub` crate;
 //! - `publish.rs`: batched publishing, on the official crate;
@@ -24,15 +26,17 @@
 //! memory; `GetSchema` never answers (an existing schema is recognized with `ValidateMessage`).
 
 mod admin;
+pub mod credentials;
 mod grpc;
 mod publish;
 mod receive;
 
 pub use admin::{MessageValidity, SchemaOnTopic, SubscriptionFacts, TopicSchema};
+pub use credentials::load_credentials;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,8 +69,9 @@ pub struct PubsubConfig {
     /// `PUBSUB_EMULATOR_HOST` (`host:port`). When set, the emulator is used at
     /// `http://host:port` with anonymous credentials, and `credentials_file` is ignored.
     pub emulator_host: Option<String>,
-    /// `GOOGLE_APPLICATION_CREDENTIALS`: a service-account key (or authorized-user) JSON file.
-    /// `None`: Application Default Credentials (the well-known gcloud file, then the metadata
+    /// `GOOGLE_APPLICATION_CREDENTIALS`: a service-account key (or authorized-user) JSON
+    /// file, or an `external_account` configuration (workload identity federation,
+    /// [`credentials`]). `None`: Application Default Credentials (the well-known gcloud file, then the metadata
     /// server).
     pub credentials_file: Option<PathBuf>,
     /// Time limit of one admin or publish call, retries of transient errors included
@@ -222,8 +227,14 @@ impl Pubsub {
         resource: &str,
         error: google_cloud_pubsub::Error,
     ) -> PubsubError {
-        self.describe_rpc_error(operation, resource, &error)
-            .with_source(error)
+        let described = self.describe_rpc_error(operation, resource, &error);
+        if error.is_authentication() {
+            // The auth library's errors may quote what a token endpoint answered: only the
+            // redacted text goes on (`describe_rpc_error` put it in the detail).
+            described
+        } else {
+            described.with_source(error)
+        }
     }
 
     /// The error's summary; the caller attaches the source.
@@ -252,10 +263,7 @@ impl Pubsub {
                         | Code::Internal
                 ),
             ),
-            None if error.is_authentication() => (
-                "could not obtain credentials (check GOOGLE_APPLICATION_CREDENTIALS)".to_string(),
-                true,
-            ),
+            None if error.is_authentication() => (credentials::describe_error(error), true),
             None => (
                 format!(
                     "no answer from {} (is the server running and reachable?)",
@@ -311,50 +319,6 @@ fn emulator_endpoint(host: &str) -> Result<String, PubsubError> {
         ));
     }
     Ok(format!("http://{host}"))
-}
-
-/// Credentials from a key file (service account or authorized user), or Application Default
-/// Credentials. Errors name the file, never its content.
-fn load_credentials(file: Option<&Path>) -> Result<Credentials, PubsubError> {
-    let Some(path) = file else {
-        return gcp_credentials::Builder::default().build().map_err(|e| {
-            PubsubError::new(
-                "load credentials",
-                "application default credentials",
-                e.to_string(),
-            )
-            .with_source(e)
-        });
-    };
-    let shown = path.display().to_string();
-    let fail = |detail: String| PubsubError::new("load credentials", shown.clone(), detail);
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(format!(
-            "cannot read GOOGLE_APPLICATION_CREDENTIALS file: {e}"
-        ))
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        fail(format!(
-            "not a JSON key file (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let kind = json
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("")
-        .to_string();
-    let built = match kind.as_str() {
-        "service_account" => gcp_credentials::service_account::Builder::new(json).build(),
-        "authorized_user" => gcp_credentials::user_account::Builder::new(json).build(),
-        other => {
-            return Err(fail(format!(
-                "unsupported credentials type `{other}`: expected a service-account key"
-            )));
-        }
-    };
-    built.map_err(|e| fail(format!("invalid {kind} key: {e}")).with_source(e))
 }
 
 fn code(error: &google_cloud_pubsub::Error) -> Option<Code> {
@@ -471,21 +435,5 @@ mod tests {
         ] {
             assert_eq!(emulator_endpoint(host).ok().as_deref(), want, "{host}");
         }
-    }
-
-    #[test]
-    fn credentials_errors_name_the_file_not_its_content() {
-        let dir = std::env::temp_dir().join(format!("taskhost-pubsub-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("key.json");
-        std::fs::write(&file, r#"{"type":"external_thing","private_key":"SECRET"}"#).unwrap();
-        let err = load_credentials(Some(&file)).unwrap_err().to_string();
-        assert!(err.contains("key.json"), "{err}");
-        assert!(err.contains("external_thing"), "{err}");
-        assert!(!err.contains("SECRET"), "{err}");
-        std::fs::write(&file, "SECRET not json").unwrap();
-        let err = load_credentials(Some(&file)).unwrap_err().to_string();
-        assert!(!err.contains("SECRET"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -48,14 +48,24 @@ impl Pubsub {
             return Ok(ids);
         };
         let published = ids.len();
-        let mut err = match &error {
-            google_cloud_pubsub::error::PublishError::Rpc(rpc) => {
-                self.describe_rpc_error("publish", &topic, rpc)
-            }
-            other => PubsubError::new("publish", topic.clone(), other.to_string()),
+        let (mut err, authentication) = match &error {
+            google_cloud_pubsub::error::PublishError::Rpc(rpc) => (
+                self.describe_rpc_error("publish", &topic, rpc),
+                rpc.is_authentication(),
+            ),
+            other => (
+                PubsubError::new("publish", topic.clone(), other.to_string()),
+                false,
+            ),
         };
         err.detail = format!("{published} of {total} messages published; {}", err.detail);
         err.published = Some(published);
-        Err(err.with_source(error))
+        // A credentials failure's source may quote a token answer: its redacted text is in
+        // the detail already.
+        Err(if authentication {
+            err
+        } else {
+            err.with_source(error)
+        })
     }
 }
