@@ -13,7 +13,7 @@ use taskhost::ids::{JobId, JobState};
 use taskhost::inert::{self, Inert};
 use taskhost::status::{
     self,
-    page::{Accounting, Selection},
+    page::{Accounting, ArtifactCount, Selection},
 };
 use taskhost::store::ObjectStore;
 use taskhost::store::any::AnyStore;
@@ -82,12 +82,6 @@ pub struct JobStatus {
     pub accounting: Accounting,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ArtifactCount {
-    pub count: usize,
-    pub bytes: u64,
-}
-
 pub async fn job_status(store: &AnyStore, job: &JobId) -> anyhow::Result<JobStatus> {
     Ok(read_job(store, job).await?.0)
 }
@@ -111,35 +105,12 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
                 .map(|reason| status::page::poison_reason(&key, &reason));
         }
     }
-    let now_ms = taskhost::time::now_ms();
-    let live = |h: &Header| {
-        checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
-            == checkpoint::ownership::Recorded::Live
-    };
-    let state = match (&result, &error, &header) {
-        (Some(_), _, _) => JobState::Done,
-        (None, Some(_), _) => JobState::Failed,
-        (
-            None,
-            None,
-            Some(Header {
-                control: Some(c), ..
-            }),
-        ) => match c.action {
-            checkpoint::Action::Cancel => JobState::Cancelled,
-            checkpoint::Action::Pause => JobState::Paused,
-        },
-        // A live owner's lease (the ownership rule, as a claim reads it): someone runs it.
-        (None, None, Some(h)) if live(h) => JobState::Running,
-        (None, None, Some(_)) => JobState::Waiting,
-        (None, None, None) => JobState::Queued,
-    };
-    let accounting = match (&header, state) {
-        (_, JobState::Done) => Accounting::done(note.as_deref(), header.as_ref()),
-        (Some(h), _) => Accounting::of(&h.usage()),
-        (None, _) => Accounting::default(),
-    };
-    let h = header.unwrap_or_default();
+    let state = status::page::state(
+        result.is_some(),
+        error.is_some(),
+        header.as_ref(),
+        taskhost::time::now_ms(),
+    );
     let artifacts = match state {
         JobState::Done => {
             let m = taskhost::files::Manifest::read(store, job).await?;
@@ -150,25 +121,8 @@ pub async fn read_job(store: &AnyStore, job: &JobId) -> anyhow::Result<(JobStatu
         }
         _ => None,
     };
-    // A finished job's last saves are superseded by its result (never uploaded): it is
-    // complete by definition.
-    let progress = match state {
-        JobState::Done => h.progress.map(|(_, total)| (total, total)),
-        _ => h.progress,
-    };
-    let status = JobStatus {
-        job_id: job.to_string(),
-        state,
-        progress,
-        attempts: h.attempts,
-        failures: h.failures,
-        result,
-        error,
-        artifacts,
-        control: h.control.clone().filter(|_| state != JobState::Done),
-        accounting,
-    };
-    Ok((status, h))
+    let view = status::page::view(job, state, header.clone(), result, note, error, artifacts);
+    Ok((from_view(&view), header.unwrap_or_default()))
 }
 
 async fn all_jobs(store: &AnyStore, named: &[String]) -> anyhow::Result<Vec<JobId>> {
@@ -296,10 +250,7 @@ fn from_view(v: &status::page::JobView) -> JobStatus {
         failures: v.failures,
         result: v.result.clone(),
         error: v.error.clone(),
-        artifacts: v.artifacts.as_ref().map(|a| ArtifactCount {
-            count: a.count,
-            bytes: a.bytes,
-        }),
+        artifacts: v.artifacts.clone(),
         control: v.control.clone().filter(|_| v.state != JobState::Done),
         accounting: v.accounting.clone(),
     }

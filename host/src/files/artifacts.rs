@@ -13,7 +13,7 @@ use crate::checkpoint::Fence;
 use crate::ids::JobId;
 use crate::keys;
 use crate::store::any::AnyStore;
-use crate::store::{ETag, ObjectStore, Precondition, StoreError};
+use crate::store::{ETag, Multipart, ObjectStore, Precondition, StoreError};
 
 /// Why an artifact operation failed (the WIT `artifact-error`).
 #[derive(Clone, Debug, PartialEq, Eq)]

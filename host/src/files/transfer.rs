@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::PART_BYTES;
 use crate::store::any::AnyStore;
-use crate::store::{ObjectStore, Precondition};
+use crate::store::{Multipart, ObjectStore, Precondition};
 
 /// Reads `path` in parts, calling `f` on each.
 fn each_part(path: &Path, mut f: impl FnMut(Vec<u8>) -> anyhow::Result<()>) -> anyhow::Result<()> {

@@ -151,33 +151,41 @@ pub async fn read<S: ObjectStore>(
         Some(_) => checkpoint::peek(store, job).await?,
         None => None,
     };
-    let live = |h: &Header| {
-        checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
-            == checkpoint::ownership::Recorded::Live
-    };
-    let state = match (&result, &error, &header) {
-        (Some(_), _, _) => JobState::Done,
-        (None, Some(_), _) => JobState::Failed,
-        (
-            None,
-            None,
-            Some(Header {
-                control: Some(c), ..
-            }),
-        ) => match c.action {
-            checkpoint::Action::Cancel => JobState::Cancelled,
-            checkpoint::Action::Pause => JobState::Paused,
-        },
-        (None, None, Some(h)) if live(h) => JobState::Running,
-        (None, None, Some(_)) => JobState::Waiting,
-        (None, None, None) => JobState::Queued,
-    };
+    let state = state(result.is_some(), error.is_some(), header.as_ref(), now_ms);
     let artifacts = (state == JobState::Done && listed.manifest && listed.artifacts.0 > 0)
         .then_some(ArtifactCount {
             count: listed.artifacts.0,
             bytes: listed.artifacts.1,
         });
     Ok(view(job, state, header, result, note, error, artifacts))
+}
+
+/// A job's state from what is stored of it, the one place that derives it: a result is
+/// done (whatever else is stored), an error failed, a user's cancel or pause recorded in the
+/// checkpoint header cancelled or paused, a live owner's lease (the ownership rule, as a
+/// claim reads it at `now_ms`) running, any other checkpoint waiting, nothing queued.
+pub fn state(result: bool, error: bool, header: Option<&Header>, now_ms: u64) -> JobState {
+    if result {
+        return JobState::Done;
+    }
+    if error {
+        return JobState::Failed;
+    }
+    let Some(h) = header else {
+        return JobState::Queued;
+    };
+    match &h.control {
+        Some(c) => match c.action {
+            checkpoint::Action::Cancel => JobState::Cancelled,
+            checkpoint::Action::Pause => JobState::Paused,
+        },
+        None if checkpoint::ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms)
+            == checkpoint::ownership::Recorded::Live =>
+        {
+            JobState::Running
+        }
+        None => JobState::Waiting,
+    }
 }
 
 /// A poison record's reason as shown: which message, and why.
@@ -337,6 +345,50 @@ pub async fn overview<S: ObjectStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_follows_what_is_stored_in_order() {
+        let now = 1_000_000;
+        let lease = |until_ms| Header {
+            lease_until_ms: until_ms,
+            lease_period_ms: 10_000,
+            ..Header::default()
+        };
+        let controlled = |action| Header {
+            control: Some(checkpoint::Control {
+                action,
+                by: "u@h".into(),
+                at_ms: 1,
+            }),
+            ..lease(now + 5_000)
+        };
+        let cases = [
+            (true, true, Some(lease(now + 5_000)), JobState::Done),
+            (false, true, Some(lease(now + 5_000)), JobState::Failed),
+            (
+                false,
+                false,
+                Some(controlled(checkpoint::Action::Cancel)),
+                JobState::Cancelled,
+            ),
+            (
+                false,
+                false,
+                Some(controlled(checkpoint::Action::Pause)),
+                JobState::Paused,
+            ),
+            (false, false, Some(lease(now + 5_000)), JobState::Running),
+            (false, false, Some(lease(now - 1)), JobState::Waiting),
+            (false, false, None, JobState::Queued),
+        ];
+        for (result, error, header, expected) in cases {
+            assert_eq!(
+                state(result, error, header.as_ref(), now),
+                expected,
+                "{result} {error} {header:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_done_jobs_accounting_is_its_notes_and_totals_add_what_is_known() {

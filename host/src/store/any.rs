@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::dir::DirStore;
 use super::s3::S3Store;
-use super::{ClockReading, ETag, Listed, Object, ObjectStore, Precondition, StoreError};
+use super::{ClockReading, ETag, Listed, Multipart, Object, ObjectStore, Precondition, StoreError};
 use crate::observe::{Health, Metrics};
 
 /// One [`ObjectStore`] of either backend, chosen at run time. Cheap to clone.
@@ -35,6 +35,14 @@ enum Backend {
 }
 
 impl Observed {
+    /// A call starts: the probe checks a store whose calls wait too long
+    /// ([`crate::observe::health::next_check`]).
+    fn calling(&self) {
+        if let Some(h) = &self.health {
+            h.store_called();
+        }
+    }
+
     /// Counts an error by kind; any answer (a failed precondition too) tells the probe the
     /// store answers.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -78,10 +86,13 @@ macro_rules! each {
         match $store {
             AnyStore::Dir($s) => $call,
             AnyStore::S3($s) => $call,
-            AnyStore::Observed(o) => o.note(match &o.backend {
-                Backend::Dir($s) => $call,
-                Backend::S3($s) => $call,
-            }),
+            AnyStore::Observed(o) => {
+                o.calling();
+                o.note(match &o.backend {
+                    Backend::Dir($s) => $call,
+                    Backend::S3($s) => $call,
+                })
+            }
         }
     };
 }
@@ -138,6 +149,12 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.get_range(key, offset, len).await)
     }
 
+    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
+        each!(self, s => s.clock(key).await)
+    }
+}
+
+impl Multipart for AnyStore {
     async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
         each!(self, s => s.upload_start(key).await)
     }
@@ -167,9 +184,5 @@ impl ObjectStore for AnyStore {
 
     async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
         each!(self, s => s.upload_abort(key, upload).await)
-    }
-
-    async fn clock(&self, key: &str) -> Result<Option<ClockReading>, StoreError> {
-        each!(self, s => s.clock(key).await)
     }
 }

@@ -212,7 +212,7 @@ pub async fn probe<S: ObjectStore>(store: &S, key: &str) -> Result<(), StoreErro
 /// Keys are produced by this crate only (`modules/<hex>.wasm`, `jobs/<job_id>/...`), never
 /// taken raw from users, so backends may assume they are made of `[A-Za-z0-9._/-]`.
 #[allow(async_fn_in_trait)]
-pub trait ObjectStore: Send + Sync + 'static {
+pub trait ObjectStore: Multipart + Send + Sync + 'static {
     /// Reads an object. `Ok(None)` means it does not exist; an error is never `None`.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
 
@@ -282,8 +282,22 @@ pub trait ObjectStore: Send + Sync + 'static {
         len: u64,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
+    /// Reads the store's clock from the answer to a cheap read of `key` (which need not
+    /// exist). `Ok(None)`: the store does not say its time.
+    fn clock(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ClockReading>, StoreError>> + Send;
+}
+
+/// Multipart uploads: one object written in parts, each its own request, put together
+/// atomically at the end (S3's CreateMultipartUpload, UploadPart, CompleteMultipartUpload,
+/// ListParts, AbortMultipartUpload). Every [`ObjectStore`] has them; each backend implements
+/// them in its own `multipart.rs`.
+#[allow(async_fn_in_trait)]
+pub trait Multipart: Send + Sync + 'static {
     /// Starts a multipart upload to `key`; returns its id. Nothing is visible under `key`
-    /// until [`upload_complete`](ObjectStore::upload_complete).
+    /// until [`upload_complete`](Multipart::upload_complete).
     fn upload_start(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Uploads part `number` (1-based; every part but the last at least [`MIN_PART_BYTES`],
@@ -319,13 +333,6 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Reads the store's clock from the answer to a cheap read of `key` (which need not
-    /// exist). `Ok(None)`: the store does not say its time.
-    fn clock(
-        &self,
-        key: &str,
-    ) -> impl Future<Output = Result<Option<ClockReading>, StoreError>> + Send;
 }
 
 /// Smallest part of a multipart upload but the last (S3 and R2: 5 MiB).

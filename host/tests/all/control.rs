@@ -30,29 +30,11 @@ async fn embedded(topic: &str) -> CliEnv {
 }
 
 async fn push(cli: &CliEnv) -> String {
-    push_guest(cli, "step_counter").await
-}
-
-async fn push_guest(cli: &CliEnv, guest: &str) -> String {
-    let path = support::guests::wasm(guest);
-    let out = cli
-        .run(&["module", "push", path.to_str().unwrap()])
-        .await
-        .success();
-    out.last_line().to_string()
+    cli.push_guest("step_counter").await
 }
 
 async fn submit(cli: &CliEnv, module: &str, name: &str, jobs: &str) {
-    let path = cli.write_file(name, jobs);
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
-        module,
-        path.to_str().unwrap(),
-    ])
-    .await
-    .success();
+    cli.submit_file(module, name, jobs).await.success();
 }
 
 /// Polls `status` of `id` until `done` holds of it.
@@ -300,7 +282,7 @@ async fn dead_letters(cli: &CliEnv) -> Vec<Value> {
 /// its stored work; then `replay --all` removes the last, stale dead letter.
 async fn replay_poison_and_failed(cli: CliEnv, queue: Queue) {
     let counter = push(&cli).await;
-    let broken = push_guest(&cli, "misbehave").await;
+    let broken = cli.push_guest("misbehave").await;
     let cli = cli.set("MAX_FAILURES", "1");
     let mut worker = cli.spawn("worker", &["worker", "--slots", "2"]);
     worker.wait_for_log("worker started", WORKER_START).await;

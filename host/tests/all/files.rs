@@ -4,6 +4,7 @@
 //! in `store_contract`.
 
 use crate::support;
+use support::bytes::data;
 use support::exec::{binding, executor, live_lease, module, run, runtime, stores};
 
 use std::time::Duration;
@@ -20,19 +21,6 @@ use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
-
-/// `n` bytes that differ from part to part (a copy that misplaces a part shows).
-fn data(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 async fn digest(rt: &Runtime) -> Prepared {
     module(rt, "digest").await

@@ -11,47 +11,30 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::cli::{CliEnv, Proc};
-use support::s3::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use support::embedded::Embedded;
 use taskhost::checkpoint;
 use taskhost::ids::JobId;
 use taskhost::keys;
 use taskhost::store::ObjectStore;
-use taskhost::store::any::AnyStore;
-use taskhost::store::dir::DirStore;
 
 /// How long one digest job may take end to end in the debug build.
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
+/// The workers' ack deadline: an artifact part (8 MiB) must be uploaded within the hold it
+/// leaves, or the worker gives the job up and it starts over elsewhere; 4 s was not enough
+/// for the S3 test server on a loaded machine (every run of the job gave it up), 20 s is.
+/// A killed worker's job waits at most this long for its lease to lapse.
+const ACK_DEADLINE_SECS: u64 = 20;
+/// How far the hashing of the killed worker's input must be (by its checkpoint) when it is
+/// killed: a quarter of the 48 MiB input, so that the resumed run provably starts past 0.
+const KILL_AFTER: u64 = 12 << 20;
 /// How much a worker's peak RSS may grow while it hashes a 200 MB input.
 const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 
-struct Env {
-    cli: CliEnv,
-    store: AnyStore,
-    _s3: Option<S3Server>,
-}
+type Env = Embedded;
 
 async fn env(kind: &str, topic: &str) -> Env {
-    let cli = CliEnv::embedded(topic).set("ACK_DEADLINE_SECONDS", "4");
-    match kind {
-        "dir" => Env {
-            store: AnyStore::Dir(DirStore::open(cli.var("STORE_DIR")).unwrap()),
-            cli,
-            _s3: None,
-        },
-        _ => {
-            let s3 = S3Server::start().await;
-            let cli = cli
-                .set("R2_BUCKET_NAME", BUCKET)
-                .set("R2_S3_ENDPOINT_URL", s3.endpoint())
-                .set("R2_AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-                .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
-            Env {
-                store: AnyStore::S3(s3.store("")),
-                cli,
-                _s3: Some(s3),
-            }
-        }
-    }
+    let cli = CliEnv::embedded(topic).set("ACK_DEADLINE_SECONDS", ACK_DEADLINE_SECS.to_string());
+    Embedded::start(kind, cli).await
 }
 
 /// Writes `size` pseudo-random bytes to `path` a MiB at a time; returns their CRC-32.
@@ -79,16 +62,10 @@ fn write_input(path: &Path, size: usize, seed: u32) -> String {
 
 impl Env {
     async fn push_digest(&self) -> String {
-        let path = support::guests::wasm("digest");
-        let out = self
-            .cli
-            .run(&["module", "push", path.to_str().unwrap()])
-            .await
-            .success();
-        out.last_line().to_string()
+        self.cli.push_guest("digest").await
     }
 
-    async fn submit(&self, module: &str, jobs: &str, inputs: &[(&str, &Path)]) {
+    async fn submit_inputs(&self, module: &str, jobs: &str, inputs: &[(&str, &Path)]) {
         let file = self.cli.write_file("jobs.jsonl", jobs);
         let specs: Vec<String> = inputs
             .iter()
@@ -150,13 +127,13 @@ async fn a_200_mb_input_in_bounded_memory(kind: &str) {
 
     // Warm up: the worker compiles the module and runs a small job first.
     let mut worker = env.worker("w");
-    env.submit(&module, "{\"job_id\":\"small\"}\n", &[("data", &small)])
+    env.submit_inputs(&module, "{\"job_id\":\"small\"}\n", &[("data", &small)])
         .await;
     let r = env.wait_result("small", &mut worker).await;
     assert_eq!(r["crc32"], small_crc.as_str(), "{kind}");
     let before = peak_rss(worker.pid());
 
-    env.submit(&module, "{\"job_id\":\"big\"}\n", &[("data", &big)])
+    env.submit_inputs(&module, "{\"job_id\":\"big\"}\n", &[("data", &big)])
         .await;
     let r = env.wait_result("big", &mut worker).await;
     assert_eq!(r["bytes"], 200_000_000u64, "{kind}");
@@ -208,7 +185,7 @@ async fn killed_mid_input_resumes(kind: &str) {
     let size = 48usize << 20;
     let input = env.cli.dir().join("in.bin");
     let crc = write_input(&input, size, 3);
-    env.submit(
+    env.submit_inputs(
         &module,
         "{\"job_id\":\"resume\",\"copy\":true,\"chunk_ms\":80}\n",
         &[("data", &input)],
@@ -216,20 +193,25 @@ async fn killed_mid_input_resumes(kind: &str) {
     .await;
 
     // Kill the first worker once its checkpoint records a part of copy.bin as durable and
-    // the hashing is well past it.
+    // the hashing is well past it. The worker is stopped (SIGSTOP) while the checkpoint is
+    // read, so what is read is where it is when killed: it cannot run on to the end between
+    // the read and the kill, however late this test is scheduled. It runs only while the
+    // test sleeps between reads, a chunk per `chunk_ms` at most.
     let mut w1 = env.worker("w1");
     let job: JobId = "resume".parse().unwrap();
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
+        w1.signal(libc::SIGSTOP);
         if let Some(h) = checkpoint::peek(&env.store, &job).await.unwrap() {
             let durable = h
                 .artifacts
                 .iter()
                 .any(|a| a.name == "copy.bin" && a.size > 0);
-            if durable && h.progress.is_some_and(|(done, _)| done >= 12 << 20) {
+            if durable && h.progress.is_some_and(|(done, _)| done >= KILL_AFTER) {
                 break;
             }
         }
+        w1.signal(libc::SIGCONT);
         w1.assert_running();
         assert!(Instant::now() < deadline, "no progress; log:\n{}", w1.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -259,7 +241,7 @@ async fn killed_mid_input_resumes(kind: &str) {
     let offset = number_after(line, "resuming at offset ").unwrap();
     let durable = number_after(line, "copy.bin durable to ").unwrap();
     assert!(
-        offset >= 12 << 20 && durable > 0 && durable <= offset,
+        offset >= KILL_AFTER && durable > 0 && durable <= offset,
         "{kind}: {line}"
     );
     let ended = log

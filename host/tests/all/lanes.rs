@@ -17,12 +17,7 @@ const BACKLOG: usize = 10;
 const URGENT: usize = 3;
 
 async fn push(cli: &CliEnv) -> String {
-    let path = support::guests::wasm("step_counter");
-    let out = cli
-        .run(&["module", "push", path.to_str().unwrap()])
-        .await
-        .success();
-    out.last_line().to_string()
+    cli.push_guest("step_counter").await
 }
 
 /// `submit` of `ids` (each with `fields`) to `lane`.
@@ -99,7 +94,7 @@ async fn urgent_jobs_overtake_the_backlog(cli: CliEnv) {
     let backlog = ids("bl", BACKLOG);
     let urgent = ids("urgent", URGENT);
     submit(&cli, &module, "default", &backlog, BACKLOG_JOB).await;
-    let addr = format!("127.0.0.1:{}", support::pubsub::free_port());
+    let addr = support::probes::metrics_addr();
     let mut worker = cli
         .set("METRICS_ADDR", &addr)
         .spawn("worker", &["worker", "--slots", "1"]);
@@ -136,7 +131,7 @@ async fn urgent_jobs_overtake_the_backlog(cli: CliEnv) {
         worker.log()
     );
     // The messages pulled are counted by lane (each job at least once).
-    let (code, metrics) = crate::observe::fetch(&addr, "/metrics").await.unwrap();
+    let (code, metrics) = support::probes::fetch(&addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for (lane, least) in [("urgent", URGENT), ("default", BACKLOG)] {
         let series = format!("taskhost_lane_messages_pulled_total{{lane=\"{lane}\"}} ");

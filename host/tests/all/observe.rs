@@ -5,81 +5,17 @@
 
 use crate::support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::cli::{CliEnv, Proc};
+use support::cli::CliEnv;
+use support::probes::{fetch, metrics_addr, until, value};
 use support::s3::{S3Server, SECRET_ACCESS_KEY};
 use support::stack::{Stack, WORKER_START, stop};
 use taskhost::checkpoint;
 use taskhost::ids::JobId;
 use taskhost::queue::OutgoingMessage;
 use taskhost::store::{ObjectStore, Precondition};
-
-/// `GET path` on `addr`: the status and the body, or `None` when nothing answers in time.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let sock = addr.parse().unwrap();
-    let mut conn = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-/// `GET path`, asynchronously (the blocking client on a blocking thread).
-pub(crate) async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    tokio::task::spawn_blocking(move || get(&addr, &path))
-        .await
-        .unwrap()
-}
-
-/// The value of the series `series` (name and labels exactly as exported) in `text`.
-pub(crate) fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Polls `path` until `ok` holds for its answer; panics after `timeout`, with the last answer.
-async fn until(
-    addr: &str,
-    path: &str,
-    timeout: Duration,
-    worker: &mut Proc,
-    ok: impl Fn(&(u16, String)) -> bool,
-) -> (u16, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = fetch(addr, path).await;
-        if let Some(answer) = got.filter(|a| ok(a)) {
-            return answer;
-        }
-        worker.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{path} not as expected within {timeout:?}; log:\n{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(crate) fn metrics_addr() -> String {
-    format!("127.0.0.1:{}", support::pubsub::free_port())
-}
 
 /// A service-account key file whose private key is `secret` (never valid; only seen).
 fn key_file(cli: &CliEnv, secret: &str) -> std::path::PathBuf {
@@ -263,18 +199,31 @@ async fn a_runs_metrics_count_what_happened_and_its_json_lines_carry_the_job() {
     }
 }
 
+/// The heartbeat interval of the idle worker whose store freezes.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How soon `/readyz` must follow the store (docs/design.md §10): the next heartbeat write,
+/// then `STORE_CHECK_INTERVAL` for it to wait unanswered and `STORE_CHECK_TIMEOUT` for the
+/// check (11 s), with twice as much again for a loaded machine; the same for the way back, when
+/// any call succeeds or the next check (every 5 s) does.
+const NOTICED: Duration = Duration::from_secs(
+    3 * (HEARTBEAT.as_secs()
+        + taskhost::observe::health::STORE_CHECK_INTERVAL.as_secs()
+        + taskhost::observe::health::STORE_CHECK_TIMEOUT.as_secs()),
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
     // Its own S3 server (it is frozen) and the embedded queue.
     let s3 = S3Server::start().await;
-    let cli = CliEnv::embedded("obs-ready")
-        .set("R2_BUCKET_NAME", support::s3::BUCKET)
-        .set("R2_S3_ENDPOINT_URL", s3.endpoint())
-        .set("R2_AWS_ACCESS_KEY_ID", support::s3::ACCESS_KEY_ID)
-        .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
+    let cli = CliEnv::embedded("obs-ready").on_s3(&s3);
     cli.run(&["setup"]).await.success();
     let addr = metrics_addr();
-    let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);
+    // An idle worker: its heartbeat is its only store call, and what tells it the store
+    // stopped answering (its write waits; the probe asks STORE_CHECK_INTERVAL later).
+    let mut worker = cli
+        .set("METRICS_ADDR", &addr)
+        .set("HEARTBEAT_SECONDS", HEARTBEAT.as_secs().to_string())
+        .spawn("worker", &["worker"]);
     until(&addr, "/readyz", WORKER_START, &mut worker, |(s, _)| {
         *s == 200
     })
@@ -283,8 +232,7 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
 
     s3.freeze(true);
     let frozen = Instant::now();
-    let thirty = Duration::from_secs(30);
-    let deadline = frozen + thirty;
+    let deadline = frozen + NOTICED;
     let why = loop {
         let (status, body) = fetch(&addr, "/readyz").await.expect("readyz answers");
         // Liveness never follows an outage.
@@ -295,7 +243,7 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
         assert_eq!(status, 200, "{body}");
         assert!(
             Instant::now() < deadline,
-            "still ready 30 s into the outage"
+            "still ready {NOTICED:?} into the outage"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -309,7 +257,7 @@ async fn readyz_turns_503_while_the_store_is_frozen_and_livez_stays_200() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     s3.freeze(false);
-    until(&addr, "/readyz", thirty, &mut worker, |(s, _)| *s == 200).await;
+    until(&addr, "/readyz", NOTICED, &mut worker, |(s, _)| *s == 200).await;
     let (_, text) = fetch(&addr, "/metrics").await.unwrap();
     assert_eq!(
         value(&text, "taskhost_jobs_ended_total{outcome=\"done\"}"),

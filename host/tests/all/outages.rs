@@ -34,13 +34,7 @@ impl Private {
         let cli = CliEnv::new(&emulator, &s3, "outages", name)
             .set("ACK_DEADLINE_SECONDS", ack_deadline_secs.to_string());
         cli.run(&["setup"]).await.success();
-        let wasm = support::guests::wasm("step_counter");
-        let module = cli
-            .run(&["module", "push", wasm.to_str().unwrap()])
-            .await
-            .success()
-            .last_line()
-            .to_string();
+        let module = cli.push_guest("step_counter").await;
         (Private { emulator, s3, cli }, module)
     }
 
@@ -51,15 +45,8 @@ impl Private {
                 format!(r#"{{"job_id":"{id}","steps":{steps},"step_ms":100}}"#) + "\n"
             })
             .collect();
-        let path = self.cli.write_file("jobs.jsonl", text);
         self.cli
-            .run(&[
-                "submit",
-                "--quiet",
-                "--module",
-                module,
-                path.to_str().unwrap(),
-            ])
+            .submit_file(module, "jobs.jsonl", &text)
             .await
             .success();
     }
@@ -235,23 +222,6 @@ async fn a_misconfigured_worker_says_why_in_one_sentence_and_touches_no_job() {
     w.assert_running();
 }
 
-/// `GET path` on `addr`: the status and the body (`None`: no answer).
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut conn =
-        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
-}
-
 /// Issue 18: a worker started against a bucket that does not exist stays up and not ready,
 /// says why once, and starts by itself once the bucket is created: no crash loop, no
 /// redeploy.
@@ -272,13 +242,16 @@ async fn a_worker_waits_for_a_missing_bucket_and_starts_once_it_exists() {
     worker
         .wait_for_log("cannot write to the store", Duration::from_secs(30))
         .await;
-    let (status, body) = http_get(&addr, "/readyz").expect("/readyz answers");
+    let (status, body) = support::probes::get(&addr, "/readyz").expect("/readyz answers");
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("misconfigured") && body.contains("cannot write to the store"),
         "{body}"
     );
-    assert_eq!(http_get(&addr, "/livez").map(|a| a.0), Some(200));
+    assert_eq!(
+        support::probes::get(&addr, "/livez").map(|a| a.0),
+        Some(200)
+    );
     // Fixed: the bucket is created; the same process takes the jobs.
     let config = taskhost::store::s3::S3Config {
         bucket: bucket.clone(),
@@ -291,21 +264,12 @@ async fn a_worker_waits_for_a_missing_bucket_and_starts_once_it_exists() {
             .await
             .unwrap()
     );
-    let wasm = support::guests::wasm("step_counter");
-    let module = cli
-        .run(&["module", "push", wasm.to_str().unwrap()])
-        .await
-        .success()
-        .last_line()
-        .to_string();
-    let jobs = cli.write_file("jobs.jsonl", "{\"job_id\":\"late-1\",\"steps\":3}\n");
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
+    let module = cli.push_guest("step_counter").await;
+    cli.submit_file(
         &module,
-        jobs.to_str().unwrap(),
-    ])
+        "jobs.jsonl",
+        "{\"job_id\":\"late-1\",\"steps\":3}\n",
+    )
     .await
     .success();
     worker
@@ -319,7 +283,10 @@ async fn a_worker_waits_for_a_missing_bucket_and_starts_once_it_exists() {
     );
     // Said once, not once per recheck (the next time would be a minute later).
     assert_eq!(log.matches("cannot write to the store").count(), 1, "{log}");
-    assert_eq!(http_get(&addr, "/readyz").map(|a| a.0), Some(200));
+    assert_eq!(
+        support::probes::get(&addr, "/readyz").map(|a| a.0),
+        Some(200)
+    );
     worker.terminate(Duration::from_secs(15)).await;
 }
 

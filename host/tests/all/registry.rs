@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cli::{CliEnv, Output, Proc};
-use support::s3::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use support::embedded::Embedded;
 use taskhost::ids::{JobId, ModuleHash, ModuleTag};
 use taskhost::registry::{self, RegistryError, Stamp};
 use taskhost::store::ObjectStore;
-use taskhost::store::any::AnyStore;
-use taskhost::store::dir::DirStore;
 
 /// How long the jobs of one test may take in the debug build.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,37 +22,14 @@ const KINDS: [&str; 2] = ["dir", "s3"];
 const CONFLICT: i32 = 5;
 const ERROR: i32 = 7;
 
-struct Env {
-    cli: CliEnv,
-    store: AnyStore,
-    _s3: Option<S3Server>,
-}
+type Env = Embedded;
 
 /// The embedded queue with the directory store (`dir`) or the S3 test server (`s3`).
 async fn env(kind: &str, topic: &str) -> Env {
     let cli = CliEnv::embedded(topic)
         .set("ACK_DEADLINE_SECONDS", "4")
         .set("HOSTNAME", "pusher-1");
-    match kind {
-        "dir" => Env {
-            store: AnyStore::Dir(DirStore::open(cli.var("STORE_DIR")).unwrap()),
-            cli,
-            _s3: None,
-        },
-        _ => {
-            let s3 = S3Server::start().await;
-            let cli = cli
-                .set("R2_BUCKET_NAME", BUCKET)
-                .set("R2_S3_ENDPOINT_URL", s3.endpoint())
-                .set("R2_AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-                .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
-            Env {
-                store: AnyStore::S3(s3.store("")),
-                cli,
-                _s3: Some(s3),
-            }
-        }
-    }
+    Embedded::start(kind, cli).await
 }
 
 impl Env {

@@ -81,29 +81,17 @@ async fn the_worker_keeps_the_deletion_cost_current() {
         .set("HTTP_PROXY", "http://127.0.0.1:1")
         .set("http_proxy", "http://127.0.0.1:1")
         .set("WORKER_SLOTS", "1");
-    let path = support::guests::wasm("step_counter");
-    let module = cli
-        .run(&["module", "push", path.to_str().unwrap()])
-        .await
-        .success()
-        .last_line()
-        .to_string();
+    let module = cli.push_guest("step_counter").await;
     let mut worker = cli.spawn("worker", &["worker"]);
     // Idle first.
     support::child::wait_for("the idle cost", || {
         imds.deletion_costs().first() == Some(&0)
     });
-    let jobs = cli.write_file(
-        "jobs.jsonl",
-        r#"{"job_id":"cost-1","steps":8,"step_ms":250}"#.to_owned() + "\n",
-    );
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
+    cli.submit_file(
         &module,
-        jobs.to_str().unwrap(),
-    ])
+        "jobs.jsonl",
+        "{\"job_id\":\"cost-1\",\"steps\":8,\"step_ms\":250}\n",
+    )
     .await
     .success();
     worker

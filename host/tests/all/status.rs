@@ -176,7 +176,7 @@ async fn a_jobs_accounting_matches_what_its_worker_measured() {
         ])
         .await
         .success();
-    let addr = crate::observe::metrics_addr();
+    let addr = support::probes::metrics_addr();
     let mut worker = stack
         .cli
         .set("METRICS_ADDR", &addr)
@@ -189,9 +189,9 @@ async fn a_jobs_accounting_matches_what_its_worker_measured() {
     )
     .await;
     // What the worker counted (its only job, one run).
-    let (_, metrics) = crate::observe::fetch(&addr, "/metrics").await.unwrap();
+    let (_, metrics) = support::probes::fetch(&addr, "/metrics").await.unwrap();
     stop(&mut worker).await;
-    let counted = |series: &str| crate::observe::value(&metrics, series) as u64;
+    let counted = |series: &str| support::probes::value(&metrics, series) as u64;
     let a = &by_id(&o)["acct"]["accounting"];
     let artifacts: u64 = (stack
         .store
@@ -376,26 +376,11 @@ fn row<'a>(dom: &'a str, id: &str) -> &'a str {
 async fn the_status_page_shows_a_real_run_in_chromium() {
     let browser = chromium();
     let cli = CliEnv::embedded("st-page").set("HEARTBEAT_SECONDS", "1");
-    let wasm = support::guests::wasm("step_counter");
-    let module = cli
-        .run(&["module", "push", wasm.to_str().unwrap()])
+    let module = cli.push_guest("step_counter").await;
+    cli
+        .submit_file(&module, "jobs.jsonl", "{\"job_id\":\"p1\",\"steps\":2}\n{\"job_id\":\"p2\",\"steps\":4}\n{\"job_id\":\"p-bad\",\"steps\":\"<img src=x onerror=alert(1)>\"}\n")
         .await
-        .success()
-        .last_line()
-        .to_owned();
-    let jobs = cli.write_file(
-        "jobs.jsonl",
-        "{\"job_id\":\"p1\",\"steps\":2}\n{\"job_id\":\"p2\",\"steps\":4}\n{\"job_id\":\"p-bad\",\"steps\":\"<img src=x onerror=alert(1)>\"}\n",
-    );
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
-        &module,
-        jobs.to_str().unwrap(),
-    ])
-    .await
-    .success();
+        .success();
     let mut worker = cli.spawn("worker", &["worker", "--slots", "2"]);
     wait_overview(&cli, Duration::from_secs(60), &mut [&mut worker], |o| {
         o["counts"]["done"] == 2 && o["counts"]["failed"] == 1
@@ -403,14 +388,11 @@ async fn the_status_page_shows_a_real_run_in_chromium() {
     .await;
     // One more job, submitted once no worker runs: it stays queued.
     stop(&mut worker).await;
-    let later = cli.write_file("later.jsonl", "{\"job_id\":\"p-later\",\"steps\":1}\n");
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
+    cli.submit_file(
         &module,
-        later.to_str().unwrap(),
-    ])
+        "later.jsonl",
+        "{\"job_id\":\"p-later\",\"steps\":1}\n",
+    )
     .await
     .success();
     // A live worker for the workers' table, that takes no job (another subscription).

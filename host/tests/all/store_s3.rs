@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use support::s3::{BUCKET, S3Server};
 use taskhost::store::s3::{S3Config, S3Store};
-use taskhost::store::{ETag, ErrorKind, ObjectStore, Precondition, StoreError};
+use taskhost::store::{ETag, ErrorKind, Multipart, ObjectStore, Precondition, StoreError};
 
 /// The error of `r`, which must be of `kind`.
 fn error_of<T: std::fmt::Debug>(r: Result<T, StoreError>, kind: ErrorKind, what: &str) -> String {

@@ -369,37 +369,6 @@ impl ObjectStore for DirStore {
         .map_err(join_err)?
     }
 
-    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
-        self.start_upload(key).await
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload: &str,
-        number: u32,
-        bytes: Vec<u8>,
-    ) -> Result<String, StoreError> {
-        self.write_part(key, upload, number, bytes).await
-    }
-
-    async fn upload_complete(
-        &self,
-        key: &str,
-        upload: &str,
-        parts: &[String],
-    ) -> Result<ETag, StoreError> {
-        self.complete_upload(key, upload, parts).await
-    }
-
-    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
-        self.has_upload(key, upload).await
-    }
-
-    async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
-        self.abort_upload(key, upload).await
-    }
-
     /// This host's clock: the directory is on this host.
     async fn clock(&self, _key: &str) -> Result<Option<ClockReading>, StoreError> {
         Ok(Some(ClockReading::local()))

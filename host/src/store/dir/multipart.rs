@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::lock::{lock_key, replace};
 use super::{DirStore, etag_of, io_err, join_err};
-use crate::store::{ETag, ErrorKind, StoreError};
+use crate::store::{ETag, ErrorKind, Multipart, StoreError};
 
 /// How long an upload's parts are kept after its last part was written, if it is neither
 /// completed nor aborted (R2's rule for incomplete multipart uploads: 7 days).
@@ -43,8 +43,8 @@ fn complete_blocking(
     Ok(ETag(hex::encode(&hash.finalize()[..16])))
 }
 
-impl DirStore {
-    pub(super) async fn start_upload(&self, key: &str) -> Result<String, StoreError> {
+impl Multipart for DirStore {
+    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
         self.path(key)?;
         let mut b = [0u8; 12];
         getrandom::fill(&mut b)
@@ -62,7 +62,7 @@ impl DirStore {
         Ok(id)
     }
 
-    pub(super) async fn write_part(
+    async fn upload_part(
         &self,
         key: &str,
         upload: &str,
@@ -84,7 +84,7 @@ impl DirStore {
         Ok(tag)
     }
 
-    pub(super) async fn complete_upload(
+    async fn upload_complete(
         &self,
         key: &str,
         upload: &str,
@@ -99,12 +99,12 @@ impl DirStore {
             .map_err(join_err)?
     }
 
-    pub(super) async fn has_upload(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
         self.path(key)?;
         Ok(self.upload_dir(upload).is_ok())
     }
 
-    pub(super) async fn abort_upload(&self, _key: &str, upload: &str) -> Result<(), StoreError> {
+    async fn upload_abort(&self, _key: &str, upload: &str) -> Result<(), StoreError> {
         if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::*;
+use crate::store::Multipart;
 
 #[tokio::test]
 async fn conditional_writes() {

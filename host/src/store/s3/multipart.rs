@@ -6,9 +6,10 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use super::errors::status;
 use super::{ETag, ErrorKind, S3Store, StoreError, etag_of};
+use crate::store::Multipart;
 
-impl S3Store {
-    pub(super) async fn start_upload(&self, key: &str) -> Result<String, StoreError> {
+impl Multipart for S3Store {
+    async fn upload_start(&self, key: &str) -> Result<String, StoreError> {
         let full = self.full_key(key);
         let resp = self
             .client
@@ -27,7 +28,7 @@ impl S3Store {
         }
     }
 
-    pub(super) async fn write_part(
+    async fn upload_part(
         &self,
         key: &str,
         upload: &str,
@@ -49,7 +50,7 @@ impl S3Store {
         Ok(etag_of("UploadPart", &full, resp.e_tag())?.0)
     }
 
-    pub(super) async fn complete_upload(
+    async fn upload_complete(
         &self,
         key: &str,
         upload: &str,
@@ -84,7 +85,7 @@ impl S3Store {
         etag_of("CompleteMultipartUpload", &full, resp.e_tag())
     }
 
-    pub(super) async fn has_upload(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
+    async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {
         let full = self.full_key(key);
         match self
             .client
@@ -107,7 +108,7 @@ impl S3Store {
         }
     }
 
-    pub(super) async fn abort_upload(&self, key: &str, upload: &str) -> Result<(), StoreError> {
+    async fn upload_abort(&self, key: &str, upload: &str) -> Result<(), StoreError> {
         let full = self.full_key(key);
         match self
             .client

@@ -6,8 +6,7 @@ use super::*;
 /// A worker whose checkpoint was claimed by another gets a conflict and writes nothing more.
 #[tokio::test]
 async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let job: JobId = "stale".parse().unwrap();
 
     // At the protocol level.
@@ -62,16 +61,7 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
         })
     };
     // The running worker's lease is never extended: it has expired when the thief claims.
-    let end = ex
-        .execute(
-            &job2,
-            &m,
-            r#"{"mode":"save_loop"}"#,
-            &JobBinding::default(),
-            static_lease(100),
-            CancellationToken::new(),
-        )
-        .await;
+    let end = execute(&ex, &job2, &m, r#"{"mode":"save_loop"}"#, static_lease(100)).await;
     assert_eq!(end, JobEnd::Conflict);
     let stolen = thief.await.unwrap();
     let after = store
@@ -90,8 +80,7 @@ async fn a_stale_writer_gets_a_conflict_and_writes_nothing() {
 
 #[tokio::test]
 async fn checkpoints_over_the_limit_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let job: JobId = "big".parse().unwrap();
     let claimed = claim(&store, &job, "t").await;
     let ckpt = Checkpointer::start(
@@ -106,20 +95,18 @@ async fn checkpoints_over_the_limit_are_refused() {
     );
     let rt = runtime();
     let m = prepare(&rt, "misbehave").await;
-    let r = rt
-        .run(
-            &m,
-            RunRequest {
-                job: &job,
-                attempt: 1,
-                input: r#"{"mode":"save_loop","count":1,"bytes":4096}"#,
-                limits: &JobLimits::default(),
-                checkpoint: ckpt.clone(),
-                files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
-                cancel: CancellationToken::new(),
-            },
-        )
-        .await;
+    let r = run_claimed(
+        &rt,
+        &m,
+        &store,
+        &job,
+        &ckpt,
+        1,
+        r#"{"mode":"save_loop","count":1,"bytes":4096}"#,
+        &JobLimits::default(),
+        CancellationToken::new(),
+    )
+    .await;
     assert!(
         matches!(r.outcome, Outcome::TaskError(ref m) if m.contains("1024")),
         "{:?}",
@@ -129,37 +116,18 @@ async fn checkpoints_over_the_limit_are_refused() {
 
 #[tokio::test]
 async fn a_finished_job_is_not_run_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let rt = runtime();
     let m = prepare(&rt, "step_counter").await;
     let job: JobId = "once".parse().unwrap();
     let ex = executor(store.clone(), rt, JobLimits::default());
     let input = r#"{"job_id":"once","steps":10}"#;
-    let first = ex
-        .execute(
-            &job,
-            &m,
-            input,
-            &JobBinding::default(),
-            live_lease(),
-            CancellationToken::new(),
-        )
-        .await;
+    let first = execute(&ex, &job, &m, input, live_lease()).await;
     assert!(
         matches!(first, JobEnd::Done { attempt: 1, .. }),
         "{first:?}"
     );
-    let second = ex
-        .execute(
-            &job,
-            &m,
-            input,
-            &JobBinding::default(),
-            live_lease(),
-            CancellationToken::new(),
-        )
-        .await;
+    let second = execute(&ex, &job, &m, input, live_lease()).await;
     assert_eq!(second, JobEnd::AlreadyDone);
     let stored = store
         .get(&taskhost::keys::result(&job))
@@ -205,8 +173,7 @@ async fn wait_saved(store: &DirStore, key: &str) {
 /// takeover, whatever it does with the error; nothing more is written.
 #[tokio::test]
 async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let rt = runtime();
     let m = prepare(&rt, "misbehave").await;
     let job: JobId = "stubborn".parse().unwrap();
@@ -228,16 +195,7 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
         })
     };
     let input = r#"{"mode":"save_loop","ignore_errors":true,"every_ms":20}"#;
-    let end = ex
-        .execute(
-            &job,
-            &m,
-            input,
-            &JobBinding::default(),
-            live_lease(),
-            CancellationToken::new(),
-        )
-        .await;
+    let end = execute(&ex, &job, &m, input, live_lease()).await;
     let stopped = std::time::Instant::now();
     let taken_at = thief.await.unwrap();
     assert_eq!(end, JobEnd::Conflict);
@@ -263,8 +221,7 @@ async fn a_task_that_ignores_conflicts_is_stopped_within_a_second() {
 /// asks to start over (then the old result is gone) or to resume with a newer module.
 #[tokio::test]
 async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let rt = runtime();
     let m = prepare(&rt, "step_counter").await;
     let job: JobId = "reused".parse().unwrap();

@@ -22,37 +22,21 @@ use taskhost::job::Work;
 use taskhost::queue::Stamp;
 use taskhost::queue::lease::LeaseView;
 use taskhost::runtime::{
-    JobLimits, ModuleError, Outcome, Prepared, RunReport, RunRequest, Runtime, RuntimeConfig,
-    TrapKind,
+    JobLimits, ModuleError, Outcome, Prepared, RunReport, RunRequest, Runtime, TrapKind,
 };
 use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
 
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: None,
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
+pub(crate) use support::exec::{dir_store, live_lease, runtime};
 
+/// The guest module `name`, compiled.
 async fn prepare(rt: &Runtime, name: &str) -> Prepared {
-    rt.prepare(support::guests::bytes(name), None)
-        .await
-        .unwrap()
+    support::exec::module(rt, name).await
 }
 
 fn fast_ckpt() -> Limits {
-    Limits {
-        min_write_interval: Duration::from_millis(20),
-        ..Limits::default()
-    }
-}
-
-/// A lease that renews itself for as long as the test runs.
-fn live_lease() -> LeaseView {
-    LeaseView::detached(Duration::from_secs(60)).0
+    support::exec::fast_checkpoints()
 }
 
 /// A lease that is never extended: it ends `for_ms` from now.
@@ -85,35 +69,72 @@ async fn claim(store: &DirStore, job: &JobId, owner: &str) -> Claimed {
 }
 
 fn executor(store: DirStore, rt: Runtime, limits: JobLimits) -> Executor<DirStore> {
-    Executor {
-        store,
-        runtime: rt,
-        worker_id: "test".into(),
-        limits,
-        checkpoint_limits: fast_ckpt(),
-        file_limits: Default::default(),
-        max_crashes: taskhost::exec::DEFAULT_MAX_CRASHES,
-    }
+    support::exec::executor_on(store, rt, limits, Default::default())
+}
+
+/// Executes `job` to its end with no binding, under `lease`, never cancelled.
+async fn execute(
+    ex: &Executor<DirStore>,
+    job: &JobId,
+    m: &Prepared,
+    input: &str,
+    lease: LeaseView,
+) -> JobEnd {
+    ex.execute(
+        job,
+        m,
+        input,
+        &JobBinding::default(),
+        lease,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+/// Runs `module` once as `attempt` of `job`, saving through `ckpt`.
+#[allow(clippy::too_many_arguments)]
+async fn run_claimed(
+    rt: &Runtime,
+    module: &Prepared,
+    store: &DirStore,
+    job: &JobId,
+    ckpt: &Checkpointer,
+    attempt: u32,
+    input: &str,
+    limits: &JobLimits,
+    cancel: CancellationToken,
+) -> RunReport {
+    rt.run(
+        module,
+        RunRequest {
+            job,
+            attempt,
+            input,
+            limits,
+            checkpoint: ckpt.clone(),
+            files: JobFiles::plain(store.clone(), job, ckpt.clone()),
+            cancel,
+        },
+    )
+    .await
 }
 
 /// Runs a module once on a fresh claimed checkpoint and returns the report.
 async fn run_once(rt: &Runtime, module: &Prepared, input: &str, limits: JobLimits) -> RunReport {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let job: JobId = "j".parse().unwrap();
     let claimed = claim(&store, &job, "test").await;
     let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
-    rt.run(
+    run_claimed(
+        rt,
         module,
-        RunRequest {
-            job: &job,
-            attempt: 1,
-            input,
-            limits: &limits,
-            checkpoint: ckpt.clone(),
-            files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
-            cancel: CancellationToken::new(),
-        },
+        &store,
+        &job,
+        &ckpt,
+        1,
+        input,
+        &limits,
+        CancellationToken::new(),
     )
     .await
 }

@@ -50,21 +50,11 @@ async fn a_module_built_for_wit_0_1_0_still_runs() {
     ))
     .unwrap();
     let m = rt.prepare(bytes, None).await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let ex = executor(store.clone(), rt, JobLimits::default());
     let job: JobId = "old".parse().unwrap();
     let input = r#"{"job_id":"old","steps":600}"#;
-    let end = ex
-        .execute(
-            &job,
-            &m,
-            input,
-            &JobBinding::default(),
-            live_lease(),
-            CancellationToken::new(),
-        )
-        .await;
+    let end = execute(&ex, &job, &m, input, live_lease()).await;
     let JobEnd::Done { result, .. } = end else {
         panic!("{end:?}")
     };

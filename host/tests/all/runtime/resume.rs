@@ -42,8 +42,7 @@ async fn bad_input_is_a_task_error() {
 /// ends with the same result as an uninterrupted run.
 #[tokio::test]
 async fn interrupted_runs_resume_from_the_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let rt = runtime();
     let m = prepare(&rt, "step_counter").await;
     let job: JobId = "resume-1".parse().unwrap();
@@ -59,16 +58,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             ..JobLimits::default()
         },
     );
-    let end = ex
-        .execute(
-            &job,
-            &m,
-            &input,
-            &JobBinding::default(),
-            live_lease(),
-            CancellationToken::new(),
-        )
-        .await;
+    let end = execute(&ex, &job, &m, &input, live_lease()).await;
     assert!(
         matches!(
             end,
@@ -94,16 +84,7 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
             ..JobLimits::default()
         },
     );
-    let end = ex2
-        .execute(
-            &job,
-            &m,
-            &slow,
-            &JobBinding::default(),
-            live_lease(),
-            CancellationToken::new(),
-        )
-        .await;
+    let end = execute(&ex2, &job, &m, &slow, live_lease()).await;
     assert!(
         matches!(
             end,
@@ -126,21 +107,18 @@ async fn interrupted_runs_resume_from_the_checkpoint() {
     let claimed = claim(&store, &job, "t").await;
     assert_eq!(claimed.header.attempts, 3);
     let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
-    let report = ex3
-        .runtime
-        .run(
-            &m,
-            RunRequest {
-                job: &job,
-                attempt: 3,
-                input: &input,
-                limits: &JobLimits::default(),
-                checkpoint: ckpt.clone(),
-                files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
-                cancel: CancellationToken::new(),
-            },
-        )
-        .await;
+    let report = run_claimed(
+        &ex3.runtime,
+        &m,
+        &store,
+        &job,
+        &ckpt,
+        3,
+        &input,
+        &JobLimits::default(),
+        CancellationToken::new(),
+    )
+    .await;
     // The task's first progress report is where it starts: the step attempt 2 saved.
     assert_eq!(report.first_progress.map(|p| p.0), Some(saved2));
     let Outcome::Finished(doc) = report.outcome else {

@@ -168,8 +168,7 @@ async fn a_panic_is_reported_with_its_message() {
 async fn cancellation_stops_a_running_task() {
     let rt = runtime();
     let m = prepare(&rt, "misbehave").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let store = DirStore::open(tmp.path()).unwrap();
+    let (_tmp, store) = dir_store();
     let job: JobId = "c".parse().unwrap();
     let claimed = claim(&store, &job, "t").await;
     let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
@@ -181,20 +180,18 @@ async fn cancellation_stops_a_running_task() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         c.cancel();
     });
-    let r = rt
-        .run(
-            &m,
-            RunRequest {
-                job: &job,
-                attempt: 1,
-                input: r#"{"mode":"loop"}"#,
-                limits: &JobLimits::default(),
-                checkpoint: ckpt.clone(),
-                files: JobFiles::plain(store.clone(), &job, ckpt.clone()),
-                cancel,
-            },
-        )
-        .await;
+    let r = run_claimed(
+        &rt,
+        &m,
+        &store,
+        &job,
+        &ckpt,
+        1,
+        r#"{"mode":"loop"}"#,
+        &JobLimits::default(),
+        cancel,
+    )
+    .await;
     assert_eq!(r.outcome, Outcome::Cancelled);
 }
 

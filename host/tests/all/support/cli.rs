@@ -135,6 +135,37 @@ impl CliEnv {
         }
     }
 
+    /// A copy whose store is `s3`'s bucket [`BUCKET`] (no key prefix), with the right keys.
+    pub fn on_s3(&self, s3: &S3Server) -> CliEnv {
+        self.set("R2_BUCKET_NAME", BUCKET)
+            .set("R2_S3_ENDPOINT_URL", s3.endpoint())
+            .set("R2_AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+            .set("R2_AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+    }
+
+    /// `taskhost module push` of a built guest; returns the `sha256:<hex>` it printed.
+    pub async fn push_guest(&self, guest: &str) -> String {
+        let path = super::guests::wasm(guest);
+        let out = self
+            .run(&["module", "push", path.to_str().unwrap()])
+            .await
+            .success();
+        out.last_line().to_string()
+    }
+
+    /// `taskhost submit --quiet --module MODULE FILE` with `text` written to `file_name`.
+    pub async fn submit_file(&self, module: &str, file_name: &str, text: &str) -> Output {
+        let path = self.write_file(file_name, text);
+        self.run(&[
+            "submit",
+            "--quiet",
+            "--module",
+            module,
+            path.to_str().unwrap(),
+        ])
+        .await
+    }
+
     /// A copy with `name` set to `value` (same private directory).
     pub fn set(&self, name: &str, value: impl Into<String>) -> CliEnv {
         let mut env = self.clone();

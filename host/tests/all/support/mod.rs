@@ -3,12 +3,15 @@
 // The servers are stopped, frozen and thawed with kill(2), which has no safe form in std.
 #![allow(unsafe_code)]
 
+pub mod bytes;
 pub mod child;
 pub mod cli;
+pub mod embedded;
 pub mod exec;
 pub mod guests;
 pub mod http;
 pub mod imds;
+pub mod probes;
 pub mod pubsub;
 pub mod s3;
 pub mod salad_api;

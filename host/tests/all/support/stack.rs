@@ -107,27 +107,12 @@ impl Stack {
 
     /// `taskhost module push` of a built guest; returns the `sha256:<hex>` it printed.
     pub async fn push(&self, guest: &str) -> String {
-        let path = super::guests::wasm(guest);
-        let out = self
-            .cli
-            .run(&["module", "push", path.to_str().unwrap()])
-            .await
-            .success();
-        out.last_line().to_string()
+        self.cli.push_guest(guest).await
     }
 
     /// `taskhost submit --module MODULE FILE` with `text` written to `file_name`.
     pub async fn submit(&self, module: &str, file_name: &str, text: &str) -> Output {
-        let path = self.cli.write_file(file_name, text);
-        self.cli
-            .run(&[
-                "submit",
-                "--quiet",
-                "--module",
-                module,
-                path.to_str().unwrap(),
-            ])
-            .await
+        self.cli.submit_file(module, file_name, text).await
     }
 
     /// `taskhost status --json IDS`, by job id.
