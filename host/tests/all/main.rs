@@ -15,6 +15,7 @@ mod hostile;
 mod launch;
 mod leasing;
 mod localqueue;
+mod nn;
 mod observe;
 mod outages;
 mod pubsub_emulator;
