@@ -126,7 +126,8 @@ async fn probe(
 
 /// One native inference: the `ort` crate on a session like the worker's (1 thread, CPU).
 fn native_per_inference(lib: &str, model: &Path, repeat: u32) -> Duration {
-    let env = ort::init_from(lib).unwrap().build().unwrap();
+    // ONNX Runtime allows one environment per process: the runtime's.
+    let env = taskhost::nn::engine::environment(Path::new(lib)).unwrap();
     let mut session = ort::session::Session::builder(&env)
         .unwrap()
         .with_intra_threads(1)

@@ -44,9 +44,10 @@ pub fn load(path: &Path, provider: Provider, threads: usize) -> Result<Ort, Stri
 }
 
 /// The process's ONNX Runtime environment, loading the library from `path` the first time.
-/// Loading is serialized (runtimes made at once, as the tests do, would race in ONNX
-/// Runtime's loader) and done once: a later `path` must name the same library.
-fn environment(path: &Path) -> Result<Environment, String> {
+/// ONNX Runtime allows one environment per process: it is made once (serialized: runtimes
+/// made at once, as the tests do, would race) and shared; a later `path` must name the same
+/// library. Public for the benchmark's native twin, which must share it.
+pub fn environment(path: &Path) -> Result<Environment, String> {
     static LOADED: Mutex<Option<(std::path::PathBuf, Environment)>> = Mutex::new(None);
     let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((first, env)) = loaded.as_ref() {
