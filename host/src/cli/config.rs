@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use taskhost::queue::lanes::{Lane, LaneError, LaneName, Lanes};
 use taskhost::queue::pubsub::PubsubConfig;
 use taskhost::queue::{
     DEFAULT_ACK_DEADLINE_SECS, DEFAULT_MAX_DELIVERY_ATTEMPTS, Ensured, LocalQueue, Pubsub, Queue,
@@ -136,18 +137,40 @@ pub struct SubscriptionArgs {
     /// a dead worker's jobs come back at most this long after its last extension.
     #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = DEFAULT_ACK_DEADLINE_SECS)]
     pub ack_deadline_seconds: u32,
+    /// Priority lanes, highest first, comma-separated (e.g. `urgent,default`; at most 8).
+    /// The lane `default` is TOPIC_ID / SUBSCRIPTION_ID; a lane NAME is the topic
+    /// `<TOPIC_ID>-NAME` and the subscription `<SUBSCRIPTION_ID>-NAME`. `setup` creates them
+    /// (and `default`); a worker takes work from the first lane that has any. Unset: the one
+    /// lane `default`.
+    #[arg(long, env = "LANES", value_name = "NAME,...", value_delimiter = ',', value_parser = parse_lane)]
+    pub lanes: Vec<LaneName>,
+}
+
+/// One name of `LANES` or `--lane` (spaces around it ignored).
+pub fn parse_lane(s: &str) -> Result<LaneName, LaneError> {
+    s.trim().parse()
 }
 
 impl SubscriptionArgs {
+    /// The lanes a worker reads, in order: `LANES`, else the one lane `default`.
+    pub fn lanes(&self, topics: &TopicArgs) -> anyhow::Result<Lanes> {
+        let (topic, sub) = (&topics.topic_id, &self.subscription_id);
+        if self.lanes.is_empty() {
+            return Ok(Lanes::one(topic, sub));
+        }
+        Lanes::new(&self.lanes, topic, sub).map_err(|e| anyhow::anyhow!("LANES (--lanes): {e}"))
+    }
+
     /// The dead-letter topic's own subscription (read by `status` and by operators).
     pub fn dead_letter_subscription(topic: &TopicArgs) -> String {
         format!("{}-sub", topic.dead_letter_topic())
     }
 }
 
-/// Creates (idempotently) the topics and subscriptions of `topics`/`sub`: what `taskhost
-/// setup` does, and what the embedded queue does by itself so that it needs no setup step.
-/// Returns each resource's name and what happened to it.
+/// Creates (idempotently) the topics and subscriptions of `topics`/`sub`, each lane's (the
+/// lane `default` always, then those of `LANES`) with the same dead-letter policy: what
+/// `taskhost setup` does, and what the embedded queue does by itself so that it needs no
+/// setup step. Returns each resource's name and what happened to it.
 pub async fn ensure_queue(
     queue: &Queue,
     topics: &TopicArgs,
@@ -156,6 +179,17 @@ pub async fn ensure_queue(
     let mut said = Vec::new();
     let topic = &topics.topic_id;
     let dlt = topics.dead_letter_topic();
+    let mut lanes = vec![Lane::named(
+        &LaneName::default_lane(),
+        topic,
+        &sub.subscription_id,
+    )];
+    lanes.extend(
+        sub.lanes(topics)?
+            .iter()
+            .filter(|l| !l.name.is_default())
+            .cloned(),
+    );
     said.push(("topic", topic.clone(), queue.ensure_topic(topic).await?));
     said.push(("topic", dlt.clone(), queue.ensure_topic(&dlt).await?));
     let settings = SubscriptionSettings {
@@ -164,13 +198,19 @@ pub async fn ensure_queue(
         max_delivery_attempts: DEFAULT_MAX_DELIVERY_ATTEMPTS,
         ..SubscriptionSettings::default()
     };
-    said.push((
-        "subscription",
-        sub.subscription_id.clone(),
-        queue
-            .ensure_subscription(&sub.subscription_id, topic, &settings)
-            .await?,
-    ));
+    for lane in &lanes {
+        if !lane.name.is_default() {
+            let t = &lane.topic;
+            said.push(("topic", t.clone(), queue.ensure_topic(t).await?));
+        }
+        said.push((
+            "subscription",
+            lane.subscription.clone(),
+            queue
+                .ensure_subscription(&lane.subscription, &lane.topic, &settings)
+                .await?,
+        ));
+    }
     let dls = SubscriptionArgs::dead_letter_subscription(topics);
     said.push((
         "subscription",

@@ -1,5 +1,5 @@
 //! The worker's startup checks: what would otherwise fail every job. The store can be
-//! written (a probe object, written then deleted); on Pub/Sub, the subscription and the
+//! written (a probe object, written then deleted); on Pub/Sub, every lane's subscription and the
 //! dead-letter topic exist and the worker may publish to the latter (IAM, where the server
 //! can tell).
 //!
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use taskhost::observe::Health;
 use taskhost::queue::Queue;
+use taskhost::queue::lanes::Lanes;
 use taskhost::store::ErrorKind;
 use taskhost::store::any::AnyStore;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,8 @@ const UNANSWERED_RETRY: Duration = Duration::from_secs(5);
 pub struct Checks<'a> {
     pub store: &'a AnyStore,
     pub queue: &'a Queue,
-    pub subscription: &'a str,
+    /// The lanes whose subscriptions must exist.
+    pub lanes: &'a Lanes,
     pub dead_letter_topic: &'a str,
     /// The probe object's key (`keys::probe`).
     pub probe_key: &'a str,
@@ -131,23 +133,31 @@ async fn check(c: &Checks<'_>) -> Result<(), Problem> {
             Problem::Misconfigured(e.to_string())
         }
     };
-    let (subscription, dead_letter_topic) = (c.subscription, c.dead_letter_topic);
-    let Some(facts) = pubsub
-        .lookup_subscription(subscription)
-        .await
-        .map_err(queue_error)?
-    else {
-        return Err(Problem::Misconfigured(format!(
-            "the subscription `{subscription}` does not exist: run `taskhost setup` (or set SUBSCRIPTION_ID)"
-        )));
-    };
-    if facts.dead_letter_policy == Some(false) {
-        tracing::warn!(
-            "the subscription `{subscription}` has no dead-letter policy, so Pub/Sub counts no \
-             deliveries: failing jobs are still bounded by the worker's own counts (MAX_FAILURES, \
-             MAX_CRASHES), but `taskhost setup` gives it one"
-        );
+    for lane in c.lanes.iter() {
+        let subscription = &lane.subscription;
+        let Some(facts) = pubsub
+            .lookup_subscription(subscription)
+            .await
+            .map_err(queue_error)?
+        else {
+            let set = if lane.name.is_default() {
+                "or set SUBSCRIPTION_ID".to_owned()
+            } else {
+                format!("with LANES naming `{}`", lane.name)
+            };
+            return Err(Problem::Misconfigured(format!(
+                "the subscription `{subscription}` does not exist: run `taskhost setup` ({set})"
+            )));
+        };
+        if facts.dead_letter_policy == Some(false) {
+            tracing::warn!(
+                "the subscription `{subscription}` has no dead-letter policy, so Pub/Sub counts no \
+                 deliveries: failing jobs are still bounded by the worker's own counts (MAX_FAILURES, \
+                 MAX_CRASHES), but `taskhost setup` gives it one"
+            );
+        }
     }
+    let dead_letter_topic = c.dead_letter_topic;
     if !pubsub
         .topic_exists(dead_letter_topic)
         .await

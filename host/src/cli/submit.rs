@@ -12,6 +12,7 @@ use super::config::{PubsubArgs, StoreArgs, SubscriptionArgs, TopicArgs, ensure_q
 use taskhost::ids::{BatchId, JobId, ModuleHash, ModuleRef};
 use taskhost::queue::OutgoingMessage;
 use taskhost::queue::Queue;
+use taskhost::queue::lanes::{Lane, LaneName};
 use taskhost::store::ObjectStore;
 
 /// Messages per publish call (the client batches them further).
@@ -81,6 +82,10 @@ pub struct SubmitArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Publish to this priority lane's topic (`default`: TOPIC_ID; NAME: `<TOPIC_ID>-NAME`,
+    /// created by `setup` with LANES naming it).
+    #[arg(long, value_name = "NAME", default_value = "default", value_parser = super::config::parse_lane)]
+    pub lane: LaneName,
 }
 
 fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -234,9 +239,20 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let inputs = upload_inputs(&store, &args.inputs, args.quiet).await?;
     add_inputs(&mut jobs, &inputs)?;
     let ps = args.pubsub.connect().await?;
+    let mut subscription = args.subscription.clone();
     if let Queue::Local(_) = ps {
-        ensure_queue(&ps, &args.topics, &args.subscription).await?;
+        // The lane published to exists too, whatever LANES says.
+        if !subscription.lanes.contains(&args.lane) {
+            subscription.lanes.push(args.lane.clone());
+        }
+        ensure_queue(&ps, &args.topics, &subscription).await?;
     }
+    let topic = Lane::named(
+        &args.lane,
+        &args.topics.topic_id,
+        &subscription.subscription_id,
+    )
+    .topic;
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -259,7 +275,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                     attributes: BTreeMap::from([("module".to_owned(), module.to_string())]),
                 })
                 .collect();
-            match ps.publish(&args.topics.topic_id, messages).await {
+            match ps.publish(&topic, messages).await {
                 Ok(ids) => {
                     published += ids.len();
                     sent += chunk.len();
@@ -278,7 +294,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
     }
     bar.finish_and_clear();
-    println!("published {published} jobs to {}", args.topics.topic_id);
+    println!("published {published} jobs to {topic}");
     Ok(ExitCode::SUCCESS)
 }
 

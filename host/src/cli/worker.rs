@@ -23,7 +23,8 @@ use taskhost::worker::{
 /// Lease jobs from the subscription and run them, WORKER_SLOTS at a time, until SIGTERM.
 ///
 /// Pulls only as many messages as it has free slots, and extends each lease every half
-/// ACK_DEADLINE_SECONDS while its job runs.
+/// ACK_DEADLINE_SECONDS while its job runs. With LANES, it reads each lane's subscription
+/// in order and takes work from the first one that has any.
 ///
 /// On SIGTERM (or Ctrl-C): stops pulling at once, stops running tasks at their next yield,
 /// flushes their checkpoints (released, so another worker may resume them at once), hands
@@ -179,7 +180,7 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
     let dead_letter_topic = args.topics.dead_letter_topic();
-    let subscription = args.subscription.subscription_id.clone();
+    let lanes = args.subscription.lanes(&args.topics)?;
     // The node's own parts first: the startup probe passes once they are up, whatever the
     // store and the queue do (they are waited for, on any node alike).
     let runtime_config = RuntimeConfig {
@@ -203,7 +204,7 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
     let checks = super::preflight::Checks {
         store: &store,
         queue: &queue,
-        subscription: &subscription,
+        lanes: &lanes,
         dead_letter_topic: &dead_letter_topic,
         probe_key: &probe_key,
     };
@@ -228,7 +229,7 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         max_crashes: args.max_crashes,
     };
     let config = WorkerConfig {
-        subscription_id: subscription,
+        lanes,
         dead_letter_topic_id: dead_letter_topic,
         ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
         slots,

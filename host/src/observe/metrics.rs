@@ -201,6 +201,14 @@ pub struct PullLabel {
     pub result: PullResult,
 }
 
+/// The label set of `taskhost_lane_messages_pulled`: one label, `lane` (a lane's name: the
+/// names are configuration, `LANES`, so bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// The lane's name.
+    pub lane: String,
+}
+
 /// The label set of `taskhost_lease_extensions`: one label, `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ExtensionLabel {
@@ -259,6 +267,7 @@ pub struct Metrics {
     jobs_running: Gauge,
     slots: Gauge,
     pulls: Family<PullLabel, Counter>,
+    lane_messages_pulled: Family<LaneLabel, Counter>,
     lease_extensions: Family<ExtensionLabel, Counter>,
     lease_extension_lateness: Histogram,
     checkpoint_writes: Family<WriteLabel, Counter>,
@@ -309,6 +318,7 @@ impl Metrics {
             jobs_running: Gauge::default(),
             slots: Gauge::default(),
             pulls: Family::default(),
+            lane_messages_pulled: Family::default(),
             lease_extensions: Family::default(),
             lease_extension_lateness: seconds(),
             checkpoint_writes: Family::default(),
@@ -350,6 +360,11 @@ impl Metrics {
             "taskhost_pulls",
             "Pulls from the subscription, by result.",
             m.pulls.clone(),
+        );
+        r.register(
+            "taskhost_lane_messages_pulled",
+            "Messages pulled, by lane (LANES; one series per lane from its first pull).",
+            m.lane_messages_pulled.clone(),
         );
         r.register(
             "taskhost_lease_extensions",
@@ -490,6 +505,15 @@ impl Metrics {
     /// A pull ended with `result`.
     pub fn pulled(&self, result: PullResult) {
         self.pulls.get_or_create(&PullLabel { result }).inc();
+    }
+
+    /// A pull from the lane `lane` returned `messages` messages (0 creates the series).
+    pub fn pulled_from_lane(&self, lane: &str, messages: usize) {
+        self.lane_messages_pulled
+            .get_or_create(&LaneLabel {
+                lane: lane.to_owned(),
+            })
+            .inc_by(messages as u64);
     }
 
     /// A lease extension ended with `result`; `lateness`: how long after its schedule it went

@@ -141,6 +141,11 @@ impl Lease {
         self
     }
 
+    /// The subscription the message was pulled from.
+    pub fn subscription(&self) -> &str {
+        &self.shared.subscription
+    }
+
     /// The message's ack id.
     pub fn ack_id(&self) -> &str {
         &self.shared.ack_id

@@ -18,6 +18,7 @@
 //! **API boundary:** the worker and the CLI see only this module's types; only `pubsub` and
 //! `local` know their wire protocols, and neither imports the other.
 
+pub mod lanes;
 pub mod lease;
 pub mod local;
 pub mod pubsub;

@@ -106,7 +106,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         // Kept until the message is settled (the end of this function).
         let _listed = self.record.as_ref().map(|r| {
             r.list(&node_record::JobEntry {
-                subscription: self.config.subscription_id.clone(),
+                subscription: lease.subscription().to_owned(),
                 ack_id: lease.ack_id().to_owned(),
                 job_id: id.to_string(),
             })

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::exec::Executor;
 use crate::ids::ModuleHash;
 use crate::observe::Health;
+use crate::queue::lanes::Lanes;
 use crate::queue::{MAX_ACK_DEADLINE_SECS, Queue};
 use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
@@ -71,8 +72,10 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(MAX_ACK_DEADLINE_SECS 
 /// beside it).
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The subscription jobs are pulled from.
-    pub subscription_id: String,
+    /// The subscriptions jobs are pulled from, highest priority first (`LANES`; one lane
+    /// without lanes): a lower lane is pulled only for the slots the lanes above it left
+    /// free (docs/design.md, "Priority lanes").
+    pub lanes: Lanes,
     /// The topic a dead-lettered message is published to, with an `error` attribute.
     pub dead_letter_topic_id: String,
     /// `ACK_DEADLINE_SECONDS`: each lease extension sets the deadline this far ahead.
@@ -154,8 +157,13 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
     let slots = config.slots.max(1);
+    let subscriptions: Vec<&str> = config
+        .lanes
+        .iter()
+        .map(|l| l.subscription.as_str())
+        .collect();
     tracing::info!(
-        subscription = %config.subscription_id,
+        subscription = %subscriptions.join(","),
         slots,
         ack_deadline_secs = config.ack_deadline.as_secs(),
         "worker started"
@@ -163,6 +171,10 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     let stats = Arc::new(Stats::default());
     let metrics = Arc::clone(executor.runtime.metrics());
     metrics.set_slots(slots);
+    for lane in config.lanes.iter() {
+        // Each lane's series exists from the start.
+        metrics.pulled_from_lane(lane.name.as_str(), 0);
+    }
     let record = config.record_dir.as_deref().and_then(|root| {
         let me = &executor.worker_id;
         let record = node_record::NodeRecord::create(root, me)
@@ -173,7 +185,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
             me.clone(),
             queue.clone(),
             executor.store.clone(),
-            config.subscription_id.clone(),
+            config.lanes.clone(),
             shutdown.child_token(),
         ));
         record

@@ -12,6 +12,10 @@
 //! While pulls return messages, up to [`MAX_CONCURRENT_PULLS`] are in flight (each holding
 //! the slots it asked for: a pull's round trip, not the jobs, bounds short jobs); while they
 //! come back empty, one.
+//!
+//! With several lanes, one pull is `pull_lanes`: each lane in order, asked for the slots the
+//! lanes above it left free (docs/design.md, "Priority lanes"); it is empty when every lane
+//! was.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -26,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use super::clock::Skewed;
 use super::handle::Worker;
 use super::{BREAKER_THRESHOLD, Stats};
+use crate::observe::Metrics;
 use crate::observe::metrics::{JobOutcome, PullResult};
+use crate::queue::lanes::Lanes;
 use crate::queue::lease::Lease;
 use crate::queue::{QueueError, Received};
 use crate::store::any::AnyStore;
@@ -223,10 +229,40 @@ impl Breaker {
     }
 }
 
-/// What a pull task hands back: the messages (or why none) and the slots it held for them.
+/// What a pull task hands back: the messages with the index of the lane each came from,
+/// why it stopped early (a lane's pull failed; the messages of the lanes above are kept),
+/// and the slots it held for them.
 struct Pulled {
-    batch: Result<Vec<Received>, QueueError>,
+    batch: Vec<(usize, Received)>,
+    error: Option<QueueError>,
     permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// Pulls up to `want` messages from `lanes`, highest first: each lane is asked for what the
+/// lanes above it did not fill, and a lane is not asked once the slots are filled. A failing
+/// pull ends the round (with what the lanes above it gave).
+async fn pull_lanes(
+    queue: &crate::queue::Queue,
+    lanes: &Lanes,
+    want: usize,
+    deadline: Duration,
+    metrics: &Metrics,
+) -> (Vec<(usize, Received)>, Option<QueueError>) {
+    let mut got = Vec::new();
+    for (i, lane) in lanes.iter().enumerate() {
+        let left = want - got.len();
+        if left == 0 {
+            break;
+        }
+        match queue.pull(&lane.subscription, left, deadline).await {
+            Ok(batch) => {
+                metrics.pulled_from_lane(lane.name.as_str(), batch.len());
+                got.extend(batch.into_iter().map(|r| (i, r)));
+            }
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
 }
 
 /// What the receive loop needs besides the job context.
@@ -299,40 +335,41 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                     pause_until = Instant::now() + SKEWED_PAUSE;
                     continue;
                 }
-                let (queue, sub) = (worker.queue.clone(), worker.config.subscription_id.clone());
-                let deadline = worker.config.ack_deadline;
+                let w = Arc::clone(worker);
                 pulls.spawn(async move {
-                    let batch = queue.pull(&sub, permits.len(), deadline).await;
-                    Pulled { batch, permits }
+                    let (queue, config) = (&w.queue, &w.config);
+                    let (batch, error) = pull_lanes(queue, &config.lanes, permits.len(), config.ack_deadline, &w.metrics).await;
+                    Pulled { batch, error, permits }
                 });
             }
             Some(joined) = pulls.join_next() => {
-                let Pulled { batch, permits } = match joined {
+                let Pulled { batch, error, permits } = match joined {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %e, "a pull failed unexpectedly");
                         continue;
                     }
                 };
-                match batch {
-                    Ok(batch) if batch.is_empty() => {
+                let got = !batch.is_empty();
+                for ((lane, received), permit) in batch.into_iter().zip(permits) {
+                    start_job(worker, lane, received, permit, l.shutdown, l.stopping, jobs).await;
+                }
+                match error {
+                    None if !got => {
                         metrics.pulled(PullResult::Empty);
                         worker.health(|h| h.queue_answered(Ok(())));
                         failing.reset();
                         busy_queue = false;
                         pause_until = Instant::now() + idle.empty();
                     }
-                    Ok(batch) => {
+                    None => {
                         metrics.pulled(PullResult::Messages);
                         worker.health(|h| h.queue_answered(Ok(())));
                         failing.reset();
                         busy_queue = true;
                         idle.work();
-                        for (received, permit) in batch.into_iter().zip(permits) {
-                            start_job(worker, received, permit, l.shutdown, l.stopping, jobs).await;
-                        }
                     }
-                    Err(e) => {
+                    Some(e) => {
                         metrics.pulled(PullResult::Error);
                         metrics.queue_error(e.kind());
                         worker.health(|h| h.queue_answered(Err(e.to_string())));
@@ -357,20 +394,14 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
 /// straight back.
 async fn start_job<S: ObjectStore + Clone + Into<AnyStore>>(
     worker: &Arc<Worker<S>>,
+    lane: usize,
     received: Received,
     permit: OwnedSemaphorePermit,
     shutdown: &CancellationToken,
     stopping: &CancellationToken,
     jobs: &mut JoinSet<()>,
 ) {
-    let sub = &worker.config.subscription_id;
-    let lease = Lease::start(
-        worker.queue.clone(),
-        sub,
-        &received,
-        worker.config.ack_deadline,
-    )
-    .observe(Arc::clone(&worker.metrics));
+    let lease = lease(worker, lane, &received).observe(Arc::clone(&worker.metrics));
     if shutdown.is_cancelled() {
         let _ = lease.nack(Duration::ZERO).await;
         return;
@@ -391,24 +422,29 @@ async fn start_job<S: ObjectStore + Clone + Into<AnyStore>>(
     });
 }
 
+/// The lease of `received`, pulled from the lane at `lane`.
+fn lease<S>(worker: &Worker<S>, lane: usize, received: &Received) -> Lease {
+    let lane = worker
+        .config
+        .lanes
+        .get(lane)
+        .expect("pulled from one of the lanes");
+    Lease::start(
+        worker.queue.clone(),
+        &lane.subscription,
+        received,
+        worker.config.ack_deadline,
+    )
+}
+
 /// Pulls still in flight return at once (they do not wait for messages): whatever they got
 /// goes straight back. A queue that does not answer never holds the exit up.
 async fn hand_back_pulls<S>(worker: &Worker<S>, mut pulls: JoinSet<Pulled>) {
     let pulled = tokio::time::timeout(worker.config.shutdown_timeout, async {
         while let Some(joined) = pulls.join_next().await {
-            if let Ok(Pulled {
-                batch: Ok(batch), ..
-            }) = joined
-            {
-                for received in batch {
-                    let sub = &worker.config.subscription_id;
-                    let lease = Lease::start(
-                        worker.queue.clone(),
-                        sub,
-                        &received,
-                        worker.config.ack_deadline,
-                    );
-                    let _ = lease.nack(Duration::ZERO).await;
+            if let Ok(Pulled { batch, .. }) = joined {
+                for (lane, received) in batch {
+                    let _ = lease(worker, lane, &received).nack(Duration::ZERO).await;
                 }
             }
         }

@@ -12,6 +12,7 @@ mod failures;
 mod files;
 mod files_e2e;
 mod hostile;
+mod lanes;
 mod launch;
 mod leasing;
 mod localqueue;

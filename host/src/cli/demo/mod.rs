@@ -132,6 +132,7 @@ async fn setup(args: &DemoArgs, dir: &Path) -> anyhow::Result<(AnyStore, Jobs)> 
     let sub = SubscriptionArgs {
         subscription_id: "jobs-sub".into(),
         ack_deadline_seconds: 2,
+        lanes: Vec::new(),
     };
     ensure_queue(&queue, &topics, &sub).await?;
     let jobs: Jobs = (0..args.jobs)

@@ -10,6 +10,7 @@ use super::{Host, JobEntry, LOCK, STAGING, STAGING_AGE, check_filesystem};
 use crate::checkpoint::{self, Abandoned};
 use crate::ids::JobId;
 use crate::queue::Queue;
+use crate::queue::lanes::Lanes;
 use crate::queue::lease::CALL_TIMEOUT;
 use crate::store::ObjectStore;
 
@@ -105,7 +106,7 @@ pub(crate) fn read_entries(dir: &Path) -> Vec<JobEntry> {
     entries
 }
 
-/// Hands back the jobs of `dead` workers that were leased from `subscription`: releases each
+/// Hands back the jobs of `dead` workers that were leased from one of `lanes`: releases each
 /// checkpoint a dead worker still holds, then nacks its message for redelivery at once.
 /// Returns how many messages were handed back. A job whose release fails is left to its
 /// lease (nacked now, its copy would only be turned away as busy).
@@ -113,14 +114,14 @@ pub async fn hand_back<S: ObjectStore>(
     dead: Vec<Dead>,
     queue: &Queue,
     store: &S,
-    subscription: &str,
+    lanes: &Lanes,
 ) -> usize {
     let mut handed = 0;
     for worker in dead {
         let jobs: Vec<&JobEntry> = worker
             .entries
             .iter()
-            .filter(|e| e.subscription == subscription)
+            .filter(|e| lanes.has_subscription(&e.subscription))
             .collect();
         if !jobs.is_empty() {
             tracing::info!(dead_worker = %worker.worker_id, jobs = jobs.len(), "a worker on this node died holding jobs: handing them back now");
@@ -141,7 +142,7 @@ pub async fn hand_back<S: ObjectStore>(
             let nacked = tokio::time::timeout(
                 CALL_TIMEOUT,
                 queue.modify_ack_deadline(
-                    subscription,
+                    &entry.subscription,
                     std::slice::from_ref(&entry.ack_id),
                     Duration::ZERO,
                 ),
@@ -177,7 +178,7 @@ pub async fn watch<S: ObjectStore>(
     me: String,
     queue: Queue,
     store: S,
-    subscription: String,
+    lanes: Lanes,
     stop: CancellationToken,
 ) {
     // Where no record can be trusted, none is taken (`NodeRecord::create` said why).
@@ -193,7 +194,7 @@ pub async fn watch<S: ObjectStore>(
         if !dead.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = hand_back(dead, &queue, &store, &subscription) => {}
+                _ = hand_back(dead, &queue, &store, &lanes) => {}
             }
         }
         tokio::select! {

@@ -1,0 +1,282 @@
+//! Priority lanes (issue 16, item 4) against real servers: urgent jobs submitted behind a
+//! backlog start before the backlog's remaining jobs, on the embedded queue and on the
+//! Pub/Sub emulator; a worker with one lane reads only it; `setup` creates the lanes; a
+//! missing lane subscription is a misconfiguration like a missing subscription.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use support::cli::{CliEnv, Proc};
+use support::stack::*;
+use taskhost::queue::Settle;
+
+/// A backlog job: long enough that the backlog is far from done when the urgent jobs come.
+const BACKLOG_JOB: &str = r#""steps":6,"step_ms":100"#;
+const BACKLOG: usize = 10;
+const URGENT: usize = 3;
+
+async fn push(cli: &CliEnv) -> String {
+    let path = support::guests::wasm("step_counter");
+    let out = cli
+        .run(&["module", "push", path.to_str().unwrap()])
+        .await
+        .success();
+    out.last_line().to_string()
+}
+
+/// `submit` of `ids` (each with `fields`) to `lane`.
+async fn submit(cli: &CliEnv, module: &str, lane: &str, ids: &[String], fields: &str) {
+    let text: String = ids
+        .iter()
+        .map(|id| format!("{{\"job_id\":\"{id}\",{fields}}}\n"))
+        .collect();
+    let path = cli.write_file(&format!("{lane}-{}.jsonl", ids[0]), text);
+    let out = cli
+        .run(&[
+            "submit",
+            "--quiet",
+            "--lane",
+            lane,
+            "--module",
+            module,
+            path.to_str().unwrap(),
+        ])
+        .await
+        .success();
+    assert!(out.stdout.contains("published"), "{out}");
+}
+
+/// The job ids of the worker's log in the order it started them (a job started twice counts
+/// at its first start).
+fn start_order(log: &str) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    for line in log.lines().filter(|l| l.contains("job started")) {
+        let Some(id) = line.split_whitespace().find_map(|w| w.strip_prefix("job=")) else {
+            continue;
+        };
+        if !order.iter().any(|o| o == id) {
+            order.push(id.to_string());
+        }
+    }
+    order
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
+/// Polls `status` until every job of `ids` is done (panicking with the worker's log if the
+/// worker exits or two minutes pass).
+async fn wait_all_done(cli: &CliEnv, ids: &[String], worker: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let statuses = status(cli, ids).await;
+        if statuses.values().all(|s| s["state"] == "done") {
+            for (id, s) in &statuses {
+                assert_step_result(id, if id.starts_with("bl") { 6 } else { 2 }, s);
+            }
+            return;
+        }
+        worker.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "not done: {statuses:#?}\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A one-slot worker on `urgent,default` works through a backlog on `default`; urgent jobs
+/// submitted once it is under way start before every backlog job that had not started when
+/// their submission returned, but for at most one slot's worth (a pull may have begun just
+/// before they were published).
+async fn urgent_jobs_overtake_the_backlog(cli: CliEnv) {
+    let cli = cli.set("LANES", "urgent,default");
+    cli.run(&["setup"]).await.success();
+    let module = push(&cli).await;
+    let backlog = ids("bl", BACKLOG);
+    let urgent = ids("urgent", URGENT);
+    submit(&cli, &module, "default", &backlog, BACKLOG_JOB).await;
+    let addr = format!("127.0.0.1:{}", support::pubsub::free_port());
+    let mut worker = cli
+        .set("METRICS_ADDR", &addr)
+        .spawn("worker", &["worker", "--slots", "1"]);
+    // Under way: the first backlog job has started.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while start_order(&worker.log()).is_empty() {
+        worker.assert_running();
+        assert!(Instant::now() < deadline, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    submit(&cli, &module, "urgent", &urgent, r#""steps":2"#).await;
+    let started_before = start_order(&worker.log());
+    let mut all = backlog.clone();
+    all.extend(urgent.iter().cloned());
+    wait_all_done(&cli, &all, &mut worker).await;
+
+    let order = start_order(&worker.log());
+    assert_eq!(order.len(), all.len(), "{order:?}");
+    let remaining: Vec<&String> = order
+        .iter()
+        .filter(|id| id.starts_with("bl") && !started_before.contains(id))
+        .collect();
+    // Not vacuous: most of the backlog was still waiting when the urgent jobs came.
+    assert!(remaining.len() >= BACKLOG / 2, "{order:?}");
+    let position = |id: &String| order.iter().position(|o| o == id).unwrap();
+    let last_urgent = urgent.iter().map(position).max().unwrap();
+    let overtaken = remaining
+        .iter()
+        .filter(|id| position(id) < last_urgent)
+        .count();
+    assert!(
+        overtaken <= 1,
+        "{overtaken} backlog jobs started before an urgent one: {order:?} (started before the urgent submission: {started_before:?})\n{}",
+        worker.log()
+    );
+    // The messages pulled are counted by lane (each job at least once).
+    let (code, metrics) = crate::observe::fetch(&addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for (lane, least) in [("urgent", URGENT), ("default", BACKLOG)] {
+        let series = format!("taskhost_lane_messages_pulled_total{{lane=\"{lane}\"}} ");
+        let n: usize = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in {metrics}"))
+            .parse()
+            .unwrap();
+        assert!(n >= least, "{lane}: {n}");
+    }
+    stop(&mut worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_urgent_jobs_overtake_the_backlog_on_the_embedded_queue() {
+    let cli = CliEnv::embedded("lanes-local").set("ACK_DEADLINE_SECONDS", "10");
+    urgent_jobs_overtake_the_backlog(cli).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_urgent_jobs_overtake_the_backlog_on_pubsub() {
+    let stack = Stack::start("lanes-ps").await;
+    urgent_jobs_overtake_the_backlog(stack.cli.clone()).await;
+}
+
+/// A worker whose one lane is `urgent` runs that lane's jobs and leaves the default lane's
+/// messages where they are (never delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_one_lane_reads_only_that_lane() {
+    let stack = Stack::start("lanes-one").await;
+    let cli = stack.cli.set("LANES", "urgent");
+    cli.run(&["setup"]).await.success();
+    let module = push(&cli).await;
+    let urgent = ids("urgent", 2);
+    let plain = ids("plain", 2);
+    submit(&cli, &module, "urgent", &urgent, r#""steps":2"#).await;
+    submit(&cli, &module, "default", &plain, r#""steps":2"#).await;
+    let mut worker = cli.spawn("worker", &["worker", "--slots", "2"]);
+    wait_all_done(&cli, &urgent, &mut worker).await;
+    stop(&mut worker).await;
+    let statuses = status(&cli, &plain).await;
+    assert!(
+        statuses.values().all(|s| s["state"] == "queued"),
+        "{statuses:#?}"
+    );
+    // Still on the default lane's subscription, never delivered.
+    let waiting = stack
+        .pull(
+            &stack.subscription(),
+            10,
+            Duration::from_secs(5),
+            Settle::Nack,
+        )
+        .await;
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(waiting.iter().all(|m| m.delivery_attempt == Some(1)));
+}
+
+/// `setup` with LANES creates each lane's topic and subscription (with the dead-letter
+/// policy), then finds them; a job published to a lane's topic reaches its subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_creates_the_lanes() {
+    let stack = Stack::start("lanes-setup").await;
+    let cli = stack.cli.set("LANES", "urgent,default,bulk");
+    let expect = |verb: &str| {
+        [
+            "topic lanes-setup",
+            "topic lanes-setup-dead-letter",
+            "subscription lanes-setup-sub",
+            "topic lanes-setup-urgent",
+            "subscription lanes-setup-sub-urgent",
+            "topic lanes-setup-bulk",
+            "subscription lanes-setup-sub-bulk",
+            "subscription lanes-setup-dead-letter-sub",
+        ]
+        .map(|what| format!("{verb} {what}"))
+    };
+    let first = cli.run(&["setup"]).await.success();
+    let said = lines(&first.stdout);
+    for want in expect("created") {
+        assert!(said.contains(&want), "{want}: {first}");
+    }
+    let second = cli.run(&["setup"]).await.success();
+    let said = lines(&second.stdout);
+    for want in expect("found") {
+        assert!(said.contains(&want), "{want}: {second}");
+    }
+    for sub in ["lanes-setup-sub-urgent", "lanes-setup-sub-bulk"] {
+        let facts = stack.pubsub.lookup_subscription(sub).await.unwrap();
+        let facts = facts.unwrap_or_else(|| panic!("{sub} missing"));
+        assert_eq!(facts.dead_letter_policy, Some(true), "{sub}");
+    }
+    let module = push(&cli).await;
+    submit(&cli, &module, "bulk", &ids("b", 1), r#""steps":1"#).await;
+    let got = stack
+        .pull(
+            "lanes-setup-sub-bulk",
+            1,
+            Duration::from_secs(20),
+            Settle::Ack,
+        )
+        .await;
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].data).contains("b-00"));
+    // A lane name that is no name is refused before anything is published.
+    let out = cli.set("LANES", "urgent,no good").run(&["setup"]).await;
+    assert!(out.failure().stderr.contains("lane name"));
+}
+
+/// A worker whose LANES name a lane `setup` never created: with `--exit-on-misconfig` it
+/// exits with the sentence; without, it waits not ready and starts by itself once `setup`
+/// creates the lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_lane_subscription_is_a_misconfiguration() {
+    let stack = Stack::setup("lanes-missing").await;
+    let cli = stack.cli.set("LANES", "urgent,default");
+    let out = cli.run(&["worker", "--exit-on-misconfig"]).await.failure();
+    let last = out
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        last.contains("subscription `lanes-missing-sub-urgent` does not exist")
+            && last.contains("LANES"),
+        "{out}"
+    );
+    let mut worker = cli.spawn("worker", &["worker"]);
+    worker
+        .wait_for_log("lanes-missing-sub-urgent", Duration::from_secs(30))
+        .await;
+    cli.run(&["setup"]).await.success();
+    worker
+        .wait_for_log("worker started", Duration::from_secs(60))
+        .await;
+    let module = push(&cli).await;
+    let urgent = ids("urgent", 1);
+    submit(&cli, &module, "urgent", &urgent, r#""steps":2"#).await;
+    wait_all_done(&cli, &urgent, &mut worker).await;
+    stop(&mut worker).await;
+}
