@@ -3,7 +3,27 @@
 #
 #   docker build -t <registry>/taskhost:<tag> .
 #
+# Model inference for tasks (wasi-nn on ONNX Runtime): the default image carries ONNX Runtime's
+# CPU library and sets ORT_DYLIB_PATH to it. A GPU image (CUDA) for SaladCloud's GPU nodes:
+#
+#   docker build -t <registry>/taskhost:<tag>-gpu \
+#     --build-arg ORT_PACKAGE=onnxruntime-gpu --build-arg NN_PROVIDER=cuda \
+#     --build-arg RUNTIME_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 .
+#
+# `--build-arg ORT_PACKAGE=` (empty) builds an image without ONNX Runtime (no inference). The
+# GPU image is built the same way but cannot be tested without a GPU (docs/saladcloud.md).
+#
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts and COPY --chmod.
+
+# The wheel ONNX Runtime's shared library is taken from (`onnxruntime`, `onnxruntime-gpu`, or
+# empty for none), its version (one the host's `ort` crate serves: 1.22 or newer; the tests
+# use this one, tests/nn/setup-ort.sh), the execution provider (`cpu` or `cuda`) and the
+# runtime stage's base image (for CUDA: an NVIDIA CUDA 12 + cuDNN 9 runtime image whose glibc
+# is at least bookworm's).
+ARG ORT_PACKAGE=onnxruntime
+ARG ORT_VERSION=1.31.1
+ARG NN_PROVIDER=cpu
+ARG RUNTIME_BASE=debian:bookworm-slim
 
 # ---- build ----------------------------------------------------------------------------------
 # Bookworm on both stages: the binary links against the build stage's glibc, so the runtime
@@ -31,6 +51,7 @@ COPY guest-tasks/Cargo.toml guest-tasks/Cargo.lock guest-tasks/
 COPY guest-tasks/.cargo/ guest-tasks/.cargo/
 COPY guest-tasks/sdk/Cargo.toml guest-tasks/sdk/
 COPY guest-tasks/sdk/src/ guest-tasks/sdk/src/
+COPY guest-tasks/classify/src/lib.rs guest-tasks/classify/src/lib.rs
 
 # Cache mounts keep the crate downloads and compiled dependencies between builds (a rebuild
 # after a change to host/ compiles only taskhost). target/ is a cache mount, so the binary is
@@ -42,8 +63,29 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p taskhost --bin taskhost \
     && install -m 0755 target/release/taskhost /usr/local/bin/taskhost
 
+# ---- ONNX Runtime ---------------------------------------------------------------------------
+# The shared libraries of the wheel (libonnxruntime.so*, and for CUDA its providers' libraries),
+# unpacked from the wheel without installing Python into the runtime image.
+FROM python:3.11-slim-bookworm AS ort
+ARG ORT_PACKAGE
+ARG ORT_VERSION
+RUN mkdir -p /opt/onnxruntime \
+    && if [ -n "$ORT_PACKAGE" ]; then \
+        pip download --quiet --no-deps --only-binary=:all: -d /tmp/wheel \
+            "$ORT_PACKAGE==$ORT_VERSION" \
+        && python -c 'import glob, os, zipfile; \
+w = zipfile.ZipFile(glob.glob("/tmp/wheel/*.whl")[0]); \
+libs = [n for n in w.namelist() if n.startswith("onnxruntime/capi/lib") and ".so" in n]; \
+[open("/opt/onnxruntime/" + os.path.basename(n), "wb").write(w.read(n)) for n in libs]; \
+main = [n for n in libs if os.path.basename(n).startswith("libonnxruntime.so")][0]; \
+os.symlink(os.path.basename(main), "/opt/onnxruntime/libonnxruntime.so")' \
+        && rm -rf /tmp/wheel; \
+    fi
+
 # ---- runtime --------------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM ${RUNTIME_BASE}
+ARG ORT_PACKAGE
+ARG NN_PROVIDER
 
 # ca-certificates: the worker talks TLS to Pub/Sub and R2 and verifies them against the system
 # roots. Nothing else: bash and coreutils (base64, mktemp) for launch.sh are in the base image.
@@ -66,11 +108,15 @@ RUN groupadd --gid 10001 taskhost \
 
 COPY --from=build /usr/local/bin/taskhost /usr/local/bin/taskhost
 COPY --chmod=0755 launch.sh /usr/local/bin/launch.sh
+COPY --from=ort /opt/onnxruntime/ /opt/onnxruntime/
 
 # Defaults only; every secret (GCP_KEY, R2_AWS_SECRET_ACCESS_KEY, ...) comes from the
 # container group's environment at run time, never from the image.
+# ORT_DYLIB_PATH is empty (unset, for the worker) in an image built without ONNX Runtime.
 ENV TASKHOST_CACHE_DIR=/home/taskhost/cache \
-    GOOGLE_APPLICATION_CREDENTIALS=/home/taskhost/keys/keys.json
+    GOOGLE_APPLICATION_CREDENTIALS=/home/taskhost/keys/keys.json \
+    ORT_DYLIB_PATH=${ORT_PACKAGE:+/opt/onnxruntime/libonnxruntime.so} \
+    TASK_NN_PROVIDER=${NN_PROVIDER}
 
 USER 10001:10001
 WORKDIR /home/taskhost

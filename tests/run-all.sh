@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need (the
-# wasm32-wasip2 target, the S3 server's Python venv), builds the task modules, then runs
+# wasm32-wasip2 target, the S3 server's Python venv, ONNX Runtime's venv), builds the task
+# modules, then runs
 # `cargo test` on every target of the workspace (the integration tests are one binary,
 # host/tests/all; the arguments go to this run, e.g. `tests/run-all.sh leasing::`) and the
 # native unit tests of guest-tasks/prime-core (outside the workspace). A failing test
@@ -16,6 +17,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 echo "== S3 test server venv"
 bash tests/s3/setup-venv.sh
+
+echo "== ONNX Runtime venv (the wasi-nn tests: onnxruntime's shared library, onnx for models)"
+bash tests/nn/setup-ort.sh
 
 echo "== chromium (the status page's browser test)"
 bash tests/setup-chromium.sh

@@ -14,6 +14,7 @@ pub mod inert;
 pub mod job;
 pub mod keys;
 pub mod modules;
+pub mod nn;
 pub mod observe;
 pub mod queue;
 pub mod registry;

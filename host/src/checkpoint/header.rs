@@ -34,6 +34,10 @@ pub struct Header {
     /// The task's wall time over all runs that ended, ms.
     #[serde(default, skip_serializing_if = "is_zero64")]
     pub wall_ms: u64,
+    /// Host compute the task asked for (wasi-nn loads and inference) over all runs that
+    /// ended, ms: part of `wall_ms`, unseen by fuel. Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub host_compute_ms: u64,
     /// Input bytes the task read, over all runs that ended.
     #[serde(default, skip_serializing_if = "is_zero64")]
     pub input_bytes: u64,
@@ -152,6 +156,9 @@ pub struct Usage {
     pub fuel: u64,
     /// Wall-clock time of the runs, in ms (from each run's start to its end).
     pub wall_ms: u64,
+    /// Host compute (wasi-nn graph loads and inference) within `wall_ms`, in ms.
+    #[serde(default)]
+    pub host_compute_ms: u64,
     /// Runs started (the header's `attempts`).
     pub attempts: u32,
     /// Runs that ended without a clean end (the worker killed or crashed).
@@ -171,6 +178,8 @@ pub struct RunUsage {
     pub fuel: u64,
     /// This run's wall-clock time, in ms.
     pub wall_ms: u64,
+    /// This run's host compute (wasi-nn), in ms.
+    pub host_compute_ms: u64,
     /// Bytes of checkpoint objects this run wrote.
     pub checkpoint_bytes: u64,
     /// Input bytes this run read.
@@ -184,6 +193,7 @@ impl Header {
     pub fn add_run(&mut self, run: &RunUsage) {
         self.fuel_used = self.fuel_used.saturating_add(run.fuel);
         self.wall_ms = self.wall_ms.saturating_add(run.wall_ms);
+        self.host_compute_ms = self.host_compute_ms.saturating_add(run.host_compute_ms);
         self.checkpoint_bytes = self.checkpoint_bytes.saturating_add(run.checkpoint_bytes);
         self.input_bytes = self.input_bytes.saturating_add(run.input_bytes);
         self.artifact_bytes = self.artifact_bytes.saturating_add(run.artifact_bytes);
@@ -194,6 +204,7 @@ impl Header {
         Usage {
             fuel: self.fuel_used,
             wall_ms: self.wall_ms,
+            host_compute_ms: self.host_compute_ms,
             attempts: self.attempts,
             crashes: self.crashed_runs,
             checkpoint_bytes: self.checkpoint_bytes,
@@ -290,7 +301,7 @@ mod props {
             ),
             (any::<String>(), any::<String>(), vec(records(), 0..3)),
             (any::<u64>(), any::<String>(), any::<(u32, u32)>()),
-            (any::<(u64, u64, u64, u64)>(), any::<u32>()),
+            (any::<(u64, u64, u64, u64)>(), any::<u32>(), any::<u64>()),
             of((any::<bool>(), any::<String>(), any::<u64>())),
         )
             .prop_map(
@@ -299,7 +310,11 @@ mod props {
                     (last_failure, owner, lease_until_ms, lease_period_ms),
                     (module, input_sha256, artifacts),
                     (updated_ms, nonce, (crashes, storage_failed_runs)),
-                    ((wall_ms, input_bytes, artifact_bytes, checkpoint_bytes), crashed_runs),
+                    (
+                        (wall_ms, input_bytes, artifact_bytes, checkpoint_bytes),
+                        crashed_runs,
+                        host_compute_ms,
+                    ),
                     control,
                 )| Header {
                     attempts,
@@ -309,6 +324,7 @@ mod props {
                     progress,
                     fuel_used,
                     wall_ms,
+                    host_compute_ms,
                     input_bytes,
                     artifact_bytes,
                     checkpoint_bytes,
@@ -418,6 +434,7 @@ mod usage {
         let run = RunUsage {
             fuel: 1,
             wall_ms: 2,
+            host_compute_ms: 1,
             checkpoint_bytes: 3,
             input_bytes: 4,
             artifact_bytes: 5,
@@ -425,6 +442,7 @@ mod usage {
         h.add_run(&run);
         h.add_run(&run);
         let u = h.usage();
+        assert_eq!(u.host_compute_ms, 2);
         assert_eq!(
             (
                 u.fuel,

@@ -15,6 +15,7 @@ mod demo;
 mod job;
 mod job_control;
 mod module;
+mod nn;
 mod preflight;
 mod requeue;
 mod run;
@@ -126,7 +127,8 @@ pub enum Command {
     Setup(setup::SetupArgs),
     Module(module::ModuleArgs),
     Submit(submit::SubmitArgs),
-    Worker(worker::WorkerArgs),
+    // Boxed: the worker's settings are by far the largest.
+    Worker(Box<worker::WorkerArgs>),
     Status(status::StatusArgs),
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
@@ -174,7 +176,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             // On SaladCloud (it sets SALAD_MACHINE_ID in every container) the worker uses
             // the instance metadata service.
             let on_salad = cli.salad_machine_id.is_some_and(|id| !id.is_empty());
-            worker::main(args, on_salad).await
+            worker::main(*args, on_salad).await
         }
         Command::Status(args) => status::main(args).await,
         Command::Run(args) => run::main(args).await,

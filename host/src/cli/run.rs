@@ -43,6 +43,8 @@ pub struct RunArgs {
     pub files: super::config::FileArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub nn: super::nn::NnArgs,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -58,7 +60,10 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let job: JobId = job_id
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid job id: {e}"))?;
-    let runtime = Runtime::new(args.cache.runtime_config())?;
+    let runtime = Runtime::new(taskhost::runtime::RuntimeConfig {
+        nn: args.nn.config(),
+        ..args.cache.runtime_config()
+    })?;
     let hash = taskhost::ids::ModuleHash::of(&bytes);
     let module = match runtime.prepare(bytes, Some(hash)).await {
         Ok(m) => m,

@@ -20,7 +20,50 @@ const GUEST_LOCK: &str = include_str!("../../../guest-tasks/Cargo.lock");
 const GUEST_CARGO_CONFIG: &str = include_str!("../../../guest-tasks/.cargo/config.toml");
 const SDK_MANIFEST: &str = include_str!("../../../guest-tasks/sdk/Cargo.toml");
 const SDK_LIB: &str = include_str!("../../../guest-tasks/sdk/src/lib.rs");
+/// The SDK's source files (path in the vendored crate, contents), `lib.rs` first.
+const SDK_SOURCES: &[(&str, &str)] = &[
+    ("taskhost-guest/src/lib.rs", SDK_LIB),
+    (
+        "taskhost-guest/src/error.rs",
+        include_str!("../../../guest-tasks/sdk/src/error.rs"),
+    ),
+    (
+        "taskhost-guest/src/checkpoint.rs",
+        include_str!("../../../guest-tasks/sdk/src/checkpoint.rs"),
+    ),
+    (
+        "taskhost-guest/src/inputs.rs",
+        include_str!("../../../guest-tasks/sdk/src/inputs.rs"),
+    ),
+    (
+        "taskhost-guest/src/artifacts.rs",
+        include_str!("../../../guest-tasks/sdk/src/artifacts.rs"),
+    ),
+    (
+        "taskhost-guest/src/progress.rs",
+        include_str!("../../../guest-tasks/sdk/src/progress.rs"),
+    ),
+    (
+        "taskhost-guest/src/log.rs",
+        include_str!("../../../guest-tasks/sdk/src/log.rs"),
+    ),
+    (
+        "taskhost-guest/src/job.rs",
+        include_str!("../../../guest-tasks/sdk/src/job.rs"),
+    ),
+    (
+        "taskhost-guest/src/nn.rs",
+        include_str!("../../../guest-tasks/sdk/src/nn.rs"),
+    ),
+    (
+        "taskhost-guest/src/input.rs",
+        include_str!("../../../guest-tasks/sdk/src/input.rs"),
+    ),
+];
 const SDK_WIT: &str = include_str!("../../../wit/task.wit");
+/// The `nn` template's task: the `classify` example (model inference over an input's
+/// records, checkpointed, predictions as an artifact).
+const NN_TEMPLATE: &str = include_str!("../../../guest-tasks/classify/src/lib.rs");
 
 /// The SDK's package name, which the new crate must not take.
 const SDK_PACKAGE: &str = "taskhost-guest";
@@ -54,14 +97,27 @@ pub struct NewArgs {
     /// The directory to create the crate in (as DIR/NAME).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// What the task starts as: `basic` (a checkpointed sum) or `nn` (model inference over
+    /// an input's records in batches, through `taskhost_guest::nn`: the `classify` example).
+    #[arg(long, value_enum, default_value = "basic")]
+    pub template: Template,
+}
+
+/// The task a new crate starts from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Template {
+    /// A checkpointed sum of 1..=count.
+    Basic,
+    /// The `classify` example: an ONNX model run over an input's records.
+    Nn,
 }
 
 pub async fn main(args: TaskArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TaskCommand::New(new) => {
             let root = new.dir.join(&new.name);
-            create(&new.name, &root)?;
-            print_next_steps(&new.name, &root);
+            create(&new.name, &root, new.template)?;
+            print_next_steps(&new.name, &root, new.template);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -69,7 +125,7 @@ pub async fn main(args: TaskArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes the crate `name` into `root`, which must not exist (its parent is created if
 /// needed). On a failure after `root` was created, removes `root` again.
-fn create(name: &str, root: &Path) -> anyhow::Result<()> {
+fn create(name: &str, root: &Path, template: Template) -> anyhow::Result<()> {
     if let Err(why) = check_name(name) {
         bail!("invalid task name \"{name}\": {why}");
     }
@@ -84,14 +140,16 @@ fn create(name: &str, root: &Path) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", root.display())),
     }
-    let written = files(name).into_iter().try_for_each(|(path, text)| {
-        let path = root.join(path);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-    });
+    let written = files(name, template)
+        .into_iter()
+        .try_for_each(|(path, text)| {
+            let path = root.join(path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        });
     if written.is_err() {
         // `root` is ours: it did not exist before this call.
         let _ = std::fs::remove_dir_all(root);
@@ -100,17 +158,22 @@ fn create(name: &str, root: &Path) -> anyhow::Result<()> {
 }
 
 /// The files of the crate `name`: (path relative to the crate's root, contents).
-fn files(name: &str) -> Vec<(&'static str, String)> {
-    vec![
+fn files(name: &str, template: Template) -> Vec<(&'static str, String)> {
+    let task = match template {
+        Template::Basic => task_source(name),
+        Template::Nn => NN_TEMPLATE.to_string(),
+    };
+    let mut files = vec![
         ("Cargo.toml", manifest(name)),
         ("Cargo.lock", GUEST_LOCK.to_string()),
         (".cargo/config.toml", GUEST_CARGO_CONFIG.to_string()),
         (".gitignore", "/target\n".to_string()),
-        ("src/lib.rs", task_source(name)),
+        ("src/lib.rs", task),
         ("taskhost-guest/Cargo.toml", SDK_MANIFEST.to_string()),
-        ("taskhost-guest/src/lib.rs", SDK_LIB.to_string()),
         ("taskhost-guest/wit/task.wit", SDK_WIT.to_string()),
-    ]
+    ];
+    files.extend(SDK_SOURCES.iter().map(|(p, s)| (*p, s.to_string())));
+    files
 }
 
 /// The crate's `Cargo.toml`: the package, then a workspace of the package and the
@@ -226,8 +289,22 @@ taskhost_guest::export_task!({ty});
 }
 
 /// Prints what to do with the new crate.
-fn print_next_steps(name: &str, root: &Path) {
+fn print_next_steps(name: &str, root: &Path, template: Template) {
     let wasm = format!("target/wasm32-wasip2/release/{}.wasm", lib_name(name));
+    if template == Template::Nn {
+        println!(
+            "Created {root}: a model inference task (the classify example in src/lib.rs, the \
+             SDK in taskhost-guest/; its input is described at the top of src/lib.rs).\n\
+             \n\
+             Next:\n  \
+             cd {root}\n  \
+             cargo build --release     # needs the target: rustup target add wasm32-wasip2\n  \
+             # the module: {wasm}; run it on a worker with ORT_DYLIB_PATH set\n  \
+             taskhost module push {wasm}",
+            root = root.display(),
+        );
+        return;
+    }
     println!(
         "Created {root}: a task module crate (the task in src/lib.rs, the SDK in \
          taskhost-guest/).\n\
@@ -386,14 +463,33 @@ mod tests {
     }
 
     #[test]
+    fn every_sdk_source_file_is_vendored() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-tasks/sdk/src");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let path = format!("taskhost-guest/src/{name}");
+            assert!(
+                SDK_SOURCES.iter().any(|(p, _)| *p == path),
+                "{name} is not in SDK_SOURCES"
+            );
+        }
+        let nn = files("my-nn", Template::Nn);
+        let lib = &nn.iter().find(|(p, _)| *p == "src/lib.rs").unwrap().1;
+        assert!(lib.contains("taskhost_guest::nn"), "{lib}");
+    }
+
+    #[test]
     fn refuses_an_existing_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("my-task");
-        create("my-task", &root).unwrap();
+        create("my-task", &root, Template::Basic).unwrap();
         assert!(root.join("taskhost-guest/wit/task.wit").exists());
-        let err = create("my-task", &root).unwrap_err().to_string();
+        assert!(root.join("taskhost-guest/src/nn.rs").exists());
+        let err = create("my-task", &root, Template::Basic)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exists already"), "{err}");
-        let err = create("fn", &tmp.path().join("fn"))
+        let err = create("fn", &tmp.path().join("fn"), Template::Basic)
             .unwrap_err()
             .to_string();
         assert!(err.contains("keyword"), "{err}");

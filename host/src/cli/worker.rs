@@ -50,6 +50,8 @@ pub struct WorkerArgs {
     pub files: super::config::FileArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub nn: super::nn::NnArgs,
     /// Jobs run at once (default: the number of CPUs).
     #[arg(long, env = "WORKER_SLOTS")]
     pub slots: Option<usize>,
@@ -190,6 +192,7 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
     let runtime_config = RuntimeConfig {
         max_concurrent_tasks: slots as u32,
         metrics,
+        nn: args.nn.config(),
         ..args.cache.runtime_config()
     };
     let record_dir = runtime_config.cache_dir.as_ref().map(|d| d.join("workers"));

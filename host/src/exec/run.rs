@@ -77,6 +77,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             input_bytes_read = usage.input_bytes_read,
             artifact_bytes_written = usage.artifact_bytes_written,
             elapsed_ms = report.elapsed.as_millis() as u64,
+            host_compute_ms = report.host_compute.as_millis() as u64,
             outcome = ?report.outcome,
             "task run ended"
         );

@@ -24,6 +24,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         let run = RunUsage {
             fuel: report.fuel_used,
             wall_ms: report.elapsed.as_millis() as u64,
+            host_compute_ms: report.host_compute.as_millis() as u64,
             checkpoint_bytes: checkpointer.bytes_written(),
             input_bytes: files.inputs.bytes_read(),
             artifact_bytes: files.artifacts.bytes_written(),

@@ -156,6 +156,28 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    /// The whole input `name` in one read, if it is at most `max` bytes (`LimitReached(its
+    /// size)` else, before anything is fetched): a model for wasi-nn, which the host reads for
+    /// the task. Its bytes count in the job's input bytes, not against the run's read limit:
+    /// the model's host memory is capped instead.
+    pub async fn read_whole(&self, name: &str, max: u64) -> Result<Vec<u8>, InputError> {
+        let key = self.key(name)?.to_owned();
+        let size = self.size(name).await?;
+        if size > max {
+            return Err(InputError::LimitReached(size));
+        }
+        let bytes = self
+            .store
+            .get_range(&key, 0, size)
+            .await
+            .map_err(|e| self.storage(name, e))?
+            .ok_or_else(|| InputError::Missing(name.to_owned()))?;
+        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+}
+
 /// The last range fetched of one input.
 struct Window {
     name: String,

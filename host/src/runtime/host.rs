@@ -16,6 +16,7 @@ use super::sandbox::{
 };
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::files::JobFiles;
+use crate::nn::NnJob;
 
 /// Everything a running task's store holds.
 pub struct HostState {
@@ -26,6 +27,8 @@ pub struct HostState {
     pub(super) attempt: u32,
     pub(super) checkpoint: Checkpointer,
     pub(super) files: JobFiles,
+    /// The run's inference (`wasi:nn`): its graphs, tensors and host compute time.
+    pub(super) nn: NnJob,
     pub(super) stderr: LogPipe,
     /// The first progress report of this run (proves where a resumed run started).
     pub(super) first_progress: Option<(u64, u64)>,
@@ -40,6 +43,7 @@ impl HostState {
         attempt: u32,
         checkpoint: Checkpointer,
         files: JobFiles,
+        nn: NnJob,
         memory_bytes: usize,
     ) -> Self {
         let stdout = LogPipe::new(job.clone(), "stdout");
@@ -53,6 +57,7 @@ impl HostState {
             attempt,
             checkpoint,
             files,
+            nn,
             stderr,
             first_progress: None,
             logged: 0,

@@ -13,10 +13,12 @@
 mod cache;
 mod files;
 mod host;
+mod nn;
 pub mod output;
 pub mod sandbox;
 mod selfcheck;
 mod v0_1;
+mod v0_2;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,12 +41,17 @@ pub use sandbox::{
 };
 pub use selfcheck::COMPILE_CHECK_NORM;
 
-/// The WIT worlds a task module may target (`wit/task.wit`, `wit/v0.1.0/task.wit`), newest
-/// first: the linker serves all of them.
-pub const SUPPORTED_WORLDS: &[&str] = &["taskhost:task/task@0.2.0", "taskhost:task/task@0.1.0"];
+/// The WIT worlds a task module may target (`wit/task.wit`, `wit/v0.2.0/task.wit`,
+/// `wit/v0.1.0/task.wit`), newest first: the linker serves all of them.
+pub const SUPPORTED_WORLDS: &[&str] = &[
+    "taskhost:task/task@0.3.0",
+    "taskhost:task/task@0.2.0",
+    "taskhost:task/task@0.1.0",
+];
 
-/// Generated bindings of the WIT world `taskhost:task/task@0.2.0` (`wit/`), and of 0.1.0
-/// (`wit/v0.1.0/`), whose modules run unchanged: a component of either version links.
+/// Generated bindings of the WIT world `taskhost:task/task@0.3.0` (`wit/`, with `wasi:nn`),
+/// and of 0.2.0 (`wit/v0.2.0/`) and 0.1.0 (`wit/v0.1.0/`), whose modules run unchanged: a
+/// component of any of them links.
 // `bindgen!` carries the WIT's doc comments but writes its own items (`Task`, `TaskPre`,
 // `TaskIndices`, the `Host` traits' glue) undocumented.
 #[allow(missing_docs)]
@@ -55,10 +62,34 @@ pub mod bindings {
         imports: {
             "taskhost:task/inputs": async,
             "taskhost:task/artifacts": async | trappable,
+            "wasi:nn/graph": async | trappable,
+            "wasi:nn/inference": async | trappable,
+            "wasi:nn/tensor": trappable,
+            "wasi:nn/errors": trappable,
         },
         exports: { default: async },
-        with: { "taskhost:task/artifacts.artifact": crate::files::ArtifactHandle },
+        with: {
+            "taskhost:task/artifacts.artifact": crate::files::ArtifactHandle,
+            "wasi:nn/graph.graph": crate::nn::GraphHandle,
+            "wasi:nn/tensor.tensor": crate::nn::TensorHandle,
+            "wasi:nn/inference.graph-execution-context": crate::nn::ContextHandle,
+            "wasi:nn/errors.error": crate::nn::NnError,
+        },
     });
+
+    /// The 0.2.0 world: 0.3.0's taskhost interfaces, without `wasi:nn`.
+    pub mod v0_2 {
+        wasmtime::component::bindgen!({
+            world: "task",
+            path: "../wit/v0.2.0",
+            imports: {
+                "taskhost:task/inputs": async,
+                "taskhost:task/artifacts": async | trappable,
+            },
+            exports: { default: async },
+            with: { "taskhost:task/artifacts.artifact": crate::files::ArtifactHandle },
+        });
+    }
 
     /// The 0.1.0 world: the same interfaces without `inputs` and `artifacts`.
     pub mod v0_1 {
@@ -97,6 +128,9 @@ pub struct RuntimeConfig {
     /// checkpoint writes, fuel, bytes). Default: a fresh [`Metrics`](crate::observe::Metrics)
     /// nobody reads.
     pub metrics: Arc<crate::observe::Metrics>,
+    /// Model inference for tasks (`wasi:nn`): ONNX Runtime's library, the execution provider,
+    /// the memory caps and the graph cache. Default: no ONNX Runtime (no inference).
+    pub nn: crate::nn::NnConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -109,6 +143,7 @@ impl Default for RuntimeConfig {
             epoch_interruption: false,
             max_concurrent_tasks: DEFAULT_MAX_CONCURRENT_TASKS,
             metrics: Arc::default(),
+            nn: crate::nn::NnConfig::default(),
         }
     }
 }
@@ -217,6 +252,9 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Output bytes dropped because the task wrote more than the log keeps.
     pub output_dropped: u64,
+    /// Host compute the task asked for and fuel does not see: `wasi:nn` graph loads and
+    /// inference (within `elapsed`).
+    pub host_compute: Duration,
 }
 
 /// One job to run.
@@ -247,6 +285,7 @@ pub struct Runtime {
     fuel_metering: bool,
     epoch_interruption: bool,
     metrics: Arc<crate::observe::Metrics>,
+    nn: Arc<crate::nn::NnService>,
 }
 
 /// The epoch tick of a runtime with [`RuntimeConfig::epoch_interruption`].
@@ -281,9 +320,12 @@ impl Runtime {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::v0_2::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         bindings::v0_1::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let cache = cache::ModuleCache::new(&engine, config.cache_dir, config.cache_max_bytes);
+        let nn = crate::nn::NnService::new(config.nn);
         Ok(Runtime {
+            nn,
             engine,
             linker: Arc::new(linker),
             cache: Arc::new(cache),
@@ -302,6 +344,11 @@ impl Runtime {
     /// A module already prepared in this process's memory.
     pub fn cached(&self, hash: &ModuleHash) -> Option<Prepared> {
         self.cache.memory(hash)
+    }
+
+    /// The worker's inference service (`wasi:nn`): whether it is served, its graph cache.
+    pub fn nn(&self) -> &Arc<crate::nn::NnService> {
+        &self.nn
     }
 
     /// Where this runtime and its jobs count ([`RuntimeConfig::metrics`]).
@@ -395,6 +442,7 @@ impl Runtime {
             req.attempt,
             req.checkpoint.clone(),
             req.files.clone(),
+            self.nn.job(),
             req.limits.memory_bytes,
         );
         let stderr = state.stderr.clone();
@@ -502,6 +550,7 @@ impl Runtime {
             startup,
             elapsed: started.elapsed(),
             output_dropped: stderr.dropped() + state.log_dropped,
+            host_compute: state.nn.compute_time(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The 0.1.0 world's imports, served by the same host state as 0.2.0's (its interfaces are
-//! 0.2.0's without `inputs` and `artifacts`).
+//! The 0.1.0 world's imports, served by the same host state as 0.3.0's (its interfaces are
+//! 0.3.0's taskhost interfaces without `inputs` and `artifacts`).
 
 use super::bindings::taskhost::task as now;
 use super::bindings::v0_1::taskhost::task::{checkpoint, job, log, progress};

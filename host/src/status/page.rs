@@ -56,6 +56,8 @@ pub struct Accounting {
     pub fuel: Option<u64>,
     /// Wall-clock time of its runs (ms); not recorded yet.
     pub wall_ms: Option<u64>,
+    /// Host compute within the wall-clock time (wasi-nn graph loads and inference, ms).
+    pub host_compute_ms: Option<u64>,
     /// Runs claimed; `None` without a checkpoint.
     pub attempts: Option<u32>,
     /// Runs in a row without a clean end; `None` for a done job or without a checkpoint.
@@ -74,6 +76,7 @@ impl Accounting {
         Accounting {
             fuel: Some(u.fuel),
             wall_ms: Some(u.wall_ms),
+            host_compute_ms: Some(u.host_compute_ms),
             attempts: Some(u.attempts),
             crashes: Some(u.crashes),
             checkpoint_bytes: Some(u.checkpoint_bytes),
@@ -102,6 +105,7 @@ impl Accounting {
         }
         sum(&mut self.fuel, other.fuel);
         sum(&mut self.wall_ms, other.wall_ms);
+        sum(&mut self.host_compute_ms, other.host_compute_ms);
         sum(&mut self.attempts, other.attempts);
         sum(&mut self.crashes, other.crashes);
         sum(&mut self.checkpoint_bytes, other.checkpoint_bytes);
@@ -400,6 +404,7 @@ mod tests {
         let u = Usage {
             fuel: 9,
             wall_ms: 30,
+            host_compute_ms: 4,
             attempts: 3,
             crashes: 1,
             checkpoint_bytes: 7,

@@ -19,6 +19,7 @@ mod launch;
 mod leasing;
 mod localqueue;
 mod module_cache;
+mod nn;
 mod observe;
 mod outages;
 mod pubsub_emulator;

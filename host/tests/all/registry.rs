@@ -167,7 +167,7 @@ async fn tags_resolve_once_and_jobs_keep_their_hash() {
             serde_json::json!(["steps:stable", "steps:v1"]),
             "{kind}"
         );
-        assert_eq!(row["world"], "taskhost:task@0.2.0", "{kind}");
+        assert_eq!(row["world"], "taskhost:task@0.3.0", "{kind}");
         assert_eq!(row["pushed_by"], "pusher-1", "{kind}");
         let size = std::fs::metadata(support::guests::wasm("step_counter"))
             .unwrap()
@@ -244,7 +244,7 @@ async fn tags_resolve_once_and_jobs_keep_their_hash() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert!(
-            imports.contains(&"taskhost:task/checkpoint@0.2.0"),
+            imports.contains(&"taskhost:task/checkpoint@0.3.0"),
             "{kind}: {ia}"
         );
         assert_eq!(ia["exports"], serde_json::json!(["run"]), "{kind}: {ia}");
@@ -256,7 +256,7 @@ async fn tags_resolve_once_and_jobs_keep_their_hash() {
             .success();
         assert!(
             text.stdout.contains("3 done")
-                && text.stdout.contains("world:     taskhost:task@0.2.0"),
+                && text.stdout.contains("world:     taskhost:task@0.3.0"),
             "{kind}: {text}"
         );
 

@@ -278,7 +278,7 @@ pub(super) fn table(m: &Modules, escape_addr: &str) -> Vec<Case> {
             job: Some("bad-other-world"),
             expect: Expect::Unusable(says(&[
                 &format!("module {} is unusable", m.other_world),
-                "a component of another world, not of taskhost:task/task@0.2.0 or taskhost:task/task@0.1.0",
+                "a component of another world, not of taskhost:task/task@0.3.0 or taskhost:task/task@0.2.0 or taskhost:task/task@0.1.0",
             ])),
         },
         Case {

@@ -1,4 +1,4 @@
-//! Module checks: files that are not task modules, the older WIT version, too many memories.
+//! Module checks: files that are not task modules, the older WIT versions, too many memories.
 
 use super::*;
 
@@ -62,6 +62,47 @@ async fn a_module_built_for_wit_0_1_0_still_runs() {
     // 600 saves through the 0.1.0 `checkpoint` interface succeeded (the task fails on any
     // save error) and its result is the guide's.
     assert_eq!(doc["sum"], 180300, "{result}");
+}
+
+#[tokio::test]
+async fn a_module_built_for_wit_0_2_0_still_runs() {
+    use support::exec::{executor, live_lease, run};
+    let rt = runtime();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/digest_v0.2.0.wasm"
+    ))
+    .unwrap();
+    let described = taskhost::registry::describe::describe(&bytes).unwrap();
+    assert_eq!(described.world.as_deref(), Some("taskhost:task@0.2.0"));
+    let m = rt.prepare(bytes, None).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = taskhost::store::any::AnyStore::Dir(DirStore::open(tmp.path()).unwrap());
+    store
+        .put("in/data", b"123456789".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let ex = executor(store.clone(), rt, taskhost::files::FileLimits::default());
+    let input = r#"{"job_id":"old2","copy":true}"#;
+    let end = run(
+        &ex,
+        &m,
+        "old2",
+        input,
+        &[("data", "in/data")],
+        live_lease(),
+        CancellationToken::new(),
+    )
+    .await;
+    let JobEnd::Done { result, .. } = end else {
+        panic!("{end:?}")
+    };
+    // Its input read and its artifacts went through the 0.2.0 interfaces: the CRC-32 of
+    // "123456789" is the check value of the IEEE polynomial.
+    let doc: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(doc["crc32"], "cbf43926", "{result}");
+    let copy = taskhost::keys::artifact(&"old2".parse().unwrap(), "copy.bin");
+    assert_eq!(store.get(&copy).await.unwrap().unwrap().bytes, b"123456789");
 }
 
 /// A component whose core module declares `memories` memories of `pages` 64 KiB pages each,

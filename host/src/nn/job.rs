@@ -1,0 +1,265 @@
+//! One run's inference: its graphs, tensors and contexts (each holding its bytes of the job's
+//! and the worker's budgets), graph loads through the cache, and inference on a blocking
+//! thread, timed and terminated if the run is stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::budget::{Budget, Charge};
+use super::cache::LoadedGraph;
+use super::engine::RunError;
+use super::tensor::{TensorData, check_input};
+use super::{ErrorCode, GRAPH_COST_FACTOR, NnError, NnService};
+
+/// A graph a task holds: the loaded graph and its cost in the job's budget.
+pub struct GraphHandle {
+    pub(crate) graph: Arc<LoadedGraph>,
+    _job: Charge,
+}
+
+/// An execution context: the graph it runs (inputs are given to each `compute`).
+pub struct ContextHandle {
+    pub(crate) graph: Arc<LoadedGraph>,
+}
+
+/// A tensor a task holds, its bytes charged to the job and the worker.
+pub struct TensorHandle {
+    /// Dimensions, type and bytes.
+    pub tensor: TensorData,
+    charges: (Charge, Charge),
+}
+
+/// One run's inference state.
+pub struct NnJob {
+    service: Arc<NnService>,
+    budget: Arc<Budget>,
+    compute: Duration,
+}
+
+fn too_large_for_job(cap: u64, need: u64, held: u64) -> NnError {
+    NnError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "over the job's wasi-nn memory cap of {cap} bytes: {need} more bytes needed, \
+             {held} held (drop graphs and tensors no longer used, or ask for a smaller batch)"
+        ),
+    )
+}
+
+fn too_large_for_worker(cap: u64, need: u64) -> NnError {
+    NnError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "over the worker's wasi-nn memory of {cap} bytes (shared by its jobs): {need} more \
+             bytes needed; the job may succeed on a later run"
+        ),
+    )
+}
+
+impl NnJob {
+    pub(super) fn new(service: Arc<NnService>) -> NnJob {
+        let budget = Budget::new(service.config.job_memory);
+        NnJob {
+            service,
+            budget,
+            compute: Duration::ZERO,
+        }
+    }
+
+    /// Time spent in inference and graph loads in this run (host compute that fuel does not
+    /// see).
+    pub fn compute_time(&self) -> Duration {
+        self.compute
+    }
+
+    /// Bytes the job holds now.
+    pub fn held(&self) -> u64 {
+        self.budget.used()
+    }
+
+    /// The most bytes of a model the job could load (the job's cap over the cost factor).
+    pub fn max_model_bytes(&self) -> u64 {
+        self.budget.cap() / GRAPH_COST_FACTOR
+    }
+
+    /// `bytes` of both budgets, or the error saying which cap it passes.
+    fn charge(&self, bytes: u64) -> Result<(Charge, Charge), NnError> {
+        let job = self
+            .budget
+            .charge(bytes)
+            .ok_or_else(|| too_large_for_job(self.budget.cap(), bytes, self.budget.used()))?;
+        let worker = self.worker_charge(bytes)?;
+        Ok((job, worker))
+    }
+
+    /// `bytes` of the worker's budget, evicting idle cached graphs to make room.
+    fn worker_charge(&self, bytes: u64) -> Result<Charge, NnError> {
+        let worker = &self.service.worker;
+        loop {
+            if let Some(c) = worker.charge(bytes) {
+                return Ok(c);
+            }
+            if !self.service.cache.evict_idle() {
+                return Err(too_large_for_worker(worker.cap(), bytes));
+            }
+        }
+    }
+
+    /// `Ok` when the worker serves inference, else the `unsupported-operation` error a load
+    /// gets (checked before a model is read).
+    pub fn served(&self) -> Result<(), NnError> {
+        match &self.service.ort {
+            Ok(_) => Ok(()),
+            Err(m) => Err(NnError::new(ErrorCode::UnsupportedOperation, m.clone())),
+        }
+    }
+
+    /// A tensor of the task's, charged to the job and the worker; `Err` (a message for the
+    /// trap that ends the run: the WIT constructor cannot fail) past either cap.
+    pub fn tensor(&self, tensor: TensorData) -> Result<TensorHandle, String> {
+        let charges = self
+            .charge(tensor.data.len() as u64)
+            .map_err(|e| format!("wasi-nn tensor: {}", e.message))?;
+        Ok(TensorHandle { tensor, charges })
+    }
+
+    /// The graph of the ONNX model `bytes`: from the worker's cache when a job loaded the
+    /// same model (by sha256) before, else built by ONNX Runtime and cached.
+    pub async fn load(&mut self, bytes: Vec<u8>) -> Result<GraphHandle, NnError> {
+        self.served()?;
+        let cost = (bytes.len() as u64).saturating_mul(GRAPH_COST_FACTOR);
+        let job = self
+            .budget
+            .charge(cost)
+            .ok_or_else(|| too_large_for_job(self.budget.cap(), cost, self.budget.used()))?;
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(graph) = self.service.cache.get(&hash) {
+            self.service
+                .hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(GraphHandle { graph, _job: job });
+        }
+        let worker = self.worker_charge(cost)?;
+        let service = self.service.clone();
+        let started = Instant::now();
+        let built = tokio::task::spawn_blocking(move || match &service.ort {
+            Ok(ort) => ort.build(&bytes),
+            Err(m) => Err(m.clone()),
+        })
+        .await;
+        self.compute += started.elapsed();
+        let model = match built {
+            Ok(Ok(model)) => model,
+            Ok(Err(m)) => return Err(NnError::new(ErrorCode::InvalidEncoding, m)),
+            Err(e) => {
+                tracing::error!(error = %e, "ONNX Runtime panicked loading a model");
+                return Err(NnError::new(
+                    ErrorCode::RuntimeError,
+                    "loading the model failed inside the host (the worker's log says why)",
+                ));
+            }
+        };
+        self.service
+            .built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let graph = Arc::new(LoadedGraph {
+            hash,
+            model,
+            cost,
+            _worker: worker,
+        });
+        self.service.cache.insert(graph.clone());
+        Ok(GraphHandle { graph, _job: job })
+    }
+
+    /// Runs `graph` on `inputs` (each named by the graph input's name or its index), giving
+    /// every output as a tensor charged to the job. Its time is added to
+    /// [`NnJob::compute_time`]; if the run is stopped while it computes, ONNX Runtime is told to
+    /// terminate.
+    pub async fn compute(
+        &mut self,
+        graph: Arc<LoadedGraph>,
+        inputs: Vec<(String, TensorHandle)>,
+    ) -> Result<Vec<(String, TensorHandle)>, NnError> {
+        let invalid = |m: String| NnError::new(ErrorCode::InvalidArgument, m);
+        let declared = &graph.model.inputs;
+        let mut slots: Vec<Option<TensorHandle>> = (0..declared.len()).map(|_| None).collect();
+        for (name, t) in inputs {
+            let i = declared
+                .iter()
+                .position(|o| o.name == name)
+                .or_else(|| name.parse::<usize>().ok().filter(|&i| i < declared.len()))
+                .ok_or_else(|| invalid(format!("the graph has no input `{name}`")))?;
+            check_input(&declared[i], &t.tensor).map_err(invalid)?;
+            if slots[i].replace(t).is_some() {
+                return Err(invalid(format!("input `{}` given twice", declared[i].name)));
+            }
+        }
+        let mut tensors = Vec::with_capacity(slots.len());
+        for (o, slot) in declared.iter().zip(slots) {
+            tensors.push(slot.ok_or_else(|| invalid(format!("input `{}` is missing", o.name)))?);
+        }
+        // ONNX Runtime's copy of the inputs, held while it runs.
+        let copy: u64 = tensors.iter().map(|t| t.tensor.data.len() as u64).sum();
+        let copy_charge = self.charge(copy)?;
+        let room = (self.budget.cap() - self.budget.used().min(self.budget.cap())).min(
+            self.service.worker.cap() - self.service.worker.used().min(self.service.worker.cap()),
+        );
+        let stop =
+            Arc::new(ort::session::RunOptions::new().map_err(|e| {
+                NnError::new(ErrorCode::RuntimeError, format!("ONNX Runtime: {e}"))
+            })?);
+        let mut guard = Terminate(Some(stop.clone()));
+        // The inputs' own bytes stay charged until the inference ends.
+        let (data, held): (Vec<TensorData>, Vec<_>) =
+            tensors.into_iter().map(|t| (t.tensor, t.charges)).unzip();
+        let started = Instant::now();
+        let ran = tokio::task::spawn_blocking(move || graph.model.run(&data, room, &stop)).await;
+        self.compute += started.elapsed();
+        guard.0 = None;
+        let outputs = match ran {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(RunError::TooLarge(n))) => {
+                return Err(too_large_for_job(self.budget.cap(), n, self.budget.used()));
+            }
+            Ok(Err(RunError::Failed(m))) => return Err(NnError::new(ErrorCode::RuntimeError, m)),
+            Err(e) => {
+                tracing::error!(error = %e, "ONNX Runtime panicked in inference");
+                return Err(NnError::new(
+                    ErrorCode::RuntimeError,
+                    "inference failed inside the host (the worker's log says why)",
+                ));
+            }
+        };
+        drop((copy_charge, held));
+        let mut out = Vec::with_capacity(outputs.len());
+        for (name, t) in outputs {
+            let charges = self.charge(t.data.len() as u64)?;
+            out.push((name, TensorHandle { tensor: t, charges }));
+        }
+        Ok(out)
+    }
+}
+
+/// Terminates an inference whose waiting future was dropped (the run stopped) unless
+/// disarmed (`None`) when the inference ended.
+struct Terminate(Option<Arc<ort::session::RunOptions>>);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.0 {
+            let _ = stop.terminate();
+        }
+    }
+}
+
+impl GraphHandle {
+    /// A new execution context of this graph.
+    pub fn context(&self) -> ContextHandle {
+        ContextHandle {
+            graph: self.graph.clone(),
+        }
+    }
+}

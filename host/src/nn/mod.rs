@@ -1,0 +1,208 @@
+//! Model inference for tasks (`wasi:nn`, world 0.3.0) on ONNX Runtime, loaded at run time
+//! from [`NnConfig::ort_dylib`].
+//!
+//! **Invariants:** ONNX Runtime runs in the worker's process, so everything a task hands it is
+//! checked first (model bytes hashed and size-capped, tensor dimensions, types and data lengths
+//! with checked arithmetic, see [`tensor`]); a model ONNX Runtime rejects is an error for the
+//! task. Host memory for graphs and tensors is held in two [`budget::Budget`]s, the job's and
+//! the worker's: nothing is allocated on a task's behalf past either. Loading and inference run
+//! on tokio's blocking threads; an inference whose task is stopped (wall-clock limit,
+//! cancellation) is terminated through ONNX Runtime's run options. A worker without ONNX
+//! Runtime runs every task; `load` answers `unsupported-operation`.
+//!
+//! **API boundary:** this module knows nothing of WIT: `runtime/nn.rs` adapts the generated
+//! `wasi:nn` traits onto [`NnJob`].
+
+pub mod budget;
+pub mod cache;
+pub mod engine;
+mod job;
+pub mod tensor;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use job::{ContextHandle, GraphHandle, NnJob, TensorHandle};
+
+/// Where inference runs: ONNX Runtime's execution provider for every graph of the worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Provider {
+    /// The CPU (the default; the one tested).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU through CUDA (`onnxruntime-gpu`'s library and CUDA's on the machine). A
+    /// graph load fails with ONNX Runtime's message when CUDA cannot be used.
+    Cuda,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Provider, String> {
+        match s {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda),
+            _ => Err(format!("unknown execution provider `{s}` (cpu or cuda)")),
+        }
+    }
+}
+
+/// A graph's estimated host memory is this many times its model's size (the model's bytes
+/// while it loads, then the session's weights and buffers).
+pub const GRAPH_COST_FACTOR: u64 = 2;
+/// Default [`NnConfig::job_memory`]: 1 GiB.
+pub const DEFAULT_JOB_MEMORY: u64 = 1 << 30;
+/// Default [`NnConfig::worker_memory`]: 4 GiB.
+pub const DEFAULT_WORKER_MEMORY: u64 = 4 << 30;
+/// Default [`NnConfig::cache_bytes`]: 2 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
+
+/// The worker's wasi-nn settings.
+#[derive(Clone, Debug)]
+pub struct NnConfig {
+    /// ONNX Runtime's shared library (`libonnxruntime.so*`); `None`: no inference on this
+    /// worker (a task's `load` gets `unsupported-operation`).
+    pub ort_dylib: Option<PathBuf>,
+    /// The execution provider.
+    pub provider: Provider,
+    /// ONNX Runtime's intra-op threads per inference.
+    pub threads: usize,
+    /// Host memory one job may hold in graphs and tensors at once, in bytes.
+    pub job_memory: u64,
+    /// Host memory all jobs of the worker may hold in graphs and tensors at once (cached
+    /// graphs included), in bytes.
+    pub worker_memory: u64,
+    /// Bytes of graphs kept loaded for later jobs (within `worker_memory`).
+    pub cache_bytes: u64,
+}
+
+impl Default for NnConfig {
+    fn default() -> Self {
+        NnConfig {
+            ort_dylib: None,
+            provider: Provider::Cpu,
+            threads: 1,
+            job_memory: DEFAULT_JOB_MEMORY,
+            worker_memory: DEFAULT_WORKER_MEMORY,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// The wasi-nn error code a task sees (the WIT `error-code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A tensor, name or argument does not fit the graph.
+    InvalidArgument,
+    /// Not an ONNX model (or another encoding than ONNX).
+    InvalidEncoding,
+    /// ONNX Runtime failed.
+    RuntimeError,
+    /// This worker serves no inference (no ONNX Runtime), or a type it does not serve.
+    UnsupportedOperation,
+    /// Past the job's or the worker's memory cap.
+    TooLarge,
+    /// No input of that name.
+    NotFound,
+}
+
+/// A wasi-nn error: its code and what happened (the WIT `error` resource).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NnError {
+    /// The code.
+    pub code: ErrorCode,
+    /// What happened, for the task (no paths, keys or secrets).
+    pub message: String,
+}
+
+impl NnError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> NnError {
+        NnError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Counts of what the worker's graph loads did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NnStats {
+    /// Graphs built by ONNX Runtime (cache misses that loaded).
+    pub built: u64,
+    /// Loads served from the cache.
+    pub cache_hits: u64,
+    /// Graphs loaded now (the cache's).
+    pub cached: usize,
+    /// Bytes held in the worker's budget now.
+    pub worker_bytes: u64,
+}
+
+/// The worker's inference service: ONNX Runtime (when configured), the memory budget of all
+/// its jobs and the graph cache. One per [`Runtime`](crate::runtime::Runtime).
+pub struct NnService {
+    ort: Result<engine::Ort, String>,
+    config: NnConfig,
+    worker: Arc<budget::Budget>,
+    cache: cache::GraphCache,
+    built: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl NnService {
+    /// Loads ONNX Runtime when `config` names it. A library that does not load is logged and
+    /// leaves the worker without inference (every other task runs); it never fails the worker.
+    pub fn new(config: NnConfig) -> Arc<NnService> {
+        let ort = match &config.ort_dylib {
+            None => Err(
+                "this worker has no ONNX Runtime (its ORT_DYLIB_PATH setting is not set)"
+                    .to_owned(),
+            ),
+            Some(path) => match engine::load(path, config.provider, config.threads) {
+                Ok(ort) => {
+                    tracing::info!(library = %path.display(), provider = ?config.provider, "ONNX Runtime loaded: wasi-nn served");
+                    Ok(ort)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ONNX Runtime did not load: tasks get no inference");
+                    Err(
+                        "this worker's ONNX Runtime did not load (the worker's log says why)"
+                            .to_owned(),
+                    )
+                }
+            },
+        };
+        Arc::new(NnService {
+            ort,
+            worker: budget::Budget::new(config.worker_memory),
+            cache: cache::GraphCache::new(config.cache_bytes.min(config.worker_memory)),
+            config,
+            built: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether this worker serves inference.
+    pub fn available(&self) -> bool {
+        self.ort.is_ok()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NnConfig {
+        &self.config
+    }
+
+    /// A new run's state: its own budget of [`NnConfig::job_memory`].
+    pub fn job(self: &Arc<Self>) -> NnJob {
+        NnJob::new(self.clone())
+    }
+
+    /// What the graph loads did so far.
+    pub fn stats(&self) -> NnStats {
+        NnStats {
+            built: self.built.load(Ordering::Relaxed),
+            cache_hits: self.hits.load(Ordering::Relaxed),
+            cached: self.cache.len(),
+            worker_bytes: self.worker.used(),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The host side of `wasi:nn` (world 0.3.0): thin adapters from the generated traits onto
+//! [`crate::nn::NnJob`]. Graphs, contexts, tensors and errors live in the store's resource
+//! table; a handle the guest forged or reused traps. `load-by-name` reads the model from the
+//! job's input of that name.
+
+use wasmtime::component::Resource;
+
+use super::bindings::wasi::nn::{errors, graph, inference, tensor};
+use super::host::HostState;
+use crate::files::InputError;
+use crate::nn::tensor::{ElementType, TensorData};
+use crate::nn::{ContextHandle, ErrorCode, GraphHandle, NnError, TensorHandle};
+
+type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
+
+fn to_element(t: tensor::TensorType) -> ElementType {
+    use tensor::TensorType as T;
+    match t {
+        T::Fp16 => ElementType::F16,
+        T::Fp32 => ElementType::F32,
+        T::Fp64 => ElementType::F64,
+        T::Bf16 => ElementType::Bf16,
+        T::U8 => ElementType::U8,
+        T::I32 => ElementType::I32,
+        T::I64 => ElementType::I64,
+    }
+}
+
+fn from_element(t: ElementType) -> tensor::TensorType {
+    use tensor::TensorType as T;
+    match t {
+        ElementType::F16 => T::Fp16,
+        ElementType::F32 => T::Fp32,
+        ElementType::F64 => T::Fp64,
+        ElementType::Bf16 => T::Bf16,
+        ElementType::U8 => T::U8,
+        ElementType::I32 => T::I32,
+        ElementType::I64 => T::I64,
+    }
+}
+
+impl HostState {
+    /// `r`'s error as a resource the task owns.
+    fn nn_result<T>(&mut self, r: Result<T, NnError>) -> NnResult<T> {
+        match r {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => {
+                tracing::debug!(job = %self.job, code = ?e.code, error = %e.message, "wasi-nn error");
+                Ok(Err(self.table.push(e)?))
+            }
+        }
+    }
+
+    fn push_graph(&mut self, r: Result<GraphHandle, NnError>) -> NnResult<Resource<GraphHandle>> {
+        match r {
+            Ok(g) => Ok(Ok(self.table.push(g)?)),
+            Err(e) => self.nn_result(Err(e)),
+        }
+    }
+
+    /// The whole input `name`, for a model (at most what the job could load).
+    async fn model_input(&mut self, name: &str) -> Result<Vec<u8>, NnError> {
+        let max = self.nn.max_model_bytes();
+        let _waiting = self.files.store_wait.start();
+        self.files
+            .inputs
+            .read_whole(name, max)
+            .await
+            .map_err(|e| match e {
+                InputError::NoSuchInput(n) => {
+                    NnError::new(ErrorCode::NotFound, format!("the job has no input `{n}`"))
+                }
+                InputError::Missing(n) => NnError::new(
+                    ErrorCode::NotFound,
+                    format!("the object of input `{n}` does not exist"),
+                ),
+                InputError::LimitReached(size) => NnError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the model is {size} bytes, over the {max} bytes the job's wasi-nn \
+                         memory cap allows"
+                    ),
+                ),
+                InputError::Storage(m) => NnError::new(ErrorCode::RuntimeError, m),
+            })
+    }
+}
+
+impl graph::Host for HostState {
+    async fn load(
+        &mut self,
+        builders: Vec<graph::GraphBuilder>,
+        encoding: graph::GraphEncoding,
+        _target: graph::ExecutionTarget,
+    ) -> NnResult<Resource<GraphHandle>> {
+        let r = match (encoding, <[_; 1]>::try_from(builders)) {
+            (graph::GraphEncoding::Onnx, Ok([bytes])) => self.nn.load(bytes).await,
+            (graph::GraphEncoding::Onnx, Err(b)) => Err(NnError::new(
+                ErrorCode::InvalidArgument,
+                format!("an ONNX graph is one builder, not {}", b.len()),
+            )),
+            (other, _) => Err(NnError::new(
+                ErrorCode::InvalidEncoding,
+                format!("this host runs ONNX graphs only, not {other:?}"),
+            )),
+        };
+        self.push_graph(r)
+    }
+
+    async fn load_by_name(&mut self, name: String) -> NnResult<Resource<GraphHandle>> {
+        let r = match self.nn.served() {
+            Ok(()) => match self.model_input(&name).await {
+                Ok(bytes) => self.nn.load(bytes).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.push_graph(r)
+    }
+}
+
+impl graph::HostGraph for HostState {
+    async fn init_execution_context(
+        &mut self,
+        this: Resource<GraphHandle>,
+    ) -> NnResult<Resource<ContextHandle>> {
+        let ctx = self.table.get(&this)?.context();
+        Ok(Ok(self.table.push(ctx)?))
+    }
+
+    async fn drop(&mut self, this: Resource<GraphHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for HostState {}
+
+impl inference::HostGraphExecutionContext for HostState {
+    async fn compute(
+        &mut self,
+        this: Resource<ContextHandle>,
+        inputs: Vec<inference::NamedTensor>,
+    ) -> NnResult<Vec<inference::NamedTensor>> {
+        let graph = self.table.get(&this)?.graph.clone();
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            tensors.push((name, self.table.delete(t)?));
+        }
+        let r = self.nn.compute(graph, tensors).await;
+        let outputs = match self.nn_result(r)? {
+            Ok(outputs) => outputs,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut out = Vec::with_capacity(outputs.len());
+        for (name, t) in outputs {
+            out.push((name, self.table.push(t)?));
+        }
+        Ok(Ok(out))
+    }
+
+    async fn drop(&mut self, this: Resource<ContextHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for HostState {}
+
+impl tensor::HostTensor for HostState {
+    fn new(
+        &mut self,
+        dimensions: tensor::TensorDimensions,
+        ty: tensor::TensorType,
+        data: tensor::TensorData,
+    ) -> wasmtime::Result<Resource<TensorHandle>> {
+        let t = TensorData {
+            dims: dimensions,
+            ty: to_element(ty),
+            data,
+        };
+        let handle = self.nn.tensor(t).map_err(wasmtime::Error::msg)?;
+        Ok(self.table.push(handle)?)
+    }
+
+    fn dimensions(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&this)?.tensor.dims.clone())
+    }
+
+    fn ty(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<tensor::TensorType> {
+        Ok(from_element(self.table.get(&this)?.tensor.ty))
+    }
+
+    fn data(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&this)?.tensor.data.clone())
+    }
+
+    fn drop(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for HostState {}
+
+impl errors::HostError for HostState {
+    fn code(&mut self, this: Resource<NnError>) -> wasmtime::Result<errors::ErrorCode> {
+        use errors::ErrorCode as C;
+        Ok(match self.table.get(&this)?.code {
+            ErrorCode::InvalidArgument => C::InvalidArgument,
+            ErrorCode::InvalidEncoding => C::InvalidEncoding,
+            ErrorCode::RuntimeError => C::RuntimeError,
+            ErrorCode::UnsupportedOperation => C::UnsupportedOperation,
+            ErrorCode::TooLarge => C::TooLarge,
+            ErrorCode::NotFound => C::NotFound,
+        })
+    }
+
+    fn data(&mut self, this: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.message.clone())
+    }
+
+    fn drop(&mut self, this: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}

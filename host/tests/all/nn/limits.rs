@@ -1,0 +1,268 @@
+//! The sandbox's rules for inference: malformed models and hostile tensors are errors for the
+//! task, host memory is capped per job and per worker (and given back), host compute is
+//! counted.
+
+use super::inference::{done, module, run_job, store_with};
+use super::{classifier, models, runtime, with_ort};
+
+use taskhost::exec::JobEnd;
+use taskhost::nn::NnConfig;
+
+#[tokio::test]
+async fn malformed_models_are_errors_for_the_task_and_the_worker_runs_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = classifier(tmp.path(), 4, 3, 1);
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = tmp.path().join("truncated.onnx");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = tmp.path().join("garbage.onnx");
+    std::fs::write(
+        &garbage,
+        (0..4096u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let empty = tmp.path().join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    // A protobuf that parses but names an operator that does not exist.
+    let bogus = tmp.path().join("bogus.onnx");
+    std::fs::write(&bogus, bytes_replaced(&bytes, b"Softmax", b"Softmaz")).unwrap();
+    // Weights named as "external data" in a file: relative to the worker's working directory
+    // (the tests run in host/, where Cargo.toml is), and absolute. ONNX Runtime would read
+    // them into a tensor the task gets back.
+    let external = tmp.path().join("external.onnx");
+    models(&["external", external.to_str().unwrap(), "Cargo.toml"]);
+    assert!(
+        std::path::Path::new("Cargo.toml").exists(),
+        "the test runs in host/"
+    );
+    let absolute = tmp.path().join("absolute.onnx");
+    let secret = tmp.path().join("secret.bin");
+    std::fs::write(&secret, b"SECRETSECRETSECR").unwrap();
+    models(&[
+        "external",
+        absolute.to_str().unwrap(),
+        secret.to_str().unwrap(),
+    ]);
+    let (store, _dir) = store_with(&[
+        ("m/external", &external),
+        ("m/absolute", &absolute),
+        ("m/good", &good),
+        ("m/truncated", &truncated),
+        ("m/garbage", &garbage),
+        ("m/empty", &empty),
+        ("m/bogus", &bogus),
+    ])
+    .await;
+    let rt = runtime(with_ort());
+    let m = module(&rt, "nn_probe").await;
+    for bad in [
+        "truncated",
+        "garbage",
+        "empty",
+        "bogus",
+        "external",
+        "absolute",
+    ] {
+        let key = format!("m/{bad}");
+        let r = done(
+            run_job(
+                &store,
+                &rt,
+                &m,
+                bad,
+                r#"{"dims":[1,4]}"#,
+                &[("model", key.as_str())],
+            )
+            .await,
+        );
+        assert_eq!(r["stage"], "load", "{bad}: {r}"); // never "done" with the file's bytes
+        assert_eq!(r["kind"], "InvalidEncoding", "{bad}: {r}");
+    }
+    let r = done(
+        run_job(
+            &store,
+            &rt,
+            &m,
+            "ok",
+            r#"{"dims":[1,4]}"#,
+            &[("model", "m/good")],
+        )
+        .await,
+    );
+    assert_eq!(r["stage"], "done", "{r}");
+    // No graph of a failed load is held.
+    let s = rt.nn().stats();
+    assert_eq!((s.built, s.cached), (1, 1), "{s:?}");
+}
+
+fn bytes_replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let at = out.windows(from.len()).position(|w| w == from).unwrap();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
+
+#[tokio::test]
+async fn hostile_tensors_are_errors_for_the_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = classifier(tmp.path(), 4, 3, 1);
+    let (store, _dir) = store_with(&[("m/a", &model)]).await;
+    let rt = runtime(with_ort());
+    let m = module(&rt, "nn_probe").await;
+    let max = u32::MAX;
+    let cases = [
+        ("dims", r#"{"dims":[2,5]}"#.to_owned()),
+        ("rank", r#"{"dims":[8]}"#.to_owned()),
+        ("short", r#"{"dims":[2,4],"data_bytes":31}"#.to_owned()),
+        ("long", r#"{"dims":[2,4],"data_bytes":36}"#.to_owned()),
+        (
+            "type",
+            r#"{"dims":[2,4],"type":"i64","data_bytes":64}"#.to_owned(),
+        ),
+        ("name", r#"{"dims":[2,4],"input":"nope"}"#.to_owned()),
+        ("index", r#"{"dims":[2,4],"input":"7"}"#.to_owned()),
+        (
+            "overflow",
+            format!(r#"{{"dims":[{max},{max},{max},4],"data_bytes":16}}"#),
+        ),
+        (
+            "zero-and-huge",
+            format!(r#"{{"dims":[0,{max}],"data_bytes":0}}"#),
+        ),
+    ];
+    for (what, input) in cases {
+        let r = done(run_job(&store, &rt, &m, what, &input, &[("model", "m/a")]).await);
+        assert_eq!(r["stage"], "compute", "{what}: {r}");
+        assert_eq!(r["kind"], "InvalidArgument", "{what}: {r}");
+    }
+    // The index of an input names it as well as its name.
+    let r = done(
+        run_job(
+            &store,
+            &rt,
+            &m,
+            "by-index",
+            r#"{"dims":[2,4],"input":"0"}"#,
+            &[("model", "m/a")],
+        )
+        .await,
+    );
+    assert_eq!(r["stage"], "done", "{r}");
+    // Tensors are released with their jobs: only the cached graph is held.
+    let s = rt.nn().stats();
+    assert_eq!(s.cached, 1);
+    assert_eq!(
+        s.worker_bytes,
+        2 * std::fs::metadata(&model).unwrap().len(),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn host_memory_is_capped_per_job_and_per_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.onnx");
+    models(&["big", big.to_str().unwrap(), "3"]); // ~3 MiB: ~6 MiB loaded
+    let wide = tmp.path().join("wide.onnx");
+    models(&["wide", wide.to_str().unwrap(), "4", "262144"]); // 4 MiB weights, 1 MiB a row out
+    let small = classifier(tmp.path(), 4, 3, 1);
+    let (store, _dir) =
+        store_with(&[("m/big", &big), ("m/wide", &wide), ("m/small", &small)]).await;
+    let mib = 1u64 << 20;
+
+    // The job's cap: a graph past it, outputs past it, a tensor past it (a trap: the WIT
+    // constructor cannot fail).
+    let rt = runtime(NnConfig {
+        job_memory: 12 * mib,
+        ..with_ort()
+    });
+    let m = module(&rt, "nn_probe").await;
+    let r = done(run_job(&store, &rt, &m, "g", "{}", &[("model", "m/small")]).await);
+    assert_eq!(r["stage"], "done", "{r}");
+    let rt_small = runtime(NnConfig {
+        job_memory: 4 * mib,
+        ..with_ort()
+    });
+    let m_small = module(&rt_small, "nn_probe").await;
+    let r = done(
+        run_job(
+            &store,
+            &rt_small,
+            &m_small,
+            "big",
+            "{}",
+            &[("model", "m/big")],
+        )
+        .await,
+    );
+    assert_eq!(
+        (r["stage"].as_str(), r["kind"].as_str()),
+        (Some("load"), Some("TooLarge")),
+        "{r}"
+    );
+    assert!(r["message"].as_str().unwrap().contains("job"), "{r}");
+    let r = done(
+        run_job(
+            &store,
+            &rt,
+            &m,
+            "out",
+            r#"{"dims":[8,4]}"#,
+            &[("model", "m/wide")],
+        )
+        .await,
+    );
+    assert_eq!(
+        (r["stage"].as_str(), r["kind"].as_str()),
+        (Some("compute"), Some("TooLarge")),
+        "{r}"
+    );
+    let r = done(
+        run_job(
+            &store,
+            &rt,
+            &m,
+            "fits",
+            r#"{"dims":[2,4]}"#,
+            &[("model", "m/wide")],
+        )
+        .await,
+    );
+    assert_eq!(
+        r["outputs"]["y"]["dims"],
+        serde_json::json!([2, 262144]),
+        "{r}"
+    );
+    let end = run_job(
+        &store,
+        &rt,
+        &m,
+        "tensor",
+        r#"{"dims":[4,1048576]}"#,
+        &[("model", "m/small")],
+    )
+    .await;
+    let JobEnd::Trapped { message, .. } = end else {
+        panic!("{end:?}")
+    };
+    assert!(
+        message.contains("wasi-nn tensor") && message.contains("cap"),
+        "{message}"
+    );
+
+    // The worker's cap, shared by its jobs: a graph past what is left is refused, with a
+    // message that says it is the worker's.
+    let rt = runtime(NnConfig {
+        job_memory: 64 * mib,
+        worker_memory: 4 * mib,
+        ..with_ort()
+    });
+    let m = module(&rt, "nn_probe").await;
+    let r = done(run_job(&store, &rt, &m, "w", "{}", &[("model", "m/big")]).await);
+    assert_eq!(r["kind"], "TooLarge", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("worker"), "{r}");
+    // What the failed jobs held came back.
+    assert_eq!(rt.nn().stats().worker_bytes, 0);
+}

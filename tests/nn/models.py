@@ -1,0 +1,169 @@
+"""Models and native predictions for the wasi-nn tests and benchmark (tests/nn/setup-ort.sh's
+venv: onnx, onnxruntime, numpy).
+
+  models.py classifier OUT FEATURES CLASSES SEED   # x[N,F] -> probs[N,C] = softmax(xW+b)
+  models.py big OUT MIB                            # a model with a MIB-sized weight
+  models.py wide OUT FEATURES WIDTH                # x[N,F] -> y[N,WIDTH] (large outputs)
+  models.py external OUT LOCATION                  # x[4] + w, w's 16 bytes read from the
+      file LOCATION ("external data"): the host must refuse it
+  models.py records OUT N FEATURES SEED            # N lines of F comma-separated numbers
+  models.py native MODEL RECORDS BATCH OUT [THREADS] # ONNX Runtime on the records in batches:
+      OUT gets one line per record, "LABEL,BITS0,BITS1,..." (the f32 scores' bit patterns)
+  models.py bench-batch MODEL BATCH FEATURES REPEAT # seconds of REPEAT runs of one batch
+      (element i = i/8, as nn_probe makes it), printed
+"""
+import sys
+
+import numpy as np
+
+
+def classifier(out, features, classes, seed):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((features, classes)).astype(np.float32)
+    b = rng.standard_normal(classes).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    save(helper, graph, out)
+
+
+def wide(out, features, width):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((features, width), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    save(helper, graph, out)
+
+
+def big(out, mib):
+    # x[N,1] + a constant of MIB MiB folded into a ReduceSum: the weight makes the file big.
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = mib * (1 << 20) // 4
+    w = np.full((1, n), 0.5, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    save(helper, graph, out)
+
+
+def external(out, location):
+    from onnx import TensorProto, helper
+
+    w = TensorProto()
+    w.name = "w"
+    w.data_type = TensorProto.FLOAT
+    w.dims.extend([4])
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key = "location"
+    entry.value = location
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with open(out, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def save(helper, graph, out):
+    import onnx
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, out)
+
+
+def records(out, n, features, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, (n, features)).astype(np.float32)
+    with open(out, "w") as f:
+        for row in x:
+            f.write(",".join(repr(float(v)) for v in row) + "\n")
+
+
+def read_records(path):
+    rows = [
+        [np.float32(float(v)) for v in line.split(",")]
+        for line in open(path)
+        if line.strip()
+    ]
+    return np.array(rows, dtype=np.float32)
+
+
+def session(model, threads):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def native(model, recs, batch, out, threads=1):
+    sess = session(model, threads)
+    x = read_records(recs)
+    with open(out, "w") as f:
+        for i in range(0, len(x), batch):
+            probs = sess.run(["probs"], {"x": x[i : i + batch]})[0]
+            for row in probs:
+                bits = row.astype(np.float32).view(np.uint32)
+                f.write(f"{int(np.argmax(row))}," + ",".join(str(int(b)) for b in bits) + "\n")
+
+
+def bench_batch(model, batch, features, repeat):
+    import time
+
+    sess = session(model, 1)
+    x = (np.arange(batch * features, dtype=np.float32) / 8).reshape(batch, features)
+    sess.run(["probs"], {"x": x})  # warm up
+    started = time.perf_counter()
+    for _ in range(repeat):
+        sess.run(["probs"], {"x": x})
+    print(time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "classifier":
+        classifier(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "wide":
+        wide(args[0], int(args[1]), int(args[2]))
+    elif cmd == "big":
+        big(args[0], int(args[1]))
+    elif cmd == "external":
+        external(args[0], args[1])
+    elif cmd == "records":
+        records(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "native":
+        native(args[0], args[1], int(args[2]), args[3], int(args[4]) if len(args) > 4 else 1)
+    elif cmd == "bench-batch":
+        bench_batch(args[0], int(args[1]), int(args[2]), int(args[3]))
+    else:
+        sys.exit(__doc__)
