@@ -411,7 +411,7 @@ async fn a_worker_waits_for_its_default_module_tag() {
     worker
         .wait_for_log("no module is tagged late:v1", Duration::from_secs(30))
         .await;
-    let (status, body) = http_get(&addr, "/readyz").expect("/readyz answers");
+    let (status, body) = support::probes::get(&addr, "/readyz").expect("/readyz answers");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("DEFAULT_MODULE late:v1"), "{body}");
     // Jobs that name no module, published while the worker waits.

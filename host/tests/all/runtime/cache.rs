@@ -7,6 +7,7 @@
 use super::*;
 
 use taskhost::ids::ModuleHash;
+use taskhost::runtime::RuntimeConfig;
 
 /// The step-counter task with a custom section `n` appended: a distinct, valid module.
 fn variant(n: u32) -> Vec<u8> {

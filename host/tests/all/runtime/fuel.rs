@@ -5,6 +5,7 @@
 use super::*;
 
 use taskhost::checkpoint::Usage;
+use taskhost::runtime::RuntimeConfig;
 
 /// The fuel this runtime's jobs used so far (its `taskhost_fuel_used_total`).
 fn fuel_counted(rt: &Runtime) -> u64 {
