@@ -11,7 +11,7 @@
 //! workers that died on this node.
 //!
 //! `mod.rs`: the configuration, the counters and [`run`] (start, then drain);
-//! `receive.rs`: the receive loop (the breaker, the idle backoff, pull concurrency);
+//! `receive/`: the receive loop (the breaker, the idle backoff, pull concurrency);
 //! `handle.rs`: one job from its message to its settlement; `decide.rs`: ack, hand back or
 //! dead-letter; `clock.rs`: the clock check; `node_record/`: the record of running jobs on
 //! the node's disk.
