@@ -131,10 +131,25 @@ pub fn check_input(o: &Outlet, t: &TensorData) -> Result<(), String> {
     Ok(())
 }
 
-fn cast<T, const N: usize>(data: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
-    data.chunks_exact(N)
-        .map(|c| from(c.try_into().unwrap_or([0; N])))
-        .collect()
+/// `data` as elements of `N` little-endian bytes each, in one pass over an exactly sized
+/// buffer (no per-element growth); an error when `data` is not a whole number of elements.
+fn cast<T: Copy + Default, const N: usize>(
+    data: &[u8],
+    from: fn([u8; N]) -> T,
+) -> Result<Vec<T>, String> {
+    if !data.len().is_multiple_of(N) {
+        return Err(format!(
+            "{} bytes of data are not a whole number of {N}-byte elements",
+            data.len()
+        ));
+    }
+    let mut out = vec![T::default(); data.len() / N];
+    for (x, c) in out.iter_mut().zip(data.chunks_exact(N)) {
+        let mut b = [0; N];
+        b.copy_from_slice(c);
+        *x = from(b);
+    }
+    Ok(out)
 }
 
 /// `t` as an ONNX Runtime value (checked by [`check_input`] first: the data length matches).
@@ -142,19 +157,19 @@ pub fn to_value(t: &TensorData) -> Result<DynValue, String> {
     let shape: Vec<i64> = t.dims.iter().map(|&d| i64::from(d)).collect();
     let err = |e: ort::Error| format!("cannot make an ONNX Runtime tensor: {e}");
     Ok(match t.ty {
-        ElementType::F32 => Tensor::from_array((shape, cast(&t.data, f32::from_le_bytes)))
+        ElementType::F32 => Tensor::from_array((shape, cast(&t.data, f32::from_le_bytes)?))
             .map_err(err)?
             .into_dyn(),
-        ElementType::F64 => Tensor::from_array((shape, cast(&t.data, f64::from_le_bytes)))
+        ElementType::F64 => Tensor::from_array((shape, cast(&t.data, f64::from_le_bytes)?))
             .map_err(err)?
             .into_dyn(),
         ElementType::U8 => Tensor::from_array((shape, t.data.clone()))
             .map_err(err)?
             .into_dyn(),
-        ElementType::I32 => Tensor::from_array((shape, cast(&t.data, i32::from_le_bytes)))
+        ElementType::I32 => Tensor::from_array((shape, cast(&t.data, i32::from_le_bytes)?))
             .map_err(err)?
             .into_dyn(),
-        ElementType::I64 => Tensor::from_array((shape, cast(&t.data, i64::from_le_bytes)))
+        ElementType::I64 => Tensor::from_array((shape, cast(&t.data, i64::from_le_bytes)?))
             .map_err(err)?
             .into_dyn(),
         ElementType::F16 | ElementType::Bf16 => {
@@ -170,7 +185,17 @@ fn bytes<T: Copy + ort::value::PrimitiveTensorElementType, const N: usize>(
     let (_, data) = v
         .try_extract_tensor::<T>()
         .map_err(|e| format!("cannot read an output tensor: {e}"))?;
-    Ok(data.iter().flat_map(|&x| to(x)).collect())
+    // One exactly sized buffer filled element by element in place (a plain copy on a
+    // little-endian host once optimized), never grown byte by byte.
+    let len = data
+        .len()
+        .checked_mul(N)
+        .ok_or_else(|| "an output tensor too large to copy".to_owned())?;
+    let mut out = vec![0u8; len];
+    for (c, &x) in out.chunks_exact_mut(N).zip(data) {
+        c.copy_from_slice(&to(x));
+    }
+    Ok(out)
 }
 
 /// The output `name` read out of ONNX Runtime, if its size is at most `room` bytes (an
@@ -262,5 +287,19 @@ mod tests {
         assert!(check_input(&outlet(&[-1, -1, -1]), &huge).is_err());
         assert_eq!(elements(&[u32::MAX, u32::MAX, u32::MAX]), None);
         assert_eq!(elements(&[]), Some(1));
+    }
+
+    #[test]
+    fn casts_are_little_endian_and_whole_elements_only() {
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(cast(&data, f32::from_le_bytes), Ok(vec![1.5, -2.0]));
+        assert!(
+            cast(&data[..7], f32::from_le_bytes).is_err(),
+            "a partial element"
+        );
+        assert_eq!(cast(&[], i64::from_le_bytes), Ok(vec![]));
     }
 }
