@@ -4,6 +4,8 @@ venv: onnx, onnxruntime, numpy).
   models.py classifier OUT FEATURES CLASSES SEED   # x[N,F] -> probs[N,C] = softmax(xW+b)
   models.py big OUT MIB                            # a model with a MIB-sized weight
   models.py wide OUT FEATURES WIDTH                # x[N,F] -> y[N,WIDTH] (large outputs)
+  models.py deep OUT FEATURES LAYERS               # x[N,F] -> y[N,F], LAYERS times tanh(xW)
+      with one F x F weight (a long inference from a small model)
   models.py external OUT LOCATION                  # x[4] + w, w's 16 bytes read from the
       file LOCATION ("external data"): the host must refuse it
   models.py records OUT N FEATURES SEED            # N lines of F comma-separated numbers
@@ -47,6 +49,27 @@ def wide(out, features, width):
         "wide",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    save(helper, graph, out)
+
+
+def deep(out, features, layers):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((features, features)) / np.sqrt(features)).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(layers):
+        last = "y" if i == layers - 1 else f"t{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [last]))
+        prev = last
+    graph = helper.make_graph(
+        nodes,
+        "deep",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", features])],
         [numpy_helper.from_array(w, "w")],
     )
     save(helper, graph, out)
@@ -155,6 +178,8 @@ if __name__ == "__main__":
         classifier(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "wide":
         wide(args[0], int(args[1]), int(args[2]))
+    elif cmd == "deep":
+        deep(args[0], int(args[1]), int(args[2]))
     elif cmd == "big":
         big(args[0], int(args[1]))
     elif cmd == "external":

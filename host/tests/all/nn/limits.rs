@@ -1,12 +1,18 @@
 //! The sandbox's rules for inference: malformed models and hostile tensors are errors for the
 //! task, host memory is capped per job and per worker (and given back), host compute is
-//! counted.
+//! counted, and the wall-clock limit stops an inference mid-run.
 
 use super::inference::{done, module, run_job, store_with};
 use super::{classifier, models, runtime, with_ort};
 
+use std::time::{Duration, Instant};
+
+use crate::support::exec::{executor_on, live_lease, run};
 use taskhost::exec::JobEnd;
+use taskhost::files::FileLimits;
 use taskhost::nn::NnConfig;
+use taskhost::runtime::{JobLimits, TrapKind};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn malformed_models_are_errors_for_the_task_and_the_worker_runs_on() {
@@ -265,4 +271,72 @@ async fn host_memory_is_capped_per_job_and_per_worker() {
     assert!(r["message"].as_str().unwrap().contains("worker"), "{r}");
     // What the failed jobs held came back.
     assert_eq!(rt.nn().stats().worker_bytes, 0);
+}
+
+/// The wall-clock limit stops an inference mid-run: the run ends at its limit as a timeout,
+/// and ONNX Runtime stops computing. The graph's session is shared through the cache and runs
+/// one inference at a time, so the next job on it starts at once instead of after the rest
+/// of the stopped inference: both together take about one inference, not two.
+#[tokio::test]
+async fn the_wall_clock_limit_stops_an_inference_mid_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = tmp.path().join("deep.onnx");
+    models(&["deep", deep.to_str().unwrap(), "1024", "60"]); // 60 x ([256,1024] x [1024,1024])
+    let (store, _dir) = store_with(&[("m/deep", &deep)]).await;
+    let rt = runtime(with_ort());
+    let m = module(&rt, "nn_probe").await;
+    let model = [("model", "m/deep")];
+    let input = r#"{"dims":[256,1024]}"#;
+    // Load (and cache) the graph, then time one whole inference.
+    assert_eq!(
+        done(run_job(&store, &rt, &m, "load", "{}", &model).await)["stage"],
+        "done"
+    );
+    let started = Instant::now();
+    let r = done(run_job(&store, &rt, &m, "full", input, &model).await);
+    let full = started.elapsed();
+    assert_eq!(r["stage"], "done", "{r}");
+    assert!(
+        full >= Duration::from_millis(300),
+        "an inference long enough to stop midway: {full:?}"
+    );
+
+    let limited = executor_on(
+        store.clone(),
+        rt.clone(),
+        JobLimits {
+            timeout: Some(full / 5),
+            ..JobLimits::default()
+        },
+        FileLimits::default(),
+    );
+    let started = Instant::now();
+    let end = run(
+        &limited,
+        &m,
+        "cut",
+        input,
+        &model,
+        live_lease(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(
+            end,
+            JobEnd::Trapped {
+                kind: TrapKind::Timeout,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    let r = done(run_job(&store, &rt, &m, "after", input, &model).await);
+    let both = started.elapsed();
+    assert_eq!(r["stage"], "done", "{r}");
+    // Stopped: about full/5 + full. Run on to its end: about 2 x full.
+    assert!(
+        both < full.mul_f64(1.6),
+        "the stopped inference went on: {both:?} for it and the next, one takes {full:?}"
+    );
 }
