@@ -2,8 +2,9 @@
 //! tests/nn/setup-ort.sh) on the CPU provider, with models built by tests/nn/models.py: the
 //! classify task's predictions equal ONNX Runtime's run natively in Python; the graph cache;
 //! a worker without ONNX Runtime; malformed models and hostile tensors as task errors; the
-//! job's and the worker's memory caps; host compute in the job's accounting; a worker
-//! SIGKILLed mid-job resumed with the same predictions (`e2e`).
+//! job's and the worker's memory caps; the wall-clock limit stopping an inference; host
+//! compute in the job's accounting; a worker SIGKILLed mid-job resumed with the same
+//! predictions (`e2e`).
 
 mod e2e;
 mod inference;
