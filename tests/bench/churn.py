@@ -31,8 +31,9 @@ Scenarios:
   usual 15 s, and HEARTBEAT_SECONDS=1, 60 times the default rate; off: HEARTBEAT_SECONDS=0). The rate of each run is taken from the worker's own log (jobs done per second
   between its first and its last `job done` line: no polling granularity); the median of
   each side is compared (goal: under 2 % slower with metrics). After each run's last
-  result the idle worker's resident memory is read (VmRSS) after IDLE_WAIT (goal with
-  metrics on: under 40 MB).
+  result the worker's CPU time (user + system, less sensitive to a loaded machine than the
+  rate) is read, and after IDLE_WAIT (20 s) the idle worker's resident memory (VmRSS, VmHWM,
+  anonymous and file-backed from smaps_rollup; goal with metrics on: under 40 MB).
 
 After each contender the workers are stopped (SIGTERM), then the job subscription is pulled
 for one ack deadline + 3 s (--leftover-wait), so that leases held by killed workers have
@@ -98,7 +99,7 @@ MAX_CRASHES = 20  # workers that exit by themselves before a contender is given 
 KILL_EVERY = (3.0, 6.0)  # s, uniform: the kill loop's period
 SCRAPE_INTERVAL = 1.0  # s between two scrapes of a worker's /metrics (scenario metrics)
 HEARTBEAT_INTERVAL = 1  # s between two heartbeats, metrics on (scenario metrics)
-IDLE_WAIT = 5.0  # s a worker idles before its resident memory is read (scenario metrics)
+IDLE_WAIT = 20.0  # s a worker idles before its resident memory is read (scenario metrics)
 
 
 class BenchError(Exception):
@@ -300,6 +301,8 @@ class Outcome:
     log_dir: Path | None = None
     log_rate: float | None = None  # jobs/s from the workers' `job done` lines (metrics)
     idle_rss_kb: list = field(default_factory=list)  # each worker's VmRSS once idle (metrics)
+    idle_memory: list = field(default_factory=list)  # each worker's memory breakdown, idle
+    cpu_s: float | None = None  # the workers' CPU time (user + system) when all results were in
     scrapes: int = 0  # /metrics answers (metrics on)
 
     @property
@@ -571,8 +574,10 @@ class Bench:
                 time.sleep(TICK)
             outcome.elapsed = time.monotonic() - t0
             if self.args.scenario == "metrics" and not pending:
+                outcome.cpu_s = pool.cpu_seconds()
                 time.sleep(IDLE_WAIT)
                 outcome.idle_rss_kb = pool.resident_kb()
+                outcome.idle_memory = pool.memory_breakdown()
         finally:
             if scraper:
                 outcome.scrapes = scraper.stop()
@@ -731,6 +736,44 @@ class WorkerPool:
                     sizes.append(int(line.split()[1]))
         return sizes
 
+    def cpu_seconds(self):
+        """The running workers' CPU time so far (user + system, /proc/PID/stat), seconds:
+        less sensitive than the rate to other processes on a loaded machine."""
+        ticks = 0
+        for p in self.procs:
+            try:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def memory_breakdown(self):
+        """Each running worker's VmHWM, anonymous and file-backed resident memory (kB, from
+        /proc/PID/status and smaps_rollup) and its thread count."""
+        out = []
+        for p in self.procs:
+            try:
+                status = Path(f"/proc/{p.pid}/status").read_text()
+                rollup = Path(f"/proc/{p.pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            fields = {}
+            for line in (status + rollup).splitlines():
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    fields[key] = int(parts[0])
+            out.append(
+                {
+                    "hwm": fields.get("VmHWM", 0),
+                    "anon": fields.get("Anonymous", 0),
+                    "file": fields.get("Rss", 0) - fields.get("Anonymous", 0),
+                    "threads": fields.get("Threads", 0),
+                }
+            )
+        return out
+
     def done_rate(self):
         """Jobs done per second between the first and the last `job done` line of the
         workers' logs (their own timestamps), or None with fewer than two."""
@@ -850,24 +893,48 @@ def median(values):
     return (values[n // 2] + values[(n - 1) // 2]) / 2 if n else None
 
 
+def spread(values):
+    """`median (min..max)` of the values, or n/a."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a", None
+    m = median(values)
+    return f"{m:.2f} ({min(values):.2f}..{max(values):.2f})", m
+
+
 def report_metrics(outcomes):
-    """Scenario metrics: the median rate with metrics off and on, and idle memory."""
+    """Scenario metrics: the rate and CPU time per job with metrics off and on (medians and
+    spread over the rounds), and idle memory."""
     for o in outcomes:
         rate = f"{o.log_rate:.1f}" if o.log_rate else "n/a"
         rss = ", ".join(f"{kb / 1024:.1f}" for kb in o.idle_rss_kb) or "n/a"
+        mem = ", ".join(
+            f"HWM {m['hwm'] / 1024:.1f} anon {m['anon'] / 1024:.1f} file {m['file'] / 1024:.1f}"
+            f" MB, {m['threads']} threads"
+            for m in o.idle_memory
+        )
+        cpu = f"{o.cpu_s / o.jobs * 1000:.2f} ms CPU/job" if o.cpu_s and o.jobs else "n/a"
         scraped = f", {o.scrapes} scrapes" if o.contender.metrics else ""
-        print(f"   {o.summary()}: {rate} jobs/s (worker log), idle RSS {rss} MB{scraped}")
-    off = median([o.log_rate for o in outcomes if not o.contender.metrics and o.log_rate])
-    on = median([o.log_rate for o in outcomes if o.contender.metrics and o.log_rate])
+        print(
+            f"   {o.summary()}: {rate} jobs/s (worker log), {cpu}, idle RSS {rss} MB"
+            f" ({mem}){scraped}"
+        )
+    parts = []
+    for name, value, unit in (
+        ("rate", lambda o: o.log_rate, "jobs/s"),
+        ("CPU", lambda o: o.cpu_s / o.jobs * 1000 if o.cpu_s and o.jobs else None, "ms/job"),
+    ):
+        off_s, off = spread([value(o) for o in outcomes if not o.contender.metrics])
+        on_s, on = spread([value(o) for o in outcomes if o.contender.metrics])
+        if off and on:
+            # The cost: a lower rate, a higher CPU time per job.
+            cost = (off - on) / off * 100 if name == "rate" else (on - off) / off * 100
+            parts.append(
+                f"{name} off {off_s}, on {on_s} {unit} (median (min..max) of "
+                f"{sum(not o.contender.metrics for o in outcomes)}): cost {cost:+.1f} % (goal < 2 %)"
+            )
     rss_on = [kb for o in outcomes if o.contender.metrics for kb in o.idle_rss_kb]
     rss_off = [kb for o in outcomes if not o.contender.metrics for kb in o.idle_rss_kb]
-    parts = []
-    if off and on:
-        cost = (off - on) / off * 100
-        parts.append(
-            f"metrics off {off:.1f} jobs/s, on {on:.1f} jobs/s (medians of "
-            f"{sum(not o.contender.metrics for o in outcomes)}): cost {cost:+.1f} % (goal < 2 %)"
-        )
     if rss_on:
         parts.append(
             f"idle RSS with metrics on {max(rss_on) / 1024:.1f} MB (goal < 40 MB)"
