@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store};
+use wasmtime::{CallHook, Engine, Store};
 
 use crate::checkpoint::Checkpointer;
 use crate::files::JobFiles;
@@ -349,6 +349,16 @@ impl Runtime {
             store
                 .fuel_async_yield_interval(Some(self.fuel_yield_interval))
                 .expect("fuel is enabled");
+            // The fuel so far, at every host call and fuel yield (a yield is a call out to
+            // the host too): what each checkpoint write counts of this run.
+            store.call_hook(move |ctx, hook| {
+                if let CallHook::CallingHost = hook
+                    && let Ok(left) = ctx.get_fuel()
+                {
+                    ctx.data().checkpoint.record_run_fuel(budget - left);
+                }
+                Ok(())
+            });
         }
         if self.epoch_interruption {
             store.set_epoch_deadline(1);
