@@ -170,6 +170,25 @@ impl Stack {
     }
 }
 
+/// Polls `status` of `id` until `done` holds of it (2 min at most, the worker running).
+pub async fn wait_state(
+    cli: &CliEnv,
+    id: &str,
+    worker: &mut Proc,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(cli, &[id.to_string()]).await.remove(id).unwrap();
+        if done(&s) {
+            return s;
+        }
+        worker.assert_running();
+        assert!(Instant::now() < deadline, "{id}: {s:#}\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Every worker's log, for failure messages.
 /// `taskhost status --json IDS` in `cli`'s environment (either backend), by job id.
 pub async fn status(cli: &CliEnv, ids: &[String]) -> BTreeMap<String, Value> {
