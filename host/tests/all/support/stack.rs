@@ -155,6 +155,15 @@ impl Stack {
         }
     }
 
+    /// Asserts that `sub` holds no message: a pull of 3 s gets none (what it gets is handed
+    /// back).
+    pub async fn assert_empty(&self, sub: &str) {
+        let left = self
+            .pull(sub, 100, Duration::from_secs(3), Settle::Nack)
+            .await;
+        assert!(left.is_empty(), "{sub} still holds {left:?}");
+    }
+
     /// Up to `max` messages of `sub` read within `wait`, settled as told.
     pub async fn pull(
         &self,
