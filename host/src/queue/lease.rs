@@ -293,6 +293,7 @@ async fn extend_until_lost(
             else {
                 tracing::warn!(
                     subscription,
+                    late_us = sent.instant.saturating_duration_since(due).as_micros() as u64,
                     "lease lost: its deadline passed without a successful extension"
                 );
                 shared.count_extension(ExtensionResult::Lost, None);
