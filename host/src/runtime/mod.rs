@@ -40,7 +40,7 @@ pub use outcome::{ModuleError, Outcome, RunReport, TrapKind, panic_message};
 use outcome::{classify_trap, is_host_fault};
 pub use sandbox::{
     DEFAULT_FUEL_YIELD_INTERVAL, DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_MEMORY_LIMIT,
-    DEFAULT_TASK_TIMEOUT, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
+    DEFAULT_TASK_TIMEOUT, EVENT_INTERVAL, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
     MAX_TASK_ERROR_BYTES,
 };
 pub use selfcheck::COMPILE_CHECK_NORM;
