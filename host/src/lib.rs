@@ -13,6 +13,7 @@ pub mod ids;
 pub mod inert;
 pub mod job;
 pub mod keys;
+pub mod memory;
 pub mod modules;
 pub mod nn;
 pub mod observe;

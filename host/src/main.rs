@@ -20,6 +20,11 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging(&cli);
+    // Fewer malloc arenas, less memory held by idle threads (taskhost::memory); glibc's own
+    // MALLOC_ARENA_MAX, when set, wins.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        taskhost::memory::limit_arenas(taskhost::memory::ARENAS);
+    }
     // In JSON, every line of stderr is a JSON object, the last error too.
     let json = cli.log_format == taskhost::observe::logs::LogFormat::Json;
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -34,6 +34,10 @@ Scenarios:
   result the worker's CPU time (user + system, less sensitive to a loaded machine than the
   rate) is read, and after IDLE_WAIT (20 s) the idle worker's resident memory (VmRSS, VmHWM,
   anonymous and file-backed from smaps_rollup; goal with metrics on: under 40 MB).
+  `--variant 'NAME[@BINARY] [KEY=VALUE ...]'` (repeatable) replaces off/on by variants,
+  each with metrics and heartbeats on, its own worker binary and extra environment, run
+  once per round in turn (side by side), and reports each one's idle memory; `--smaps`
+  prints each idle worker's resident memory by mapping (/proc/PID/smaps).
 
 After each contender the workers are stopped (SIGTERM), then the job subscription is pulled
 for one ack deadline + 3 s (--leftover-wait), so that leases held by killed workers have
@@ -257,6 +261,9 @@ class Contender:
     tag: str  # prefix of its topic, subscriptions and bucket
     slots: int | None = None  # WORKER_SLOTS; None: taskhost's default
     metrics: bool = False  # METRICS_ADDR set and /metrics scraped (scenario metrics)
+    variant: str | None = None  # --variant's name (scenario metrics)
+    taskhost: Path | None = None  # the worker binary, when not --taskhost (a --variant's)
+    env: dict = field(default_factory=dict)  # extra worker environment (a --variant's)
 
     @property
     def topic(self):
@@ -517,7 +524,7 @@ class Bench:
         print(f"== {c.label}: preparing {len(jobs)} jobs", file=sys.stderr, flush=True)
         if c.kind == "taskhost":
             self.prepare_taskhost(c, jobs, cdir)
-            argv = [self.args.taskhost, "worker"]
+            argv = [c.taskhost or self.args.taskhost, "worker"]
         else:
             self.prepare_guide(c, jobs)
             argv = [self.python, GUIDE_WORKER]
@@ -578,6 +585,8 @@ class Bench:
                 time.sleep(IDLE_WAIT)
                 outcome.idle_rss_kb = pool.resident_kb()
                 outcome.idle_memory = pool.memory_breakdown()
+                if self.args.smaps:
+                    pool.write_smaps(c)
         finally:
             if scraper:
                 outcome.scrapes = scraper.stop()
@@ -678,6 +687,7 @@ class WorkerPool:
             # HEARTBEAT_INTERVAL (60 times the default's rate, the most the worker allows).
             for env in self.envs:
                 env["HEARTBEAT_SECONDS"] = str(HEARTBEAT_INTERVAL if contender.metrics else 0)
+                env.update(contender.env)
         if contender.metrics:
             for env in self.envs:
                 port = free_port()
@@ -773,6 +783,30 @@ class WorkerPool:
                 }
             )
         return out
+
+    def write_smaps(self, c):
+        """--smaps: each running worker's resident memory by mapping (/proc/PID/smaps, summed
+        per name: the binary, each library, [heap], each thread's stack and malloc arena as
+        [anon]), printed largest first and kept as smaps-<tag>-w<i>.txt in the log
+        directory."""
+        for i, p in enumerate(self.procs):
+            try:
+                text = Path(f"/proc/{p.pid}/smaps").read_text()
+            except OSError:
+                continue
+            (self.cdir / f"smaps-{c.tag}-w{i}.txt").write_text(text)
+            by_name = collections.Counter()
+            name = None
+            for line in text.splitlines():
+                head = line.split()
+                if head and "-" in head[0] and ":" not in head[0]:
+                    # A mapping's first line: range perms offset dev inode [name].
+                    name = " ".join(head[5:]) or "[anon]"
+                    name = f"{name} {head[1]}"
+                elif head and head[0] == "Rss:":
+                    by_name[name] += int(head[1])
+            top = ", ".join(f"{n} {kb / 1024:.1f}" for n, kb in by_name.most_common(10) if kb)
+            print(f"   {c.label} w{i} smaps (MB): {top}", file=sys.stderr, flush=True)
 
     def done_rate(self):
         """Jobs done per second between the first and the last `job done` line of the
@@ -933,6 +967,8 @@ def report_metrics(outcomes):
                 f"{name} off {off_s}, on {on_s} {unit} (median (min..max) of "
                 f"{sum(not o.contender.metrics for o in outcomes)}): cost {cost:+.1f} % (goal < 2 %)"
             )
+    if any(o.contender.variant for o in outcomes):
+        return report_variants(outcomes)
     rss_on = [kb for o in outcomes if o.contender.metrics for kb in o.idle_rss_kb]
     rss_off = [kb for o in outcomes if not o.contender.metrics for kb in o.idle_rss_kb]
     if rss_on:
@@ -941,6 +977,30 @@ def report_metrics(outcomes):
             + (f", off {max(rss_off) / 1024:.1f} MB" if rss_off else "")
         )
     print("metrics: " + " | ".join(parts or ["no figures"]), flush=True)
+
+
+def report_variants(outcomes):
+    """Scenario metrics with --variant: each variant's idle memory (medians (min..max) over
+    its rounds, MB)."""
+    names = list(dict.fromkeys(o.contender.variant for o in outcomes))
+    for name in names:
+        mine = [o for o in outcomes if o.contender.variant == name]
+        figures = []
+        for label, get in (
+            ("VmRSS", lambda o: [kb for kb in o.idle_rss_kb]),
+            ("anon", lambda o: [m["anon"] for m in o.idle_memory]),
+            ("file", lambda o: [m["file"] for m in o.idle_memory]),
+            ("VmHWM", lambda o: [m["hwm"] for m in o.idle_memory]),
+        ):
+            text, _ = spread([kb / 1024 for o in mine for kb in get(o)])
+            figures.append(f"{label} {text}")
+        threads = sorted({m["threads"] for o in mine for m in o.idle_memory})
+        rates = spread([o.log_rate for o in mine])[0]
+        print(
+            f"variant {name}: idle " + ", ".join(figures)
+            + f" MB; threads {threads}; rate {rates} jobs/s; {len(mine)} runs",
+            flush=True,
+        )
 
 
 def report(scenario, outcomes):
@@ -1031,6 +1091,21 @@ def parse_args():
     ap.add_argument(
         "--keep-logs", action="store_true", help="keep the log directory even on success"
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="'NAME[@BINARY] [KEY=VALUE ...]'",
+        help="scenario metrics: instead of off/on, run each variant (metrics and heartbeats "
+        "on; its own worker binary and extra environment) once per round, in turn, and "
+        "report each one's idle memory (repeatable)",
+    )
+    ap.add_argument(
+        "--smaps",
+        action="store_true",
+        help="scenario metrics: print each idle worker's resident memory by mapping "
+        "(/proc/PID/smaps) and keep the file in the log directory",
+    )
     args = ap.parse_args()
     args.taskhost = args.taskhost.resolve()
     args.wasm = args.wasm.resolve()
@@ -1044,6 +1119,20 @@ def contenders(args):
             Contender("taskhost 2 slots", "taskhost", "th2", slots=2),
             Contender("guide", "guide", "guide"),
         ]
+    elif args.scenario == "metrics" and args.variant:
+        cs = []
+        for r in range(args.rounds):
+            for i, spec in enumerate(args.variant):
+                name, *pairs = spec.split()
+                name, _, binary = name.partition("@")
+                env = dict(pair.split("=", 1) for pair in pairs)
+                cs.append(
+                    Contender(
+                        f"{name} #{r + 1}", "taskhost", f"v{i}r{r}", metrics=True,
+                        variant=name, taskhost=Path(binary).resolve() if binary else None,
+                        env=env,
+                    )
+                )
     elif args.scenario == "metrics":
         cs = []
         for r in range(args.rounds):

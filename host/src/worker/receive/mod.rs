@@ -107,6 +107,41 @@ impl IdleBackoff {
     }
 }
 
+/// How long a worker has nothing running and its pulls come back empty before it gives
+/// memory back ([`crate::memory::release_idle`]).
+pub const IDLE_RELEASE_AFTER: Duration = Duration::from_secs(10);
+
+/// When an idle worker gives memory back: once per idle spell, after
+/// [`IDLE_RELEASE_AFTER`] with nothing running and only empty pulls (a spell starts at the
+/// first such pull and ends with work), so a busy worker never pays for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdleRelease {
+    since: Option<Instant>,
+    released: bool,
+}
+
+impl IdleRelease {
+    /// A pull came back empty at `now` with `running` jobs: true when memory is to be given
+    /// back now.
+    pub fn empty(&mut self, now: Instant, running: usize) -> bool {
+        if running > 0 {
+            *self = IdleRelease::default();
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if self.released || now.duration_since(since) < IDLE_RELEASE_AFTER {
+            return false;
+        }
+        self.released = true;
+        true
+    }
+
+    /// A pull returned messages: the spell is over.
+    pub fn work(&mut self) {
+        *self = IdleRelease::default();
+    }
+}
+
 /// Storage failures in a row across all jobs, with no success between: what opens the
 /// [`Breaker`]. Jobs count into it from their own tasks.
 #[derive(Debug, Default)]
@@ -291,6 +326,7 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
     let mut busy_queue = false;
     let mut breaker = Breaker::new(BREAKER_THRESHOLD);
     let mut idle = IdleBackoff::default();
+    let mut release = IdleRelease::default();
     let mut failing = Backoff::new(PULL_FAILURE_BACKOFF);
     let mut pause_until = Instant::now();
     let metrics = Arc::clone(&worker.metrics);
@@ -363,6 +399,12 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                         failing.reset();
                         busy_queue = false;
                         pause_until = Instant::now() + idle.empty();
+                        if release.empty(Instant::now(), l.slots - free.available_permits()) {
+                            drop(tokio::task::spawn_blocking(|| {
+                                let paged = crate::memory::release_idle();
+                                tracing::debug!(code_bytes = paged, "idle: memory given back");
+                            }));
+                        }
                     }
                     None => {
                         metrics.pulled(PullResult::Messages);
@@ -370,6 +412,7 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                         failing.reset();
                         busy_queue = true;
                         idle.work();
+                        release.work();
                     }
                     Some(e) => {
                         metrics.pulled(PullResult::Error);

@@ -150,3 +150,44 @@ fn the_failure_count_is_shared_and_reset_by_any_answer() {
     assert_eq!(f.in_a_row(), 0);
     assert!(!b.tripped(f.in_a_row()));
 }
+
+#[test]
+fn an_idle_worker_gives_memory_back_once_per_spell_after_10_s() {
+    // (seconds since the start, event: "empty" with N running, or "work"; release now?)
+    let table: &[(u64, &str, usize, bool)] = &[
+        (0, "empty", 0, false), // the spell starts
+        (9, "empty", 0, false),
+        (10, "empty", 0, true),
+        (11, "empty", 0, false), // once per spell
+        (60, "empty", 0, false),
+        (61, "work", 0, false),
+        (62, "empty", 1, false), // a job runs: not idle
+        (80, "empty", 1, false),
+        (81, "empty", 0, false), // the job ended: a new spell starts here
+        (90, "empty", 0, false),
+        (91, "empty", 0, true),
+        (92, "work", 0, false),
+        (93, "empty", 0, false),
+        (95, "empty", 2, false), // jobs again, before 10 s: the spell starts over
+        (96, "empty", 0, false),
+        (105, "empty", 0, false),
+        (106, "empty", 0, true),
+    ];
+    let start = Instant::now();
+    let mut release = IdleRelease::default();
+    for (i, &(at, event, running, want)) in table.iter().enumerate() {
+        let now = start + Duration::from_secs(at);
+        let got = match event {
+            "empty" => release.empty(now, running),
+            _ => {
+                release.work();
+                false
+            }
+        };
+        assert_eq!(
+            got, want,
+            "step {i} (at {at} s, {event}, {running} running)"
+        );
+    }
+    assert_eq!(IDLE_RELEASE_AFTER, Duration::from_secs(10));
+}
