@@ -124,6 +124,7 @@ impl Cost {
 }
 
 /// The process's CPU time so far (every thread, user + system).
+#[allow(unsafe_code)]
 fn cpu_now() -> Duration {
     let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `getrusage` writes a whole `rusage` through the valid pointer it is given and
