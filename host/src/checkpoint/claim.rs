@@ -5,9 +5,10 @@
 use crate::ids::JobId;
 use crate::job::Work;
 use crate::queue::lease::LeaseView;
-use crate::store::{ETag, ErrorKind, ObjectStore, Precondition, StoreError};
+use crate::store::{ETag, ObjectStore, Precondition, StoreError};
 
 use super::ownership::{self, Recorded};
+use super::rewrite::{Edit, Rewritten, rewrite_header};
 use super::{Header, decode, encode, key, nonce, now_ms};
 
 /// What a successful claim found.
@@ -254,42 +255,20 @@ pub async fn release_abandoned<S: ObjectStore>(
     job: &JobId,
     dead_owner: &str,
 ) -> Result<Abandoned, StoreError> {
-    let key = key(job);
-    // A race is with the dead owner's last write in flight (at most one) or a claim by
-    // another worker (after which it is not the dead owner's any more).
-    for _ in 0..3 {
-        let Some(current) = store.get(&key).await? else {
-            return Ok(Abandoned::NotHeld);
-        };
-        let (mut header, data) = decode(&current.bytes).map_err(|e| {
-            StoreError::new(
-                ErrorKind::BadRequest,
-                e.context(format!("{key} is unreadable")),
-            )
-        })?;
+    let doing = "its dead owner's lease was being released";
+    let rewritten = rewrite_header(store, job, false, doing, |header| {
+        // No checkpoint (a default header), one released, or one held by another worker.
         if header.owner != dead_owner || header.lease_until_ms == 0 {
-            return Ok(Abandoned::NotHeld);
+            return Edit::Keep(());
         }
         header.lease_until_ms = 0;
-        header.updated_ms = now_ms();
-        header.nonce = nonce();
-        match store
-            .put(
-                &key,
-                encode(&header, data.as_deref()),
-                Precondition::Matches(current.etag),
-            )
-            .await
-        {
-            Ok(_) => return Ok(Abandoned::Released),
-            Err(StoreError::PreconditionFailed) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::new(
-        ErrorKind::Transient,
-        anyhow::anyhow!("{key} kept changing while its dead owner's lease was being released"),
-    ))
+        Edit::Write(())
+    })
+    .await?;
+    Ok(match rewritten {
+        Rewritten::Written(()) => Abandoned::Released,
+        Rewritten::Kept(()) | Rewritten::Done => Abandoned::NotHeld,
+    })
 }
 
 #[cfg(test)]

@@ -2,19 +2,17 @@
 //! clearing a pause (docs/design.md §5, "Job control").
 //!
 //! The record is written `If-Match` the tag read (create-only when the job has no checkpoint
-//! yet), so the owner's next write of the header (after every lease extension, every half
+//! yet; [`super::rewrite`]), so the owner's next write of the header (after every lease extension, every half
 //! ack deadline) is refused: it reads the header once, finds the record, stops the task and
 //! writes nothing more. A claim that finds the record does not run the job. No request is
 //! added to a job's steady state. A result always wins: a job whose result exists is done,
 //! whatever its header says.
 
 use crate::ids::JobId;
-use crate::store::{ErrorKind, ObjectStore, Precondition, StoreError};
+use crate::store::{ObjectStore, Precondition, StoreError};
 
-use super::{Action, Control, Header, decode, encode, key, nonce, now_ms};
-
-/// Conditional writes that lose a race (to a worker's own write) before giving up.
-const TRIES: u32 = 8;
+use super::rewrite::{Edit, Rewritten, rewrite_header};
+use super::{Action, Control, decode, key, now_ms};
 
 /// What [`request`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,79 +39,38 @@ pub async fn request<S: ObjectStore>(
     job: &JobId,
     control: &Control,
 ) -> Result<Requested, StoreError> {
-    let key = key(job);
-    let result_key = crate::keys::result(job);
-    for _ in 0..TRIES {
-        if store.exists(&result_key).await? {
-            return Ok(Requested::AlreadyDone);
+    let doing = format!("the {} was being recorded", control.action.as_str());
+    let rewritten = rewrite_header(store, job, true, &doing, |header| {
+        if let Some(existing) = &header.control
+            && (existing.action == control.action || existing.action == Action::Cancel)
+        {
+            return Edit::Keep(existing.clone());
         }
-        let (written, running) = match store.get(&key).await? {
-            None => {
-                let header = Header {
-                    control: Some(control.clone()),
-                    updated_ms: now_ms(),
-                    nonce: nonce(),
-                    ..Header::default()
-                };
-                let put = store
-                    .put(&key, encode(&header, None), Precondition::Absent)
-                    .await;
-                (put, false)
+        let running =
+            super::ownership::recorded(header.lease_until_ms, header.lease_period_ms, now_ms())
+                == super::ownership::Recorded::Live;
+        header.control = Some(control.clone());
+        Edit::Write(running)
+    })
+    .await?;
+    match rewritten {
+        Rewritten::Done => Ok(Requested::AlreadyDone),
+        Rewritten::Kept(existing) => {
+            write_marker(store, job, &existing).await?;
+            Ok(Requested::AlreadyRecorded(existing))
+        }
+        Rewritten::Written(running) => {
+            if control.action == Action::Cancel {
+                store.delete(&crate::keys::stopped(job, "pause")).await?;
             }
-            Some(current) => {
-                let (mut header, data) = decode(&current.bytes).map_err(|e| {
-                    StoreError::new(
-                        ErrorKind::BadRequest,
-                        e.context(format!("{key} is unreadable")),
-                    )
-                })?;
-                if let Some(existing) = &header.control
-                    && (existing.action == control.action || existing.action == Action::Cancel)
-                {
-                    write_marker(store, job, existing).await?;
-                    return Ok(Requested::AlreadyRecorded(existing.clone()));
-                }
-                let running = super::ownership::recorded(
-                    header.lease_until_ms,
-                    header.lease_period_ms,
-                    now_ms(),
-                ) == super::ownership::Recorded::Live;
-                header.control = Some(control.clone());
-                header.updated_ms = now_ms();
-                header.nonce = nonce();
-                let put = store
-                    .put(
-                        &key,
-                        encode(&header, data.as_deref()),
-                        Precondition::Matches(current.etag),
-                    )
-                    .await;
-                (put, running)
-            }
-        };
-        match written {
-            Ok(_) => {
-                if control.action == Action::Cancel {
-                    store.delete(&crate::keys::stopped(job, "pause")).await?;
-                }
-                write_marker(store, job, control).await?;
-                let done_since = store.exists(&result_key).await?;
-                return Ok(Requested::Recorded {
-                    running,
-                    done_since,
-                });
-            }
-            Err(StoreError::PreconditionFailed) => continue,
-            Err(e) => return Err(e),
+            write_marker(store, job, control).await?;
+            let done_since = store.exists(&crate::keys::result(job)).await?;
+            Ok(Requested::Recorded {
+                running,
+                done_since,
+            })
         }
     }
-    Err(StoreError::new(
-        ErrorKind::Transient,
-        anyhow::anyhow!(
-            "{key} kept changing while the {} was being recorded",
-            control.action.as_str()
-        ),
-    ))
 }
 
 /// The listing's marker of `control` (its record as JSON, for a reader without the header).

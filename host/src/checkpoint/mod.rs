@@ -38,6 +38,7 @@ pub mod control;
 mod header;
 pub mod ownership;
 pub mod requeue;
+mod rewrite;
 mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};

@@ -9,13 +9,11 @@
 //! later `resume` or `retry` publishes again (neither requires a record to clear).
 
 use crate::ids::JobId;
-use crate::store::{ErrorKind, ObjectStore, Precondition, StoreError};
+use crate::store::{ObjectStore, StoreError};
 
 use super::ownership::{Recorded, recorded};
-use super::{Action, Control, Header, decode, encode, key, nonce, now_ms};
-
-/// Conditional writes that lose a race (to a worker's own write) before giving up.
-const TRIES: u32 = 8;
+use super::rewrite::{Edit, Rewritten, rewrite_header};
+use super::{Action, Control, Header, now_ms};
 
 /// What to make runnable again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,63 +53,30 @@ pub async fn requeue<S: ObjectStore>(
     job: &JobId,
     what: Requeue,
 ) -> Result<Requeued, StoreError> {
-    let key = key(job);
-    let mut cleared = Vec::new();
-    let mut tries = 0;
-    loop {
-        if store.exists(&crate::keys::result(job)).await? {
-            return Ok(Requeued::Done);
-        }
-        let Some(current) = store.get(&key).await? else {
-            break;
-        };
-        let (mut header, data) = decode(&current.bytes).map_err(|e| {
-            StoreError::new(
-                ErrorKind::BadRequest,
-                e.context(format!(
-                    "{key} is unreadable (`taskhost job reset` clears it)"
-                )),
-            )
-        })?;
+    let rewritten = rewrite_header(store, job, true, "it was being cleared", |header| {
         if let Some(control) = &header.control
             && (control.action == Action::Cancel || what == Requeue::Retry)
         {
-            return Ok(Requeued::Stopped(control.clone()));
+            return Edit::Keep(Some(Requeued::Stopped(control.clone())));
         }
         let live = recorded(header.lease_until_ms, header.lease_period_ms, now_ms());
         if what == Requeue::Retry && live == Recorded::Live {
-            return Ok(Requeued::Running {
-                owner: header.owner,
-            });
+            return Edit::Keep(Some(Requeued::Running {
+                owner: header.owner.clone(),
+            }));
         }
-        let changed = clear(&mut header, what);
-        if changed.is_empty() {
-            break;
+        match clear(header, what) {
+            changed if changed.is_empty() => Edit::Keep(None),
+            changed => Edit::Write(changed),
         }
-        header.updated_ms = now_ms();
-        header.nonce = nonce();
-        let put = store
-            .put(
-                &key,
-                encode(&header, data.as_deref()),
-                Precondition::Matches(current.etag),
-            )
-            .await;
-        match put {
-            Ok(_) => {
-                cleared = changed;
-                break;
-            }
-            Err(StoreError::PreconditionFailed) if tries + 1 < TRIES => tries += 1,
-            Err(StoreError::PreconditionFailed) => {
-                return Err(StoreError::new(
-                    ErrorKind::Transient,
-                    anyhow::anyhow!("{key} kept changing while it was being cleared"),
-                ));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    })
+    .await?;
+    let mut cleared = match rewritten {
+        Rewritten::Done => return Ok(Requeued::Done),
+        Rewritten::Kept(Some(stopped)) => return Ok(stopped),
+        Rewritten::Kept(None) => Vec::new(),
+        Rewritten::Written(changed) => changed,
+    };
     let listed: Vec<(&'static str, String)> = match what {
         Requeue::Resume => vec![("pause", crate::keys::stopped(job, "pause"))],
         Requeue::Retry => {
@@ -154,6 +119,8 @@ fn clear(header: &mut Header, what: Requeue) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{decode, encode, key};
+    use crate::store::Precondition;
     use crate::store::dir::DirStore;
 
     async fn put(store: &DirStore, key: &str, header: &Header) {

@@ -16,6 +16,7 @@ use taskhost::checkpoint::requeue::{Requeue, Requeued, requeue};
 use taskhost::ids::{JobId, ModuleHash, ModuleRef};
 use taskhost::inert::Inert;
 use taskhost::job::JobMessage;
+use taskhost::queue::lanes::LaneName;
 use taskhost::queue::{IncomingMessage, OutgoingMessage, Queue};
 
 /// Messages read at most by one command.
@@ -233,10 +234,21 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::DECLINED));
         }
     }
-    // Each job's counters are reset once, before anything is published.
+    // Each job's counters are reset once, before anything is published; its lane is the
+    // one its stored work names (the default lane when it has none).
     let mut verdicts: BTreeMap<JobId, Requeued> = BTreeMap::new();
+    let mut lanes: BTreeMap<JobId, LaneName> = BTreeMap::new();
     for id in &found {
-        match requeue(&store, id, Requeue::Retry).await {
+        let verdict = match super::requeue::read_work(&store, id).await {
+            Ok(work) => {
+                if let Ok(work) = work {
+                    lanes.insert(id.clone(), work.lane());
+                }
+                requeue(&store, id, Requeue::Retry).await
+            }
+            Err(e) => Err(e),
+        };
+        match verdict {
             Ok(v) => {
                 verdicts.insert(id.clone(), v);
             }
@@ -249,7 +261,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let mut publish = Vec::new();
+    let topic = &args.source.topics.topic_id;
+    let mut publish: BTreeMap<String, Vec<OutgoingMessage>> = BTreeMap::new();
     let mut settled: Vec<&str> = Vec::new();
     let mut said = Vec::new();
     for m in &chosen {
@@ -259,7 +272,13 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             .map_or(format!("message {}", m.message_id), |i| i.to_string());
         match id.as_ref().map(|i| &verdicts[i]) {
             None | Some(Requeued::Ready { .. }) => {
-                publish.push(outgoing(m, module.as_ref()));
+                let lane = id.as_ref().and_then(|i| lanes.get(i));
+                let lane_topic =
+                    lane.map_or_else(|| topic.clone(), |l| super::requeue::lane_topic(l, topic));
+                publish
+                    .entry(lane_topic)
+                    .or_default()
+                    .push(outgoing(m, module.as_ref()));
                 settled.push(&m.message_id);
                 said.push(format!("{name}: replayed"));
             }
@@ -282,17 +301,13 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let topic = &args.source.topics.topic_id;
-    let published = if publish.is_empty() {
-        Ok(Vec::new())
-    } else {
-        queue.publish(topic, publish).await
-    };
-    if let Err(e) = published {
-        browse.release().await?;
-        anyhow::bail!(
-            "cannot publish to {topic}: {e}; nothing was replayed (the dead letters are kept)"
-        );
+    for (topic, messages) in publish {
+        if let Err(e) = queue.publish(&topic, messages).await {
+            browse.release().await?;
+            anyhow::bail!(
+                "cannot publish to {topic}: {e}; the dead letters are kept (replaying a job twice is harmless: run again)"
+            );
+        }
     }
     if let Err(e) = browse.ack(&settled).await {
         eprintln!(

@@ -3,6 +3,7 @@
 //! (`checkpoint::requeue`; docs/design.md §5, "Job control"). Also the publishing that
 //! `dead-letter replay` shares.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -12,6 +13,7 @@ use super::exit;
 use taskhost::checkpoint::requeue::{Requeue, Requeued, requeue};
 use taskhost::ids::{JobId, ModuleHash, ModuleRef};
 use taskhost::job::StoredWork;
+use taskhost::queue::lanes::{Lane, LaneName};
 use taskhost::queue::{OutgoingMessage, Queue};
 use taskhost::store::any::AnyStore;
 use taskhost::store::{ObjectStore, StoreError};
@@ -62,10 +64,8 @@ pub async fn main(args: RequeueArgs, what: Requeue) -> anyhow::Result<ExitCode> 
         Some(r) => Some(super::module::resolve_ref(&store, r).await?),
         None => None,
     };
+    // Connected first: a queue that cannot be reached changes nothing in the store.
     let queue = args.pubsub.connect().await?;
-    if let Queue::Local(_) = queue {
-        ensure_queue(&queue, &args.topics, &args.subscription).await?;
-    }
     let mut ready: Vec<(JobId, StoredWork, Vec<&'static str>)> = Vec::new();
     let mut code = ExitCode::SUCCESS;
     let mut failed: Option<(JobId, StoreError)> = None;
@@ -82,8 +82,17 @@ pub async fn main(args: RequeueArgs, what: Requeue) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    // What was cleared is published, whatever failed after it.
+    // What was cleared is published, whatever failed after it, each job to its own lane.
     let works: Vec<StoredWork> = ready.iter().map(|(_, w, _)| w.clone()).collect();
+    if let Queue::Local(_) = queue {
+        let mut subscription = args.subscription.clone();
+        for work in &works {
+            if !subscription.lanes.contains(&work.lane()) {
+                subscription.lanes.push(work.lane());
+            }
+        }
+        ensure_queue(&queue, &args.topics, &subscription).await?;
+    }
     if let Err(e) = publish(&queue, &args.topics.topic_id, &works).await {
         let names: Vec<&str> = ready.iter().map(|(id, _, _)| id.as_str()).collect();
         anyhow::bail!(
@@ -194,17 +203,26 @@ pub async fn read_work(
     })
 }
 
-/// Publishes `works` to `topic`, in batches.
+/// Publishes `works`, each to its lane's topic of the jobs topic `topic`, in batches.
 pub async fn publish(queue: &Queue, topic: &str, works: &[StoredWork]) -> anyhow::Result<()> {
-    for chunk in works.chunks(PUBLISH_BATCH) {
-        let messages = chunk
-            .iter()
-            .map(|w| OutgoingMessage {
-                data: w.data().as_bytes().to_vec(),
-                attributes: w.attributes(),
-            })
-            .collect();
-        queue.publish(topic, messages).await?;
+    let mut by_lane: BTreeMap<LaneName, Vec<OutgoingMessage>> = BTreeMap::new();
+    for w in works {
+        by_lane.entry(w.lane()).or_default().push(OutgoingMessage {
+            data: w.data().as_bytes().to_vec(),
+            attributes: w.attributes(),
+        });
+    }
+    for (lane, messages) in by_lane {
+        let topic = lane_topic(&lane, topic);
+        for chunk in messages.chunks(PUBLISH_BATCH) {
+            queue.publish(&topic, chunk.to_vec()).await?;
+        }
     }
     Ok(())
+}
+
+/// The topic of the lane `lane` of the jobs topic `topic` (the naming rule of
+/// [`taskhost::queue::lanes`]).
+pub fn lane_topic(lane: &LaneName, topic: &str) -> String {
+    Lane::named(lane, topic, "").topic
 }

@@ -49,18 +49,20 @@ async fn record_batch(
     Ok(batch)
 }
 
-/// Writes each job's work (`keys::work`: its module and document, as published), up to
-/// [`WORK_WRITES`] at a time.
+/// Writes each job's work (`keys::work`: its module, document and lane, as published), up
+/// to [`WORK_WRITES`] at a time.
 async fn store_works(
     store: &taskhost::store::any::AnyStore,
     module: &ModuleHash,
+    lane: &LaneName,
     jobs: &[(JobId, String)],
 ) -> anyhow::Result<()> {
     use futures_util::{StreamExt, TryStreamExt};
     futures_util::stream::iter(jobs)
         .map(|(id, doc)| async move {
             let work = taskhost::job::StoredWork::new(module, doc)
-                .map_err(|e| anyhow::anyhow!("job {id}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("job {id}: {e}"))?
+                .on_lane(lane);
             store
                 .put(
                     &taskhost::keys::work(id),
@@ -296,7 +298,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         // Each job's work, then the batch's ids, are stored before its messages go out, so
         // `status` shows every job as queued from the moment it is published, and `job
         // resume` / `job retry` find what to publish again.
-        store_works(&store, &module, record).await?;
+        store_works(&store, &module, &args.lane, record).await?;
         let batch = record_batch(&store, None, &module, record).await?;
         let mut sent = 0usize;
         for chunk in record.chunks(BATCH) {

@@ -1,6 +1,7 @@
 //! A job's work as `taskhost submit` stores it (`jobs/<id>/work`, docs/design.md §4): the
-//! module and the job document exactly as published, so that `job resume`, `job retry` and
-//! `dead-letter replay` can publish the same job again without the submitter's file.
+//! module, the job document exactly as published and the priority lane it was published to,
+//! so that `job resume`, `job retry` and `dead-letter replay` can publish the same job again,
+//! to the same lane, without the submitter's file.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::JobMessage;
 use crate::ids::ModuleHash;
+use crate::queue::lanes::LaneName;
 
 /// The message attribute that names a job's module (section 3).
 const MODULE_ATTRIBUTE: &str = "module";
@@ -20,6 +22,10 @@ pub struct StoredWork {
     module: String,
     /// The job document, the message's data, byte for byte.
     document: String,
+    /// The lane it was published to; absent: the default lane (and records stored before
+    /// lanes were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lane: Option<String>,
 }
 
 impl StoredWork {
@@ -29,9 +35,26 @@ impl StoredWork {
         let work = StoredWork {
             module: module.to_string(),
             document: document.to_owned(),
+            lane: None,
         };
         work.job()?;
         Ok(work)
+    }
+
+    /// The same work, published to `lane`.
+    pub fn on_lane(self, lane: &LaneName) -> StoredWork {
+        StoredWork {
+            lane: (!lane.is_default()).then(|| lane.to_string()),
+            ..self
+        }
+    }
+
+    /// The lane it is published to.
+    pub fn lane(&self) -> LaneName {
+        self.lane
+            .as_deref()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(LaneName::default_lane)
     }
 
     /// The record's bytes (JSON `{"module", "document"}`).
@@ -44,6 +67,10 @@ impl StoredWork {
         let work: StoredWork =
             serde_json::from_slice(bytes).map_err(|e| format!("not a stored work record: {e}"))?;
         work.job()?;
+        if let Some(lane) = &work.lane {
+            lane.parse::<LaneName>()
+                .map_err(|e| format!("not a stored work record: lane: {e}"))?;
+        }
         Ok(work)
     }
 
@@ -68,6 +95,7 @@ impl StoredWork {
         StoredWork {
             module: module.to_string(),
             document: with_module(&self.document, module),
+            lane: self.lane.clone(),
         }
     }
 }
@@ -111,5 +139,32 @@ mod tests {
         assert!(StoredWork::decode(b"{}").is_err());
         assert!(StoredWork::decode(br#"{"module":"x","document":"{\"job_id\":\"a\"}"}"#).is_err());
         assert_eq!(with_module("not json", &n), "not json");
+    }
+
+    #[test]
+    fn a_stored_work_keeps_its_lane_and_refuses_a_bad_one() {
+        let m = ModuleHash::of(b"m");
+        let doc = r#"{"job_id":"a"}"#;
+        let plain = StoredWork::new(&m, doc).unwrap();
+        assert!(plain.lane().is_default());
+        let urgent: LaneName = "urgent".parse().unwrap();
+        let work = plain.clone().on_lane(&urgent);
+        let back = StoredWork::decode(&work.encode()).unwrap();
+        assert_eq!(back.lane(), urgent);
+        assert_eq!(
+            back.on_module(&ModuleHash::of(b"n")).lane(),
+            urgent,
+            "a replay on another module stays on its lane"
+        );
+        // The default lane is not written: records stay as they were before lanes.
+        let default = plain.on_lane(&LaneName::default_lane());
+        assert!(
+            !String::from_utf8(default.encode())
+                .unwrap()
+                .contains("lane")
+        );
+        let bad = br#"{"module":"sha256:0000000000000000000000000000000000000000000000000000000000000000","document":"{\"job_id\":\"a\"}","lane":"no spaces"}"#;
+        let err = StoredWork::decode(bad).unwrap_err();
+        assert!(err.contains("lane"), "{err}");
     }
 }

@@ -12,6 +12,7 @@
 
 mod cache;
 mod files;
+mod forward;
 mod host;
 mod nn;
 mod outcome;

@@ -37,25 +37,6 @@ async fn submit(cli: &CliEnv, module: &str, name: &str, jobs: &str) {
     cli.submit_file(module, name, jobs).await.success();
 }
 
-/// Polls `status` of `id` until `done` holds of it.
-async fn wait_state(
-    cli: &CliEnv,
-    id: &str,
-    worker: &mut Proc,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(cli, &[id.to_string()]).await.remove(id).unwrap();
-        if done(&s) {
-            return s;
-        }
-        worker.assert_running();
-        assert!(Instant::now() < deadline, "{id}: {s:#}\n{}", worker.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Polls the worker's log until it shows `what` for job `id`.
 async fn wait_log(worker: &mut Proc, what: &str, id: &str) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(120);

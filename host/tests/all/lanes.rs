@@ -1,7 +1,8 @@
 //! Priority lanes (issue 16, item 4) against real servers: urgent jobs submitted behind a
 //! backlog start before the backlog's remaining jobs, on the embedded queue and on the
 //! Pub/Sub emulator; a worker with one lane reads only it; `setup` creates the lanes; a
-//! missing lane subscription is a misconfiguration like a missing subscription.
+//! missing lane subscription is a misconfiguration like a missing subscription; `job retry`
+//! and `dead-letter replay` publish to the job's own lane.
 
 use crate::support;
 
@@ -274,4 +275,66 @@ async fn a_missing_lane_subscription_is_a_misconfiguration() {
     submit(&cli, &module, "urgent", &urgent, r#""steps":2"#).await;
     wait_all_done(&cli, &urgent, &mut worker).await;
     stop(&mut worker).await;
+}
+
+/// `job retry` and `dead-letter replay` publish a job again to the lane it was submitted to
+/// (its stored work names it), never to the default lane: a retried job that was never run,
+/// and a job that trapped (MAX_FAILURES=1) and was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_or_replayed_job_goes_back_to_its_own_lane() {
+    let stack = Stack::start("lanes-again").await;
+    let cli = stack.cli.set("LANES", "urgent").set("MAX_FAILURES", "1");
+    cli.run(&["setup"]).await.success();
+    let counter = push(&cli).await;
+    let broken = cli.push_guest("misbehave").await;
+    let urgent_sub = format!("{}-urgent", stack.subscription());
+
+    let trapped = ids("trap", 1);
+    submit(
+        &cli,
+        &broken,
+        "urgent",
+        &trapped,
+        r#""steps":3,"mode":"panic""#,
+    )
+    .await;
+    let mut worker = cli.spawn("worker", &["worker", "--slots", "1"]);
+    wait_state(&cli, &trapped[0], &mut worker, |s| s["state"] == "failed").await;
+    stop(&mut worker).await;
+
+    let never_run = ids("never", 1);
+    submit(&cli, &counter, "urgent", &never_run, r#""steps":2"#).await;
+    let first = stack
+        .pull(&urgent_sub, 10, Duration::from_secs(5), Settle::Ack)
+        .await;
+    assert_eq!(first.len(), 1, "the submitted message, consumed: {first:?}");
+    let out = cli.run(&["job", "retry", &never_run[0]]).await.success();
+    assert!(out.stdout.contains("published again"), "{out}");
+
+    // The worker publishes the dead letter after the job's error: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli.run(&["dead-letter", "replay", &trapped[0]]).await;
+        if out.stdout.contains("replayed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let again = stack
+        .pull(&urgent_sub, 10, Duration::from_secs(5), Settle::Ack)
+        .await;
+    let mut got: Vec<String> = again
+        .iter()
+        .map(|m| {
+            taskhost::job::JobMessage::job_id_of(&m.data)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, [never_run[0].clone(), trapped[0].clone()], "{again:?}");
+    // Nothing on the default lane.
+    stack.assert_empty(&stack.subscription()).await;
 }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::cli::CliEnv;
 use support::stack::*;
-use taskhost::queue::Settle;
 
 mod churn;
 mod node;
@@ -34,24 +33,8 @@ fn job(id: &str, steps: u64, step_ms: u64) -> String {
 
 /// Asserts that the subscription and its dead-letter subscription hold nothing.
 async fn assert_nothing_left(stack: &Stack) {
-    let dead = stack
-        .pull(
-            &stack.dead_letter_subscription(),
-            100,
-            Duration::from_secs(3),
-            Settle::Nack,
-        )
-        .await;
-    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
-    let left = stack
-        .pull(
-            &stack.subscription(),
-            100,
-            Duration::from_secs(3),
-            Settle::Nack,
-        )
-        .await;
-    assert!(left.is_empty(), "left on the subscription: {left:?}");
+    stack.assert_empty(&stack.dead_letter_subscription()).await;
+    stack.assert_empty(&stack.subscription()).await;
 }
 
 /// Polls `status` until every job is done (workers may be killed and restarted meanwhile).

@@ -155,6 +155,15 @@ impl Stack {
         }
     }
 
+    /// Asserts that `sub` holds no message: a pull of 3 s gets none (what it gets is handed
+    /// back).
+    pub async fn assert_empty(&self, sub: &str) {
+        let left = self
+            .pull(sub, 100, Duration::from_secs(3), Settle::Nack)
+            .await;
+        assert!(left.is_empty(), "{sub} still holds {left:?}");
+    }
+
     /// Up to `max` messages of `sub` read within `wait`, settled as told.
     pub async fn pull(
         &self,
@@ -167,6 +176,25 @@ impl Stack {
             .pull_some(sub, max, wait, settle)
             .await
             .unwrap_or_else(|e| panic!("pull from {sub}: {e:#}"))
+    }
+}
+
+/// Polls `status` of `id` until `done` holds of it (2 min at most, the worker running).
+pub async fn wait_state(
+    cli: &CliEnv,
+    id: &str,
+    worker: &mut Proc,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(cli, &[id.to_string()]).await.remove(id).unwrap();
+        if done(&s) {
+            return s;
+        }
+        worker.assert_running();
+        assert!(Instant::now() < deadline, "{id}: {s:#}\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
