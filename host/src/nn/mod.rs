@@ -199,7 +199,7 @@ impl NnService {
             };
             match engine::load(path, self.config.provider, self.config.threads) {
                 Ok(ort) => {
-                    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+                    tracing::info!(library = %path.display(), provider = ?self.config.provider, "ONNX Runtime loaded");
                     Ok(ort)
                 }
                 Err(e) => {
