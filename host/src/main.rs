@@ -24,6 +24,12 @@ fn main() -> ExitCode {
     let json = cli.log_format == taskhost::observe::logs::LogFormat::Json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Timers (lease extensions) are looked at every this many task polls while the
+        // workers are busy (tokio's default: 61). A running task's poll lasts up to a fuel
+        // yield interval (~1 ms of guest work), so with every slot running 61 polls could
+        // hold a due extension back for a tenth of a second and more (issue 19 item 4,
+        // tests/bench/lease_lateness.py).
+        .event_interval(taskhost::runtime::EVENT_INTERVAL)
         .build()
     {
         Ok(rt) => rt,

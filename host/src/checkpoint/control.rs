@@ -2,7 +2,7 @@
 //! clearing a pause (docs/design.md §5, "Job control").
 //!
 //! The record is written `If-Match` the tag read (create-only when the job has no checkpoint
-//! yet; [`super::rewrite`]), so the owner's next write of the header (after every lease extension, every half
+//! yet; `checkpoint/rewrite.rs`), so the owner's next write of the header (after every lease extension, every half
 //! ack deadline) is refused: it reads the header once, finds the record, stops the task and
 //! writes nothing more. A claim that finds the record does not run the job. No request is
 //! added to a job's steady state. A result always wins: a job whose result exists is done,

@@ -28,7 +28,8 @@ pub struct Header {
     /// Last progress the task reported: (done, total).
     #[serde(default)]
     pub progress: Option<(u64, u64)>,
-    /// Fuel consumed over all runs.
+    /// Fuel consumed over all runs: the ended ones, and in the writes of a running job the
+    /// running one's so far (a run killed mid-way counts up to its last write).
     #[serde(default)]
     pub fuel_used: u64,
     /// The task's wall time over all runs that ended, ms.

@@ -23,6 +23,7 @@
 //! **API boundary:** this module speaks only [`ObjectStore`]; it works the same on R2 and on
 //! a directory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +109,10 @@ impl Default for Limits {
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    /// Fuel the running task used so far in this run ([`Checkpointer::record_run_fuel`]):
+    /// every write adds it to the header's `fuel_used`, so a run killed mid-way is counted
+    /// up to its last write. 0 once the run ended ([`Checkpointer::end_run`]).
+    run_fuel: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -196,6 +201,7 @@ impl Checkpointer {
                 written_until,
             }),
             wake: Notify::new(),
+            run_fuel: AtomicU64::new(0),
         });
         let (cmds, rx) = mpsc::unbounded_channel();
         let stopped = CancellationToken::new();
@@ -293,7 +299,23 @@ impl Checkpointer {
         self.lock().header.progress = Some((done, total));
     }
 
-    /// Changes the header (failures, fuel, ...); stored with the next write or flush.
+    /// The fuel the running task has used so far in this run (the runtime records it at
+    /// every host call and fuel yield). Not a write by itself: every later write of the
+    /// header counts it in `fuel_used` until [`Checkpointer::end_run`] adds the run's total.
+    pub fn record_run_fuel(&self, used: u64) {
+        self.shared.run_fuel.store(used, Ordering::Relaxed);
+    }
+
+    /// Ends the run: its figures join the header's totals (stored with the next write or
+    /// flush), and its fuel so far stops being added to the writes (the total has it now).
+    pub fn end_run(&self, run: &RunUsage) {
+        let mut st = self.lock();
+        st.header.add_run(run);
+        self.shared.run_fuel.store(0, Ordering::Relaxed);
+        st.dirty = true;
+    }
+
+    /// Changes the header (failures, progress, ...); stored with the next write or flush.
     pub fn update_header(&self, f: impl FnOnce(&mut Header)) {
         let mut st = self.lock();
         f(&mut st.header);

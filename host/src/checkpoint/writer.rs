@@ -1,15 +1,17 @@
 //! The background writer of one checkpoint: uploads the newest state at most once per
 //! write interval, each write `If-Match` the tag it last wrote, refreshes the recorded lease
-//! after every extension, and stops for good at a conflict or a lost lease.
+//! after every extension, and stops for good at a conflict or a lost lease. Every write
+//! counts the running task's fuel so far in the header's `fuel_used`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckpointError, Cmd, Proof, Shared, encode, lock, nonce, now_ms};
+use super::{CheckpointError, Cmd, Header, Proof, Shared, encode, lock, nonce, now_ms};
 use crate::observe::metrics::WriteResult;
 use crate::queue::lease::LeaseView;
 use crate::store::{ETag, ObjectStore, Precondition, StoreError};
@@ -140,7 +142,19 @@ impl<S: ObjectStore> Writer<S> {
             st.header.nonce = nonce();
             st.header.updated_ms = now_ms();
             st.dirty = false;
-            let bytes = encode(&st.header, st.latest.as_deref().map(|v| v.as_slice()));
+            // The running task's fuel so far is counted in this write (read under the lock
+            // that `end_run` takes: never counted twice).
+            let run_fuel = self.shared.run_fuel.load(Ordering::Relaxed);
+            let data = st.latest.as_deref().map(|v| v.as_slice());
+            let bytes = if run_fuel == 0 {
+                encode(&st.header, data)
+            } else {
+                let header = Header {
+                    fuel_used: st.header.fuel_used.saturating_add(run_fuel),
+                    ..st.header.clone()
+                };
+                encode(&header, data)
+            };
             (bytes, st.header.lease_until_ms, st.metrics.clone())
         };
         let size = bytes.len();

@@ -20,7 +20,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
     ) -> JobEnd {
         let checkpointer = &claimed.checkpointer;
         // This run's figures join the totals, written with its end (the checkpoint's
-        // release, or the result's note).
+        // release, or the result's note); its fuel so far was in every write before.
         let run = RunUsage {
             fuel: report.fuel_used,
             wall_ms: report.elapsed.as_millis() as u64,
@@ -29,7 +29,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             input_bytes: files.inputs.bytes_read(),
             artifact_bytes: files.artifacts.bytes_written(),
         };
-        checkpointer.update_header(|h| h.add_run(&run));
+        checkpointer.end_run(&run);
         let outcome = match report.outcome {
             // The task failed after the store failed it (an input read, an artifact upload):
             // the outage's doing, not the task's. Retry later; count nothing.

@@ -293,6 +293,7 @@ async fn extend_until_lost(
             else {
                 tracing::warn!(
                     subscription,
+                    late_us = sent.instant.saturating_duration_since(due).as_micros() as u64,
                     "lease lost: its deadline passed without a successful extension"
                 );
                 shared.count_extension(ExtensionResult::Lost, None);
@@ -318,6 +319,12 @@ async fn extend_until_lost(
                     until.send_replace(sent.plus(*deadline));
                     let late = sent.instant.saturating_duration_since(due);
                     shared.count_extension(ExtensionResult::Ok, Some(late));
+                    // Exact values for tests/bench/lease_lateness.py (the metric has buckets).
+                    tracing::debug!(
+                        subscription,
+                        late_us = late.as_micros() as u64,
+                        "lease extended"
+                    );
                     break;
                 }
                 Ok(Err(e)) if !e.is_transient() => {

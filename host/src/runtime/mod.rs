@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store};
+use wasmtime::{CallHook, Engine, Store};
 
 use crate::checkpoint::Checkpointer;
 use crate::files::JobFiles;
@@ -40,7 +40,7 @@ pub use outcome::{ModuleError, Outcome, RunReport, TrapKind, panic_message};
 use outcome::{classify_trap, is_host_fault};
 pub use sandbox::{
     DEFAULT_FUEL_YIELD_INTERVAL, DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_MEMORY_LIMIT,
-    DEFAULT_TASK_TIMEOUT, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
+    DEFAULT_TASK_TIMEOUT, EVENT_INTERVAL, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
     MAX_TASK_ERROR_BYTES,
 };
 pub use selfcheck::COMPILE_CHECK_NORM;
@@ -350,6 +350,16 @@ impl Runtime {
             store
                 .fuel_async_yield_interval(Some(self.fuel_yield_interval))
                 .expect("fuel is enabled");
+            // The fuel so far, at every host call and fuel yield (a yield is a call out to
+            // the host too): what each checkpoint write counts of this run.
+            store.call_hook(move |ctx, hook| {
+                if let CallHook::CallingHost = hook
+                    && let Ok(left) = ctx.get_fuel()
+                {
+                    ctx.data().checkpoint.record_run_fuel(budget - left);
+                }
+                Ok(())
+            });
         }
         if self.epoch_interruption {
             store.set_epoch_deadline(1);

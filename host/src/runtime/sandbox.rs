@@ -100,6 +100,11 @@ pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// machine (fuel counts roughly one unit per wasm instruction). Caveat: a host call that
 /// blocks is not interrupted by it; none of ours does.
 pub const DEFAULT_FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+/// Task polls between two looks at the async runtime's timers and I/O while its threads are
+/// busy (tokio's `event_interval`; its default is 61): a running task's poll lasts up to a
+/// fuel yield interval, so this bounds how long a due lease extension waits behind running
+/// tasks (a few ms, not a tenth of a second). The binary builds its runtime with it.
+pub const EVENT_INTERVAL: u32 = 8;
 /// Default instance slots of the pooling allocator (see [`RuntimeConfig::max_concurrent_tasks`]).
 pub const DEFAULT_MAX_CONCURRENT_TASKS: u32 = 64;
 /// Most instance slots (`WORKER_SLOTS`): 1024. Each reserves address space for

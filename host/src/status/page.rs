@@ -47,12 +47,13 @@ pub struct ArtifactCount {
 }
 
 /// What a job cost over all its runs (docs/design.md §4): a done job's from the note kept
-/// with its result, any other's from its checkpoint header (the runs that ended so far);
+/// with its result, any other's from its checkpoint header (the runs that ended so far,
+/// and the fuel of a running or killed run up to its last write);
 /// `None` where not known (a queued job; a result written before accounting existed).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Accounting {
-    /// Wasm fuel used (about one unit per instruction), as the checkpoint header counts it;
-    /// `None` for a done job (its header is not the run's) or without a checkpoint.
+    /// Wasm fuel used (about one unit per instruction) over all runs, a running one's
+    /// included up to its last checkpoint write; `None` without a checkpoint or note.
     pub fuel: Option<u64>,
     /// Wall-clock time of its runs (ms); not recorded yet.
     pub wall_ms: Option<u64>,

@@ -109,6 +109,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
     ) {
         let attempt = message.delivery_attempt.unwrap_or(1);
         let id = &job.job_id;
+        // The phases' debug lines time a job from its pull to its settlement (tests/bench/ceiling.py).
+        tracing::debug!(job = %id, "message received");
         // Kept until the message is settled (the end of this function).
         let _listed = self.record.as_ref().map(|r| {
             r.list(&node_record::JobEntry {
@@ -158,6 +160,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 return self.dead_letter(&message, Some(&job), &reason, lease).await;
             }
         };
+        tracing::debug!(job = %id, "module ready");
         let binding = JobBinding {
             work: job.work.clone(),
             on_other_work: if job.restart {
@@ -211,6 +214,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 self.dead_letter(&message, Some(&job), &reason, lease).await
             }
         }
+        tracing::debug!(job = %id, "message settled");
     }
 
     /// One log line and one counter per job end.

@@ -26,7 +26,8 @@
 //!   (fanned out to that topic's subscriptions, under a new message id) and removed from the
 //!   subscription, in one transaction: never lost, never in both.
 //! - **An acked message never comes back** once the ack's write committed (its row is
-//!   deleted), unless its lease had already been lost when the ack ran.
+//!   deleted), unless its lease had already been lost when the ack ran, or a power loss
+//!   undid the commit before it reached the disk (see "Durability").
 //! - SQLite is only called on blocking threads (`spawn_blocking`), never on the async threads.
 //!
 //! **API boundary:** only this module knows the file's schema. It imports nothing from the
@@ -51,11 +52,15 @@
 //! wall-clock milliseconds since the Unix epoch, shared by every process on the machine.
 //!
 //! # Durability
-//! `ensure_*`, `publish` and acks are on disk when they return (`synchronous = FULL`).
-//! Pulls, extensions and nacks are committed without waiting for the disk
+//! `ensure_*` and `publish` are on disk when they return (`synchronous = FULL`).
+//! Pulls, extensions, nacks and acks are committed without waiting for the disk
 //! (`synchronous = NORMAL`; the next fsynced commit or checkpoint takes them along): a
 //! process crash loses none of them, a power loss may undo the last few, which only hands a
-//! message out again, never loses one. Every write is one transaction: all of it or nothing.
+//! message out again, never loses one. An undone ack is a redelivery, as Pub/Sub's
+//! at-least-once delivery allows: the worker acks a job only once its result is durable, so
+//! the copy finds the result and is acked as "already done" without running (a dead-lettered
+//! message may be dead-lettered twice). Every write is one transaction: all of it or
+//! nothing.
 //!
 //! # Differences from Pub/Sub
 //! - Ack deadlines from [`MIN_LOCAL_ACK_DEADLINE_SECS`] (1 s) are accepted, below Pub/Sub's
@@ -346,11 +351,12 @@ impl LocalQueue {
 /// When a committed write reaches the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Durability {
-    /// Before the commit returns (`synchronous = FULL`): publishes, acks, admin calls.
+    /// Before the commit returns (`synchronous = FULL`): publishes, admin calls.
     Fsync,
     /// At the next fsynced commit or checkpoint (`synchronous = NORMAL`, still atomic and
-    /// safe from corruption): leases, extensions, nacks, releases. A power loss can undo the
-    /// last of them, which only hands a message out again (sooner), never loses one.
+    /// safe from corruption): leases, extensions, nacks, releases, acks. A power loss can
+    /// undo the last of them, which only hands a message out again, never loses one (an
+    /// acked job's result is durable before its ack).
     Lazy,
 }
 

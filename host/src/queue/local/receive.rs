@@ -156,8 +156,10 @@ impl LocalQueue {
         Ok(lost)
     }
 
-    /// Acknowledges: each delivery still leased under its token is deleted, for good (on disk
-    /// when this returns). A lost lease's ack changes nothing.
+    /// Acknowledges: each delivery still leased under its token is deleted, for good once the
+    /// next fsynced commit or checkpoint takes it to the disk (a process crash loses no ack;
+    /// a power loss may undo the last few: see the module's "Durability"). A lost lease's ack
+    /// changes nothing.
     pub async fn acknowledge(
         &self,
         sub_id: &str,
@@ -166,7 +168,7 @@ impl LocalQueue {
         let sub = resource_id("acknowledge", "subscriptions", sub_id)?;
         let leased = parse_all("acknowledge", &sub, ack_ids)?;
         let name = sub.clone();
-        self.write_with("acknowledge", &sub, Durability::Fsync, move |tx| {
+        self.write_with("acknowledge", &sub, Durability::Lazy, move |tx| {
             for c in leased {
                 let deleted = tx
                     .prepare_cached(

@@ -93,18 +93,40 @@ pub(super) fn replace(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
+    let mut write = Some(write);
+    replace_all(&mut [(path, &mut |f: &mut File| {
+        (write.take().expect("called once"))(f)
+    })])
+}
+
+/// A file to write: its path and what writes its bytes.
+pub(super) type FileWrite<'a> = (&'a Path, &'a mut dyn FnMut(&mut File) -> io::Result<()>);
+
+/// [`replace`] for files of one directory at once: each is written to a temporary sibling
+/// and made durable, then they are renamed into place in order, and the directory is made
+/// durable once for all of them (one fsync of the directory instead of one per file).
+pub(super) fn replace_all(files: &mut [FileWrite<'_>]) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
+    let mut tmps: Vec<PathBuf> = Vec::with_capacity(files.len());
     let result = (|| {
-        let mut f = File::create(&tmp)?;
-        write(&mut f)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(path.parent().expect("keys always have a parent"))?.sync_all()
+        for (path, write) in files.iter_mut() {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
+            let mut f = File::create(&tmp)?;
+            tmps.push(tmp);
+            write(&mut f)?;
+            f.sync_all()?;
+        }
+        for ((path, _), tmp) in files.iter().zip(&tmps) {
+            fs::rename(tmp, path)?;
+        }
+        let dir = files.first().and_then(|(p, _)| p.parent());
+        File::open(dir.expect("keys always have a parent"))?.sync_all()
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        for tmp in &tmps {
+            let _ = fs::remove_file(tmp);
+        }
     }
     result
 }

@@ -36,7 +36,7 @@ mod multipart;
 #[cfg(test)]
 mod tests;
 
-use lock::{lock_key, replace};
+use lock::{lock_key, replace, replace_all};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 
 /// A bucket kept in a local directory.
@@ -211,8 +211,17 @@ fn put_blocking(
         if !holds {
             return Err(StoreError::PreconditionFailed);
         }
-        write_note(path, note).map_err(|e| io_err(e, ctx))?;
-        replace(path, |f| f.write_all(bytes)).map_err(|e| io_err(e, ctx))?;
+        // The note before the object (renamed in that order), both made durable with one
+        // fsync of their directory.
+        let mut object = |f: &mut File| f.write_all(bytes);
+        let written = match note {
+            Some(note) => {
+                let mut note_bytes = |f: &mut File| f.write_all(note.as_bytes());
+                replace_all(&mut [(&note_path(path), &mut note_bytes), (path, &mut object)])
+            }
+            None => write_note(path, None).and_then(|()| replace_all(&mut [(path, &mut object)])),
+        };
+        written.map_err(|e| io_err(e, ctx))?;
         Ok(etag_of(bytes))
     })();
     // After the rename.

@@ -338,7 +338,9 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                 let w = Arc::clone(worker);
                 pulls.spawn(async move {
                     let (queue, config) = (&w.queue, &w.config);
+                    let asked = Instant::now();
                     let (batch, error) = pull_lanes(queue, &config.lanes, permits.len(), config.ack_deadline, &w.metrics).await;
+                    tracing::debug!(messages = batch.len(), pull_us = asked.elapsed().as_micros() as u64, "pulled");
                     Pulled { batch, error, permits }
                 });
             }

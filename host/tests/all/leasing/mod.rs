@@ -7,7 +7,8 @@
 //!
 //! - `churn`: SIGKILL chaos, a frozen worker whose job moved, two live copies of one job;
 //! - `shutdown`: SIGTERM hands the job over (both queues), a bounded drain;
-//! - `node`: workers on one node hand a dead one's jobs back at once.
+//! - `node`: workers on one node hand a dead one's jobs back at once;
+//! - `accounting`: a killed run's fuel is counted with the resumed run's.
 
 use crate::support;
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 use support::cli::CliEnv;
 use support::stack::*;
 
+mod accounting;
 mod churn;
 mod node;
 mod shutdown;

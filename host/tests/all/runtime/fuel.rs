@@ -1,6 +1,7 @@
 //! Fuel is deterministic and fully counted (issue 19 item 6): the same job uses the same
 //! fuel however often it yields, and a job cut off and resumed records every run's fuel in
-//! its checkpoint header and, once done, in its result's accounting.
+//! its checkpoint header and, once done, in its result's accounting; a write made while a
+//! task computes counts its fuel so far.
 
 use super::*;
 
@@ -144,4 +145,64 @@ async fn every_runs_fuel_is_counted_in_the_jobs_accounting() {
     let usage: Usage = serde_json::from_str(&result.note.expect("the accounting note")).unwrap();
     assert_eq!(usage.attempts, 3);
     assert_eq!(usage.fuel, run1 + run2 + run3, "{usage:?}");
+}
+
+/// A task that computes without host calls is counted as it goes: a write of its checkpoint
+/// made while it computes (as a lease refresh makes one) carries the fuel used so far, which
+/// the runtime reads at each fuel yield (a yield is a call out to the host too).
+#[tokio::test]
+async fn a_write_while_the_task_computes_counts_its_fuel_so_far() {
+    const SEEN: u64 = 20_000_000;
+    let (_tmp, store) = dir_store();
+    let rt = runtime();
+    let m = prepare(&rt, "prime_count").await;
+    let job: JobId = "fuel-so-far".parse().unwrap();
+    let claimed = claim(&store, &job, "test").await;
+    let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
+    // One chunk: no host call from the start of the computation to its end, hundreds of
+    // millions of units later.
+    let input = r#"{"job_id":"fuel-so-far","n":3000000,"chunk":3000000}"#;
+    let (limits, cancel) = (JobLimits::default(), CancellationToken::new());
+    let run = run_claimed(
+        &rt,
+        &m,
+        &store,
+        &job,
+        &ckpt,
+        1,
+        input,
+        &limits,
+        cancel.clone(),
+    );
+    tokio::pin!(run);
+    let written = async {
+        loop {
+            ckpt.update_header(|_| {});
+            ckpt.flush(false).await.unwrap();
+            let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
+            if header.fuel_used > SEEN {
+                return header.fuel_used;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let seen = tokio::select! {
+        r = &mut run => panic!(
+            "the run ended ({:?}, fuel {}) before a write counted {SEEN}",
+            r.outcome, r.fuel_used
+        ),
+        seen = written => seen,
+    };
+    cancel.cancel();
+    let report = run.await;
+    assert!(
+        matches!(report.outcome, Outcome::Cancelled),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        seen <= report.fuel_used,
+        "a write counted {seen}, the run used {}",
+        report.fuel_used
+    );
 }

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The host's own ceiling on the embedded default (issue 19 item 5): one-step jobs, one worker.
+
+    tests/bench/ceiling.py --taskhost before=/path/to/old/taskhost --taskhost after=target/release/taskhost \\
+        --module guest-tasks/target/wasm32-wasip2/release/step_counter.wasm [--jobs 1000] [--rounds 3]
+
+Each run: a fresh temporary directory with a SQLite queue file and a store directory (what
+`taskhost demo` and `taskhost worker` use without Pub/Sub settings), --jobs one-step
+step-counter jobs (steps 1, step_ms 0) submitted before the worker starts, then one worker
+(default slots: the CPUs, or --slots) until every job is done. Per run: the rate from the
+worker's own `job done` lines (first to last), the whole run's time from the worker's start
+(its start-up included) and the worker's CPU time per job. The binaries run alternately,
+--rounds times each (on a shared machine only a side-by-side comparison means anything);
+then the medians and spread (min..max) per binary, and the load average before and after.
+
+--phases adds one run per binary with debug logs (JSON) and prints where a job's time goes,
+from its pull to its settlement, as medians over the jobs of the phases the worker's debug and
+info lines delimit: the pull (`pulled`, the queue's answer), the wait until the job's handler
+runs, the module's lookup, the claim, the run (instantiation included), the end (the
+checkpoint writer's finish and the result's write) and the settlement (the ack). Logging
+every line costs time too: the phase run's rate is not the rate above.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from metrics_embedded import cpu_seconds, done_lines, median, parse_stamp
+
+
+def one_run(args, binary, phases=False):
+    with tempfile.TemporaryDirectory(prefix="th-ceiling-") as d:
+        d = Path(d)
+        env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ID", "R2_BUCKET_NAME")}
+        env.update(HOME=str(d), TASKHOST_CACHE_DIR=str(d / "cache"), HEARTBEAT_SECONDS="0")
+        if args.slots:
+            env["WORKER_SLOTS"] = str(args.slots)
+        if phases:
+            env.update(LOG_FORMAT="json", RUST_LOG="info,taskhost=debug")
+
+        def th(*a):
+            return subprocess.run(
+                [binary, *a], cwd=d, env=env, check=True, capture_output=True, text=True
+            ).stdout
+
+        module = th("module", "push", args.module).strip().split()[-1]
+        csv = d / "jobs.csv"
+        csv.write_text("job_id,steps,step_ms\n" + "".join(f"j{i},1,0\n" for i in range(args.jobs)))
+        th("submit", "--module", module, str(csv))
+        log = d / "worker.log"
+        with open(log, "w") as out:
+            started = time.time()
+            p = subprocess.Popen([binary, "worker"], cwd=d, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + args.timeout
+            first = None
+            while (done := len(done_lines(log))) < args.jobs:
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker stopped or timed out; see {log}")
+                if first is None and done:
+                    first = (cpu_seconds(p.pid), done)
+                time.sleep(0.01)
+            first = first or (0.0, 0)
+            cpu = (cpu_seconds(p.pid) - first[0]) / max(1, args.jobs - first[1])
+        finally:
+            p.terminate()
+            p.wait(60)
+        lines = done_lines(log)
+        stamps = [stamp_of(line) for line in lines]
+        res = {
+            "rate": (len(stamps) - 1) / (max(stamps) - min(stamps)),
+            "total": max(stamps) - started,
+            "cpu_ms": cpu * 1000,
+        }
+        if phases:
+            res["phases"] = phase_times(log)
+        return res
+
+
+def stamp_of(line):
+    if line.startswith("{"):
+        return parse_stamp(json.loads(line)["timestamp"])
+    return parse_stamp(line.split()[0])
+
+
+# (phase, from the line, to the line): each job's lines, by `message`.
+PHASES = [
+    ("handler start (pulled -> received)", "pulled", "message received"),
+    ("module lookup", "message received", "module ready"),
+    ("claim (checkpoint create)", "module ready", "job started"),
+    ("run (instantiate + task)", "job started", "task run ended"),
+    ("end (finish + result write)", "task run ended", "job done; result stored"),
+    ("settle (ack)", "job done; result stored", "message settled"),
+]
+
+
+def phase_times(log):
+    """Median ms of each phase over the jobs, and the pulls' own time (`pull_us`)."""
+    jobs, pulls, pulled_at = {}, [], []
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        msg, t = rec.get("message"), parse_stamp(rec["timestamp"])
+        if msg == "pulled":
+            if rec.get("messages", 0):
+                pulls.append(int(rec["pull_us"]) / 1000)
+                pulled_at.append(t)
+            continue
+        job = rec.get("job_id") or rec.get("job")
+        if job:
+            jobs.setdefault(job, {}).setdefault(msg, t)
+    # A job's pull: the last pull answered before its handler started.
+    pulled_at.sort()
+    for lines in jobs.values():
+        got = lines.get("message received")
+        if got is not None:
+            before = [p for p in pulled_at if p <= got]
+            if before:
+                lines["pulled"] = before[-1]
+    out = {}
+    for name, a, b in PHASES:
+        ds = [(ls[b] - ls[a]) * 1000 for ls in jobs.values() if a in ls and b in ls]
+        if ds:
+            out[name] = (statistics.median(ds), statistics.mean(ds), len(ds))
+    whole = [
+        (ls["message settled"] - ls["pulled"]) * 1000
+        for ls in jobs.values()
+        if "pulled" in ls and "message settled" in ls
+    ]
+    if whole:
+        out["whole (pull answered -> settled)"] = (statistics.median(whole), statistics.mean(whole), len(whole))
+    if pulls:
+        out["pull (the queue's answer)"] = (statistics.median(pulls), statistics.mean(pulls), len(pulls))
+    return out
+
+
+def spread(values):
+    return f"{median(values):.1f} ({min(values):.1f}..{max(values):.1f})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--taskhost", action="append", required=True, help="LABEL=PATH (repeatable)")
+    ap.add_argument("--module", required=True, help="step_counter.wasm")
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--slots", type=int, default=0, help="WORKER_SLOTS (default: the worker's)")
+    ap.add_argument("--phases", action="store_true", help="also one run per binary with the phase breakdown")
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args()
+    args.module = str(Path(args.module).resolve())
+    binaries = []
+    for spec in args.taskhost:
+        label, _, path = spec.rpartition("=")
+        binaries.append((label or path, str(Path(path).resolve())))
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    runs = {label: [] for label, _ in binaries}
+    for r in range(args.rounds):
+        for label, path in binaries:
+            res = one_run(args, path)
+            runs[label].append(res)
+            print(
+                f"   #{r + 1} {label}: {res['rate']:.0f} jobs/s, {args.jobs} jobs in "
+                f"{res['total']:.2f} s with start-up, {res['cpu_ms']:.2f} ms CPU/job",
+                flush=True,
+            )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for label, _ in binaries:
+        rs = runs[label]
+        print(
+            f"{label}: {spread([x['rate'] for x in rs])} jobs/s; {args.jobs} jobs in "
+            f"{spread([x['total'] for x in rs])} s with start-up; "
+            f"{spread([x['cpu_ms'] for x in rs])} ms CPU/job (medians (min..max) of {len(rs)})"
+        )
+    if args.phases:
+        for label, path in binaries:
+            res = one_run(args, path, phases=True)
+            print(f"{label}, phases (debug logs on: {res['rate']:.0f} jobs/s), ms median / mean over jobs:")
+            for name, (med, mean, n) in res["phases"].items():
+                print(f"   {name:40} {med:8.3f} / {mean:8.3f}  ({n})")
+
+
+if __name__ == "__main__":
+    main()
