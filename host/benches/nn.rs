@@ -8,13 +8,18 @@
 //! Per inference: the task runs `nn_probe` with `repeat` R and with 1 on a cached graph; the
 //! difference over R - 1 is one inference as the task sees it (the tensor's copies into and out
 //! of the host included). Native: the `ort` crate on the same session settings, R runs of the
-//! same tensor; and ONNX Runtime's Python API (`models.py bench-batch`), for reference.
+//! same tensor; and ONNX Runtime's Python API (`models.py bench-batch`), for reference. Each
+//! round runs the task and native Rust back to back, alternating which goes first; the
+//! medians over the rounds are printed, in wall time and in the process's CPU time (user +
+//! system of every thread: the runtime's, the blocking thread's, ONNX Runtime's), with the
+//! load average before and after.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sha2::Digest;
 use taskhost::checkpoint::{Limits, OtherWork};
 use taskhost::exec::{DEFAULT_MAX_CRASHES, Executor, JobBinding, JobEnd};
 use taskhost::files::FileLimits;
@@ -26,11 +31,11 @@ use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
 
-/// Inferences per timed task run, and interleaved rounds (the best of each is printed); the
-/// size of the cache benchmark's model in MiB. `cargo test` (CI) runs benches once without
-/// `--bench`: then a small smoke version of the same steps.
-const FULL: (u32, usize, u32) = (200, 3, 64);
-const SMOKE: (u32, usize, u32) = (10, 1, 4);
+/// Inferences per timed task run; interleaved rounds of the inference benchmark (medians
+/// printed); rounds of the cache benchmark; the size of its model in MiB. `cargo test` (CI)
+/// runs benches once without `--bench`: then a small smoke version of the same steps.
+const FULL: (u32, usize, usize, u32) = (200, 15, 3, 64);
+const SMOKE: (u32, usize, usize, u32) = (10, 1, 1, 4);
 /// The benchmark's batch: BATCH records of FEATURES features, CLASSES classes.
 const BATCH: u32 = 64;
 const FEATURES: u32 = 512;
@@ -95,7 +100,62 @@ fn executor(store: &AnyStore, rt: &Runtime) -> Executor<AnyStore> {
     }
 }
 
-/// Runs nn_probe once as job `job` on the model under `key`; its wall time.
+/// Wall time and the process's CPU time (user + system, all threads).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Cost {
+    fn per(self, n: u32) -> Cost {
+        Cost {
+            wall: self.wall / n,
+            cpu: self.cpu / n,
+        }
+    }
+
+    fn minus(self, o: Cost) -> Cost {
+        Cost {
+            wall: self.wall.saturating_sub(o.wall),
+            cpu: self.cpu.saturating_sub(o.cpu),
+        }
+    }
+}
+
+/// The process's CPU time so far (every thread, user + system).
+#[allow(unsafe_code)]
+fn cpu_now() -> Duration {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` writes a whole `rusage` through the valid pointer it is given and
+    // reads nothing; RUSAGE_SELF cannot fail.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Starts a measurement; `.1()` ends it.
+fn start() -> (Instant, Duration) {
+    (Instant::now(), cpu_now())
+}
+
+fn since((wall, cpu): (Instant, Duration)) -> Cost {
+    Cost {
+        wall: wall.elapsed(),
+        cpu: cpu_now().saturating_sub(cpu),
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Runs nn_probe once as job `job` on the model under `key`; its cost.
 async fn probe(
     store: &AnyStore,
     rt: &Runtime,
@@ -103,7 +163,7 @@ async fn probe(
     job: &str,
     key: &str,
     input: &str,
-) -> Duration {
+) -> Cost {
     let binding = JobBinding {
         work: taskhost::job::Work::of(&taskhost::ids::ModuleHash::of(b"nn_probe"), input),
         on_other_work: OtherWork::Refuse,
@@ -112,11 +172,11 @@ async fn probe(
     };
     let lease = taskhost::queue::lease::LeaseView::detached(Duration::from_secs(600)).0;
     let job: JobId = job.parse().unwrap();
-    let started = Instant::now();
+    let began = start();
     let end = executor(store, rt)
         .execute(&job, m, input, &binding, lease, CancellationToken::new())
         .await;
-    let took = started.elapsed();
+    let took = since(began);
     let JobEnd::Done { result, .. } = end else {
         panic!("{end:?}")
     };
@@ -124,36 +184,71 @@ async fn probe(
     took
 }
 
-/// One native inference: the `ort` crate on a session like the worker's (1 thread, CPU).
-fn native_per_inference(lib: &str, model: &Path, repeat: u32) -> Duration {
-    // ONNX Runtime allows one environment per process: the runtime's.
-    let env = taskhost::nn::engine::environment(Path::new(lib)).unwrap();
-    let mut session = ort::session::Session::builder(&env)
-        .unwrap()
-        .with_intra_threads(1)
-        .unwrap()
-        .commit_from_file(model)
-        .unwrap();
-    let data: Vec<f32> = (0..BATCH * FEATURES).map(|i| i as f32 / 8.0).collect();
-    let x = ort::value::Tensor::from_array((vec![BATCH as i64, FEATURES as i64], data)).unwrap();
-    session.run(ort::inputs!["x" => &x]).unwrap();
-    let started = Instant::now();
-    for _ in 0..repeat {
-        let out = session.run(ort::inputs!["x" => &x]).unwrap();
+/// A native session like the worker's (1 thread, CPU) and the benchmark's batch.
+struct Native {
+    session: ort::session::Session,
+    x: ort::value::Tensor<f32>,
+}
+
+impl Native {
+    fn new(lib: &str, model: &Path) -> Native {
+        // ONNX Runtime allows one environment per process: the runtime's.
+        let env = taskhost::nn::engine::environment(Path::new(lib)).unwrap();
+        let session = ort::session::Session::builder(&env)
+            .unwrap()
+            .with_intra_threads(1)
+            .unwrap()
+            .commit_from_file(model)
+            .unwrap();
+        let data: Vec<f32> = (0..BATCH * FEATURES).map(|i| i as f32 / 8.0).collect();
+        let x =
+            ort::value::Tensor::from_array((vec![BATCH as i64, FEATURES as i64], data)).unwrap();
+        let mut n = Native { session, x };
+        n.infer();
+        n
+    }
+
+    /// One inference, its scores copied out (as the task gets them).
+    fn infer(&mut self) {
+        let out = self.session.run(ort::inputs!["x" => &self.x]).unwrap();
         let (_, scores) = out["probs"].try_extract_tensor::<f32>().unwrap();
         std::hint::black_box(scores.to_vec());
     }
-    started.elapsed() / repeat
+
+    /// The cost of one of `repeat` inferences.
+    fn per_inference(&mut self, repeat: u32) -> Cost {
+        let began = start();
+        for _ in 0..repeat {
+            self.infer();
+        }
+        since(began).per(repeat)
+    }
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// "median (min to max)" in ms.
+fn spread(v: &[Duration], digits: usize) -> String {
+    let (lo, hi) = (v.iter().min().unwrap(), v.iter().max().unwrap());
+    format!(
+        "{:.digits$} ({:.digits$} to {:.digits$})",
+        ms(median(v.to_vec())),
+        ms(*lo),
+        ms(*hi)
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (repeat, rounds, big_mib) = if full { FULL } else { SMOKE };
+    let (repeat, rounds, cache_rounds, big_mib) = if full { FULL } else { SMOKE };
     let lib = script(&[]);
     let python = script(&["--python"]);
     let tmp = tempfile::tempdir().unwrap();
@@ -176,75 +271,150 @@ async fn main() {
         &["classifier", big.to_str().unwrap(), "4096", &side, "2"],
     );
     let store = AnyStore::Dir(DirStore::open(tmp.path().join("store")).unwrap());
-    for (key, path) in [("m/bench", &model), ("m/big", &big)] {
-        store
-            .put(key, std::fs::read(path).unwrap(), Precondition::None)
-            .await
-            .unwrap();
+    let big_bytes = std::fs::read(&big).unwrap();
+    // The big model under a plain key and content-addressed, as `submit --input` stores it.
+    let big_sha = taskhost::keys::input(&hex::encode(sha2::Sha256::digest(&big_bytes)));
+    for (key, bytes) in [
+        ("m/bench", std::fs::read(&model).unwrap()),
+        ("m/big", big_bytes.clone()),
+        (&big_sha, big_bytes),
+    ] {
+        store.put(key, bytes, Precondition::None).await.unwrap();
     }
     let nn = NnConfig {
         ort_dylib: Some(PathBuf::from(&lib)),
         ..NnConfig::default()
     };
-    let rt = Runtime::new(RuntimeConfig {
-        cache_dir: None,
-        nn: nn.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let runtime = |nn: NnConfig| {
+        Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            nn,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let rt = runtime(nn.clone());
     let m = rt.prepare(wasm("nn_probe"), None).await.unwrap();
 
     let once = format!(r#"{{"dims":[{BATCH},{FEATURES}],"repeat":1}}"#);
     let many = format!(r#"{{"dims":[{BATCH},{FEATURES}],"repeat":{repeat}}}"#);
     probe(&store, &rt, &m, "warm", "m/bench", &once).await;
-    let (mut task, mut native, mut python_native) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let mut native = Native::new(&lib, &model);
+    let load_before = load_average();
+    let (mut task, mut nat, mut python_native) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
+        let task_first = round % 2 == 0;
+        if !task_first {
+            nat.push(native.per_inference(repeat));
+        }
         let a = probe(&store, &rt, &m, &format!("one-{round}"), "m/bench", &once).await;
         let b = probe(&store, &rt, &m, &format!("many-{round}"), "m/bench", &many).await;
-        task = task.min(b.saturating_sub(a) / (repeat - 1));
-        native = native.min(native_per_inference(&lib, &model, repeat));
-        let secs: f64 = models(
-            &python,
-            &[
-                "bench-batch",
-                model.to_str().unwrap(),
-                &BATCH.to_string(),
-                &FEATURES.to_string(),
-                &repeat.to_string(),
-            ],
-        )
-        .trim()
-        .parse()
-        .unwrap();
-        python_native = python_native.min(Duration::from_secs_f64(secs / f64::from(repeat)));
+        task.push(b.minus(a).per(repeat - 1));
+        if task_first {
+            nat.push(native.per_inference(repeat));
+        }
+        if round % 5 == 0 {
+            let secs: f64 = models(
+                &python,
+                &[
+                    "bench-batch",
+                    model.to_str().unwrap(),
+                    &BATCH.to_string(),
+                    &FEATURES.to_string(),
+                    &repeat.to_string(),
+                ],
+            )
+            .trim()
+            .parse()
+            .unwrap();
+            python_native.push(Duration::from_secs_f64(secs / f64::from(repeat)));
+        }
     }
+    let load_after = load_average();
+    let wall = |v: &[Cost]| v.iter().map(|c| c.wall).collect::<Vec<_>>();
+    let cpu = |v: &[Cost]| v.iter().map(|c| c.cpu).collect::<Vec<_>>();
     println!(
-        "inference of a [{BATCH}, {FEATURES}] batch, {FEATURES}x{CLASSES} classifier, 1 thread, best of {rounds}:"
+        "inference of a [{BATCH}, {FEATURES}] batch, {FEATURES}x{CLASSES} classifier, 1 thread, \
+         {repeat} per run, median (min to max) of {rounds} alternating rounds, ms; load average \
+         {load_before} before, {load_after} after:"
     );
-    println!("  native ort (Rust)      {:8.3} ms", ms(native));
-    println!("  native onnxruntime (py){:8.3} ms", ms(python_native));
+    println!("                          wall                      CPU");
     println!(
-        "  wasi-nn in a task      {:8.3} ms   ({:.2}x native Rust)",
-        ms(task),
-        task.as_secs_f64() / native.as_secs_f64()
+        "  native ort (Rust)       {:<25} {}",
+        spread(&wall(&nat), 3),
+        spread(&cpu(&nat), 3)
+    );
+    println!(
+        "  wasi-nn in a task       {:<25} {}",
+        spread(&wall(&task), 3),
+        spread(&cpu(&task), 3)
+    );
+    println!("  native onnxruntime (py) {}", spread(&python_native, 3));
+    let ratio = |f: &dyn Fn(&[Cost]) -> Vec<Duration>| {
+        median(f(&task)).as_secs_f64() / median(f(&nat)).as_secs_f64()
+    };
+    println!(
+        "  task / native Rust: {:.2}x wall, {:.2}x CPU (medians)",
+        ratio(&wall),
+        ratio(&cpu)
     );
 
-    // The graph cache: the first job with the big model loads it, the second finds it.
-    let first = probe(&store, &rt, &m, "big-1", "m/big", "{}").await;
-    let second = probe(&store, &rt, &m, "big-2", "m/big", "{}").await;
-    let uncached = Runtime::new(RuntimeConfig {
-        cache_dir: None,
-        nn: NnConfig {
+    // The graph cache: on a fresh worker, the first job with the big model reads and loads
+    // it; a second job naming it by its sha256 (`inputs/<sha256>`) finds it without reading
+    // it; one naming it by a plain key reads it to hash it, then finds it. Without a cache
+    // every job reads and loads it.
+    let (mut first, mut by_sha, mut by_key, mut no_cache) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let load_before = load_average();
+    for round in 0..cache_rounds {
+        let rt = runtime(nn.clone());
+        let m = rt.prepare(wasm("nn_probe"), None).await.unwrap();
+        let job = |n: &str| format!("big-{n}-{round}");
+        first.push(
+            probe(&store, &rt, &m, &job("first"), &big_sha, "{}")
+                .await
+                .wall,
+        );
+        by_sha.push(
+            probe(&store, &rt, &m, &job("sha"), &big_sha, "{}")
+                .await
+                .wall,
+        );
+        by_key.push(
+            probe(&store, &rt, &m, &job("key"), "m/big", "{}")
+                .await
+                .wall,
+        );
+        let uncached = runtime(NnConfig {
             cache_bytes: 0,
-            ..nn
-        },
-        ..Default::default()
-    })
-    .unwrap();
-    let mu = uncached.prepare(wasm("nn_probe"), None).await.unwrap();
-    let no_cache = probe(&store, &uncached, &mu, "big-3", "m/big", "{}").await;
-    println!("a job loading a {big_mib} MiB model (reading it from the store included):");
-    println!("  first job (loads it)   {:8.1} ms", ms(first));
-    println!("  second job (cached)    {:8.1} ms", ms(second));
-    println!("  a job without a cache  {:8.1} ms", ms(no_cache));
+            ..nn.clone()
+        });
+        let mu = uncached.prepare(wasm("nn_probe"), None).await.unwrap();
+        no_cache.push(
+            probe(&store, &uncached, &mu, &job("none"), &big_sha, "{}")
+                .await
+                .wall,
+        );
+    }
+    println!(
+        "a job loading a {big_mib} MiB model (reading it from the store included), median (min \
+         to max) of {cache_rounds} fresh workers, ms; load average {load_before} before, {} after:",
+        load_average()
+    );
+    println!(
+        "  first job (reads and loads it)        {}",
+        spread(&first, 1)
+    );
+    println!(
+        "  second job, by sha256 (not read)      {}",
+        spread(&by_sha, 1)
+    );
+    println!(
+        "  second job, plain key (read, hashed)  {}",
+        spread(&by_key, 1)
+    );
+    println!(
+        "  a job without a cache                 {}",
+        spread(&no_cache, 1)
+    );
 }

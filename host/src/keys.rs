@@ -110,6 +110,18 @@ pub fn input(sha256_hex: &str) -> String {
     format!("inputs/{sha256_hex}")
 }
 
+/// The sha256 an uploaded input's key names (`inputs/<64 lower-case hex>`, as [`input`]
+/// makes it); `None` for any other key.
+pub fn input_sha256(key: &str) -> Option<[u8; 32]> {
+    let hex = key.strip_prefix("inputs/")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
+}
+
 /// Where `submit` records the job ids of each batch it publishes.
 pub const SUBMITTED_PREFIX: &str = "submitted/";
 
@@ -191,6 +203,20 @@ mod tests {
         ] {
             assert_eq!(tag_of_key(other), None, "{other}");
             assert_eq!(module_of_key(other), None, "{other}");
+        }
+    }
+
+    /// An uploaded input's key names its sha256; nothing else does.
+    #[test]
+    fn input_keys_name_their_sha256() {
+        let sha = [0xab; 32];
+        assert_eq!(input_sha256(&input(&hex::encode(sha))), Some(sha));
+        let upper = format!("inputs/{}", hex::encode_upper(sha));
+        let short = format!("inputs/{}", &hex::encode(sha)[1..]);
+        let nested = format!("inputs/x/{}", hex::encode(sha));
+        let other = format!("in/{}", hex::encode(sha));
+        for key in [upper, short, nested, other, "inputs/".into()] {
+            assert_eq!(input_sha256(&key), None, "{key}");
         }
     }
 }

@@ -72,6 +72,13 @@ impl Inputs {
             .ok_or_else(|| InputError::NoSuchInput(name.to_owned()))
     }
 
+    /// The sha256 of input `name`'s bytes when its key names it (a content-addressed input,
+    /// `inputs/<sha256 hex>`, as `submit --input` stores it): what a reader may use instead of
+    /// the bytes when it already has them by that hash. `None` for a plain key or no input.
+    pub fn named_sha256(&self, name: &str) -> Option<[u8; 32]> {
+        crate::keys::input_sha256(self.key(name).ok()?)
+    }
+
     /// Whether a store failure was reported to the task in this run.
     pub fn storage_failed(&self) -> bool {
         self.storage_failed.load(Ordering::Relaxed)

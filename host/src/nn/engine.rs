@@ -9,7 +9,7 @@ use ort::environment::Environment;
 use ort::session::{RunOptions, Session};
 
 use super::Provider;
-use super::tensor::{FromValueError, Outlet, TensorData, from_value, to_value};
+use super::tensor::{FromValueError, Outlet, TensorData, from_value, input_value};
 
 /// ONNX Runtime, loaded, with the worker's execution provider and thread count.
 pub struct Ort {
@@ -41,6 +41,52 @@ pub fn load(path: &Path, provider: Provider, threads: usize) -> Result<Ort, Stri
         threads,
         confine,
     })
+}
+
+/// The symbol every ONNX Runtime library exports: the entry point `ort` loads it by.
+const ENTRY_POINT: &[u8] = b"OrtGetApiBase\0";
+
+/// Checks, without loading it, that `path` looks like ONNX Runtime's library: a readable
+/// file, a shared object (ELF, on Linux) naming ONNX Runtime's entry point among its
+/// symbols. What a worker's start can tell of a wrong `ORT_DYLIB_PATH` without mapping the
+/// library; a wrong version or a broken library is found by [`load`], at the first graph load.
+pub fn check_library(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let fail = |why: &str| format!("ORT_DYLIB_PATH {}: {why}", path.display());
+    if !path.is_file() {
+        return Err(fail("not a file"));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| fail(&e.to_string()))?;
+    // Read in chunks (the library is tens of MB): each chunk begins with the end of the
+    // previous one, so a name across the boundary is found.
+    let keep = ENTRY_POINT.len() - 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut have, mut first) = (0, true);
+    loop {
+        let n = file
+            .read(&mut buf[have..])
+            .map_err(|e| fail(&e.to_string()))?;
+        if first && cfg!(target_os = "linux") && !buf[..have + n].starts_with(b"\x7fELF") {
+            return Err(fail("not a shared library (no ELF header)"));
+        }
+        first = false;
+        have += n;
+        if buf[..have]
+            .windows(ENTRY_POINT.len())
+            .any(|w| w == ENTRY_POINT)
+        {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(fail(
+                "not ONNX Runtime's library (it does not name `OrtGetApiBase`)",
+            ));
+        }
+        if have > keep {
+            buf.copy_within(have - keep..have, 0);
+            have = keep;
+        }
+    }
 }
 
 /// The process's ONNX Runtime environment, loading the library from `path` the first time.
@@ -133,10 +179,12 @@ impl Model {
         room: u64,
         stop: &Arc<RunOptions>,
     ) -> Result<Vec<(String, TensorData)>, RunError> {
-        let mut values = Vec::with_capacity(inputs.len());
-        for (o, t) in self.inputs.iter().zip(inputs) {
-            values.push((o.name.as_str(), to_value(t).map_err(RunError::Failed)?));
-        }
+        // In the model's order, as a slice: ONNX Runtime takes them by position.
+        let values = inputs
+            .iter()
+            .map(input_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RunError::Failed)?;
         // A panic poisons the lock only if ONNX Runtime's wrapper panicked mid-run: the
         // session itself is still whole.
         let mut session = self
@@ -144,12 +192,12 @@ impl Model {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session
-            .run_with_options(values, &**stop)
+            .run_with_options(&values[..], &**stop)
             .map_err(|e| RunError::Failed(format!("inference failed: {e}")))?;
         let mut out = Vec::with_capacity(outputs.len());
         let mut left = room;
-        for (name, value) in outputs.iter() {
-            let t = from_value(name, &value, left).map_err(|e| match e {
+        for (name, value) in outputs {
+            let t = from_value(name, value, left).map_err(|e| match e {
                 FromValueError::TooLarge(n) => RunError::TooLarge((room - left).saturating_add(n)),
                 FromValueError::Unsupported(m) => RunError::Failed(m),
             })?;

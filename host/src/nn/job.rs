@@ -3,14 +3,15 @@
 //! thread, timed and terminated if the run is stopped.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use super::budget::{Budget, Charge};
-use super::cache::LoadedGraph;
+use super::cache::{LoadedGraph, ModelHash};
 use super::engine::RunError;
-use super::tensor::{TensorData, check_input};
+use super::tensor::{TensorData, check_input, input_copies};
 use super::{ErrorCode, GRAPH_COST_FACTOR, NnError, NnService};
 
 /// A graph a task holds: the loaded graph and its cost in the job's budget.
@@ -110,10 +111,14 @@ impl NnJob {
     /// `Ok` when the worker serves inference, else the `unsupported-operation` error a load
     /// gets (checked before a model is read).
     pub fn served(&self) -> Result<(), NnError> {
-        match &self.service.ort {
-            Ok(_) => Ok(()),
-            Err(m) => Err(NnError::new(ErrorCode::UnsupportedOperation, m.clone())),
-        }
+        let unserved = match (&self.service.unserved, self.service.ort.get()) {
+            (Some(m), _) | (None, Some(Err(m))) => m,
+            _ => return Ok(()),
+        };
+        Err(NnError::new(
+            ErrorCode::UnsupportedOperation,
+            unserved.clone(),
+        ))
     }
 
     /// A tensor of the task's, charged to the job and the worker; `Err` (a message for the
@@ -125,34 +130,63 @@ impl NnJob {
         Ok(TensorHandle { tensor, charges })
     }
 
+    /// The graph of the model whose sha256 is `hash`, if the worker has it loaded: a load
+    /// that needs none of the model's bytes, charged to the job like any other. `None`: not
+    /// loaded (read the model and [`NnJob::load`] it).
+    pub fn load_cached(&mut self, hash: &ModelHash) -> Option<Result<GraphHandle, NnError>> {
+        let graph = self.service.cache.get(hash)?;
+        Some(self.hit(graph))
+    }
+
+    /// A cached `graph` for the task, charged to the job.
+    fn hit(&mut self, graph: Arc<LoadedGraph>) -> Result<GraphHandle, NnError> {
+        let job = self
+            .budget
+            .charge(graph.cost)
+            .ok_or_else(|| too_large_for_job(self.budget.cap(), graph.cost, self.budget.used()))?;
+        self.service.hits.fetch_add(1, Ordering::Relaxed);
+        Ok(GraphHandle { graph, _job: job })
+    }
+
     /// The graph of the ONNX model `bytes`: from the worker's cache when a job loaded the
-    /// same model (by sha256) before, else built by ONNX Runtime and cached.
-    pub async fn load(&mut self, bytes: Vec<u8>) -> Result<GraphHandle, NnError> {
+    /// same model (by sha256) before, else built by ONNX Runtime and cached (the worker's
+    /// first build loads ONNX Runtime itself). `expected`: the sha256 the model's key names
+    /// (a content-addressed input); bytes of another sha256 are an `invalid-argument` error.
+    pub async fn load(
+        &mut self,
+        bytes: Vec<u8>,
+        expected: Option<ModelHash>,
+    ) -> Result<GraphHandle, NnError> {
         self.served()?;
         let cost = (bytes.len() as u64).saturating_mul(GRAPH_COST_FACTOR);
+        let hash: ModelHash = Sha256::digest(&bytes).into();
+        if expected.is_some_and(|e| e != hash) {
+            return Err(NnError::new(
+                ErrorCode::InvalidArgument,
+                "the model's bytes are not those its key names: their sha256 differs",
+            ));
+        }
+        if let Some(graph) = self.service.cache.get(&hash) {
+            return self.hit(graph);
+        }
         let job = self
             .budget
             .charge(cost)
             .ok_or_else(|| too_large_for_job(self.budget.cap(), cost, self.budget.used()))?;
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(graph) = self.service.cache.get(&hash) {
-            self.service
-                .hits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(GraphHandle { graph, _job: job });
-        }
         let worker = self.worker_charge(cost)?;
         let service = self.service.clone();
         let started = Instant::now();
-        let built = tokio::task::spawn_blocking(move || match &service.ort {
-            Ok(ort) => ort.build(&bytes),
-            Err(m) => Err(m.clone()),
+        let built = tokio::task::spawn_blocking(move || {
+            let ort = service
+                .ort()
+                .map_err(|m| NnError::new(ErrorCode::UnsupportedOperation, m))?;
+            ort.build(&bytes)
+                .map_err(|m| NnError::new(ErrorCode::InvalidEncoding, m))
         })
         .await;
         self.compute += started.elapsed();
         let model = match built {
-            Ok(Ok(model)) => model,
-            Ok(Err(m)) => return Err(NnError::new(ErrorCode::InvalidEncoding, m)),
+            Ok(built) => built?,
             Err(e) => {
                 tracing::error!(error = %e, "ONNX Runtime panicked loading a model");
                 return Err(NnError::new(
@@ -161,9 +195,7 @@ impl NnJob {
                 ));
             }
         };
-        self.service
-            .built
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.service.built.fetch_add(1, Ordering::Relaxed);
         let graph = Arc::new(LoadedGraph {
             hash,
             model,
@@ -201,8 +233,13 @@ impl NnJob {
         for (o, slot) in declared.iter().zip(slots) {
             tensors.push(slot.ok_or_else(|| invalid(format!("input `{}` is missing", o.name)))?);
         }
-        // ONNX Runtime's copy of the inputs, held while it runs.
-        let copy: u64 = tensors.iter().map(|t| t.tensor.data.len() as u64).sum();
+        // ONNX Runtime reads the inputs' bytes in place; a copy is made (and held while it
+        // runs) only of bytes that cannot be viewed as their elements.
+        let copy: u64 = tensors
+            .iter()
+            .filter(|t| input_copies(&t.tensor))
+            .map(|t| t.tensor.data.len() as u64)
+            .sum();
         let copy_charge = self.charge(copy)?;
         let room = (self.budget.cap() - self.budget.used().min(self.budget.cap())).min(
             self.service.worker.cap() - self.service.worker.used().min(self.service.worker.cap()),

@@ -7,8 +7,9 @@
 //! task. Host memory for graphs and tensors is held in two [`budget::Budget`]s, the job's and
 //! the worker's: nothing is allocated on a task's behalf past either. Loading and inference run
 //! on tokio's blocking threads; an inference whose task is stopped (wall-clock limit,
-//! cancellation) is terminated through ONNX Runtime's run options. A worker without ONNX
-//! Runtime runs every task; `load` answers `unsupported-operation`.
+//! cancellation) is terminated through ONNX Runtime's run options. ONNX Runtime is loaded at
+//! the worker's first graph load, not at its start (which only checks the library). A worker
+//! without ONNX Runtime runs every task; `load` answers `unsupported-operation`.
 //!
 //! **API boundary:** this module knows nothing of WIT: `runtime/nn.rs` adapts the generated
 //! `wasi:nn` traits onto [`NnJob`].
@@ -20,8 +21,8 @@ mod job;
 pub mod tensor;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 pub use job::{ContextHandle, GraphHandle, NnJob, TensorHandle};
 
@@ -46,6 +47,9 @@ impl std::str::FromStr for Provider {
         }
     }
 }
+
+/// What a task's graph load gets when the worker's ONNX Runtime cannot be used.
+const NOT_LOADED: &str = "this worker's ONNX Runtime did not load (the worker's log says why)";
 
 /// A graph's estimated host memory is this many times its model's size (the model's bytes
 /// while it loads, then the session's weights and buffers).
@@ -137,10 +141,15 @@ pub struct NnStats {
     pub worker_bytes: u64,
 }
 
-/// The worker's inference service: ONNX Runtime (when configured), the memory budget of all
-/// its jobs and the graph cache. One per [`Runtime`](crate::runtime::Runtime).
+/// The worker's inference service: ONNX Runtime (when configured; loaded at the first graph
+/// load, so a worker that runs no inference never maps it), the memory budget of all its jobs
+/// and the graph cache. One per [`Runtime`](crate::runtime::Runtime).
 pub struct NnService {
-    ort: Result<engine::Ort, String>,
+    /// Why this worker serves no inference: no library configured, or one that failed the
+    /// start-up check ([`engine::check_library`]).
+    unserved: Option<String>,
+    /// ONNX Runtime, once the first graph load loaded it (or failed to).
+    ort: OnceLock<Result<engine::Ort, String>>,
     config: NnConfig,
     worker: Arc<budget::Budget>,
     cache: cache::GraphCache,
@@ -149,30 +158,30 @@ pub struct NnService {
 }
 
 impl NnService {
-    /// Loads ONNX Runtime when `config` names it. A library that does not load is logged and
-    /// leaves the worker without inference (every other task runs); it never fails the worker.
+    /// The service for `config`. A configured library is checked (it is a file and exports
+    /// ONNX Runtime's entry point) but not loaded: a worker that never loads a graph pays
+    /// nothing for it. A library that fails the check is logged now, at start, and leaves the
+    /// worker without inference (every other task runs); it never fails the worker.
     pub fn new(config: NnConfig) -> Arc<NnService> {
-        let ort = match &config.ort_dylib {
-            None => Err(
+        let unserved = match &config.ort_dylib {
+            None => Some(
                 "this worker has no ONNX Runtime (its ORT_DYLIB_PATH setting is not set)"
                     .to_owned(),
             ),
-            Some(path) => match engine::load(path, config.provider, config.threads) {
-                Ok(ort) => {
-                    tracing::info!(library = %path.display(), provider = ?config.provider, "ONNX Runtime loaded: wasi-nn served");
-                    Ok(ort)
+            Some(path) => match engine::check_library(path) {
+                Ok(()) => {
+                    tracing::info!(library = %path.display(), provider = ?config.provider, "ONNX Runtime found: wasi-nn served (the library loads at the first graph load)");
+                    None
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "ONNX Runtime did not load: tasks get no inference");
-                    Err(
-                        "this worker's ONNX Runtime did not load (the worker's log says why)"
-                            .to_owned(),
-                    )
+                    tracing::warn!(error = %e, "ONNX Runtime is not usable: tasks get no inference");
+                    Some(NOT_LOADED.to_owned())
                 }
             },
         };
         Arc::new(NnService {
-            ort,
+            unserved,
+            ort: OnceLock::new(),
             worker: budget::Budget::new(config.worker_memory),
             cache: cache::GraphCache::new(config.cache_bytes.min(config.worker_memory)),
             config,
@@ -181,9 +190,36 @@ impl NnService {
         })
     }
 
-    /// Whether this worker serves inference.
+    /// ONNX Runtime, loaded by the first caller (blocking: on a blocking thread). A library
+    /// that does not load is logged once; every call then answers the same error.
+    pub(crate) fn ort(&self) -> Result<&engine::Ort, String> {
+        let loaded = self.ort.get_or_init(|| {
+            let Some(path) = &self.config.ort_dylib else {
+                return Err(self.unserved.clone().unwrap_or_default());
+            };
+            match engine::load(path, self.config.provider, self.config.threads) {
+                Ok(ort) => {
+                    tracing::info!(library = %path.display(), provider = ?self.config.provider, "ONNX Runtime loaded");
+                    Ok(ort)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ONNX Runtime did not load: tasks get no inference");
+                    Err(NOT_LOADED.to_owned())
+                }
+            }
+        });
+        loaded.as_ref().map_err(Clone::clone)
+    }
+
+    /// Whether ONNX Runtime is loaded in this worker now (it is at the first graph load).
+    pub fn loaded(&self) -> bool {
+        matches!(self.ort.get(), Some(Ok(_)))
+    }
+
+    /// Whether this worker serves inference: a library is configured, passed the start-up
+    /// check and (if loaded already) loaded.
     pub fn available(&self) -> bool {
-        self.ort.is_ok()
+        self.unserved.is_none() && !matches!(self.ort.get(), Some(Err(_)))
     }
 
     /// The settings.

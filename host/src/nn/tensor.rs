@@ -3,7 +3,8 @@
 //! Every size is computed with checked arithmetic: no dimensions a task can pass make the host
 //! panic, overflow or allocate past its budget.
 
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 /// A tensor's element type (the WIT `tensor-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,14 +51,78 @@ impl ElementType {
 }
 
 /// A tensor's dimensions, type and little-endian row-major bytes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct TensorData {
     /// Dimensions, outermost first.
     pub dims: Vec<u32>,
     /// Element type.
     pub ty: ElementType,
     /// The elements, little-endian, row-major.
-    pub data: Vec<u8>,
+    pub data: Bytes,
+}
+
+/// A tensor's bytes: the task's, as they came out of its memory, or an output where ONNX
+/// Runtime wrote it (read out only when the task asks for them: no copy in between).
+pub enum Bytes {
+    /// Bytes the task passed.
+    Task(Vec<u8>),
+    /// An output tensor of a type the host serves, in ONNX Runtime's buffer.
+    Output(DynValue),
+}
+
+impl Bytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Task(v) => v,
+            Bytes::Output(v) => output_bytes(v).unwrap_or_default(),
+        }
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes::Task(v)
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.len())
+    }
+}
+
+/// The bytes of an output tensor of a served type, in ONNX Runtime's buffer (`None` for any
+/// other value). Viewing elements as bytes needs no alignment.
+fn output_bytes(v: &DynValue) -> Option<&[u8]> {
+    let ValueType::Tensor { ty, .. } = v.dtype() else {
+        return None;
+    };
+    fn view<T: ort::value::PrimitiveTensorElementType + bytemuck::Pod>(
+        v: &DynValue,
+    ) -> Option<&[u8]> {
+        v.try_extract_tensor::<T>()
+            .ok()
+            .map(|(_, data)| bytemuck::cast_slice(data))
+    }
+    match ElementType::of_onnx(*ty)? {
+        ElementType::F32 => view::<f32>(v),
+        ElementType::F64 => view::<f64>(v),
+        ElementType::U8 => view::<u8>(v),
+        ElementType::I32 => view::<i32>(v),
+        ElementType::I64 => view::<i64>(v),
+        ElementType::F16 | ElementType::Bf16 => None,
+    }
 }
 
 /// One input or output of a graph, as the model declares it.
@@ -152,55 +217,64 @@ fn cast<T: Copy + Default, const N: usize>(
     Ok(out)
 }
 
-/// `t` as an ONNX Runtime value (checked by [`check_input`] first: the data length matches).
-pub fn to_value(t: &TensorData) -> Result<DynValue, String> {
-    let shape: Vec<i64> = t.dims.iter().map(|&d| i64::from(d)).collect();
-    let err = |e: ort::Error| format!("cannot make an ONNX Runtime tensor: {e}");
-    Ok(match t.ty {
-        ElementType::F32 => Tensor::from_array((shape, cast(&t.data, f32::from_le_bytes)?))
-            .map_err(err)?
-            .into_dyn(),
-        ElementType::F64 => Tensor::from_array((shape, cast(&t.data, f64::from_le_bytes)?))
-            .map_err(err)?
-            .into_dyn(),
-        ElementType::U8 => Tensor::from_array((shape, t.data.clone()))
-            .map_err(err)?
-            .into_dyn(),
-        ElementType::I32 => Tensor::from_array((shape, cast(&t.data, i32::from_le_bytes)?))
-            .map_err(err)?
-            .into_dyn(),
-        ElementType::I64 => Tensor::from_array((shape, cast(&t.data, i64::from_le_bytes)?))
-            .map_err(err)?
-            .into_dyn(),
-        ElementType::F16 | ElementType::Bf16 => {
-            return Err(format!("{:?} tensors are not served", t.ty));
-        }
-    })
-}
-
-fn bytes<T: Copy + ort::value::PrimitiveTensorElementType, const N: usize>(
-    v: &DynValue,
-    to: fn(T) -> [u8; N],
-) -> Result<Vec<u8>, String> {
-    let (_, data) = v
-        .try_extract_tensor::<T>()
-        .map_err(|e| format!("cannot read an output tensor: {e}"))?;
-    // One exactly sized buffer filled element by element in place (a plain copy on a
-    // little-endian host once optimized), never grown byte by byte.
-    let len = data
-        .len()
-        .checked_mul(N)
-        .ok_or_else(|| "an output tensor too large to copy".to_owned())?;
-    let mut out = vec![0u8; len];
-    for (c, &x) in out.chunks_exact_mut(N).zip(data) {
-        c.copy_from_slice(&to(x));
+/// `data` viewed in place as elements of `T`: on a little-endian host, when the bytes are
+/// aligned for `T` and a whole number of elements (`None` else: they must be copied).
+fn view<T: bytemuck::Pod>(data: &[u8]) -> Option<&[T]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(data).ok()
+    } else {
+        None
     }
-    Ok(out)
 }
 
-/// The output `name` read out of ONNX Runtime, if its size is at most `room` bytes (an
-/// `Err(TooLarge(bytes))` else, before anything is copied).
-pub fn from_value(name: &str, v: &DynValue, room: u64) -> Result<TensorData, FromValueError> {
+/// Whether [`input_value`] copies `t`'s bytes (they are not aligned for its element type, or
+/// the host is big-endian); a view of them needs no memory of its own.
+pub fn input_copies(t: &TensorData) -> bool {
+    let data = t.data.as_slice();
+    match t.ty {
+        ElementType::F32 => view::<f32>(data).is_none(),
+        ElementType::F64 => view::<f64>(data).is_none(),
+        ElementType::I32 => view::<i32>(data).is_none(),
+        ElementType::I64 => view::<i64>(data).is_none(),
+        ElementType::U8 | ElementType::F16 | ElementType::Bf16 => false,
+    }
+}
+
+/// `t` as an ONNX Runtime input (checked by [`check_input`] first: the data length matches):
+/// a view of its bytes where they can be viewed as its elements, else a converted copy (see
+/// [`input_copies`]).
+pub fn input_value(t: &TensorData) -> Result<SessionInputValue<'_>, String> {
+    fn make<'a, T, const N: usize>(
+        shape: Vec<i64>,
+        data: &'a [u8],
+        from: fn([u8; N]) -> T,
+    ) -> Result<SessionInputValue<'a>, String>
+    where
+        T: bytemuck::Pod + Default + ort::value::PrimitiveTensorElementType + std::fmt::Debug,
+    {
+        let err = |e: ort::Error| format!("cannot make an ONNX Runtime tensor: {e}");
+        Ok(match view::<T>(data) {
+            Some(v) => TensorRef::from_array_view((shape, v)).map_err(err)?.into(),
+            None => Tensor::from_array((shape, cast(data, from)?))
+                .map_err(err)?
+                .into(),
+        })
+    }
+    let shape: Vec<i64> = t.dims.iter().map(|&d| i64::from(d)).collect();
+    let data = t.data.as_slice();
+    match t.ty {
+        ElementType::F32 => make(shape, data, f32::from_le_bytes),
+        ElementType::F64 => make(shape, data, f64::from_le_bytes),
+        ElementType::U8 => make(shape, data, u8::from_le_bytes),
+        ElementType::I32 => make(shape, data, i32::from_le_bytes),
+        ElementType::I64 => make(shape, data, i64::from_le_bytes),
+        ElementType::F16 | ElementType::Bf16 => Err(format!("{:?} tensors are not served", t.ty)),
+    }
+}
+
+/// The output `name` as ONNX Runtime gave it, if its size is at most `room` bytes (an
+/// `Err(TooLarge(bytes))` else). Its bytes stay where ONNX Runtime wrote them.
+pub fn from_value(name: &str, v: DynValue, room: u64) -> Result<TensorData, FromValueError> {
     let ValueType::Tensor { ty, shape, .. } = v.dtype() else {
         return Err(FromValueError::Unsupported(format!(
             "output `{name}` is not a tensor"
@@ -222,16 +296,18 @@ pub fn from_value(name: &str, v: &DynValue, room: u64) -> Result<TensorData, Fro
     if size > room {
         return Err(FromValueError::TooLarge(size));
     }
-    let data = match ty {
-        ElementType::F32 => bytes(v, f32::to_le_bytes),
-        ElementType::F64 => bytes(v, f64::to_le_bytes),
-        ElementType::U8 => bytes(v, u8::to_le_bytes),
-        ElementType::I32 => bytes(v, i32::to_le_bytes),
-        ElementType::I64 => bytes(v, i64::to_le_bytes),
-        ElementType::F16 | ElementType::Bf16 => Err(format!("{ty:?} outputs are not served")),
+    // Readable as bytes of the size its dimensions say (so `Bytes::as_slice` never falls
+    // back to nothing): a served type in memory the host can read.
+    if output_bytes(&v).map(|b| b.len() as u64) != Some(size) {
+        return Err(FromValueError::Unsupported(format!(
+            "output `{name}` ({ty:?}) cannot be read out of ONNX Runtime"
+        )));
     }
-    .map_err(FromValueError::Unsupported)?;
-    Ok(TensorData { dims, ty, data })
+    Ok(TensorData {
+        dims,
+        ty,
+        data: Bytes::Output(v),
+    })
 }
 
 /// Why an output could not be read out.
@@ -259,7 +335,7 @@ mod tests {
         TensorData {
             dims: dims.to_vec(),
             ty: ElementType::F32,
-            data: vec![0; bytes],
+            data: vec![0; bytes].into(),
         }
     }
 
@@ -301,5 +377,26 @@ mod tests {
             "a partial element"
         );
         assert_eq!(cast(&[], i64::from_le_bytes), Ok(vec![]));
+    }
+
+    #[test]
+    fn aligned_bytes_are_viewed_in_place_and_others_copied() {
+        let values = [1.5f32, -2.0, 3.25];
+        // Bytes aligned for f32 (an f32 buffer's own): viewed where they are.
+        let aligned: &[u8] = bytemuck::cast_slice(&values[..]);
+        let v = view::<f32>(aligned).expect("aligned whole elements");
+        assert_eq!(v, values);
+        assert_eq!(
+            v.as_ptr().cast::<u8>(),
+            aligned.as_ptr(),
+            "in place, not copied"
+        );
+        assert!(view::<f32>(&aligned[..7]).is_none(), "a partial element");
+        // The same bytes one past a 4-byte boundary: never viewed; converted, the same values.
+        let mut words = [0u32; 4];
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words[..]);
+        buf[1..13].copy_from_slice(aligned);
+        assert!(view::<f32>(&buf[1..13]).is_none());
+        assert_eq!(cast(&buf[1..13], f32::from_le_bytes), Ok(values.to_vec()));
     }
 }

@@ -1,7 +1,7 @@
 //! The host side of `wasi:nn` (world 0.3.0): thin adapters from the generated traits onto
 //! [`crate::nn::NnJob`]. Graphs, contexts, tensors and errors live in the store's resource
 //! table; a handle the guest forged or reused traps. `load-by-name` reads the model from the
-//! job's input of that name.
+//! job's input of that name, unless its key names a sha256 the worker has loaded.
 
 use wasmtime::component::Resource;
 
@@ -94,7 +94,7 @@ impl graph::Host for HostState {
         _target: graph::ExecutionTarget,
     ) -> NnResult<Resource<GraphHandle>> {
         let r = match (encoding, <[_; 1]>::try_from(builders)) {
-            (graph::GraphEncoding::Onnx, Ok([bytes])) => self.nn.load(bytes).await,
+            (graph::GraphEncoding::Onnx, Ok([bytes])) => self.nn.load(bytes, None).await,
             (graph::GraphEncoding::Onnx, Err(b)) => Err(NnError::new(
                 ErrorCode::InvalidArgument,
                 format!("an ONNX graph is one builder, not {}", b.len()),
@@ -107,13 +107,20 @@ impl graph::Host for HostState {
         self.push_graph(r)
     }
 
+    /// A model whose key names its sha256 (`inputs/<sha256>`) and that the worker has loaded
+    /// is not read at all; any other is read whole and hashed (and must have the sha256 its
+    /// key names).
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<GraphHandle>> {
+        let named = self.files.inputs.named_sha256(&name);
         let r = match self.nn.served() {
-            Ok(()) => match self.model_input(&name).await {
-                Ok(bytes) => self.nn.load(bytes).await,
-                Err(e) => Err(e),
-            },
             Err(e) => Err(e),
+            Ok(()) => match named.and_then(|h| self.nn.load_cached(&h)) {
+                Some(hit) => hit,
+                None => match self.model_input(&name).await {
+                    Ok(bytes) => self.nn.load(bytes, named).await,
+                    Err(e) => Err(e),
+                },
+            },
         };
         self.push_graph(r)
     }
@@ -177,7 +184,7 @@ impl tensor::HostTensor for HostState {
         let t = TensorData {
             dims: dimensions,
             ty: to_element(ty),
-            data,
+            data: data.into(),
         };
         let handle = self.nn.tensor(t).map_err(wasmtime::Error::msg)?;
         Ok(self.table.push(handle)?)
@@ -192,7 +199,7 @@ impl tensor::HostTensor for HostState {
     }
 
     fn data(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.table.get(&this)?.tensor.data.clone())
+        Ok(self.table.get(&this)?.tensor.data.as_slice().to_vec())
     }
 
     fn drop(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<()> {

@@ -4,11 +4,13 @@
 //! a worker without ONNX Runtime; malformed models and hostile tensors as task errors; the
 //! job's and the worker's memory caps; the wall-clock limit stopping an inference; host
 //! compute in the job's accounting; a worker SIGKILLed mid-job resumed with the same
-//! predictions (`e2e`).
+//! predictions (`e2e`); a cached model named by its sha256 not read again, ONNX Runtime
+//! loaded at the first graph load, a wrong library (`loading`).
 
 mod e2e;
 mod inference;
 mod limits;
+mod loading;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
