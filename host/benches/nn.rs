@@ -45,28 +45,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn script(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(root().join("tests/nn/setup-ort.sh"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
-fn models(python: &str, args: &[&str]) -> String {
-    let out = Command::new(python)
-        .arg(root().join("tests/nn/models.py"))
+/// The standard output of `program` running the project's script `script` with `args`
+/// (panicking with its standard error when it fails).
+fn stdout_of(program: &str, script: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .arg(root().join(script))
         .args(args)
         .output()
         .unwrap();
@@ -76,6 +59,18 @@ fn models(python: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn script(args: &[&str]) -> String {
+    stdout_of("bash", "tests/nn/setup-ort.sh", args)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+fn models(python: &str, args: &[&str]) -> String {
+    stdout_of(python, "tests/nn/models.py", args)
 }
 
 fn wasm(name: &str) -> Vec<u8> {

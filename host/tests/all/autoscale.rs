@@ -78,23 +78,10 @@ async fn submit(cli: &CliEnv, jobs: usize) {
     let lines: String = (0..jobs)
         .map(|i| format!("{{\"job_id\":\"as-{i}\",\"steps\":1}}\n"))
         .collect();
-    let file = cli.write_file("jobs.jsonl", lines);
-    let path = support::guests::wasm("step_counter");
-    let module = cli
-        .run(&["module", "push", path.to_str().unwrap()])
+    let module = cli.push_guest("step_counter").await;
+    cli.submit_file(&module, "jobs.jsonl", &lines)
         .await
-        .success()
-        .last_line()
-        .to_string();
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
-        &module,
-        file.to_str().unwrap(),
-    ])
-    .await
-    .success();
+        .success();
 }
 
 /// Jobs appear while the group is stopped: `--dry-run` says what it would do and changes

@@ -36,36 +36,21 @@ async fn a_module_removed_from_the_bucket_leaves_the_workers_caches() {
     let cli = CliEnv::embedded("cache-sweep").set("CACHE_SWEEP_SECONDS", "1");
     let cache = cli.dir().join("worker-cache");
     let worker_cli = cli.set("TASKHOST_CACHE_DIR", cache.display().to_string());
-    let push = |name: &str| {
-        let cli = cli.clone();
-        let path = support::guests::wasm(name);
-        async move {
-            cli.run(&["module", "push", path.to_str().unwrap()])
-                .await
-                .success()
-                .last_line()
-                .to_string()
-        }
-    };
-    let steps = push("step_counter").await;
-    let primes = push("prime_count").await;
+    let steps = cli.push_guest("step_counter").await;
+    let primes = cli.push_guest("prime_count").await;
     let mut worker = worker_cli.spawn("worker", &["worker"]);
     worker
         .wait_for_log("worker started", Duration::from_secs(60))
         .await;
     let submit = |module: &str, line: &str, name: &str| {
-        let (cli, module) = (cli.clone(), module.to_owned());
-        let jobs = cli.write_file(name, format!("{line}\n"));
+        let (cli, module, name, text) = (
+            cli.clone(),
+            module.to_owned(),
+            name.to_owned(),
+            format!("{line}\n"),
+        );
         async move {
-            cli.run(&[
-                "submit",
-                "--quiet",
-                "--module",
-                &module,
-                jobs.to_str().unwrap(),
-            ])
-            .await
-            .success();
+            cli.submit_file(&module, &name, &text).await.success();
         }
     };
     submit(&steps, r#"{"job_id":"sweep-1","steps":3}"#, "a.jsonl").await;

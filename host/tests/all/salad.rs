@@ -209,13 +209,7 @@ async fn a_cache_directory_every_node_shares_never_reallocates() {
         "TASKHOST_CACHE_DIR",
         file.join("cache").display().to_string(),
     );
-    let path = support::guests::wasm("step_counter");
-    let module = cli
-        .run(&["module", "push", path.to_str().unwrap()])
-        .await
-        .success()
-        .last_line()
-        .to_string();
+    let module = cli.push_guest("step_counter").await;
     let mut worker = cli.spawn("worker", &["worker"]);
     worker
         .wait_for_log("worker started", Duration::from_secs(60))
@@ -225,14 +219,11 @@ async fn a_cache_directory_every_node_shares_never_reallocates() {
         "{}",
         worker.log()
     );
-    let jobs = cli.write_file("jobs.jsonl", "{\"job_id\":\"mem-1\",\"steps\":3}\n");
-    cli.run(&[
-        "submit",
-        "--quiet",
-        "--module",
+    cli.submit_file(
         &module,
-        jobs.to_str().unwrap(),
-    ])
+        "jobs.jsonl",
+        "{\"job_id\":\"mem-1\",\"steps\":3}\n",
+    )
     .await
     .success();
     worker

@@ -114,13 +114,7 @@ impl Backend {
     }
 
     async fn push(&self, guest: &str) -> String {
-        let path = support::guests::wasm(guest);
-        let out = self
-            .cli
-            .run(&["module", "push", path.to_str().unwrap()])
-            .await
-            .success();
-        out.last_line().to_string()
+        self.cli.push_guest(guest).await
     }
 
     /// Puts `bytes` at `modules/<hex>.wasm` behind `module push`'s back (on the directory

@@ -74,14 +74,7 @@ async fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
     let cli = CliEnv::new(&servers.emulator, &s3, "e2e-bounded", "bounded")
         .set("ACK_DEADLINE_SECONDS", LEASE.as_secs().to_string())
         .set("WORKER_SLOTS", "1");
-    let module = {
-        let path = support::guests::wasm("step_counter");
-        cli.run(&["module", "push", path.to_str().unwrap()])
-            .await
-            .success()
-            .last_line()
-            .to_string()
-    };
+    let module = cli.push_guest("step_counter").await;
     for (timeout, second_signal) in [("2", false), ("60", true)] {
         let id = format!("bounded-{timeout}");
         let path = cli.write_file(&format!("{id}.jsonl"), job(&id, 200, 100) + "\n");

@@ -51,12 +51,7 @@ async fn killed_mid_job_and_resumed_it_predicts_what_onnx_runtime_predicts() {
     // Enough predictions (~13 MB) that a part of them (8 MiB) is durable before the kill, so
     // the resumed run continues the artifact instead of writing it again.
     let recs = records(cli.dir(), 300_000, 5, 12);
-    let wasm = support::guests::wasm("classify");
-    let pushed = cli
-        .run(&["module", "push", wasm.to_str().unwrap()])
-        .await
-        .success();
-    let module = pushed.last_line().to_string();
+    let module = cli.push_guest("classify").await;
     let jobs = cli.write_file(
         "jobs.jsonl",
         "{\"job_id\":\"nnkill\",\"batch\":1000,\"batch_ms\":30}\n",
