@@ -87,6 +87,11 @@ pub enum OtherWork {
 /// if its lease is released, expired or skewed ([`ownership::recorded`]), with a write `If-Match`
 /// on the tag read, incrementing `attempts`. A live lease, or a claim that loses the race for
 /// the write, is [`ClaimError::Busy`].
+///
+/// The claim's writes need not be durable ([`ObjectStore::put_undoable`]): a power loss that
+/// undoes one also killed every worker that could hold the claim (the directory store is
+/// local), so the job only looks unclaimed again. What this run writes durably later (a
+/// save, its result: same directory) makes the claim durable with it.
 pub async fn claim<S: ObjectStore>(
     store: &S,
     job: &JobId,
@@ -118,7 +123,7 @@ pub async fn claim<S: ObjectStore>(
     };
     let header = fresh(Header::default());
     match store
-        .put(&key, encode(&header, None), Precondition::Absent)
+        .put_undoable(&key, encode(&header, None), Precondition::Absent)
         .await
     {
         Ok(etag) => {
@@ -211,7 +216,7 @@ pub async fn claim<S: ObjectStore>(
         (fresh(header), data)
     };
     match store
-        .put(
+        .put_undoable(
             &key,
             encode(&header, data.as_deref()),
             Precondition::Matches(current.etag),

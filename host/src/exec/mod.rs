@@ -163,15 +163,18 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         lease: LeaseView,
         shutdown: CancellationToken,
     ) -> JobEnd {
-        self.execute_counted(job, module, input, binding, lease, shutdown)
+        self.execute_counted(job, module, input, binding, lease, shutdown, async {})
             .await
             .0
     }
 
     /// [`Executor::execute`], also returning the runs the job's checkpoint counts (its
     /// `attempts`, 0 when nothing was claimed): the host's own count of deliveries, for a
-    /// subscription that does not count them.
-    pub async fn execute_counted(
+    /// subscription that does not count them. `run_ended` is awaited once the task's run
+    /// ended, before the job's outputs are written (the worker hands the job's slot over to
+    /// a commit place there); what it gives is returned, `None` when no task ran.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn execute_counted<T>(
         &self,
         job: &JobId,
         module: &Prepared,
@@ -179,19 +182,21 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         binding: &JobBinding,
         lease: LeaseView,
         shutdown: CancellationToken,
-    ) -> (JobEnd, u32) {
+        run_ended: impl Future<Output = T>,
+    ) -> (JobEnd, u32, Option<T>) {
         let claimed = match self.claim(job, binding, lease).await {
             Ok(claimed) => claimed,
-            Err(end) => return (end, 0),
+            Err(end) => return (end, 0, None),
         };
         let attempts = claimed.attempt;
         if let Some(end) = self.refuse_past_crash_limit(&claimed).await {
-            return (end, attempts);
+            return (end, attempts, None);
         }
         let files = self.job_files(&claimed, binding);
         let report = self.run(&claimed, module, input, &files, shutdown).await;
+        let handed = Some(run_ended.await);
         if claimed.lease.lost.is_cancelled() {
-            return (JobEnd::LeaseLost, attempts);
+            return (JobEnd::LeaseLost, attempts, handed);
         }
         // The finish phase writes the outputs: the instance must not be scaled in meanwhile.
         let _uploading = binding
@@ -201,12 +206,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             .map(crate::salad::DeletionCost::uploading);
         let end = self.settle(&claimed, &files, report).await;
         if end != JobEnd::Conflict {
-            return (end, attempts);
+            return (end, attempts, handed);
         }
         // A refused write: another worker, or a user's cancel or pause? One read tells.
         match crate::checkpoint::control::read(&self.store, job).await {
-            Some(control) => (JobEnd::Stopped(control), attempts),
-            None => (end, attempts),
+            Some(control) => (JobEnd::Stopped(control), attempts, handed),
+            None => (end, attempts, handed),
         }
     }
 }

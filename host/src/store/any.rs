@@ -124,6 +124,15 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.put_with_note(key, bytes, pre, note).await)
     }
 
+    async fn put_undoable(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+    ) -> Result<ETag, StoreError> {
+        each!(self, s => s.put_undoable(key, bytes, pre).await)
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         each!(self, s => s.head(key).await)
     }

@@ -5,9 +5,10 @@
 //! default and tests) and [`s3::S3Store`] (Cloudflare R2 or any S3 server). Code above this
 //! trait (checkpoints, modules, results) never knows which one it runs on.
 //!
-//! **Invariant:** a conditional write either fully happens or returns
+//! **Invariants:** a conditional write either fully happens or returns
 //! [`StoreError::PreconditionFailed`]; two writers racing on the same precondition never
-//! both succeed.
+//! both succeed. A write is visible to every reader when it returns, and durable too
+//! (survives a power loss), except [`ObjectStore::put_undoable`]'s.
 
 pub mod any;
 pub mod dir;
@@ -238,6 +239,21 @@ pub trait ObjectStore: Multipart + Send + Sync + 'static {
         pre: Precondition,
         note: Option<String>,
     ) -> impl Future<Output = Result<ETag, StoreError>> + Send;
+
+    /// [`put`](ObjectStore::put) that returns once the write is visible, without waiting
+    /// for it to be durable: a power loss before the store's next flush may undo it (the
+    /// key then holds what it held before, never a torn object), a process crash never
+    /// does. For writes whose loss a power loss makes harmless (a claim: every worker that
+    /// could hold it died too). The directory store makes it durable with its next group
+    /// commit; S3, whose writes are durable on return, just puts.
+    fn put_undoable(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+    ) -> impl Future<Output = Result<ETag, StoreError>> + Send {
+        self.put(key, bytes, pre)
+    }
 
     /// The tag of the object's current version, without its bytes (S3 `HeadObject`).
     /// `Ok(None)` means it does not exist.

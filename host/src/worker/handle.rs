@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -24,6 +25,31 @@ use crate::queue::{IncomingMessage, OutgoingMessage, Queue};
 use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition};
 use crate::time::now_ms;
+
+/// A job's commit place, counted in [`Stats::committing`] while held.
+struct Committing {
+    _place: OwnedSemaphorePermit,
+    stats: Arc<Stats>,
+}
+
+impl Committing {
+    /// Waits for one of `places` (never closed).
+    async fn take(places: Arc<tokio::sync::Semaphore>, stats: Arc<Stats>) -> Committing {
+        let place = places.acquire_owned().await.expect("never closed");
+        let now = stats.committing.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.committing_peak.fetch_max(now, Ordering::Relaxed);
+        Committing {
+            _place: place,
+            stats,
+        }
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.stats.committing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Pub/Sub allows attribute values of at most 1024 bytes.
 const MAX_ATTRIBUTE: usize = 1024;
@@ -46,6 +72,9 @@ pub(super) struct Worker<S> {
     pub storage_failures: StorageFailures,
     /// This worker's record of the jobs it runs, on the node's disk.
     pub record: Option<NodeRecord>,
+    /// The commit places (`slots` of them): a job whose task's run ended takes one for its
+    /// slot, and holds it while its outputs are written and its message settled.
+    pub commits: Arc<tokio::sync::Semaphore>,
 }
 
 impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
@@ -175,16 +204,32 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         };
         // Counted in the deletion cost while it runs.
         let counted = self.config.deletion_cost.as_ref().map(|c| c.job());
-        let (end, runs) = self
+        // Once the task's run ends, its slot may take the next message while this one's
+        // outputs are made durable and it is settled: it holds a commit place instead (kept
+        // until the end of this function).
+        let commits = Arc::clone(&self.commits);
+        let stats = Arc::clone(&self.stats);
+        let handoff = async move {
+            let place = Committing::take(commits, stats).await;
+            drop(slot);
+            tracing::debug!("slot freed");
+            place
+        };
+        let (end, runs, _committing) = self
             .executor
-            .execute_counted(id, &module, &job.input, &binding, lease.view(), shutdown)
+            .execute_counted(
+                id,
+                &module,
+                &job.input,
+                &binding,
+                lease.view(),
+                shutdown,
+                handoff,
+            )
             .await;
         // Without a dead-letter policy the queue counts no deliveries: the checkpoint's own
         // count of runs then spaces the retries out.
         let attempt = message.delivery_attempt.unwrap_or(runs.max(1));
-        // The job no longer runs: its slot may take the next message while this one is
-        // settled (the ack, nack or dead-letter publish takes a round trip or two).
-        drop(slot);
         drop(counted);
         self.count(id, &end);
         if let Some(r) = &self.config.reallocator {

@@ -2,7 +2,8 @@
 //!
 //! The receive loop pulls only when a slot is free, and asks for exactly as many messages as
 //! there are free slots, so it never holds a message it cannot start at once. A job frees its
-//! slot when it ends, while its message is being settled. Each pulled
+//! slot when its task's run ends, for one of `slots` commit places, which it holds while its
+//! outputs are written (made durable) and its message is settled. Each pulled
 //! message gets a [`Lease`](crate::queue::lease::Lease) (extended every half deadline) and
 //! a task: parse → resolve the module (memory → disk cache → bucket → verify → compile) →
 //! [`Executor::execute`] (claim, run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
@@ -81,7 +82,8 @@ pub struct WorkerConfig {
     pub dead_letter_topic_id: String,
     /// `ACK_DEADLINE_SECONDS`: each lease extension sets the deadline this far ahead.
     pub ack_deadline: Duration,
-    /// `WORKER_SLOTS`: jobs run at once, and so messages held at once (0 counts as 1).
+    /// `WORKER_SLOTS`: jobs run at once (0 counts as 1). Messages held at once: at most
+    /// twice this (as many again may be committing: written, then settled).
     pub slots: usize,
     /// `MAX_FAILURES`: trapped runs after which a job is dead-lettered (default
     /// [`DEFAULT_MAX_FAILURES`], 3).
@@ -141,6 +143,11 @@ pub struct Stats {
     pub stopped: AtomicU64,
     /// Messages being handled now (a gauge, for the heartbeat).
     pub running: AtomicU64,
+    /// Jobs whose task's run ended, holding a commit place (no slot) until their message is
+    /// settled (a gauge; at most `slots`).
+    pub committing: AtomicU64,
+    /// The most jobs that held a commit place at once.
+    pub committing_peak: AtomicU64,
 }
 
 impl Stats {
@@ -224,6 +231,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         stats: stats.clone(),
         storage_failures: receive::StorageFailures::default(),
         record,
+        commits: Arc::new(tokio::sync::Semaphore::new(slots)),
     });
     let beating = heartbeat::start(
         &worker.executor.store,
@@ -277,6 +285,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         leases_lost = stats.leases_lost.load(Ordering::Relaxed),
         interrupted = stats.interrupted.load(Ordering::Relaxed),
         host_faults = stats.host_faults.load(Ordering::Relaxed),
+        committing_peak = stats.committing_peak.load(Ordering::Relaxed),
         "worker stopped"
     );
     if let Some(b) = beating {

@@ -89,6 +89,8 @@ impl KeyLock {
 
 /// Writes a temporary sibling with `write`, makes it durable, then renames it over `path`
 /// (the caller holds the key's lock). A crash never leaves a truncated object behind the key.
+/// The rename is durable once the directory is flushed (the caller records it as dirty in
+/// the store's group commit).
 pub(super) fn replace(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
@@ -103,8 +105,8 @@ pub(super) fn replace(
 pub(super) type FileWrite<'a> = (&'a Path, &'a mut dyn FnMut(&mut File) -> io::Result<()>);
 
 /// [`replace`] for files of one directory at once: each is written to a temporary sibling
-/// and made durable, then they are renamed into place in order, and the directory is made
-/// durable once for all of them (one fsync of the directory instead of one per file).
+/// and made durable, then they are renamed into place in order (the directory is made
+/// durable by the caller, once for all of them).
 pub(super) fn replace_all(files: &mut [FileWrite<'_>]) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let mut tmps: Vec<PathBuf> = Vec::with_capacity(files.len());
@@ -120,8 +122,7 @@ pub(super) fn replace_all(files: &mut [FileWrite<'_>]) -> io::Result<()> {
         for ((path, _), tmp) in files.iter().zip(&tmps) {
             fs::rename(tmp, path)?;
         }
-        let dir = files.first().and_then(|(p, _)| p.parent());
-        File::open(dir.expect("keys always have a parent"))?.sync_all()
+        Ok(())
     })();
     if result.is_err() {
         for tmp in &tmps {

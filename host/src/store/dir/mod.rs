@@ -18,8 +18,13 @@
 //! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
 //! upload's start, as R2 aborts incomplete uploads after 7 days.
 //!
+//! A write's file is made durable before its rename (so a crash never tears an object); the
+//! rename is made durable by the group commit (`commit.rs`): a write waits for a flush of
+//! its directory that many writes share, except [`ObjectStore::put_undoable`]'s, which
+//! returns at once and is made durable by the next flush.
+//!
 //! `mod.rs`: the store, its keys and the object operations; `lock.rs`: a key's lock and the
-//! atomic replace; `multipart.rs`: uploads. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's clock is
+//! atomic replace; `commit.rs`: the group commit; `multipart.rs`: uploads. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's clock is
 //! this host's.
 
 use std::fs::{self, File};
@@ -31,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ClockReading, ETag, ErrorKind, Listed, Object, ObjectStore, Precondition, StoreError};
 
+mod commit;
 mod lock;
 mod multipart;
 #[cfg(test)]
@@ -39,10 +45,11 @@ mod tests;
 use lock::{lock_key, replace, replace_all};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 
-/// A bucket kept in a local directory.
+/// A bucket kept in a local directory. Clones share one group commit.
 #[derive(Clone, Debug)]
 pub struct DirStore {
     root: PathBuf,
+    commit: std::sync::Arc<commit::GroupCommit>,
 }
 
 impl DirStore {
@@ -51,7 +58,51 @@ impl DirStore {
         let root = root.into();
         fs::create_dir_all(&root)
             .with_context(|| format!("cannot create the store directory {}", root.display()))?;
-        Ok(DirStore { root })
+        Ok(DirStore {
+            root,
+            commit: Default::default(),
+        })
+    }
+
+    /// How many group-commit flushes this store (and its clones) ran: fewer than its
+    /// durable writes when writes shared them.
+    pub fn flushes(&self) -> u64 {
+        self.commit.flushes()
+    }
+
+    /// Whether every write of `key` this store (or a clone) returned from is durable: false
+    /// after a [`put_undoable`](ObjectStore::put_undoable) until the next flush of its
+    /// directory. An invalid key is never written, so durable.
+    pub fn is_durable(&self, key: &str) -> bool {
+        self.path(key)
+            .ok()
+            .and_then(|p| p.parent().map(|d| self.commit.is_flushed(d)))
+            .unwrap_or(true)
+    }
+
+    /// Writes `key` (see [`ObjectStore::put_with_note`]); `durable`: returns once the write
+    /// is durable, else once it is visible.
+    async fn write(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+        note: Option<String>,
+        durable: bool,
+    ) -> Result<ETag, StoreError> {
+        let path = self.path(key)?;
+        let root = self.root.clone();
+        let dir = path.parent().expect("keys always have a parent").to_owned();
+        let tag = tokio::task::spawn_blocking(move || {
+            put_blocking(&root, &path, &bytes, &pre, note.as_deref())
+        })
+        .await
+        .map_err(join_err)??;
+        self.commit.dirty(dir);
+        if durable {
+            self.commit.sync().await?;
+        }
+        Ok(tag)
     }
 
     /// The directory under which every key is a file.
@@ -212,7 +263,7 @@ fn put_blocking(
             return Err(StoreError::PreconditionFailed);
         }
         // The note before the object (renamed in that order), both made durable with one
-        // fsync of their directory.
+        // flush of their directory (the caller's).
         let mut object = |f: &mut File| f.write_all(bytes);
         let written = match note {
             Some(note) => {
@@ -299,13 +350,16 @@ impl ObjectStore for DirStore {
         pre: Precondition,
         note: Option<String>,
     ) -> Result<ETag, StoreError> {
-        let path = self.path(key)?;
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || {
-            put_blocking(&root, &path, &bytes, &pre, note.as_deref())
-        })
-        .await
-        .map_err(join_err)?
+        self.write(key, bytes, pre, note, true).await
+    }
+
+    async fn put_undoable(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        pre: Precondition,
+    ) -> Result<ETag, StoreError> {
+        self.write(key, bytes, pre, None, false).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {

@@ -94,9 +94,13 @@ impl Multipart for DirStore {
         let dir = self.upload_dir(upload)?;
         let count = parts.len();
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || complete_blocking(&root, &path, &dir, count))
+        let parent = path.parent().expect("keys always have a parent").to_owned();
+        let tag = tokio::task::spawn_blocking(move || complete_blocking(&root, &path, &dir, count))
             .await
-            .map_err(join_err)?
+            .map_err(join_err)??;
+        self.commit.dirty(parent);
+        self.commit.sync().await?;
+        Ok(tag)
     }
 
     async fn upload_exists(&self, key: &str, upload: &str) -> Result<bool, StoreError> {

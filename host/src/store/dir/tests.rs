@@ -291,3 +291,80 @@ async fn uploads_leave_nothing_once_completed_aborted_or_abandoned() {
     want.sort();
     assert_eq!(uploads(), want);
 }
+
+#[tokio::test]
+async fn an_undoable_write_is_visible_at_once_and_durable_with_the_next_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let keys: Vec<String> = (0..10).map(|i| format!("jobs/u{i}/checkpoint")).collect();
+    for key in &keys {
+        s.put_undoable(key, b"claim".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        // Visible at once, conditional as any write, and not flushed.
+        assert_eq!(s.get(key).await.unwrap().unwrap().bytes, b"claim");
+        assert!(matches!(
+            s.put_undoable(key, b"again".to_vec(), Precondition::Absent)
+                .await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        assert!(!s.is_durable(key), "{key} was flushed by its own write");
+    }
+    assert_eq!(s.flushes(), 0, "undoable writes waited for a flush");
+    // One durable write (a clone shares the group commit) flushes them all, at once.
+    s.clone()
+        .put("jobs/other/result", b"{}".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(s.flushes(), 1);
+    for key in keys.iter().chain([&"jobs/other/result".to_string()]) {
+        assert!(s.is_durable(key), "{key} is not durable after the flush");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_durable_writes_share_flushes_and_each_returns_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let writes = 64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..writes {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let key = format!("jobs/d{i}/result");
+            s.put_with_note(
+                &key,
+                vec![b'x'; 100],
+                Precondition::Absent,
+                Some("n".into()),
+            )
+            .await
+            .unwrap();
+            // Durable when it returns, whatever the other writers do.
+            assert!(s.is_durable(&key), "{key} returned before its flush");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    // No write flushed more than once: writers that came during a flush joined the next.
+    let flushes = s.flushes();
+    assert!((1..=writes).contains(&flushes), "{flushes} flushes");
+    eprintln!("{writes} concurrent durable writes: {flushes} flushes");
+}
+
+#[tokio::test]
+async fn a_flush_of_a_directory_deleted_since_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    s.put_undoable("jobs/gone/checkpoint", b"c".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    // The delete removes the key's directory, which the next flush would have synced.
+    s.delete("jobs/gone/checkpoint").await.unwrap();
+    assert!(!tmp.path().join("jobs/gone").exists());
+    s.put("jobs/kept/result", b"r".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    assert!(s.is_durable("jobs/gone/checkpoint") && s.is_durable("jobs/kept/result"));
+}

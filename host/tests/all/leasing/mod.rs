@@ -6,6 +6,8 @@
 //! subscription, a stale worker writes nothing, bounded times for stopping and handing over.
 //!
 //! - `churn`: SIGKILL chaos, a frozen worker whose job moved, two live copies of one job;
+//! - `commit`: jobs whose run ended, committing without a slot: bounded, and a SIGKILL amid
+//!   them loses nothing;
 //! - `shutdown`: SIGTERM hands the job over (both queues), a bounded drain;
 //! - `node`: workers on one node hand a dead one's jobs back at once;
 //! - `accounting`: a killed run's fuel is counted with the resumed run's.
@@ -21,6 +23,7 @@ use support::stack::*;
 
 mod accounting;
 mod churn;
+mod commit;
 mod node;
 mod shutdown;
 

@@ -2,6 +2,7 @@
 //! fencing, module checks. The fixtures are here; each area is a submodule.
 
 mod cache;
+mod durability;
 mod fencing;
 mod fuel;
 mod modules;
