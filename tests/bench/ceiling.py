@@ -96,6 +96,8 @@ PHASES = [
     ("run (instantiate + task)", "job started", "task run ended"),
     ("end (finish + result write)", "task run ended", "job done; result stored"),
     ("settle (ack)", "job done; result stored", "message settled"),
+    ("slot held (received -> slot freed)", "message received", "slot freed"),
+    ("commit place held (slot freed -> settled)", "slot freed", "message settled"),
 ]
 
 

@@ -209,10 +209,11 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         // until the end of this function).
         let commits = Arc::clone(&self.commits);
         let stats = Arc::clone(&self.stats);
+        let freed = id.clone();
         let handoff = async move {
             let place = Committing::take(commits, stats).await;
             drop(slot);
-            tracing::debug!("slot freed");
+            tracing::debug!(job = %freed, "slot freed");
             place
         };
         let (end, runs, _committing) = self
