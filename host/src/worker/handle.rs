@@ -72,8 +72,8 @@ pub(super) struct Worker<S> {
     pub storage_failures: StorageFailures,
     /// This worker's record of the jobs it runs, on the node's disk.
     pub record: Option<NodeRecord>,
-    /// The commit places (`slots` of them): a job whose task's run ended takes one for its
-    /// slot, and holds it while its outputs are written and its message settled.
+    /// The commit places ([`COMMIT_PLACES_PER_SLOT`](super::COMMIT_PLACES_PER_SLOT) ×
+    /// `slots`): a job whose task's run ended takes one for its slot, and holds it while its outputs are written and its message settled.
     pub commits: Arc<tokio::sync::Semaphore>,
 }
 

@@ -2,8 +2,9 @@
 //!
 //! The receive loop pulls only when a slot is free, and asks for exactly as many messages as
 //! there are free slots, so it never holds a message it cannot start at once. A job frees its
-//! slot when its task's run ends, for one of `slots` commit places, which it holds while its
-//! outputs are written (made durable) and its message is settled. Each pulled
+//! slot when its task's run ends, for one of [`COMMIT_PLACES_PER_SLOT`] × `slots` commit
+//! places, which it holds while its outputs are written (made durable) and its message is
+//! settled. Each pulled
 //! message gets a [`Lease`](crate::queue::lease::Lease) (extended every half deadline) and
 //! a task: parse → resolve the module (memory → disk cache → bucket → verify → compile) →
 //! [`Executor::execute`] (claim, run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
@@ -59,6 +60,11 @@ pub const DEFAULT_MAX_FAILURES: u32 = 3;
 /// How long after a job was published a missing module is still waited for
 /// (`MISSING_MODULE_RETRY_SECONDS`): 600 s. The module may still be on its way to the bucket.
 pub const DEFAULT_MISSING_MODULE_RETRY: Duration = Duration::from_secs(600);
+/// Commit places per slot: jobs whose task's run ended, waiting (without a slot) for their
+/// outputs to be durable and their message settled (docs/design.md section 5, "Receiving").
+/// Several per slot, so that the directory store's group commit has writes to batch while
+/// the slots run the next jobs; each holds only its message and its result.
+pub const COMMIT_PLACES_PER_SLOT: usize = 4;
 /// Storage failures in a row (across jobs, with no success between) after which the worker
 /// takes no new jobs until the store answers again.
 pub const BREAKER_THRESHOLD: u32 = 3;
@@ -83,7 +89,8 @@ pub struct WorkerConfig {
     /// `ACK_DEADLINE_SECONDS`: each lease extension sets the deadline this far ahead.
     pub ack_deadline: Duration,
     /// `WORKER_SLOTS`: jobs run at once (0 counts as 1). Messages held at once: at most
-    /// twice this (as many again may be committing: written, then settled).
+    /// this plus [`COMMIT_PLACES_PER_SLOT`] times this (jobs committing: their outputs
+    /// written, then their messages settled).
     pub slots: usize,
     /// `MAX_FAILURES`: trapped runs after which a job is dead-lettered (default
     /// [`DEFAULT_MAX_FAILURES`], 3).
@@ -144,7 +151,7 @@ pub struct Stats {
     /// Messages being handled now (a gauge, for the heartbeat).
     pub running: AtomicU64,
     /// Jobs whose task's run ended, holding a commit place (no slot) until their message is
-    /// settled (a gauge; at most `slots`).
+    /// settled (a gauge; at most [`COMMIT_PLACES_PER_SLOT`] × `slots`).
     pub committing: AtomicU64,
     /// The most jobs that held a commit place at once.
     pub committing_peak: AtomicU64,
@@ -231,7 +238,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         stats: stats.clone(),
         storage_failures: receive::StorageFailures::default(),
         record,
-        commits: Arc::new(tokio::sync::Semaphore::new(slots)),
+        commits: Arc::new(tokio::sync::Semaphore::new(slots * COMMIT_PLACES_PER_SLOT)),
     });
     let beating = heartbeat::start(
         &worker.executor.store,
