@@ -117,33 +117,39 @@ impl GroupCommit {
         }
     }
 
-    /// Flushes batch `number` (its directories, each once), then marks it done.
+    /// Flushes batch `number` (its directories, each once), then marks it done. All of it
+    /// runs on a blocking thread, to its end even if the waiting writer is dropped (a write
+    /// bounded by a timeout): no batch is ever left marked as flushing.
     async fn flush(self: &Arc<Self>, number: u64, dirs: BTreeSet<PathBuf>) {
-        let flushed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let me = Arc::clone(self);
+        let flushing = tokio::task::spawn_blocking(move || {
+            let mut failed = None;
             for dir in &dirs {
                 match File::open(dir).and_then(|d| d.sync_all()) {
                     // Removed since (its last object deleted): nothing in it to keep.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("making {} durable: {e}", dir.display())),
+                    Err(e) => {
+                        failed = Some(format!("making {} durable: {e}", dir.display()));
+                        break;
+                    }
                     Ok(()) => {}
                 }
             }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the flush thread failed: {e}")));
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        let mut st = lock(&self.state);
-        if let Err(e) = flushed {
-            st.failed.push_back((number, e));
-            if st.failed.len() > FAILED_KEPT {
-                st.failed.pop_front();
+            me.flushes.fetch_add(1, Ordering::Relaxed);
+            let mut st = lock(&me.state);
+            if let Some(e) = failed {
+                st.failed.push_back((number, e));
+                if st.failed.len() > FAILED_KEPT {
+                    st.failed.pop_front();
+                }
             }
-        }
-        st.flushing = false;
-        st.in_flight.clear();
-        drop(st);
-        self.done.send_replace(number);
+            st.flushing = false;
+            st.in_flight.clear();
+            drop(st);
+            me.done.send_replace(number);
+        });
+        // Only a panic fails the join, and nothing above panics (the lock ignores poisoning).
+        let _ = flushing.await;
     }
 
     /// How batch `target` ended. A failure is remembered for the last [`FAILED_KEPT`]

@@ -93,12 +93,15 @@ impl DirStore {
         let path = self.path(key)?;
         let root = self.root.clone();
         let dir = path.parent().expect("keys always have a parent").to_owned();
+        let commit = std::sync::Arc::clone(&self.commit);
+        // Recorded on the blocking thread: a caller dropped meanwhile leaves no rename unrecorded.
         let tag = tokio::task::spawn_blocking(move || {
-            put_blocking(&root, &path, &bytes, &pre, note.as_deref())
+            let tag = put_blocking(&root, &path, &bytes, &pre, note.as_deref())?;
+            commit.dirty(dir);
+            Ok::<_, StoreError>(tag)
         })
         .await
         .map_err(join_err)??;
-        self.commit.dirty(dir);
         if durable {
             self.commit.sync().await?;
         }

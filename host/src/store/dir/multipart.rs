@@ -95,10 +95,14 @@ impl Multipart for DirStore {
         let count = parts.len();
         let root = self.root.clone();
         let parent = path.parent().expect("keys always have a parent").to_owned();
-        let tag = tokio::task::spawn_blocking(move || complete_blocking(&root, &path, &dir, count))
-            .await
-            .map_err(join_err)??;
-        self.commit.dirty(parent);
+        let commit = std::sync::Arc::clone(&self.commit);
+        let tag = tokio::task::spawn_blocking(move || {
+            let tag = complete_blocking(&root, &path, &dir, count)?;
+            commit.dirty(parent);
+            Ok::<_, StoreError>(tag)
+        })
+        .await
+        .map_err(join_err)??;
         self.commit.sync().await?;
         Ok(tag)
     }
