@@ -6,8 +6,9 @@
 //! [`GroupCommit::sync`] for a flush that began after it recorded its directory: the flusher
 //! takes every directory recorded so far, fsyncs each once, and wakes the writers waiting for
 //! that batch. Writers that arrive during a flush join the next one, which one of them runs.
-//! On ext4 the first fsync of a batch commits the journal transaction that holds every
-//! rename of the batch, so a batch costs about one commit, not one per write.
+//! A directory is fsynced once per batch however many writes changed it; on a journaling
+//! filesystem (ext4's default) the first fsync of a batch commits the transaction that holds
+//! every rename of the batch, so the rest cost little.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
