@@ -11,6 +11,7 @@
 //! and a [`Checkpointer`], and returns an [`Outcome`].
 
 mod cache;
+mod cputime;
 mod files;
 mod forward;
 mod host;
@@ -331,6 +332,7 @@ impl Runtime {
     /// cancellation. Never panics on guest behaviour; the store is dropped afterwards.
     pub async fn run(&self, module: &Prepared, req: RunRequest<'_>) -> RunReport {
         let started = Instant::now();
+        let cpu_at_start = cputime::thread_cpu();
         let job: Arc<str> = req.job.as_str().into();
         let state = HostState::new(
             job.clone(),
@@ -375,12 +377,16 @@ impl Runtime {
             Cancelled,
         }
         let mut startup = Duration::ZERO;
+        // The store's creation above; the instantiation's polls are added below.
+        let mut startup_cpu = cputime::thread_cpu().saturating_sub(cpu_at_start);
         let end = {
             let input = req.input;
             let store = &mut store;
             let startup = &mut startup;
+            let startup_cpu = &mut startup_cpu;
             let call = async move {
-                let task = module.instantiate_async(&mut *store).await?;
+                let task = cputime::metered(module.instantiate_async(&mut *store), startup_cpu)
+                    .await?;
                 *startup = started.elapsed();
                 task.call_run(&mut *store, input).await
             };
@@ -453,6 +459,7 @@ impl Runtime {
             fuel_used,
             first_progress: state.first_progress,
             startup,
+            startup_cpu,
             elapsed: started.elapsed(),
             output_dropped: stderr.dropped() + state.log_dropped,
             host_compute: state.nn.compute_time(),
