@@ -377,16 +377,16 @@ impl Runtime {
             Cancelled,
         }
         let mut startup = Duration::ZERO;
-        // The store's creation above; the instantiation's polls are added below.
-        let mut startup_cpu = cputime::thread_cpu().saturating_sub(cpu_at_start);
+        // From `cpu_at_start` through the instantiation's polls.
+        let mut startup_cpu = Duration::ZERO;
         let end = {
             let input = req.input;
             let store = &mut store;
             let startup = &mut startup;
             let startup_cpu = &mut startup_cpu;
             let call = async move {
-                let task = cputime::metered(module.instantiate_async(&mut *store), startup_cpu)
-                    .await?;
+                let instantiate = module.instantiate_async(&mut *store);
+                let task = cputime::metered(instantiate, cpu_at_start, startup_cpu).await?;
                 *startup = started.elapsed();
                 task.call_run(&mut *store, input).await
             };
