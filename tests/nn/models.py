@@ -2,6 +2,8 @@
 venv: onnx, onnxruntime, numpy).
 
   models.py classifier OUT FEATURES CLASSES SEED   # x[N,F] -> probs[N,C] = softmax(xW+b)
+  models.py mlp OUT FEATURES WIDTH LAYERS CLASSES SEED  # x[N,F] -> probs[N,C]: LAYERS
+      WIDTH-wide layers relu(xW+b), then softmax(xW+b) (the benchmark's realistic model)
   models.py big OUT MIB                            # a model with a MIB-sized weight
   models.py wide OUT FEATURES WIDTH                # x[N,F] -> y[N,WIDTH] (large outputs)
   models.py deep OUT FEATURES LAYERS               # x[N,F] -> y[N,F], LAYERS times tanh(xW)
@@ -36,6 +38,34 @@ def classifier(out, features, classes, seed):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", classes])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    save(helper, graph, out)
+
+
+def mlp(out, features, width, layers, classes, seed):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights, prev, fan_in = [], [], "x", features
+    for i in range(layers + 1):
+        last = i == layers
+        fan_out = classes if last else width
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]))
+        if last:
+            nodes.append(helper.make_node("Softmax", [f"a{i}"], ["probs"], axis=1))
+        else:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
+        prev, fan_in = f"h{i}", fan_out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", classes])],
+        weights,
     )
     save(helper, graph, out)
 
@@ -176,6 +206,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "classifier":
         classifier(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "mlp":
+        mlp(args[0], *(int(a) for a in args[1:6]))
     elif cmd == "wide":
         wide(args[0], int(args[1]), int(args[2]))
     elif cmd == "deep":
