@@ -17,7 +17,7 @@
 //! same tensor; and ONNX Runtime's Python API (`models.py bench-batch`), for reference. Each
 //! round runs the task and native Rust back to back, alternating which goes first; the
 //! medians over the rounds are printed, in wall time and in the process's CPU time (user +
-//! system of every thread: the runtime's, the blocking thread's, ONNX Runtime's), with the
+//! system of every thread: the runtime's, the inference thread's, ONNX Runtime's), with the
 //! load average before and after.
 
 use std::collections::BTreeMap;
@@ -334,7 +334,7 @@ impl Case {
         if task_first {
             self.nat.push(self.native.per_inference(repeat));
         }
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             let secs: f64 = models(
                 python,
                 &[
@@ -559,7 +559,7 @@ async fn main() {
     let load_before = load_average();
     for round in 0..sizes.rounds {
         for case in &mut cases {
-            case.round((&store, &rt, &m), &python, round, round % 2 == 0)
+            case.round((&store, &rt, &m), &python, round, round.is_multiple_of(2))
                 .await;
         }
     }
