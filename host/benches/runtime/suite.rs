@@ -107,7 +107,7 @@ fn checksum(doc: &str) -> u64 {
 /// CPU time of the calling thread: what the work itself cost, whatever else the machine
 /// runs (wall time on a shared, loaded machine is mostly noise).
 #[allow(unsafe_code)]
-fn thread_cpu() -> Duration {
+pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -11,6 +11,7 @@
 //! and a [`Checkpointer`], and returns an [`Outcome`].
 
 mod cache;
+mod cputime;
 mod files;
 mod forward;
 mod host;
@@ -331,6 +332,7 @@ impl Runtime {
     /// cancellation. Never panics on guest behaviour; the store is dropped afterwards.
     pub async fn run(&self, module: &Prepared, req: RunRequest<'_>) -> RunReport {
         let started = Instant::now();
+        let cpu_at_start = cputime::thread_cpu();
         let job: Arc<str> = req.job.as_str().into();
         let state = HostState::new(
             job.clone(),
@@ -375,12 +377,16 @@ impl Runtime {
             Cancelled,
         }
         let mut startup = Duration::ZERO;
+        // From `cpu_at_start` through the instantiation's polls.
+        let mut startup_cpu = Duration::ZERO;
         let end = {
             let input = req.input;
             let store = &mut store;
             let startup = &mut startup;
+            let startup_cpu = &mut startup_cpu;
             let call = async move {
-                let task = module.instantiate_async(&mut *store).await?;
+                let instantiate = module.instantiate_async(&mut *store);
+                let task = cputime::metered(instantiate, cpu_at_start, startup_cpu).await?;
                 *startup = started.elapsed();
                 task.call_run(&mut *store, input).await
             };
@@ -453,6 +459,7 @@ impl Runtime {
             fuel_used,
             first_progress: state.first_progress,
             startup,
+            startup_cpu,
             elapsed: started.elapsed(),
             output_dropped: stderr.dropped() + state.log_dropped,
             host_compute: state.nn.compute_time(),

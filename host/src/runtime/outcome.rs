@@ -111,6 +111,10 @@ pub struct RunReport {
     /// From the call to [`Runtime::run`](super::Runtime::run) until the task's `run` was entered (store created,
     /// component instantiated).
     pub startup: Duration,
+    /// The CPU time of that startup: the thread's CPU clock around the store's creation and
+    /// around each poll of the instantiation (what other tasks ran between polls is not
+    /// counted). Zero if the clock cannot be read.
+    pub startup_cpu: Duration,
     /// From the call to [`Runtime::run`](super::Runtime::run) until it returned (startup included).
     pub elapsed: Duration,
     /// Output bytes dropped because the task wrote more than the log keeps.

@@ -5,8 +5,10 @@
 //! module only, into a directory created with mode 700, through a temporary file of a unique
 //! name (workers that share the directory all run as PID 1 in their containers), made
 //! durable, then renamed into place; bytes that came from outside (R2, a user's file) are
-//! never deserialized: they are always compiled. Each file carries the sha256 of its code,
-//! checked before it is loaded (a damaged file is removed and the module recompiled).
+//! never deserialized: they are always compiled. Each file carries its code's length and
+//! CRC-32, checked before it is loaded (a cut or damaged file is removed and the module
+//! recompiled); the file is then mapped, not copied (`Component::deserialize_file`: its code
+//! pages and memory images come from the page cache).
 //!
 //! Both caches are bounded: memory by [`MAX_MODULES_IN_MEMORY`] modules and
 //! [`MAX_BYTES_IN_MEMORY`] of code, disk by a budget of bytes (`CACHE_MAX_MB`,
@@ -150,14 +152,17 @@ impl ModuleCache {
     #[allow(unsafe_code)]
     pub(super) fn disk(&self, hash: &ModuleHash) -> Option<Component> {
         let disk = self.disk.as_ref()?;
-        let code = disk.read(hash)?;
+        let path = disk.check(hash)?;
         // SAFETY: the file lies in our private cache directory (mode 700) and is only ever
         // written by `store_disk` below, from `Component::serialize` of a component this
-        // engine compiled from bytes whose sha256 is the file name, followed by the sha256
-        // of that code, checked by `read` (a damaged file is removed, never loaded); it is
-        // written to a temporary file and renamed into place, so it is never partial.
-        // wasmtime checks the engine compatibility header again on load.
-        match unsafe { Component::deserialize(&self.engine, &code) } {
+        // engine compiled from bytes whose sha256 is the file name, followed by the code's
+        // length and CRC-32, checked by `check` just now (a cut or damaged file is removed,
+        // never loaded). It is written to a temporary file and renamed into place, never
+        // written in place: the file mapped here is the one checked or a whole other write
+        // of the same module, and stays unchanged while mapped (a rename or a removal of
+        // the name leaves the mapped file as it is). wasmtime checks the engine
+        // compatibility header again on load.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(module = %hash, error = %e, "ignoring unusable compiled module");

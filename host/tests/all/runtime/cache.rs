@@ -6,6 +6,7 @@
 
 use super::*;
 
+use sha2::Digest as _;
 use taskhost::ids::ModuleHash;
 use taskhost::runtime::RuntimeConfig;
 
@@ -180,13 +181,27 @@ async fn a_vanished_or_damaged_file_is_recompiled() {
     assert!(matches!(report.outcome, Outcome::Finished(_)));
 
     // Damaged: one byte of the code flipped (the length and the engine header intact),
-    // cut short, garbage, empty.
+    // cut short, one byte of the code cut out (the trailer intact), the trailer's CRC-32
+    // changed, the code alone (no trailer: the file is still a valid compiled module, which
+    // `deserialize_file` would load), an older host's format (the code and its sha256),
+    // garbage, empty.
     let mut flipped = intact.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;
+    let code = &intact[..intact.len() - 16];
+    let mut one_cut = intact.clone();
+    one_cut.remove(mid);
+    let mut crc_changed = intact.clone();
+    crc_changed[code.len() + 8] ^= 1;
+    let mut old_format = code.to_vec();
+    old_format.extend_from_slice(&sha2::Sha256::digest(code));
     let damaged = [
         flipped,
         intact[..intact.len() / 2].to_vec(),
+        one_cut,
+        crc_changed,
+        code.to_vec(),
+        old_format,
         b"not compiled code".to_vec(),
         Vec::new(),
     ];
