@@ -2,6 +2,12 @@
 //! ONNX Runtime (the same library, model, batch and thread count), side by side in one run, and
 //! the graph cache's effect on a second job with the same model.
 //!
+//! Two models: a tiny classifier (a [64, 512] batch, 512x256: ~0.16 ms, so its ratio is the
+//! host's fixed cost per call) and a realistic MLP (a [128, 1024] batch through three
+//! 1024-wide ReLU layers to 256 classes: ~9 ms, where that fixed cost is amortised). Then the
+//! pieces of the fixed cost measured alone: the hop to the thread ONNX Runtime runs on and the
+//! tensor copies.
+//!
 //! Needs the task modules (tests/build-guests.sh); installs ONNX Runtime itself
 //! (tests/nn/setup-ort.sh) and builds its models with tests/nn/models.py.
 //!
@@ -11,13 +17,13 @@
 //! same tensor; and ONNX Runtime's Python API (`models.py bench-batch`), for reference. Each
 //! round runs the task and native Rust back to back, alternating which goes first; the
 //! medians over the rounds are printed, in wall time and in the process's CPU time (user +
-//! system of every thread: the runtime's, the blocking thread's, ONNX Runtime's), with the
+//! system of every thread: the runtime's, the inference thread's, ONNX Runtime's), with the
 //! load average before and after.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::Digest;
 use taskhost::checkpoint::{Limits, OtherWork};
@@ -31,15 +37,49 @@ use taskhost::store::dir::DirStore;
 use taskhost::store::{ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
 
-/// Inferences per timed task run; interleaved rounds of the inference benchmark (medians
-/// printed); rounds of the cache benchmark; the size of its model in MiB. `cargo test` (CI)
-/// runs benches once without `--bench`: then a small smoke version of the same steps.
-const FULL: (u32, usize, usize, u32) = (200, 15, 3, 64);
-const SMOKE: (u32, usize, usize, u32) = (10, 1, 1, 4);
-/// The benchmark's batch: BATCH records of FEATURES features, CLASSES classes.
+#[path = "nn/measure.rs"]
+mod measure;
+use measure::{Cost, load_average, median, pieces, since, spread, start};
+
+/// Inferences per timed task run of the tiny model, of the MLP; interleaved rounds of the
+/// inference benchmark (medians printed); rounds of the cache benchmark; the size of its model
+/// in MiB; calls per measured piece. `cargo test` (CI) runs benches once without `--bench`:
+/// then a small smoke version of the same steps.
+const FULL: Sizes = Sizes {
+    repeat: 200,
+    mlp_repeat: 30,
+    rounds: 15,
+    cache_rounds: 3,
+    big_mib: 64,
+    calls: 20_000,
+};
+const SMOKE: Sizes = Sizes {
+    repeat: 10,
+    mlp_repeat: 2,
+    rounds: 1,
+    cache_rounds: 1,
+    big_mib: 4,
+    calls: 100,
+};
+/// The tiny model: a BATCH x FEATURES batch, CLASSES classes.
 const BATCH: u32 = 64;
 const FEATURES: u32 = 512;
 const CLASSES: u32 = 256;
+/// The MLP: an MLP_BATCH x MLP_FEATURES batch, MLP_LAYERS hidden layers of MLP_WIDTH, CLASSES
+/// classes.
+const MLP_BATCH: u32 = 128;
+const MLP_FEATURES: u32 = 1024;
+const MLP_WIDTH: u32 = 1024;
+const MLP_LAYERS: u32 = 3;
+
+struct Sizes {
+    repeat: u32,
+    mlp_repeat: u32,
+    rounds: usize,
+    cache_rounds: usize,
+    big_mib: u32,
+    calls: u32,
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -95,61 +135,6 @@ fn executor(store: &AnyStore, rt: &Runtime) -> Executor<AnyStore> {
     }
 }
 
-/// Wall time and the process's CPU time (user + system, all threads).
-#[derive(Clone, Copy, Debug, Default)]
-struct Cost {
-    wall: Duration,
-    cpu: Duration,
-}
-
-impl Cost {
-    fn per(self, n: u32) -> Cost {
-        Cost {
-            wall: self.wall / n,
-            cpu: self.cpu / n,
-        }
-    }
-
-    fn minus(self, o: Cost) -> Cost {
-        Cost {
-            wall: self.wall.saturating_sub(o.wall),
-            cpu: self.cpu.saturating_sub(o.cpu),
-        }
-    }
-}
-
-/// The process's CPU time so far (every thread, user + system).
-#[allow(unsafe_code)]
-fn cpu_now() -> Duration {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `getrusage` writes a whole `rusage` through the valid pointer it is given and
-    // reads nothing; RUSAGE_SELF cannot fail.
-    let u = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
-        u.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// Starts a measurement; `.1()` ends it.
-fn start() -> (Instant, Duration) {
-    (Instant::now(), cpu_now())
-}
-
-fn since((wall, cpu): (Instant, Duration)) -> Cost {
-    Cost {
-        wall: wall.elapsed(),
-        cpu: cpu_now().saturating_sub(cpu),
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// Runs nn_probe once as job `job` on the model under `key`; its cost.
 async fn probe(
     store: &AnyStore,
@@ -186,7 +171,7 @@ struct Native {
 }
 
 impl Native {
-    fn new(lib: &str, model: &Path) -> Native {
+    fn new(lib: &str, model: &Path, batch: u32, features: u32) -> Native {
         // ONNX Runtime allows one environment per process: the runtime's.
         let env = taskhost::nn::engine::environment(Path::new(lib)).unwrap();
         let session = ort::session::Session::builder(&env)
@@ -195,9 +180,9 @@ impl Native {
             .unwrap()
             .commit_from_file(model)
             .unwrap();
-        let data: Vec<f32> = (0..BATCH * FEATURES).map(|i| i as f32 / 8.0).collect();
+        let data: Vec<f32> = (0..batch * features).map(|i| i as f32 / 8.0).collect();
         let x =
-            ort::value::Tensor::from_array((vec![BATCH as i64, FEATURES as i64], data)).unwrap();
+            ort::value::Tensor::from_array((vec![batch as i64, features as i64], data)).unwrap();
         let mut n = Native { session, x };
         n.infer();
         n
@@ -220,30 +205,127 @@ impl Native {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// One model of the inference benchmark and what its rounds measured.
+struct Case {
+    name: &'static str,
+    label: String,
+    path: PathBuf,
+    key: &'static str,
+    batch: u32,
+    features: u32,
+    repeat: u32,
+    native: Native,
+    task: Vec<Cost>,
+    nat: Vec<Cost>,
+    python: Vec<Duration>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+impl Case {
+    fn job(&self, repeat: u32) -> String {
+        format!(
+            r#"{{"dims":[{},{}],"repeat":{repeat}}}"#,
+            self.batch, self.features
+        )
+    }
 
-/// "median (min to max)" in ms.
-fn spread(v: &[Duration], digits: usize) -> String {
-    let (lo, hi) = (v.iter().min().unwrap(), v.iter().max().unwrap());
-    format!(
-        "{:.digits$} ({:.digits$} to {:.digits$})",
-        ms(median(v.to_vec())),
-        ms(*lo),
-        ms(*hi)
-    )
+    /// One round: the task (a job of `repeat` inferences minus a job of one) and native Rust
+    /// back to back, `task_first` or not; every fifth round ONNX Runtime's Python API too.
+    async fn round(
+        &mut self,
+        (store, rt, m): (&AnyStore, &Runtime, &Prepared),
+        python: &str,
+        round: usize,
+        task_first: bool,
+    ) {
+        let repeat = self.repeat;
+        if !task_first {
+            self.nat.push(self.native.per_inference(repeat));
+        }
+        let a = probe(
+            store,
+            rt,
+            m,
+            &format!("{}-one-{round}", self.name),
+            self.key,
+            &self.job(1),
+        )
+        .await;
+        let b = probe(
+            store,
+            rt,
+            m,
+            &format!("{}-many-{round}", self.name),
+            self.key,
+            &self.job(repeat),
+        )
+        .await;
+        self.task.push(b.minus(a).per(repeat - 1));
+        if task_first {
+            self.nat.push(self.native.per_inference(repeat));
+        }
+        if round.is_multiple_of(5) {
+            let secs: f64 = models(
+                python,
+                &[
+                    "bench-batch",
+                    self.path.to_str().unwrap(),
+                    &self.batch.to_string(),
+                    &self.features.to_string(),
+                    &repeat.to_string(),
+                ],
+            )
+            .trim()
+            .parse()
+            .unwrap();
+            self.python
+                .push(Duration::from_secs_f64(secs / f64::from(repeat)));
+        }
+    }
+
+    fn print(&self) {
+        let wall = |v: &[Cost]| v.iter().map(|c| c.wall).collect::<Vec<_>>();
+        let cpu = |v: &[Cost]| v.iter().map(|c| c.cpu).collect::<Vec<_>>();
+        println!("{} ({} per run):", self.label, self.repeat);
+        println!("                          wall                      CPU");
+        println!(
+            "  native ort (Rust)       {:<25} {}",
+            spread(&wall(&self.nat), 3),
+            spread(&cpu(&self.nat), 3)
+        );
+        println!(
+            "  wasi-nn in a task       {:<25} {}",
+            spread(&wall(&self.task), 3),
+            spread(&cpu(&self.task), 3)
+        );
+        println!("  native onnxruntime (py) {}", spread(&self.python, 3));
+        let ratio = |f: &dyn Fn(&[Cost]) -> Vec<Duration>| {
+            median(f(&self.task)).as_secs_f64() / median(f(&self.nat)).as_secs_f64()
+        };
+        println!(
+            "  task / native Rust: {:.2}x wall, {:.2}x CPU (medians)",
+            ratio(&wall),
+            ratio(&cpu)
+        );
+    }
+
+    /// "overhead µs, ratio" in CPU time: the task's median minus native's, and their ratio.
+    fn summary(&self) -> String {
+        let cpu = |v: &[Cost]| median(v.iter().map(|c| c.cpu).collect());
+        let (t, n) = (cpu(&self.task).as_secs_f64(), cpu(&self.nat).as_secs_f64());
+        format!(
+            "{:>8.3} {:>8.3} {:>+9.1} {:>7.3}x",
+            n * 1e3,
+            t * 1e3,
+            (t - n) * 1e6,
+            t / n
+        )
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (repeat, rounds, cache_rounds, big_mib) = if full { FULL } else { SMOKE };
+    let sizes = if full { FULL } else { SMOKE };
     let lib = script(&[]);
     let python = script(&["--python"]);
     let tmp = tempfile::tempdir().unwrap();
@@ -258,9 +340,22 @@ async fn main() {
             "1",
         ],
     );
+    let mlp = tmp.path().join("mlp.onnx");
+    models(
+        &python,
+        &[
+            "mlp",
+            mlp.to_str().unwrap(),
+            &MLP_FEATURES.to_string(),
+            &MLP_WIDTH.to_string(),
+            &MLP_LAYERS.to_string(),
+            &CLASSES.to_string(),
+            "1",
+        ],
+    );
     let big = tmp.path().join("big.onnx");
     // A classifier of big_mib MiB of weights (4096 features x side classes, f32).
-    let side = ((u64::from(big_mib) << 20) / 4 / 4096).to_string();
+    let side = ((u64::from(sizes.big_mib) << 20) / 4 / 4096).to_string();
     models(
         &python,
         &["classifier", big.to_str().unwrap(), "4096", &side, "2"],
@@ -271,6 +366,7 @@ async fn main() {
     let big_sha = taskhost::keys::input(&hex::encode(sha2::Sha256::digest(&big_bytes)));
     for (key, bytes) in [
         ("m/bench", std::fs::read(&model).unwrap()),
+        ("m/mlp", std::fs::read(&mlp).unwrap()),
         ("m/big", big_bytes.clone()),
         (&big_sha, big_bytes),
     ] {
@@ -291,68 +387,75 @@ async fn main() {
     let rt = runtime(nn.clone());
     let m = rt.prepare(wasm("nn_probe"), None).await.unwrap();
 
-    let once = format!(r#"{{"dims":[{BATCH},{FEATURES}],"repeat":1}}"#);
-    let many = format!(r#"{{"dims":[{BATCH},{FEATURES}],"repeat":{repeat}}}"#);
-    probe(&store, &rt, &m, "warm", "m/bench", &once).await;
-    let mut native = Native::new(&lib, &model);
+    let mut cases = [
+        (
+            "tiny",
+            format!("tiny: a [{BATCH}, {FEATURES}] batch, {FEATURES}x{CLASSES} classifier"),
+            model,
+            "m/bench",
+            BATCH,
+            FEATURES,
+            sizes.repeat,
+        ),
+        (
+            "MLP",
+            format!(
+                "MLP: a [{MLP_BATCH}, {MLP_FEATURES}] batch, {MLP_LAYERS} x {MLP_WIDTH} ReLU \
+                 layers, {CLASSES} classes"
+            ),
+            mlp,
+            "m/mlp",
+            MLP_BATCH,
+            MLP_FEATURES,
+            sizes.mlp_repeat,
+        ),
+    ]
+    .map(|(name, label, path, key, batch, features, repeat)| Case {
+        name,
+        native: Native::new(&lib, &path, batch, features),
+        label,
+        path,
+        key,
+        batch,
+        features,
+        repeat,
+        task: Vec::new(),
+        nat: Vec::new(),
+        python: Vec::new(),
+    });
+    for case in &cases {
+        // Loads and caches the graph.
+        probe(
+            &store,
+            &rt,
+            &m,
+            &format!("warm-{}", case.name),
+            case.key,
+            &case.job(1),
+        )
+        .await;
+    }
     let load_before = load_average();
-    let (mut task, mut nat, mut python_native) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let task_first = round % 2 == 0;
-        if !task_first {
-            nat.push(native.per_inference(repeat));
-        }
-        let a = probe(&store, &rt, &m, &format!("one-{round}"), "m/bench", &once).await;
-        let b = probe(&store, &rt, &m, &format!("many-{round}"), "m/bench", &many).await;
-        task.push(b.minus(a).per(repeat - 1));
-        if task_first {
-            nat.push(native.per_inference(repeat));
-        }
-        if round % 5 == 0 {
-            let secs: f64 = models(
-                &python,
-                &[
-                    "bench-batch",
-                    model.to_str().unwrap(),
-                    &BATCH.to_string(),
-                    &FEATURES.to_string(),
-                    &repeat.to_string(),
-                ],
-            )
-            .trim()
-            .parse()
-            .unwrap();
-            python_native.push(Duration::from_secs_f64(secs / f64::from(repeat)));
+    for round in 0..sizes.rounds {
+        for case in &mut cases {
+            case.round((&store, &rt, &m), &python, round, round.is_multiple_of(2))
+                .await;
         }
     }
     let load_after = load_average();
-    let wall = |v: &[Cost]| v.iter().map(|c| c.wall).collect::<Vec<_>>();
-    let cpu = |v: &[Cost]| v.iter().map(|c| c.cpu).collect::<Vec<_>>();
     println!(
-        "inference of a [{BATCH}, {FEATURES}] batch, {FEATURES}x{CLASSES} classifier, 1 thread, \
-         {repeat} per run, median (min to max) of {rounds} alternating rounds, ms; load average \
-         {load_before} before, {load_after} after:"
+        "inference, 1 thread, median (min to max) of {} alternating rounds, ms per inference; \
+         load average {load_before} before, {load_after} after:",
+        sizes.rounds
     );
-    println!("                          wall                      CPU");
-    println!(
-        "  native ort (Rust)       {:<25} {}",
-        spread(&wall(&nat), 3),
-        spread(&cpu(&nat), 3)
-    );
-    println!(
-        "  wasi-nn in a task       {:<25} {}",
-        spread(&wall(&task), 3),
-        spread(&cpu(&task), 3)
-    );
-    println!("  native onnxruntime (py) {}", spread(&python_native, 3));
-    let ratio = |f: &dyn Fn(&[Cost]) -> Vec<Duration>| {
-        median(f(&task)).as_secs_f64() / median(f(&nat)).as_secs_f64()
-    };
-    println!(
-        "  task / native Rust: {:.2}x wall, {:.2}x CPU (medians)",
-        ratio(&wall),
-        ratio(&cpu)
-    );
+    for case in &cases {
+        case.print();
+    }
+    println!("both models, CPU time, medians:   native ms  task ms  overhead µs  task/native");
+    for case in &cases {
+        println!("  {:<30} {}", case.name, case.summary());
+    }
+    pieces(sizes.calls).await;
 
     // The graph cache: on a fresh worker, the first job with the big model reads and loads
     // it; a second job naming it by its sha256 (`inputs/<sha256>`) finds it without reading
@@ -361,7 +464,7 @@ async fn main() {
     let (mut first, mut by_sha, mut by_key, mut no_cache) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let load_before = load_average();
-    for round in 0..cache_rounds {
+    for round in 0..sizes.cache_rounds {
         let rt = runtime(nn.clone());
         let m = rt.prepare(wasm("nn_probe"), None).await.unwrap();
         let job = |n: &str| format!("big-{n}-{round}");
@@ -392,8 +495,10 @@ async fn main() {
         );
     }
     println!(
-        "a job loading a {big_mib} MiB model (reading it from the store included), median (min \
-         to max) of {cache_rounds} fresh workers, ms; load average {load_before} before, {} after:",
+        "a job loading a {} MiB model (reading it from the store included), median (min \
+         to max) of {} fresh workers, ms; load average {load_before} before, {} after:",
+        sizes.big_mib,
+        sizes.cache_rounds,
         load_average()
     );
     println!(

@@ -2,10 +2,14 @@
 venv: onnx, onnxruntime, numpy).
 
   models.py classifier OUT FEATURES CLASSES SEED   # x[N,F] -> probs[N,C] = softmax(xW+b)
+  models.py mlp OUT FEATURES WIDTH LAYERS CLASSES SEED  # x[N,F] -> probs[N,C]: LAYERS
+      WIDTH-wide layers relu(xW+b), then softmax(xW+b) (the benchmark's realistic model)
   models.py big OUT MIB                            # a model with a MIB-sized weight
   models.py wide OUT FEATURES WIDTH                # x[N,F] -> y[N,WIDTH] (large outputs)
   models.py deep OUT FEATURES LAYERS               # x[N,F] -> y[N,F], LAYERS times tanh(xW)
       with one F x F weight (a long inference from a small model)
+  models.py nested OUT DEPTH                       # x[4], c -> y: DEPTH nested If
+      subgraphs (ONNX Runtime's parser takes about 32; a hostile model nests deeper)
   models.py external OUT LOCATION                  # x[4] + w, w's 16 bytes read from the
       file LOCATION ("external data"): the host must refuse it
   models.py records OUT N FEATURES SEED            # N lines of F comma-separated numbers
@@ -36,6 +40,34 @@ def classifier(out, features, classes, seed):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", classes])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    save(helper, graph, out)
+
+
+def mlp(out, features, width, layers, classes, seed):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights, prev, fan_in = [], [], "x", features
+    for i in range(layers + 1):
+        last = i == layers
+        fan_out = classes if last else width
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]))
+        if last:
+            nodes.append(helper.make_node("Softmax", [f"a{i}"], ["probs"], axis=1))
+        else:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
+        prev, fan_in = f"h{i}", fan_out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", classes])],
+        weights,
     )
     save(helper, graph, out)
 
@@ -89,6 +121,45 @@ def big(out, mib):
         [numpy_helper.from_array(w, "w")],
     )
     save(helper, graph, out)
+
+
+def nested(out, depth):
+    # Encoded by hand: onnx's Python classes refuse messages nested past protobuf's depth
+    # limit, and the point is a model nested past ONNX Runtime's.
+    from onnx import TensorProto, helper
+
+    def varint(n):
+        b = bytearray()
+        while True:
+            b.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(b)
+
+    def field(num, payload):  # a length-delimited field
+        return varint(num << 3 | 2) + varint(len(payload)) + payload
+
+    def graph_attr(name, graph):  # AttributeProto: name, g, type = GRAPH (5)
+        return field(1, name) + field(6, graph) + varint(20 << 3) + varint(5)
+
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]).SerializeToString()
+    identity = helper.make_node("Identity", ["x"], ["y"]).SerializeToString()
+    leaf = field(1, identity) + field(2, b"leaf") + field(12, y)  # GraphProto
+    g = leaf
+    for i in range(depth):
+        node = (
+            field(1, b"c") + field(2, b"y") + field(4, b"If")
+            + field(5, graph_attr(b"then_branch", g))
+            + field(5, graph_attr(b"else_branch", leaf))
+        )
+        g = field(1, node) + field(2, b"g%d" % i) + field(12, y)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]).SerializeToString()
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, []).SerializeToString()
+    opset = helper.make_opsetid("", 17).SerializeToString()
+    # ModelProto: ir_version 8, graph, opset_import.
+    model = varint(1 << 3) + varint(8) + field(7, g + field(11, x) + field(11, c)) + field(8, opset)
+    with open(out, "wb") as f:
+        f.write(model)
 
 
 def external(out, location):
@@ -176,12 +247,16 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "classifier":
         classifier(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "mlp":
+        mlp(args[0], *(int(a) for a in args[1:6]))
     elif cmd == "wide":
         wide(args[0], int(args[1]), int(args[2]))
     elif cmd == "deep":
         deep(args[0], int(args[1]), int(args[2]))
     elif cmd == "big":
         big(args[0], int(args[1]))
+    elif cmd == "nested":
+        nested(args[0], int(args[1]))
     elif cmd == "external":
         external(args[0], args[1])
     elif cmd == "records":

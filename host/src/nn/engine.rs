@@ -1,6 +1,6 @@
 //! ONNX Runtime itself: the library loaded once from the configured path, sessions built from
-//! model bytes, and one inference run. Everything here blocks: the runtime calls it on tokio's
-//! blocking threads.
+//! model bytes, and one inference run. Everything here blocks: the runtime calls it on
+//! inference threads ([`super::thread`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

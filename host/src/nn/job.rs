@@ -1,6 +1,6 @@
 //! One run's inference: its graphs, tensors and contexts (each holding its bytes of the job's
-//! and the worker's budgets), graph loads through the cache, and inference on a blocking
-//! thread, timed and terminated if the run is stopped.
+//! and the worker's budgets), graph loads through the cache, and inference on the run's
+//! inference thread ([`super::thread`]), timed and terminated if the run is stopped.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +12,7 @@ use super::budget::{Budget, Charge};
 use super::cache::{LoadedGraph, ModelHash};
 use super::engine::RunError;
 use super::tensor::{TensorData, check_input, input_copies};
+use super::thread::{InferenceThread, Panicked};
 use super::{ErrorCode, GRAPH_COST_FACTOR, NnError, NnService};
 
 /// A graph a task holds: the loaded graph and its cost in the job's budget.
@@ -37,6 +38,11 @@ pub struct NnJob {
     service: Arc<NnService>,
     budget: Arc<Budget>,
     compute: Duration,
+    /// The run's inference thread once it needed one; out of it while a call runs, so a run
+    /// stopped mid-call never hands a busy thread back to the worker.
+    thread: Option<InferenceThread>,
+    /// Run options for the next inference (reused until one is stopped).
+    stop: Option<Arc<ort::session::RunOptions>>,
 }
 
 fn too_large_for_job(cap: u64, need: u64, held: u64) -> NnError {
@@ -66,7 +72,37 @@ impl NnJob {
             service,
             budget,
             compute: Duration::ZERO,
+            thread: None,
+            stop: None,
         }
+    }
+
+    /// `f`'s result, run on the run's inference thread (taken from the worker's idle ones, or
+    /// made, at its first call), its time added to [`NnJob::compute_time`]. If the run stops
+    /// while `f` runs, the thread is not kept: it ends once `f` returns.
+    async fn on_thread<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NnError> {
+        let thread = match self.thread.take() {
+            Some(t) => t,
+            None => self.service.idle_thread().map_err(|e| {
+                NnError::new(
+                    ErrorCode::RuntimeError,
+                    format!("the host cannot start an inference thread: {e}"),
+                )
+            })?,
+        };
+        let started = Instant::now();
+        let r = thread.run(f).await;
+        self.compute += started.elapsed();
+        self.thread = Some(thread);
+        r.map_err(|Panicked| {
+            NnError::new(
+                ErrorCode::RuntimeError,
+                "ONNX Runtime failed inside the host (the worker's log says why)",
+            )
+        })
     }
 
     /// Time spent in inference and graph loads in this run (host compute that fuel does not
@@ -175,26 +211,15 @@ impl NnJob {
             .ok_or_else(|| too_large_for_job(self.budget.cap(), cost, self.budget.used()))?;
         let worker = self.worker_charge(cost)?;
         let service = self.service.clone();
-        let started = Instant::now();
-        let built = tokio::task::spawn_blocking(move || {
-            let ort = service
-                .ort()
-                .map_err(|m| NnError::new(ErrorCode::UnsupportedOperation, m))?;
-            ort.build(&bytes)
-                .map_err(|m| NnError::new(ErrorCode::InvalidEncoding, m))
-        })
-        .await;
-        self.compute += started.elapsed();
-        let model = match built {
-            Ok(built) => built?,
-            Err(e) => {
-                tracing::error!(error = %e, "ONNX Runtime panicked loading a model");
-                return Err(NnError::new(
-                    ErrorCode::RuntimeError,
-                    "loading the model failed inside the host (the worker's log says why)",
-                ));
-            }
-        };
+        let model = self
+            .on_thread(move || {
+                let ort = service
+                    .ort()
+                    .map_err(|m| NnError::new(ErrorCode::UnsupportedOperation, m))?;
+                ort.build(&bytes)
+                    .map_err(|m| NnError::new(ErrorCode::InvalidEncoding, m))
+            })
+            .await??;
         self.service.built.fetch_add(1, Ordering::Relaxed);
         let graph = Arc::new(LoadedGraph {
             hash,
@@ -244,31 +269,27 @@ impl NnJob {
         let room = (self.budget.cap() - self.budget.used().min(self.budget.cap())).min(
             self.service.worker.cap() - self.service.worker.used().min(self.service.worker.cap()),
         );
-        let stop =
-            Arc::new(ort::session::RunOptions::new().map_err(|e| {
+        let stop = match self.stop.take() {
+            Some(stop) => stop,
+            None => Arc::new(ort::session::RunOptions::new().map_err(|e| {
                 NnError::new(ErrorCode::RuntimeError, format!("ONNX Runtime: {e}"))
-            })?);
+            })?),
+        };
         let mut guard = Terminate(Some(stop.clone()));
         // The inputs' own bytes stay charged until the inference ends.
         let (data, held): (Vec<TensorData>, Vec<_>) =
             tensors.into_iter().map(|t| (t.tensor, t.charges)).unzip();
-        let started = Instant::now();
-        let ran = tokio::task::spawn_blocking(move || graph.model.run(&data, room, &stop)).await;
-        self.compute += started.elapsed();
-        guard.0 = None;
-        let outputs = match ran {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(RunError::TooLarge(n))) => {
+        let ran = self
+            .on_thread(move || graph.model.run(&data, room, &stop))
+            .await;
+        // Not stopped: the options are reused by the next inference.
+        self.stop = guard.0.take();
+        let outputs = match ran? {
+            Ok(outputs) => outputs,
+            Err(RunError::TooLarge(n)) => {
                 return Err(too_large_for_job(self.budget.cap(), n, self.budget.used()));
             }
-            Ok(Err(RunError::Failed(m))) => return Err(NnError::new(ErrorCode::RuntimeError, m)),
-            Err(e) => {
-                tracing::error!(error = %e, "ONNX Runtime panicked in inference");
-                return Err(NnError::new(
-                    ErrorCode::RuntimeError,
-                    "inference failed inside the host (the worker's log says why)",
-                ));
-            }
+            Err(RunError::Failed(m)) => return Err(NnError::new(ErrorCode::RuntimeError, m)),
         };
         drop((copy_charge, held));
         let mut out = Vec::with_capacity(outputs.len());
@@ -277,6 +298,15 @@ impl NnJob {
             out.push((name, TensorHandle { tensor: t, charges }));
         }
         Ok(out)
+    }
+}
+
+impl Drop for NnJob {
+    /// Hands the run's inference thread (idle: a call in progress took it) to the worker.
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.service.keep_idle(t);
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! with checked arithmetic, see [`tensor`]); a model ONNX Runtime rejects is an error for the
 //! task. Host memory for graphs and tensors is held in two [`budget::Budget`]s, the job's and
 //! the worker's: nothing is allocated on a task's behalf past either. Loading and inference run
-//! on tokio's blocking threads; an inference whose task is stopped (wall-clock limit,
+//! on the job's inference thread ([`thread`]: long-lived, a 64 MiB stack, never an async
+//! thread or the task's fiber); an inference whose task is stopped (wall-clock limit,
 //! cancellation) is terminated through ONNX Runtime's run options. ONNX Runtime is loaded at
 //! the worker's first graph load, not at its start (which only checks the library). A worker
 //! without ONNX Runtime runs every task; `load` answers `unsupported-operation`.
@@ -19,10 +20,11 @@ pub mod cache;
 pub mod engine;
 mod job;
 pub mod tensor;
+pub mod thread;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use job::{ContextHandle, GraphHandle, NnJob, TensorHandle};
 
@@ -50,6 +52,10 @@ impl std::str::FromStr for Provider {
 
 /// What a task's graph load gets when the worker's ONNX Runtime cannot be used.
 const NOT_LOADED: &str = "this worker's ONNX Runtime did not load (the worker's log says why)";
+
+/// Idle inference threads a worker keeps for its next jobs, at most (a job holds one while it
+/// runs; more than the worker's slots are never idle at once).
+const MAX_IDLE_THREADS: usize = 16;
 
 /// A graph's estimated host memory is this many times its model's size (the model's bytes
 /// while it loads, then the session's weights and buffers).
@@ -155,6 +161,8 @@ pub struct NnService {
     cache: cache::GraphCache,
     built: AtomicU64,
     hits: AtomicU64,
+    /// Inference threads of ended jobs, for the next ones.
+    idle: Mutex<Vec<thread::InferenceThread>>,
 }
 
 impl NnService {
@@ -187,10 +195,26 @@ impl NnService {
             config,
             built: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// ONNX Runtime, loaded by the first caller (blocking: on a blocking thread). A library
+    /// An idle inference thread, or a new one.
+    fn idle_thread(&self) -> std::io::Result<thread::InferenceThread> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        idle.map_or_else(thread::InferenceThread::spawn, Ok)
+    }
+
+    /// Keeps an ended job's idle inference thread for the next job (or ends it, past
+    /// [`MAX_IDLE_THREADS`]).
+    fn keep_idle(&self, t: thread::InferenceThread) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_THREADS {
+            idle.push(t);
+        }
+    }
+
+    /// ONNX Runtime, loaded by the first caller (blocking: on an inference thread). A library
     /// that does not load is logged once; every call then answers the same error.
     pub(crate) fn ort(&self) -> Result<&engine::Ort, String> {
         let loaded = self.ort.get_or_init(|| {

@@ -66,8 +66,9 @@ pub struct TensorData {
 pub enum Bytes {
     /// Bytes the task passed.
     Task(Vec<u8>),
-    /// An output tensor of a type the host serves, in ONNX Runtime's buffer.
-    Output(DynValue),
+    /// An output tensor of a type the host serves, in ONNX Runtime's buffer, and its length
+    /// in bytes (known when it was read out: asking ONNX Runtime again costs calls).
+    Output(DynValue, usize),
 }
 
 impl Bytes {
@@ -75,13 +76,16 @@ impl Bytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Task(v) => v,
-            Bytes::Output(v) => output_bytes(v).unwrap_or_default(),
+            Bytes::Output(v, _) => output_bytes(v).unwrap_or_default(),
         }
     }
 
     /// How many bytes.
     pub fn len(&self) -> usize {
-        self.as_slice().len()
+        match self {
+            Bytes::Task(v) => v.len(),
+            Bytes::Output(_, len) => *len,
+        }
     }
 
     /// Whether there are none.
@@ -306,7 +310,8 @@ pub fn from_value(name: &str, v: DynValue, room: u64) -> Result<TensorData, From
     Ok(TensorData {
         dims,
         ty,
-        data: Bytes::Output(v),
+        // `size` fits: the buffer holds that many bytes.
+        data: Bytes::Output(v, size as usize),
     })
 }
 

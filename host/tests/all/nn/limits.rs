@@ -103,6 +103,46 @@ async fn malformed_models_are_errors_for_the_task_and_the_worker_runs_on() {
     assert_eq!((s.built, s.cached), (1, 1), "{s:?}");
 }
 
+/// Models nesting subgraphs (`If` branches): ONNX Runtime recurses over them as it loads a
+/// model, on the job's inference thread. One nested about as deep as its parser takes loads
+/// (and the run after it reuses the job's thread); one nested far deeper (a hostile file) is
+/// an error for the task, and the worker runs the next job.
+#[tokio::test]
+async fn deeply_nested_models_load_or_fail_on_the_inference_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = tmp.path().join("deep.onnx");
+    models(&["nested", deep.to_str().unwrap(), "30"]);
+    let hostile = tmp.path().join("hostile.onnx");
+    models(&["nested", hostile.to_str().unwrap(), "1000"]);
+    let good = classifier(tmp.path(), 4, 3, 1);
+    let (store, _dir) = store_with(&[
+        ("m/deep", &deep),
+        ("m/hostile", &hostile),
+        ("m/good", &good),
+    ])
+    .await;
+    let rt = runtime(with_ort());
+    let m = module(&rt, "nn_probe").await;
+    let r = done(run_job(&store, &rt, &m, "deep", "{}", &[("model", "m/deep")]).await);
+    assert_eq!(r["stage"], "done", "{r}");
+    let r = done(run_job(&store, &rt, &m, "hostile", "{}", &[("model", "m/hostile")]).await);
+    assert_eq!(r["stage"], "load", "{r}");
+    assert_eq!(r["kind"], "InvalidEncoding", "{r}");
+    let r = done(
+        run_job(
+            &store,
+            &rt,
+            &m,
+            "after",
+            r#"{"dims":[1,4]}"#,
+            &[("model", "m/good")],
+        )
+        .await,
+    );
+    assert_eq!(r["stage"], "done", "{r}");
+    assert_eq!(rt.nn().stats().built, 2, "the deep model and the good one");
+}
+
 fn bytes_replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     let at = out.windows(from.len()).position(|w| w == from).unwrap();
@@ -274,9 +314,10 @@ async fn host_memory_is_capped_per_job_and_per_worker() {
 }
 
 /// The wall-clock limit stops an inference mid-run: the run ends at its limit as a timeout,
-/// and ONNX Runtime stops computing. The graph's session is shared through the cache and runs
-/// one inference at a time, so a one-record inference right after starts at once instead of
-/// waiting out the rest of the stopped one: it takes a small part of a whole inference.
+/// and ONNX Runtime stops computing; so does a cancelled run (the worker shutting down). The
+/// graph's session is shared through the cache and runs one inference at a time, so a
+/// one-record inference right after starts at once instead of waiting out the rest of the
+/// stopped one: it takes a small part of a whole inference.
 #[tokio::test]
 async fn the_wall_clock_limit_stops_an_inference_mid_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -334,13 +375,60 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
     let cut = started.elapsed();
     // One record: 1/256 of the compute. Behind an inference that ran on, it would wait for
     // the rest of it (about 4/5 of a whole one).
+    let prompt = |after: Duration, stopped: Duration| {
+        assert!(
+            after < full / 2,
+            "the stopped inference went on: the next took {after:?} (one takes {full:?}, the \
+             stopped run {stopped:?})"
+        );
+    };
     let started = Instant::now();
     let r = done(run_job(&store, &rt, &m, "after", r#"{"dims":[1,1024]}"#, &model).await);
-    let after = started.elapsed();
     assert_eq!(r["stage"], "done", "{r}");
-    assert!(
-        after < full / 2,
-        "the stopped inference went on: the next took {after:?} (one takes {full:?}, the \
-         stopped run {cut:?})"
+    prompt(started.elapsed(), cut);
+
+    // Cancelled a fifth of the way into a whole inference (the stimulus is a timer; what is
+    // asserted is that the run ends as cancelled and the inference stops).
+    let cancel = CancellationToken::new();
+    let stopper = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(full / 5).await;
+            cancel.cancel();
+        })
+    };
+    let unlimited = executor_on(
+        store.clone(),
+        rt.clone(),
+        JobLimits::default(),
+        FileLimits::default(),
     );
+    let started = Instant::now();
+    let end = run(
+        &unlimited,
+        &m,
+        "cancelled",
+        input,
+        &model,
+        live_lease(),
+        cancel,
+    )
+    .await;
+    let cancelled = started.elapsed();
+    stopper.await.unwrap();
+    assert!(matches!(end, JobEnd::Cancelled), "{end:?}");
+    let started = Instant::now();
+    let r = done(
+        run_job(
+            &store,
+            &rt,
+            &m,
+            "after-cancel",
+            r#"{"dims":[1,1024]}"#,
+            &model,
+        )
+        .await,
+    );
+    assert_eq!(r["stage"], "done", "{r}");
+    prompt(started.elapsed(), cancelled);
 }
