@@ -12,7 +12,8 @@
 //! Knobs (environment): `BENCH_ROUNDS` (default 3), `BENCH_ONLY=md,sort` (a subset of the
 //! workloads; `prime` is prime-count), `BENCH_SCALE=md=5,sort=8` (other scales),
 //! `BENCH_MODULES=label=path.wasm,..` (more builds of the workloads module, run
-//! fuel-metered in the same rounds: guest build profiles side by side),
+//! fuel-metered in the same rounds: guest build profiles side by side; with
+//! `BENCH_MODULES_PLAIN=1` each also unmetered, and a geomean line of its own),
 //! `BENCH_FUEL_INTERVALS=100000,..` (more fuel-metered runtimes with these yield intervals),
 //! `BENCH_SKIP_STARTS=1` (workloads only), `BENCH_SKIP_SUITE=1` (compile and starts only).
 //! Run by `cargo test` (no `--bench` argument), the suite runs once at small scales, and

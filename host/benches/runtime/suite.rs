@@ -173,15 +173,28 @@ pub async fn run_suite(store: &DirStore, prime_bytes: &[u8], quick: bool) {
             workloads_bytes.clone(),
         ));
     }
+    // Each extra build fuel-metered, and unmetered too with BENCH_MODULES_PLAIN=1 (then
+    // its own geomean line is printed as well): (label, unmetered column, fuel column).
+    let plain = std::env::var_os("BENCH_MODULES_PLAIN").is_some();
+    let mut pairs: Vec<(String, Option<usize>, usize)> = Vec::new();
     for module in env_list("BENCH_MODULES") {
         let (label, path) = module
             .split_once('=')
             .expect("BENCH_MODULES=label=path.wasm,..");
-        configs.push((
-            format!("fuel:{label}"),
-            RuntimeConfig::default(),
-            super::read_wasm(std::path::Path::new(path)),
-        ));
+        let bytes = super::read_wasm(std::path::Path::new(path));
+        let unmetered = plain.then(|| {
+            configs.push((
+                format!("plain:{label}"),
+                RuntimeConfig {
+                    fuel_metering: false,
+                    ..Default::default()
+                },
+                bytes.clone(),
+            ));
+            configs.len() - 1
+        });
+        configs.push((format!("fuel:{label}"), RuntimeConfig::default(), bytes));
+        pairs.push((label.to_owned(), unmetered, configs.len() - 1));
     }
     let mut variants = Vec::new();
     for (label, config, bytes) in configs {
@@ -205,6 +218,7 @@ pub async fn run_suite(store: &DirStore, prime_bytes: &[u8], quick: bool) {
     }
     println!();
     let (mut fuel_native, mut fuel_plain) = (Vec::new(), Vec::new());
+    let mut pair_ratios: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); pairs.len()];
     let mut job = 0u64;
     for row in rows(quick) {
         let expected = (row.native)();
@@ -239,6 +253,21 @@ pub async fn run_suite(store: &DirStore, prime_bytes: &[u8], quick: bool) {
         println!();
         fuel_native.push(best[1].as_secs_f64() / native.as_secs_f64());
         fuel_plain.push(best[1].as_secs_f64() / best[0].as_secs_f64());
+        for ((_, unmetered, fuel), (vs_native, vs_plain)) in pairs.iter().zip(&mut pair_ratios) {
+            vs_native.push(best[*fuel].as_secs_f64() / native.as_secs_f64());
+            if let Some(u) = unmetered {
+                vs_plain.push(best[*fuel].as_secs_f64() / best[*u].as_secs_f64());
+            }
+        }
+    }
+    for ((label, unmetered, _), (vs_native, vs_plain)) in pairs.iter().zip(&pair_ratios) {
+        if !vs_native.is_empty() && unmetered.is_some() {
+            println!(
+                "geomean {label}: wasm-fuel/native {:.2}, fuel/unmetered {:.2}",
+                geomean(vs_native),
+                geomean(vs_plain)
+            );
+        }
     }
     if !fuel_native.is_empty() {
         println!(

@@ -3,7 +3,8 @@
 //! The crate vendors the guest SDK (`taskhost-guest/`: its manifest, its source and the WIT
 //! world), taken at compile time from this repository's own files (`guest-tasks/sdk`,
 //! `wit/task.wit`), so a new crate always matches the host that made it. Its workspace
-//! settings (dependency versions, lints, release profile) and its lock file are those of
+//! settings (dependency versions, lints, release profile), its cargo config (the target and
+//! the loop-unrolling flags) and its lock file are those of
 //! `guest-tasks/`, the workspace the repository's own task modules build in.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use clap::{Args, Subcommand};
 const GUEST_WORKSPACE: &str = include_str!("../../../guest-tasks/Cargo.toml");
 /// The guest workspace's lock file: the new crate starts from the same versions.
 const GUEST_LOCK: &str = include_str!("../../../guest-tasks/Cargo.lock");
-/// The guest workspace's cargo config (sets the wasm32-wasip2 target).
+/// The guest workspace's cargo config (the wasm32-wasip2 target, loop-unrolling flags).
 const GUEST_CARGO_CONFIG: &str = include_str!("../../../guest-tasks/.cargo/config.toml");
 const SDK_MANIFEST: &str = include_str!("../../../guest-tasks/sdk/Cargo.toml");
 const SDK_LIB: &str = include_str!("../../../guest-tasks/sdk/src/lib.rs");
@@ -476,6 +477,15 @@ mod tests {
         let nn = files("my-nn", Template::Nn);
         let lib = &nn.iter().find(|(p, _)| *p == "src/lib.rs").unwrap().1;
         assert!(lib.contains("taskhost_guest::nn"), "{lib}");
+        // The guest workspace's build settings, loop unrolling included (what keeps fuel
+        // metering cheap), are the new crate's.
+        let config = &nn
+            .iter()
+            .find(|(p, _)| *p == ".cargo/config.toml")
+            .unwrap()
+            .1;
+        assert!(config.contains("target = \"wasm32-wasip2\""), "{config}");
+        assert!(config.contains("-unroll-partial-threshold="), "{config}");
     }
 
     #[test]
