@@ -61,6 +61,17 @@ impl Observed {
 }
 
 impl AnyStore {
+    /// Whether durable writes share flushes (the directory store's group commit): then a
+    /// job's slot is freed before its outputs are made durable, so that they can share one
+    /// (docs/design.md section 5, "Receiving").
+    pub fn group_commits(&self) -> bool {
+        match self {
+            AnyStore::Dir(_) => true,
+            AnyStore::S3(_) => false,
+            AnyStore::Observed(o) => matches!(o.backend, Backend::Dir(_)),
+        }
+    }
+
     /// This store, each call's error counted by kind in `metrics` and each answer reported
     /// to `health`.
     pub fn observed(self, metrics: Arc<Metrics>, health: Option<Arc<Health>>) -> AnyStore {

@@ -51,6 +51,14 @@ impl Drop for Committing {
     }
 }
 
+/// What a job whose task's run ended holds while its outputs are written.
+enum Held {
+    /// A commit place (its slot freed): on a store with group commits.
+    Place(Committing),
+    /// Its slot, on other stores (held only: dropping it frees the slot).
+    Slot { _slot: OwnedSemaphorePermit },
+}
+
 /// Pub/Sub allows attribute values of at most 1024 bytes.
 const MAX_ATTRIBUTE: usize = 1024;
 
@@ -73,8 +81,10 @@ pub(super) struct Worker<S> {
     /// This worker's record of the jobs it runs, on the node's disk.
     pub record: Option<NodeRecord>,
     /// The commit places ([`COMMIT_PLACES_PER_SLOT`](super::COMMIT_PLACES_PER_SLOT) ×
-    /// `slots`): a job whose task's run ended takes one for its slot, and holds it while its outputs are written and its message settled.
-    pub commits: Arc<tokio::sync::Semaphore>,
+    /// `slots`), on a store with group commits ([`AnyStore::group_commits`]): a job whose
+    /// task's run ended takes one for its slot, and holds it while its outputs are written
+    /// and its message settled. `None`: a job keeps its slot until its outputs are written.
+    pub commits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
@@ -204,19 +214,25 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         };
         // Counted in the deletion cost while it runs.
         let counted = self.config.deletion_cost.as_ref().map(|c| c.job());
-        // Once the task's run ends, its slot may take the next message while this one's
-        // outputs are made durable and it is settled: it holds a commit place instead (kept
-        // until the end of this function).
-        let commits = Arc::clone(&self.commits);
+        // Once the task's run ends, on a store with group commits its slot takes the next
+        // message while this one's outputs are made durable: the job holds a commit place
+        // instead, until its message is settled. Elsewhere it keeps its slot until its
+        // outputs are written.
+        let commits = self.commits.clone();
         let stats = Arc::clone(&self.stats);
         let freed = id.clone();
         let handoff = async move {
-            let place = Committing::take(commits, stats).await;
-            drop(slot);
-            tracing::debug!(job = %freed, "slot freed");
-            place
+            match commits {
+                Some(commits) => {
+                    let place = Committing::take(commits, stats).await;
+                    drop(slot);
+                    tracing::debug!(job = %freed, "slot freed");
+                    Held::Place(place)
+                }
+                None => Held::Slot { _slot: slot },
+            }
         };
-        let (end, runs, _committing) = self
+        let (end, runs, held) = self
             .executor
             .execute_counted(
                 id,
@@ -228,6 +244,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 handoff,
             )
             .await;
+        // A slot (no group commits) is freed here, while the message is settled; a commit
+        // place is kept until it is settled.
+        let _committing = match held {
+            Some(Held::Place(place)) => Some(place),
+            Some(Held::Slot { .. }) | None => None,
+        };
         // Without a dead-letter policy the queue counts no deliveries: the checkpoint's own
         // count of runs then spaces the retries out.
         let attempt = message.delivery_attempt.unwrap_or(runs.max(1));

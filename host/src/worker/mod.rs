@@ -2,9 +2,9 @@
 //!
 //! The receive loop pulls only when a slot is free, and asks for exactly as many messages as
 //! there are free slots, so it never holds a message it cannot start at once. A job frees its
-//! slot when its task's run ends, for one of [`COMMIT_PLACES_PER_SLOT`] × `slots` commit
-//! places, which it holds while its outputs are written (made durable) and its message is
-//! settled. Each pulled
+//! slot when its outputs are written, or, on the directory store, when its task's run ends,
+//! for one of [`COMMIT_PLACES_PER_SLOT`] × `slots` commit places, which it holds while its
+//! outputs are written (made durable) and its message is settled. Each pulled
 //! message gets a [`Lease`](crate::queue::lease::Lease) (extended every half deadline) and
 //! a task: parse → resolve the module (memory → disk cache → bucket → verify → compile) →
 //! [`Executor::execute`] (claim, run, durable result) → [`decide`] → ack / nack with a delay / dead-letter. Each running
@@ -89,8 +89,9 @@ pub struct WorkerConfig {
     /// `ACK_DEADLINE_SECONDS`: each lease extension sets the deadline this far ahead.
     pub ack_deadline: Duration,
     /// `WORKER_SLOTS`: jobs run at once (0 counts as 1). Messages held at once: at most
-    /// this plus [`COMMIT_PLACES_PER_SLOT`] times this (jobs committing: their outputs
-    /// written, then their messages settled).
+    /// this, plus on the directory store [`COMMIT_PLACES_PER_SLOT`] times this (jobs
+    /// committing: their outputs written, then their messages settled), plus those being
+    /// settled.
     pub slots: usize,
     /// `MAX_FAILURES`: trapped runs after which a job is dead-lettered (default
     /// [`DEFAULT_MAX_FAILURES`], 3).
@@ -172,6 +173,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
     let slots = config.slots.max(1);
+    let group_commits = AnyStore::group_commits(&executor.store.clone().into());
     let subscriptions: Vec<&str> = config
         .lanes
         .iter()
@@ -238,7 +240,8 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         stats: stats.clone(),
         storage_failures: receive::StorageFailures::default(),
         record,
-        commits: Arc::new(tokio::sync::Semaphore::new(slots * COMMIT_PLACES_PER_SLOT)),
+        commits: group_commits
+            .then(|| Arc::new(tokio::sync::Semaphore::new(slots * COMMIT_PLACES_PER_SLOT))),
     });
     let beating = heartbeat::start(
         &worker.executor.store,

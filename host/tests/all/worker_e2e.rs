@@ -171,6 +171,12 @@ async fn a_batch_of_two_dozen_jobs_on_two_workers_leaves_nothing_behind() {
             + job_lines(&log2, "job done; result stored", id).len();
         assert_eq!(done, 1, "{id}:\n{}", logs(&[&mut w1, &mut w2]));
     }
+    // On S3 (no group commit) a job keeps its slot until its result is written: no commit
+    // places (docs/design.md section 5, "Receiving").
+    for log in [&log1, &log2] {
+        assert!(log.contains("committing_peak=0"), "{log}");
+        assert!(!log.contains("slot freed"), "{log}");
+    }
     let share = |log: &str| log.matches("job done; result stored").count();
     eprintln!(
         "jobs done: worker-1 {}, worker-2 {}",

@@ -2,10 +2,12 @@
 //! note) are made durable in batches, one flusher at a time.
 //!
 //! A write renames its object into place (visible at once), then [`GroupCommit::dirty`]
-//! records its directory. A write that must be durable when it returns then waits in
-//! [`GroupCommit::sync`] for a flush that began after it recorded its directory: the flusher
-//! takes every directory recorded so far, fsyncs each once, and wakes the writers waiting for
-//! that batch. Writers that arrive during a flush join the next one, which one of them runs.
+//! records its directory in the batch being gathered and hands back a [`Recorded`]: that
+//! batch's number and the directory. A write that must be durable when it returns then waits
+//! in [`GroupCommit::sync`] for exactly that batch: the flusher takes every directory recorded
+//! so far, fsyncs each once (all of them, whatever fails), and wakes the writers waiting for
+//! that batch; a writer learns whether its own directory's fsync failed, never another's.
+//! Writers that arrive during a flush join the next one, which one of them runs.
 //! A directory is fsynced once per batch however many writes changed it; on a journaling
 //! filesystem (ext4's default) the first fsync of a batch commits the transaction that holds
 //! every rename of the batch, so the rest cost little.
@@ -40,8 +42,15 @@ struct State {
     flushing: bool,
     /// The directories of the flush that runs now.
     in_flight: BTreeSet<PathBuf>,
-    /// The last few batches whose flush failed, with the error.
-    failed: VecDeque<(u64, String)>,
+    /// The last few batches whose flush failed: the batch, the directory, the error.
+    failed: VecDeque<(u64, PathBuf, String)>,
+}
+
+/// A directory recorded for a batch's flush ([`GroupCommit::dirty`]), to wait on.
+#[derive(Debug)]
+pub(super) struct Recorded {
+    batch: u64,
+    dir: PathBuf,
 }
 
 /// Failed batches remembered for writers that wake late.
@@ -61,13 +70,19 @@ impl Default for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Records that `dir`'s entries changed: the next flush makes them durable.
-    pub(super) fn dirty(&self, dir: PathBuf) {
-        lock(&self.state).dirty.insert(dir);
+    /// Records that `dir`'s entries changed: the flush of the batch being gathered makes them
+    /// durable.
+    pub(super) fn dirty(&self, dir: PathBuf) -> Recorded {
+        let mut st = lock(&self.state);
+        st.dirty.insert(dir.clone());
+        Recorded {
+            batch: st.gathering,
+            dir,
+        }
     }
 
-    /// Whether `dir`'s changes recorded so far are durable (none waits for a flush, and
-    /// none is in the one that runs).
+    /// Whether `dir`'s changes recorded so far are flushed (none waits for a flush, and none
+    /// is in the one that runs). A failed fsync counts as flushed here: its writers were told.
     pub(super) fn is_flushed(&self, dir: &std::path::Path) -> bool {
         let st = lock(&self.state);
         !st.dirty.contains(dir) && !st.in_flight.contains(dir)
@@ -78,22 +93,14 @@ impl GroupCommit {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Returns once every directory recorded before the call is durable: waits for the
-    /// batch that holds them (running its flush if no flush runs).
-    pub(super) async fn sync(self: &Arc<Self>) -> Result<(), StoreError> {
-        let target = {
-            let st = lock(&self.state);
-            if st.dirty.is_empty() {
-                // What was recorded before is in the flush that runs now, or flushed.
-                st.gathering - 1
-            } else {
-                st.gathering
-            }
-        };
+    /// Returns once `recorded`'s batch is flushed (running its flush if no flush runs): `Ok`
+    /// when its directory's fsync succeeded, so every change recorded with it is durable.
+    pub(super) async fn sync(self: &Arc<Self>, recorded: &Recorded) -> Result<(), StoreError> {
+        let target = recorded.batch;
         let mut done = self.done.subscribe();
         loop {
             if *done.borrow_and_update() >= target {
-                return self.outcome(target);
+                return self.outcome(recorded);
             }
             let batch = {
                 let mut st = lock(&self.state);
@@ -118,31 +125,30 @@ impl GroupCommit {
         }
     }
 
-    /// Flushes batch `number` (its directories, each once), then marks it done. All of it
-    /// runs on a blocking thread, to its end even if the waiting writer is dropped (a write
-    /// bounded by a timeout): no batch is ever left marked as flushing.
+    /// Flushes batch `number` (each of its directories once, every one even when one fails),
+    /// then marks it done. All of it runs on a blocking thread, to its end even if the waiting
+    /// writer is dropped (a write bounded by a timeout): no batch is ever left marked as
+    /// flushing.
     async fn flush(self: &Arc<Self>, number: u64, dirs: BTreeSet<PathBuf>) {
         let me = Arc::clone(self);
         let flushing = tokio::task::spawn_blocking(move || {
-            let mut failed = None;
-            for dir in &dirs {
-                match File::open(dir).and_then(|d| d.sync_all()) {
+            let mut failed = Vec::new();
+            for dir in dirs {
+                match File::open(&dir).and_then(|d| d.sync_all()) {
                     // Removed since (its last object deleted): nothing in it to keep.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        failed = Some(format!("making {} durable: {e}", dir.display()));
-                        break;
+                        let error = format!("making {} durable: {e}", dir.display());
+                        failed.push((number, dir, error));
                     }
                     Ok(()) => {}
                 }
             }
             me.flushes.fetch_add(1, Ordering::Relaxed);
             let mut st = lock(&me.state);
-            if let Some(e) = failed {
-                st.failed.push_back((number, e));
-                if st.failed.len() > FAILED_KEPT {
-                    st.failed.pop_front();
-                }
+            st.failed.extend(failed);
+            while st.failed.len() > FAILED_KEPT {
+                st.failed.pop_front();
             }
             st.flushing = false;
             st.in_flight.clear();
@@ -153,13 +159,18 @@ impl GroupCommit {
         let _ = flushing.await;
     }
 
-    /// How batch `target` ended. A failure is remembered for the last [`FAILED_KEPT`]
-    /// batches; every waiter is woken when its batch ends, long before that.
-    fn outcome(&self, target: u64) -> Result<(), StoreError> {
+    /// How `recorded`'s directory fared in its batch's flush. A failure is remembered for the
+    /// last [`FAILED_KEPT`] failed fsyncs; every waiter is woken when its batch ends, long
+    /// before that.
+    fn outcome(&self, recorded: &Recorded) -> Result<(), StoreError> {
         let st = lock(&self.state);
-        match st.failed.iter().find(|(n, _)| *n == target) {
+        let failed = st
+            .failed
+            .iter()
+            .find(|(n, d, _)| *n == recorded.batch && *d == recorded.dir);
+        match failed {
             None => Ok(()),
-            Some((_, e)) => Err(StoreError::new(
+            Some((_, _, e)) => Err(StoreError::new(
                 ErrorKind::Transient,
                 anyhow::anyhow!("{e}"),
             )),
@@ -169,4 +180,48 @@ impl GroupCommit {
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory whose fsync fails: a path under a regular file (`ENOTDIR`, not "not found").
+    fn failing(tmp: &tempfile::TempDir) -> PathBuf {
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        file.join("dir")
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_reaches_only_its_own_directorys_writers_of_its_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().to_owned();
+        let commit = Arc::new(GroupCommit::default());
+
+        // One batch: a directory that cannot be fsynced beside one that can.
+        let bad = commit.dirty(failing(&tmp));
+        let fine = commit.dirty(good.clone());
+        assert!(
+            commit.sync(&fine).await.is_ok(),
+            "the good directory was flushed"
+        );
+        assert_eq!(commit.flushes(), 1, "one flush served both");
+
+        // A later batch is gathering when the failed batch's writer asks: it still hears of
+        // its own batch's failure, not of the later batch.
+        let later = commit.dirty(good.clone());
+        let err = commit
+            .sync(&bad)
+            .await
+            .expect_err("its directory's fsync failed");
+        assert!(format!("{err:#}").contains("making"), "{err:#}");
+        assert!(commit.sync(&later).await.is_ok());
+        assert_eq!(commit.flushes(), 2);
+
+        // The same directory recorded again, after the failure, is flushed anew.
+        let again = commit.dirty(good);
+        assert!(commit.sync(&again).await.is_ok());
+        assert_eq!(commit.flushes(), 3);
+    }
 }

@@ -95,15 +95,14 @@ impl DirStore {
         let dir = path.parent().expect("keys always have a parent").to_owned();
         let commit = std::sync::Arc::clone(&self.commit);
         // Recorded on the blocking thread: a caller dropped meanwhile leaves no rename unrecorded.
-        let tag = tokio::task::spawn_blocking(move || {
+        let (tag, recorded) = tokio::task::spawn_blocking(move || {
             let tag = put_blocking(&root, &path, &bytes, &pre, note.as_deref())?;
-            commit.dirty(dir);
-            Ok::<_, StoreError>(tag)
+            Ok::<_, StoreError>((tag, commit.dirty(dir)))
         })
         .await
         .map_err(join_err)??;
         if durable {
-            self.commit.sync().await?;
+            self.commit.sync(&recorded).await?;
         }
         Ok(tag)
     }

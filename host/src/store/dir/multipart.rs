@@ -96,14 +96,13 @@ impl Multipart for DirStore {
         let root = self.root.clone();
         let parent = path.parent().expect("keys always have a parent").to_owned();
         let commit = std::sync::Arc::clone(&self.commit);
-        let tag = tokio::task::spawn_blocking(move || {
+        let (tag, recorded) = tokio::task::spawn_blocking(move || {
             let tag = complete_blocking(&root, &path, &dir, count)?;
-            commit.dirty(parent);
-            Ok::<_, StoreError>(tag)
+            Ok::<_, StoreError>((tag, commit.dirty(parent)))
         })
         .await
         .map_err(join_err)??;
-        self.commit.sync().await?;
+        self.commit.sync(&recorded).await?;
         Ok(tag)
     }
 

@@ -86,7 +86,7 @@ fn committing_peak(worker: &Proc) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committing_jobs_never_outnumber_the_slots() {
+async fn committing_jobs_never_outnumber_their_places() {
     let (cli, ids) = one_step_jobs("commit-bound", 120, 1).await;
     let mut worker = cli.spawn("worker", &["worker"]);
     wait_done_lines(&mut worker, ids.len()).await;
