@@ -46,16 +46,24 @@ pub const MAX_TABLES_PER_TASK: usize = 8;
 /// Most elements of one table: tables hold function references, and 1M entries is far beyond
 /// any sane task. Caveat: counted per table, not against the memory cap.
 pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
-/// Most bytes of a pooled memory (and of a pooled table) kept resident between two tasks of
-/// one slot, where the kernel has `PAGEMAP_SCAN` (Linux 6.7+): the pages the task wrote, up
-/// to this many bytes, are copied back to the module's initial image instead of being
-/// given back to the kernel, so the next task of the slot takes no page faults, copy-on-write
-/// copies or TLB shootdowns on them, and the reset needs no `madvise`. Costs up to this much
-/// RSS per idle slot (only pages a task wrote; the rest is given back as before).
+/// Most bytes of a pooled memory kept resident between two tasks of one slot, where the
+/// kernel has `PAGEMAP_SCAN` (Linux 6.7+): the pages the task wrote, up to this many bytes,
+/// are copied back to the module's initial image instead of being given back to the kernel,
+/// so the next task of the slot takes no page faults, copy-on-write copies or TLB shootdowns
+/// on them, and the reset needs no `madvise`. Costs up to this much RSS per idle pooled
+/// memory (only pages a task wrote; the rest is given back as before). The worst case per
+/// idle job slot, every memory and table of it written that far: [`MAX_MEMORIES_PER_TASK`]
+/// × this + [`MAX_TABLES_PER_TASK`] × [`POOL_TABLE_KEEP_RESIDENT_BYTES`] = 2 × 1 MiB +
+/// 8 × 64 KiB = 2.5 MiB (without `PAGEMAP_SCAN`: 2 × 64 KiB + 8 × 64 KiB = 640 KiB).
 pub const POOL_KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// The same without `PAGEMAP_SCAN` (older kernels): there the first bytes of the memory are
 /// reset by `memset` whether written or not, so a large value costs every reset.
 pub const POOL_KEEP_RESIDENT_BYTES_NO_SCAN: usize = 64 << 10;
+/// Most bytes of a pooled table kept resident between two tasks, with or without
+/// `PAGEMAP_SCAN`: tables hold function references (a pointer each), a few KiB for a task, so
+/// 64 KiB (8,192 entries) covers them while a slot's [`MAX_TABLES_PER_TASK`] tables add at
+/// most 512 KiB (a slot's worst case: see [`POOL_KEEP_RESIDENT_BYTES`]).
+pub const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 
 // ---- What crosses the boundary -------------------------------------------------------------
 
@@ -276,7 +284,7 @@ pub(super) fn engine_config(fuel_metering: bool, epoch_interruption: bool, slots
         POOL_KEEP_RESIDENT_BYTES_NO_SCAN
     };
     pool.linear_memory_keep_resident(keep_resident)
-        .table_keep_resident(keep_resident);
+        .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES);
     cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
     cfg

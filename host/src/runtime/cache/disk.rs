@@ -10,7 +10,8 @@
 //! recently used go first (a file's modification time is its last use: a load touches it,
 //! and a module leaving the memory cache sets it to its last use there), never the file of
 //! a module a running job of this process uses. A file that cannot fit is not written (the
-//! module then lives in memory only).
+//! module then lives in memory only). A removed file that a process still has mapped keeps
+//! its space until that process drops the module (docs/design.md section 4 bounds it).
 //!
 //! Writers that share the directory (workers on one node, a `taskhost module push`) make
 //! room and write under one `flock` (`compiled.lock`), so the budget holds across processes.
@@ -27,7 +28,9 @@ use crate::ids::ModuleHash;
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 /// The trailer after the code: its length, its CRC-32 and [`MAGIC`].
 const TRAILER_LEN: usize = 16;
-const MAGIC: &[u8; 4] = b"thc1";
+/// Part of the engine directory's name too (`ModuleCache::new`): a host of another format
+/// never shares a directory with this one.
+pub(super) const MAGIC: &[u8; 4] = b"thc1";
 /// The chunk the check reads the file in.
 const CHECK_CHUNK: usize = 64 << 10;
 
@@ -108,28 +111,68 @@ impl Disk {
         self.dir.join(format!("{}.cwasm", hash.hex()))
     }
 
-    /// The file of `hash`'s code, checked against its trailer (the code's length and CRC-32);
-    /// `None`: there is none (or it vanished meanwhile), or it is cut or damaged (then
-    /// removed). The file holds the code followed by the trailer: wasmtime maps the whole
-    /// file and reads the code's own ELF structure, which the trailer does not touch. A load
-    /// counts as a use.
-    pub(super) fn check(&self, hash: &ModuleHash) -> Option<PathBuf> {
+    /// `hash`'s file, opened for reading; `None`: there is none (or it cannot be opened:
+    /// logged). Everything after this reads and maps this handle's file, never the path
+    /// again, so what is loaded is what was checked even if another writer renames a new
+    /// file over the name meanwhile.
+    pub(super) fn open_file(&self, hash: &ModuleHash) -> Option<File> {
         let path = self.path(hash);
-        match check_file(&path) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(path = %path.display(), "damaged compiled module removed; recompiling");
-                let _ = std::fs::remove_file(&path);
-                return None;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        match File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read the compiled module; recompiling");
-                return None;
+                None
             }
         }
-        touch(&path, SystemTime::now());
-        Some(path)
+    }
+
+    /// Whether `file` (`hash`'s, from [`Disk::open_file`]) is its code followed by the code's
+    /// trailer (length and CRC-32), read in small chunks, no copy kept; a cut or damaged file
+    /// is removed. The file holds the code followed by the trailer: wasmtime maps the whole
+    /// file and reads the code's own ELF structure, which the trailer does not touch. A load
+    /// counts as a use.
+    pub(super) fn check(&self, hash: &ModuleHash, file: &mut File) -> bool {
+        let checked = check_file(file);
+        self.verdict(hash, file, checked.map(|ok| ok.then_some(())))
+            .is_some()
+    }
+
+    /// `hash`'s code read whole from `file` (from [`Disk::open_file`]) and checked against its
+    /// trailer in memory: the bytes returned are the bytes checked. `None`: cut or damaged
+    /// (removed), or unreadable. A load counts as a use.
+    pub(super) fn read_checked(&self, hash: &ModuleHash, file: &mut File) -> Option<Vec<u8>> {
+        let read = read_code(file);
+        self.verdict(hash, file, read)
+    }
+
+    /// Acts on a check of `file`, `hash`'s: `Ok(Some)` passed (the file's last use set to
+    /// now), `Ok(None)` found it cut or damaged (removed, unless another file was renamed
+    /// over its name since), `Err` could not read it (left as it is).
+    fn verdict<T>(
+        &self,
+        hash: &ModuleHash,
+        file: &File,
+        checked: std::io::Result<Option<T>>,
+    ) -> Option<T> {
+        let path = self.path(hash);
+        match checked {
+            Ok(Some(v)) => {
+                let _ = file.set_modified(SystemTime::now());
+                Some(v)
+            }
+            Ok(None) => {
+                tracing::warn!(path = %path.display(), "damaged compiled module removed; recompiling");
+                if same_file(file, &path) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the compiled module; recompiling");
+                None
+            }
+        }
     }
 
     /// Writes `code` (with its digest) for `hash`, after making room for it within the
@@ -320,21 +363,27 @@ fn trailer(code: &[u8]) -> [u8; TRAILER_LEN] {
     t
 }
 
-/// Whether the file at `path` is code followed by its own trailer ([`trailer`]): its
-/// length, then its CRC-32, read in chunks of [`CHECK_CHUNK`].
-pub(super) fn check_file(path: &Path) -> std::io::Result<bool> {
+/// The length of the code `t` (a file's last [`TRAILER_LEN`] bytes, the file `len` bytes
+/// long) is the trailer of, if it is one: the magic, and the length it states is the rest.
+fn code_len(t: &[u8], len: u64) -> Option<u64> {
+    let code_len = len.checked_sub(TRAILER_LEN as u64)?;
+    (&t[12..] == MAGIC && t[..8] == code_len.to_le_bytes()).then_some(code_len)
+}
+
+/// Whether `f` is code followed by its own trailer ([`trailer`]): its length, then its
+/// CRC-32, read in chunks of [`CHECK_CHUNK`].
+fn check_file(f: &mut File) -> std::io::Result<bool> {
     use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut f = File::open(path)?;
     let len = f.metadata()?.len();
-    let Some(code_len) = len.checked_sub(TRAILER_LEN as u64) else {
-        return Ok(false);
-    };
-    let mut t = [0; TRAILER_LEN];
-    f.seek(SeekFrom::Start(code_len))?;
-    f.read_exact(&mut t)?;
-    if &t[12..] != MAGIC || t[..8] != code_len.to_le_bytes() {
+    if len < TRAILER_LEN as u64 {
         return Ok(false);
     }
+    let mut t = [0; TRAILER_LEN];
+    f.seek(SeekFrom::Start(len - TRAILER_LEN as u64))?;
+    f.read_exact(&mut t)?;
+    let Some(code_len) = code_len(&t, len) else {
+        return Ok(false);
+    };
     f.seek(SeekFrom::Start(0))?;
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0; CHECK_CHUNK];
@@ -346,6 +395,37 @@ pub(super) fn check_file(path: &Path) -> std::io::Result<bool> {
         left -= n as u64;
     }
     Ok(crc.finalize().to_le_bytes() == t[8..12])
+}
+
+/// The code of `f` read whole, if it is followed by its own trailer (checked on the bytes
+/// read); `Ok(None)`: cut or damaged.
+fn read_code(f: &mut File) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    f.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let Some(code_len) = bytes
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .and_then(|at| code_len(&bytes[at..], bytes.len() as u64))
+    else {
+        return Ok(None);
+    };
+    let (code, t) = bytes.split_at(code_len as usize);
+    if crc32fast::hash(code).to_le_bytes() != t[8..12] {
+        return Ok(None);
+    }
+    bytes.truncate(code_len as usize);
+    Ok(Some(bytes))
+}
+
+/// Whether `path` names the file `f` is open on (a file renamed over it since is not).
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Sets `path`'s modification time (its last use); best effort.

@@ -7,8 +7,10 @@
 //! durable, then renamed into place; bytes that came from outside (R2, a user's file) are
 //! never deserialized: they are always compiled. Each file carries its code's length and
 //! CRC-32, checked before it is loaded (a cut or damaged file is removed and the module
-//! recompiled); the file is then mapped, not copied (`Component::deserialize_file`: its code
-//! pages and memory images come from the page cache).
+//! recompiled); the file is opened once, checked through that handle and that same file then
+//! mapped, not copied (`Component::deserialize_file`: its code pages and memory images come
+//! from the page cache). Where mapping fails (a `noexec` mount) files are read into memory,
+//! checked there and deserialized from the copy instead.
 //!
 //! Both caches are bounded: memory by [`MAX_MODULES_IN_MEMORY`] modules and
 //! [`MAX_BYTES_IN_MEMORY`] of code, disk by a budget of bytes (`CACHE_MAX_MB`,
@@ -19,8 +21,11 @@ mod disk;
 mod lru;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
@@ -33,6 +38,9 @@ use super::host::HostState;
 use crate::ids::ModuleHash;
 use disk::Disk;
 use lru::Lru;
+
+/// Whether this process warned that the disk cache's files cannot be mapped.
+static MAP_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// A module compiled, linked against the host and ready to instantiate.
 pub type Prepared = Arc<TaskPre<HostState>>;
@@ -53,6 +61,8 @@ pub(super) struct ModuleCache {
     /// Why the directory could not be created at start (`raw OS error`, or kind and text).
     disk_error: Option<(Option<i32>, std::io::ErrorKind, String)>,
     mem: Mutex<Lru<Prepared>>,
+    /// Map files of the disk cache (off once a mapping failed where reading worked).
+    mapping: AtomicBool,
     /// Every module handed out, to tell one a running job holds.
     handed: Mutex<HashMap<ModuleHash, Weak<TaskPre<HostState>>>>,
 }
@@ -73,8 +83,11 @@ impl ModuleCache {
     /// The caches; a directory that cannot be created leaves the disk cache off (logged;
     /// [`ModuleCache::check_dir`] reports why).
     pub(super) fn new(engine: &Engine, dir: Option<PathBuf>, max_bytes: Option<u64>) -> Self {
+        // The file format's magic too: a host of another format (during a rollout, on one
+        // node) gets a directory of its own rather than removing this one's files as damaged.
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        disk::MAGIC.hash(&mut h);
         let engine_name = format!("{:016x}", h.finish());
         let (disk, disk_error) = match dir
             .as_ref()
@@ -92,6 +105,7 @@ impl ModuleCache {
             disk,
             disk_error,
             mem: Mutex::new(Lru::new(MAX_MODULES_IN_MEMORY, MAX_BYTES_IN_MEMORY)),
+            mapping: AtomicBool::new(true),
             handed: Mutex::default(),
         };
         if let Some(d) = &cache.disk
@@ -148,28 +162,78 @@ impl ModuleCache {
         self.hand(hash, kept)
     }
 
-    // Deserializing compiled code is unsafe in wasmtime: see the SAFETY comment below.
-    #[allow(unsafe_code)]
+    /// `hash`'s module from the disk cache: its file opened once, checked and mapped through
+    /// that one handle; where mapping fails (a cache directory on a `noexec` mount: code
+    /// pages need `PROT_EXEC`) read into memory, checked and deserialized from there instead,
+    /// and every later load of this cache reads too (one warning per process). `None`: no
+    /// usable file (a damaged or unusable one removed).
     pub(super) fn disk(&self, hash: &ModuleHash) -> Option<Component> {
         let disk = self.disk.as_ref()?;
-        let path = disk.check(hash)?;
-        // SAFETY: the file lies in our private cache directory (mode 700) and is only ever
-        // written by `store_disk` below, from `Component::serialize` of a component this
-        // engine compiled from bytes whose sha256 is the file name, followed by the code's
-        // length and CRC-32, checked by `check` just now (a cut or damaged file is removed,
-        // never loaded). It is written to a temporary file and renamed into place, never
-        // written in place: the file mapped here is the one checked or a whole other write
-        // of the same module, and stays unchanged while mapped (a rename or a removal of
-        // the name leaves the mapped file as it is). wasmtime checks the engine
-        // compatibility header again on load.
-        match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(c) => Some(c),
+        let mut file = disk.open_file(hash)?;
+        let mut map_error = None;
+        if self.mapping.load(Ordering::Relaxed) {
+            if !disk.check(hash, &mut file) {
+                return None;
+            }
+            match self.map(&file) {
+                Ok(c) => return Some(c),
+                Err(e) => map_error = Some(e),
+            }
+        }
+        let code = disk.read_checked(hash, &mut file)?;
+        match self.deserialize(&code) {
+            Ok(c) => {
+                if let Some(e) = map_error {
+                    self.mapping.store(false, Ordering::Relaxed);
+                    if !MAP_WARNED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot map compiled modules from the cache directory (a noexec mount?): reading them into memory instead");
+                    }
+                }
+                Some(c)
+            }
             Err(e) => {
-                tracing::warn!(module = %hash, error = %e, "ignoring unusable compiled module");
+                tracing::warn!(module = %hash, error = %format!("{e:#}"), "ignoring unusable compiled module");
                 disk.remove(hash);
                 None
             }
         }
+    }
+
+    /// Maps `file` (checked by [`Disk::check`] through this very handle).
+    // Deserializing compiled code is unsafe in wasmtime: see the SAFETY comment below.
+    #[allow(unsafe_code)]
+    fn map(&self, file: &File) -> wasmtime::Result<Component> {
+        #[cfg(test)]
+        if tests::FAIL_MAP.with(|f| f.get()) {
+            wasmtime::bail!("mapping failed (forced by a test)");
+        }
+        // wasmtime 48 takes a path only (`Module`, not `Component`, has
+        // `deserialize_open_file`): `/proc/self/fd/<n>` opens the inode `file` is open on,
+        // whatever the name now holds.
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        // SAFETY: `file` was opened in our private cache directory (mode 700), whose files
+        // are only ever written by `store_disk` below, from `Component::serialize` of a
+        // component this engine compiled from bytes whose sha256 is the file name, followed
+        // by the code's length and CRC-32, which `Disk::check` just matched reading through
+        // `file` (a cut or damaged file is removed, never loaded). The path opens that same
+        // inode (`file` stays open until this returns), not whatever the name holds now.
+        // Files are written to a temporary file and renamed into place, never written in
+        // place, so the inode stays unchanged while mapped (a rename over its name or a
+        // removal of the name leaves it as it is). wasmtime checks the engine compatibility
+        // header again on load.
+        unsafe { Component::deserialize_file(&self.engine, path) }
+    }
+
+    /// Deserializes `code`, read into memory from a file of the cache and checked by
+    /// [`Disk::read_checked`].
+    // Deserializing compiled code is unsafe in wasmtime: see the SAFETY comment below.
+    #[allow(unsafe_code)]
+    fn deserialize(&self, code: &[u8]) -> wasmtime::Result<Component> {
+        // SAFETY: `code` was read from a file of our private cache directory (mode 700),
+        // only ever written by `store_disk` below (see `map`), and its length and CRC-32
+        // matched on these very bytes; wasmtime copies them and checks the engine
+        // compatibility header again.
+        unsafe { Component::deserialize(&self.engine, code) }
     }
 
     /// Best effort: a failure only costs a recompile later.
@@ -257,6 +321,100 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes [`ModuleCache::map`] fail on this thread, as on a `noexec` mount.
+        pub(super) static FAIL_MAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A component with some code, and a cache in a fresh directory holding it on disk.
+    fn cached_component() -> (tempfile::TempDir, ModuleCache, ModuleHash) {
+        let engine = Engine::default();
+        let wat = r#"(component (core module (func (export "f") (result i32) i32.const 42)))"#;
+        let component = Component::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::new(&engine, Some(tmp.path().to_owned()), None);
+        let hash = ModuleHash::of(wat.as_bytes());
+        cache.store_disk(&hash, &component);
+        (tmp, cache, hash)
+    }
+
+    /// Where mapping a file fails (a `noexec` mount), the module is read into memory and
+    /// loaded from there: the file is kept, later loads read at once, and a damaged file is
+    /// still never loaded.
+    #[test]
+    fn a_file_that_cannot_be_mapped_is_read() {
+        let (_tmp, cache, hash) = cached_component();
+        let file = cache.disk.as_ref().unwrap().path(&hash);
+        assert!(cache.disk(&hash).is_some(), "mapped");
+        assert!(cache.mapping.load(Ordering::Relaxed));
+
+        FAIL_MAP.with(|f| f.set(true));
+        assert!(cache.disk(&hash).is_some(), "read after the mapping failed");
+        assert!(file.exists(), "the file is kept");
+        assert!(!cache.mapping.load(Ordering::Relaxed), "later loads read");
+        FAIL_MAP.with(|f| f.set(false));
+        assert!(cache.disk(&hash).is_some(), "read");
+
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(cache.disk(&hash).is_none(), "a damaged file was read");
+        assert!(!file.exists(), "the damaged file is removed");
+    }
+
+    /// What is checked is what is loaded: a file renamed over the name after it was opened
+    /// is not the one loaded, nor removed for the opened one's damage.
+    #[test]
+    fn the_file_checked_is_the_file_loaded() {
+        let (_tmp, cache, hash) = cached_component();
+        let disk = cache.disk.as_ref().unwrap();
+        let path = disk.path(&hash);
+        let good = std::fs::read(&path).unwrap();
+        let mut opened = disk.open_file(&hash).unwrap();
+        // Another writer replaces the file with a damaged one after it was opened.
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x40;
+        disk::write_file(&path, &bad).unwrap();
+        assert!(disk.check(&hash, &mut opened), "the opened file is intact");
+        assert!(cache.map(&opened).is_ok(), "and it is the one mapped");
+        assert_eq!(
+            disk.read_checked(&hash, &mut opened).as_deref(),
+            Some(&good[..good.len() - 16])
+        );
+        // The other way round: the opened file is damaged, a good one is renamed in.
+        let mut damaged = disk.open_file(&hash).unwrap();
+        disk::write_file(&path, &good).unwrap();
+        assert!(!disk.check(&hash, &mut damaged));
+        assert!(path.exists(), "the good file renamed in since is kept");
+        assert!(cache.disk(&hash).is_some());
+    }
+
+    /// The engine directory's name covers the file format: a host of another format never
+    /// shares it.
+    #[test]
+    fn the_engine_directory_is_the_formats_own() {
+        let (tmp, cache, hash) = cached_component();
+        let dir = cache.disk.as_ref().unwrap().path(&hash);
+        let name = dir
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut h = DefaultHasher::new();
+        cache.engine.precompile_compatibility_hash().hash(&mut h);
+        let without_format = format!("compiled-{:016x}", h.finish());
+        assert!(name.starts_with("compiled-"));
+        assert_ne!(
+            name, without_format,
+            "the format's magic is not in the name"
+        );
+        assert!(!tmp.path().join(without_format).exists());
+    }
 
     /// Writers sharing the cache directory (threads here; processes that are all PID 1 in
     /// their containers in production) never share a temporary file: every write succeeds,
