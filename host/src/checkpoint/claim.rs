@@ -171,6 +171,12 @@ pub async fn claim<S: ObjectStore>(
         .await
         .map_err(|e| ClaimError::Storage(e.to_string()))?;
     if done && !start_over {
+        // Written by another process, maybe not durable yet (the directory store's group
+        // commit): durable before the job is acked as done.
+        store
+            .make_durable(&result_key)
+            .await
+            .map_err(|e| ClaimError::Storage(e.to_string()))?;
         return Err(ClaimError::AlreadyDone);
     }
     // A cancel or pause: the job is not run (a result, above, always wins; a message that

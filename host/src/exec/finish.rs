@@ -106,6 +106,12 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             None => return Err(JobEnd::Conflict),
         };
         if stored.bytes == bytes {
+            // Maybe another process's write, not durable yet (the directory store's group
+            // commit): durable before the job is acked as done.
+            within(proof, self.store.make_durable(key))
+                .await
+                .ok_or_else(expired)?
+                .map_err(storage)?;
             return Ok(Written::Existed);
         }
         tracing::warn!(job = %job, key, "replacing what a worker that no longer owns the job wrote");

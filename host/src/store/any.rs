@@ -144,6 +144,10 @@ impl ObjectStore for AnyStore {
         each!(self, s => s.put_undoable(key, bytes, pre).await)
     }
 
+    async fn make_durable(&self, key: &str) -> Result<(), StoreError> {
+        each!(self, s => s.make_durable(key).await)
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         each!(self, s => s.head(key).await)
     }

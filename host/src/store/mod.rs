@@ -255,6 +255,15 @@ pub trait ObjectStore: Multipart + Send + Sync + 'static {
         self.put(key, bytes, pre)
     }
 
+    /// Makes what is stored under `key` durable, whoever wrote it: a reader about to act on
+    /// an object another process may have just written (a result found already there, then
+    /// acked as done) calls it first. S3's objects are durable once visible; the directory
+    /// store flushes the key's directory (its group commit).
+    fn make_durable(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = key;
+        async { Ok(()) }
+    }
+
     /// The tag of the object's current version, without its bytes (S3 `HeadObject`).
     /// `Ok(None)` means it does not exist.
     fn head(&self, key: &str) -> impl Future<Output = Result<Option<ETag>, StoreError>> + Send;

@@ -355,6 +355,13 @@ impl ObjectStore for DirStore {
         self.write(key, bytes, pre, note, true).await
     }
 
+    async fn make_durable(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("keys always have a parent").to_owned();
+        let recorded = self.commit.dirty(dir);
+        self.commit.sync(&recorded).await
+    }
+
     async fn put_undoable(
         &self,
         key: &str,

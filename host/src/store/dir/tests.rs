@@ -368,3 +368,26 @@ async fn a_flush_of_a_directory_deleted_since_succeeds() {
         .unwrap();
     assert!(s.is_durable("jobs/gone/checkpoint") && s.is_durable("jobs/kept/result"));
 }
+
+#[tokio::test]
+async fn make_durable_flushes_what_a_write_left_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let key = "jobs/d/result";
+    s.put_undoable(key, b"{}".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(!s.is_durable(key));
+    s.make_durable(key).await.unwrap();
+    assert!(
+        s.is_durable(key),
+        "make_durable did not flush its directory"
+    );
+    assert_eq!(s.flushes(), 1);
+    // A key never written: its directory does not exist, which is nothing to keep.
+    s.make_durable("jobs/none/result").await.unwrap();
+    assert!(
+        matches!(s.make_durable("../x").await, Err(_)),
+        "an invalid key"
+    );
+}
