@@ -8,7 +8,9 @@
 //! the worker's: nothing is allocated on a task's behalf past either. Loading and inference run
 //! on the job's inference thread ([`thread`]: long-lived, a 64 MiB stack, never an async
 //! thread or the task's fiber); an inference whose task is stopped (wall-clock limit,
-//! cancellation) is terminated through ONNX Runtime's run options. ONNX Runtime is loaded at
+//! cancellation) is terminated through ONNX Runtime's run options, and a call's charges are
+//! held by the call itself, so a stopped run's graph build (which cannot be terminated) keeps
+//! them until it returns. The threads alive are bounded ([`MAX_STOPPED_THREADS`]). ONNX Runtime is loaded at
 //! the worker's first graph load, not at its start (which only checks the library). A worker
 //! without ONNX Runtime runs every task; `load` answers `unsupported-operation`.
 //!
