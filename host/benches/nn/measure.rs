@@ -94,7 +94,7 @@ async fn per_call<F: std::future::Future>(calls: u32, mut f: impl FnMut() -> F) 
 /// and the copies of the tiny model's tensors (its input lifted out of the task's memory, its
 /// output read out of ONNX Runtime's buffer).
 pub(crate) async fn pieces(calls: u32) {
-    let thread = taskhost::nn::thread::InferenceThread::spawn().unwrap();
+    let thread = taskhost::nn::thread::Pool::new(1, 1).take().unwrap();
     let input = vec![1u8; (BATCH * FEATURES * 4) as usize];
     let output = vec![1u8; (BATCH * CLASSES * 4) as usize];
     let (mut blocking, mut own, mut copy_in, mut copy_out) =

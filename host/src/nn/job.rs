@@ -86,12 +86,11 @@ impl NnJob {
     ) -> Result<T, NnError> {
         let thread = match self.thread.take() {
             Some(t) => t,
-            None => self.service.idle_thread().map_err(|e| {
-                NnError::new(
-                    ErrorCode::RuntimeError,
-                    format!("the host cannot start an inference thread: {e}"),
-                )
-            })?,
+            None => self
+                .service
+                .threads
+                .take()
+                .map_err(|e| NnError::new(ErrorCode::RuntimeError, e.to_string()))?,
         };
         let started = Instant::now();
         let r = thread.run(f).await;
@@ -103,6 +102,18 @@ impl NnJob {
                 "ONNX Runtime failed inside the host (the worker's log says why)",
             )
         })
+    }
+
+    /// [`NnJob::on_thread`] holding `held` (the charges of the memory `f` uses) until `f`'s
+    /// call ends, and giving it back with `f`'s result. If the run stops while `f` runs, `held`
+    /// is dropped on the thread once `f` returns, not with the waiting future: the budgets
+    /// count the memory for as long as the call really uses it.
+    async fn on_thread_holding<T: Send + 'static, H: Send + 'static>(
+        &mut self,
+        held: H,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<(T, H), NnError> {
+        self.on_thread(move || (f(), held)).await
     }
 
     /// Time spent in inference and graph loads in this run (host compute that fuel does not
@@ -211,15 +222,17 @@ impl NnJob {
             .ok_or_else(|| too_large_for_job(self.budget.cap(), cost, self.budget.used()))?;
         let worker = self.worker_charge(cost)?;
         let service = self.service.clone();
-        let model = self
-            .on_thread(move || {
+        // The charges stay held while ONNX Runtime builds, even past a stopped run.
+        let (model, (job, worker)) = self
+            .on_thread_holding((job, worker), move || {
                 let ort = service
                     .ort()
                     .map_err(|m| NnError::new(ErrorCode::UnsupportedOperation, m))?;
                 ort.build(&bytes)
                     .map_err(|m| NnError::new(ErrorCode::InvalidEncoding, m))
             })
-            .await??;
+            .await?;
+        let model = model?;
         self.service.built.fetch_add(1, Ordering::Relaxed);
         let graph = Arc::new(LoadedGraph {
             hash,
@@ -276,22 +289,26 @@ impl NnJob {
             })?),
         };
         let mut guard = Terminate(Some(stop.clone()));
-        // The inputs' own bytes stay charged until the inference ends.
+        // The inputs' own bytes and their copies stay charged until the inference ends, even
+        // past a stopped run.
         let (data, held): (Vec<TensorData>, Vec<_>) =
             tensors.into_iter().map(|t| (t.tensor, t.charges)).unzip();
         let ran = self
-            .on_thread(move || graph.model.run(&data, room, &stop))
+            .on_thread_holding((copy_charge, held), move || {
+                graph.model.run(&data, room, &stop)
+            })
             .await;
         // Not stopped: the options are reused by the next inference.
         self.stop = guard.0.take();
-        let outputs = match ran? {
+        let (ran, held) = ran?;
+        drop(held);
+        let outputs = match ran {
             Ok(outputs) => outputs,
             Err(RunError::TooLarge(n)) => {
                 return Err(too_large_for_job(self.budget.cap(), n, self.budget.used()));
             }
             Err(RunError::Failed(m)) => return Err(NnError::new(ErrorCode::RuntimeError, m)),
         };
-        drop((copy_charge, held));
         let mut out = Vec::with_capacity(outputs.len());
         for (name, t) in outputs {
             let charges = self.charge(t.data.len() as u64)?;
@@ -305,7 +322,7 @@ impl Drop for NnJob {
     /// Hands the run's inference thread (idle: a call in progress took it) to the worker.
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            self.service.keep_idle(t);
+            self.service.threads.give_back(t);
         }
     }
 }
@@ -328,5 +345,65 @@ impl GraphHandle {
         ContextHandle {
             graph: self.graph.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{MAX_STOPPED_THREADS, NnConfig};
+
+    #[tokio::test]
+    async fn a_stopped_call_holds_its_charges_until_it_ends() {
+        let service = NnService::new(NnConfig::default(), 1);
+        let mut job = service.job();
+        let job_budget = job.budget.clone();
+        let charges = job.charge(100).unwrap();
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let call = tokio::spawn(async move {
+            job.on_thread_holding(charges, move || {
+                let _ = started_tx.send(());
+                let _ = blocked.recv();
+            })
+            .await
+            .map(|_| ())
+        });
+        started.await.unwrap();
+        // The run stops mid-call: its waiting future and its job are dropped.
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            service.worker.used(),
+            100,
+            "the worker's bytes held while it runs"
+        );
+        assert_eq!(job_budget.used(), 100, "the job's too");
+        assert_eq!(service.threads.live(), 1, "its thread still running");
+        release.send(()).unwrap();
+        service.threads.wait_live(0);
+        assert_eq!(service.worker.used(), 0, "given back once the call ended");
+        assert_eq!(job_budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_thread_bound_is_a_runtime_error_for_the_task() {
+        let slots = 2;
+        let service = NnService::new(NnConfig::default(), slots);
+        let held: Vec<_> = (0..slots + MAX_STOPPED_THREADS)
+            .map(|_| service.threads.take().unwrap())
+            .collect();
+        let mut job = service.job();
+        let e = job.on_thread(|| ()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::RuntimeError);
+        assert!(
+            e.message.contains("inference threads busy"),
+            "{}",
+            e.message
+        );
+        // A thread that ends makes room for the next call.
+        drop(held);
+        service.threads.wait_live(0);
+        assert!(job.on_thread(|| ()).await.is_ok());
     }
 }

@@ -8,7 +8,9 @@
 //! the worker's: nothing is allocated on a task's behalf past either. Loading and inference run
 //! on the job's inference thread ([`thread`]: long-lived, a 64 MiB stack, never an async
 //! thread or the task's fiber); an inference whose task is stopped (wall-clock limit,
-//! cancellation) is terminated through ONNX Runtime's run options. ONNX Runtime is loaded at
+//! cancellation) is terminated through ONNX Runtime's run options, and a call's charges are
+//! held by the call itself, so a stopped run's graph build (which cannot be terminated) keeps
+//! them until it returns. The threads alive are bounded ([`MAX_STOPPED_THREADS`]). ONNX Runtime is loaded at
 //! the worker's first graph load, not at its start (which only checks the library). A worker
 //! without ONNX Runtime runs every task; `load` answers `unsupported-operation`.
 //!
@@ -24,7 +26,7 @@ pub mod thread;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 pub use job::{ContextHandle, GraphHandle, NnJob, TensorHandle};
 
@@ -53,9 +55,17 @@ impl std::str::FromStr for Provider {
 /// What a task's graph load gets when the worker's ONNX Runtime cannot be used.
 const NOT_LOADED: &str = "this worker's ONNX Runtime did not load (the worker's log says why)";
 
-/// Idle inference threads a worker keeps for its next jobs, at most (a job holds one while it
-/// runs; more than the worker's slots are never idle at once).
+/// Idle inference threads a worker keeps for its next jobs, at most, and never more than its
+/// slots (a job holds one while it runs, so more would never be taken).
 const MAX_IDLE_THREADS: usize = 16;
+
+/// Inference threads a worker has alive beyond one per slot, at most: those still finishing a
+/// stopped run's call (a graph build ONNX Runtime cannot terminate; a terminated inference
+/// ends soon). Each holds a core until its call returns and reserves a 64 MiB stack, so a task
+/// whose slow loads keep hitting its wall-clock limit cannot grow them without end; past the
+/// bound a load or inference is `runtime-error` ("inference threads busy"), the worker stays
+/// up.
+pub const MAX_STOPPED_THREADS: usize = 16;
 
 /// A graph's estimated host memory is this many times its model's size (the model's bytes
 /// while it loads, then the session's weights and buffers).
@@ -161,16 +171,17 @@ pub struct NnService {
     cache: cache::GraphCache,
     built: AtomicU64,
     hits: AtomicU64,
-    /// Inference threads of ended jobs, for the next ones.
-    idle: Mutex<Vec<thread::InferenceThread>>,
+    /// Inference threads: ended jobs' idle ones for the next, and the bound on those alive.
+    threads: thread::Pool,
 }
 
 impl NnService {
     /// The service for `config`. A configured library is checked (it is a file and exports
     /// ONNX Runtime's entry point) but not loaded: a worker that never loads a graph pays
     /// nothing for it. A library that fails the check is logged now, at start, and leaves the
-    /// worker without inference (every other task runs); it never fails the worker.
-    pub fn new(config: NnConfig) -> Arc<NnService> {
+    /// worker without inference (every other task runs); it never fails the worker. `slots`:
+    /// the jobs the worker runs at once (its inference threads are bounded by them).
+    pub fn new(config: NnConfig, slots: usize) -> Arc<NnService> {
         let unserved = match &config.ort_dylib {
             None => Some(
                 "this worker has no ONNX Runtime (its ORT_DYLIB_PATH setting is not set)"
@@ -195,23 +206,11 @@ impl NnService {
             config,
             built: AtomicU64::new(0),
             hits: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            threads: thread::Pool::new(
+                slots.min(MAX_IDLE_THREADS),
+                slots.saturating_add(MAX_STOPPED_THREADS),
+            ),
         })
-    }
-
-    /// An idle inference thread, or a new one.
-    fn idle_thread(&self) -> std::io::Result<thread::InferenceThread> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        idle.map_or_else(thread::InferenceThread::spawn, Ok)
-    }
-
-    /// Keeps an ended job's idle inference thread for the next job (or ends it, past
-    /// [`MAX_IDLE_THREADS`]).
-    fn keep_idle(&self, t: thread::InferenceThread) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_THREADS {
-            idle.push(t);
-        }
     }
 
     /// ONNX Runtime, loaded by the first caller (blocking: on an inference thread). A library

@@ -219,7 +219,7 @@ impl Runtime {
         bindings::v0_2::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         bindings::v0_1::Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let cache = cache::ModuleCache::new(&engine, config.cache_dir, config.cache_max_bytes);
-        let nn = crate::nn::NnService::new(config.nn);
+        let nn = crate::nn::NnService::new(config.nn, config.max_concurrent_tasks as usize);
         Ok(Runtime {
             nn,
             engine,
