@@ -59,6 +59,16 @@ enum Held {
     Slot { _slot: OwnedSemaphorePermit },
 }
 
+impl Held {
+    /// The commit place, if it is one; a slot is dropped here (freed).
+    fn into_place(self) -> Option<Committing> {
+        match self {
+            Held::Place(place) => Some(place),
+            Held::Slot { .. } => None,
+        }
+    }
+}
+
 /// Pub/Sub allows attribute values of at most 1024 bytes.
 const MAX_ATTRIBUTE: usize = 1024;
 
@@ -246,10 +256,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             .await;
         // A slot (no group commits) is freed here, while the message is settled; a commit
         // place is kept until it is settled.
-        let _committing = match held {
-            Some(Held::Place(place)) => Some(place),
-            Some(Held::Slot { .. }) | None => None,
-        };
+        let _committing = held.and_then(Held::into_place);
         // Without a dead-letter policy the queue counts no deliveries: the checkpoint's own
         // count of runs then spaces the retries out.
         let attempt = message.delivery_attempt.unwrap_or(runs.max(1));
