@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from metrics_embedded import cpu_seconds, done_lines, median, parse_stamp
+from metrics_embedded import done_lines, median, parse_stamp, wait_done_cpu
 
 
 def one_run(args, binary, phases=False):
@@ -57,16 +57,7 @@ def one_run(args, binary, phases=False):
             started = time.time()
             p = subprocess.Popen([binary, "worker"], cwd=d, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + args.timeout
-            first = None
-            while (done := len(done_lines(log))) < args.jobs:
-                if p.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker stopped or timed out; see {log}")
-                if first is None and done:
-                    first = (cpu_seconds(p.pid), done)
-                time.sleep(0.01)
-            first = first or (0.0, 0)
-            cpu = (cpu_seconds(p.pid) - first[0]) / max(1, args.jobs - first[1])
+            cpu = wait_done_cpu(p, log, args.jobs, args.timeout, 0.01)
         finally:
             p.terminate()
             p.wait(60)

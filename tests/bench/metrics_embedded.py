@@ -81,6 +81,22 @@ def done_lines(log):
     ]
 
 
+def wait_done_cpu(p, log, jobs, timeout, poll):
+    """Waits until the worker `p` logged `jobs` results in `log`; returns its CPU seconds per
+    job between the first poll that saw a job done and the last job: without the start (the
+    module's compilation)."""
+    deadline = time.monotonic() + timeout
+    first = None  # (CPU seconds, jobs done) when the first job was seen done
+    while (done := len(done_lines(log))) < jobs:
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker stopped or timed out; see {log}")
+        if first is None and done:
+            first = (cpu_seconds(p.pid), done)
+        time.sleep(poll)
+    first = first or (0.0, 0)
+    return (cpu_seconds(p.pid) - first[0]) / max(1, jobs - first[1])
+
+
 def one_run(args, on, base_env):
     with tempfile.TemporaryDirectory(prefix="th-metrics-") as d:
         d = Path(d)
@@ -127,18 +143,7 @@ def one_run(args, on, base_env):
         if scraper:
             scraper.start()
         try:
-            deadline = time.monotonic() + args.timeout
-            first = None  # (CPU seconds, jobs done) when the first job was seen done
-            while (done := len(done_lines(log))) < args.jobs:
-                if p.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker stopped or timed out; see {log}")
-                if first is None and done:
-                    first = (cpu_seconds(p.pid), done)
-                time.sleep(0.02)
-            # Per job between the first poll that saw a job done and the last job: without
-            # the start (the module's compilation).
-            first = first or (0.0, 0)
-            cpu = (cpu_seconds(p.pid) - first[0]) / max(1, args.jobs - first[1])
+            cpu = wait_done_cpu(p, log, args.jobs, args.timeout, 0.02)
             if not args.callgrind:
                 time.sleep(args.idle)
                 mem = proc_fields(p.pid)
