@@ -172,11 +172,16 @@ impl Staged {
         let mut tries = 0;
         let mut file = loop {
             tries += 1;
-            // A delete may remove the directory between these steps (not once our temporary
-            // file is in it).
-            match fs::create_dir_all(dir).and_then(|()| File::create(&tmp)) {
+            // The directory is made when missing; a delete may remove it again before the
+            // file is made (not once our temporary file is in it).
+            match File::create(&tmp) {
                 Ok(file) => break file,
-                Err(e) if tries < RACE_TRIES && e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if tries < RACE_TRIES && e.kind() == io::ErrorKind::NotFound => {
+                    match fs::create_dir_all(dir) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
                 Err(e) => return Err(e),
             }
         };
