@@ -45,7 +45,8 @@ impl Slots {
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(dir.join(SLOTS))?;
         Ok(Slots {
             file,
