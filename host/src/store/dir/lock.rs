@@ -165,17 +165,23 @@ impl Staged {
         dest: &Path,
         write: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<(PathBuf, PathBuf)> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = dest.parent().expect("keys always have a parent");
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = hidden_sibling(dest, &format!("tmp.{}.{seq}", std::process::id()));
         let mut tries = 0;
-        let mut file = loop {
+        let (tmp, mut file) = loop {
             tries += 1;
+            // A name of its own, created new: never a file another writer (of this process,
+            // or of another with the same pid in another container) writes, nor a leftover
+            // of a crash with its bytes or note.
+            let tmp = temporary_name(dest)?;
             // The directory is made when missing; a delete may remove it again before the
             // file is made (not once our temporary file is in it).
-            match File::create(&tmp) {
-                Ok(file) => break file,
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+            {
+                Ok(file) => break (tmp, file),
+                Err(e) if tries < RACE_TRIES && e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) if tries < RACE_TRIES && e.kind() == io::ErrorKind::NotFound => {
                     match fs::create_dir_all(dir) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -195,13 +201,40 @@ impl Staged {
 
     /// Renames the staged files into place, in order. A crash never leaves a truncated object
     /// behind a key. The renames are durable once the directory is flushed (the caller records
-    /// it in the store's group commit).
+    /// it in the store's group commit). If one fails, the files renamed before it (a hidden
+    /// note, staged first) are removed: none is left beside bytes it does not belong to.
     pub(super) fn rename_all(mut self) -> io::Result<()> {
+        let mut renamed = Vec::new();
         while let Some((tmp, dest)) = self.files.first() {
-            fs::rename(tmp, dest)?;
-            self.files.remove(0);
+            if let Err(e) = fs::rename(tmp, dest) {
+                for dest in &renamed {
+                    let _ = fs::remove_file(dest);
+                }
+                return Err(e);
+            }
+            renamed.push(self.files.remove(0).1);
         }
         Ok(())
+    }
+}
+
+/// A fresh temporary name beside `dest`: `.<name>.tmp.<pid>.<seq>.<random>`.
+fn temporary_name(dest: &Path) -> io::Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| io::Error::other(format!("random: {e}")))?;
+    Ok(hidden_sibling(
+        dest,
+        &format!("tmp.{}.{seq}.{}", std::process::id(), hex::encode(random)),
+    ))
+}
+
+/// After a write that failed before taking its key's lock: removes the directories it made
+/// that are left empty (under their locks, as a release does).
+pub(super) fn tidy(root: &Path, path: &Path) {
+    if let Ok(Some(lock)) = lock_key(path) {
+        lock.release(root);
     }
 }
 

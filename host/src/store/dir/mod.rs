@@ -46,7 +46,7 @@ mod note;
 #[cfg(test)]
 mod tests;
 
-use lock::{Staged, lock_for_write, lock_key};
+use lock::{Staged, lock_for_write, lock_key, tidy};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 
 /// A bucket kept in a local directory. Clones share one group commit.
@@ -265,26 +265,30 @@ fn put_blocking(
     let ctx = || format!("writing {}", path.display());
     // Written and made durable before the lock: its holders wait only for the compare and
     // the renames.
-    let mut staged = Staged::default();
-    let mut note_in_file = false;
-    staged
-        .stage(path, |f| {
+    let staged = (|| {
+        let mut staged = Staged::default();
+        let mut note_in_file = false;
+        staged.stage(path, |f| {
             f.write_all(bytes)?;
             if let Some(note) = note {
                 note_in_file = xattrs.set(f, note)?;
             }
             Ok(())
-        })
-        .map_err(|e| io_err(e, ctx))?;
-    let hidden_note = note.filter(|_| !note_in_file);
-    if let Some(note) = hidden_note {
-        // Renamed before the object, both made durable with one flush of their directory
-        // (the caller's).
-        staged
-            .stage_first(&note::hidden_path(path), |f| f.write_all(note.as_bytes()))
-            .map_err(|e| io_err(e, ctx))?;
-    }
-    let lock = lock_for_write(path).map_err(|e| io_err(e, ctx))?;
+        })?;
+        let hidden_note = note.filter(|_| !note_in_file);
+        if let Some(note) = hidden_note {
+            // Renamed before the object, both made durable with one flush of their directory
+            // (the caller's).
+            staged.stage_first(&note::hidden_path(path), |f| f.write_all(note.as_bytes()))?;
+        }
+        let lock = lock_for_write(path)?;
+        Ok((staged, hidden_note, lock))
+    })();
+    let (staged, hidden_note, lock) = staged.map_err(|e| {
+        // The temporary files are gone; so go the directories made for them.
+        tidy(root, path);
+        io_err(e, ctx)
+    })?;
     let result = (|| {
         if !precondition_holds(path, pre).map_err(|e| io_err(e, ctx))? {
             return Err(StoreError::PreconditionFailed);

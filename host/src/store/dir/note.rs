@@ -59,8 +59,8 @@ pub(super) fn hidden_path(path: &Path) -> PathBuf {
 }
 
 /// The note of the object whose file (at `path`) is open as `file`: its attribute, else the
-/// hidden file's text (a reader racing a write there may pair the new bytes with the old
-/// note, which only a display reads).
+/// hidden file's text (a reader racing a write of hidden notes may pair the old bytes with
+/// the new note, or find none: a note is only displayed).
 pub(super) fn read(file: &File, path: &Path) -> io::Result<Option<String>> {
     if let Some(bytes) = sys::get(file)? {
         return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
@@ -140,7 +140,9 @@ mod sys {
                     buf.len(),
                 )
             };
-            if let Ok(n) = usize::try_from(n) {
+            if let Ok(n) = usize::try_from(n)
+                && n <= buf.len()
+            {
                 buf.truncate(n);
                 return Ok(Some(buf));
             }
@@ -152,7 +154,17 @@ mod sys {
                     let size = unsafe {
                         libc::fgetxattr(file.as_raw_fd(), NAME.as_ptr(), std::ptr::null_mut(), 0)
                     };
-                    let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
+                    let size = match usize::try_from(size) {
+                        Ok(0) => return Ok(Some(Vec::new())),
+                        Ok(size) => size,
+                        Err(_) => {
+                            let e = io::Error::last_os_error();
+                            if e.raw_os_error() == Some(libc::ENODATA) {
+                                return Ok(None);
+                            }
+                            return Err(e);
+                        }
+                    };
                     buf.resize(size, 0);
                 }
                 _ if is_unsupported(&e) => return Ok(None),

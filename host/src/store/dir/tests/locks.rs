@@ -222,3 +222,49 @@ async fn writers_on_keys_of_one_directory_lose_no_update_and_one_owns_a_key() {
     want.sort();
     assert_eq!(files(tmp.path()), want);
 }
+
+/// A completion that fails after its key's directory was made for it (a part is missing)
+/// leaves neither its temporary file nor that directory behind.
+#[tokio::test]
+async fn a_write_that_fails_before_its_lock_leaves_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let key = "jobs/j/artifacts/out";
+    let upload = s.upload_start(key).await.unwrap();
+    let one = s
+        .upload_part(key, &upload, 1, b"part".to_vec())
+        .await
+        .unwrap();
+    let err = s
+        .upload_complete(key, &upload, &[one.clone(), "missing".into()])
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
+    assert_eq!(files(tmp.path()), Vec::<String>::new());
+    // The upload is kept (it may be completed again) and still completes.
+    let done = s.upload_complete(key, &upload, &[one]).await.unwrap();
+    assert_eq!(s.get(key).await.unwrap().unwrap().etag, done);
+}
+
+/// A hidden note renamed into place before its object's rename failed is removed: no note is
+/// left beside bytes it does not belong to (here the key names a directory: a rename over it
+/// fails).
+#[tokio::test]
+async fn a_note_whose_objects_rename_failed_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap().without_xattrs();
+    s.put("jobs/a/x", b"x".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    let err = s
+        .put_with_note(
+            "jobs/a",
+            b"a".to_vec(),
+            Precondition::Absent,
+            Some("n".into()),
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
+    assert_eq!(files(tmp.path()), ["jobs", "jobs/a", "jobs/a/x"]);
+}
