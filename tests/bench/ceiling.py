@@ -19,11 +19,17 @@ info lines delimit: the pull (`pulled`, the queue's answer), the wait until the 
 runs, the module's lookup, the claim, the run (instantiation included), the end (the
 checkpoint writer's finish and the result's write) and the settlement (the ack). Logging
 every line costs time too: the phase run's rate is not the rate above.
+
+--strace adds one run per binary under `strace -f` and prints, per job, the file calls the
+worker made (created files, removes, renames, fsyncs, locks, extended attributes), its
+start-up included.
 """
 
 import argparse
 import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -33,7 +39,11 @@ from pathlib import Path
 from metrics_embedded import done_lines, median, parse_stamp, wait_done_cpu
 
 
-def one_run(args, binary, phases=False):
+# What --strace counts: the calls that create, remove, rename and flush files.
+TRACED = "openat,unlink,unlinkat,rename,renameat2,fsync,fdatasync,mkdir,rmdir,flock,fsetxattr"
+
+
+def one_run(args, binary, phases=False, trace=None):
     with tempfile.TemporaryDirectory(prefix="th-ceiling-") as d:
         d = Path(d)
         env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ID", "R2_BUCKET_NAME")}
@@ -55,11 +65,17 @@ def one_run(args, binary, phases=False):
         log = d / "worker.log"
         with open(log, "w") as out:
             started = time.time()
-            p = subprocess.Popen([binary, "worker"], cwd=d, env=env, stdout=out, stderr=subprocess.STDOUT)
+            cmd = [binary, "worker"]
+            if trace:
+                cmd = ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={TRACED}", *cmd]
+            p = subprocess.Popen(cmd, cwd=d, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             cpu = wait_done_cpu(p, log, args.jobs, args.timeout, 0.01)
         finally:
-            p.terminate()
+            # Under strace the worker is strace's child: it gets the SIGTERM.
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children") if trace else None
+            for pid in kids.read_text().split() if kids and kids.exists() else [p.pid]:
+                os.kill(int(pid), signal.SIGTERM)
             p.wait(60)
         lines = done_lines(log)
         stamps = [stamp_of(line) for line in lines]
@@ -71,6 +87,33 @@ def one_run(args, binary, phases=False):
         if phases:
             res["phases"] = phase_times(log)
         return res
+
+
+def syscall_counts(trace):
+    """Per call: how many succeeded and failed; and the files created (openat with O_CREAT
+    that succeeded), from an `strace -f` log (a call cut by another thread's line ends on a
+    `<... resumed>` line of the same thread)."""
+    counts, pending = {}, {}
+    for line in Path(trace).read_text(errors="replace").splitlines():
+        pid, _, rest = line.partition(" ")
+        m = re.match(r"<\.\.\. (\w+) resumed>", rest)
+        if m:
+            call, args = m.group(1), pending.pop(pid, "")
+        else:
+            m = re.match(r"(\w+)\((.*)", rest)
+            if not m:
+                continue
+            call, args = m.group(1), m.group(2)
+            if rest.endswith("<unfinished ...>"):
+                pending[pid] = args
+                continue
+        ok = re.search(r"\) += (-?\d+)", rest)
+        ok = ok is not None and int(ok.group(1)) >= 0
+        key = call + (" ok" if ok else " failed")
+        counts[key] = counts.get(key, 0) + 1
+        if call == "openat" and "O_CREAT" in args and ok:
+            counts["files created"] = counts.get("files created", 0) + 1
+    return counts
 
 
 def stamp_of(line):
@@ -145,6 +188,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--slots", type=int, default=0, help="WORKER_SLOTS (default: the worker's)")
     ap.add_argument("--phases", action="store_true", help="also one run per binary with the phase breakdown")
+    ap.add_argument("--strace", action="store_true", help="also one run per binary under strace: file calls per job")
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
     args.module = str(Path(args.module).resolve())
@@ -177,6 +221,15 @@ def main():
             print(f"{label}, phases (debug logs on: {res['rate']:.0f} jobs/s), ms median / mean over jobs:")
             for name, (med, mean, n) in res["phases"].items():
                 print(f"   {name:40} {med:8.3f} / {mean:8.3f}  ({n})")
+    if args.strace:
+        for label, path in binaries:
+            with tempfile.TemporaryDirectory(prefix="th-ceiling-strace-") as t:
+                trace = Path(t) / "trace"
+                one_run(args, path, trace=trace)
+                counts = syscall_counts(trace)
+            print(f"{label}, file calls per job under strace (the worker's start included):")
+            for name, n in sorted(counts.items()):
+                print(f"   {name:24} {n / args.jobs:6.2f}")
 
 
 if __name__ == "__main__":

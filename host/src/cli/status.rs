@@ -299,12 +299,17 @@ async fn workers(store: &AnyStore, json: bool) -> anyhow::Result<ExitCode> {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         println!(
-            "{:<32} {:<4} machine {} slots {} running {} {} (v{}, heartbeat {} s ago)",
+            "{:<32} {:<4} machine {} slots {} running {}{} {} (v{}, heartbeat {} s ago)",
             Inert(&h.worker_id),
             if w.live { "live" } else { "dead" },
             Inert(&h.machine),
             h.slots,
             h.running,
+            if h.committing > 0 {
+                format!(" committing {}", h.committing)
+            } else {
+                String::new()
+            },
             counters.join(", "),
             Inert(&h.version),
             w.age_ms / 1000

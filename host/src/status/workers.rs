@@ -16,8 +16,13 @@ pub struct Heartbeat {
     pub machine: String,
     /// Jobs it runs at most at once (`WORKER_SLOTS`).
     pub slots: usize,
-    /// The jobs it runs now.
+    /// The jobs it runs now (each holding a slot).
     pub running: usize,
+    /// Jobs whose run ended, holding a commit place (no slot) until their result is durable
+    /// and their message settled (the directory store's group commit); 0 in records of
+    /// workers before this field.
+    #[serde(default)]
+    pub committing: usize,
     /// Its counters since it started, by name (`done`, `dead_lettered`, ...).
     pub counters: std::collections::BTreeMap<String, u64>,
     /// taskhost's version.

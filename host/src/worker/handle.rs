@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::counting::{Counted, Hold};
 use super::node_record::{self, NodeRecord};
 use super::receive::StorageFailures;
 use super::{Decision, Stats, WorkerConfig, decide, retry_delay};
@@ -26,42 +26,17 @@ use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition};
 use crate::time::now_ms;
 
-/// A job's commit place, counted in [`Stats::committing`] while held.
-struct Committing {
-    _place: OwnedSemaphorePermit,
-    stats: Arc<Stats>,
-}
-
-impl Committing {
-    /// Waits for one of `places` (never closed).
-    async fn take(places: Arc<tokio::sync::Semaphore>, stats: Arc<Stats>) -> Committing {
-        let place = places.acquire_owned().await.expect("never closed");
-        let now = stats.committing.fetch_add(1, Ordering::Relaxed) + 1;
-        stats.committing_peak.fetch_max(now, Ordering::Relaxed);
-        Committing {
-            _place: place,
-            stats,
-        }
-    }
-}
-
-impl Drop for Committing {
-    fn drop(&mut self) {
-        self.stats.committing.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// What a job whose task's run ended holds while its outputs are written.
 enum Held {
     /// A commit place (its slot freed): on a store with group commits.
-    Place(Committing),
+    Place(Hold),
     /// Its slot, on other stores (held only: dropping it frees the slot).
-    Slot { _slot: OwnedSemaphorePermit },
+    Slot { _slot: Hold },
 }
 
 impl Held {
     /// The commit place, if it is one; a slot is dropped here (freed).
-    fn into_place(self) -> Option<Committing> {
+    fn into_place(self) -> Option<Hold> {
         match self {
             Held::Place(place) => Some(place),
             Held::Slot { .. } => None,
@@ -105,7 +80,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         slot: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let _running = super::heartbeat::Running::count(&self.stats);
+        let count = Counted::start(&self.stats, &self.metrics);
         let attempt = message.delivery_attempt.unwrap_or(1);
         let job = match JobMessage::parse(
             &message.data,
@@ -141,8 +116,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             module = %job.module,
             worker = %self.executor.worker_id,
         );
-        let _running = self.metrics.job_running();
-        self.handle_job(message, job, lease, slot, shutdown)
+        self.handle_job(message, job, lease, slot, count, shutdown)
             .instrument(span)
             .await
     }
@@ -154,6 +128,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         job: JobMessage,
         lease: Lease,
         slot: OwnedSemaphorePermit,
+        count: Arc<Counted>,
         shutdown: CancellationToken,
     ) {
         let attempt = message.delivery_attempt.unwrap_or(1);
@@ -229,17 +204,19 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         // instead, until its message is settled. Elsewhere it keeps its slot until its
         // outputs are written.
         let commits = self.commits.clone();
-        let stats = Arc::clone(&self.stats);
         let freed = id.clone();
+        let held_count = Arc::clone(&count);
         let handoff = async move {
             match commits {
                 Some(commits) => {
-                    let place = Committing::take(commits, stats).await;
+                    let place = Hold::place(commits, held_count).await;
                     drop(slot);
                     tracing::debug!(job = %freed, "slot freed");
                     Held::Place(place)
                 }
-                None => Held::Slot { _slot: slot },
+                None => Held::Slot {
+                    _slot: Hold::slot(slot, held_count),
+                },
             }
         };
         let (end, runs, held) = self

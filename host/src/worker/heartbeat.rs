@@ -1,5 +1,5 @@
 //! The worker's heartbeat: `workers/<worker id>` rewritten every `HEARTBEAT_SECONDS` (its
-//! id, machine, slots, running jobs, counters, version), deleted when it exits cleanly, so
+//! id, machine, slots, running and committing jobs, counters, version), deleted when it exits cleanly, so
 //! `taskhost status --workers` lists live and recently dead workers without a metrics stack.
 //! One key per worker written at most once per interval (≥ 1 s): R2's one write per second
 //! per key always holds. A failed write is logged and retried at the next beat; it never
@@ -39,23 +39,6 @@ pub struct Beating {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Counts a message being handled in [`Stats::running`] while it lives.
-pub struct Running<'a>(&'a Stats);
-
-impl Running<'_> {
-    /// Adds one to `stats.running` until the value returned is dropped.
-    pub fn count(stats: &Stats) -> Running<'_> {
-        stats.running.fetch_add(1, Ordering::Relaxed);
-        Running(stats)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Starts writing `workers/<worker_id>` every interval (the first at once).
 pub fn start<S: ObjectStore + Clone>(
     store: &S,
@@ -81,6 +64,7 @@ pub fn start<S: ObjectStore + Clone>(
             machine: config.machine.clone(),
             slots,
             running: stats.running.load(Ordering::Relaxed) as usize,
+            committing: stats.committing.load(Ordering::Relaxed) as usize,
             counters: counters(&stats),
             version: config.version.clone(),
             started_ms,

@@ -44,6 +44,7 @@ use crate::store::ObjectStore;
 use crate::store::any::AnyStore;
 
 mod clock;
+mod counting;
 mod decide;
 mod handle;
 pub mod heartbeat;
@@ -149,7 +150,8 @@ pub struct Stats {
     pub host_faults: AtomicU64,
     /// Jobs a user cancelled or paused (`taskhost job cancel` / `pause`).
     pub stopped: AtomicU64,
-    /// Messages being handled now (a gauge, for the heartbeat).
+    /// Messages being handled now that hold a slot (a gauge, for the heartbeat;
+    /// `worker::counting` keeps it).
     pub running: AtomicU64,
     /// Jobs whose task's run ended, holding a commit place (no slot) until their message is
     /// settled (a gauge; at most [`COMMIT_PLACES_PER_SLOT`] × `slots`).

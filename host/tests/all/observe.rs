@@ -310,3 +310,86 @@ async fn refused_credentials_and_key_files_appear_in_no_error() {
     assert!(!all.contains(secret), "{out}");
     assert!(!all.contains(SECRET_ACCESS_KEY), "{out}");
 }
+
+/// On the embedded default a job whose run ended frees its slot and holds a commit place
+/// until its result is durable and its message settled: the metrics and the heartbeat then
+/// count it as committing, not running, so "running" never exceeds the slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_jobs_are_counted_apart_from_running_ones_on_the_embedded_default() {
+    const JOBS: usize = 60;
+    let cli = CliEnv::embedded("obs-commit");
+    cli.run(&["setup"]).await.success();
+    let module = cli.push_guest("step_counter").await;
+    let addr = metrics_addr();
+    let mut worker = cli
+        .set("METRICS_ADDR", &addr)
+        .set("HEARTBEAT_SECONDS", "1")
+        .spawn("worker", &["worker", "--slots", "1"]);
+    until(&addr, "/readyz", WORKER_START, &mut worker, |(s, _)| {
+        *s == 200
+    })
+    .await;
+    let jobs: String = (0..JOBS)
+        .map(|i| format!(r#"{{"job_id":"commit-{i}","steps":1}}"#) + "\n")
+        .collect();
+    cli.submit_file(&module, "commit.jsonl", &jobs)
+        .await
+        .success();
+
+    let places = taskhost::worker::COMMIT_PLACES_PER_SLOT as f64;
+    let heartbeats = cli.dir().join("store").join("workers");
+    let mut beats_read = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, text) = fetch(&addr, "/metrics").await.expect("metrics answer");
+        let running = value(&text, "taskhost_jobs_running");
+        let committing = value(&text, "taskhost_jobs_committing");
+        assert!((0.0..=1.0).contains(&running), "{text}");
+        assert!((0.0..=places).contains(&committing), "{text}");
+        for entry in std::fs::read_dir(&heartbeats).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let beat: Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(beat["running"].as_u64().unwrap() <= 1, "{beat}");
+            assert!(
+                beat["committing"].as_u64().unwrap() as f64 <= places,
+                "{beat}"
+            );
+            beats_read += 1;
+        }
+        if value(&text, "taskhost_jobs_ended_total{outcome=\"done\"}") == JOBS as f64 {
+            break;
+        }
+        worker.assert_running();
+        assert!(Instant::now() < deadline, "not done: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(beats_read > 0, "no heartbeat read");
+    // Settled: nothing runs or commits; the gauges are balanced.
+    let (_, text) = until(
+        &addr,
+        "/metrics",
+        Duration::from_secs(30),
+        &mut worker,
+        |(_, t)| value(t, "taskhost_messages_settled_total{action=\"ack\"}") == JOBS as f64,
+    )
+    .await;
+    assert_eq!(value(&text, "taskhost_jobs_running"), 0.0, "{text}");
+    assert_eq!(value(&text, "taskhost_jobs_committing"), 0.0, "{text}");
+    worker.signal(libc::SIGTERM);
+    worker.wait_exit(support::stack::WORKER_STOP).await;
+    // Every job took a commit place on this store.
+    let log = worker.log();
+    let peak = log
+        .split("committing_peak=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no committing_peak in the exit line:\n{log}"));
+    assert!((1..=places as u64).contains(&peak), "{log}");
+}

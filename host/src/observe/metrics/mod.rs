@@ -46,6 +46,7 @@ pub struct Metrics {
     jobs_ended: Family<OutcomeLabel, Counter>,
     messages_settled: Family<ActionLabel, Counter>,
     jobs_running: Gauge,
+    jobs_committing: Gauge,
     slots: Gauge,
     pulls: Family<PullLabel, Counter>,
     lane_messages_pulled: Family<LaneLabel, Counter>,
@@ -97,6 +98,7 @@ impl Metrics {
             jobs_ended: Family::default(),
             messages_settled: Family::default(),
             jobs_running: Gauge::default(),
+            jobs_committing: Gauge::default(),
             slots: Gauge::default(),
             pulls: Family::default(),
             lane_messages_pulled: Family::default(),
@@ -129,8 +131,13 @@ impl Metrics {
         );
         r.register(
             "taskhost_jobs_running",
-            "Jobs running now.",
+            "Messages being handled now that hold a slot (jobs running).",
             m.jobs_running.clone(),
+        );
+        r.register(
+            "taskhost_jobs_committing",
+            "Jobs whose run ended, holding a commit place until their result is durable and their message settled.",
+            m.jobs_committing.clone(),
         );
         r.register(
             "taskhost_slots",
@@ -272,10 +279,13 @@ impl Metrics {
             .inc();
     }
 
-    /// A job started running; it stops counting when the guard is dropped.
-    pub fn job_running(&self) -> RunningGuard<'_> {
-        self.jobs_running.inc();
-        RunningGuard(&self.jobs_running)
+    /// One more (`change` 1) or one fewer (-1) message being handled holds `what`.
+    pub fn holding(&self, what: Holding, change: i64) {
+        match what {
+            Holding::Slot => &self.jobs_running,
+            Holding::CommitPlace => &self.jobs_committing,
+        }
+        .inc_by(change);
     }
 
     /// This worker's slots.
@@ -374,14 +384,14 @@ impl Metrics {
     }
 }
 
-/// Counts one running job until dropped ([`Metrics::job_running`]).
-#[derive(Debug)]
-pub struct RunningGuard<'a>(&'a Gauge);
-
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// What a message being handled holds (the gauges `taskhost_jobs_running` and
+/// `taskhost_jobs_committing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// A slot: the job runs.
+    Slot,
+    /// A commit place: its run ended, its result is being made durable and its message settled.
+    CommitPlace,
 }
 
 /// The process's own numbers, from `/proc` (Linux; `None` elsewhere).

@@ -1,133 +1,214 @@
-//! A key's exclusive lock (a `flock` on a hidden lock file beside the object) and the atomic
-//! replace of an object (a temporary sibling renamed into place).
+//! A key's exclusive lock (a `flock` on the directory that holds it) and the atomic replace
+//! of objects (temporary siblings written and made durable first, renamed into place under
+//! the lock).
+//!
+//! The lock is the directory's: every key of one directory shares it, and no file is created
+//! for it. Nothing holds two directories' locks at once (a release that removes empty
+//! directories lets go of each before it takes its parent's), so locks never wait on each
+//! other in a cycle. A directory is removed only by the holder of its lock, and only when
+//! empty; a writer's temporary file is in it before the writer takes the lock, so the
+//! directory a writer holds is never removed under it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::hidden_sibling;
 
-/// A key's exclusive lock, held until [`KeyLock::release`]d (or dropped).
-///
-/// The holder removes the lock file when it leaves the key without an object. Whoever was
-/// waiting for the lock then holds the lock of a file that no longer has the name, which a
-/// newcomer would not see: so a lock counts only when the file it is on still has the name
-/// once the lock is held; else it is taken again.
-pub(super) struct KeyLock {
-    file: File,
-    path: PathBuf,
-    key: PathBuf,
+/// How often a lock or a temporary file is tried again when a delete removed the directory
+/// in between (a race, which ends); past it the error is there to stay.
+const RACE_TRIES: u32 = 1000;
+
+/// The exclusive lock of one directory: of every key in it, held until dropped.
+#[derive(Debug)]
+pub(super) struct DirLock {
+    _file: File,
+    dir: PathBuf,
 }
 
-/// Takes the key's exclusive lock, creating its directory if needed.
-pub(super) fn lock_key(path: &Path) -> io::Result<KeyLock> {
+/// Takes `dir`'s exclusive lock. `None`: there is no such directory (so no key in it).
+///
+/// A delete removes a directory it leaves empty, under its lock. Whoever waited for that lock
+/// then holds the lock of a directory that no longer has the name, which a newcomer would not
+/// see: so a lock counts only when `dir` still names the locked directory once the lock is
+/// held; else it is taken again.
+pub(super) fn lock_dir(dir: &Path) -> io::Result<Option<DirLock>> {
     use std::os::unix::fs::MetadataExt;
-    let dir = path.parent().expect("keys always have a parent");
-    let lock_path = hidden_sibling(path, "lock");
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        // A delete may remove the directory between these steps: then they run again
-        // (bounded, in case the error is not a race but there to stay).
-        let opened = fs::create_dir_all(dir).and_then(|()| {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-        });
+    for _ in 0..RACE_TRIES {
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir);
         let file = match opened {
             Ok(file) => file,
-            Err(e)
-                if tries < 1000
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
-                    ) =>
-            {
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         file.lock()?;
         let held = file.metadata()?;
-        match fs::metadata(&lock_path) {
+        match fs::metadata(dir) {
             Ok(named) if (named.dev(), named.ino()) == (held.dev(), held.ino()) => {
-                return Ok(KeyLock {
-                    file,
-                    path: lock_path,
-                    key: path.to_owned(),
-                });
+                return Ok(Some(DirLock {
+                    _file: file,
+                    dir: dir.to_owned(),
+                }));
             }
             Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         }
     }
+    Err(io::Error::other(format!(
+        "{} kept being replaced while it was locked",
+        dir.display()
+    )))
+}
+
+/// A key's exclusive lock (its directory's), held until [`KeyLock::release`]d (or dropped).
+#[derive(Debug)]
+pub(super) struct KeyLock {
+    dir: DirLock,
+    key: PathBuf,
+}
+
+/// Takes the lock of the key at `path`. `None`: its directory does not exist, so neither does
+/// the key (and no writer is at work there: a writer's temporary file would be in it).
+pub(super) fn lock_key(path: &Path) -> io::Result<Option<KeyLock>> {
+    let dir = path.parent().expect("keys always have a parent");
+    Ok(lock_dir(dir)?.map(|dir| KeyLock {
+        dir,
+        key: path.to_owned(),
+    }))
+}
+
+/// [`lock_key`] for a writer whose temporary file is in the key's directory already (so the
+/// directory exists).
+pub(super) fn lock_for_write(path: &Path) -> io::Result<KeyLock> {
+    lock_key(path)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "the directory of a staged write is gone",
+        )
+    })
 }
 
 impl KeyLock {
-    /// Lets go of the lock. If the key is left without an object, its lock file goes first,
-    /// and then the directories this leaves empty, up to the store's `root`.
+    /// Lets go of the lock. If the key is left without an object, the directories this leaves
+    /// empty go, up to the store's `root` (each under its own lock), and with them the lock
+    /// file an older version kept beside the key (`.<name>.lock`), which would keep its
+    /// directory.
     pub(super) fn release(self, root: &Path) {
         match fs::symlink_metadata(&self.key) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             _ => return,
         }
-        let _ = fs::remove_file(&self.path);
-        drop(self.file);
-        let mut dir = self.path.parent();
-        while let Some(d) = dir {
-            if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
-                break;
+        let _ = fs::remove_file(hidden_sibling(&self.key, "lock"));
+        let mut held = self.dir;
+        loop {
+            if held.dir == root || !held.dir.starts_with(root) || fs::remove_dir(&held.dir).is_err()
+            {
+                return;
             }
-            dir = d.parent();
+            let Some(parent) = held.dir.parent().map(Path::to_owned) else {
+                return;
+            };
+            // Let go before taking the parent's lock: never two at once.
+            drop(held);
+            if parent == root {
+                return;
+            }
+            match lock_dir(&parent) {
+                Ok(Some(lock)) => held = lock,
+                _ => return,
+            }
         }
     }
 }
 
-/// Writes a temporary sibling with `write`, makes it durable, then renames it over `path`
-/// (the caller holds the key's lock). A crash never leaves a truncated object behind the key.
-/// The rename is durable once the directory is flushed (the caller records it as dirty in
-/// the store's group commit).
-pub(super) fn replace(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut write = Some(write);
-    replace_all(&mut [(path, &mut |f: &mut File| {
-        (write.take().expect("called once"))(f)
-    })])
+/// Files written to temporary siblings and made durable, waiting to be renamed into place
+/// ([`Staged::rename_all`], under the key's lock). The temporary files not renamed are
+/// removed when this is dropped.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// (temporary file, where it goes), in the order of the renames.
+    files: Vec<(PathBuf, PathBuf)>,
 }
 
-/// A file to write: its path and what writes its bytes.
-pub(super) type FileWrite<'a> = (&'a Path, &'a mut dyn FnMut(&mut File) -> io::Result<()>);
+impl Staged {
+    /// Writes a temporary sibling of `dest` with `write` and makes it durable, creating the
+    /// directory if needed; it is renamed after the files staged before it.
+    pub(super) fn stage(
+        &mut self,
+        dest: &Path,
+        write: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let staged = self.write_temporary(dest, write)?;
+        self.files.push(staged);
+        Ok(())
+    }
 
-/// [`replace`] for files of one directory at once: each is written to a temporary sibling
-/// and made durable, then they are renamed into place in order (the directory is made
-/// durable by the caller, once for all of them).
-pub(super) fn replace_all(files: &mut [FileWrite<'_>]) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut tmps: Vec<PathBuf> = Vec::with_capacity(files.len());
-    let result = (|| {
-        for (path, write) in files.iter_mut() {
-            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            let tmp = hidden_sibling(path, &format!("tmp.{}.{seq}", std::process::id()));
-            let mut f = File::create(&tmp)?;
-            tmps.push(tmp);
-            write(&mut f)?;
-            f.sync_all()?;
+    /// [`Staged::stage`], renamed before every file staged so far.
+    pub(super) fn stage_first(
+        &mut self,
+        dest: &Path,
+        write: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let staged = self.write_temporary(dest, write)?;
+        self.files.insert(0, staged);
+        Ok(())
+    }
+
+    fn write_temporary(
+        &mut self,
+        dest: &Path,
+        write: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<(PathBuf, PathBuf)> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = dest.parent().expect("keys always have a parent");
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = hidden_sibling(dest, &format!("tmp.{}.{seq}", std::process::id()));
+        let mut tries = 0;
+        let mut file = loop {
+            tries += 1;
+            // The directory is made when missing; a delete may remove it again before the
+            // file is made (not once our temporary file is in it).
+            match File::create(&tmp) {
+                Ok(file) => break file,
+                Err(e) if tries < RACE_TRIES && e.kind() == io::ErrorKind::NotFound => {
+                    match fs::create_dir_all(dir) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let written = write(&mut file).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        for ((path, _), tmp) in files.iter().zip(&tmps) {
-            fs::rename(tmp, path)?;
+        Ok((tmp, dest.to_owned()))
+    }
+
+    /// Renames the staged files into place, in order. A crash never leaves a truncated object
+    /// behind a key. The renames are durable once the directory is flushed (the caller records
+    /// it in the store's group commit).
+    pub(super) fn rename_all(mut self) -> io::Result<()> {
+        while let Some((tmp, dest)) = self.files.first() {
+            fs::rename(tmp, dest)?;
+            self.files.remove(0);
         }
         Ok(())
-    })();
-    if result.is_err() {
-        for tmp in &tmps {
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
             let _ = fs::remove_file(tmp);
         }
     }
-    result
 }

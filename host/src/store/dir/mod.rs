@@ -1,20 +1,22 @@
 //! The directory backend: each key is a file under a root directory.
 //!
-//! Conditional writes hold an exclusive `flock` on a per-key lock file while they compare
-//! the current tag and rename a fully written temporary file into place, so they are atomic
-//! across threads and processes on one machine. Readers never lock: `rename` is atomic, so a
-//! reader sees the old or the new bytes, never a mix. The tag is a hash of the bytes, like
-//! an S3 ETag (the MD5 of the body): identical bytes give an identical tag.
+//! A write first writes its bytes to a temporary file beside the key and makes it durable;
+//! then, holding an exclusive `flock` on the key's directory (`lock.rs`), it compares the
+//! current object with its precondition and renames the temporary file into place, so
+//! conditional writes are atomic across threads and processes on one machine. Readers never
+//! lock: `rename` is atomic, so a reader sees the old or the new bytes, never a mix. The tag
+//! is a hash of the bytes, like an S3 ETag (the MD5 of the body): identical bytes give an
+//! identical tag. An object's note is an extended attribute of its file, or a hidden file
+//! beside it where the filesystem refuses those (`note.rs`).
 //!
 //! A key component that starts with `.` (a job id may) is stored as `%2E...`: names that
-//! start with `.` are this backend's own lock and temporary files, and `%` is in no key.
+//! start with `.` are this backend's own temporary and note files, and `%` is in no key.
 //! Multipart uploads keep their parts under `<root>/.uploads/<id>/` until they are put
 //! together into the object (a temporary file renamed into place, like a write).
 //!
-//! What this backend keeps besides the objects is bounded: a key's lock file is removed
-//! whenever its key is left without an object (after a delete, or a conditional write that
-//! failed on an absent key), so lock files never outnumber objects, and a directory left
-//! empty by a delete is removed; an upload's directory is removed when it is completed or
+//! What this backend keeps besides the objects is bounded: a directory left empty by a delete
+//! (or by a conditional write that failed on an absent key) is removed, and an object's
+//! hidden note goes with it; an upload's directory is removed when it is completed or
 //! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
 //! upload's start, as R2 aborts incomplete uploads after 7 days.
 //!
@@ -24,11 +26,12 @@
 //! returns at once and is made durable by the next flush.
 //!
 //! `mod.rs`: the store, its keys and the object operations; `lock.rs`: a key's lock and the
-//! atomic replace; `commit.rs`: the group commit; `multipart.rs`: uploads. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's clock is
-//! this host's.
+//! staged temporary files; `note.rs`: notes; `commit.rs`: the group commit; `multipart.rs`:
+//! uploads. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's
+//! clock is this host's.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -39,10 +42,11 @@ use super::{ClockReading, ETag, ErrorKind, Listed, Object, ObjectStore, Precondi
 mod commit;
 mod lock;
 mod multipart;
+mod note;
 #[cfg(test)]
 mod tests;
 
-use lock::{lock_key, replace, replace_all};
+use lock::{Staged, lock_for_write, lock_key};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 
 /// A bucket kept in a local directory. Clones share one group commit.
@@ -50,6 +54,7 @@ pub use multipart::ABANDONED_UPLOAD_AGE;
 pub struct DirStore {
     root: PathBuf,
     commit: std::sync::Arc<commit::GroupCommit>,
+    xattrs: std::sync::Arc<note::Xattrs>,
 }
 
 impl DirStore {
@@ -61,7 +66,15 @@ impl DirStore {
         Ok(DirStore {
             root,
             commit: Default::default(),
+            xattrs: Default::default(),
         })
+    }
+
+    /// This store as on a filesystem that refuses extended attributes: notes in hidden files.
+    #[cfg(test)]
+    pub(crate) fn without_xattrs(mut self) -> Self {
+        self.xattrs = std::sync::Arc::new(note::Xattrs::refused());
+        self
     }
 
     /// How many group-commit flushes this store (and its clones) ran: fewer than its
@@ -94,9 +107,10 @@ impl DirStore {
         let root = self.root.clone();
         let dir = path.parent().expect("keys always have a parent").to_owned();
         let commit = std::sync::Arc::clone(&self.commit);
+        let xattrs = std::sync::Arc::clone(&self.xattrs);
         // Recorded on the blocking thread: a caller dropped meanwhile leaves no rename unrecorded.
         let (tag, recorded) = tokio::task::spawn_blocking(move || {
-            let tag = put_blocking(&root, &path, &bytes, &pre, note.as_deref())?;
+            let tag = put_blocking(&root, &path, &bytes, &pre, note.as_deref(), &xattrs)?;
             Ok::<_, StoreError>((tag, commit.dirty(dir)))
         })
         .await
@@ -188,49 +202,45 @@ fn etag_of(bytes: &[u8]) -> ETag {
     ETag(hex::encode(&Sha256::digest(bytes)[..16]))
 }
 
+/// The object at `path`, with its note.
 fn read(path: &Path) -> io::Result<Option<Object>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(Object {
+    let opened = File::open(path).and_then(|mut file| {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok((file, bytes))
+    });
+    match opened {
+        Ok((file, bytes)) => Ok(Some(Object {
             etag: etag_of(&bytes),
+            note: note::read(&file, path)?,
             bytes,
-            note: read_note(path)?,
         })),
-        // A key prefix (a directory here) is no object, as on S3.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
-            ) =>
-        {
-            Ok(None)
-        }
+        Err(e) if is_absent(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// The hidden file beside an object that holds its note (written before the object's
-/// rename, removed with it; a reader racing a write may pair the new bytes with the old
-/// note, which only a display reads).
-fn note_path(path: &Path) -> PathBuf {
-    hidden_sibling(path, "note")
+/// A missing file, or a key prefix (a directory here): no object, as on S3.
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
+    )
 }
 
-fn read_note(path: &Path) -> io::Result<Option<String>> {
-    match fs::read_to_string(note_path(path)) {
-        Ok(note) => Ok(Some(note)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Sets (or with `None` removes) the note beside `path`.
-fn write_note(path: &Path, note: Option<&str>) -> io::Result<()> {
-    let at = note_path(path);
-    match note {
-        Some(note) => replace(&at, |f| f.write_all(note.as_bytes())),
-        None => match fs::remove_file(&at) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+/// Whether `pre` holds for the object at `path` (read only as far as `pre` needs).
+fn precondition_holds(path: &Path, pre: &Precondition) -> io::Result<bool> {
+    match pre {
+        Precondition::None => Ok(true),
+        Precondition::Absent => match fs::metadata(path) {
+            Ok(meta) => Ok(meta.is_dir()),
+            Err(e) if is_absent(&e) => Ok(true),
+            Err(e) => Err(e),
+        },
+        Precondition::Matches(tag) => match fs::read(path) {
+            Ok(bytes) => Ok(etag_of(&bytes) == *tag),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(e),
         },
     }
 }
@@ -250,34 +260,44 @@ fn put_blocking(
     bytes: &[u8],
     pre: &Precondition,
     note: Option<&str>,
+    xattrs: &note::Xattrs,
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("writing {}", path.display());
-    let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
+    // Written and made durable before the lock: its holders wait only for the compare and
+    // the renames.
+    let mut staged = Staged::default();
+    let mut note_in_file = false;
+    staged
+        .stage(path, |f| {
+            f.write_all(bytes)?;
+            if let Some(note) = note {
+                note_in_file = xattrs.set(f, note)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| io_err(e, ctx))?;
+    let hidden_note = note.filter(|_| !note_in_file);
+    if let Some(note) = hidden_note {
+        // Renamed before the object, both made durable with one flush of their directory
+        // (the caller's).
+        staged
+            .stage_first(&note::hidden_path(path), |f| f.write_all(note.as_bytes()))
+            .map_err(|e| io_err(e, ctx))?;
+    }
+    let lock = lock_for_write(path).map_err(|e| io_err(e, ctx))?;
     let result = (|| {
-        let current = read(path).map_err(|e| io_err(e, ctx))?;
-        let holds = match (pre, &current) {
-            (Precondition::None, _) => true,
-            (Precondition::Absent, cur) => cur.is_none(),
-            (Precondition::Matches(tag), Some(cur)) => &cur.etag == tag,
-            (Precondition::Matches(_), None) => false,
-        };
-        if !holds {
+        if !precondition_holds(path, pre).map_err(|e| io_err(e, ctx))? {
             return Err(StoreError::PreconditionFailed);
         }
-        // The note before the object (renamed in that order), both made durable with one
-        // flush of their directory (the caller's).
-        let mut object = |f: &mut File| f.write_all(bytes);
-        let written = match note {
-            Some(note) => {
-                let mut note_bytes = |f: &mut File| f.write_all(note.as_bytes());
-                replace_all(&mut [(&note_path(path), &mut note_bytes), (path, &mut object)])
-            }
-            None => write_note(path, None).and_then(|()| replace_all(&mut [(path, &mut object)])),
+        let renamed = if hidden_note.is_some() {
+            staged.rename_all()
+        } else {
+            note::remove_hidden(path).and_then(|()| staged.rename_all())
         };
-        written.map_err(|e| io_err(e, ctx))?;
+        renamed.map_err(|e| io_err(e, ctx))?;
         Ok(etag_of(bytes))
     })();
-    // After the rename.
+    // After the renames (a failed write's temporary files are gone by now).
     lock.release(root);
     result
 }
@@ -380,16 +400,16 @@ impl ObjectStore for DirStore {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let ctx = || format!("deleting {}", path.display());
-            // Under the key's lock, so that its lock file can go too.
-            let lock = lock_key(&path).map_err(|e| io_err(e, ctx))?;
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(e, ctx)),
-            }
-            write_note(&path, None).map_err(|e| io_err(e, ctx))?;
+            // Under the key's lock, so that its directory can go too if left empty.
+            let Some(lock) = lock_key(&path).map_err(|e| io_err(e, ctx))? else {
+                return Ok(());
+            };
+            let removed = match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => note::remove_hidden(&path),
+            };
             lock.release(&root);
-            Ok(())
+            removed.map_err(|e| io_err(e, ctx))
         })
         .await
         .map_err(join_err)?

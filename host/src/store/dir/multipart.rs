@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::lock::{lock_key, replace};
-use super::{DirStore, etag_of, io_err, join_err};
+use super::lock::{Staged, lock_for_write};
+use super::{DirStore, etag_of, io_err, join_err, note};
 use crate::store::{ETag, ErrorKind, Multipart, StoreError};
 
 /// How long an upload's parts are kept after its last part was written, if it is neither
 /// completed nor aborted (R2's rule for incomplete multipart uploads: 7 days).
 pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Puts an upload's parts together under `path` (holding the key's lock), then removes them.
-/// A failed completion keeps them: it may be tried again, or aborted.
+/// Puts an upload's parts together under `path` (renamed into place holding the key's lock),
+/// then removes them. A failed completion keeps them: it may be tried again, or aborted.
 fn complete_blocking(
     root: &Path,
     path: &Path,
@@ -26,17 +26,23 @@ fn complete_blocking(
     parts: usize,
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("completing the upload of {}", path.display());
-    let lock = lock_key(path).map_err(|e| io_err(e, ctx))?;
     let mut hash = Sha256::new();
-    let written = replace(path, |out| {
-        for n in 1..=parts {
-            let bytes = fs::read(parts_dir.join(n.to_string()))?;
-            hash.update(&bytes);
-            out.write_all(&bytes)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| io_err(e, ctx));
+    let mut staged = Staged::default();
+    staged
+        .stage(path, |out| {
+            for n in 1..=parts {
+                let bytes = fs::read(parts_dir.join(n.to_string()))?;
+                hash.update(&bytes);
+                out.write_all(&bytes)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| io_err(e, ctx))?;
+    let lock = lock_for_write(path).map_err(|e| io_err(e, ctx))?;
+    // The object has no note: an older one's goes.
+    let written = note::remove_hidden(path)
+        .and_then(|()| staged.rename_all())
+        .map_err(|e| io_err(e, ctx));
     lock.release(root);
     written?;
     let _ = fs::remove_dir_all(parts_dir);

@@ -3,9 +3,9 @@
 //! instead of waiting for their leases to lapse (up to a whole ack deadline per job).
 //!
 //! `<cache dir>/workers/<worker id>/` holds a `lock` file, locked (flock, exclusive) for as
-//! long as the worker's process lives, and one small JSON file per job it runs
-//! (`{subscription, ack_id, job_id}`), written when the job starts and removed once its
-//! message is settled. A worker tries to take the lock of every other worker directory
+//! long as the worker's process lives, and the file `jobs` with one slot per job it runs
+//! (`{subscription, ack_id, job_id}`, `slots.rs`), written in place when the job starts and
+//! blanked once its message is settled. A worker tries to take the lock of every other worker directory
 //! there, as it starts and then every [`SCAN_INTERVAL`]: it gets it only if that worker's
 //! process is gone (the kernel drops a dead process's locks, whatever killed it; a frozen
 //! process keeps them). For each job of a dead worker it releases the checkpoint if the
@@ -27,6 +27,7 @@
 use std::fs::{self, File, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -34,11 +35,13 @@ use serde::{Deserialize, Serialize};
 
 mod machine;
 mod reclaim;
+mod slots;
 #[cfg(test)]
 mod tests;
 
 pub use machine::{Host, check_filesystem};
 pub use reclaim::{Dead, SCAN_INTERVAL, dead_workers, hand_back, watch};
+use slots::{Held, Slots};
 
 /// The record's lock file; it holds the [`Host`] that wrote it, as JSON.
 pub(crate) const LOCK: &str = "lock";
@@ -65,6 +68,8 @@ pub struct JobEntry {
 pub struct NodeRecord {
     pub(crate) dir: PathBuf,
     _lock: File,
+    slots: Arc<Slots>,
+    /// Names the files of entries too big for a slot.
     seq: AtomicU64,
 }
 
@@ -92,11 +97,13 @@ impl NodeRecord {
             TryLockError::Error(e) => e,
             TryLockError::WouldBlock => io::Error::other("the new record is locked already"),
         })?;
+        let slots = Arc::new(Slots::create(&staging)?);
         let dir = root.join(worker_id);
         fs::rename(&staging, &dir)?;
         Ok(NodeRecord {
             dir,
             _lock: lock,
+            slots,
             seq: AtomicU64::new(0),
         })
     }
@@ -104,15 +111,21 @@ impl NodeRecord {
     /// Records `entry` until the returned guard is dropped. A failed write only costs the
     /// shortcut (it is logged).
     pub fn list(&self, entry: &JobEntry) -> Listed {
-        let path = self
-            .dir
-            .join(format!("{}.json", self.seq.fetch_add(1, Ordering::Relaxed)));
-        let bytes = serde_json::to_vec(entry).expect("an entry serializes");
-        match fs::write(&path, bytes) {
-            Ok(()) => Listed(Some(path)),
+        let written = self.slots.put(entry).and_then(|slot| match slot {
+            Some(slot) => Ok(Held::Slot(Arc::clone(&self.slots), slot)),
+            None => {
+                let path = self
+                    .dir
+                    .join(format!("{}.json", self.seq.fetch_add(1, Ordering::Relaxed)));
+                let bytes = serde_json::to_vec(entry).expect("an entry serializes");
+                fs::write(&path, bytes).map(|()| Held::File(path))
+            }
+        });
+        match written {
+            Ok(held) => Listed { _held: Some(held) },
             Err(e) => {
                 tracing::warn!(job = %entry.job_id, error = %e, "cannot record the job on this node's disk; if this worker dies, its lease lapses instead");
-                Listed(None)
+                Listed { _held: None }
             }
         }
     }
@@ -126,14 +139,8 @@ impl Drop for NodeRecord {
 
 /// One recorded job: the entry is removed when this is dropped.
 #[derive(Debug)]
-pub struct Listed(Option<PathBuf>);
-
-impl Drop for Listed {
-    fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = fs::remove_file(path);
-        }
-    }
+pub struct Listed {
+    _held: Option<Held>,
 }
 
 /// Creates `dir` (and its parents) readable by this user only.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::slots::read_entries;
 use super::{Host, JobEntry, LOCK, STAGING, STAGING_AGE, check_filesystem};
 use crate::checkpoint::{self, Abandoned};
 use crate::ids::JobId;
@@ -91,19 +92,6 @@ fn older_than(path: &Path, age: Duration) -> bool {
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|a| a > age)
-}
-
-pub(crate) fn read_entries(dir: &Path) -> Vec<JobEntry> {
-    let Ok(files) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut entries: Vec<JobEntry> = files
-        .flatten()
-        .filter(|f| f.file_name() != LOCK)
-        .filter_map(|f| serde_json::from_slice(&fs::read(f.path()).ok()?).ok())
-        .collect();
-    entries.sort_by(|a, b| a.job_id.cmp(&b.job_id));
-    entries
 }
 
 /// Hands back the jobs of `dead` workers that were leased from one of `lanes`: releases each

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::machine::local_filesystem;
-use super::reclaim::read_entries;
+use super::slots::{self, read_entries};
 use super::*;
 
 fn host() -> Host {
@@ -90,6 +90,70 @@ fn a_record_lists_the_jobs_held_until_settled() {
     let _h3 = a.list(&entry("j3"));
     drop(done);
     assert_eq!(read_entries(&a.dir), vec![entry("j1"), entry("j3")]);
+}
+
+/// Entries are slots of one file written in place: a settled job's slot is reused, so the
+/// file grows only with the jobs run at once; an entry too big for a slot gets a file of
+/// its own, removed when settled.
+#[test]
+fn a_record_reuses_its_slots_and_keeps_an_oversized_entry_in_a_file() {
+    let root = tempfile::tempdir().unwrap();
+    let a = NodeRecord::create(root.path(), "a").unwrap();
+    for i in 0..100 {
+        let _held = a.list(&entry(&format!("j{i}")));
+        let _also = a.list(&entry(&format!("k{i}")));
+    }
+    let slots = a.dir.join(slots::SLOTS);
+    assert_eq!(fs::metadata(&slots).unwrap().len(), 2 * slots::SLOT as u64);
+    assert_eq!(read_entries(&a.dir), vec![]);
+    let big = JobEntry {
+        ack_id: "a".repeat(slots::SLOT),
+        ..entry("big")
+    };
+    let held = a.list(&big);
+    let _small = a.list(&entry("small"));
+    assert_eq!(read_entries(&a.dir), vec![big, entry("small")]);
+    assert_eq!(
+        fs::read_dir(&a.dir).unwrap().count(),
+        3,
+        "lock, jobs, one file"
+    );
+    drop(held);
+    assert_eq!(read_entries(&a.dir), vec![entry("small")]);
+    assert_eq!(fs::read_dir(&a.dir).unwrap().count(), 2);
+}
+
+/// A record cut short or holding bytes of two writes (a power loss during a write) reads as
+/// the entries that are whole: a torn slot is no entry, never an error or a wrong entry.
+#[test]
+fn a_torn_record_reads_as_no_entry() {
+    use std::os::unix::fs::FileExt;
+    let root = tempfile::tempdir().unwrap();
+    let a = NodeRecord::create(root.path(), "a").unwrap();
+    let held: Vec<Listed> = ["j0", "j1", "j2", "j3", "j4"]
+        .iter()
+        .map(|j| a.list(&entry(j)))
+        .collect();
+    let path = a.dir.join(slots::SLOTS);
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let slot = |n: u64| n * slots::SLOT as u64;
+    let whole = fs::read(&path).unwrap();
+    let other_entry = &whole[..slots::SLOT];
+    // j1: the first half of another entry's write over it.
+    file.write_all_at(&other_entry[..40], slot(1)).unwrap();
+    // j2: the first bytes of a blanking write (a settled job).
+    file.write_all_at(&[b' '; 10], slot(2)).unwrap();
+    // j3: one byte of its JSON changed, so that it would parse as another job's entry.
+    let j3 = &whole[slot(3) as usize..slot(4) as usize];
+    let at = j3.windows(4).position(|w| w == b"\"j3\"").unwrap() + 2;
+    file.write_all_at(b"9", slot(3) + at as u64).unwrap();
+    // j4: cut short.
+    file.set_len(slot(4) + 50).unwrap();
+    assert_eq!(read_entries(&a.dir), vec![entry("j0")]);
+    // Bytes that are no record at all.
+    file.write_all_at(&[0xff; 3000], slot(1)).unwrap();
+    assert_eq!(read_entries(&a.dir), vec![entry("j0")]);
+    drop(held);
 }
 
 #[test]

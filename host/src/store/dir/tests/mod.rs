@@ -1,13 +1,42 @@
-//! The directory store's own tests (the store contract runs in `tests/all`).
+//! The directory store's own tests (the store contract runs in `tests/all`): here the
+//! objects, uploads and the group commit; `locks.rs` the directory locks and what a store
+//! leaves behind; `notes.rs` notes.
 
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::*;
 use crate::store::Multipart;
+
+mod locks;
+mod notes;
+
+/// Everything under `root` but `.uploads`, as relative paths.
+fn files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".uploads" {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
+}
 
 #[tokio::test]
 async fn conditional_writes() {
@@ -135,121 +164,6 @@ async fn concurrent_create_only_has_one_winner() {
         }
         assert_eq!(wins, 1, "{key}");
     }
-}
-
-/// Everything under `root` but `.uploads`, as relative paths.
-fn files(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let path = e.unwrap().path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if rel == ".uploads" {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path.clone());
-            }
-            out.push(rel);
-        }
-    }
-    out.sort();
-    out
-}
-
-#[tokio::test]
-async fn lock_files_and_directories_do_not_outlive_their_objects() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = DirStore::open(tmp.path()).unwrap();
-    let t = s
-        .put("jobs/a/checkpoint", b"1".to_vec(), Precondition::Absent)
-        .await
-        .unwrap();
-    s.put("jobs/a/result", b"r".to_vec(), Precondition::Absent)
-        .await
-        .unwrap();
-    // A lock file stays beside an object.
-    assert!(files(tmp.path()).contains(&"jobs/a/.checkpoint.lock".into()));
-    // A conditional write that fails on an absent key leaves nothing behind.
-    assert!(matches!(
-        s.put("jobs/b/checkpoint", b"2".to_vec(), Precondition::Matches(t))
-            .await,
-        Err(StoreError::PreconditionFailed)
-    ));
-    assert!(matches!(
-        s.put("jobs/a/checkpoint", b"2".to_vec(), Precondition::Absent)
-            .await,
-        Err(StoreError::PreconditionFailed)
-    ));
-    assert_eq!(
-        files(tmp.path()),
-        vec![
-            "jobs",
-            "jobs/a",
-            "jobs/a/.checkpoint.lock",
-            "jobs/a/.result.lock",
-            "jobs/a/checkpoint",
-            "jobs/a/result"
-        ]
-    );
-    // Deleting takes the lock file, and the directories left empty.
-    s.delete("jobs/a/result").await.unwrap();
-    s.delete("jobs/none/result").await.unwrap();
-    assert_eq!(
-        files(tmp.path()),
-        vec![
-            "jobs",
-            "jobs/a",
-            "jobs/a/.checkpoint.lock",
-            "jobs/a/checkpoint"
-        ]
-    );
-    s.delete("jobs/a/checkpoint").await.unwrap();
-    assert_eq!(files(tmp.path()), Vec::<String>::new());
-    assert!(tmp.path().is_dir());
-    // The key works as before.
-    s.put("jobs/a/checkpoint", b"3".to_vec(), Precondition::Absent)
-        .await
-        .unwrap();
-    assert_eq!(s.list("jobs/").await.unwrap(), vec!["jobs/a/checkpoint"]);
-}
-
-/// Holders remove the lock file of a key they leave without an object while others wait
-/// for it: still one holder at a time.
-#[test]
-fn a_removed_lock_file_never_lets_two_writers_in() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let key = root.join("jobs/x/checkpoint");
-    let inside = AtomicU64::new(0);
-    let entries = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for t in 0..8u64 {
-            let (key, inside, entries) = (&key, &inside, &entries);
-            s.spawn(move || {
-                for i in 0..300u64 {
-                    let lock = lock_key(key).unwrap();
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
-                    entries.fetch_add(1, Ordering::Relaxed);
-                    // Every other time the key is left without an object.
-                    if (t + i) % 2 == 0 {
-                        fs::write(key, b"x").unwrap();
-                    } else {
-                        let _ = fs::remove_file(key);
-                    }
-                    std::thread::yield_now();
-                    inside.fetch_sub(1, Ordering::SeqCst);
-                    lock.release(root);
-                }
-            });
-        }
-    });
-    assert_eq!(entries.load(Ordering::Relaxed), 8 * 300);
 }
 
 #[tokio::test]
