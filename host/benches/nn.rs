@@ -20,6 +20,10 @@
 //! system of every thread: the runtime's, the inference thread's, ONNX Runtime's), with the
 //! load average before and after.
 
+/// The allocator the `taskhost` binary runs with (its main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
