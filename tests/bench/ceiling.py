@@ -4,7 +4,7 @@
     tests/bench/ceiling.py --taskhost before=/path/to/old/taskhost --taskhost after=target/release/taskhost \\
         --module guest-tasks/target/wasm32-wasip2/release/step_counter.wasm [--jobs 1000] [--rounds 3]
 
-Each run: a fresh temporary directory with a SQLite queue file and a store directory (what
+Each run: a fresh directory with a SQLite queue file and a store directory (what
 `taskhost demo` and `taskhost worker` use without Pub/Sub settings), --jobs one-step
 step-counter jobs (steps 1, step_ms 0) submitted before the worker starts, then one worker
 (default slots: the CPUs, or --slots) until every job is done. Per run: the rate from the
@@ -12,6 +12,7 @@ worker's own `job done` lines (first to last), the whole run's time from the wor
 (its start-up included) and the worker's CPU time per job. The binaries run alternately,
 --rounds times each (on a shared machine only a side-by-side comparison means anything);
 then the medians and spread (min..max) per binary, and the load average before and after.
+The runs' directories are deleted together at the end (--delete-between: after each run).
 
 --phases adds one run per binary with debug logs (JSON) and prints where a job's time goes,
 from its pull to its settlement, as medians over the jobs of the phases the worker's debug and
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,8 +46,9 @@ TRACED = "openat,unlink,unlinkat,rename,renameat2,fsync,fdatasync,mkdir,rmdir,fl
 
 
 def one_run(args, binary, phases=False, trace=None):
-    with tempfile.TemporaryDirectory(prefix="th-ceiling-") as d:
-        d = Path(d)
+    # Each run's directory is kept until the whole benchmark ends (see --delete-between).
+    d = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
+    try:
         env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ID", "R2_BUCKET_NAME")}
         env.update(HOME=str(d), TASKHOST_CACHE_DIR=str(d / "cache"), HEARTBEAT_SECONDS="0")
         if args.slots:
@@ -87,6 +90,9 @@ def one_run(args, binary, phases=False, trace=None):
         if phases:
             res["phases"] = phase_times(log)
         return res
+    finally:
+        if args.delete_between:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def syscall_counts(trace):
@@ -190,7 +196,23 @@ def main():
     ap.add_argument("--phases", action="store_true", help="also one run per binary with the phase breakdown")
     ap.add_argument("--strace", action="store_true", help="also one run per binary under strace: file calls per job")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--delete-between",
+        action="store_true",
+        help="delete each run's directory right after it (default: all at the end). On ext4 "
+        "without a journal every new inode is checked against those deleted in the last "
+        "60 s (360 s while their inode table block is dirty), so a run right after another "
+        "run's thousands of deletes pays for them: this measures that",
+    )
     args = ap.parse_args()
+    args.workdir = tempfile.mkdtemp(prefix="th-ceiling-")
+    try:
+        run_all(args)
+    finally:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def run_all(args):
     args.module = str(Path(args.module).resolve())
     binaries = []
     for spec in args.taskhost:
