@@ -263,6 +263,14 @@ fn put_blocking(
     xattrs: &note::Xattrs,
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("writing {}", path.display());
+    // A create-only write that finds the key taken fails at once, before it writes a file
+    // (a claim of a job claimed already): the answer holds at this read, and a write that
+    // finds it free checks again under the lock.
+    if matches!(pre, Precondition::Absent)
+        && !precondition_holds(path, pre).map_err(|e| io_err(e, ctx))?
+    {
+        return Err(StoreError::PreconditionFailed);
+    }
     // Written and made durable before the lock: its holders wait only for the compare and
     // the renames.
     let staged = (|| {

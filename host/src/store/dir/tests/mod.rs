@@ -166,6 +166,29 @@ async fn concurrent_create_only_has_one_winner() {
     }
 }
 
+/// A create-only write on a taken key fails before it writes anything: its directory is not
+/// touched (no temporary file made and removed: on ext4 without a journal a removed inode
+/// slows the next allocations down).
+#[tokio::test]
+async fn a_create_only_write_on_a_taken_key_writes_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    s.put("k/1", b"first".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    let dir = tmp.path().join("k");
+    let before = fs::metadata(&dir).unwrap().modified().unwrap();
+    // Longer than the filesystem's timestamp granularity (a few ms), so a change would show.
+    std::thread::sleep(Duration::from_millis(30));
+    let err = s
+        .put("k/1", b"second".to_vec(), Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed), "{err}");
+    assert_eq!(fs::metadata(&dir).unwrap().modified().unwrap(), before);
+    assert_eq!(s.get("k/1").await.unwrap().unwrap().bytes, b"first");
+}
+
 #[tokio::test]
 async fn uploads_leave_nothing_once_completed_aborted_or_abandoned() {
     let tmp = tempfile::tempdir().unwrap();
