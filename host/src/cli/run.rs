@@ -116,8 +116,11 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The lease `taskhost run` records in the checkpoint header, renewed every half of it: a
-/// killed `run` blocks other claimers of the job for at most this long.
-const RUN_LEASE: Duration = Duration::from_secs(10);
+/// killed `run` blocks other claimers of the job for at most this long. Each write of the
+/// job (an artifact's completion: a copy and an fsync of the whole object on the directory
+/// store) must end within what is left of it less twice the skew allowance, 1 to 6 s of a
+/// 10 s lease, which a slow disk overran: a minute leaves 26 to 56 s.
+const RUN_LEASE: Duration = Duration::from_secs(60);
 
 fn report(job: &JobId, end: JobEnd) -> ExitCode {
     match end {

@@ -437,7 +437,10 @@ impl Artifacts {
                         Some(tag) => tag,
                         None => return Err(self.storage(&name, e)),
                     },
-                    Err(_) => return Err(self.lost()),
+                    Err(_) => {
+                        tracing::warn!(job = %self.job, artifact = %name, "an artifact's completion outlasted this worker's hold on the job; giving the job up");
+                        return Err(self.lost());
+                    }
                 }
             }
         };
