@@ -155,8 +155,8 @@ impl Staged {
         dest: &Path,
         write: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
-        let staged = self.write_temporary(dest, write)?;
-        self.files.insert(0, staged);
+        self.stage(dest, write)?;
+        self.files.rotate_right(1);
         Ok(())
     }
 
@@ -230,11 +230,24 @@ fn temporary_name(dest: &Path) -> io::Result<PathBuf> {
     ))
 }
 
-/// After a write that failed before taking its key's lock: removes the directories it made
-/// that are left empty (under their locks, as a release does).
-pub(super) fn tidy(root: &Path, path: &Path) {
-    if let Ok(Some(lock)) = lock_key(path) {
-        lock.release(root);
+/// A write's first half: `stage` writes its temporary files (beside the key at `path`), then
+/// the key's lock is taken. If either fails, the staged files are gone and so are the
+/// directories made for them that are left empty (under their locks, as a release does).
+pub(super) fn stage_then_lock<T>(
+    root: &Path,
+    path: &Path,
+    stage: impl FnOnce(&mut Staged) -> io::Result<T>,
+) -> io::Result<(Staged, T, KeyLock)> {
+    let mut staged = Staged::default();
+    match stage(&mut staged).and_then(|value| Ok((value, lock_for_write(path)?))) {
+        Ok((value, lock)) => Ok((staged, value, lock)),
+        Err(e) => {
+            drop(staged);
+            if let Ok(Some(lock)) = lock_key(path) {
+                lock.release(root);
+            }
+            Err(e)
+        }
     }
 }
 

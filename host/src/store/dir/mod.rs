@@ -46,7 +46,7 @@ mod note;
 #[cfg(test)]
 mod tests;
 
-use lock::{Staged, lock_for_write, lock_key, tidy};
+use lock::{lock_key, stage_then_lock};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 
 /// A bucket kept in a local directory. Clones share one group commit.
@@ -273,8 +273,7 @@ fn put_blocking(
     }
     // Written and made durable before the lock: its holders wait only for the compare and
     // the renames.
-    let staged = (|| {
-        let mut staged = Staged::default();
+    let (staged, hidden_note, lock) = stage_then_lock(root, path, |staged| {
         let mut note_in_file = false;
         staged.stage(path, |f| {
             f.write_all(bytes)?;
@@ -289,14 +288,9 @@ fn put_blocking(
             // (the caller's).
             staged.stage_first(&note::hidden_path(path), |f| f.write_all(note.as_bytes()))?;
         }
-        let lock = lock_for_write(path)?;
-        Ok((staged, hidden_note, lock))
-    })();
-    let (staged, hidden_note, lock) = staged.map_err(|e| {
-        // The temporary files are gone; so go the directories made for them.
-        tidy(root, path);
-        io_err(e, ctx)
-    })?;
+        Ok(hidden_note)
+    })
+    .map_err(|e| io_err(e, ctx))?;
     let result = (|| {
         if !precondition_holds(path, pre).map_err(|e| io_err(e, ctx))? {
             return Err(StoreError::PreconditionFailed);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::lock::{Staged, lock_for_write, tidy};
+use super::lock::stage_then_lock;
 use super::{DirStore, etag_of, io_err, join_err, note};
 use crate::store::{ETag, ErrorKind, Multipart, StoreError};
 
@@ -27,8 +27,7 @@ fn complete_blocking(
 ) -> Result<ETag, StoreError> {
     let ctx = || format!("completing the upload of {}", path.display());
     let mut hash = Sha256::new();
-    let staged = (|| {
-        let mut staged = Staged::default();
+    let (staged, (), lock) = stage_then_lock(root, path, |staged| {
         staged.stage(path, |out| {
             for n in 1..=parts {
                 let bytes = fs::read(parts_dir.join(n.to_string()))?;
@@ -36,15 +35,9 @@ fn complete_blocking(
                 out.write_all(&bytes)?;
             }
             Ok(())
-        })?;
-        let lock = lock_for_write(path)?;
-        Ok((staged, lock))
-    })();
-    let (staged, lock) = staged.map_err(|e| {
-        // The temporary file is gone; so go the directories made for it.
-        tidy(root, path);
-        io_err(e, ctx)
-    })?;
+        })
+    })
+    .map_err(|e| io_err(e, ctx))?;
     // The object has no note: an older one's goes.
     let written = note::remove_hidden(path)
         .and_then(|()| staged.rename_all())
