@@ -170,30 +170,31 @@ async fn a_stale_owners_late_result_does_not_stand() {
     let m = module(&rt, "misbehave").await;
     for (kind, store, _guard) in stores().await {
         let ex = executor(store.clone(), rt.clone());
-        let input = r#"{"mode":"sleep","ms":1500}"#;
+        let input = r#"{"mode":"sleep","ms":100}"#;
         let job: JobId = "late".parse().unwrap();
-        let running = run(
-            &ex,
-            &m,
-            "late",
-            input,
-            &[],
-            live_lease(),
-            CancellationToken::new(),
-        );
+        let binding = support::exec::binding(input, &[]);
+        // Between the task's end and the owner's result write (the executor's own hook).
         let stale = async {
-            while checkpoint::peek(&store, &job).await.unwrap().is_none() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
             let key = taskhost::keys::result(&job);
             store
                 .put(&key, b"{\"stale\":true}".to_vec(), Precondition::Absent)
                 .await
                 .unwrap();
         };
-        let (end, ()) = tokio::join!(running, stale);
+        let (end, _, wrote) = ex
+            .execute_counted(
+                &job,
+                &m,
+                input,
+                &binding,
+                live_lease(),
+                CancellationToken::new(),
+                stale,
+            )
+            .await;
+        assert_eq!(wrote, Some(()), "{kind}: the task never ran: {end:?}");
         let doc = result_doc(&end);
-        assert_eq!(doc["slept_ms"], 1500, "{kind}");
+        assert_eq!(doc["slept_ms"], 100, "{kind}");
         let stored = store
             .get(&taskhost::keys::result(&job))
             .await
@@ -210,7 +211,7 @@ async fn a_stale_owners_late_result_does_not_stand() {
 /// How long the frozen result write may hold the job up at most: a quarter of the S3
 /// client's attempt timeout. A write waited for through the client would hang for at least
 /// one attempt timeout (120 s); one given up when the proof runs out (the task's sleep and
-/// [`PROOF_MARGIN`] less twice the skew allowance after the claim: under 7 s) ends far below
+/// [`PROOF_MARGIN`] less twice the skew allowance after the claim: under 6 s) ends far below
 /// it, whatever the machine's load adds.
 const GIVEN_UP_WITHIN: Duration =
     Duration::from_secs(taskhost::store::s3::DEFAULT_ATTEMPT_TIMEOUT.as_secs() / 4);
@@ -222,10 +223,10 @@ const PROOF_MARGIN: Duration = Duration::from_secs(5);
 /// A result write that hangs (a frozen store) is given up once the ownership proof runs out,
 /// never waited for through the client's retries: the job ends as lost, not done.
 ///
-/// The store is frozen once the job's checkpoint exists, while its task sleeps. Should the
-/// task have finished and its result been written before that (a test scheduled late on a
-/// loaded machine), the scenario did not happen: it is run again with a task that sleeps
-/// twice as long, so the frozen write is established, not assumed.
+/// The store is frozen from the executor's own hook between the task's end and the job's
+/// outputs: after the claim was answered, before the result is written. (Freezing once the
+/// checkpoint can be read is not that: the test server may have stored the claim without
+/// yet having sent its answer, and a claim left waiting is not the scenario.)
 #[tokio::test]
 async fn a_result_write_never_outlives_the_ownership_proof() {
     let rt = runtime();
@@ -233,40 +234,38 @@ async fn a_result_write_never_outlives_the_ownership_proof() {
     let s3 = S3Server::start().await;
     let store = AnyStore::S3(s3.store(""));
     let ex = executor(store.clone(), rt);
-    for (round, sleep_ms) in [1000u64, 2000, 4000].into_iter().enumerate() {
-        let name = format!("frozen-{round}");
-        let job: JobId = name.parse().unwrap();
-        let length = Duration::from_millis(sleep_ms) + PROOF_MARGIN;
-        let (_, until) = tokio::sync::watch::channel(Stamp::now().plus(length));
-        let lease = LeaseView {
-            lost: CancellationToken::new(),
-            until,
-            deadline: length,
-        };
-        let input = format!(r#"{{"mode":"sleep","ms":{sleep_ms}}}"#);
-        let started = Instant::now();
-        let running = run(&ex, &m, &name, &input, &[], lease, CancellationToken::new());
-        let freeze = async {
-            while checkpoint::peek(&store, &job).await.unwrap().is_none() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            s3.freeze(true);
-        };
-        let (end, ()) = tokio::join!(running, freeze);
-        let took = started.elapsed();
-        s3.freeze(false);
-        if matches!(end, JobEnd::Done { .. }) {
-            eprintln!("round {round}: the result was written before the freeze; again");
-            continue;
-        }
-        assert_eq!(end, JobEnd::LeaseLost);
-        assert!(
-            took < GIVEN_UP_WITHIN,
-            "took {took:?}: the write was waited for"
-        );
-        return;
-    }
-    panic!("the store never froze before the result write");
+    let sleep_ms = 200;
+    let job: JobId = "frozen".parse().unwrap();
+    let length = Duration::from_millis(sleep_ms) + PROOF_MARGIN;
+    let (_, until) = tokio::sync::watch::channel(Stamp::now().plus(length));
+    let lease = LeaseView {
+        lost: CancellationToken::new(),
+        until,
+        deadline: length,
+    };
+    let input = format!(r#"{{"mode":"sleep","ms":{sleep_ms}}}"#);
+    let binding = support::exec::binding(&input, &[]);
+    let started = Instant::now();
+    let freeze = async { s3.freeze(true) };
+    let (end, _, frozen) = ex
+        .execute_counted(
+            &job,
+            &m,
+            &input,
+            &binding,
+            lease,
+            CancellationToken::new(),
+            freeze,
+        )
+        .await;
+    let took = started.elapsed();
+    s3.freeze(false);
+    assert_eq!(frozen, Some(()), "the task never ran: {end:?}");
+    assert_eq!(end, JobEnd::LeaseLost);
+    assert!(
+        took < GIVEN_UP_WITHIN,
+        "took {took:?}: the write was waited for"
+    );
 }
 
 /// The artifacts of the huge-writes run, and the size of each write call.
