@@ -65,10 +65,18 @@ impl AnyStore {
     /// job's slot is freed before its outputs are made durable, so that they can share one
     /// (docs/design.md section 5, "Receiving").
     pub fn group_commits(&self) -> bool {
+        self.dir().is_some()
+    }
+
+    /// The directory store this is, if it is one.
+    pub fn dir(&self) -> Option<&DirStore> {
         match self {
-            AnyStore::Dir(_) => true,
-            AnyStore::S3(_) => false,
-            AnyStore::Observed(o) => matches!(o.backend, Backend::Dir(_)),
+            AnyStore::Dir(s) => Some(s),
+            AnyStore::S3(_) => None,
+            AnyStore::Observed(o) => match &o.backend {
+                Backend::Dir(s) => Some(s),
+                Backend::S3(_) => None,
+            },
         }
     }
 

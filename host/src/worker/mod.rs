@@ -166,6 +166,23 @@ impl Stats {
     }
 }
 
+/// Removes what writers killed mid-write left in the directory store (in the background: a
+/// big store takes a walk); says what it removed, or why it could not.
+async fn sweep_temporaries(store: crate::store::dir::DirStore) {
+    let age = crate::store::dir::STALE_TEMPORARY_AGE;
+    match store.sweep_temporaries(age).await {
+        Ok(swept) if swept.files > 0 => tracing::info!(
+            files = swept.files,
+            bytes = swept.bytes,
+            "removed the temporary files of writers that died mid-write from the store directory"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sweep dead writers' temporary files from the store directory")
+        }
+    }
+}
+
 /// Runs until `shutdown` is cancelled (then drains as described in the module docs) or the
 /// subscription fails permanently.
 pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
@@ -175,7 +192,11 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
     let slots = config.slots.max(1);
-    let group_commits = AnyStore::group_commits(&executor.store.clone().into());
+    let store: AnyStore = executor.store.clone().into();
+    let group_commits = store.group_commits();
+    if let Some(dir) = store.dir().cloned() {
+        tokio::spawn(sweep_temporaries(dir));
+    }
     let subscriptions: Vec<&str> = config
         .lanes
         .iter()

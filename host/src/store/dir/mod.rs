@@ -18,7 +18,8 @@
 //! (or by a conditional write that failed on an absent key) is removed, and an object's
 //! hidden note goes with it; an upload's directory is removed when it is completed or
 //! aborted, and one left alone for [`ABANDONED_UPLOAD_AGE`] (its writer died) by the next
-//! upload's start, as R2 aborts incomplete uploads after 7 days.
+//! upload's start, as R2 aborts incomplete uploads after 7 days; a dead writer's temporary
+//! file by [`DirStore::sweep_temporaries`] (a worker's start).
 //!
 //! A write's file is made durable before its rename (so a crash never tears an object); the
 //! rename is made durable by the group commit (`commit.rs`): a write waits for a flush of
@@ -27,7 +28,7 @@
 //!
 //! `mod.rs`: the store, its keys and the object operations; `lock.rs`: a key's lock and the
 //! staged temporary files; `note.rs`: notes; `commit.rs`: the group commit; `multipart.rs`:
-//! uploads. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's
+//! uploads; `sweep.rs`: the temporary files of dead writers. Errors get their [`ErrorKind`] from the `io::ErrorKind` (`io_kind`); the store's
 //! clock is this host's.
 
 use std::fs::{self, File};
@@ -43,11 +44,13 @@ mod commit;
 mod lock;
 mod multipart;
 mod note;
+mod sweep;
 #[cfg(test)]
 mod tests;
 
 use lock::{lock_key, stage_then_lock};
 pub use multipart::ABANDONED_UPLOAD_AGE;
+pub use sweep::{STALE_TEMPORARY_AGE, Swept};
 
 /// A bucket kept in a local directory. Clones share one group commit.
 #[derive(Clone, Debug)]

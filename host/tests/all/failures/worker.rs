@@ -289,3 +289,38 @@ async fn a_dead_letter_whose_publish_fails_hands_the_message_back() {
     );
     assert!(back[0].delivery_attempt >= Some(2), "{back:?}");
 }
+
+/// A writer killed between its temporary file's creation and its rename leaves that file in
+/// the store directory: a worker's start removes it once it is older than an hour (with the
+/// directories that leaves empty), and keeps a younger one, which a live writer may still
+/// rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_start_sweeps_dead_writers_temporary_files() {
+    let e = Embedded::new("sweep", "step_counter").await;
+    let root = std::path::PathBuf::from(e.cli.var("STORE_DIR"));
+    let plant = |rel: &str, age: Duration| {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"half a write").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        path
+    };
+    let hours = Duration::from_secs(2 * 3600);
+    let old = plant("jobs/gone/.checkpoint.tmp.99.0.0123456789abcdef", hours);
+    let young = plant(
+        "jobs/alive/.result.tmp.99.1.0123456789abcdef",
+        Duration::ZERO,
+    );
+    let mut w = e.cli.spawn("worker", &["worker"]);
+    w.wait_for_log(
+        "removed the temporary files of writers that died",
+        WORKER_START,
+    )
+    .await;
+    stop(&mut w).await;
+    assert!(w.log().contains("files=1 bytes=12"), "{}", w.log());
+    assert!(!old.exists() && !root.join("jobs/gone").exists());
+    assert!(young.exists(), "a young temporary file stays");
+}

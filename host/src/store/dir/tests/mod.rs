@@ -1,6 +1,6 @@
 //! The directory store's own tests (the store contract runs in `tests/all`): here the
 //! objects, uploads and the group commit; `locks.rs` the directory locks and what a store
-//! leaves behind; `notes.rs` notes.
+//! leaves behind; `notes.rs` notes; `sweep.rs` the sweep of dead writers' temporary files.
 
 use std::fs::{self, File};
 use std::io;
@@ -12,6 +12,7 @@ use crate::store::Multipart;
 
 mod locks;
 mod notes;
+mod sweep;
 
 /// Everything under `root` but `.uploads`, as relative paths.
 fn files(root: &Path) -> Vec<String> {
