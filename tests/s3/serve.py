@@ -10,7 +10,11 @@ helper host/tests/all/support/s3.rs starts one per test and waits for `GET /_tas
 What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
 
 * One request at a time. A global lock is held while moto handles a request, from the
-  moment its body has been read until its response body has been produced. moto itself
+  moment its body has been read until its response body has been produced (the response
+  is sent after the lock is let go: a write the server has stored, and another client has
+  read, may not have been answered yet, so a test must not infer from what the server
+  holds that its client got the answer; freezing the server then leaves that client
+  waiting). moto itself
   checks `If-None-Match: *` / `If-Match` on PutObject (412 PreconditionFailed, checked
   against 5.2.5's source and by host/tests/all/store_s3.rs), but without a lock: under the
   stock threaded moto_server two concurrent create-only writers can both pass the check
