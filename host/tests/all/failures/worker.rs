@@ -290,6 +290,36 @@ async fn a_dead_letter_whose_publish_fails_hands_the_message_back() {
     assert!(back[0].delivery_attempt >= Some(2), "{back:?}");
 }
 
+/// A copy of a done job's message whose module has gone since (a lost ack, a resubmission,
+/// then `module prune`) is acked as already done: it is not dead-lettered, and no error is
+/// written beside its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_jobs_copy_needs_no_module() {
+    let e = Embedded::new("done-no-module", "step_counter").await;
+    let id = "done-once";
+    e.submit(id, r#""steps":1,"step_ms":0"#).await;
+    let mut a = e.cli.spawn("worker-a", &["worker"]);
+    a.wait_for_log("job done; result stored", JOB_END).await;
+    stop(&mut a).await;
+    // The copy, then the module gone (submit wants the module in the store).
+    e.submit(id, r#""steps":1,"step_ms":0"#).await;
+    let hash: taskhost::ids::ModuleHash = e.module.parse().unwrap();
+    e.store.delete(&keys::module(&hash)).await.unwrap();
+
+    let cli = e.cli.set("MISSING_MODULE_RETRY_SECONDS", "0");
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    b.wait_for_log("result already exists; acking without running", JOB_END)
+        .await;
+    stop(&mut b).await;
+    assert!(!b.log().contains("dead-lettered"), "{}", b.log());
+    let job: JobId = id.parse().unwrap();
+    assert!(!e.store.exists(&keys::error(&job)).await.unwrap());
+    let dead = e.pull(true, Duration::from_secs(2), Settle::Nack).await;
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let left = e.pull(false, Duration::from_secs(2), Settle::Nack).await;
+    assert!(left.is_empty(), "left on the subscription: {left:?}");
+}
+
 /// A writer killed between its temporary file's creation and its rename leaves that file in
 /// the store directory: a worker's start removes it once it is older than an hour (with the
 /// directories that leaves empty), and keeps a younger one, which a live writer may still
