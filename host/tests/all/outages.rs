@@ -517,6 +517,15 @@ async fn a_setting_out_of_range_is_waited_for_not_a_crash_loop() {
         .await;
     assert_eq!(out.status.code(), Some(7), "{out}");
     assert!(out.stderr.contains("R2_S3_ENDPOINT_URL"), "{out}");
+    // The same code with JSON logs (SaladCloud's), the sentence in the last line.
+    let out = cli
+        .set("WORKER_SLOTS", "0")
+        .set("LOG_FORMAT", "json")
+        .run(&["worker", "--exit-on-misconfig"])
+        .await;
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("WORKER_SLOTS=0"), "{out}");
 
     for (name, value) in [("TASK_MEMORY_MB", "8192"), ("ACK_DEADLINE_SECONDS", "900")] {
         let addr = support::probes::metrics_addr();
