@@ -14,17 +14,22 @@ mod cli;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // `--help` and `--version` print to stdout and succeed; a usage error says why.
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(cli::exit::USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+    // `unparsed`: the worker's settings from the environment that do not parse, waited for
+    // (cli/unparsed.rs) instead of a crash loop on every node.
+    let (cli, unparsed) = match cli::Cli::try_parse() {
+        Ok(cli) => (cli, None),
+        Err(e) => match cli::unparsed::from_environment(&e) {
+            Some((cli, sentence)) => (cli, Some(sentence)),
+            None => {
+                // `--help` and `--version` print to stdout and succeed; a usage error says why.
+                let _ = e.print();
+                return if e.use_stderr() {
+                    ExitCode::from(cli::exit::USAGE)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+        },
     };
     cli::init_logging(&cli);
     // Fewer malloc arenas, less memory held by idle threads (taskhost::memory); glibc's own
@@ -50,7 +55,13 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::exit::ERROR);
         }
     };
-    match rt.block_on(cli::main(cli)) {
+    let run = async {
+        match unparsed {
+            Some(sentence) => cli::unparsed::wait(cli, sentence).await,
+            None => cli::main(cli).await,
+        }
+    };
+    match rt.block_on(run) {
         Ok(code) => code,
         Err(e) if json => {
             tracing::error!(error = %format!("{e:#}"), "exiting");

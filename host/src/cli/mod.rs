@@ -24,6 +24,7 @@ mod setup;
 pub mod status;
 pub mod submit;
 mod task;
+pub mod unparsed;
 mod worker;
 
 use std::process::ExitCode;

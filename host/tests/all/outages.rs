@@ -552,3 +552,67 @@ async fn a_setting_out_of_range_is_waited_for_not_a_crash_loop() {
         assert_eq!(worker.log().matches(name).count(), 1, "{}", worker.log());
     }
 }
+
+/// A setting from the environment that does not parse (the same on every node) is waited for
+/// like one out of range, never clap's exit 2: up, live and started but not ready (`/readyz`
+/// names the variable and its value), SIGTERM ends it with 0; with `EXIT_ON_MISCONFIG` (from
+/// the environment too) it exits 7 naming each one, in valid JSON lines with `LOG_FORMAT=json`.
+/// A value typed as a flag is still clap's usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_does_not_parse_is_waited_for_not_a_crash_loop() {
+    let cli = CliEnv::embedded("unparsed-setting");
+    let exits = cli.set("EXIT_ON_MISCONFIG", "true");
+    // LOG_FORMAT itself does not parse: text logs, and it is named too.
+    let out = exits
+        .set("WORKER_SLOTS", "eight")
+        .set("LOG_FORMAT", "xml")
+        .run(&["worker"])
+        .await;
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    for said in ["WORKER_SLOTS=eight", "LOG_FORMAT=xml", "json"] {
+        assert!(out.stderr.contains(said), "{said}: {out}");
+    }
+    let out = exits
+        .set("TASK_MEMORY_MB", "lots")
+        .set("LOG_FORMAT", "json")
+        .run(&["worker"])
+        .await;
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    for line in out.stderr.lines() {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "{line}: {out}");
+    }
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("TASK_MEMORY_MB=lots"), "{out}");
+
+    let out = cli.run(&["worker", "--slots", "eight"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("invalid value 'eight'"), "{out}");
+
+    let addr = support::probes::metrics_addr();
+    let mut worker = cli
+        .set("WORKER_SLOTS", "eight")
+        .set("METRICS_ADDR", &addr)
+        .spawn("worker", &["worker"]);
+    let (_, body) = support::probes::until(
+        &addr,
+        "/readyz",
+        Duration::from_secs(30),
+        &mut worker,
+        |(code, body)| *code == 503 && body.contains("misconfigured"),
+    )
+    .await;
+    assert!(body.contains("WORKER_SLOTS=eight"), "{body}");
+    for path in ["/livez", "/startupz"] {
+        let answer = support::probes::fetch(&addr, path).await;
+        assert_eq!(answer.map(|a| a.0), Some(200), "{path}");
+    }
+    worker.assert_running();
+    let status = worker.terminate(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", worker.log());
+    assert_eq!(
+        worker.log().matches("WORKER_SLOTS").count(),
+        1,
+        "{}",
+        worker.log()
+    );
+}
