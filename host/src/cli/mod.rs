@@ -39,7 +39,8 @@ pub mod exit {
     /// The job failed: the task reported a failure (`run`), or a result is wrong or missing
     /// (`demo`).
     pub const TASK_FAILED: u8 = 1;
-    /// Bad usage: an unknown flag or subcommand, a value that does not parse (clap's code).
+    /// Bad usage: an unknown flag or subcommand, a value that does not parse (clap's code; for
+    /// `worker` only a flag's value: a variable's is a misconfiguration, `unparsed.rs`).
     pub const USAGE: u8 = 2;
     /// The module is not a usable task module (`run`, `module push`).
     pub const BAD_MODULE: u8 = 3;
@@ -73,7 +74,8 @@ pub mod exit {
 Exit codes:
   0    success
   1    the job failed: the task reported a failure (run); a result is wrong or missing (demo)
-  2    bad usage: an unknown flag or subcommand, a value that does not parse
+  2    bad usage: an unknown flag or subcommand, a value that does not parse (worker:
+       a flag's; a variable's is a misconfiguration, see --exit-on-misconfig)
   3    not a usable task module (run, module push)
   4    the task trapped or hit a limit; its checkpoint is kept, run again to resume (run)
   5    another worker owns the job (run); the job is running or changed (job reset);

@@ -9,9 +9,9 @@
 //! does not parse counts as unset. A value typed on the command line (`--slots eight`) is still
 //! clap's usage error (exit 2): a person is there to read it.
 //!
-//! Only a redeploy can change the environment, so nothing is rechecked: the worker stays up,
-//! live and started but not ready, until SIGTERM (exit 0), or exits 7 at once with
-//! `EXIT_ON_MISCONFIG` (clap reads it: `true` or `false`; any other value is itself a setting
+//! Only a redeploy can change the environment: the worker stays up, live and started but not
+//! ready, logging the sentence once a minute (`preflight::bad_setting`, as for a setting out of
+//! range), until SIGTERM (exit 0), or exits 7 at once with `EXIT_ON_MISCONFIG` (clap reads it: `true` or `false`; any other value is itself a setting
 //! that does not parse, so the worker waits).
 
 use std::ffi::OsString;

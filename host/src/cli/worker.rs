@@ -89,10 +89,10 @@ pub struct WorkerArgs {
     /// set): the deletion cost, reallocation. Always reached directly, never through a proxy.
     #[arg(long, env = "SALAD_IMDS_URL", default_value = taskhost::salad::imds::DEFAULT_IMDS_URL)]
     pub salad_imds_url: String,
-    /// Exit (code 7) on a misconfiguration (a setting out of range, a missing bucket,
-    /// subscription or dead-letter topic, a refused permission; or, while running, a lane's
-    /// subscription that fails for good: after handing the running jobs back like a
-    /// shutdown), as scripts may want. By default the worker stays up and not ready, logs
+    /// Exit (code 7) on a misconfiguration (a setting out of range, or from the environment
+    /// and not parsing; a missing bucket, subscription or dead-letter topic, a refused
+    /// permission; or, while running, a lane's subscription that fails for good: after
+    /// handing the running jobs back like a shutdown), as scripts may want. By default the worker stays up and not ready, logs
     /// the problem once a minute, rechecks it with backoff and goes on by itself once it is
     /// fixed, running jobs and other lanes meanwhile (on SaladCloud an exit would be a crash
     /// loop that burns nodes).
