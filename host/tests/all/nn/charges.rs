@@ -1,6 +1,6 @@
 //! What the host copies or reads for a task is charged before it is made: a model read by
 //! name, before a byte of it is read; a tensor's data handed back, refused past what the
-//! task's memory could take.
+//! task's memory could take; a tensor's dimensions, refused past a small rank.
 
 use super::inference::{done, module, run_job, store_with};
 use super::{classifier, models, runtime, with_ort};
@@ -98,5 +98,53 @@ async fn models_and_copies_are_charged_before_the_host_makes_them() {
     assert_eq!(
         rt.nn().stats().worker_bytes,
         2 * std::fs::metadata(&wide).unwrap().len()
+    );
+}
+
+/// Tensors' dimensions are host memory too: a task making tensors of 4 M dimensions (16 MiB
+/// each, one element) and keeping them would hold 16 MiB of the worker's per call, charged
+/// nothing (24 calls: 384 MiB; 30 of 128 MiB calls: 4 GiB). The first such tensor traps it,
+/// and the `taskhost run` process's peak resident memory stays at what one call needs.
+#[test]
+fn tensors_of_a_huge_rank_trap_and_keep_host_memory_bounded() {
+    const DIMS_BYTES: u64 = 16 << 20;
+    const TENSORS: u64 = 24;
+    // The process's own (engine, compiled module, runtime: 64 MiB), the guest's dimensions,
+    // the call's copy of them, and as much again of slack.
+    const HELD: u64 = (64 << 20) + 3 * DIMS_BYTES;
+    // Halfway from that to a host that kept every tensor's dimensions.
+    const BOUND: u64 = HELD + TENSORS * DIMS_BYTES / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = crate::support::guests::wasm("hostile");
+    let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
+    let input = serde_json::json!({
+        "job_id": "dims",
+        "mode": "nn_dims",
+        "rank": DIMS_BYTES / 4,
+        "tensors": TENSORS,
+    });
+    let child = std::process::Command::new(crate::support::cli::BIN)
+        .args(["run", wasm.to_str().unwrap(), "--store"])
+        .arg(tmp.path().join("store"))
+        .args(["--memory-mb", "256", "--input", &input.to_string()])
+        .env("TASKHOST_CACHE_DIR", tmp.path().join("cache"))
+        // As huge_artifact_writes_keep_host_memory_bounded: freed buffers leave the RSS.
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let (status, peak) = crate::hostile::wait_with_peak_rss(child);
+    eprintln!("peak RSS of taskhost run: {} MiB", peak >> 20);
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    assert_ne!(status, 0, "{stdout}");
+    assert!(stderr.contains("at most 32 dimensions"), "{stderr}");
+    assert!(
+        peak < BOUND,
+        "peak RSS {} MiB (bound {} MiB)",
+        peak >> 20,
+        BOUND >> 20
     );
 }
