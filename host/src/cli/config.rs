@@ -164,8 +164,8 @@ pub struct SubscriptionArgs {
     /// The jobs subscription.
     #[arg(long, env = "SUBSCRIPTION_ID", default_value = "jobs-sub")]
     pub subscription_id: String,
-    /// Lease length in seconds (Pub/Sub: 10..=600; the embedded queue and the emulator take
-    /// any from 1). The worker extends each lease every half of it for as long as a job runs;
+    /// Lease length in seconds (Pub/Sub: 10..=600; the embedded queue and the emulator:
+    /// 1..=600; a worker given another waits, not ready, as for any misconfiguration). The worker extends each lease every half of it for as long as a job runs;
     /// a dead worker's jobs come back at most this long after its last extension.
     #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = DEFAULT_ACK_DEADLINE_SECS)]
     pub ack_deadline_seconds: u32,
@@ -254,8 +254,8 @@ pub async fn ensure_queue(
     Ok(said)
 }
 
-/// The setting named in a [`LimitError`]'s message.
-fn named(setting: &'static str) -> impl Fn(LimitError) -> anyhow::Error {
+/// The setting (`NAME=value (--flag)`) named in a [`LimitError`]'s message.
+fn named(setting: String) -> impl Fn(LimitError) -> anyhow::Error {
     move |e| anyhow::anyhow!("{setting}: {e}")
 }
 
@@ -280,12 +280,16 @@ impl LimitArgs {
     /// The limits, checked by [`JobLimits::new`] (a memory limit of 1..=4096 MiB) and
     /// [`sandbox::timeout_from_secs`] (a finite number of seconds, 0: none).
     pub fn job_limits(&self) -> anyhow::Result<JobLimits> {
-        let timeout = sandbox::timeout_from_secs(self.timeout_secs)
-            .map_err(named("TASK_TIMEOUT_SECONDS (--timeout-secs)"))?;
+        let timeout = sandbox::timeout_from_secs(self.timeout_secs).map_err(named(format!(
+            "TASK_TIMEOUT_SECONDS={} (--timeout-secs)",
+            self.timeout_secs
+        )))?;
         let memory_bytes =
             usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        JobLimits::new(memory_bytes, self.fuel, timeout)
-            .map_err(named("TASK_MEMORY_MB (--memory-mb)"))
+        JobLimits::new(memory_bytes, self.fuel, timeout).map_err(named(format!(
+            "TASK_MEMORY_MB={} (--memory-mb)",
+            self.memory_mb
+        )))
     }
 }
 
@@ -360,8 +364,11 @@ pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimit
     };
     limits.check().map_err(|e| {
         let setting = match e {
-            LimitError::ArtifactsTotal => "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb)",
-            _ => "TASK_ARTIFACT_MB (--artifact-mb)",
+            LimitError::ArtifactsTotal => format!(
+                "TASK_ARTIFACTS_TOTAL_MB={} (--artifacts-total-mb)",
+                args.artifacts_total_mb
+            ),
+            _ => format!("TASK_ARTIFACT_MB={} (--artifact-mb)", args.artifact_mb),
         };
         named(setting)(e)
     })?;
