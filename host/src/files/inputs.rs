@@ -109,7 +109,8 @@ impl Inputs {
         Ok(out)
     }
 
-    async fn size(&self, name: &str) -> Result<u64, InputError> {
+    /// The size of input `name`'s object (asked of the store once per run).
+    pub async fn size(&self, name: &str) -> Result<u64, InputError> {
         let key = self.key(name)?;
         if let Some(size) = self.state.lock().await.sizes.get(name) {
             return Ok(*size);

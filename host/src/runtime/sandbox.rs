@@ -335,6 +335,11 @@ impl TaskLimiter {
             memory_hit: false,
         }
     }
+
+    /// The cap on all the task's memories together, in bytes.
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 impl ResourceLimiter for TaskLimiter {

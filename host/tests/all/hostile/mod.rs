@@ -330,7 +330,7 @@ fn huge_artifact_writes_keep_host_memory_bounded() {
 /// Waits for `child` and returns its exit status and its peak resident set in bytes, read
 /// from its own `VmHWM` while it runs (its rusage would count this test process's memory:
 /// the child's accounting starts from the forking process's).
-fn wait_with_peak_rss(mut child: std::process::Child) -> (i32, u64) {
+pub(crate) fn wait_with_peak_rss(mut child: std::process::Child) -> (i32, u64) {
     let status = format!("/proc/{}/status", child.id());
     let exe = format!("/proc/{}/exe", child.id());
     let bin = std::fs::canonicalize(support::cli::BIN).unwrap();
