@@ -53,9 +53,7 @@ impl Misconfig {
             .as_ref()
             .is_none_or(|(last, at)| last != sentence || at.elapsed() >= LOG_INTERVAL);
         if due {
-            tracing::error!(
-                "{sentence} (not ready; rechecking, and going on by itself once fixed)"
-            );
+            tracing::error!("{sentence} (not ready until it is fixed)");
             self.logged = Some((sentence.to_owned(), Instant::now()));
         }
         Ok(self.recheck.next_wait())
