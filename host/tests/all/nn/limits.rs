@@ -429,6 +429,10 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
 
     // The yardstick: the faster of the whole inferences timed before and after.
     let full = full.min(whole("full-last").await);
+    eprintln!(
+        "a whole inference {full:?}; after the cut {after:?} (cut run {cut:?}), after the \
+         cancel {after_cancel:?} (cancelled run {cancelled:?})"
+    );
     // One record: 1/256 of the compute. Behind an inference that ran on, it would wait for
     // the rest of it (about 4/5 of a whole one).
     for (after, stopped) in [(after, cut), (after_cancel, cancelled)] {
