@@ -171,15 +171,18 @@ pub fn poison_of(job: &JobId) -> String {
 pub const RESERVED_PREFIXES: [&str; 6] = [
     JOBS_PREFIX,
     MODULES_PREFIX,
-    "taskhost-probe/",
+    PROBE_PREFIX,
     SUBMITTED_PREFIX,
     WORKERS_PREFIX,
     POISON_PREFIX,
 ];
 
+/// Where probe objects are.
+pub const PROBE_PREFIX: &str = "taskhost-probe/";
+
 /// A probe object's key; `name` must be made of `[A-Za-z0-9._-]` (a worker id is).
 pub fn probe(name: &str) -> String {
-    format!("taskhost-probe/{name}")
+    format!("{PROBE_PREFIX}{name}")
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if json => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
-            ExitCode::from(1)
+            ExitCode::from(cli::exit::ERROR)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -53,7 +53,8 @@ pub mod exit {
     /// Storage failed (`run`; the job control commands, naming what was not recorded).
     pub const STORAGE: u8 = 6;
     /// Any other error, said in one sentence: a setting out of range or missing, a service
-    /// that cannot be reached or refuses, a file that cannot be read.
+    /// that cannot be reached or refuses, a file that cannot be read, a job's checkpoint that
+    /// cannot be used (`run`).
     pub const ERROR: u8 = 7;
     /// What was asked for does not exist (yet): a job that is not done, an artifact it does
     /// not have (`artifacts`); a job without stored work (`job resume`, `job retry`); no dead
@@ -81,7 +82,8 @@ Exit codes:
   6    storage failed; nothing is lost, try again (run, job cancel/pause/resume/retry,
        dead-letter replay: the message names what was not recorded)
   7    any other error: a setting out of range or missing, a service that cannot be
-       reached or refuses, a file that cannot be read (the message says which)
+       reached or refuses, a file that cannot be read, a job's checkpoint that cannot
+       be used (run) (the message says which)
   8    not found: the job is not done, or has no such artifact (artifacts); no stored
        work (job resume, job retry); no dead letter names the job (dead-letter replay)
   9    declined: the answer was no, nothing was changed (job reset, job cancel, job pause,
@@ -141,19 +143,19 @@ pub enum Command {
 
 /// Logs to stderr in `--log-format`; `--log` (`RUST_LOG`) overrides the default level
 /// (`info`; `warn` for the demo, whose workers log to files). A filter that does not parse
-/// falls back to the default. JSON lines carry SaladCloud's machine and container group ids
-/// when the container has them.
+/// falls back to the default, with a warning that says so. JSON lines carry SaladCloud's
+/// machine and container group ids when the container has them.
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    let filter = cli
-        .log
-        .as_deref()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
+    let (filter, refused) = match cli.log.as_deref().map(|f| (f, EnvFilter::try_new(f))) {
+        Some((_, Ok(filter))) => (filter, None),
+        Some((given, Err(e))) => (EnvFilter::new(default), Some((given, e))),
+        None => (EnvFilter::new(default), None),
+    };
     let fields = [
         ("salad_machine_id", &cli.salad_machine_id),
         ("salad_container_group_id", &cli.salad_container_group_id),
@@ -165,6 +167,9 @@ pub fn init_logging(cli: &Cli) {
     })
     .collect();
     taskhost::observe::logs::init(cli.log_format, filter, fields);
+    if let Some((given, e)) = refused {
+        tracing::warn!(filter = %taskhost::inert::Inert(given), error = %e, level = default, "RUST_LOG (--log) does not parse; logging at the default level");
+    }
 }
 
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -172,6 +172,14 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
             );
             ExitCode::from(exit::STORAGE)
         }
+        JobEnd::HostPanic(msg) => {
+            eprintln!(
+                "error: a host function panicked serving the task (a bug of taskhost's, please \
+                 report it); the checkpoint is kept: {}",
+                Inert(&msg)
+            );
+            ExitCode::from(exit::ERROR)
+        }
         JobEnd::Crashed { crashes, last } => {
             eprintln!(
                 "error: job {job}'s last {crashes} runs ended without a clean end and saved \
@@ -191,8 +199,11 @@ fn report(job: &JobId, end: JobEnd) -> ExitCode {
             ExitCode::from(exit::CONFLICT)
         }
         JobEnd::Unreadable(msg) => {
-            eprintln!("error: job {job}'s checkpoint cannot be used: {msg}");
-            ExitCode::from(exit::STORAGE)
+            eprintln!(
+                "error: job {job}'s checkpoint cannot be used: {msg}; running again will not \
+                 help: `taskhost job reset {job}` starts it over"
+            );
+            ExitCode::from(exit::ERROR)
         }
         JobEnd::Cancelled => {
             eprintln!("interrupted: job {job}'s checkpoint is saved; run again to resume");

@@ -102,8 +102,14 @@ pub enum JobEnd {
     /// names both.
     OtherWork(String),
     /// The host could not start the task (not the task's fault; nothing counted); the
-    /// checkpoint is released. Retry later.
+    /// checkpoint is released. Retry later. A fault of the node: on SaladCloud, a few in a
+    /// row ask for another node.
     HostFault(String),
+    /// A host function panicked while serving the task (a bug of ours that the task's calls
+    /// reached): the checkpoint is released and the run counts as a crash of the job (so a
+    /// job that keeps reaching it is bounded), never as the task's failure. Retry later. A
+    /// property of the job, not of the node: it never asks for another node.
+    HostPanic(String),
     /// The store failed; nothing is lost, retry later. Nack with backoff.
     Storage(String),
     /// The job's last runs ended without a clean end (their worker crashed, was killed or
@@ -123,6 +129,18 @@ pub enum JobEnd {
         /// The last of those store errors.
         last: String,
     },
+}
+
+impl JobEnd {
+    /// What failed, when this end tells of the node rather than of the job: only a host
+    /// fault (the host could not start the task). A host panic follows the job that reaches
+    /// it, so it never counts against the node.
+    pub fn node_fault(&self) -> Option<&str> {
+        match self {
+            JobEnd::HostFault(m) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// The fixed parts of running jobs.

@@ -65,9 +65,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 released(checkpointer, end).await
             }
             Outcome::Conflict => JobEnd::Conflict,
-            Outcome::HostFault(msg) | Outcome::HostPanic(msg) => {
-                released(checkpointer, JobEnd::HostFault(msg)).await
-            }
+            Outcome::HostFault(msg) => released(checkpointer, JobEnd::HostFault(msg)).await,
+            Outcome::HostPanic(msg) => released(checkpointer, JobEnd::HostPanic(msg)).await,
             Outcome::Cancelled if checkpointer.is_conflicted() => JobEnd::Conflict,
             Outcome::Cancelled => released(checkpointer, JobEnd::Cancelled).await,
         }

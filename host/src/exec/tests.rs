@@ -66,8 +66,13 @@ async fn a_host_panic_ends_one_job_and_counts_as_a_crash() {
     for crashes in 1..=2 {
         let end = run(&ex, &module, PANICKING_JOB).await;
         assert!(
-            matches!(&end, JobEnd::HostFault(m) if m.contains("injected")),
+            matches!(&end, JobEnd::HostPanic(m) if m.contains("injected")),
             "{end:?}"
+        );
+        assert_eq!(
+            end.node_fault(),
+            None,
+            "a panic follows the job, not the node"
         );
         let header = checkpoint::peek(&store, &job).await.unwrap().unwrap();
         assert_eq!(header.lease_until_ms, 0, "released");

@@ -29,9 +29,10 @@ pub fn decide(end: &JobEnd, attempt: u32, max_failures: u32, ack_deadline: Durat
         } if *failures >= max_failures => Decision::DeadLetter(format!(
             "failed {failures} times (limit {max_failures}); last: {kind:?}: {message}"
         )),
-        JobEnd::Trapped { .. } | JobEnd::Storage(_) | JobEnd::HostFault(_) => {
-            Decision::HandBack(retry_delay(attempt))
-        }
+        JobEnd::Trapped { .. }
+        | JobEnd::Storage(_)
+        | JobEnd::HostFault(_)
+        | JobEnd::HostPanic(_) => Decision::HandBack(retry_delay(attempt)),
         JobEnd::Busy { .. } => Decision::HandBack(busy_delay(attempt, ack_deadline)),
         // The job is someone else's now, or ours is over: hand back at once (a no-op when
         // the lease has lapsed, as it has by then).

@@ -160,28 +160,29 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                     self.metrics.job_ended(JobOutcome::ModuleMissing);
                     return self.settle(Settle::HandBack, lease.nack(delay).await);
                 }
-                self.metrics.job_ended(JobOutcome::ModuleMissing);
                 let reason = format!(
                     "module {h} is not in the store {} s after the job was published \
                      (MISSING_MODULE_RETRY_SECONDS={}): push it with `taskhost module push`",
                     waited.as_secs(),
                     window.as_secs()
                 );
-                return self.dead_letter(&message, Some(&job), &reason, lease).await;
+                let outcome = JobOutcome::ModuleMissing;
+                return self
+                    .dead_letter_unless_done(&message, &job, outcome, &reason, lease, attempt)
+                    .await;
             }
             Err(ResolveError::Storage(m)) => {
-                self.storage_failures.failed();
-                let delay = retry_delay(attempt);
-                tracing::warn!(job = %id, error = %m, retry_in = ?delay, "cannot fetch the module; handing the job back");
-                Stats::bump(&self.stats.retried);
-                self.metrics.job_ended(JobOutcome::Storage);
-                return self.settle(Settle::HandBack, lease.nack(delay).await);
+                let what = "cannot fetch the module";
+                return self
+                    .hand_back_for_storage(id, what, &m, lease, attempt)
+                    .await;
             }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "unusable module");
-                self.metrics.job_ended(JobOutcome::BadModule);
-                let reason = e.to_string();
-                return self.dead_letter(&message, Some(&job), &reason, lease).await;
+                let (outcome, reason) = (JobOutcome::BadModule, e.to_string());
+                return self
+                    .dead_letter_unless_done(&message, &job, outcome, &reason, lease, attempt)
+                    .await;
             }
         };
         tracing::debug!(job = %id, "module ready");
@@ -240,13 +241,11 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         drop(counted);
         self.count(id, &end);
         if let Some(r) = &self.config.reallocator {
-            match &end {
-                JobEnd::HostFault(m) => {
-                    let (r, m) = (Arc::clone(r), m.clone());
-                    tokio::spawn(async move { r.host_fault(&m).await });
-                }
-                JobEnd::Done { .. } => r.job_done(),
-                _ => {}
+            if let Some(m) = end.node_fault() {
+                let (r, m) = (Arc::clone(r), m.to_owned());
+                tokio::spawn(async move { r.host_fault(&m).await });
+            } else if matches!(end, JobEnd::Done { .. }) {
+                r.job_done();
             }
         }
         if matches!(end, JobEnd::Storage(_)) {
@@ -267,6 +266,63 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             }
         }
         tracing::debug!(job = %id, "message settled");
+    }
+
+    /// Dead-letters a job for its module (missing or unusable: `outcome`, `reason`) unless
+    /// its result is stored: a copy of a done job's message (a lost ack, a resubmission)
+    /// needs no module, so it is acked as already done, once the result is durable. A
+    /// message that asks to start over is dead-lettered all the same. A store that cannot
+    /// tell hands the message back for later.
+    async fn dead_letter_unless_done(
+        &self,
+        message: &IncomingMessage,
+        job: &JobMessage,
+        outcome: JobOutcome,
+        reason: &str,
+        lease: Lease,
+        attempt: u32,
+    ) {
+        let (store, key) = (&self.executor.store, crate::keys::result(&job.job_id));
+        let done = match job.restart {
+            true => Ok(false),
+            false => match store.exists(&key).await {
+                Ok(true) => store.make_durable(&key).await.map(|()| true),
+                other => other,
+            },
+        };
+        match done {
+            Ok(true) => {
+                self.count(&job.job_id, &JobEnd::AlreadyDone);
+                self.settle(Settle::Ack, lease.ack().await);
+            }
+            Ok(false) => {
+                self.metrics.job_ended(outcome);
+                self.dead_letter(message, Some(job), reason, lease).await;
+            }
+            Err(e) => {
+                let what = "cannot tell whether the job is done";
+                let error = e.to_string();
+                self.hand_back_for_storage(&job.job_id, what, &error, lease, attempt)
+                    .await;
+            }
+        }
+    }
+
+    /// Hands a job back for later because the store failed (`what` it was doing: `error`).
+    async fn hand_back_for_storage(
+        &self,
+        id: &crate::ids::JobId,
+        what: &str,
+        error: &str,
+        lease: Lease,
+        attempt: u32,
+    ) {
+        self.storage_failures.failed();
+        let delay = retry_delay(attempt);
+        tracing::warn!(job = %id, error = %error, retry_in = ?delay, "{what}; handing the job back");
+        Stats::bump(&self.stats.retried);
+        self.metrics.job_ended(JobOutcome::Storage);
+        self.settle(Settle::HandBack, lease.nack(delay).await);
     }
 
     /// One log line and one counter per job end.
@@ -322,6 +378,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             }
             JobEnd::HostFault(m) => {
                 tracing::error!(job = %id, error = %m, "host fault (not counted against the job); handing the job back for later");
+                Stats::bump(&s.host_faults);
+            }
+            JobEnd::HostPanic(m) => {
+                tracing::error!(job = %id, error = %crate::inert::Inert(m), "a host function panicked serving the task (a bug of ours; counted as a crash of the job); handing the job back for later");
                 Stats::bump(&s.host_faults);
             }
         }
@@ -416,6 +476,7 @@ fn outcome(end: &JobEnd) -> JobOutcome {
         JobEnd::Unreadable(_) => JobOutcome::Unreadable,
         JobEnd::OtherWork(_) => JobOutcome::OtherWork,
         JobEnd::HostFault(_) => JobOutcome::HostFault,
+        JobEnd::HostPanic(_) => JobOutcome::HostPanic,
         JobEnd::Storage(_) => JobOutcome::Storage,
         JobEnd::Crashed { .. } => JobOutcome::Crashed,
         JobEnd::StorageRepeated { .. } => JobOutcome::StorageRepeated,

@@ -1,6 +1,8 @@
 //! The worker's heartbeat: `workers/<worker id>` rewritten every `HEARTBEAT_SECONDS` (its
 //! id, machine, slots, running and committing jobs, counters, version), deleted when it exits cleanly, so
 //! `taskhost status --workers` lists live and recently dead workers without a metrics stack.
+//! A killed worker's record (and a probe object it left) is deleted by a later worker's
+//! start once it is [`DEAD_RECORD_KEPT`] old ([`prune_dead`]).
 //! One key per worker written at most once per interval (≥ 1 s): R2's one write per second
 //! per key always holds. A failed write is logged and retried at the next beat; it never
 //! stops the worker.
@@ -21,6 +23,43 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Longest wait for the record's delete at exit.
 pub const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a dead worker's heartbeat record, and a probe object a killed worker left, are
+/// kept after their last write: a week (`status` shows a dead worker for a day).
+pub const DEAD_RECORD_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes the heartbeat records and probe objects last written more than
+/// [`DEAD_RECORD_KEPT`] before `now_ms`: their workers were killed (a clean exit deletes its
+/// own), and on nodes that come and go they would pile up. One listing per prefix; a failure
+/// is logged and never stops the worker. Returns how many were deleted.
+pub async fn prune_dead<S: ObjectStore>(store: &S, now_ms: u64) -> usize {
+    let kept_ms = DEAD_RECORD_KEPT.as_millis() as u64;
+    let mut deleted = 0;
+    for prefix in [crate::keys::WORKERS_PREFIX, crate::keys::PROBE_PREFIX] {
+        let listed = match store.list_entries(prefix).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "cannot list dead workers' records to prune them");
+                continue;
+            }
+        };
+        for old in listed
+            .iter()
+            .filter(|l| now_ms.saturating_sub(l.modified_ms) > kept_ms)
+        {
+            match store.delete(&old.key).await {
+                Ok(()) => deleted += 1,
+                Err(e) => {
+                    tracing::warn!(key = %old.key, error = %e, "cannot delete a dead worker's record")
+                }
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted dead workers' records older than a week");
+    }
+    deleted
+}
 
 /// What the heartbeat says about its worker, besides what it reads live.
 #[derive(Clone, Debug)]
@@ -117,4 +156,37 @@ fn counters(stats: &Stats) -> BTreeMap<String, u64> {
         ("interrupted".into(), read(&stats.interrupted)),
         ("host_faults".into(), read(&stats.host_faults)),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::dir::DirStore;
+
+    /// Records and probe objects older than a week go; a recent record stays.
+    #[tokio::test]
+    async fn only_records_older_than_a_week_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::open(tmp.path()).unwrap();
+        for key in ["workers/killed", "workers/live", "taskhost-probe/killed"] {
+            store
+                .put(key, b"{}".to_vec(), Precondition::None)
+                .await
+                .unwrap();
+        }
+        let week_and_a_day = DEAD_RECORD_KEPT + Duration::from_secs(24 * 3600);
+        for key in ["workers/killed", "taskhost-probe/killed"] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(tmp.path().join(key))
+                .unwrap();
+            file.set_modified(std::time::SystemTime::now() - week_and_a_day)
+                .unwrap();
+        }
+        assert_eq!(prune_dead(&store, crate::time::now_ms()).await, 2);
+        assert!(store.exists("workers/live").await.unwrap());
+        assert!(!store.exists("workers/killed").await.unwrap());
+        assert!(!store.exists("taskhost-probe/killed").await.unwrap());
+        assert_eq!(prune_dead(&store, crate::time::now_ms()).await, 0);
+    }
 }

@@ -266,6 +266,10 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         commits: group_commits
             .then(|| Arc::new(tokio::sync::Semaphore::new(slots * COMMIT_PLACES_PER_SLOT))),
     });
+    tokio::spawn({
+        let store = worker.executor.store.clone();
+        async move { heartbeat::prune_dead(&store, crate::time::now_ms()).await }
+    });
     let beating = heartbeat::start(
         &worker.executor.store,
         &worker.executor.worker_id,

@@ -161,6 +161,50 @@ fn run_explains_each_failure_class() {
     }
 }
 
+/// A job whose checkpoint cannot be used (bytes that are no checkpoint) is not a storage
+/// error to retry (6) but an error that running again will not cure (7), and the message
+/// says what will.
+#[test]
+fn an_unusable_checkpoint_is_not_a_storage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, cache) = (tmp.path().join("store"), tmp.path().join("cache"));
+    let checkpoint = store.join("jobs/garbled/checkpoint");
+    std::fs::create_dir_all(checkpoint.parent().unwrap()).unwrap();
+    std::fs::write(&checkpoint, b"no checkpoint at all").unwrap();
+    let wasm = support::guests::wasm("step_counter");
+    let args = [
+        "run",
+        wasm.to_str().unwrap(),
+        "--input",
+        "{}",
+        "--job-id",
+        "garbled",
+    ];
+    let out = taskhost(&store, &cache, &args);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("taskhost job reset garbled"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A log filter that does not parse is not ignored in silence: the warning names it.
+#[test]
+fn a_log_filter_that_does_not_parse_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["run", "/nonexistent.wasm", "--input", "{}"])
+        .env("RUST_LOG", "taskhost=[[[")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not parse") && err.contains("taskhost=[[["),
+        "{err}"
+    );
+}
+
 /// Whatever a task writes (`log.write`, stdout, stderr, its error) stays inside the host's
 /// log lines, escaped and marked as the task's: no line of the log, nor of `status`, starts
 /// with the text it forged (misbehave's `forge` mode puts it after newlines, carriage

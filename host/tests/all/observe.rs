@@ -288,6 +288,8 @@ async fn refused_credentials_and_key_files_appear_in_no_error() {
         let all = format!("{}{}", out.stdout, out.stderr);
         assert!(!all.contains(wrong), "{out}");
         assert!(all.contains("cannot write to the store"), "{out}");
+        // The documented code for any other error, in either log format (JSON exited 1).
+        assert_eq!(out.status.code(), Some(7), "{format}: {out}");
         if format == "json" {
             for line in out.stderr.lines() {
                 serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));

@@ -76,6 +76,8 @@ label_values! {
         Storage => "storage",
         /// The host could not run the task (not the task's fault).
         HostFault => "host_fault",
+        /// A host function panicked serving the task (a bug of ours the task reached).
+        HostPanic => "host_panic",
     }
 }
 

@@ -42,8 +42,12 @@ struct State {
     flushing: bool,
     /// The directories of the flush that runs now.
     in_flight: BTreeSet<PathBuf>,
-    /// The last few batches whose flush failed: the batch, the directory, the error.
+    /// The failed fsyncs of the last few batches with failures: the batch, the directory,
+    /// the error; whole batches, in order.
     failed: VecDeque<(u64, PathBuf, String)>,
+    /// The last batch whose failures were let go (0: none): a writer of it or of an earlier
+    /// batch that finds no failure of its own cannot know, so it hears of one.
+    forgotten_through: u64,
 }
 
 /// A directory recorded for a batch's flush ([`GroupCommit::dirty`]), to wait on.
@@ -53,7 +57,8 @@ pub(super) struct Recorded {
     dir: PathBuf,
 }
 
-/// Failed batches remembered for writers that wake late.
+/// Failed fsyncs remembered for writers that wake late; older batches' are let go whole,
+/// never the newest batch's, however many directories it failed.
 const FAILED_KEPT: usize = 64;
 
 impl Default for GroupCommit {
@@ -148,7 +153,13 @@ impl GroupCommit {
             let mut st = lock(&me.state);
             st.failed.extend(failed);
             while st.failed.len() > FAILED_KEPT {
-                st.failed.pop_front();
+                match st.failed.front() {
+                    Some(&(oldest, _, _)) if oldest != number => {
+                        st.failed.retain(|(n, _, _)| *n != oldest);
+                        st.forgotten_through = st.forgotten_through.max(oldest);
+                    }
+                    _ => break,
+                }
             }
             st.flushing = false;
             st.in_flight.clear();
@@ -159,22 +170,29 @@ impl GroupCommit {
         let _ = flushing.await;
     }
 
-    /// How `recorded`'s directory fared in its batch's flush. A failure is remembered for the
-    /// last [`FAILED_KEPT`] failed fsyncs; every waiter is woken when its batch ends, long
-    /// before that.
+    /// How `recorded`'s directory fared in its batch's flush. Failures are remembered by
+    /// whole batches, at least [`FAILED_KEPT`] of them; every waiter is woken when its batch
+    /// ends, long before they are let go, but one that was let go anyway is a failure: a
+    /// write is never taken as durable unless that is known.
     fn outcome(&self, recorded: &Recorded) -> Result<(), StoreError> {
         let st = lock(&self.state);
         let failed = st
             .failed
             .iter()
             .find(|(n, d, _)| *n == recorded.batch && *d == recorded.dir);
-        match failed {
-            None => Ok(()),
-            Some((_, _, e)) => Err(StoreError::new(
-                ErrorKind::Transient,
-                anyhow::anyhow!("{e}"),
-            )),
-        }
+        let error = match failed {
+            Some((_, _, e)) => e.clone(),
+            None if recorded.batch <= st.forgotten_through => format!(
+                "making {} durable: the outcome of its flush is no longer known (a later \
+                 flush failed for many directories)",
+                recorded.dir.display()
+            ),
+            None => return Ok(()),
+        };
+        Err(StoreError::new(
+            ErrorKind::Transient,
+            anyhow::anyhow!("{error}"),
+        ))
     }
 }
 
@@ -223,5 +241,42 @@ mod tests {
         let again = commit.dirty(good);
         assert!(commit.sync(&again).await.is_ok());
         assert_eq!(commit.flushes(), 3);
+    }
+
+    /// A batch that fails more directories than are remembered tells every one of their
+    /// writers (before, only the last 64 heard: the first ones' writes were taken as
+    /// durable); a good directory of that batch is still fine, and a writer of a batch let
+    /// go later hears of a failure rather than none.
+    #[tokio::test]
+    async fn every_failure_of_a_big_batch_is_told_and_none_is_forgotten_as_success() {
+        let tmp = tempfile::tempdir().unwrap();
+        let commit = Arc::new(GroupCommit::default());
+        let bad_root = failing(&tmp);
+        let n = FAILED_KEPT + 10;
+        let bad: Vec<Recorded> = (0..n)
+            .map(|i| commit.dirty(bad_root.join(i.to_string())))
+            .collect();
+        let fine = commit.dirty(tmp.path().to_owned());
+        assert!(commit.sync(&fine).await.is_ok());
+        for (i, r) in bad.iter().enumerate() {
+            assert!(
+                commit.sync(r).await.is_err(),
+                "failure {i} of {n} was not told"
+            );
+        }
+
+        // Two more failed batches let the first go: its writers are told of a failure still.
+        for _ in 0..2 {
+            let r: Vec<Recorded> = (0..n)
+                .map(|i| commit.dirty(bad_root.join(i.to_string())))
+                .collect();
+            assert!(commit.sync(&r[0]).await.is_err());
+        }
+        let err = commit.sync(&bad[0]).await.expect_err("let go, yet told");
+        assert!(format!("{err:#}").contains("no longer known"), "{err:#}");
+        assert!(
+            commit.sync(&fine).await.is_err(),
+            "its batch was let go too"
+        );
     }
 }

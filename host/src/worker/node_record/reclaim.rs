@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::slots::read_entries;
+use super::slots::{SLOTS, Slots, read_entries};
 use super::{Host, JobEntry, LOCK, STAGING, STAGING_AGE, check_filesystem};
 use crate::checkpoint::{self, Abandoned};
 use crate::ids::JobId;
@@ -32,6 +32,37 @@ impl Dead {
     pub fn forget(self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
+
+    /// Keeps in its record only `left` (jobs of lanes this worker does not read: a worker of
+    /// the node that reads them hands them back), or removes it when nothing is left. If the
+    /// rewrite fails, the entries not written are left to their leases.
+    fn keep_only(self, left: Vec<JobEntry>) {
+        if left.is_empty() {
+            return self.forget();
+        }
+        if let Err(e) = rewrite(&self.dir, &left) {
+            tracing::warn!(dead_worker = %self.worker_id, error = %e, "cannot keep the dead worker's other jobs on record; their leases will lapse instead");
+        }
+    }
+}
+
+/// Makes the record in `dir` hold exactly `entries`: its slots rewritten, the entries of
+/// files of their own removed (an entry too big for a slot gets one again).
+fn rewrite(dir: &Path, entries: &[JobEntry]) -> std::io::Result<()> {
+    for file in fs::read_dir(dir)?.flatten() {
+        let name = file.file_name();
+        if name != LOCK && name != SLOTS {
+            fs::remove_file(file.path())?;
+        }
+    }
+    let slots = Slots::create(dir)?;
+    for (n, entry) in entries.iter().enumerate() {
+        if slots.put(entry)?.is_none() {
+            let bytes = serde_json::to_vec(entry).expect("an entry serializes");
+            fs::write(dir.join(format!("{n}.json")), bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// The workers recorded under `root` on this machine (`host`), other than `me`, whose process
@@ -97,7 +128,9 @@ fn older_than(path: &Path, age: Duration) -> bool {
 /// Hands back the jobs of `dead` workers that were leased from one of `lanes`: releases each
 /// checkpoint a dead worker still holds, then nacks its message for redelivery at once.
 /// Returns how many messages were handed back. A job whose release fails is left to its
-/// lease (nacked now, its copy would only be turned away as busy).
+/// lease (nacked now, its copy would only be turned away as busy). A record keeps the jobs
+/// of other lanes, for a worker of the node that reads them; one with none of ours is left
+/// as it is.
 pub async fn hand_back<S: ObjectStore>(
     dead: Vec<Dead>,
     queue: &Queue,
@@ -105,16 +138,17 @@ pub async fn hand_back<S: ObjectStore>(
     lanes: &Lanes,
 ) -> usize {
     let mut handed = 0;
-    for worker in dead {
-        let jobs: Vec<&JobEntry> = worker
-            .entries
-            .iter()
-            .filter(|e| lanes.has_subscription(&e.subscription))
-            .collect();
+    for mut worker in dead {
+        let (jobs, others): (Vec<JobEntry>, Vec<JobEntry>) = std::mem::take(&mut worker.entries)
+            .into_iter()
+            .partition(|e| lanes.has_subscription(&e.subscription));
+        if jobs.is_empty() && !others.is_empty() {
+            continue;
+        }
         if !jobs.is_empty() {
             tracing::info!(dead_worker = %worker.worker_id, jobs = jobs.len(), "a worker on this node died holding jobs: handing them back now");
         }
-        for entry in jobs {
+        for entry in &jobs {
             let released = match entry.job_id.parse::<JobId>() {
                 Err(_) => Abandoned::NotHeld,
                 Ok(job) => {
@@ -150,7 +184,7 @@ pub async fn hand_back<S: ObjectStore>(
                 }
             }
         }
-        worker.forget();
+        worker.keep_only(others);
     }
     handed
 }

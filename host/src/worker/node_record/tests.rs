@@ -262,3 +262,41 @@ fn records_are_kept_only_on_local_filesystems() {
     let root = tmp.path().join("no-such-dir");
     assert!(check_filesystem(&root).is_err());
 }
+
+/// A dead worker's record keeps the jobs of lanes the worker handing its jobs back does not
+/// read, for a worker of the node that does (before, the whole record went with the first
+/// hand-back); once none is left, the record goes.
+#[tokio::test]
+async fn a_hand_back_keeps_the_jobs_of_other_lanes_on_record() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = dead_record(root.path(), "a", Some(&host()), &["mine"]);
+    let theirs = JobEntry {
+        subscription: "other-sub".into(),
+        ack_id: "ack-theirs".into(),
+        job_id: "theirs".into(),
+    };
+    fs::write(dir.join("7.json"), serde_json::to_vec(&theirs).unwrap()).unwrap();
+    let queue = crate::queue::Queue::Local(
+        crate::queue::LocalQueue::open(root.path().join("queue.db"))
+            .await
+            .unwrap(),
+    );
+    let store = crate::store::dir::DirStore::open(root.path().join("store")).unwrap();
+    let lanes = |sub: &str| crate::queue::lanes::Lanes::one("topic", sub);
+
+    // Nothing of "other-sub" is ours: the record is left as it is.
+    let dead = dead_workers(root.path(), "b", &host());
+    hand_back(dead, &queue, &store, &lanes("nobody-sub")).await;
+    assert_eq!(read_entries(&dir), vec![entry("mine"), theirs.clone()]);
+
+    // "sub"'s job is handed back (its message is no longer leased here: nothing to nack),
+    // "other-sub"'s stays on record.
+    let dead = dead_workers(root.path(), "b", &host());
+    hand_back(dead, &queue, &store, &lanes("sub")).await;
+    assert_eq!(read_entries(&dir), vec![theirs.clone()]);
+
+    let dead = dead_workers(root.path(), "c", &host());
+    assert_eq!(dead.len(), 1, "still a dead worker's record");
+    hand_back(dead, &queue, &store, &lanes("other-sub")).await;
+    assert!(!dir.exists(), "nothing left: the record goes");
+}

@@ -291,12 +291,43 @@ async fn a_dead_letter_whose_publish_fails_hands_the_message_back() {
     assert!(back[0].delivery_attempt >= Some(2), "{back:?}");
 }
 
-/// A writer killed between its temporary file's creation and its rename leaves that file in
-/// the store directory: a worker's start removes it once it is older than an hour (with the
-/// directories that leaves empty), and keeps a younger one, which a live writer may still
-/// rename.
+/// A copy of a done job's message whose module has gone since (a lost ack, a resubmission,
+/// then `module prune`) is acked as already done: it is not dead-lettered, and no error is
+/// written beside its result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workers_start_sweeps_dead_writers_temporary_files() {
+async fn a_done_jobs_copy_needs_no_module() {
+    let e = Embedded::new("done-no-module", "step_counter").await;
+    let id = "done-once";
+    e.submit(id, r#""steps":1,"step_ms":0"#).await;
+    let mut a = e.cli.spawn("worker-a", &["worker"]);
+    a.wait_for_log("job done; result stored", JOB_END).await;
+    stop(&mut a).await;
+    // The copy, then the module gone (submit wants the module in the store).
+    e.submit(id, r#""steps":1,"step_ms":0"#).await;
+    let hash: taskhost::ids::ModuleHash = e.module.parse().unwrap();
+    e.store.delete(&keys::module(&hash)).await.unwrap();
+
+    let cli = e.cli.set("MISSING_MODULE_RETRY_SECONDS", "0");
+    let mut b = cli.spawn("worker-b", &["worker"]);
+    b.wait_for_log("result already exists; acking without running", JOB_END)
+        .await;
+    stop(&mut b).await;
+    assert!(!b.log().contains("dead-lettered"), "{}", b.log());
+    let job: JobId = id.parse().unwrap();
+    assert!(!e.store.exists(&keys::error(&job)).await.unwrap());
+    let dead = e.pull(true, Duration::from_secs(2), Settle::Nack).await;
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let left = e.pull(false, Duration::from_secs(2), Settle::Nack).await;
+    assert!(left.is_empty(), "left on the subscription: {left:?}");
+}
+
+/// What killed workers leave is cleared by a later worker's start: a writer killed between
+/// its temporary file's creation and its rename leaves that file in the store directory
+/// (removed once older than an hour, with the directories that leaves empty; a younger one
+/// stays, a live writer may still rename it), and a killed worker leaves its heartbeat
+/// record (deleted once older than a week; a recent one stays, `status` shows it as dead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_start_clears_what_killed_workers_left() {
     let e = Embedded::new("sweep", "step_counter").await;
     let root = std::path::PathBuf::from(e.cli.var("STORE_DIR"));
     let plant = |rel: &str, age: Duration| {
@@ -309,19 +340,26 @@ async fn a_workers_start_sweeps_dead_writers_temporary_files() {
         path
     };
     let hours = Duration::from_secs(2 * 3600);
+    let days = Duration::from_secs(8 * 24 * 3600);
     let old = plant("jobs/gone/.checkpoint.tmp.99.0.0123456789abcdef", hours);
     let young = plant(
         "jobs/alive/.result.tmp.99.1.0123456789abcdef",
         Duration::ZERO,
     );
+    let dead = plant("workers/killed-long-ago", days);
+    let recent = plant("workers/killed-lately", hours);
     let mut w = e.cli.spawn("worker", &["worker"]);
     w.wait_for_log(
         "removed the temporary files of writers that died",
         WORKER_START,
     )
     .await;
+    w.wait_for_log("deleted dead workers' records", WORKER_START)
+        .await;
     stop(&mut w).await;
     assert!(w.log().contains("files=1 bytes=12"), "{}", w.log());
     assert!(!old.exists() && !root.join("jobs/gone").exists());
     assert!(young.exists(), "a young temporary file stays");
+    assert!(!dead.exists(), "a week-old record goes");
+    assert!(recent.exists(), "a recent record stays");
 }
