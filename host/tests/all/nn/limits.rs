@@ -317,7 +317,8 @@ async fn host_memory_is_capped_per_job_and_per_worker() {
 /// and ONNX Runtime stops computing; so does a cancelled run (the worker shutting down). The
 /// graph's session is shared through the cache and runs one inference at a time, so a
 /// one-record inference right after waits for nothing: its time in ONNX Runtime (the job's
-/// host compute, which counts from the call, so it holds no start-up of the run) is a small
+/// host compute, which counts from the call, so it holds no start-up of the run, and holds
+/// the wait for the session that a stopped inference still runs in) is a small
 /// part of a whole inference, where it would be most of one behind an inference that ran on.
 ///
 /// Timings taken at different moments under a changing load: a whole inference is timed
@@ -429,8 +430,14 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
 
     // The yardstick: the faster of the whole inferences timed before and after.
     let full = full.min(whole("full-last").await);
+    // The figure the checks read counts inference at all (else they would check nothing).
+    let whole_compute = host_compute(&store, "full").await;
+    assert!(
+        whole_compute > Duration::ZERO,
+        "a whole inference counts no host compute"
+    );
     eprintln!(
-        "a whole inference {full:?}; after the cut {after:?} (cut run {cut:?}), after the \
+        "a whole inference {full:?} ({whole_compute:?} in ONNX Runtime); after the cut {after:?} (cut run {cut:?}), after the \
          cancel {after_cancel:?} (cancelled run {cancelled:?})"
     );
     // One record: 1/256 of the compute. Behind an inference that ran on, it would wait for
@@ -444,11 +451,16 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
     }
 }
 
-/// The host compute (time in ONNX Runtime) of `job`'s runs, as its checkpoint counts it.
+/// The host compute (time in ONNX Runtime) of done job `job`'s runs, as the accounting note
+/// of its result counts it (whole milliseconds).
 async fn host_compute(store: &taskhost::store::any::AnyStore, job: &str) -> Duration {
-    let header = taskhost::checkpoint::peek(store, &job.parse().unwrap())
+    use taskhost::store::ObjectStore;
+    let result = store
+        .get(&taskhost::keys::result(&job.parse().unwrap()))
         .await
         .unwrap()
-        .unwrap_or_else(|| panic!("{job}: no checkpoint"));
-    Duration::from_millis(header.host_compute_ms)
+        .unwrap_or_else(|| panic!("{job}: no result"));
+    let note = result.note.unwrap_or_else(|| panic!("{job}: no accounting note"));
+    let usage: taskhost::checkpoint::Usage = serde_json::from_str(&note).unwrap();
+    Duration::from_millis(usage.host_compute_ms)
 }
