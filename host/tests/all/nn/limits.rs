@@ -460,7 +460,9 @@ async fn host_compute(store: &taskhost::store::any::AnyStore, job: &str) -> Dura
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("{job}: no result"));
-    let note = result.note.unwrap_or_else(|| panic!("{job}: no accounting note"));
+    let note = result
+        .note
+        .unwrap_or_else(|| panic!("{job}: no accounting note"));
     let usage: taskhost::checkpoint::Usage = serde_json::from_str(&note).unwrap();
     Duration::from_millis(usage.host_compute_ms)
 }
