@@ -125,6 +125,27 @@ mod tests {
         }
     }
 
+    /// A task's name may be up to `MAX_CALL_BYTES` long: the error about it stays short
+    /// and on one line (before the fix, `Debug` of 1 MiB of `\x01` made a 6 MiB error).
+    #[test]
+    fn a_huge_invalid_name_makes_a_short_error() {
+        for name in [
+            "\x01".repeat(1 << 20),
+            "x".repeat(1 << 20),
+            "日".repeat(1 << 18),
+        ] {
+            let e = check_name(&name).unwrap_err();
+            assert!(e.len() < 1024, "{} bytes", e.len());
+            assert!(!e.contains('\x01') && !e.contains('\n'), "{e}");
+        }
+        let e = check_name("a\nb").unwrap_err();
+        assert!(e.starts_with("`a\\nb` is not a valid name"), "{e}");
+        assert_eq!(
+            shown_name(&"ab".repeat(200)),
+            format!("{}...", "ab".repeat(100))
+        );
+    }
+
     #[test]
     fn module_hashes() {
         let h = ModuleHash::of(b"abc");
@@ -332,10 +353,14 @@ impl std::borrow::Borrow<str> for InputName {
     }
 }
 
+/// Longest input or artifact name (bytes).
+pub const MAX_NAME_LEN: usize = 200;
+
 /// Checks an input or artifact name: 1..=200 characters from `[A-Za-z0-9._-]`, not starting
-/// with `.`.
+/// with `.`. The error quotes at most [`MAX_NAME_LEN`] bytes of `name` ([`shown_name`]),
+/// whatever its length: a task's name may be up to `MAX_CALL_BYTES` long.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = (1..=200).contains(&name.len())
+    let ok = (1..=MAX_NAME_LEN).contains(&name.len())
         && !name.starts_with('.')
         && name
             .bytes()
@@ -344,9 +369,24 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a valid name (1 to 200 characters from [A-Za-z0-9._-], not starting with '.')"
+            "`{}` is not a valid name (1 to {MAX_NAME_LEN} characters from [A-Za-z0-9._-], not starting with '.')",
+            shown_name(name)
         ))
     }
+}
+
+/// A name a task passed, for an error or a log line: escaped as task text
+/// ([`Inert`](crate::inert::Inert)), of at most [`MAX_NAME_LEN`] bytes (cut between
+/// characters, `...` marking the cut). So what the host writes about a name is bounded
+/// however long the task made it; a valid name is shown whole.
+pub fn shown_name(name: &str) -> String {
+    let prefix = crate::inert::cut(name, MAX_NAME_LEN);
+    let mut shown = crate::inert::Inert(prefix).to_string();
+    if shown.len() > MAX_NAME_LEN || prefix.len() < name.len() {
+        shown.truncate(crate::inert::cut(&shown, MAX_NAME_LEN).len());
+        shown.push_str("...");
+    }
+    shown
 }
 
 /// Longest module name, and longest tag, accepted (`NAME:TAG`).

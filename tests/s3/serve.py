@@ -42,6 +42,11 @@ What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
   after its response is produced: `METHOD <tab> RAW-URI <tab> STATUS <tab> USER-AGENT`.
   Without the flag nothing is logged.
 
+* A test-only switch for a sick server: a GET of a key with a path segment `ignore-range`
+  (`/bucket/ignore-range/...`) has its `Range` header dropped (after the signature check),
+  so moto answers with the whole object, as a server that ignores Range does. The tests of
+  the client's refusal of an answer longer than asked use it (host/tests/all/store_s3.rs).
+
 Nothing else is changed: every S3 behaviour the tests see is moto's.
 """
 
@@ -63,6 +68,8 @@ READONLY_SECRET_ACCESS_KEY = os.environ.get(
 )
 READ_METHODS = ("GET", "HEAD")
 HEALTH_PATH = "/_taskhost/health"
+# A GET of a key under such a segment is answered as if it had no Range header.
+IGNORE_RANGE_SEGMENT = "/ignore-range/"
 
 AUTH_RE = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*"
@@ -216,6 +223,9 @@ class OneAtATime:
         failure = check_signature(environ, body)
         if failure:
             return error_response(start_response, *failure)
+
+        if environ.get("REQUEST_METHOD") == "GET" and IGNORE_RANGE_SEGMENT in environ.get("PATH_INFO", ""):
+            environ.pop("HTTP_RANGE", None)
 
         auth = environ["HTTP_AUTHORIZATION"]
         environ["HTTP_AUTHORIZATION"] = auth.replace("/auto/s3/aws4_request", "/us-east-1/s3/aws4_request")

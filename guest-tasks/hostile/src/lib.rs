@@ -9,14 +9,19 @@
 //! | `read_far` | reads input `"input"` (default `data`) at 0, then at offsets and lengths at the integer limits | `Ok({"reads": ["<n> bytes" or "error: ..."]})` |
 //! | `big_writes` | opens `"artifacts"` (default 8) artifacts and writes each `"calls"` (default 1) buffers of `"call_mb"` MiB (default 64) in single calls, then finishes them | `Ok({"written": bytes})` |
 //! | `id` | asks the host for the job id (the unit tests make that host call panic) | `Ok({"id": ".."})` |
+//! | `nn_dims` | makes `"tensors"` (default 24) wasi-nn tensors of `"rank"` (default 4 M) dimensions of 1 and one byte of data, keeping every one | `Ok({"made": n})` (a host that refuses such a tensor traps the task) |
+//! | `ping_pong_reads` | reads 1 byte at offset 0 of inputs `"a"` and `"b"` in turn (default `a`, `b`) until a read fails: every call needs the store, nearly all its time is store wait | `Ok({"reads": n, "error": "..."})` |
+//! | `many_resources` | makes `"count"` (default 100,000) 1-element wasi-nn tensors and holds them all: one host resource each | `Ok({"made": count})` |
 //! | `abuse_handles` | writes to, sizes and finishes a finished artifact; creates artifacts with invalid names and more than may be open; resumes one never recorded; saves an over-large checkpoint; logs a huge message | `Ok({"calls": ["...", ...]})` |
 
 use serde::Serialize;
 use taskhost_guest::bindings::taskhost::task::{artifacts, checkpoint, inputs, log};
+use taskhost_guest::bindings::wasi::nn::tensor;
 use taskhost_guest::input::Fields;
 use taskhost_guest::{Error, Task, bail};
 
-const MODES: &str = "read_far, big_writes, abuse_handles, id";
+const MODES: &str =
+    "read_far, big_writes, ping_pong_reads, many_resources, nn_dims, abuse_handles, id";
 
 /// The result document.
 #[derive(Serialize)]
@@ -26,6 +31,8 @@ enum Output {
     Written { written: u64 },
     Calls { calls: Vec<String> },
     Id { id: String },
+    PingPong { reads: u64, error: String },
+    Made { made: u64 },
 }
 
 struct Hostile;
@@ -45,6 +52,12 @@ impl Task for Hostile {
                 input.u64_or("calls", 1)?,
                 input.u64_or("call_mb", 64)?,
             ),
+            "ping_pong_reads" => Ok(ping_pong_reads(
+                input.str("a").unwrap_or("a"),
+                input.str("b").unwrap_or("b"),
+            )),
+            "many_resources" => Ok(many_resources(input.u64_or("count", 100_000)?)),
+            "nn_dims" => nn_dims(input.u64_or("rank", 4 << 20)?, input.u64_or("tensors", 24)?),
             "abuse_handles" => Ok(abuse_handles()),
             "id" => Ok(Output::Id {
                 id: taskhost_guest::job::id(),
@@ -89,6 +102,18 @@ fn read_far(name: &str) -> Output {
     Output::Reads { reads }
 }
 
+/// Makes `count` tensors of `rank` dimensions (each 1: one element) and keeps them all: each
+/// call hands the host `rank` × 4 bytes of dimensions.
+fn nn_dims(rank: u64, count: u64) -> Result<Output, Error> {
+    let dims = vec![1_u32; usize::try_from(rank).map_err(Error::msg)?];
+    let held: Vec<_> = (0..count)
+        .map(|_| tensor::Tensor::new(&dims, tensor::TensorType::U8, &[0]))
+        .collect();
+    Ok(Output::Made {
+        made: held.len() as u64,
+    })
+}
+
 /// Writes `calls` buffers of `call_mb` MiB to each of `count` artifacts, each buffer in one
 /// call, then finishes them.
 fn big_writes(count: u64, calls: u64, call_mb: u64) -> Result<Output, Error> {
@@ -110,6 +135,31 @@ fn big_writes(count: u64, calls: u64, call_mb: u64) -> Result<Output, Error> {
         a.finish().map_err(|e| Error::msg(format!("{e:?}")))?;
     }
     Ok(Output::Written { written })
+}
+
+/// Reads one byte at the start of `a`, then of `b`, and so on until a read fails.
+fn ping_pong_reads(a: &str, b: &str) -> Output {
+    let mut reads = 0u64;
+    loop {
+        let name = if reads.is_multiple_of(2) { a } else { b };
+        if let Err(e) = inputs::read(name, 0, 1) {
+            return Output::PingPong {
+                reads,
+                error: format!("{e:?}"),
+            };
+        }
+        reads += 1;
+    }
+}
+
+/// Makes `count` tensors of one element and holds them all until the end.
+fn many_resources(count: u64) -> Output {
+    let held: Vec<tensor::Tensor> = (0..count)
+        .map(|_| tensor::Tensor::new(&[1], tensor::TensorType::Fp32, &[0; 4]))
+        .collect();
+    Output::Made {
+        made: held.len() as u64,
+    }
 }
 
 /// Every misuse of the artifact handles and names the WIT allows a task to attempt.

@@ -7,7 +7,9 @@
 //! "input": "x"}`: loads the graph from input `model`, then (when `dims` is given) makes a
 //! tensor of those dimensions and type holding `data_bytes` bytes (default: what f32 elements
 //! of the dimensions need; element i is i/8 as an f32), and computes with it under the name
-//! `input`, `"repeat"` times (default 1: the benchmark's loop).
+//! `input`, `"repeat"` times (default 1: the benchmark's loop). `"model"`: the input to load
+//! the graph from instead of `model`; `"first"`: an input whose graph is loaded (and held)
+//! before it.
 //!
 //! Output: `{"stage": "load"|"compute"|"done", "kind": .., "message": ..}` when a call failed
 //! (`kind`: the error kind, e.g. `TooLarge`), else `{"stage": "done", "outputs": {NAME:
@@ -30,6 +32,8 @@ struct Input {
     ty: Option<String>,
     input: Option<String>,
     repeat: Option<u32>,
+    model: Option<String>,
+    first: Option<String>,
 }
 
 fn failed(stage: &str, e: &taskhost_guest::nn::Error) -> Value {
@@ -43,7 +47,12 @@ impl Task for Probe {
     type Output = Value;
 
     fn run(input: Input) -> Result<Value, Error> {
-        let graph = match Graph::from_input("model") {
+        let _first = match input.first.as_deref().map(Graph::from_input) {
+            None => None,
+            Some(Ok(g)) => Some(g),
+            Some(Err(e)) => return Ok(failed("first", &e)),
+        };
+        let graph = match Graph::from_input(input.model.as_deref().unwrap_or("model")) {
             Ok(g) => g,
             Err(e) => return Ok(failed("load", &e)),
         };

@@ -211,7 +211,9 @@ impl Tensor {
     typed!(i64, to_i64, i64, ElementType::I64);
     typed!(u8, to_u8, u8, ElementType::U8);
 
-    /// A tensor from raw parts, unchecked: the host checks it against the model (a mismatch is
+    /// A tensor from raw parts, unchecked here: the host traps the task when `data` is not
+    /// exactly what `dims` and `ty` need or `dims` has more than 32 entries (the WIT
+    /// constructor cannot fail), and checks it against the model (a mismatch is
     /// [`ErrorKind::InvalidArgument`] from [`Context::compute`]).
     pub fn from_raw_parts(dims: Vec<u32>, ty: ElementType, data: Vec<u8>) -> Tensor {
         Tensor { dims, ty, data }

@@ -44,7 +44,7 @@ pub struct AutoscaleArgs {
     pub container_group: String,
     /// SaladCloud API key (set it in the environment: flags show up in `ps`).
     #[arg(long, env = "SALAD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<super::config::Secret>,
     /// SaladCloud's public API.
     #[arg(long, env = "SALAD_API_URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
@@ -143,7 +143,7 @@ pub async fn main(args: AutoscaleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn api(args: &AutoscaleArgs) -> Result<SaladApi, String> {
-    let key = args.api_key.clone().ok_or(
+    let key = args.api_key.as_ref().map(|k| k.expose().to_owned()).ok_or(
         "SALAD_API_KEY is not set: an API key of the organization (SaladCloud portal, API Access)",
     )?;
     let config = ApiConfig {

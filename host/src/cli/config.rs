@@ -17,6 +17,30 @@ use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
 use taskhost::store::s3::{S3Config, S3Store};
 
+/// A secret setting (a secret key, an API key): its `Debug` shows `<redacted>`, so no debug
+/// print of the settings that hold it (a `{:?}` of the parsed command line) shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one client that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Where objects live: R2 (any S3 server) when `R2_BUCKET_NAME` is set, else a directory.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
@@ -31,7 +55,7 @@ pub struct StoreArgs {
     pub access_key_id: Option<String>,
     /// R2 secret access key (prefer the environment: flags show up in `ps`).
     #[arg(long, env = "R2_AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Optional key prefix inside the bucket (several deployments in one bucket).
     #[arg(long, env = "R2_KEY_PREFIX")]
     pub key_prefix: Option<String>,
@@ -67,7 +91,13 @@ impl StoreArgs {
             endpoint_url: need(&self.endpoint_url, "R2_S3_ENDPOINT_URL")?,
             bucket: bucket.clone(),
             access_key_id: need(&self.access_key_id, "R2_AWS_ACCESS_KEY_ID")?,
-            secret_access_key: need(&self.secret_access_key, "R2_AWS_SECRET_ACCESS_KEY")?,
+            secret_access_key: need(
+                &self
+                    .secret_access_key
+                    .as_ref()
+                    .map(|s| s.expose().to_owned()),
+                "R2_AWS_SECRET_ACCESS_KEY",
+            )?,
             prefix: self.key_prefix.clone(),
         })?))
     }
@@ -134,8 +164,8 @@ pub struct SubscriptionArgs {
     /// The jobs subscription.
     #[arg(long, env = "SUBSCRIPTION_ID", default_value = "jobs-sub")]
     pub subscription_id: String,
-    /// Lease length in seconds (Pub/Sub: 10..=600; the embedded queue and the emulator take
-    /// any from 1). The worker extends each lease every half of it for as long as a job runs;
+    /// Lease length in seconds (Pub/Sub: 10..=600; the embedded queue and the emulator:
+    /// 1..=600; a worker given another waits, not ready, as for any misconfiguration). The worker extends each lease every half of it for as long as a job runs;
     /// a dead worker's jobs come back at most this long after its last extension.
     #[arg(long, env = "ACK_DEADLINE_SECONDS", default_value_t = DEFAULT_ACK_DEADLINE_SECS)]
     pub ack_deadline_seconds: u32,
@@ -224,8 +254,8 @@ pub async fn ensure_queue(
     Ok(said)
 }
 
-/// The setting named in a [`LimitError`]'s message.
-fn named(setting: &'static str) -> impl Fn(LimitError) -> anyhow::Error {
+/// The setting (`NAME=value (--flag)`) named in a [`LimitError`]'s message.
+fn named(setting: String) -> impl Fn(LimitError) -> anyhow::Error {
     move |e| anyhow::anyhow!("{setting}: {e}")
 }
 
@@ -238,8 +268,10 @@ pub struct LimitArgs {
     /// Fuel budget per run (a CPU cap; about one unit per wasm instruction); unlimited if unset.
     #[arg(long, env = "TASK_FUEL")]
     pub fuel: Option<u64>,
-    /// Wall-clock limit per run in seconds (default 24 h; 0: none). A run that hits it counts
-    /// as a failure; the job resumes from its checkpoint on the next run.
+    /// Wall-clock limit per run in seconds (default 24 h; 0: none). Time the task's input and
+    /// artifact calls wait on the store is not counted, up to as long again (a run ends
+    /// within twice the limit). A run that hits it counts as a failure; the job resumes from
+    /// its checkpoint on the next run.
     #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TASK_TIMEOUT.as_secs_f64())]
     pub timeout_secs: f64,
 }
@@ -248,12 +280,16 @@ impl LimitArgs {
     /// The limits, checked by [`JobLimits::new`] (a memory limit of 1..=4096 MiB) and
     /// [`sandbox::timeout_from_secs`] (a finite number of seconds, 0: none).
     pub fn job_limits(&self) -> anyhow::Result<JobLimits> {
-        let timeout = sandbox::timeout_from_secs(self.timeout_secs)
-            .map_err(named("TASK_TIMEOUT_SECONDS (--timeout-secs)"))?;
+        let timeout = sandbox::timeout_from_secs(self.timeout_secs).map_err(named(format!(
+            "TASK_TIMEOUT_SECONDS={} (--timeout-secs)",
+            self.timeout_secs
+        )))?;
         let memory_bytes =
             usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        JobLimits::new(memory_bytes, self.fuel, timeout)
-            .map_err(named("TASK_MEMORY_MB (--memory-mb)"))
+        JobLimits::new(memory_bytes, self.fuel, timeout).map_err(named(format!(
+            "TASK_MEMORY_MB={} (--memory-mb)",
+            self.memory_mb
+        )))
     }
 }
 
@@ -301,8 +337,8 @@ impl CacheArgs {
 /// Limits of a job's input reads and artifacts.
 #[derive(Args, Debug, Clone)]
 pub struct FileArgs {
-    /// Input bytes one run of a job may read, in MiB (default 100 GiB); past it the task's
-    /// read fails with `limit-reached`.
+    /// Input bytes one run of a job may read (fetched from the store for its reads), in MiB
+    /// (default 100 GiB); past it the task's read fails with `limit-reached`.
     #[arg(long = "input-read-mb", env = "TASK_INPUT_READ_MB", default_value_t = taskhost::files::DEFAULT_INPUT_READ_BYTES >> 20)]
     pub input_read_mb: u64,
     /// Largest artifact, in MiB (default 10 GiB; at most 80,000 MiB, 10,000 parts of 8 MiB);
@@ -328,8 +364,11 @@ pub fn file_limits(args: &FileArgs) -> anyhow::Result<taskhost::files::FileLimit
     };
     limits.check().map_err(|e| {
         let setting = match e {
-            LimitError::ArtifactsTotal => "TASK_ARTIFACTS_TOTAL_MB (--artifacts-total-mb)",
-            _ => "TASK_ARTIFACT_MB (--artifact-mb)",
+            LimitError::ArtifactsTotal => format!(
+                "TASK_ARTIFACTS_TOTAL_MB={} (--artifacts-total-mb)",
+                args.artifacts_total_mb
+            ),
+            _ => format!("TASK_ARTIFACT_MB={} (--artifact-mb)", args.artifact_mb),
         };
         named(setting)(e)
     })?;
@@ -344,4 +383,57 @@ pub fn host_name(flag: Option<&str>) -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::StoreArgs;
+    use crate::cli::autoscale::AutoscaleArgs;
+
+    #[derive(Parser, Debug)]
+    struct Store {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    #[derive(Parser, Debug)]
+    struct Autoscale {
+        #[command(flatten)]
+        autoscale: AutoscaleArgs,
+    }
+
+    /// A debug print of the parsed settings shows no secret (before the fix `StoreArgs`
+    /// and `AutoscaleArgs` derived `Debug` over the plain keys).
+    #[test]
+    fn debug_output_hides_the_secrets() {
+        let secret = "s3cr3t-7f2a9c";
+        let store =
+            Store::try_parse_from(["t", "--bucket", "b", "--secret-access-key", secret]).unwrap();
+        let shown = format!("{store:?} {store:#?}");
+        assert!(
+            !shown.contains(secret) && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let key = store.store.secret_access_key.as_ref().map(|s| s.expose());
+        assert_eq!(key, Some(secret));
+
+        let args = [
+            "t",
+            "--organization=o",
+            "--project=p",
+            "--container-group=g",
+            "--slots-per-replica=2",
+            "--max=3",
+            "--api-key",
+            secret,
+        ];
+        let autoscale = Autoscale::try_parse_from(args).unwrap();
+        let shown = format!("{autoscale:?}");
+        assert!(
+            !shown.contains(secret) && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 }

@@ -1,18 +1,17 @@
-//! The worker's startup checks: what would otherwise fail every job. The store can be
+//! The worker's startup checks: what would otherwise fail every job. Every setting is in
+//! range (checked by `worker.rs` before anything else: [`bad_setting`]); the store can be
 //! written (a probe object, written then deleted); a `DEFAULT_MODULE` given as a tag exists
-//! (it is resolved here, once); on Pub/Sub, every lane's subscription and the dead-letter topic exist
-//! and the worker may publish to the latter (IAM, where the server can tell). The node's own
-//! checks (the cache directory, the compile time) are in `selfcheck`.
+//! (it is resolved here, once); on Pub/Sub, every lane's subscription and the dead-letter
+//! topic exist and the worker may publish to the latter (IAM, where the server can tell).
+//! The node's own checks (the cache directory, the compile time) are in `selfcheck`.
 //!
 //! A store or queue that does not answer is waited for (every 5 s). A misconfiguration is one
-//! sentence: by default the worker stays up and not ready (`/readyz` says the sentence),
-//! logs it once a minute, rechecks with backoff ([`FIRST_RECHECK`] doubling to
-//! [`MAX_RECHECK`]) and starts by itself once it is fixed. On SaladCloud an exit would be a
-//! crash loop that burns nodes (a node where the container exited non-zero is not given to
-//! the workload again), and the fleet would recover from the fix only by being redeployed.
-//! `--exit-on-misconfig` exits with the sentence instead (for scripts).
+//! sentence, waited for (not ready, `/readyz` says the sentence) or an exit with
+//! `--exit-on-misconfig`, as [`Misconfig`] decides: the one rule, which the receive loop
+//! follows too for a lane whose pulls fail for good.
 
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 use taskhost::ids::{ModuleHash, ModuleRef};
 use taskhost::observe::Health;
@@ -20,14 +19,9 @@ use taskhost::queue::Queue;
 use taskhost::queue::lanes::Lanes;
 use taskhost::store::ErrorKind;
 use taskhost::store::any::AnyStore;
+use taskhost::worker::misconfig::Misconfig;
 use tokio_util::sync::CancellationToken;
 
-/// The first recheck of a misconfiguration: 1 s after it was found.
-pub const FIRST_RECHECK: Duration = Duration::from_secs(1);
-/// The longest wait between rechecks of a misconfiguration: 30 s.
-pub const MAX_RECHECK: Duration = Duration::from_secs(30);
-/// How often a misconfiguration that persists is logged again: once a minute.
-pub const MISCONFIG_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// The wait before asking a store or queue that did not answer again: 5 s.
 const UNANSWERED_RETRY: Duration = Duration::from_secs(5);
 
@@ -67,17 +61,43 @@ pub async fn preflight(
     health: Option<&Health>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Passed>> {
-    let mut recheck = FIRST_RECHECK;
-    let mut logged: Option<(String, Instant)> = None;
+    wait_for(|| check(checks), exit_on_misconfig, health, shutdown).await
+}
+
+/// A setting the worker cannot run with (`sentence` names it, its value and what it may
+/// be): a misconfiguration like the others, though only a restart with it fixed ends it.
+/// `Ok(())` once `shutdown` comes; `Err(the sentence)` with `exit_on_misconfig` set.
+pub async fn bad_setting(
+    sentence: String,
+    exit_on_misconfig: bool,
+    health: Option<&Health>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let problem = || async { Err::<(), _>(Problem::Misconfigured(sentence.clone())) };
+    wait_for(problem, exit_on_misconfig, health, shutdown).await?;
+    Ok(())
+}
+
+/// Runs `check` until it passes (`Ok(Some(..))`) or `shutdown` comes first (`Ok(None)`),
+/// waiting for what does not answer and for a misconfiguration as [`Misconfig`] says.
+async fn wait_for<T, F, Fut>(
+    mut check: F,
+    exit_on_misconfig: bool,
+    health: Option<&Health>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Problem>>,
+{
+    let mut misconfig = Misconfig::new(exit_on_misconfig);
     loop {
-        let wait = match check(checks).await {
+        let wait = match check().await {
             Ok(passed) => {
                 if let Some(h) = health {
                     h.set_misconfigured(None);
                 }
-                if logged.is_some() {
-                    tracing::info!("the misconfiguration is fixed: starting");
-                }
+                misconfig.fixed("starting");
                 return Ok(Some(passed));
             }
             Err(Problem::Unanswered(why)) => {
@@ -85,24 +105,10 @@ pub async fn preflight(
                 UNANSWERED_RETRY
             }
             Err(Problem::Misconfigured(sentence)) => {
-                if exit_on_misconfig {
-                    anyhow::bail!(sentence);
-                }
                 if let Some(h) = health {
                     h.set_misconfigured(Some(sentence.clone()));
                 }
-                let due = logged.as_ref().is_none_or(|(last, at)| {
-                    *last != sentence || at.elapsed() >= MISCONFIG_LOG_INTERVAL
-                });
-                if due {
-                    tracing::error!(
-                        "{sentence} (not ready; rechecking, and starting by itself once fixed)"
-                    );
-                    logged = Some((sentence, Instant::now()));
-                }
-                let wait = recheck;
-                recheck = (recheck * 2).min(MAX_RECHECK);
-                wait
+                misconfig.found(&sentence).map_err(anyhow::Error::msg)?
             }
         };
         tokio::select! {

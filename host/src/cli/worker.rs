@@ -89,11 +89,13 @@ pub struct WorkerArgs {
     /// set): the deletion cost, reallocation. Always reached directly, never through a proxy.
     #[arg(long, env = "SALAD_IMDS_URL", default_value = taskhost::salad::imds::DEFAULT_IMDS_URL)]
     pub salad_imds_url: String,
-    /// Exit (code 7) when the startup checks find a misconfiguration (a missing bucket,
-    /// subscription or dead-letter topic, a refused permission), as scripts may want. By
-    /// default the worker stays up and not ready, logs the problem once a minute, rechecks
-    /// it with backoff and starts by itself once it is fixed (on SaladCloud an exit would
-    /// be a crash loop that burns nodes).
+    /// Exit (code 7) on a misconfiguration (a setting out of range, a missing bucket,
+    /// subscription or dead-letter topic, a refused permission; or, while running, a lane's
+    /// subscription that fails for good: after handing the running jobs back like a
+    /// shutdown), as scripts may want. By default the worker stays up and not ready, logs
+    /// the problem once a minute, rechecks it with backoff and goes on by itself once it is
+    /// fixed, running jobs and other lanes meanwhile (on SaladCloud an exit would be a crash
+    /// loop that burns nodes).
     #[arg(long, env = "EXIT_ON_MISCONFIG")]
     pub exit_on_misconfig: bool,
     /// On SaladCloud: host faults in a row (a run failed for a reason that is not the task's,
@@ -124,10 +126,82 @@ pub struct WorkerArgs {
     pub machine_id: Option<String>,
 }
 
+/// The worker's settings, each checked before anything else is done: one out of range is a
+/// misconfiguration (docs/design.md §6), waited for like the startup checks' (or an exit
+/// with `--exit-on-misconfig`), never an exit by default.
+struct Settings {
+    limits: taskhost::runtime::JobLimits,
+    file_limits: taskhost::files::FileLimits,
+    store: taskhost::store::any::AnyStore,
+    slots: usize,
+    lanes: taskhost::queue::lanes::Lanes,
+    ack_deadline: Duration,
+    shutdown_timeout: Duration,
+    imds: Option<taskhost::salad::Imds>,
+}
+
+impl Settings {
+    /// Every setting of `args`, checked (the ack deadline against what `queue`'s server
+    /// accepts). `Err`: the sentence naming the setting, its value and what it may be.
+    fn read(args: &WorkerArgs, queue: &Queue, on_salad: bool) -> Result<Settings, String> {
+        let text = |e: anyhow::Error| format!("{e:#}");
+        let limits = args.limits.job_limits().map_err(text)?;
+        let file_limits = super::config::file_limits(&args.files).map_err(text)?;
+        let slots = match args.slots {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        taskhost::runtime::sandbox::check_concurrent_tasks(slots as u64)
+            .map_err(|e| format!("WORKER_SLOTS={slots} (--slots): {e}"))?;
+        let lanes = args.subscription.lanes(&args.topics).map_err(text)?;
+        let secs = args.subscription.ack_deadline_seconds;
+        let accepted = queue.ack_deadlines();
+        if !accepted.contains(&secs) {
+            return Err(format!(
+                "ACK_DEADLINE_SECONDS={secs} (--ack-deadline-seconds): the queue accepts {}..={} seconds",
+                accepted.start(),
+                accepted.end()
+            ));
+        }
+        let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
+            |_| {
+                format!(
+                    "SHUTDOWN_TIMEOUT_SECONDS={} (--shutdown-timeout-secs): must be a non-negative number of seconds",
+                    args.shutdown_timeout_secs
+                )
+            },
+        )?;
+        let imds = on_salad
+            .then(|| {
+                taskhost::salad::Imds::new(&taskhost::salad::ImdsConfig {
+                    base_url: args.salad_imds_url.clone(),
+                    ..Default::default()
+                })
+            })
+            .transpose()
+            .map_err(|e| {
+                format!(
+                    "SALAD_IMDS_URL={} (--salad-imds-url): {e}",
+                    args.salad_imds_url
+                )
+            })?;
+        let store = args.store.open().map_err(|e| format!("the store: {e:#}"))?;
+        Ok(Settings {
+            limits,
+            file_limits,
+            store,
+            slots,
+            lanes,
+            ack_deadline: Duration::from_secs(secs.into()),
+            shutdown_timeout,
+            imds,
+        })
+    }
+}
+
 pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> {
     // First: as a container's PID 1 a SIGTERM without a handler would be ignored.
     let shutdown = super::shutdown_token();
-    let limits = args.limits.job_limits()?;
     let metrics = Arc::new(Metrics::new());
     let health = args.metrics_addr.map(|_| Arc::new(Health::new()));
     // The server outlives the shutdown (`/readyz` says the worker is draining) and stops
@@ -140,15 +214,30 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_ADDR={addr}: {e}"))?;
         tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
     }
-    let imds = on_salad
-        .then(|| {
-            taskhost::salad::Imds::new(&taskhost::salad::ImdsConfig {
-                base_url: args.salad_imds_url.clone(),
-                ..Default::default()
-            })
-        })
-        .transpose()?;
-    // 0 at once (idle), then kept current by the worker's jobs.
+    let queue = args.pubsub.connect().await?;
+    let settings = match Settings::read(&args, &queue, on_salad) {
+        Ok(s) => s,
+        Err(sentence) => {
+            // Not this node's doing: the startup probe passes (another node would have the
+            // same setting), readiness says why.
+            if let Some(h) = &health {
+                h.set_started();
+            }
+            let exit = args.exit_on_misconfig;
+            super::preflight::bad_setting(sentence, exit, health.as_deref(), &shutdown).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let Settings {
+        limits,
+        file_limits,
+        store,
+        slots,
+        lanes,
+        ack_deadline,
+        shutdown_timeout,
+        imds,
+    } = settings;
     let deletion_cost = imds
         .clone()
         .map(|imds| taskhost::salad::DeletionCost::spawn(imds, server.clone()));
@@ -161,17 +250,11 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
             },
         ))
     });
-    let store = args.store.open()?.observed(metrics.clone(), health.clone());
-    let queue = args.pubsub.connect().await?;
+    let store = store.observed(metrics.clone(), health.clone());
     if let Queue::Local(_) = queue {
         // The embedded queue needs no setup step.
         ensure_queue(&queue, &args.topics, &args.subscription).await?;
     }
-    let slots = args
-        .slots
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    taskhost::runtime::sandbox::check_concurrent_tasks(slots as u64)
-        .map_err(|e| anyhow::anyhow!("WORKER_SLOTS (--slots): {e}"))?;
     // One instance slot per job slot: a job never waits for or fails on a full pool.
     let host = super::config::host_name(args.host_name.as_deref());
     let worker_id = taskhost::ids::WorkerId::new(&host).to_string();
@@ -186,7 +269,6 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
     let dead_letter_topic = args.topics.dead_letter_topic();
-    let lanes = args.subscription.lanes(&args.topics)?;
     // The node's own parts first: the startup probe passes once they are up, whatever the
     // store and the queue do (they are waited for, on any node alike).
     let runtime_config = RuntimeConfig {
@@ -265,13 +347,13 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         worker_id,
         limits,
         checkpoint_limits: Limits::default(),
-        file_limits: super::config::file_limits(&args.files)?,
+        file_limits,
         max_crashes: args.max_crashes,
     };
     let config = WorkerConfig {
         lanes,
         dead_letter_topic_id: dead_letter_topic,
-        ack_deadline: Duration::from_secs(args.subscription.ack_deadline_seconds.max(1).into()),
+        ack_deadline,
         slots,
         max_failures: args.max_failures,
         default_module,
@@ -281,14 +363,8 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         deletion_cost,
         reallocator,
         heartbeat,
-        shutdown_timeout: Duration::try_from_secs_f64(args.shutdown_timeout_secs).map_err(
-            |_| {
-                anyhow::anyhow!(
-                    "SHUTDOWN_TIMEOUT_SECONDS must be a non-negative number of seconds, not {}",
-                    args.shutdown_timeout_secs
-                )
-            },
-        )?,
+        shutdown_timeout,
+        exit_on_misconfig: args.exit_on_misconfig,
     };
     worker::run(queue, executor, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

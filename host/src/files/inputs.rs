@@ -32,7 +32,9 @@ pub enum InputError {
 pub struct Inputs {
     store: AnyStore,
     names: Arc<BTreeMap<InputName, String>>,
+    /// Bytes `read` may fetch from the store in this run (`State::fetched` counts them).
     limit: u64,
+    /// Bytes fetched from the store in this run, `read_whole`'s too: the job's input bytes.
     read: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
     /// A store failure was reported to the task in this run.
@@ -42,6 +44,8 @@ pub struct Inputs {
 #[derive(Default)]
 struct State {
     sizes: HashMap<String, u64>,
+    /// Bytes `read` fetched into its windows in this run: what counts against `limit`.
+    fetched: u64,
     /// The last range fetched.
     window: Option<Window>,
 }
@@ -60,16 +64,20 @@ impl Inputs {
         }
     }
 
-    /// Input bytes returned to the task so far in this run.
+    /// Input bytes fetched from the store for the task so far in this run (a byte read
+    /// twice through two windows counts twice; a read served from the window costs nothing).
     pub fn bytes_read(&self) -> u64 {
         self.read.load(Ordering::Relaxed)
     }
 
+    /// `NoSuchInput` echoes at most a cut prefix of the name ([`crate::ids::shown_name`]):
+    /// the task's string may be up to `MAX_CALL_BYTES` long, and no input has a name over
+    /// `MAX_NAME_LEN` anyway.
     fn key(&self, name: &str) -> Result<&str, InputError> {
         self.names
             .get(name)
             .map(String::as_str)
-            .ok_or_else(|| InputError::NoSuchInput(name.to_owned()))
+            .ok_or_else(|| InputError::NoSuchInput(crate::ids::shown_name(name)))
     }
 
     /// The sha256 of input `name`'s bytes when its key names it (a content-addressed input,
@@ -101,7 +109,8 @@ impl Inputs {
         Ok(out)
     }
 
-    async fn size(&self, name: &str) -> Result<u64, InputError> {
+    /// The size of input `name`'s object (asked of the store once per run).
+    pub async fn size(&self, name: &str) -> Result<u64, InputError> {
         let key = self.key(name)?;
         if let Some(size) = self.state.lock().await.sizes.get(name) {
             return Ok(*size);
@@ -117,10 +126,15 @@ impl Inputs {
     }
 
     /// Up to `len` (at most [`MAX_READ_BYTES`]) bytes of `name` from `offset`; fewer only at
-    /// the end, none at or past it. Served from the window when it covers the range, else a
-    /// new window of `WINDOW_BYTES` (or `len`, if larger) is fetched from `offset`. Total
-    /// for every `offset` and `len` a task can pass: the range is checked against the
-    /// object's size before any arithmetic on it.
+    /// the end, none at or past it. Served from the window when it covers the range, else
+    /// fetched from `offset` into a new window: of `WINDOW_BYTES` (or `len`, if larger) when
+    /// the read starts where the last window of this input ended (a sequential reader),
+    /// else of `len` alone; never past the object's end, nor past what is left of the read
+    /// limit. Every byte fetched counts against the run's limit (`LimitReached` before a
+    /// fetch that would pass it; a read served from the window costs nothing more), so no
+    /// pattern of reads makes the node fetch more than the limit. Total for every `offset`
+    /// and `len` a task can pass: the range is checked against the object's size before any
+    /// arithmetic on it.
     pub async fn read(&self, name: &str, offset: u64, len: u32) -> Result<Vec<u8>, InputError> {
         let key = self.key(name)?.to_owned();
         let size = self.size(name).await?;
@@ -128,18 +142,24 @@ impl Inputs {
             return Ok(Vec::new());
         }
         // Both fit in usize now: `len` is at most MAX_READ_BYTES.
-        let len = (len as usize)
-            .min(MAX_READ_BYTES)
-            .min(usize::try_from(size - offset).unwrap_or(usize::MAX));
-        let total = self.read.load(Ordering::Relaxed).saturating_add(len as u64);
-        if total > self.limit {
-            return Err(InputError::LimitReached(self.limit));
-        }
+        let until_end = usize::try_from(size - offset).unwrap_or(usize::MAX);
+        let len = (len as usize).min(MAX_READ_BYTES).min(until_end);
         let mut st = self.state.lock().await;
         let out = match st.window.as_ref().and_then(|w| w.serve(name, offset, len)) {
             Some(out) => out,
             None => {
-                let want = len.max(WINDOW_BYTES);
+                let left =
+                    usize::try_from(self.limit.saturating_sub(st.fetched)).unwrap_or(usize::MAX);
+                if len > left {
+                    return Err(InputError::LimitReached(self.limit));
+                }
+                let sequential = st.window.as_ref().is_some_and(|w| w.ends_at(name, offset));
+                let ahead = if sequential {
+                    WINDOW_BYTES.min(left)
+                } else {
+                    0
+                };
+                let want = ahead.max(len).min(until_end);
                 let bytes = self
                     .store
                     .get_range(&key, offset, want as u64)
@@ -152,13 +172,14 @@ impl Inputs {
                     bytes,
                     asked: want,
                 };
+                let fetched = window.bytes.len() as u64;
+                st.fetched = st.fetched.saturating_add(fetched);
+                self.read.fetch_add(fetched, Ordering::Relaxed);
                 let out = window.serve(name, offset, len).unwrap_or_default();
                 st.window = Some(window);
                 out
             }
         };
-        drop(st);
-        self.read.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 }
@@ -196,6 +217,11 @@ struct Window {
 }
 
 impl Window {
+    /// Whether this window is of `name` and ends at `offset`.
+    fn ends_at(&self, name: &str, offset: u64) -> bool {
+        self.name == name && self.start.checked_add(self.bytes.len() as u64) == Some(offset)
+    }
+
     /// The bytes of a read of `len` at `offset`, if this window covers it.
     fn serve(&self, name: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
         if self.name != name {
@@ -232,7 +258,70 @@ pub fn window_range(
 
 #[cfg(test)]
 mod tests {
-    use super::window_range;
+    use super::{InputError, Inputs, window_range};
+    use crate::store::any::AnyStore;
+    use crate::store::dir::DirStore;
+    use crate::store::{ObjectStore, Precondition};
+
+    /// Inputs `a` and `b` of `size` bytes each on a directory store, under `limit`.
+    async fn two_inputs(size: usize, limit: u64) -> (tempfile::TempDir, Inputs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = AnyStore::Dir(DirStore::open(tmp.path()).unwrap());
+        let mut names = std::collections::BTreeMap::new();
+        for name in ["a", "b"] {
+            let key = format!("inputs/{name}");
+            store
+                .put(&key, vec![7; size], Precondition::None)
+                .await
+                .unwrap();
+            names.insert(name.parse().unwrap(), key);
+        }
+        (tmp, Inputs::new(store, names, limit))
+    }
+
+    /// Bytes fetched into the window count against the limit, not only bytes returned:
+    /// two sequential reads of each 1 MiB input make the host fetch both whole (2 MiB, the
+    /// limit), so the next read that needs the store is refused though the task got 4
+    /// bytes. (Before the fix it counted the 4 bytes, and alternating reads made every
+    /// call a 4 MiB fetch counted as 1 byte.)
+    #[tokio::test]
+    async fn fetched_bytes_count_against_the_read_limit() {
+        let (_tmp, inputs) = two_inputs(1 << 20, 2 << 20).await;
+        for (name, offset) in [("a", 0), ("a", 1), ("b", 0), ("b", 1)] {
+            assert_eq!(inputs.read(name, offset, 1).await.unwrap(), [7]);
+        }
+        assert_eq!(inputs.bytes_read(), 2 << 20);
+        // Served from the window (b is whole in it): nothing more fetched.
+        assert_eq!(inputs.read("b", 1000, 1).await.unwrap(), [7]);
+        assert_eq!(
+            inputs.read("a", 0, 1).await,
+            Err(InputError::LimitReached(2 << 20))
+        );
+        assert_eq!(inputs.bytes_read(), 2 << 20);
+    }
+
+    /// A read that does not continue the last window fetches only what it returns:
+    /// alternating reads make the node fetch no more than the task gets.
+    #[tokio::test]
+    async fn alternating_reads_fetch_what_they_return() {
+        let (_tmp, inputs) = two_inputs(1 << 20, 1 << 30).await;
+        for i in 0..200 {
+            let name = if i % 2 == 0 { "a" } else { "b" };
+            assert_eq!(inputs.read(name, 0, 1).await.unwrap(), [7]);
+        }
+        assert_eq!(inputs.bytes_read(), 200);
+    }
+
+    /// A name the task made huge is echoed cut, as every name in an error.
+    #[tokio::test]
+    async fn a_huge_unknown_name_makes_a_short_error() {
+        let (_tmp, inputs) = two_inputs(1, 1 << 20).await;
+        let name = "\x01".repeat(1 << 20);
+        let Err(InputError::NoSuchInput(shown)) = inputs.read(&name, 0, 1).await else {
+            panic!("no such input expected");
+        };
+        assert!(shown.len() < 1024, "{} bytes", shown.len());
+    }
 
     #[test]
     fn window_ranges() {

@@ -136,7 +136,7 @@ pub struct JobFiles {
 
 /// Time a run's input and artifact calls spent in the host, the call in progress included:
 /// a slow store's time, which the task's wall-clock limit does not count (a slow store is
-/// never the task's failure).
+/// not the task's failure) up to a credit as long as the limit itself ([`StoreWait::credit`]).
 #[derive(Clone, Debug, Default)]
 pub struct StoreWait(Arc<std::sync::Mutex<(Duration, Option<Instant>)>>);
 
@@ -145,6 +145,14 @@ impl StoreWait {
     pub fn total(&self) -> Duration {
         let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
         st.0 + st.1.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// What the wall-clock limit `limit` adds back for the store: the time so far, at most
+    /// `limit` itself. So a run ends within twice its limit whatever it calls: a task whose
+    /// calls are nearly all store wait (one-byte reads, empty artifacts, in a loop) cannot
+    /// stay forever, and an honest one may wait on a slow store as long as it may run.
+    pub fn credit(&self, limit: Duration) -> Duration {
+        self.total().min(limit)
     }
 
     /// Counts the time until the returned guard is dropped.
@@ -206,6 +214,24 @@ impl JobFiles {
             fence,
             &limits,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::StoreWait;
+
+    /// The store's time is added back up to the limit, never more.
+    #[test]
+    fn the_store_wait_credit_is_at_most_the_limit() {
+        let limit = Duration::from_secs(10);
+        for (waited, credit) in [(0, 0), (4, 4), (10, 10), (11, 10), (1_000_000, 10)] {
+            let wait = StoreWait::default();
+            wait.0.lock().unwrap().0 = Duration::from_secs(waited);
+            assert_eq!(wait.credit(limit), Duration::from_secs(credit), "{waited}");
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-pub use job::{ContextHandle, GraphHandle, NnJob, TensorHandle};
+pub use job::{ContextHandle, CopyCharge, GraphHandle, ModelCharge, NnJob, TensorHandle};
 
 /// Where inference runs: ONNX Runtime's execution provider for every graph of the worker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +70,20 @@ pub const MAX_STOPPED_THREADS: usize = 16;
 /// A graph's estimated host memory is this many times its model's size (the model's bytes
 /// while it loads, then the session's weights and buffers).
 pub const GRAPH_COST_FACTOR: u64 = 2;
+/// The most dimensions a tensor a task makes may have (its rank). ONNX sets no limit, but
+/// no model a task could want comes near it: numpy (1.x) stops at 32, ONNX Runtime's CUDA
+/// kernels at 8. A constructor past it traps the task, before anything is charged or kept.
+pub const MAX_TENSOR_RANK: usize = 32;
+
+/// Bytes of a name the task passed (or a model declares) that a wasi-nn error message
+/// quotes, at most: the rest is cut (`...`). Errors are kept in the task's resource table
+/// until it drops them, so a message never holds a task's text at length.
+pub const MAX_QUOTED_BYTES: usize = 64;
+
+/// Bytes of a wasi-nn error message, at most (ONNX Runtime's own messages may quote the
+/// model): the rest is cut.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// Default [`NnConfig::job_memory`]: 1 GiB.
 pub const DEFAULT_JOB_MEMORY: u64 = 1 << 30;
 /// Default [`NnConfig::worker_memory`]: 4 GiB.
@@ -136,12 +150,26 @@ pub struct NnError {
 }
 
 impl NnError {
+    /// An error of `code` saying `message`, cut to [`MAX_MESSAGE_BYTES`] (between
+    /// characters).
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> NnError {
-        NnError {
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let keep = crate::inert::cut(&message, MAX_MESSAGE_BYTES - 3).len();
+            message.truncate(keep);
+            message.push_str("...");
         }
+        NnError { code, message }
     }
+}
+
+/// `text` (a name the task passed, or one its model declares) as an error message quotes it:
+/// in backquotes, at most [`MAX_QUOTED_BYTES`] of it (`...` when cut), made inert
+/// ([`crate::inert::Inert`]) for the log lines the message may reach.
+pub(crate) fn quoted(text: &str) -> String {
+    let kept = crate::inert::cut(text, MAX_QUOTED_BYTES);
+    let more = if kept.len() < text.len() { "..." } else { "" };
+    format!("`{}{more}`", crate::inert::Inert(kept))
 }
 
 /// Counts of what the worker's graph loads did.
@@ -263,5 +291,28 @@ impl NnService {
             cached: self.cache.len(),
             worker_bytes: self.worker.used(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_quote_a_tasks_text_short_and_inert_and_are_capped() {
+        let long = "n".repeat(1 << 20);
+        let q = quoted(&long);
+        assert_eq!(q, format!("`{}...`", &long[..MAX_QUOTED_BYTES]));
+        assert_eq!(quoted("x"), "`x`");
+        // Cut between characters, escaped: at most 6 bytes shown per byte kept.
+        let hostile = format!("日本{}", "\x1b".repeat(1 << 20));
+        let q = quoted(&hostile);
+        assert!(q.len() <= 6 * MAX_QUOTED_BYTES + 5, "{}", q.len());
+        assert!(q.starts_with("`日本\\u{1b}") && !q.contains('\x1b'), "{q}");
+        let e = NnError::new(ErrorCode::RuntimeError, "é".repeat(1 << 20));
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES, "{}", e.message.len());
+        assert!(e.message.ends_with("é..."));
+        let short = NnError::new(ErrorCode::RuntimeError, "as it is");
+        assert_eq!(short.message, "as it is");
     }
 }

@@ -6,6 +6,8 @@
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
+use super::{MAX_TENSOR_RANK, quoted};
+
 /// A tensor's element type (the WIT `tensor-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElementType {
@@ -94,6 +96,14 @@ impl Bytes {
     }
 }
 
+impl TensorData {
+    /// Host memory the tensor holds, in bytes: its data and its dimensions (what it is
+    /// charged).
+    pub fn held_bytes(&self) -> u64 {
+        (self.data.len() as u64).saturating_add(4 * self.dims.len() as u64)
+    }
+}
+
 impl From<Vec<u8>> for Bytes {
     fn from(v: Vec<u8>) -> Bytes {
         Bytes::Task(v)
@@ -162,18 +172,51 @@ pub fn elements(dims: &[u32]) -> Option<u64> {
         .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
 }
 
+/// Why `t` is no tensor at all (`Err(message)`), else `Ok`: more than [`MAX_TENSOR_RANK`]
+/// dimensions, or data of another length than its dimensions and element type need (checked
+/// arithmetic: dimensions whose product passes `u64` never match). Checked when the task makes
+/// it, before it is charged or kept, and again before ONNX Runtime sees it.
+pub fn check_tensor(t: &TensorData) -> Result<(), String> {
+    if t.dims.len() > MAX_TENSOR_RANK {
+        return Err(format!(
+            "a tensor has at most {MAX_TENSOR_RANK} dimensions, not {}",
+            t.dims.len()
+        ));
+    }
+    let want = elements(&t.dims).and_then(|n| n.checked_mul(t.ty.size()));
+    if want != Some(t.data.len() as u64) {
+        return Err(format!(
+            "a tensor of dimensions {} and type {:?} has {} bytes of data, not {}",
+            shown(&t.dims),
+            t.ty,
+            t.data.len(),
+            want.map_or_else(|| "a number that fits".to_owned(), |n| n.to_string())
+        ));
+    }
+    Ok(())
+}
+
+/// Dimensions shown in a message: the first few, then how many in all (a model may declare
+/// any number).
+fn shown<T: std::fmt::Debug>(dims: &[T]) -> String {
+    const SHOWN: usize = 8;
+    if dims.len() <= SHOWN {
+        format!("{dims:?}")
+    } else {
+        format!("{:?} (first {SHOWN} of {})", &dims[..SHOWN], dims.len())
+    }
+}
+
 /// Why `t` cannot be the graph input `o` (`Err(message)`), else `Ok`.
 pub fn check_input(o: &Outlet, t: &TensorData) -> Result<(), String> {
+    let name = quoted(&o.name);
     let Some(ty) = o.ty else {
-        return Err(format!(
-            "input `{}` has a type the host does not serve",
-            o.name
-        ));
+        return Err(format!("input {name} has a type the host does not serve"));
     };
     if ty != t.ty {
         return Err(format!(
-            "input `{}` takes {ty:?} elements, not {:?}",
-            o.name, t.ty
+            "input {name} takes {ty:?} elements, not {:?}",
+            t.ty
         ));
     }
     let fits = o.dims.len() == t.dims.len()
@@ -183,21 +226,12 @@ pub fn check_input(o: &Outlet, t: &TensorData) -> Result<(), String> {
             .all(|(&want, &got)| want < 0 || want == i64::from(got));
     if !fits {
         return Err(format!(
-            "input `{}` has dimensions {:?} (-1: any), the tensor {:?}",
-            o.name, o.dims, t.dims
+            "input {name} has dimensions {} (-1: any), the tensor {}",
+            shown(&o.dims),
+            shown(&t.dims)
         ));
     }
-    let want = elements(&t.dims).and_then(|n| n.checked_mul(t.ty.size()));
-    if want != Some(t.data.len() as u64) {
-        return Err(format!(
-            "a tensor of dimensions {:?} and type {:?} has {} bytes of data, not {}",
-            t.dims,
-            t.ty,
-            t.data.len(),
-            want.map_or_else(|| "a number that fits".to_owned(), |n| n.to_string())
-        ));
-    }
-    Ok(())
+    check_tensor(t)
 }
 
 /// `data` as elements of `N` little-endian bytes each, in one pass over an exactly sized
@@ -279,21 +313,22 @@ pub fn input_value(t: &TensorData) -> Result<SessionInputValue<'_>, String> {
 /// The output `name` as ONNX Runtime gave it, if its size is at most `room` bytes (an
 /// `Err(TooLarge(bytes))` else). Its bytes stay where ONNX Runtime wrote them.
 pub fn from_value(name: &str, v: DynValue, room: u64) -> Result<TensorData, FromValueError> {
+    let name = quoted(name);
     let ValueType::Tensor { ty, shape, .. } = v.dtype() else {
         return Err(FromValueError::Unsupported(format!(
-            "output `{name}` is not a tensor"
+            "output {name} is not a tensor"
         )));
     };
     let Some(ty) = ElementType::of_onnx(*ty) else {
         return Err(FromValueError::Unsupported(format!(
-            "output `{name}` has elements of type {ty:?}, which the host does not serve"
+            "output {name} has elements of type {ty:?}, which the host does not serve"
         )));
     };
     let dims: Vec<u32> = shape
         .iter()
         .map(|&d| u32::try_from(d))
         .collect::<Result<_, _>>()
-        .map_err(|_| FromValueError::Unsupported(format!("output `{name}` is too large")))?;
+        .map_err(|_| FromValueError::Unsupported(format!("output {name} is too large")))?;
     let size = elements(&dims)
         .and_then(|n| n.checked_mul(ty.size()))
         .unwrap_or(u64::MAX);
@@ -304,7 +339,7 @@ pub fn from_value(name: &str, v: DynValue, room: u64) -> Result<TensorData, From
     // back to nothing): a served type in memory the host can read.
     if output_bytes(&v).map(|b| b.len() as u64) != Some(size) {
         return Err(FromValueError::Unsupported(format!(
-            "output `{name}` ({ty:?}) cannot be read out of ONNX Runtime"
+            "output {name} ({ty:?}) cannot be read out of ONNX Runtime"
         )));
     }
     Ok(TensorData {

@@ -106,13 +106,16 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     /// Starts keeping the lease of `received` (pulled from `subscription` of `queue`),
-    /// extending it by `deadline` each time.
+    /// extending it by `deadline` each time, or by what the server sets when it is asked for
+    /// `deadline` ([`Queue::deadline_set`]: Pub/Sub's at most 600 s), which the lease's end
+    /// is counted with.
     pub fn start(
         queue: Queue,
         subscription: &str,
         received: &Received,
         deadline: Duration,
     ) -> Lease {
+        let deadline = queue.deadline_set(deadline);
         let shared = Arc::new(Shared {
             queue,
             subscription: subscription.to_owned(),

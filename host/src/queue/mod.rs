@@ -352,6 +352,25 @@ impl Queue {
         })
     }
 
+    /// The ack deadlines (seconds) this queue's server accepts, the one rule the worker's
+    /// `ACK_DEADLINE_SECONDS` is checked by: Pub/Sub 10..=600, its emulator and the embedded
+    /// queue 1..=600.
+    pub fn ack_deadlines(&self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            Queue::PubSub(q) => q.ack_deadlines(),
+            Queue::Local(_) => LocalQueue::ack_deadlines(),
+        }
+    }
+
+    /// The deadline [`Queue::modify_ack_deadline`] sets when asked for `deadline` (the
+    /// server's bounds): what a lease counts its end from.
+    pub fn deadline_set(&self, deadline: Duration) -> Duration {
+        match self {
+            Queue::PubSub(q) => q.deadline_set(deadline),
+            Queue::Local(_) => LocalQueue::deadline_set(deadline),
+        }
+    }
+
     /// Leases at most `max` messages of `sub`, each for `ack_deadline`, without waiting: an
     /// empty list when nothing is ready. Every returned message counts a delivery attempt.
     pub async fn pull(

@@ -44,7 +44,7 @@ impl inputs::Host for HostState {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, inputs::InputError> {
-        tracing::trace!(job = %self.job, input = %name, offset, len, "inputs.read");
+        tracing::trace!(job = %self.job, input = %crate::ids::shown_name(&name), offset, len, "inputs.read");
         let _waiting = self.files.store_wait.start();
         self.files
             .inputs

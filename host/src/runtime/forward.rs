@@ -47,7 +47,7 @@ macro_rules! forward_core {
                     log::Level::Warn => L::Warn,
                     log::Level::Error => L::Error,
                 };
-                self.log(level, message)
+                self.log.log(&self.job, level, message)
             }
         }
 

@@ -10,10 +10,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::taskhost::task::{checkpoint, job, log, progress};
-use super::output::{LogPipe, task_event};
-use super::sandbox::{
-    MAX_LOG_BYTES_PER_RUN, MAX_LOG_MESSAGE_BYTES, TaskLimiter, wasi_with_nothing_granted,
-};
+use super::output::{LogBudget, LogPipe};
+use super::sandbox::{MAX_RESOURCES_PER_TASK, TaskLimiter, wasi_with_nothing_granted};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::files::JobFiles;
 use crate::nn::NnJob;
@@ -32,9 +30,8 @@ pub struct HostState {
     pub(super) stderr: LogPipe,
     /// The first progress report of this run (proves where a resumed run started).
     pub(super) first_progress: Option<(u64, u64)>,
-    /// Bytes of `log.write` messages logged in this run, and dropped past the cap.
-    logged: usize,
-    pub(super) log_dropped: u64,
+    /// What `log.write` messages may still log in this run, and the bytes dropped.
+    pub(super) log: LogBudget,
 }
 
 impl HostState {
@@ -49,9 +46,11 @@ impl HostState {
         let stdout = LogPipe::new(job.clone(), "stdout");
         let stderr = LogPipe::new(job.clone(), "stderr");
         let wasi = wasi_with_nothing_granted(stdout, stderr.clone());
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES_PER_TASK);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: TaskLimiter::new(memory_bytes),
             job,
             attempt,
@@ -60,8 +59,7 @@ impl HostState {
             nn,
             stderr,
             first_progress: None,
-            logged: 0,
-            log_dropped: 0,
+            log: LogBudget::default(),
         }
     }
 }
@@ -107,28 +105,7 @@ impl progress::Host for HostState {
 
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) {
-        self.log(level, message)
-    }
-}
-
-impl HostState {
-    pub(super) fn log(&mut self, level: log::Level, mut message: String) {
-        if self.logged >= MAX_LOG_BYTES_PER_RUN {
-            if self.log_dropped == 0 {
-                tracing::warn!(
-                    job = &*self.job,
-                    "the task logged over {MAX_LOG_BYTES_PER_RUN} bytes; dropping the rest"
-                );
-            }
-            self.log_dropped += message.len() as u64;
-            return;
-        }
-        self.logged += message.len();
-        if message.len() > MAX_LOG_MESSAGE_BYTES {
-            message.truncate(crate::inert::cut(&message, MAX_LOG_MESSAGE_BYTES).len());
-            message.push_str("...");
-        }
-        task_event(level, &self.job, "log", &message);
+        self.log.log(&self.job, level, message)
     }
 }
 

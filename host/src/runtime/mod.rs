@@ -184,6 +184,9 @@ pub struct Runtime {
     nn: Arc<crate::nn::NnService>,
 }
 
+/// Most bytes of a host panic's message kept in its [`Outcome::HostPanic`].
+const MAX_PANIC_MESSAGE_BYTES: usize = 2048;
+
 /// The epoch tick of a runtime with [`RuntimeConfig::epoch_interruption`].
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -391,15 +394,15 @@ impl Runtime {
                 task.call_run(&mut *store, input).await
             };
             // The wall-clock limit counts the task's own time: what its input and artifact
-            // calls spent waiting on the store is added back (a slow store is never the
-            // task's failure).
+            // calls spent waiting on the store is added back (a slow store is not the
+            // task's failure), up to the limit itself (`StoreWait::credit`).
             let store_wait = req.files.store_wait.clone();
             let timeout = async move {
                 let Some(limit) = req.limits.timeout else {
                     return std::future::pending().await;
                 };
                 loop {
-                    let deadline = started + limit + store_wait.total();
+                    let deadline = started + limit + store_wait.credit(limit);
                     if Instant::now() >= deadline {
                         return;
                     }
@@ -441,7 +444,11 @@ impl Runtime {
                     classify_trap(&e, state.limiter.memory_hit, stderr.last_line())
                 }
                 End::Panicked(msg) => {
-                    tracing::error!(job = %req.job, panic = %msg, "the host panicked running this task");
+                    // Its message may quote what the task passed (Rust's slicing panics
+                    // quote strings): cut, and shown as task text.
+                    let msg = crate::inert::cut(&msg, MAX_PANIC_MESSAGE_BYTES);
+                    let shown = crate::inert::Inert(msg);
+                    tracing::error!(job = %req.job, panic = %shown, "the host panicked running this task");
                     Outcome::HostPanic(format!("the host panicked running this task: {msg}"))
                 }
                 End::TimedOut => Outcome::Trapped {
@@ -461,7 +468,7 @@ impl Runtime {
             startup,
             startup_cpu,
             elapsed: started.elapsed(),
-            output_dropped: stderr.dropped() + state.log_dropped,
+            output_dropped: stderr.dropped() + state.log.dropped(),
             host_compute: state.nn.compute_time(),
         }
     }

@@ -8,8 +8,11 @@ use wasmtime::component::Resource;
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
 use super::host::HostState;
 use crate::files::InputError;
+use crate::inert::Inert;
 use crate::nn::tensor::{ElementType, TensorData};
-use crate::nn::{ContextHandle, ErrorCode, GraphHandle, NnError, TensorHandle};
+use crate::nn::{
+    ContextHandle, ErrorCode, GraphHandle, ModelCharge, NnError, TensorHandle, quoted,
+};
 
 type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
@@ -45,7 +48,7 @@ impl HostState {
         match r {
             Ok(v) => Ok(Ok(v)),
             Err(e) => {
-                tracing::debug!(job = %self.job, code = ?e.code, error = %e.message, "wasi-nn error");
+                tracing::debug!(job = %self.job, code = ?e.code, error = %Inert(&e.message), "wasi-nn error");
                 Ok(Err(self.table.push(e)?))
             }
         }
@@ -58,31 +61,47 @@ impl HostState {
         }
     }
 
-    /// The whole input `name`, for a model (at most what the job could load).
-    async fn model_input(&mut self, name: &str) -> Result<Vec<u8>, NnError> {
+    /// The whole input `name`, for a model (at most what the job could load), with its
+    /// charges: taken for the size the store gives before any of it is read, so a model the
+    /// job or the worker has no room for is `too-large` without being read.
+    async fn model_input(&mut self, name: &str) -> Result<(Vec<u8>, ModelCharge), NnError> {
         let max = self.nn.max_model_bytes();
         let _waiting = self.files.store_wait.start();
-        self.files
-            .inputs
-            .read_whole(name, max)
+        let inputs = &self.files.inputs;
+        let size = inputs.size(name).await.map_err(|e| input_error(e, max))?;
+        if size > max {
+            return Err(input_error(InputError::LimitReached(size), max));
+        }
+        let charged = self.nn.charge_model(size)?;
+        // At most `size` bytes are read (the size checked is the one the store gave).
+        let bytes = inputs
+            .read_whole(name, size)
             .await
-            .map_err(|e| match e {
-                InputError::NoSuchInput(n) => {
-                    NnError::new(ErrorCode::NotFound, format!("the job has no input `{n}`"))
-                }
-                InputError::Missing(n) => NnError::new(
-                    ErrorCode::NotFound,
-                    format!("the object of input `{n}` does not exist"),
-                ),
-                InputError::LimitReached(size) => NnError::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "the model is {size} bytes, over the {max} bytes the job's wasi-nn \
-                         memory cap allows"
-                    ),
-                ),
-                InputError::Storage(m) => NnError::new(ErrorCode::RuntimeError, m),
-            })
+            .map_err(|e| input_error(e, max))?;
+        Ok((bytes, charged))
+    }
+}
+
+/// The wasi-nn error of a failed read of a model's input (a job whose cap allows models of
+/// `max` bytes). A name is quoted short ([`quoted`]): errors stay in the task's table.
+fn input_error(e: InputError, max: u64) -> NnError {
+    match e {
+        InputError::NoSuchInput(n) => NnError::new(
+            ErrorCode::NotFound,
+            format!("the job has no input {}", quoted(&n)),
+        ),
+        InputError::Missing(n) => NnError::new(
+            ErrorCode::NotFound,
+            format!("the object of input {} does not exist", quoted(&n)),
+        ),
+        InputError::LimitReached(size) => NnError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the model is {size} bytes, over the {max} bytes the job's wasi-nn memory cap \
+                 allows"
+            ),
+        ),
+        InputError::Storage(m) => NnError::new(ErrorCode::RuntimeError, m),
     }
 }
 
@@ -94,7 +113,7 @@ impl graph::Host for HostState {
         _target: graph::ExecutionTarget,
     ) -> NnResult<Resource<GraphHandle>> {
         let r = match (encoding, <[_; 1]>::try_from(builders)) {
-            (graph::GraphEncoding::Onnx, Ok([bytes])) => self.nn.load(bytes, None).await,
+            (graph::GraphEncoding::Onnx, Ok([bytes])) => self.nn.load(bytes, None, None).await,
             (graph::GraphEncoding::Onnx, Err(b)) => Err(NnError::new(
                 ErrorCode::InvalidArgument,
                 format!("an ONNX graph is one builder, not {}", b.len()),
@@ -117,7 +136,7 @@ impl graph::Host for HostState {
             Ok(()) => match named.and_then(|h| self.nn.load_cached(&h)) {
                 Some(hit) => hit,
                 None => match self.model_input(&name).await {
-                    Ok(bytes) => self.nn.load(bytes, named).await,
+                    Ok((bytes, charged)) => self.nn.load(bytes, named, Some(charged)).await,
                     Err(e) => Err(e),
                 },
             },
@@ -198,8 +217,21 @@ impl tensor::HostTensor for HostState {
         Ok(from_element(self.table.get(&this)?.tensor.ty))
     }
 
+    /// The tensor's bytes, copied for the task: refused (a trap: the WIT function cannot
+    /// fail) when they are more than the task's memory limit could ever take, and charged to
+    /// the job and the worker while the copy is made (a trap past either cap).
     fn data(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.table.get(&this)?.tensor.data.as_slice().to_vec())
+        let data = &self.table.get(&this)?.tensor.data;
+        let len = data.len() as u64;
+        let limit = self.limiter.limit() as u64;
+        if len > limit {
+            wasmtime::bail!(
+                "wasi-nn tensor data: {len} bytes, more than the task's memory limit of {limit} \
+                 bytes could take"
+            );
+        }
+        let _copy = self.nn.charge_copy(len).map_err(wasmtime::Error::msg)?;
+        Ok(data.as_slice().to_vec())
     }
 
     fn drop(&mut self, this: Resource<TensorHandle>) -> wasmtime::Result<()> {
@@ -224,11 +256,33 @@ impl errors::HostError for HostState {
     }
 
     fn data(&mut self, this: Resource<NnError>) -> wasmtime::Result<String> {
+        // At most MAX_MESSAGE_BYTES: the copy is small.
         Ok(self.table.get(&this)?.message.clone())
     }
 
     fn drop(&mut self, this: Resource<NnError>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name the task passed is never echoed at length: a wasi-nn error stays in the task's
+    /// resource table until it drops it, so 1 MiB names would keep 1 MiB each.
+    #[test]
+    fn a_tasks_long_input_name_is_quoted_short() {
+        let name = "m".repeat(1 << 20);
+        for e in [
+            InputError::NoSuchInput(name.clone()),
+            InputError::Missing(name.clone()),
+        ] {
+            let e = input_error(e, 1 << 30);
+            assert_eq!(e.code, ErrorCode::NotFound);
+            assert!(e.message.len() < 512, "{} bytes", e.message.len());
+            assert!(e.message.contains("`mmm"), "{}", e.message);
+        }
     }
 }

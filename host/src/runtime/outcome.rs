@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wasmtime::Trap;
 
+use super::sandbox::MAX_RESOURCES_PER_TASK;
 use super::{MAX_CALL_BYTES, SUPPORTED_WORLDS};
 use crate::ids::ModuleHash;
 
@@ -149,6 +150,17 @@ pub(super) fn is_host_fault(e: &wasmtime::Error, memory_hit: bool) -> bool {
     !own
 }
 
+/// Whether `e` is the store's resource table refusing one more entry.
+fn table_full(e: &wasmtime::Error) -> bool {
+    use wasmtime::component::ResourceTableError;
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    })
+}
+
 pub(super) fn classify_trap(
     e: &wasmtime::Error,
     memory_hit: bool,
@@ -174,6 +186,12 @@ pub(super) fn classify_trap(
                 TrapKind::Other,
                 format!(
                     "an import call passed more than {MAX_CALL_BYTES} bytes to the host (MAX_CALL_BYTES)"
+                ),
+            ),
+            _ if table_full(e) => (
+                TrapKind::Other,
+                format!(
+                    "the task held more than {MAX_RESOURCES_PER_TASK} host resources at once (MAX_RESOURCES_PER_TASK)"
                 ),
             ),
             _ => (TrapKind::Other, cause),

@@ -16,7 +16,10 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 use super::bindings::taskhost::task::log::Level;
-use super::sandbox::{MAX_OUTPUT_BYTES_PER_STREAM, MAX_OUTPUT_LINE_BYTES};
+use super::sandbox::{
+    LOG_EVENT_COST, MAX_LOG_BYTES_PER_RUN, MAX_LOG_MESSAGE_BYTES, MAX_OUTPUT_BYTES_PER_STREAM,
+    MAX_OUTPUT_LINE_BYTES,
+};
 use crate::inert::{Inert, cut_bytes};
 
 /// The `tracing` target of the events that carry a task's text (`RUST_LOG` can filter it:
@@ -41,6 +44,48 @@ pub(super) fn task_event(level: Level, job: &str, stream: &str, text: &str) {
         Level::Info => event!(tracing::Level::INFO),
         Level::Warn => event!(tracing::Level::WARN),
         Level::Error => event!(tracing::Level::ERROR),
+    }
+}
+
+/// What a run's `log.write` messages may still put in the log: [`MAX_LOG_BYTES_PER_RUN`],
+/// each event charged its message and [`LOG_EVENT_COST`]; past it messages are counted and
+/// dropped, with one warning.
+#[derive(Debug, Default)]
+pub(super) struct LogBudget {
+    logged: usize,
+    dropped: u64,
+    warned: bool,
+}
+
+impl LogBudget {
+    /// Logs `message` (cut to [`MAX_LOG_MESSAGE_BYTES`]) as `job`'s task text at `level`,
+    /// if the budget allows; else counts it as dropped.
+    pub(super) fn log(&mut self, job: &str, level: Level, mut message: String) {
+        if self.logged >= MAX_LOG_BYTES_PER_RUN {
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    job,
+                    "the task logged over {MAX_LOG_BYTES_PER_RUN} bytes; dropping the rest"
+                );
+            }
+            self.dropped += message.len() as u64;
+            return;
+        }
+        self.logged = self
+            .logged
+            .saturating_add(message.len())
+            .saturating_add(LOG_EVENT_COST);
+        if message.len() > MAX_LOG_MESSAGE_BYTES {
+            message.truncate(crate::inert::cut(&message, MAX_LOG_MESSAGE_BYTES).len());
+            message.push_str("...");
+        }
+        task_event(level, job, "log", &message);
+    }
+
+    /// Bytes of messages dropped.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped
     }
 }
 
@@ -115,7 +160,7 @@ impl LogPipe {
                 l.buf.drain(..end);
                 let size = line.len() as u64 + 1;
                 if l.logged < MAX_OUTPUT_BYTES_PER_STREAM {
-                    l.logged += size;
+                    l.logged += size + LOG_EVENT_COST as u64;
                     task_event(Level::Info, &self.job, self.stream, &line);
                     if l.logged >= MAX_OUTPUT_BYTES_PER_STREAM {
                         tracing::warn!(
@@ -170,7 +215,81 @@ impl AsyncWrite for LogPipe {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
     use super::*;
+
+    /// Counts the events of task text and the others at `WARN`.
+    #[derive(Clone, Default)]
+    struct Count {
+        task: Arc<AtomicUsize>,
+        warnings: Arc<AtomicUsize>,
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            if meta.target() == TASK_TARGET {
+                self.task.fetch_add(1, Ordering::Relaxed);
+            } else if *meta.level() == tracing::Level::WARN {
+                self.warnings.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs `f` with a subscriber that counts; (task events, warnings).
+    fn counted(f: impl FnOnce()) -> (usize, usize) {
+        let count = Count::default();
+        let subscriber = tracing_subscriber::registry().with(count.clone());
+        tracing::subscriber::with_default(subscriber, f);
+        let get = |n: &AtomicUsize| n.load(Ordering::Relaxed);
+        (get(&count.task), get(&count.warnings))
+    }
+
+    /// Empty messages are charged too: a loop of them logs at most cap / 128 + 1 events
+    /// and warns once (before the fix it logged every one, warning on each past the cap
+    /// of the non-empty ones).
+    #[test]
+    fn empty_log_messages_cannot_flood_the_log() {
+        let calls = 4 * MAX_LOG_BYTES_PER_RUN / LOG_EVENT_COST;
+        let (events, warnings) = counted(|| {
+            let mut budget = LogBudget::default();
+            budget.log("j", Level::Info, "x".repeat(100));
+            for _ in 0..calls {
+                budget.log("j", Level::Error, String::new());
+            }
+        });
+        assert!(
+            events <= MAX_LOG_BYTES_PER_RUN / LOG_EVENT_COST + 1,
+            "{events}"
+        );
+        assert!(
+            events > MAX_LOG_BYTES_PER_RUN / LOG_EVENT_COST / 2,
+            "{events}"
+        );
+        assert_eq!(warnings, 1);
+    }
+
+    /// The same for empty lines on stdout.
+    #[test]
+    fn empty_output_lines_cannot_flood_the_log() {
+        let max = MAX_OUTPUT_BYTES_PER_STREAM as usize / (LOG_EVENT_COST + 1) + 1;
+        let (events, warnings) = counted(|| {
+            let p = LogPipe::new("j".into(), "stdout");
+            for _ in 0..4 * max {
+                p.write(b"\n");
+            }
+            assert!(p.dropped() > 0);
+        });
+        assert!(events <= max, "{events}");
+        assert_eq!(warnings, 1);
+    }
 
     #[test]
     fn lines_are_split_bounded_and_counted() {

@@ -46,6 +46,12 @@ pub const MAX_TABLES_PER_TASK: usize = 8;
 /// Most elements of one table: tables hold function references, and 1M entries is far beyond
 /// any sane task. Caveat: counted per table, not against the memory cap.
 pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Most host resources a task holds at once (its store's resource table: WASI streams and
+/// pollables, artifacts, wasi-nn graphs, tensors and errors): each costs the host a table
+/// entry and what it holds, outside the task's memory cap. Far above what a task uses (a
+/// few dozen); past it the call that would make one more traps the task (wasmtime's own
+/// default is 1,000,000, about 150 MB of entries).
+pub const MAX_RESOURCES_PER_TASK: usize = 10_000;
 /// Most bytes of a pooled memory kept resident between two tasks of one slot, where the
 /// kernel has `PAGEMAP_SCAN` (Linux 6.7+): the pages the task wrote, up to this many bytes,
 /// are copied back to the module's initial image instead of being given back to the kernel,
@@ -95,14 +101,18 @@ pub(super) fn cut_task_error(mut text: String) -> String {
 }
 /// Longest `log.write` message kept (bytes); a longer one is cut between characters.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 8192;
-/// Bytes of `log.write` messages kept per run (1 MiB, like each output stream); the rest is
-/// counted and dropped.
+/// Bytes of `log.write` messages kept per run (1 MiB, like each output stream), each event
+/// charged its message and [`LOG_EVENT_COST`]; the rest is counted and dropped.
 pub const MAX_LOG_BYTES_PER_RUN: usize = 1 << 20;
+/// What each event of task text (a `log.write` message, a line of stdout or stderr) is
+/// charged against its cap beyond its own bytes: about what the host's line around it
+/// costs, so empty messages cannot flood the log either (at most cap / 128 events).
+pub const LOG_EVENT_COST: usize = 128;
 /// Longest line of a task's stdout or stderr (bytes); a longer one is split, never inside
 /// a character. It is also what the host buffers per stream.
 pub const MAX_OUTPUT_LINE_BYTES: usize = 4096;
-/// Bytes of each output stream (stdout, stderr) logged per run: 1 MiB; the rest is counted
-/// and dropped. Writes never fail.
+/// Bytes of each output stream (stdout, stderr) logged per run: 1 MiB, each line charged its
+/// bytes and [`LOG_EVENT_COST`]; the rest is counted and dropped. Writes never fail.
 pub const MAX_OUTPUT_BYTES_PER_STREAM: u64 = 1 << 20;
 
 // ---- Time and scheduling -------------------------------------------------------------------
@@ -324,6 +334,11 @@ impl TaskLimiter {
             used: 0,
             memory_hit: false,
         }
+    }
+
+    /// The cap on all the task's memories together, in bytes.
+    pub(super) fn limit(&self) -> usize {
+        self.limit
     }
 }
 

@@ -10,6 +10,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+/// Most bytes of a host fault's message in the log line about it.
+const MAX_HOST_FAULT_SHOWN: usize = 4096;
+
 use super::counting::{Counted, Hold};
 use super::node_record::{self, NodeRecord};
 use super::receive::StorageFailures;
@@ -377,6 +380,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                 Stats::bump(&s.retried);
             }
             JobEnd::HostFault(m) => {
+                // A panic's message may quote what a task passed (Rust's slicing panics quote strings).
+                let m = crate::inert::Inert(crate::inert::cut(m, MAX_HOST_FAULT_SHOWN));
                 tracing::error!(job = %id, error = %m, "host fault (not counted against the job); handing the job back for later");
                 Stats::bump(&s.host_faults);
             }

@@ -15,7 +15,8 @@
 //! `mod.rs`: the configuration, the counters and [`run`] (start, then drain);
 //! `receive/`: the receive loop (the breaker, the idle backoff, pull concurrency);
 //! `handle.rs`: one job from its message to its settlement; `decide.rs`: ack, hand back or
-//! dead-letter; `clock.rs`: the clock check; `node_record/`: the record of running jobs on
+//! dead-letter; `misconfig.rs`: how a misconfiguration is waited for (the startup checks'
+//! and a lane's whose pulls fail for good); `clock.rs`: the clock check; `node_record/`: the record of running jobs on
 //! the node's disk.
 //!
 //! **Invariants:** a message is acked only after its result (or its error, for a
@@ -48,6 +49,7 @@ mod counting;
 mod decide;
 mod handle;
 pub mod heartbeat;
+pub mod misconfig;
 pub mod node_record;
 pub mod receive;
 
@@ -123,6 +125,9 @@ pub struct WorkerConfig {
     /// `HEARTBEAT_SECONDS` and the machine: the heartbeat record ([`heartbeat`]); `None`:
     /// no heartbeat.
     pub heartbeat: Option<heartbeat::HeartbeatConfig>,
+    /// `EXIT_ON_MISCONFIG`: a lane whose pulls fail for good ends [`run`] with the sentence
+    /// (after draining like a shutdown) instead of being waited for ([`misconfig`]).
+    pub exit_on_misconfig: bool,
 }
 
 /// Counters, one per failure class (logged at exit and readable by tests).
@@ -183,8 +188,10 @@ async fn sweep_temporaries(store: crate::store::dir::DirStore) {
     }
 }
 
-/// Runs until `shutdown` is cancelled (then drains as described in the module docs) or the
-/// subscription fails permanently.
+/// Runs until `shutdown` is cancelled (then drains as described in the module docs). A lane
+/// whose pulls fail for good is waited for ([`misconfig`]) while the other lanes are pulled
+/// and the running jobs run on; with `exit_on_misconfig` it ends the run instead (drained the
+/// same way): `Err(the sentence)`.
 pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     queue: Queue,
     executor: Executor<S>,
@@ -279,7 +286,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     );
     let mut jobs = JoinSet::new();
     // What stops the running jobs: the shutdown, or the end of the loop for any reason (a
-    // subscription that failed for good hands its jobs back like a shutdown).
+    // lane that failed for good with `exit_on_misconfig` hands its jobs back like a shutdown).
     let stopping = shutdown.child_token();
     let result = receive::receive(
         &worker,

@@ -277,6 +277,130 @@ async fn a_missing_lane_subscription_is_a_misconfiguration() {
     stop(&mut worker).await;
 }
 
+/// Polls `status` until `id` is done with the sum of `steps` steps (panicking with the
+/// worker's log if it exits or two minutes pass); returns its status.
+async fn wait_done(cli: &CliEnv, id: &str, steps: u64, worker: &mut Proc) -> serde_json::Value {
+    let s = wait_state(cli, id, worker, |s| s["state"] == "done").await;
+    assert_step_result(id, steps, &s);
+    s
+}
+
+/// A lane's subscription deleted under a running worker (a pull that fails for good: the
+/// emulator answers NOT_FOUND) is a misconfiguration of that lane, waited for: the worker
+/// stays up and live, `/readyz` names the subscription, the job running on the other lane
+/// runs on to its end without being stopped (one attempt), the lane below the broken one is
+/// still pulled, and once `setup` recreates the subscription its jobs run. SIGTERM: exit 0.
+/// (The running job is on the lane that stays: a job whose own subscription is deleted loses
+/// its lease at its next extension, which the lease rule stops, and its message is gone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_deleted_under_a_running_worker_is_waited_for_while_the_rest_runs() {
+    let stack = Stack::start("lanes-gone").await;
+    let cli = stack.cli.set("LANES", "urgent,default");
+    cli.run(&["setup"]).await.success();
+    let module = push(&cli).await;
+    let long = ids("long", 1);
+    submit(
+        &cli,
+        &module,
+        "default",
+        &long,
+        r#""steps":60,"step_ms":500"#,
+    )
+    .await;
+    let addr = support::probes::metrics_addr();
+    let mut worker = cli
+        .set("METRICS_ADDR", &addr)
+        .spawn("worker", &["worker", "--slots", "2"]);
+    wait_state(&cli, &long[0], &mut worker, |s| s["state"] == "running").await;
+
+    let urgent_sub = format!("{}-urgent", stack.subscription());
+    let servers = support::stack::servers().await;
+    let deleted = servers
+        .emulator
+        .delete_subscription("e2e-lanes-gone", &urgent_sub);
+    assert!(deleted.contains("200"), "{deleted}");
+    let broken = Instant::now();
+    let (_, body) = support::probes::until(
+        &addr,
+        "/readyz",
+        Duration::from_secs(30),
+        &mut worker,
+        |(code, body)| *code == 503 && body.contains(&urgent_sub),
+    )
+    .await;
+    assert!(body.contains("misconfigured"), "{body}");
+    let live = support::probes::fetch(&addr, "/livez").await;
+    assert_eq!(live.map(|a| a.0), Some(200));
+    // Still running, and the lane below the broken one is still pulled.
+    let s = status(&cli, &long).await;
+    assert_eq!(s[&long[0]]["state"], "running", "{s:#?}");
+    let below = ids("below", 1);
+    submit(&cli, &module, "default", &below, r#""steps":2"#).await;
+    wait_done(&cli, &below[0], 2, &mut worker).await;
+
+    // Fixed: the lane's jobs run again, and the worker is ready.
+    cli.run(&["setup"]).await.success();
+    let urgent = ids("urgent", 1);
+    submit(&cli, &module, "urgent", &urgent, r#""steps":2"#).await;
+    wait_done(&cli, &urgent[0], 2, &mut worker).await;
+    support::probes::until(
+        &addr,
+        "/readyz",
+        Duration::from_secs(30),
+        &mut worker,
+        |(code, _)| *code == 200,
+    )
+    .await;
+    let fixed_after = broken.elapsed();
+    let s = wait_done(&cli, &long[0], 60, &mut worker).await;
+    assert_eq!(s["attempts"], 1, "the long job was stopped: {s:#}");
+    let log = worker.log();
+    assert!(
+        log.contains(&format!(
+            "the misconfiguration is fixed: pulling from `{urgent_sub}` again"
+        )),
+        "{log}"
+    );
+    if fixed_after < Duration::from_secs(55) {
+        // Said once, not once per recheck (the next time would be a minute later).
+        let said = log.matches("cannot pull from the subscription").count();
+        assert_eq!(said, 1, "{log}");
+    }
+    stop(&mut worker).await;
+}
+
+/// With `--exit-on-misconfig`, a subscription deleted under a running worker ends it like a
+/// shutdown, then exits 7 with the sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_deleted_under_a_worker_exits_it_with_exit_on_misconfig() {
+    let stack = Stack::setup("lanes-gone-exit").await;
+    let mut worker = stack
+        .cli
+        .spawn("worker", &["worker", "--exit-on-misconfig"]);
+    worker
+        .wait_for_log("worker started", Duration::from_secs(60))
+        .await;
+    let servers = support::stack::servers().await;
+    let sub = stack.subscription();
+    let deleted = servers
+        .emulator
+        .delete_subscription("e2e-lanes-gone-exit", &sub);
+    assert!(deleted.contains("200"), "{deleted}");
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(7), "{}", worker.log());
+    let log = worker.log();
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        last.contains(&format!("cannot pull from the subscription `{sub}`")),
+        "{log}"
+    );
+    assert!(log.contains("worker stopped"), "not drained: {log}");
+}
+
 /// `job retry` and `dead-letter replay` publish a job again to the lane it was submitted to
 /// (its stored work names it), never to the default lane: a retried job that was never run,
 /// and a job that trapped (MAX_FAILURES=1) and was dead-lettered.

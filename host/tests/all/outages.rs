@@ -481,3 +481,74 @@ async fn a_worker_waits_for_its_default_module_tag() {
     );
     worker.terminate(Duration::from_secs(15)).await;
 }
+
+/// A setting out of range is a misconfiguration like the others (the same on every node): by
+/// default the worker stays up, live and started but not ready (`/readyz` names the setting),
+/// and SIGTERM ends it with 0; with `--exit-on-misconfig` it exits 7 with the sentence. Each
+/// sentence names the setting and its value. Checked before the store, so a worker never
+/// first waits out an outage to exit then (the bucket named here does not even answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_out_of_range_is_waited_for_not_a_crash_loop() {
+    let cli = CliEnv::embedded("bad-setting");
+    let cases = [
+        ("TASK_MEMORY_MB", "8192", "4096 MiB"),
+        ("ACK_DEADLINE_SECONDS", "900", "1..=600"),
+        ("WORKER_SLOTS", "0", "from 1 to"),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "-1", "non-negative"),
+        ("TASK_ARTIFACT_MB", "0", "from 1 byte"),
+        ("TASK_TIMEOUT_SECONDS", "inf", "number of seconds"),
+    ];
+    for (name, value, range) in cases {
+        let out = cli
+            .set(name, value)
+            .run(&["worker", "--exit-on-misconfig"])
+            .await;
+        assert_eq!(out.status.code(), Some(7), "{name}={value}: {out}");
+        let said = format!("{name}={value}");
+        assert!(
+            out.stderr.contains(&said) && out.stderr.contains(range),
+            "{name}={value}: {out}"
+        );
+    }
+    // R2_BUCKET_NAME without the rest: said before the store is asked anything.
+    let out = cli
+        .set("R2_BUCKET_NAME", "a-bucket")
+        .run(&["worker", "--exit-on-misconfig"])
+        .await;
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    assert!(out.stderr.contains("R2_S3_ENDPOINT_URL"), "{out}");
+    // The same code with JSON logs (SaladCloud's), the sentence in the last line.
+    let out = cli
+        .set("WORKER_SLOTS", "0")
+        .set("LOG_FORMAT", "json")
+        .run(&["worker", "--exit-on-misconfig"])
+        .await;
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("WORKER_SLOTS=0"), "{out}");
+
+    for (name, value) in [("TASK_MEMORY_MB", "8192"), ("ACK_DEADLINE_SECONDS", "900")] {
+        let addr = support::probes::metrics_addr();
+        let mut worker = cli
+            .set(name, value)
+            .set("METRICS_ADDR", &addr)
+            .spawn("worker", &["worker"]);
+        let (_, body) = support::probes::until(
+            &addr,
+            "/readyz",
+            Duration::from_secs(30),
+            &mut worker,
+            |(code, body)| *code == 503 && body.contains("misconfigured"),
+        )
+        .await;
+        assert!(body.contains(&format!("{name}={value}")), "{body}");
+        for path in ["/livez", "/startupz"] {
+            let answer = support::probes::fetch(&addr, path).await;
+            assert_eq!(answer.map(|a| a.0), Some(200), "{path}");
+        }
+        worker.assert_running();
+        let status = worker.terminate(Duration::from_secs(15)).await;
+        assert_eq!(status.code(), Some(0), "{}", worker.log());
+        assert_eq!(worker.log().matches(name).count(), 1, "{}", worker.log());
+    }
+}

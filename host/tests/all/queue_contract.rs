@@ -14,7 +14,8 @@ use std::time::Duration;
 use support::pubsub::PubsubEmulator;
 use taskhost::queue::lease::{FIRST_RETRY, Lease};
 use taskhost::queue::{
-    IncomingMessage, LocalQueue, OutgoingMessage, Pubsub, Queue, Received, SubscriptionSettings,
+    IncomingMessage, LocalQueue, MAX_ACK_DEADLINE_SECS, OutgoingMessage, Pubsub, Queue, Received,
+    Stamp, SubscriptionSettings,
 };
 use tokio::time::Instant;
 
@@ -221,6 +222,7 @@ contract!(
     a_pull_leases_at_most_what_it_asks_for,
     a_kept_lease_outlives_several_deadlines_and_its_ack_is_final,
     a_lost_lease_is_noticed,
+    a_lease_asking_past_the_longest_deadline_ends_no_later_than_the_servers,
 );
 
 async fn a_nacked_message_comes_back_at_once_with_the_next_attempt(local: bool) {
@@ -410,6 +412,33 @@ async fn a_lost_lease_is_noticed(local: bool) {
         noticed_at - view.until().instant
     );
     assert!(lease.is_lost());
+}
+
+async fn a_lease_asking_past_the_longest_deadline_ends_no_later_than_the_servers(local: bool) {
+    let s = Setup::new(local, "longest", LONG, 100).await;
+    s.publish(&["one"]).await;
+    let mut got = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    // A lease that ends soon: its first extension is due at once.
+    got[0].leased_until = Stamp::now().plus(Duration::from_secs(5));
+    let lease = Lease::start(s.queue.clone(), SUB, &got[0], Duration::from_secs(900));
+    let mut until = lease.view().until;
+    tokio::time::timeout(Duration::from_secs(5), until.changed())
+        .await
+        .expect("extended within 5 s")
+        .unwrap();
+    let answered = Instant::now();
+    assert!(!lease.is_lost());
+    // Both servers set at most 600 s (Pub/Sub's longest deadline), counted from when they got
+    // the extension, before it was answered: the end recorded is no later than that.
+    let longest = Duration::from_secs(MAX_ACK_DEADLINE_SECS.into());
+    let end = lease.view().until();
+    assert!(
+        end.instant <= answered + longest,
+        "the lease's end is {:?} past the longest deadline the server sets",
+        end.instant - (answered + longest)
+    );
+    assert_eq!(lease.view().deadline, longest);
+    lease.ack().await.unwrap();
 }
 
 /// The ack deadline of the outage case.

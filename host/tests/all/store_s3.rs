@@ -255,6 +255,50 @@ async fn the_clock_is_read_from_the_date_header() {
     assert!(err.is_transient(), "{err}");
 }
 
+/// A ranged read returns at most what was asked; a server that ignores Range (the test
+/// server's `ignore-range/` switch) and answers with more is refused as a clear error
+/// before the body is held, never buffered whole (before the fix a multi-GB input was).
+#[tokio::test]
+async fn an_answer_longer_than_asked_is_refused() {
+    let s3 = S3Server::start().await;
+    let store = s3.store("");
+    let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for key in ["inputs/big", "ignore-range/big"] {
+        store
+            .put(key, bytes.clone(), Precondition::None)
+            .await
+            .unwrap();
+    }
+    // An honest server: exactly the range.
+    let got = store
+        .get_range("inputs/big", 1000, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, bytes[1000..1010]);
+    // One that ignores Range: the whole object is more than asked.
+    let e = error_of(
+        store.get_range("ignore-range/big", 1000, 10).await,
+        ErrorKind::BadRequest,
+        "an unranged answer",
+    );
+    assert!(
+        e.contains("more than the 10 asked") && e.contains("Range"),
+        "{e}"
+    );
+    // Asked for as much as the whole object, or more: that answer is the object.
+    let whole = store
+        .get_range("ignore-range/big", 0, 2 << 20)
+        .await
+        .unwrap();
+    assert_eq!(whole.unwrap(), bytes);
+    let tail = store
+        .get_range("ignore-range/big", (1 << 20) - 5, 2 << 20)
+        .await
+        .unwrap();
+    assert_eq!(tail.unwrap(), bytes[(1 << 20) - 5..]);
+}
+
 #[tokio::test]
 async fn ensure_bucket_creates_once() {
     let s3 = S3Server::start().await; // created BUCKET

@@ -81,7 +81,7 @@ fn victim(seen: &[Seen], ours: &[u32]) -> Option<u32> {
     seen.iter()
         .find_map(|s| {
             let (done, total) = s.progress?;
-            (s.state == JobState::Running && done * 10 >= total && done < total)
+            (s.state == JobState::Running && done.saturating_mul(10) >= total && done < total)
                 .then_some(s.owner_pid)
                 .flatten()
         })
@@ -118,6 +118,17 @@ mod tests {
                 .map(|(j, step)| (j.to_string(), (*step, 300)))
                 .collect(),
         }
+    }
+
+    /// Progress is the task's to report: numbers near `u64::MAX` neither wrap (release) nor
+    /// panic (debug) in the 10% test.
+    #[test]
+    fn huge_progress_does_not_overflow() {
+        let half = u64::MAX / 2;
+        let big = [seen("a", Running, Some((half, u64::MAX)), Some(7))];
+        assert_eq!(victim(&big, &[7]), Some(7));
+        let small = [seen("a", Running, Some((1, u64::MAX)), Some(7))];
+        assert_eq!(victim(&small, &[7]), None);
     }
 
     #[test]

@@ -51,6 +51,16 @@ fn deadline_ms(d: Duration) -> i64 {
 }
 
 impl LocalQueue {
+    /// The ack deadlines (seconds) the local queue accepts: 1..=600.
+    pub fn ack_deadlines() -> std::ops::RangeInclusive<u32> {
+        MIN_LOCAL_ACK_DEADLINE_SECS..=MAX_ACK_DEADLINE_SECS
+    }
+
+    /// The deadline an extension asking for `d` sets: `d`, at most 600 s.
+    pub fn deadline_set(d: Duration) -> Duration {
+        d.min(Duration::from_secs(MAX_ACK_DEADLINE_SECS.into()))
+    }
+
     /// Leases at most `max` ready messages of `sub_id` (oldest message id first), each under
     /// a lease of `ack_deadline` (clamped to 1..=600 s), dead-lettering on the way those that
     /// reached their limit. Does not wait: an empty list when nothing is ready.
@@ -116,7 +126,7 @@ impl LocalQueue {
     ) -> Result<Vec<String>, LocalQueueError> {
         let sub = resource_id("modify ack deadline", "subscriptions", sub_id)?;
         let leased = parse_all("modify ack deadline", &sub, ack_ids)?;
-        let deadline = deadline.min(Duration::from_secs(MAX_ACK_DEADLINE_SECS.into()));
+        let deadline = LocalQueue::deadline_set(deadline);
         let name = sub.clone();
         let lost = self
             .write_with("modify ack deadline", &sub, Durability::Lazy, move |tx| {

@@ -17,14 +17,29 @@ use crate::queue::{IncomingMessage, MAX_ACK_DEADLINE_SECS, Received, Stamp};
 const MAX_ACK_IDS_PER_CALL: usize = 1000;
 
 impl Pubsub {
-    /// The deadline Pub/Sub will accept: 10..=600 s (the emulator takes any from 1 s).
-    fn clamp_deadline(&self, d: Duration) -> u64 {
+    /// The ack deadlines (seconds) this server accepts: Pub/Sub's 10..=600, the emulator's
+    /// 1..=600.
+    pub fn ack_deadlines(&self) -> std::ops::RangeInclusive<u32> {
         let min = if self.emulator {
             1
         } else {
             MIN_ACK_DEADLINE_SECS
         };
-        d.as_secs().clamp(min.into(), MAX_ACK_DEADLINE_SECS.into())
+        min..=MAX_ACK_DEADLINE_SECS
+    }
+
+    /// The deadline a pull or an extension asking for `d` sets: whole seconds within
+    /// [`Pubsub::ack_deadlines`].
+    pub fn deadline_set(&self, d: Duration) -> Duration {
+        let range = self.ack_deadlines();
+        Duration::from_secs(
+            d.as_secs()
+                .clamp((*range.start()).into(), (*range.end()).into()),
+        )
+    }
+
+    fn clamp_deadline(&self, d: Duration) -> u64 {
+        self.deadline_set(d).as_secs()
     }
 
     pub(super) fn remember_deadline(&self, subscription: &str, secs: u64) {

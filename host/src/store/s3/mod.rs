@@ -124,20 +124,55 @@ enum Fetched {
     PastEnd,
 }
 
-/// The body of a GetObject, in one copy (the chunks straight into the vector).
+/// Most bytes a GetObject's body is given room for before they arrive.
+const PREALLOCATE_MAX: u64 = 64 << 20;
+
+/// The body of a GetObject, of at most `max` bytes if given: a longer answer (a server
+/// that ignored `Range` and sent the whole object) is refused as `BadRequest`, from its
+/// `Content-Length` before any of it is read, else as soon as more arrived, so what is
+/// held never passes `max` by more than one chunk.
 async fn body(
     full: &str,
     resp: Box<aws_sdk_s3::operation::get_object::GetObjectOutput>,
+    max: Option<u64>,
 ) -> Result<Vec<u8>, StoreError> {
-    match resp.body.collect().await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(e) => Err(StoreError::new(
+    let too_long = |len: u64, max: u64| {
+        StoreError::new(
+            ErrorKind::BadRequest,
+            anyhow!(
+                "S3 GetObject of `{full}`: the answer is {len} bytes, more than the {max} asked for \
+                 (does the server ignore Range?) [bad request]"
+            ),
+        )
+    };
+    let announced = resp.content_length().map_or(0, |n| n.max(0) as u64);
+    if let Some(max) = max
+        && announced > max
+    {
+        return Err(too_long(announced, max));
+    }
+    let broke_off = |e| {
+        StoreError::new(
             ErrorKind::Transient,
             anyhow::Error::new(e).context(format!(
                 "S3 GetObject of `{full}`: reading the body failed [transient]"
             )),
-        )),
+        )
+    };
+    let mut stream = resp.body;
+    // Room for what was announced, but never more than asked, nor on a header's word alone
+    // more than `PREALLOCATE_MAX`.
+    let room = announced.min(max.unwrap_or(u64::MAX)).min(PREALLOCATE_MAX);
+    let mut out = Vec::with_capacity(room as usize);
+    while let Some(chunk) = stream.try_next().await.map_err(broke_off)? {
+        out.extend_from_slice(&chunk);
+        if let Some(max) = max
+            && out.len() as u64 > max
+        {
+            return Err(too_long(out.len() as u64, max));
+        }
     }
+    Ok(out)
 }
 
 impl S3Store {
@@ -197,7 +232,7 @@ impl ObjectStore for S3Store {
         };
         let etag = etag_of("GetObject", &full, resp.e_tag())?;
         let note = resp.metadata().and_then(|m| m.get(NOTE_METADATA)).cloned();
-        let bytes = body(&full, resp).await?;
+        let bytes = body(&full, resp, None).await?;
         Ok(Some(Object { bytes, etag, note }))
     }
 
@@ -324,12 +359,13 @@ impl ObjectStore for S3Store {
             Fetched::PastEnd => return Ok(Some(Vec::new())),
         };
         let ranged = resp.content_range.is_some();
-        let mut bytes = body(&full, resp).await?;
-        // A server that ignores Range sends the whole object.
+        // More than asked is refused (a server that ignores Range sends the whole object:
+        // a multi-GB input would be held whole); an unranged answer within it is the whole
+        // object, which starts at 0.
+        let mut bytes = body(&full, resp, Some(len)).await?;
         if !ranged && offset > 0 {
             bytes = bytes.get(offset as usize..).unwrap_or_default().to_vec();
         }
-        bytes.truncate(len as usize);
         Ok(Some(bytes))
     }
 

@@ -7,7 +7,9 @@
 //!   written and deleted) until it answers, waiting [`PROBE_BACKOFF`] between probes;
 //! - [`IdleBackoff`]: an empty pull waits [`FIRST_IDLE_WAIT`] (50 ms), doubling up to
 //!   [`MAX_IDLE_WAIT`] (500 ms) while pulls stay empty, and back to the first after work;
-//! - a failing pull waits [`PULL_FAILURE_BACKOFF`] (1 s doubling to 30 s) before the next.
+//! - a pull that fails transiently waits [`PULL_FAILURE_BACKOFF`] (1 s doubling to 30 s)
+//!   before the next; a lane whose pull fails for good is a misconfiguration of that lane
+//!   (`faults.rs`): not pulled until its recheck, the other lanes pulled as usual.
 //!
 //! While pulls return messages, up to [`MAX_CONCURRENT_PULLS`] are in flight (each holding
 //! the slots it asked for: a pull's round trip, not the jobs, bounds short jobs); while they
@@ -15,7 +17,7 @@
 //!
 //! With several lanes, one pull is `pull_lanes`: each lane in order, asked for the slots the
 //! lanes above it left free (docs/design.md, "Priority lanes"); it is empty when every lane
-//! was.
+//! was. A lane that fails for good is passed over; a transient failure ends the round.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::queue::lease::Lease;
 use crate::queue::{QueueError, Received};
 use crate::store::any::AnyStore;
 use crate::store::{ErrorKind, ObjectStore, StoreError};
+use faults::LaneFaults;
 
 /// Wait after the first empty pull; it doubles up to [`MAX_IDLE_WAIT`] while pulls stay empty.
 pub const FIRST_IDLE_WAIT: Duration = Duration::from_millis(50);
@@ -49,6 +52,8 @@ pub const PROBE_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duratio
 /// Waits after a pull that failed transiently (first, longest): 1 s doubling to 30 s.
 pub const PULL_FAILURE_BACKOFF: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(30));
+mod faults;
+
 /// While this node's clock is off, how long before a free slot is looked at again.
 const SKEWED_PAUSE: Duration = Duration::from_secs(1);
 
@@ -265,39 +270,52 @@ impl Breaker {
 }
 
 /// What a pull task hands back: the messages with the index of the lane each came from,
-/// why it stopped early (a lane's pull failed; the messages of the lanes above are kept),
-/// and the slots it held for them.
+/// each lane asked with its answer (`None`: it answered), and the slots it held for them.
 struct Pulled {
     batch: Vec<(usize, Received)>,
-    error: Option<QueueError>,
+    answers: Vec<(usize, Option<QueueError>)>,
     permits: Vec<OwnedSemaphorePermit>,
 }
 
-/// Pulls up to `want` messages from `lanes`, highest first: each lane is asked for what the
-/// lanes above it did not fill, and a lane is not asked once the slots are filled. A failing
-/// pull ends the round (with what the lanes above it gave).
+/// Pulls up to `want` messages from the lanes of `lanes` that `ask` says (by index),
+/// highest first: each lane is asked for what the lanes above it did not fill, and a lane
+/// is not asked once the slots are filled. A lane that fails for good is passed over; a
+/// transient failure ends the round (the queue does not answer: the lanes below would not
+/// either). Returns the messages and each lane's answer.
 async fn pull_lanes(
     queue: &crate::queue::Queue,
     lanes: &Lanes,
+    ask: &[bool],
     want: usize,
     deadline: Duration,
     metrics: &Metrics,
-) -> (Vec<(usize, Received)>, Option<QueueError>) {
+) -> (Vec<(usize, Received)>, Vec<(usize, Option<QueueError>)>) {
     let mut got = Vec::new();
+    let mut answers = Vec::new();
     for (i, lane) in lanes.iter().enumerate() {
         let left = want - got.len();
         if left == 0 {
             break;
         }
+        if !ask.get(i).copied().unwrap_or(true) {
+            continue;
+        }
         match queue.pull(&lane.subscription, left, deadline).await {
             Ok(batch) => {
                 metrics.pulled_from_lane(lane.name.as_str(), batch.len());
                 got.extend(batch.into_iter().map(|r| (i, r)));
+                answers.push((i, None));
             }
-            Err(e) => return (got, Some(e)),
+            Err(e) => {
+                let transient = e.is_transient();
+                answers.push((i, Some(e)));
+                if transient {
+                    break;
+                }
+            }
         }
     }
-    (got, None)
+    (got, answers)
 }
 
 /// What the receive loop needs besides the job context.
@@ -312,8 +330,8 @@ pub(super) struct Loop<'a> {
     pub stopping: &'a CancellationToken,
 }
 
-/// Pulls and starts jobs into `jobs` until `shutdown` (`Ok`) or the subscription fails for
-/// good (`Err`). Pulls still in flight at the end are waited for (at most the shutdown
+/// Pulls and starts jobs into `jobs` until `shutdown` (`Ok`), or with `exit_on_misconfig`
+/// until a lane fails for good (`Err(the sentence)`). Pulls still in flight at the end are waited for (at most the shutdown
 /// timeout) and what they got is handed straight back.
 pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
     worker: &Arc<Worker<S>>,
@@ -329,6 +347,7 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
     let mut release = IdleRelease::default();
     let mut failing = Backoff::new(PULL_FAILURE_BACKOFF);
     let mut pause_until = Instant::now();
+    let mut faults = LaneFaults::new(worker.config.lanes.len(), worker.config.exit_on_misconfig);
     let metrics = Arc::clone(&worker.metrics);
     worker.health(|h| h.set_receiving());
     let result = loop {
@@ -371,17 +390,26 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                     pause_until = Instant::now() + SKEWED_PAUSE;
                     continue;
                 }
+                if let Some(recheck) = faults.all_faulty_until() {
+                    // Every lane is faulty: nothing to pull until the first recheck.
+                    if Instant::now() < recheck {
+                        drop(permits);
+                        pause_until = recheck;
+                        continue;
+                    }
+                }
+                let ask = faults.to_ask(Instant::now());
                 let w = Arc::clone(worker);
                 pulls.spawn(async move {
                     let (queue, config) = (&w.queue, &w.config);
                     let asked = Instant::now();
-                    let (batch, error) = pull_lanes(queue, &config.lanes, permits.len(), config.ack_deadline, &w.metrics).await;
+                    let (batch, answers) = pull_lanes(queue, &config.lanes, &ask, permits.len(), config.ack_deadline, &w.metrics).await;
                     tracing::debug!(messages = batch.len(), pull_us = asked.elapsed().as_micros() as u64, "pulled");
-                    Pulled { batch, error, permits }
+                    Pulled { batch, answers, permits }
                 });
             }
             Some(joined) = pulls.join_next() => {
-                let Pulled { batch, error, permits } = match joined {
+                let Pulled { batch, answers, permits } = match joined {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %e, "a pull failed unexpectedly");
@@ -391,6 +419,27 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                 let got = !batch.is_empty();
                 for ((lane, received), permit) in batch.into_iter().zip(permits) {
                     start_job(worker, lane, received, permit, l.shutdown, l.stopping, jobs).await;
+                }
+                let mut error = None;
+                let mut exit = None;
+                for (lane, answer) in answers {
+                    let subscription = &worker.config.lanes.get(lane).expect("one of the lanes").subscription;
+                    match answer {
+                        None => faults.answered(lane, subscription),
+                        Some(e) if e.is_transient() => error = Some(e),
+                        Some(e) => {
+                            metrics.pulled(PullResult::Error);
+                            metrics.queue_error(e.kind());
+                            if let Err(sentence) = faults.failed(lane, subscription, &e) {
+                                exit = Some(sentence);
+                            }
+                        }
+                    }
+                }
+                let misconfigured = faults.sentence();
+                worker.health(|h| h.set_misconfigured(misconfigured.clone()));
+                if let Some(sentence) = exit {
+                    break Err(anyhow::anyhow!(sentence));
                 }
                 match error {
                     None if !got => {
@@ -418,9 +467,6 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
                         metrics.pulled(PullResult::Error);
                         metrics.queue_error(e.kind());
                         worker.health(|h| h.queue_answered(Err(e.to_string())));
-                        if !e.is_transient() {
-                            break Err(anyhow::Error::new(e).context("the subscription failed"));
-                        }
                         busy_queue = false;
                         let wait = failing.next_wait();
                         tracing::warn!(error = %e, retry_in = ?wait, "cannot pull; taking no jobs until the queue answers");

@@ -5,8 +5,10 @@
 //! job's and the worker's memory caps; the wall-clock limit stopping an inference; host
 //! compute in the job's accounting; a worker SIGKILLed mid-job resumed with the same
 //! predictions (`e2e`); a cached model named by its sha256 not read again, ONNX Runtime
-//! loaded at the first graph load, a wrong library (`loading`).
+//! loaded at the first graph load, a wrong library (`loading`); models and copies charged
+//! before the host makes them (`charges`).
 
+mod charges;
 mod e2e;
 mod inference;
 mod limits;

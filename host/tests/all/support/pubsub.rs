@@ -152,12 +152,23 @@ impl PubsubEmulator {
     /// library's client has no delete: taskhost never deletes a topic). Returns the HTTP
     /// status line.
     pub fn delete_topic(&self, project: &str, topic: &str) -> String {
+        self.delete(&format!("/v1/projects/{project}/topics/{topic}"))
+    }
+
+    /// Deletes subscription `sub` of `project` the same way (taskhost never deletes one
+    /// either). Returns the HTTP status line.
+    pub fn delete_subscription(&self, project: &str, sub: &str) -> String {
+        self.delete(&format!("/v1/projects/{project}/subscriptions/{sub}"))
+    }
+
+    /// `DELETE path` on the emulator's REST interface: the HTTP status line.
+    fn delete(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.host()).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let request = format!(
-            "DELETE /v1/projects/{project}/topics/{topic} HTTP/1.1\r\nHost: {}\r\n\
+            "DELETE {path} HTTP/1.1\r\nHost: {}\r\n\
              Content-Length: 0\r\nConnection: close\r\n\r\n",
             self.host()
         );

@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use super::budget::{Budget, Charge};
 use super::cache::{LoadedGraph, ModelHash};
 use super::engine::RunError;
-use super::tensor::{TensorData, check_input, input_copies};
+use super::tensor::{TensorData, check_input, check_tensor, input_copies};
 use super::thread::{InferenceThread, Panicked};
-use super::{ErrorCode, GRAPH_COST_FACTOR, NnError, NnService};
+use super::{ErrorCode, GRAPH_COST_FACTOR, NnError, NnService, quoted};
 
 /// A graph a task holds: the loaded graph and its cost in the job's budget.
 pub struct GraphHandle {
@@ -31,6 +31,21 @@ pub struct TensorHandle {
     /// Dimensions, type and bytes.
     pub tensor: TensorData,
     charges: (Charge, Charge),
+}
+
+/// The job's and the worker's charges for a model about to be read (its graph's cost, taken
+/// before a byte of it is read): [`NnJob::load`] makes them the graph's own, or gives them
+/// back on an error.
+pub struct ModelCharge {
+    job: Charge,
+    worker: Charge,
+}
+
+/// The job's and the worker's charges for a copy of bytes the host makes for the task (a
+/// tensor's data handed back): held while the copy lives.
+pub struct CopyCharge {
+    _job: Charge,
+    _worker: Charge,
 }
 
 /// One run's inference state.
@@ -168,13 +183,36 @@ impl NnJob {
         ))
     }
 
-    /// A tensor of the task's, charged to the job and the worker; `Err` (a message for the
-    /// trap that ends the run: the WIT constructor cannot fail) past either cap.
+    /// A tensor of the task's, charged to the job and the worker for what it holds (data and
+    /// dimensions); `Err` (a message for the trap that ends the run: the WIT constructor
+    /// cannot fail) past either cap, or when it is no tensor ([`check_tensor`]: too many
+    /// dimensions, data of another length than they need). Nothing is kept on an `Err`.
     pub fn tensor(&self, tensor: TensorData) -> Result<TensorHandle, String> {
+        check_tensor(&tensor).map_err(|m| format!("wasi-nn tensor: {m}"))?;
         let charges = self
-            .charge(tensor.data.len() as u64)
+            .charge(tensor.held_bytes())
             .map_err(|e| format!("wasi-nn tensor: {}", e.message))?;
         Ok(TensorHandle { tensor, charges })
+    }
+
+    /// `bytes` of both budgets for a copy the host makes for the task while a call lasts (a
+    /// tensor's data handed back); `Err` (a message for a trap) past either cap.
+    pub fn charge_copy(&self, bytes: u64) -> Result<CopyCharge, String> {
+        let (job, worker) = self
+            .charge(bytes)
+            .map_err(|e| format!("wasi-nn tensor data: {}", e.message))?;
+        Ok(CopyCharge {
+            _job: job,
+            _worker: worker,
+        })
+    }
+
+    /// The charges for a model of `size` bytes about to be read: its graph's cost
+    /// ([`GRAPH_COST_FACTOR`] × `size`) of the job's and the worker's budgets, taken before any
+    /// of it is read (`too-large` past either cap). Give them to [`NnJob::load`].
+    pub fn charge_model(&self, size: u64) -> Result<ModelCharge, NnError> {
+        let (job, worker) = self.charge(size.saturating_mul(GRAPH_COST_FACTOR))?;
+        Ok(ModelCharge { job, worker })
     }
 
     /// The graph of the model whose sha256 is `hash`, if the worker has it loaded: a load
@@ -199,14 +237,25 @@ impl NnJob {
     /// same model (by sha256) before, else built by ONNX Runtime and cached (the worker's
     /// first build loads ONNX Runtime itself). `expected`: the sha256 the model's key names
     /// (a content-addressed input); bytes of another sha256 are an `invalid-argument` error.
+    /// `charged`: the model's charges when they were taken before it was read
+    /// ([`NnJob::charge_model`]); they become the graph's, or are given back (a cache hit is
+    /// charged the cached graph's cost instead). `None`: the bytes are the task's argument,
+    /// charged once they are known to need a build. The model is hashed on the run's
+    /// inference thread (hundreds of MiB take a good part of a second), never the async one.
     pub async fn load(
         &mut self,
         bytes: Vec<u8>,
         expected: Option<ModelHash>,
+        charged: Option<ModelCharge>,
     ) -> Result<GraphHandle, NnError> {
         self.served()?;
-        let cost = (bytes.len() as u64).saturating_mul(GRAPH_COST_FACTOR);
-        let hash: ModelHash = Sha256::digest(&bytes).into();
+        // The charges stay held while the thread hashes, even past a stopped run.
+        let ((hash, bytes), charged) = self
+            .on_thread_holding(charged, move || {
+                let hash: ModelHash = Sha256::digest(&bytes).into();
+                (hash, bytes)
+            })
+            .await?;
         if expected.is_some_and(|e| e != hash) {
             return Err(NnError::new(
                 ErrorCode::InvalidArgument,
@@ -214,13 +263,20 @@ impl NnJob {
             ));
         }
         if let Some(graph) = self.service.cache.get(&hash) {
+            drop(charged);
             return self.hit(graph);
         }
-        let job = self
-            .budget
-            .charge(cost)
-            .ok_or_else(|| too_large_for_job(self.budget.cap(), cost, self.budget.used()))?;
-        let worker = self.worker_charge(cost)?;
+        let (cost, job, worker) = match charged {
+            // Taken for the size the store gave: at least the bytes read.
+            Some(ModelCharge { job, worker }) => (job.bytes(), job, worker),
+            None => {
+                let cost = (bytes.len() as u64).saturating_mul(GRAPH_COST_FACTOR);
+                let job = self.budget.charge(cost).ok_or_else(|| {
+                    too_large_for_job(self.budget.cap(), cost, self.budget.used())
+                })?;
+                (cost, job, self.worker_charge(cost)?)
+            }
+        };
         let service = self.service.clone();
         // The charges stay held while ONNX Runtime builds, even past a stopped run.
         let (model, (job, worker)) = self
@@ -261,15 +317,20 @@ impl NnJob {
                 .iter()
                 .position(|o| o.name == name)
                 .or_else(|| name.parse::<usize>().ok().filter(|&i| i < declared.len()))
-                .ok_or_else(|| invalid(format!("the graph has no input `{name}`")))?;
+                .ok_or_else(|| invalid(format!("the graph has no input {}", quoted(&name))))?;
             check_input(&declared[i], &t.tensor).map_err(invalid)?;
             if slots[i].replace(t).is_some() {
-                return Err(invalid(format!("input `{}` given twice", declared[i].name)));
+                return Err(invalid(format!(
+                    "input {} given twice",
+                    quoted(&declared[i].name)
+                )));
             }
         }
         let mut tensors = Vec::with_capacity(slots.len());
         for (o, slot) in declared.iter().zip(slots) {
-            tensors.push(slot.ok_or_else(|| invalid(format!("input `{}` is missing", o.name)))?);
+            tensors.push(
+                slot.ok_or_else(|| invalid(format!("input {} is missing", quoted(&o.name))))?,
+            );
         }
         // ONNX Runtime reads the inputs' bytes in place; a copy is made (and held while it
         // runs) only of bytes that cannot be viewed as their elements.
@@ -311,7 +372,7 @@ impl NnJob {
         };
         let mut out = Vec::with_capacity(outputs.len());
         for (name, t) in outputs {
-            let charges = self.charge(t.data.len() as u64)?;
+            let charges = self.charge(t.held_bytes())?;
             out.push((name, TensorHandle { tensor: t, charges }));
         }
         Ok(out)
@@ -349,61 +410,4 @@ impl GraphHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::nn::{MAX_STOPPED_THREADS, NnConfig};
-
-    #[tokio::test]
-    async fn a_stopped_call_holds_its_charges_until_it_ends() {
-        let service = NnService::new(NnConfig::default(), 1);
-        let mut job = service.job();
-        let job_budget = job.budget.clone();
-        let charges = job.charge(100).unwrap();
-        let (release, blocked) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let call = tokio::spawn(async move {
-            job.on_thread_holding(charges, move || {
-                let _ = started_tx.send(());
-                let _ = blocked.recv();
-            })
-            .await
-            .map(|_| ())
-        });
-        started.await.unwrap();
-        // The run stops mid-call: its waiting future and its job are dropped.
-        call.abort();
-        assert!(call.await.unwrap_err().is_cancelled());
-        assert_eq!(
-            service.worker.used(),
-            100,
-            "the worker's bytes held while it runs"
-        );
-        assert_eq!(job_budget.used(), 100, "the job's too");
-        assert_eq!(service.threads.live(), 1, "its thread still running");
-        release.send(()).unwrap();
-        service.threads.wait_live(0);
-        assert_eq!(service.worker.used(), 0, "given back once the call ended");
-        assert_eq!(job_budget.used(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_call_past_the_thread_bound_is_a_runtime_error_for_the_task() {
-        let slots = 2;
-        let service = NnService::new(NnConfig::default(), slots);
-        let held: Vec<_> = (0..slots + MAX_STOPPED_THREADS)
-            .map(|_| service.threads.take().unwrap())
-            .collect();
-        let mut job = service.job();
-        let e = job.on_thread(|| ()).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::RuntimeError);
-        assert!(
-            e.message.contains("inference threads busy"),
-            "{}",
-            e.message
-        );
-        // A thread that ends makes room for the next call.
-        drop(held);
-        service.threads.wait_live(0);
-        assert!(job.on_thread(|| ()).await.is_ok());
-    }
-}
+mod tests;
