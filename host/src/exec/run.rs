@@ -35,7 +35,9 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         shutdown: CancellationToken,
     ) -> RunReport {
         let (job, attempt) = (claimed.job, claimed.attempt);
-        tracing::info!(job = %job, attempt, resumed = claimed.resumed, crashes = claimed.crashed_before, "job started");
+        // The fuel the job's earlier runs were counted with at the claim (this run adds to it).
+        let fuel_before = claimed.checkpointer.header().fuel_used;
+        tracing::info!(job = %job, attempt, resumed = claimed.resumed, crashes = claimed.crashed_before, fuel_before, "job started");
         let stop = CancellationToken::new();
         let watcher = tokio::spawn(stop_on_first(
             stop.clone(),

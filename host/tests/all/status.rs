@@ -297,14 +297,22 @@ async fn heartbeats_show_live_and_dead_workers_and_a_clean_exit_removes_its_own(
         .unwrap();
 
     killed.kill9();
-    let after_kill = wait_workers(&cli, "the killed worker dead", &mut [&mut clean], |w| {
-        w.get(&killed_id).is_some_and(|v| v["live"] == false) && w.len() == 2
-    })
+    // One read that shows the killed worker dead and the running one live (a read taken
+    // while a loaded machine delays the running one's heartbeat may show it late; the
+    // next one shows it live again).
+    wait_workers(
+        &cli,
+        "the killed worker dead, the other live",
+        &mut [&mut clean],
+        |w| {
+            w.len() == 2
+                && w.iter().all(|(id, v)| {
+                    let dead = *id == killed_id;
+                    v["live"] == !dead
+                })
+        },
+    )
     .await;
-    assert!(
-        after_kill.values().any(|v| v["live"] == true),
-        "{after_kill:#?}"
-    );
     let text = cli.run(&["status", "--workers"]).await.success();
     assert!(text.stdout.contains(&format!("{killed_id} dead")), "{text}");
 

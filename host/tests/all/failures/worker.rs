@@ -14,7 +14,7 @@ use taskhost::worker::FIRST_RETRY_DELAY;
 
 use crate::support;
 use support::cli::{CliEnv, Proc};
-use support::stack::{Stack, WORKER_START, job_lines, number_after, stop};
+use support::stack::{Stack, WORKER_START, job_lines, logged_at, number_after, stop};
 
 /// How long a job may take to reach its end in these tests (a module compile, a run, the
 /// dead-letter publish) on a loaded machine.
@@ -153,23 +153,24 @@ async fn a_trapping_task_is_retried_until_max_failures() {
     e.submit(id, r#""mode":"panic""#).await;
     let mut w = e.cli.set("MAX_FAILURES", "2").spawn("worker", &["worker"]);
     w.wait_for_log("task trapped", JOB_END).await;
-    let first_trap = Instant::now();
     let trapped = job_lines(&w.log(), "task trapped", id).join("\n");
     assert_eq!(number_after(&trapped, "failures="), Some(1), "{trapped}");
     assert!(!w.log().contains("dead-lettered"), "{}", w.log());
     wait_for_lines(&mut w, "job started", id, 2).await;
-    let again = first_trap.elapsed();
     w.wait_for_log("dead-lettered", JOB_END).await;
     stop(&mut w).await;
     let log = w.log();
-    // The hand-back waited its retry delay (the embedded queue keeps whole milliseconds; the
-    // trap was seen in the log a moment after it was logged).
+    let traps = job_lines(&log, "task trapped", id);
+    let started = job_lines(&log, "job started", id);
+    // The hand-back waited its retry delay, by the worker's own log times (the nack that
+    // sets it is sent a moment after the trap is logged, so the full delay; a second of
+    // room for the queue's whole milliseconds and the log's stamping).
+    let again = logged_at(started[1]).saturating_sub(logged_at(traps[0]));
     let least = FIRST_RETRY_DELAY - Duration::from_secs(1);
     assert!(
         again >= least,
         "ran again {again:?} after the first trap:\n{log}"
     );
-    let traps = job_lines(&log, "task trapped", id);
     assert_eq!(traps.len(), 2, "{log}");
     assert_eq!(number_after(traps[1], "failures="), Some(2), "{log}");
     let job: JobId = id.parse().unwrap();

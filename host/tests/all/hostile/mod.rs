@@ -116,7 +116,8 @@ async fn a_vanished_upload_is_started_again_not_looped_on() {
             .await
             .unwrap();
         let ex = executor(store.clone(), rt.clone());
-        let input = r#"{"job_id":"gone","inputs":{"data":"inputs/twenty"},"copy":true,"chunk_bytes":1048576,"chunk_ms":20}"#;
+        // 20 chunks, 100 ms apart: about 2 s in which the watcher can see an open upload.
+        let input = r#"{"job_id":"gone","inputs":{"data":"inputs/twenty"},"copy":true,"chunk_bytes":1048576,"chunk_ms":100}"#;
         let inputs = [("data", "inputs/twenty")];
         let job: JobId = "gone".parse().unwrap();
         // The first run stops (as at a shutdown) once its checkpoint records an open upload.
@@ -136,7 +137,17 @@ async fn a_vanished_upload_is_started_again_not_looped_on() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        let (end, open) = tokio::join!(first, watch);
+        // The watcher against the run: a run that ends before an open upload was seen fails
+        // the test here, instead of leaving the watcher waiting for one forever.
+        tokio::pin!(first);
+        let open = tokio::select! {
+            open = watch => open,
+            end = &mut first => panic!(
+                "{kind}: the first run ended ({end:?}) before its checkpoint was seen with an \
+                 open upload"
+            ),
+        };
+        let end = first.await;
         assert_eq!(end, JobEnd::Cancelled, "{kind}");
         // The store forgets the upload.
         let key = "jobs/gone/artifacts/copy.bin";
@@ -454,34 +465,51 @@ async fn a_frozen_store_does_not_run_out_the_tasks_clock() {
     let input =
         r#"{"job_id":"slow","inputs":{"data":"inputs/slow"},"chunk_bytes":1048576,"chunk_ms":50}"#;
     let inputs = [("data", "inputs/slow")];
-    let running = run(
-        &ex,
-        &m,
-        "slow",
-        input,
-        &inputs,
-        live_lease(),
-        CancellationToken::new(),
-    );
+    let ended = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    // The run alone is timed: it ends past its limit only if the freeze held it up.
+    let running = async {
+        let end = run(
+            &ex,
+            &m,
+            "slow",
+            input,
+            &inputs,
+            live_lease(),
+            CancellationToken::new(),
+        )
+        .await;
+        ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        (end, started.elapsed())
+    };
     let freeze = async {
-        while checkpoint::peek(&store, &job).await.unwrap().is_none() {
+        // The reads have begun (the checkpoint records some progress; 15 of the 16 chunks,
+        // 50 ms apart, and the result's write are still to come), then the store is frozen
+        // for longer than the task's 4 s limit.
+        loop {
+            let h = checkpoint::peek(&store, &job).await.unwrap();
+            if h.and_then(|h| h.progress).is_some_and(|(done, _)| done > 0) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Part of the scenario: the reads run a moment (where exactly the freeze lands does
-        // not matter), then the store is frozen for longer than the task's 4 s limit.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !ended.load(std::sync::atomic::Ordering::SeqCst),
+            "the run ended before the store was frozen"
+        );
         s3.freeze(true);
         tokio::time::sleep(Duration::from_secs(5)).await;
         s3.freeze(false);
     };
-    let started = Instant::now();
-    let (end, ()) = tokio::join!(running, freeze);
-    let took = started.elapsed();
+    let ((end, took), ()) = tokio::join!(running, freeze);
     let doc = result_doc(&end);
     assert_eq!(doc["bytes"], bytes.len() as u64);
+    // Frozen while the run went on, the run waited out the freeze (its next store call, at
+    // the latest the result's write, answered only after it): past the task's limit,
+    // which it was not held to.
     assert!(
         took > Duration::from_secs(4),
-        "the store was frozen past the limit: {took:?}"
+        "the run did not outlast its limit ({took:?}): the freeze never held it up"
     );
 }
 

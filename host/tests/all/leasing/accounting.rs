@@ -12,6 +12,11 @@ use super::*;
 /// the resumed run's, and no less than what an uninterrupted run of the same job uses (the
 /// killed run's last write counts at least the steps it saved, which the resumed run does
 /// not redo; fuel per step is deterministic).
+///
+/// The killed run's fuel is the one the resumed run's claim read (its "job started" line's
+/// `fuel_before`), not a read of the checkpoint right after the SIGKILL: a write the killed
+/// worker had already sent can still land after that read (the store may have it stored
+/// before it answers). That read only bounds it from below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_runs_fuel_is_counted_with_the_resumed_runs() {
     let stack = Stack::setup_with("killfuel", LEASE).await;
@@ -38,6 +43,8 @@ async fn a_killed_runs_fuel_is_counted_with_the_resumed_runs() {
         .await
         .unwrap()
         .expect("the killed run's checkpoint");
+    // At least what the killed run had written when it was killed (a write in flight may
+    // still add to it).
     let fuel_killed = header.fuel_used;
     assert!(
         fuel_killed >= seen,
@@ -59,7 +66,16 @@ async fn a_killed_runs_fuel_is_counted_with_the_resumed_runs() {
     let ended = job_lines(&log, "task run ended", &killed);
     assert_eq!(ended.len(), 1, "{log}");
     let fuel_resumed = number_after(ended[0], "fuel=").expect("fuel logged");
-    assert!(log.contains("resumed=true"), "{log}");
+    let started = job_lines(&log, "job started", &killed);
+    assert_eq!(started.len(), 1, "{log}");
+    assert!(started[0].contains("resumed=true"), "{log}");
+    // What the killed run's checkpoint counted when the resumed run claimed it.
+    let fuel_before = number_after(started[0], "fuel_before=").expect("fuel_before logged");
+    assert!(
+        fuel_before >= fuel_killed,
+        "the resumed run inherited less fuel ({fuel_before}) than the killed run's checkpoint \
+         counted after the kill ({fuel_killed})"
+    );
     for id in &ids {
         assert_sum(id, steps, &statuses[id]);
     }
@@ -70,12 +86,12 @@ async fn a_killed_runs_fuel_is_counted_with_the_resumed_runs() {
     };
     let (recorded, uninterrupted) = (total(&killed), total(&whole));
     eprintln!(
-        "killed run {fuel_killed} + resumed run {fuel_resumed} = {recorded}; uninterrupted {uninterrupted}"
+        "killed run {fuel_before} (read after the kill: {fuel_killed}) + resumed run {fuel_resumed} = {recorded}; uninterrupted {uninterrupted}"
     );
     assert_eq!(statuses[&killed]["accounting"]["attempts"], 2);
     assert_eq!(
         recorded,
-        fuel_killed + fuel_resumed,
+        fuel_before + fuel_resumed,
         "every attempt counted once"
     );
     assert!(recorded > fuel_resumed);

@@ -191,7 +191,9 @@ async fn two_processes_never_lease_one_message_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_lease_lapses_while_a_live_ones_holds() {
-    const DEADLINE: Duration = Duration::from_secs(2);
+    // 6 s: the live child extends half a deadline (3 s) before the end, room for a loaded
+    // machine's late extension.
+    const DEADLINE: Duration = Duration::from_secs(6);
     if std::env::var(CHILD_ENV).as_deref() == Ok("hold") {
         // Child: pull one message, keep its lease alive, report it, wait to be killed.
         let q = open(&child_path()).await;
@@ -221,21 +223,63 @@ async fn a_killed_process_lease_lapses_while_a_live_ones_holds() {
         .await
         .unwrap();
     assert_eq!(leased.as_deref(), Some(ids[0].as_str()));
+    let file = rusqlite::Connection::open(q.path()).unwrap();
+    let lease_end = || -> u64 {
+        let ms: i64 = file
+            .query_row(
+                "SELECT visible_at_ms FROM deliveries WHERE message_id = ?1",
+                [ids[0].parse::<i64>().unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        ms as u64
+    };
 
-    // 2.5 deadlines: the live child keeps its lease.
-    let got = q.pull_within("worker", Duration::from_secs(5)).await;
-    assert!(got.is_none(), "the live child's lease lapsed: {got:?}");
-    child.kill();
-    let killed = Instant::now();
-    let again = q.pull_within("worker", Duration::from_secs(6)).await;
-    let again = again.expect("the killed child's message came back");
-    // At most one deadline after the child's last extension, plus a poll.
-    let waited = killed.elapsed();
+    // Past the end of the lease the child pulled under (a second after it, as the file
+    // had it then): the live child extended it, so nobody else gets the message.
+    let first_end = lease_end();
+    while now_ms() < first_end + 1000 {
+        let got = q.pull("worker", 1, LONG).await;
+        assert!(got.is_empty(), "the live child's lease lapsed: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        waited < Duration::from_millis(3500),
-        "back after {waited:?}"
+        lease_end() > first_end,
+        "the live child never extended its lease"
     );
+    child.kill();
+    // The killed child's lease as it left it: the message comes back when it ends, neither
+    // sooner (a pull answered before it must come back empty) nor much later (half a
+    // deadline of room for a loaded machine's pulls; a lease that waited for anything more
+    // than its end, say one more deadline, would be later).
+    let end = lease_end();
+    let again = loop {
+        let got = q.pull("worker", 1, LONG).await.pop();
+        let answered = now_ms();
+        if let Some(r) = got {
+            assert!(
+                answered >= end,
+                "back {} ms before the killed child's lease ended",
+                end - answered
+            );
+            break r;
+        }
+        assert!(
+            answered < end + DEADLINE.as_millis() as u64 / 2,
+            "not back {} ms after the killed child's lease ended",
+            answered - end
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(again.message.message_id, ids[0]);
     assert_eq!(again.message.delivery_attempt, Some(2));
     q.ack("worker", &[again]).await;
+}
+
+/// Now on the wall clock, in ms since the Unix epoch (the queue file's clock).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

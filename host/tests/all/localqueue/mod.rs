@@ -114,18 +114,6 @@ impl Opened {
         lost.unwrap()
     }
 
-    /// The first message of `sub` pulled within `wait` (polling every 50 ms), if any.
-    async fn pull_within(&self, sub: &str, wait: Duration) -> Option<Received> {
-        let started = Instant::now();
-        while started.elapsed() < wait {
-            if let Some(r) = self.pull(sub, 1, LONG).await.pop() {
-                return Some(r);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
     async fn ack(&self, sub: &str, got: &[Received]) {
         self.queue.acknowledge(sub, &ack_ids(got)).await.unwrap();
     }

@@ -395,8 +395,16 @@ async fn host_memory_is_capped_per_job_and_per_worker() {
 /// The wall-clock limit stops an inference mid-run: the run ends at its limit as a timeout,
 /// and ONNX Runtime stops computing; so does a cancelled run (the worker shutting down). The
 /// graph's session is shared through the cache and runs one inference at a time, so a
-/// one-record inference right after starts at once instead of waiting out the rest of the
-/// stopped one: it takes a small part of a whole inference.
+/// one-record inference right after waits for nothing: its time in ONNX Runtime (the job's
+/// host compute, which counts from the call, so it holds no start-up of the run, and holds
+/// the wait for the session that a stopped inference still runs in) is a small
+/// part of a whole inference, where it would be most of one behind an inference that ran on.
+///
+/// Timings taken at different moments under a changing load: a whole inference is timed
+/// twice (before the stopped runs and after them) and the faster is the yardstick, so that a
+/// load that eases between the timings cannot make the limit outlast a whole inference, and
+/// a load that grows cannot make a prompt next inference look slow (it is compared with
+/// half of the faster whole one; a 1/256 inference needs a load far past that to reach it).
 #[tokio::test]
 async fn the_wall_clock_limit_stops_an_inference_mid_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -407,15 +415,24 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
     let m = module(&rt, "nn_probe").await;
     let model = [("model", "m/deep")];
     let input = r#"{"dims":[256,1024]}"#;
-    // Load (and cache) the graph, then time one whole inference.
+    let one_record = r#"{"dims":[1,1024]}"#;
+    // Load (and cache) the graph, then time one whole inference, twice.
     assert_eq!(
         done(run_job(&store, &rt, &m, "load", "{}", &model).await)["stage"],
         "done"
     );
-    let started = Instant::now();
-    let r = done(run_job(&store, &rt, &m, "full", input, &model).await);
-    let full = started.elapsed();
-    assert_eq!(r["stage"], "done", "{r}");
+    let whole = |job: &'static str| {
+        let (store, rt, m) = (store.clone(), rt.clone(), m.clone());
+        async move {
+            let started = Instant::now();
+            let r = done(run_job(&store, &rt, &m, job, input, &model).await);
+            assert_eq!(r["stage"], "done", "{r}");
+            started.elapsed()
+        }
+    };
+    let full = whole("full").await;
+    let full_again = whole("full-again").await;
+    let full = full.min(full_again);
     assert!(
         full >= Duration::from_millis(300),
         "an inference long enough to stop midway: {full:?}"
@@ -452,19 +469,9 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
         "{end:?}"
     );
     let cut = started.elapsed();
-    // One record: 1/256 of the compute. Behind an inference that ran on, it would wait for
-    // the rest of it (about 4/5 of a whole one).
-    let prompt = |after: Duration, stopped: Duration| {
-        assert!(
-            after < full / 2,
-            "the stopped inference went on: the next took {after:?} (one takes {full:?}, the \
-             stopped run {stopped:?})"
-        );
-    };
-    let started = Instant::now();
-    let r = done(run_job(&store, &rt, &m, "after", r#"{"dims":[1,1024]}"#, &model).await);
+    let r = done(run_job(&store, &rt, &m, "after", one_record, &model).await);
     assert_eq!(r["stage"], "done", "{r}");
-    prompt(started.elapsed(), cut);
+    let after = host_compute(&store, "after").await;
 
     // Cancelled a fifth of the way into a whole inference (the stimulus is a timer; what is
     // asserted is that the run ends as cancelled and the inference stops).
@@ -496,18 +503,45 @@ async fn the_wall_clock_limit_stops_an_inference_mid_run() {
     let cancelled = started.elapsed();
     stopper.await.unwrap();
     assert!(matches!(end, JobEnd::Cancelled), "{end:?}");
-    let started = Instant::now();
-    let r = done(
-        run_job(
-            &store,
-            &rt,
-            &m,
-            "after-cancel",
-            r#"{"dims":[1,1024]}"#,
-            &model,
-        )
-        .await,
-    );
+    let r = done(run_job(&store, &rt, &m, "after-cancel", one_record, &model).await);
     assert_eq!(r["stage"], "done", "{r}");
-    prompt(started.elapsed(), cancelled);
+    let after_cancel = host_compute(&store, "after-cancel").await;
+
+    // The yardstick: the faster of the whole inferences timed before and after.
+    let full = full.min(whole("full-last").await);
+    // The figure the checks read counts inference at all (else they would check nothing).
+    let whole_compute = host_compute(&store, "full").await;
+    assert!(
+        whole_compute > Duration::ZERO,
+        "a whole inference counts no host compute"
+    );
+    eprintln!(
+        "a whole inference {full:?} ({whole_compute:?} in ONNX Runtime); after the cut {after:?} (cut run {cut:?}), after the \
+         cancel {after_cancel:?} (cancelled run {cancelled:?})"
+    );
+    // One record: 1/256 of the compute. Behind an inference that ran on, it would wait for
+    // the rest of it (about 4/5 of a whole one).
+    for (after, stopped) in [(after, cut), (after_cancel, cancelled)] {
+        assert!(
+            after < full / 2,
+            "the stopped inference went on: the next spent {after:?} in ONNX Runtime (a whole \
+             one takes {full:?}, the stopped run took {stopped:?})"
+        );
+    }
+}
+
+/// The host compute (time in ONNX Runtime) of done job `job`'s runs, as the accounting note
+/// of its result counts it (whole milliseconds).
+async fn host_compute(store: &taskhost::store::any::AnyStore, job: &str) -> Duration {
+    use taskhost::store::ObjectStore;
+    let result = store
+        .get(&taskhost::keys::result(&job.parse().unwrap()))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{job}: no result"));
+    let note = result
+        .note
+        .unwrap_or_else(|| panic!("{job}: no accounting note"));
+    let usage: taskhost::checkpoint::Usage = serde_json::from_str(&note).unwrap();
+    Duration::from_millis(usage.host_compute_ms)
 }

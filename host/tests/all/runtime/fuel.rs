@@ -159,9 +159,10 @@ async fn a_write_while_the_task_computes_counts_its_fuel_so_far() {
     let job: JobId = "fuel-so-far".parse().unwrap();
     let claimed = claim(&store, &job, "test").await;
     let ckpt = Checkpointer::start(store.clone(), &job, claimed, fast_ckpt(), live_lease());
-    // One chunk: no host call from the start of the computation to its end, hundreds of
-    // millions of units later.
-    let input = r#"{"job_id":"fuel-so-far","n":3000000,"chunk":3000000}"#;
+    // One chunk: no host call from the start of the computation to its end, far later than
+    // the test waits (trial division up to 10^9 takes hours): the run goes on until it is
+    // cancelled, once a write has counted SEEN, however slowly the writes come.
+    let input = r#"{"job_id":"fuel-so-far","n":1000000000,"chunk":1000000000}"#;
     let (limits, cancel) = (JobLimits::default(), CancellationToken::new());
     let run = run_claimed(
         &rt,

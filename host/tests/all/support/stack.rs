@@ -276,6 +276,34 @@ pub fn in_flight<'a>(log: &str, ids: impl IntoIterator<Item = &'a String>) -> Ve
         .collect()
 }
 
+/// When a worker's text log line was logged: its leading RFC 3339 UTC timestamp (e.g.
+/// `2026-12-06T18:01:16.123456Z`), as time since the Unix epoch. Two lines' times compare
+/// what the worker did, not when a test polling its log happened to see it.
+pub fn logged_at(line: &str) -> Duration {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let parse = || -> Option<Duration> {
+        let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+        let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+        let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+        let (h, min, s) = (t.next()??, t.next()??, t.next()??);
+        let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+        // Days since the epoch of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+        Some(Duration::new(
+            days * 86_400 + h * 3600 + min * 60 + s,
+            nanos,
+        ))
+    };
+    parse().unwrap_or_else(|| panic!("no timestamp at the start of {line:?}"))
+}
+
 /// The integer after `prefix` in `line` (e.g. `elapsed_ms=` → 1234).
 pub fn number_after(line: &str, prefix: &str) -> Option<u64> {
     let rest = &line[line.find(prefix)? + prefix.len()..];
