@@ -243,8 +243,40 @@ mod tests {
         }
     }
 
+    /// A global subscriber that takes an interest in every callsite "sometimes" and enables
+    /// nothing. tracing caches each callsite's interest when the callsite is first hit: one
+    /// that a test on another thread hits first, while this test's subscriber is being
+    /// installed, could be cached as "never" and its events never reach the counting
+    /// subscriber (a CI run lost the warning so). With this one among the dispatchers no
+    /// interest is ever "never", and each event asks the thread's own subscriber.
+    struct Sometimes;
+
+    impl tracing::Subscriber for Sometimes {
+        fn register_callsite(
+            &self,
+            _: &'static tracing::Metadata<'static>,
+        ) -> tracing::subscriber::Interest {
+            tracing::subscriber::Interest::sometimes()
+        }
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            false
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
     /// Runs `f` with a subscriber that counts; (task events, warnings).
     fn counted(f: impl FnOnce()) -> (usize, usize) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(Sometimes);
+        });
         let count = Count::default();
         let subscriber = tracing_subscriber::registry().with(count.clone());
         tracing::subscriber::with_default(subscriber, f);
