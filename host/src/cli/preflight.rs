@@ -78,6 +78,26 @@ pub async fn bad_setting(
     Ok(())
 }
 
+/// Connects to the queue (`pubsub`'s settings), waiting as for a misconfiguration while that
+/// fails (an unreadable or unusable credentials file, an emulator address that does not
+/// parse, a queue file that cannot be opened: alike on every node, where an exit would be
+/// a crash loop), retried with the same backoff in case it mends. `Ok(None)`: `shutdown`
+/// came first. `Err(the sentence)`: with `exit_on_misconfig` set.
+pub async fn connect_queue(
+    pubsub: &super::config::PubsubArgs,
+    exit_on_misconfig: bool,
+    health: Option<&Health>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Queue>> {
+    let connect = || async {
+        pubsub
+            .connect()
+            .await
+            .map_err(|e| Problem::Misconfigured(format!("cannot connect to the queue: {e:#}")))
+    };
+    wait_for(connect, exit_on_misconfig, health, shutdown).await
+}
+
 /// Runs `check` until it passes (`Ok(Some(..))`) or `shutdown` comes first (`Ok(None)`),
 /// waiting for what does not answer and for a misconfiguration as [`Misconfig`] says.
 async fn wait_for<T, F, Fut>(

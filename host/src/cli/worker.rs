@@ -214,7 +214,23 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_ADDR={addr}: {e}"))?;
         tracing::info!(address = %bound, "serving /metrics, /livez, /readyz, /startupz");
     }
-    let queue = args.pubsub.connect().await?;
+    let queue = match args.pubsub.connect().await {
+        Ok(queue) => queue,
+        Err(_) => {
+            // Not this node's doing: the startup probe passes (another node would fail
+            // alike), readiness says why; connected once it mends.
+            if let Some(h) = &health {
+                h.set_started();
+            }
+            let exit = args.exit_on_misconfig;
+            let connected =
+                super::preflight::connect_queue(&args.pubsub, exit, health.as_deref(), &shutdown);
+            match connected.await? {
+                Some(queue) => queue,
+                None => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    };
     let settings = match Settings::read(&args, &queue, on_salad) {
         Ok(s) => s,
         Err(sentence) => {

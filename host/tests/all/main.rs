@@ -27,6 +27,7 @@ mod queue_contract;
 mod registry;
 mod runtime;
 mod salad;
+mod settings;
 mod status;
 mod store_contract;
 mod store_s3;
