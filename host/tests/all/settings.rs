@@ -9,7 +9,29 @@ use crate::support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cli::CliEnv;
+use support::cli::{CliEnv, Proc};
+
+/// A worker of `cli` that waits for a misconfiguration: `/readyz` 503 naming it (`says`),
+/// `/livez` and `/startupz` 200, the process up. Returns it and its metrics address.
+async fn waiting_not_ready(cli: &CliEnv, says: &str) -> (Proc, String) {
+    let addr = support::probes::metrics_addr();
+    let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);
+    let (_, body) = support::probes::until(
+        &addr,
+        "/readyz",
+        Duration::from_secs(30),
+        &mut worker,
+        |(code, body)| *code == 503 && body.contains("misconfigured"),
+    )
+    .await;
+    assert!(body.contains(says), "{body}");
+    for path in ["/livez", "/startupz"] {
+        let answer = support::probes::fetch(&addr, path).await;
+        assert_eq!(answer.map(|a| a.0), Some(200), "{path}");
+    }
+    worker.assert_running();
+    (worker, addr)
+}
 
 /// A setting out of range is a misconfiguration like the others (the same on every node): by
 /// default the worker stays up, live and started but not ready (`/readyz` names the setting),
@@ -57,25 +79,8 @@ async fn a_setting_out_of_range_is_waited_for_not_a_crash_loop() {
     assert!(last.contains("WORKER_SLOTS=0"), "{out}");
 
     for (name, value) in [("TASK_MEMORY_MB", "8192"), ("ACK_DEADLINE_SECONDS", "900")] {
-        let addr = support::probes::metrics_addr();
-        let mut worker = cli
-            .set(name, value)
-            .set("METRICS_ADDR", &addr)
-            .spawn("worker", &["worker"]);
-        let (_, body) = support::probes::until(
-            &addr,
-            "/readyz",
-            Duration::from_secs(30),
-            &mut worker,
-            |(code, body)| *code == 503 && body.contains("misconfigured"),
-        )
-        .await;
-        assert!(body.contains(&format!("{name}={value}")), "{body}");
-        for path in ["/livez", "/startupz"] {
-            let answer = support::probes::fetch(&addr, path).await;
-            assert_eq!(answer.map(|a| a.0), Some(200), "{path}");
-        }
-        worker.assert_running();
+        let said = format!("{name}={value}");
+        let (mut worker, _) = waiting_not_ready(&cli.set(name, value), &said).await;
         let status = worker.terminate(Duration::from_secs(15)).await;
         assert_eq!(status.code(), Some(0), "{}", worker.log());
         assert_eq!(worker.log().matches(name).count(), 1, "{}", worker.log());
@@ -117,25 +122,8 @@ async fn a_setting_that_does_not_parse_is_waited_for_not_a_crash_loop() {
     assert_eq!(out.status.code(), Some(2), "{out}");
     assert!(out.stderr.contains("invalid value 'eight'"), "{out}");
 
-    let addr = support::probes::metrics_addr();
-    let mut worker = cli
-        .set("WORKER_SLOTS", "eight")
-        .set("METRICS_ADDR", &addr)
-        .spawn("worker", &["worker"]);
-    let (_, body) = support::probes::until(
-        &addr,
-        "/readyz",
-        Duration::from_secs(30),
-        &mut worker,
-        |(code, body)| *code == 503 && body.contains("misconfigured"),
-    )
-    .await;
-    assert!(body.contains("WORKER_SLOTS=eight"), "{body}");
-    for path in ["/livez", "/startupz"] {
-        let answer = support::probes::fetch(&addr, path).await;
-        assert_eq!(answer.map(|a| a.0), Some(200), "{path}");
-    }
-    worker.assert_running();
+    let slots = cli.set("WORKER_SLOTS", "eight");
+    let (mut worker, _) = waiting_not_ready(&slots, "WORKER_SLOTS=eight").await;
     let status = worker.terminate(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", worker.log());
     assert_eq!(
@@ -166,21 +154,7 @@ async fn a_queue_that_cannot_be_connected_to_is_waited_for() {
     assert_eq!(out.status.code(), Some(7), "{out}");
     assert!(out.stderr.contains("cannot connect to the queue"), "{out}");
 
-    let addr = support::probes::metrics_addr();
-    let mut worker = cli.set("METRICS_ADDR", &addr).spawn("worker", &["worker"]);
-    let (_, body) = support::probes::until(
-        &addr,
-        "/readyz",
-        Duration::from_secs(30),
-        &mut worker,
-        |(code, body)| *code == 503 && body.contains("cannot connect to the queue"),
-    )
-    .await;
-    assert!(body.contains("misconfigured"), "{body}");
-    for path in ["/livez", "/startupz"] {
-        let answer = support::probes::fetch(&addr, path).await;
-        assert_eq!(answer.map(|a| a.0), Some(200), "{path}");
-    }
+    let (mut worker, addr) = waiting_not_ready(&cli, "cannot connect to the queue").await;
     // Mended: the file's directory exists now.
     std::fs::remove_file(&blocker).unwrap();
     std::fs::create_dir(&blocker).unwrap();

@@ -318,10 +318,46 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Listed>> {
         None => root.to_path_buf(),
     };
     let mut out = Vec::new();
-    let mut stack = vec![start];
-    while let Some(dir) = stack.pop() {
+    walk_files(&start, |_, entry, name| {
+        if name.starts_with('.') {
+            return Ok(());
+        }
+        let path = entry.path();
+        let Ok(rel) = path.strip_prefix(root) else {
+            return Ok(());
+        };
+        let key = decode(&rel.to_string_lossy().replace('\\', "/"));
+        if key.starts_with(prefix) {
+            let meta = entry.metadata()?;
+            let modified_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push(Listed {
+                key,
+                size: meta.len(),
+                modified_ms,
+            });
+        }
+        Ok(())
+    })?;
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Calls `visit(dir, entry, name)` for every entry under `start` that is not a directory,
+/// hidden ones (`.`: the store's temporary and note files) included; directories whose
+/// names start with `.` are the store's own (the uploads) and are not walked. A directory
+/// that goes away meanwhile is skipped; names that are not UTF-8 are none of the store's.
+fn walk_files(
+    start: &Path,
+    mut visit: impl FnMut(&Path, &fs::DirEntry, &str) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut dirs = vec![start.to_owned()];
+    while let Some(dir) = dirs.pop() {
         let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
+            Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
@@ -329,32 +365,14 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Listed>> {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else if let Ok(rel) = path.strip_prefix(root) {
-                let key = decode(&rel.to_string_lossy().replace('\\', "/"));
-                if key.starts_with(prefix) {
-                    let meta = entry.metadata()?;
-                    let modified_ms = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_millis() as u64);
-                    out.push(Listed {
-                        key,
-                        size: meta.len(),
-                        modified_ms,
-                    });
-                }
+            if !entry.file_type()?.is_dir() {
+                visit(&dir, &entry, name)?;
+            } else if !name.starts_with('.') {
+                dirs.push(entry.path());
             }
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
+    Ok(())
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::lock::lock_key;
-use super::{DirStore, io_err, join_err};
+use super::{DirStore, io_err, join_err, walk_files};
 use crate::store::StoreError;
 
 /// How old a temporary file must be to be taken as a dead writer's (the compiled-module
@@ -47,32 +47,19 @@ impl DirStore {
 
 fn sweep_blocking(root: &Path, cutoff: SystemTime) -> io::Result<Swept> {
     let mut swept = Swept::default();
-    let mut dirs = vec![root.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+    // The uploads (a hidden directory, not walked) have their own rule.
+    walk_files(root, |dir, entry, name| {
+        let Some(key_name) = temporary_of(name) else {
+            return Ok(());
         };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                // Hidden directories are the store's own (the uploads, with their own rule).
-                if !name.starts_with('.') {
-                    dirs.push(entry.path());
-                }
-            } else if let Some(key_name) = temporary_of(name).filter(|_| kind.is_file()) {
-                let key = dir.join(key_name);
-                if let Some(bytes) = remove_if_older(&entry.path(), &key, root, cutoff)? {
-                    swept.files += 1;
-                    swept.bytes += bytes;
-                }
-            }
+        if entry.file_type()?.is_file()
+            && let Some(bytes) = remove_if_older(&entry.path(), &dir.join(key_name), root, cutoff)?
+        {
+            swept.files += 1;
+            swept.bytes += bytes;
         }
-    }
+        Ok(())
+    })?;
     Ok(swept)
 }
 

@@ -1,9 +1,11 @@
 //! A hostile task or a sick store never takes a worker down or a wrong result up (issue 14):
 //! the `hostile` module calls the imports with the values no honest task passes; the digest
 //! task meets an upload the store lost; a stale owner's result lands late; a frozen store
-//! holds a result write past the ownership proof; a task writes huge buffers.
+//! holds a result write past the ownership proof; a task writes huge buffers (`memory.rs`);
+//! a task pushes past the host's limits (`limits.rs`).
 
 mod limits;
+mod memory;
 
 use crate::support;
 use support::exec::{live_lease, module, run, runtime, stores};
@@ -279,92 +281,6 @@ async fn a_result_write_never_outlives_the_ownership_proof() {
         took < GIVEN_UP_WITHIN,
         "took {took:?}: the write was waited for"
     );
-}
-
-/// The artifacts of the huge-writes run, and the size of each write call.
-const HUGE_ARTIFACTS: u64 = 8;
-const HUGE_CALL: u64 = 64 << 20;
-/// What that run's host may hold at once: the guest's memory (its call buffer), the call's
-/// copy, one part per open artifact, and the process's own (engine, compiled module,
-/// runtime: 64 MiB). Measured with the fixed mmap threshold: about 190 MiB.
-const HUGE_WRITES_HELD: u64 =
-    2 * HUGE_CALL + HUGE_ARTIFACTS * taskhost::files::PART_BYTES as u64 + (64 << 20);
-/// The bound on its peak RSS: halfway from what it may hold to what a host that kept each
-/// artifact's whole call buffer instead of a part would hold (the bug: ~450 MiB more).
-const HUGE_WRITES_RSS_BOUND: u64 =
-    HUGE_WRITES_HELD + HUGE_ARTIFACTS * (HUGE_CALL - taskhost::files::PART_BYTES as u64) / 2;
-
-/// Peak resident memory of a `taskhost run` whose task writes 8 artifacts in 64 MiB calls:
-/// the host holds one part (8 MiB) per open artifact besides the call's own buffer, not a
-/// copy of everything written (before the fix each artifact kept a 64 MiB buffer: ~700 MiB).
-#[test]
-fn huge_artifact_writes_keep_host_memory_bounded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let wasm = support::guests::wasm("hostile");
-    let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
-    let child = std::process::Command::new(support::cli::BIN)
-        .args(["run", wasm.to_str().unwrap(), "--store"])
-        .arg(tmp.path().join("store"))
-        .args([
-            "--memory-mb",
-            "256",
-            "--input",
-            r#"{"job_id":"big","mode":"big_writes","artifacts":8,"call_mb":64,"calls":1}"#,
-        ])
-        .env("TASKHOST_CACHE_DIR", tmp.path().join("cache"))
-        // The binary's Rust heap is mimalloc's (measured: 212 to 216 MiB); these two keep
-        // glibc's malloc, which served it before and still serves C code, from keeping freed
-        // buffers resident by schedule (an arena per thread, and a mmap threshold that rises
-        // with each large buffer freed): a fixed threshold makes every buffer of 128 KiB or
-        // more a mapping of its own, returned when freed, so the peak counts what is held.
-        .env("MALLOC_MMAP_THRESHOLD_", "131072")
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let (status, peak) = wait_with_peak_rss(child);
-    let stderr = std::fs::read_to_string(&err).unwrap();
-    assert_eq!(status, 0, "{stderr}");
-    let stdout = std::fs::read_to_string(&out).unwrap();
-    let doc: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(doc["written"], 8u64 << 26);
-    eprintln!("peak RSS of taskhost run: {} MiB", peak >> 20);
-    assert!(
-        peak < HUGE_WRITES_RSS_BOUND,
-        "peak RSS {} MiB (bound {} MiB)",
-        peak >> 20,
-        HUGE_WRITES_RSS_BOUND >> 20
-    );
-}
-
-/// Waits for `child` and returns its exit status and its peak resident set in bytes, read
-/// from its own `VmHWM` while it runs (its rusage would count this test process's memory:
-/// the child's accounting starts from the forking process's).
-pub(crate) fn wait_with_peak_rss(mut child: std::process::Child) -> (i32, u64) {
-    let status = format!("/proc/{}/status", child.id());
-    let exe = format!("/proc/{}/exe", child.id());
-    let bin = std::fs::canonicalize(support::cli::BIN).unwrap();
-    let mut peak = 0;
-    loop {
-        // Only once it runs the binary: until its exec, the child is a copy of this test
-        // process (or shares its memory), whose size is that of whatever other tests run.
-        let execed = std::fs::read_link(&exe).is_ok_and(|e| e == bin);
-        if let Some(kb) = execed
-            .then(|| std::fs::read_to_string(&status).ok())
-            .flatten()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-        {
-            peak = peak.max(kb * 1024);
-        }
-        if let Some(exit) = child.try_wait().unwrap() {
-            return (exit.code().unwrap_or(-1), peak);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A job that takes down every worker it lands on (here: SIGKILLed as soon as it starts,

@@ -135,7 +135,7 @@ fn tensors_of_a_huge_rank_trap_and_keep_host_memory_bounded() {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let (status, peak) = crate::hostile::wait_with_peak_rss(child);
+    let (status, peak) = crate::support::cli::wait_with_peak_rss(child);
     eprintln!("peak RSS of taskhost run: {} MiB", peak >> 20);
     let stderr = std::fs::read_to_string(&err).unwrap();
     let stdout = std::fs::read_to_string(&out).unwrap();

@@ -410,3 +410,32 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Waits for `child` and returns its exit status and its peak resident set in bytes, read
+/// from its own `VmHWM` while it runs (its rusage would count this test process's memory:
+/// the child's accounting starts from the forking process's).
+pub fn wait_with_peak_rss(mut child: std::process::Child) -> (i32, u64) {
+    let status = format!("/proc/{}/status", child.id());
+    let exe = format!("/proc/{}/exe", child.id());
+    let bin = std::fs::canonicalize(BIN).unwrap();
+    let mut peak = 0;
+    loop {
+        // Only once it runs the binary: until its exec, the child is a copy of this test
+        // process (or shares its memory), whose size is that of whatever other tests run.
+        let execed = std::fs::read_link(&exe).is_ok_and(|e| e == bin);
+        if let Some(kb) = execed
+            .then(|| std::fs::read_to_string(&status).ok())
+            .flatten()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+        {
+            peak = peak.max(kb * 1024);
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            return (exit.code().unwrap_or(-1), peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
