@@ -9,6 +9,19 @@ helper host/tests/all/support/s3.rs starts one per test and waits for `GET /_tas
 
 What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
 
+* Its own small HTTP/1.1 front end (class Connection below), instead of werkzeug's dev
+  server that moto_server uses: one thread per connection, keep-alive (a client's
+  connection serves request after request, as R2's does), the whole request body read before
+  the app is called, the response sent in one write with its Content-Length. werkzeug's dev
+  server answers every request with `Connection: close` and then waits 10 ms for stray body
+  bytes, so each request cost a new TCP connection and a new thread: about a third of this
+  server's CPU (tests/bench/s3_server.py measures it). The WSGI environ moto gets is the
+  one werkzeug and moto's MotoRequestHandler build (the same keys, the path unquoted the
+  same way, S3 metadata headers with underscores kept for moto under their own spelling,
+  other underscored headers dropped), so moto's Flask app behaves as under moto_server. An
+  `Expect: 100-continue` is answered with `100 Continue`; a chunked request body is read to
+  its end; an app that raises gets werkzeug's 500 page and the connection is closed.
+
 * One request at a time. A global lock is held while moto handles a request, from the
   moment its body has been read until its response body has been produced (the response
   is sent after the lock is let go: a write the server has stored, and another client has
@@ -53,12 +66,23 @@ Nothing else is changed: every S3 behaviour the tests see is moto's.
 import hashlib
 import hmac
 import io
-import logging
 import os
 import re
+import socket
+import socketserver
 import sys
 import threading
-from urllib.parse import quote, unquote
+import time
+import traceback
+from email.utils import formatdate
+from urllib.parse import quote, unquote, urlsplit
+
+from moto.core.request import (
+    PRESERVED_HEADER_NAMES_ENVIRON_KEY,
+    environ_key_for_header,
+    should_preserve_original_header_name,
+)
+from werkzeug.exceptions import InternalServerError
 
 ACCESS_KEY_ID = os.environ.get("S3_TEST_ACCESS_KEY_ID", "taskhost-test")
 SECRET_ACCESS_KEY = os.environ.get("S3_TEST_SECRET_ACCESS_KEY", "taskhost-test-secret")
@@ -70,6 +94,11 @@ READ_METHODS = ("GET", "HEAD")
 HEALTH_PATH = "/_taskhost/health"
 # A GET of a key under such a segment is answered as if it had no Range header.
 IGNORE_RANGE_SEGMENT = "/ignore-range/"
+
+# The front end's limits (those of Python's http.server) and its Server header.
+MAX_LINE = 65536
+MAX_HEADERS = 100
+SERVER_VERSION = "taskhost-s3-test-server Python/" + sys.version.split()[0]
 
 AUTH_RE = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*"
@@ -216,8 +245,11 @@ class OneAtATime:
 
     def handle(self, environ, start_response):
         # Read the whole body outside the lock: a slow client must not hold up the others.
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
+        if environ.get("wsgi.input_terminated"):  # a chunked body: read to its end
+            body = environ["wsgi.input"].read()
+        else:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
 
         failure = check_signature(environ, body)
@@ -247,6 +279,254 @@ class OneAtATime:
         return chunks
 
 
+# ---------------------------------------------------------------------------------------------
+# The HTTP/1.1 front end
+
+
+class BadRequest(Exception):
+    """A request this front end cannot parse: answered with STATUS, then the connection closes."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class Connection(socketserver.BaseRequestHandler):
+    """One client connection, in its own thread: requests are read and answered in turn
+    until the client closes it or asks to (keep-alive, as HTTP/1.1 has by default).
+
+    The WSGI environ is the one werkzeug's dev server with moto's MotoRequestHandler builds
+    (same keys, the path unquoted as werkzeug does, headers with an underscore in their name
+    dropped except S3 metadata ones, which keep their spelling for moto), except that the
+    body is read whole before the app is called (`wsgi.input` is a BytesIO of it)."""
+
+    def setup(self):
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.request.makefile("rb", buffering=65536)
+
+    def finish(self):
+        self.rfile.close()
+
+    def handle(self):
+        try:
+            while self.handle_one():
+                pass
+        except BadRequest as e:
+            self.send(e.status, [("Content-Type", "text/plain")], e.status.encode(), "GET", True)
+        except OSError:  # the client went away (reset, broken pipe, a short body)
+            pass
+
+    def readline(self):
+        line = self.rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise BadRequest("431 Request Header Fields Too Large")
+        return line
+
+    def handle_one(self):
+        """Reads and answers one request; returns whether the connection stays open."""
+        line = self.readline()
+        while line in (b"\r\n", b"\n"):  # empty lines before a request line are allowed
+            line = self.readline()
+        if not line:
+            return False
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise BadRequest("400 Bad Request")
+        method, target, version = parts
+
+        headers = []  # (name, value) as sent, in order
+        while True:
+            line = self.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if len(headers) >= MAX_HEADERS:
+                raise BadRequest("431 Request Header Fields Too Large")
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text[0] in " \t" and headers:  # an obsolete folded continuation line
+                headers[-1] = (headers[-1][0], headers[-1][1] + text)
+                continue
+            name, sep, value = text.partition(":")
+            if not sep or not name or name != name.strip():
+                raise BadRequest("400 Bad Request")
+            headers.append((name, value.lstrip(" \t")))
+
+        environ = self.make_environ(method, target, version, headers)
+        connection = environ.get("HTTP_CONNECTION", "").lower()
+        close = version == "HTTP/1.0" or "close" in connection
+
+        # The body, read whole (outside the server's lock: the app is not called yet).
+        te = environ.get("HTTP_TRANSFER_ENCODING", "")
+        chunked = "chunked" in [t.strip().lower() for t in te.split(",")] if te else False
+        length = environ.get("CONTENT_LENGTH")
+        if chunked or length:
+            if (
+                environ.get("HTTP_EXPECT", "").lower().strip(" \t") == "100-continue"
+                and version == "HTTP/1.1"
+            ):
+                self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if chunked:
+            body = self.read_chunked()
+            environ["wsgi.input_terminated"] = True
+        elif length:
+            if not length.isdigit():
+                raise BadRequest("400 Bad Request")
+            body = self.rfile.read(int(length))
+            if len(body) != int(length):
+                return False  # the client went away mid-body
+        else:
+            body = b""
+        environ["wsgi.input"] = io.BytesIO(body)
+
+        status, response_headers, chunks, failed = self.call_app(environ)
+        close = close or failed
+        self.send(status, response_headers, b"".join(chunks), method, close)
+        return not close
+
+    def read_chunked(self):
+        body = []
+        while True:
+            size_line = self.readline()
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BadRequest("400 Bad Request") from None
+            if size < 0:
+                raise BadRequest("400 Bad Request")
+            if size == 0:
+                while self.readline() not in (b"\r\n", b"\n", b""):  # trailers, ignored
+                    pass
+                return b"".join(body)
+            chunk = self.rfile.read(size)
+            if len(chunk) != size or self.readline() not in (b"\r\n", b"\n"):
+                raise OSError("short or badly terminated chunk")
+            body.append(chunk)
+
+    def make_environ(self, method, target, version, headers):
+        url = urlsplit(target)
+        # As werkzeug: a target starting with two slashes has its first segment parsed as a
+        # host; it is part of the path.
+        path_info = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path
+        server = self.server
+        environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "SERVER_SOFTWARE": SERVER_VERSION,
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote(path_info).encode().decode("latin-1"),
+            "QUERY_STRING": url.query.encode().decode("latin-1"),
+            "REQUEST_URI": target,
+            "RAW_URI": target,
+            "REMOTE_ADDR": self.client_address[0],
+            "REMOTE_PORT": self.client_address[1],
+            "SERVER_NAME": server.server_address[0],
+            "SERVER_PORT": str(server.server_address[1]),
+            "SERVER_PROTOCOL": version,
+        }
+        # As werkzeug's WSGIRequestHandler: no header with an underscore in its name (X_Foo
+        # could spoof X-Foo), repeated headers joined with commas.
+        for name, value in headers:
+            if "_" in name:
+                continue
+            key = name.upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+                if key in environ:
+                    value = f"{environ[key]},{value}"
+            environ[key] = value
+        if url.scheme and url.netloc:
+            environ["HTTP_HOST"] = url.netloc
+        # As moto's MotoRequestHandler: S3 metadata headers with underscores are kept, under
+        # their own spelling, unless a dashed header has the same environ key.
+        names = {}
+        underscored = [(n, v) for n, v in headers if "_" in n]
+        if underscored:
+            dashed = {environ_key_for_header(n) for n, _ in headers if "_" not in n}
+            values = {}
+            for name, value in underscored:
+                if not should_preserve_original_header_name(name):
+                    continue
+                key = environ_key_for_header(name)
+                if key in dashed:
+                    continue
+                names.setdefault(key, name)
+                values.setdefault(key, []).append(value)
+            for key, key_values in values.items():
+                environ[key] = ",".join(key_values)
+        environ[PRESERVED_HEADER_NAMES_ENVIRON_KEY] = names
+        return environ
+
+    def call_app(self, environ):
+        """Returns (status, headers, body chunks, whether the app raised). An app that raises
+        is answered as werkzeug's server answers it: its traceback on stderr, werkzeug's 500
+        page."""
+        captured = {}
+
+        def start_response(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return captured.setdefault("written", []).append
+
+        def run(app):
+            result = app(environ, start_response)
+            try:
+                chunks = captured.get("written", []) + [bytes(c) for c in result]
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            return captured["status"], captured["headers"], chunks
+
+        try:
+            return (*run(self.server.app), False)
+        except Exception:
+            traceback.print_exc()
+            captured.clear()
+            return (*run(InternalServerError()), True)
+
+    def send(self, status, headers, body, method, close):
+        code = int(status.split(None, 1)[0])
+        lines = [f"HTTP/1.1 {status}", f"Server: {SERVER_VERSION}", f"Date: {http_date()}"]
+        has_length = False
+        for name, value in headers:
+            lines.append(f"{name}: {value}")
+            has_length = has_length or name.lower() == "content-length"
+        # No body after HEAD, 1xx, 204 and 304 (their Content-Length, if any, is the app's).
+        if method == "HEAD" or code < 200 or code in (204, 304):
+            body = b""
+        elif not has_length:
+            lines.append(f"Content-Length: {len(body)}")
+        if close:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        self.request.sendall("\r\n".join(lines).encode("latin-1") + body)
+
+
+_date_cache = [0, ""]
+
+
+def http_date():
+    """The Date header's value (RFC 7231), recomputed once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, formatdate(now, usegmt=True)]
+    return _date_cache[1]
+
+
+class Server(socketserver.ThreadingTCPServer):
+    """A thread per connection (the threads are daemons: killing the server ends them)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, port, app):
+        self.app = app
+        super().__init__(("127.0.0.1", port), Connection)
+
+
 def main():
     args = sys.argv[1:]
     request_log = None
@@ -258,14 +538,10 @@ def main():
         sys.exit(2)
     port = int(args[0])
 
-    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
+    from moto.moto_server.werkzeug_app import create_backend_app
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = OneAtATime(create_backend_app("s3"), request_log)
-    server = make_server(
-        "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
-    )
+    server = Server(port, app)
     print(f"taskhost S3 test server (moto) on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     server.serve_forever()
 
