@@ -312,7 +312,11 @@ class Connection(socketserver.BaseRequestHandler):
             while self.handle_one():
                 pass
         except BadRequest as e:
-            self.send(e.status, [("Content-Type", "text/plain")], e.status.encode(), "GET", True)
+            headers = [("Content-Type", "text/plain")]
+            try:
+                self.send(e.status, headers, e.status.encode(), "GET", True)
+            except OSError:
+                pass
         except OSError:  # the client went away (reset, broken pipe, a short body)
             pass
 
@@ -342,6 +346,8 @@ class Connection(socketserver.BaseRequestHandler):
             if len(headers) >= MAX_HEADERS:
                 raise BadRequest("431 Request Header Fields Too Large")
             text = line.decode("latin-1").rstrip("\r\n")
+            if not text:
+                raise BadRequest("400 Bad Request")
             if text[0] in " \t" and headers:  # an obsolete folded continuation line
                 headers[-1] = (headers[-1][0], headers[-1][1] + text)
                 continue
@@ -504,15 +510,16 @@ class Connection(socketserver.BaseRequestHandler):
         self.request.sendall("\r\n".join(lines).encode("latin-1") + body)
 
 
-_date_cache = [0, ""]
+_date = (0, "")  # (second, the Date header's value then)
 
 
 def http_date():
-    """The Date header's value (RFC 7231), recomputed once a second."""
+    """The Date header's value (RFC 7231), formatted once a second."""
+    global _date
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[:] = [now, formatdate(now, usegmt=True)]
-    return _date_cache[1]
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True))
+    return _date[1]
 
 
 class Server(socketserver.ThreadingTCPServer):
