@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import time
+from datetime import datetime, timezone
 
 import boto3
 from botocore.config import Config
@@ -38,7 +39,9 @@ RPC_TIMEOUT = 30  # seconds, for every Pub/Sub call
 
 
 def log(msg):
-    print(f"{time.strftime('%H:%M:%S')} guide_worker[{os.getpid()}] {msg}", flush=True)
+    # RFC 3339 UTC with microseconds, as taskhost's lines (churn.py reads the `done` lines' time).
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    print(f"{stamp} guide_worker[{os.getpid()}] {msg}", flush=True)
 
 
 def heartbeat(subscriber, sub_path, ack_id, stop):

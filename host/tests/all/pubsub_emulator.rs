@@ -231,6 +231,82 @@ async fn thirty_messages_are_pulled_at_most_four_at_a_time_and_acked_for_good() 
     }
 }
 
+/// Acks made at once, one per message as the worker's jobs make them, go out in a few
+/// `Acknowledge` calls (each waits for the call in flight and goes with the next), and every
+/// one of them holds: nothing comes back. An ack on a subscription that is gone is an error
+/// for each of its callers, and the next ack is sent again (no group is left without a sender).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_made_at_once_share_calls_and_every_one_holds() {
+    const LEASE: Duration = Duration::from_secs(3);
+    const N: usize = 200;
+    let emulator = PubsubEmulator::start();
+    let pubsub = connect(&emulator).await;
+    topic_with_worker(&pubsub, "grouped").await;
+    pubsub
+        .publish("grouped", (0..N).map(job).collect())
+        .await
+        .unwrap();
+    let mut pulled = Vec::new();
+    let started = Instant::now();
+    while pulled.len() < N {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} pulled",
+            pulled.len()
+        );
+        pulled.extend(pubsub.pull("grouped-worker", N, LEASE).await.unwrap());
+    }
+
+    let calls_before = pubsub.acknowledge_calls();
+    let acks: Vec<_> = pulled
+        .iter()
+        .map(|r| {
+            let (pubsub, id) = (pubsub.clone(), r.ack_id.clone());
+            tokio::spawn(async move { pubsub.acknowledge("grouped-worker", &[id]).await })
+        })
+        .collect();
+    for ack in acks {
+        ack.await.unwrap().expect("every ack goes through");
+    }
+    let calls = pubsub.acknowledge_calls() - calls_before;
+    // At most one call per ack, whatever the schedule; 200 acks started together share
+    // calls (each waits while one is in flight), so far fewer are made.
+    assert!((1..=N as u64).contains(&calls), "{calls} calls");
+    assert!(
+        calls < N as u64 / 4,
+        "{N} acks made at once took {calls} calls"
+    );
+
+    let quiet_until = Instant::now() + LEASE * 2;
+    while Instant::now() < quiet_until {
+        let back = pubsub.pull("grouped-worker", N, LEASE).await.unwrap();
+        assert!(back.is_empty(), "{} acked messages came back", back.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A subscription that is gone: every caller of the grouped call hears the error.
+    pubsub.publish("grouped", vec![job(0)]).await.unwrap();
+    let got = loop {
+        let got = pubsub.pull("grouped-worker", 1, LEASE).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+    };
+    let deleted = emulator.delete_subscription(PROJECT, "grouped-worker");
+    assert!(deleted.contains("200"), "{deleted}");
+    let failed: Vec<_> = (0..5)
+        .map(|_| {
+            let (pubsub, id) = (pubsub.clone(), got[0].ack_id.clone());
+            tokio::spawn(async move { pubsub.acknowledge("grouped-worker", &[id]).await })
+        })
+        .collect();
+    for ack in failed {
+        let e = ack.await.unwrap().expect_err("the subscription is gone");
+        assert!(e.is_not_found(), "{e}");
+        assert!(e.to_string().contains("grouped-worker"), "{e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_a_clear_error_in_bounded_time() {
     let port = free_port(); // nothing listens there

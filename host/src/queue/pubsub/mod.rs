@@ -9,7 +9,9 @@
 //! - `publish.rs`: batched publishing, on the official crate;
 //! - `receive.rs`: unary `Pull`, `ModifyAckDeadline` and `Acknowledge` (the crate keeps them
 //!   private in 1.7; see `crate::queue` for why the worker needs them), over
-//! - `grpc.rs`: those three gRPC calls on a tonic channel, with the crate's credentials.
+//! - `grpc.rs`: those three gRPC calls on a tonic channel, with the crate's credentials;
+//! - `acks.rs`: acks grouped per subscription, one `Acknowledge` call for all that arrived
+//!   while the last one was in flight.
 //!
 //! **Invariant:** only this module knows Pub/Sub's wire formats, resource names and the
 //! official crate. **API boundary:** callers see ids (`"jobs"`, not
@@ -25,6 +27,7 @@
 //! outside 10..=600 s (so tests may use short ones), ignores retry-policy backoff, keeps state in
 //! memory; `GetSchema` never answers (an existing schema is recognized with `ValidateMessage`).
 
+mod acks;
 mod admin;
 pub mod credentials;
 mod grpc;
@@ -106,6 +109,8 @@ pub struct Pubsub {
     /// The ack deadline of subscriptions looked up with `lookup_subscription`: a pull from
     /// one whose deadline is the one wanted needs no extension right after it.
     known_deadlines: Arc<Mutex<HashMap<String, u64>>>,
+    /// Acks waiting for their subscription's next `Acknowledge` call.
+    acks: Arc<acks::AckGroups>,
 }
 
 impl Pubsub {
@@ -190,6 +195,7 @@ impl Pubsub {
             grpc,
             emulator: config.emulator_host.is_some(),
             known_deadlines: Arc::default(),
+            acks: Arc::default(),
         })
     }
 
@@ -352,6 +358,28 @@ impl PubsubError {
             transient: false,
             published: None,
             source: None,
+        }
+    }
+
+    /// A transient error (worth retrying) that no server answered.
+    fn transient(operation: &'static str, resource: impl Into<String>, detail: String) -> Self {
+        Self {
+            transient: true,
+            ..Self::new(operation, resource, detail)
+        }
+    }
+
+    /// The same error for another caller: its source's text moves into the detail.
+    fn copy(&self) -> Self {
+        let detail = match &self.source {
+            Some(source) => format!("{}: {source}", self.detail),
+            None => self.detail.clone(),
+        };
+        Self {
+            detail,
+            resource: self.resource.clone(),
+            source: None,
+            ..*self
         }
     }
 

@@ -6,6 +6,7 @@
 //! back only when their lease lapsed), and the worker must be able to stop receiving at once.
 //! The worker waits between empty pulls instead.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::grpc::{AcknowledgeRequest, Empty, ModifyAckDeadlineRequest, PullRequest, PullResponse};
@@ -187,23 +188,35 @@ impl Pubsub {
         Ok(Vec::new())
     }
 
-    /// Acknowledges `ack_ids`.
+    /// Acknowledges `ack_ids` with the next `Acknowledge` call of `sub_id`: at once when none
+    /// is in flight, else together with every ack that arrives before it returns (`acks.rs`).
     pub async fn acknowledge(&self, sub_id: &str, ack_ids: &[String]) -> Result<(), PubsubError> {
         let name = self.subscription_path(sub_id);
-        for chunk in ack_ids.chunks(MAX_ACK_IDS_PER_CALL) {
-            let _: Empty = self
-                .grpc
-                .call(
-                    "acknowledge",
-                    &name,
-                    "Acknowledge",
-                    AcknowledgeRequest {
-                        subscription: name.clone(),
-                        ack_ids: chunk.to_vec(),
-                    },
-                )
-                .await?;
-        }
-        Ok(())
+        let (grpc, called) = (Arc::clone(&self.grpc), name.clone());
+        let send = move |ids: Vec<String>| {
+            let (grpc, name) = (Arc::clone(&grpc), called.clone());
+            async move {
+                for chunk in ids.chunks(MAX_ACK_IDS_PER_CALL) {
+                    let _: Empty = grpc
+                        .call(
+                            "acknowledge",
+                            &name,
+                            "Acknowledge",
+                            AcknowledgeRequest {
+                                subscription: name.clone(),
+                                ack_ids: chunk.to_vec(),
+                            },
+                        )
+                        .await?;
+                }
+                Ok(())
+            }
+        };
+        self.acks.acknowledge(&name, ack_ids, send).await
+    }
+
+    /// `Acknowledge` calls this client made: fewer than the acks when they were grouped.
+    pub fn acknowledge_calls(&self) -> u64 {
+        self.acks.calls()
     }
 }
