@@ -697,6 +697,7 @@ class WorkerPool:
         self.argv = argv
         self.count = count
         self.cdir = cdir
+        self.read_upto = {}  # log file -> bytes done_lines has read of it
         self.taskhost = contender.kind == "taskhost"
         self.procs = [None] * count
         self.starts = [0] * count
@@ -850,7 +851,14 @@ class WorkerPool:
         each written after the job's result (their own RFC 3339 UTC timestamps)."""
         found = {}
         for log in self.cdir.glob("w*.log"):
-            for line in log.read_text(errors="replace").splitlines():
+            # Only what was appended since the last look, up to its last whole line.
+            read = self.read_upto.get(log, 0)
+            with open(log, "rb") as f:
+                f.seek(read)
+                chunk = f.read()
+            whole = chunk.rfind(b"\n") + 1
+            self.read_upto[log] = read + whole
+            for line in chunk[:whole].decode(errors="replace").splitlines():
                 m = DONE_LINE.search(line)
                 if not m:
                     continue
