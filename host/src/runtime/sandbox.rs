@@ -274,6 +274,10 @@ pub(super) fn engine_config(fuel_metering: bool, epoch_interruption: bool, slots
     cfg.wasm_component_model(true);
     cfg.consume_fuel(fuel_metering);
     cfg.epoch_interruption(epoch_interruption);
+    // No `.eh_frame` for compiled code: it only serves outside unwinders (a profiler's DWARF
+    // walk through task frames); wasmtime's own traps and backtraces do without it, and a
+    // module loads without registering it (issue 19 item 3).
+    cfg.native_unwind_info(false);
     // Pooled instance slots: a warm start reuses a slot (copy-on-write memory image, no
     // mmap), which is what makes starting a cached module take microseconds. A wasip2
     // component holds a few core instances (the task plus WASI adapter shims).
