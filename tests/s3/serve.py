@@ -244,13 +244,9 @@ class OneAtATime:
         return self.handle(environ, logged)
 
     def handle(self, environ, start_response):
-        # Read the whole body outside the lock: a slow client must not hold up the others.
-        if environ.get("wsgi.input_terminated"):  # a chunked body: read to its end
-            body = environ["wsgi.input"].read()
-        else:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)
+        # The front end (Connection) read the whole body before the app, outside the lock (a
+        # slow client must not hold up the others): `wsgi.input` is a BytesIO of it.
+        body = environ["wsgi.input"].getvalue()
 
         failure = check_signature(environ, body)
         if failure:
