@@ -5,7 +5,13 @@ use std::sync::Arc;
 
 use crate::ids::ModuleHash;
 use crate::runtime::{ModuleError, Prepared, Runtime};
-use crate::store::{ObjectStore, Precondition, StoreError};
+use crate::store::{ErrorKind, ObjectStore, Precondition, StoreError};
+
+/// The most bytes a task module may have: 256 MiB (a component built with
+/// `cargo build --target wasm32-wasip2` is well under 10 MiB; models for inference are files
+/// of their own). Checked when a module is compiled (so `module push` refuses a larger one)
+/// and when it is fetched (a larger object under its key is never read whole).
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// Why a module could not be made ready to run ([`resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +83,20 @@ async fn load<S: ObjectStore>(
         return Ok(p);
     }
     let started = std::time::Instant::now();
-    let obj = store
-        .get(&crate::keys::module(hash))
+    let obj = match store
+        .get_at_most(&crate::keys::module(hash), MAX_MODULE_BYTES)
         .await
-        .map_err(|e| ResolveError::Storage(e.to_string()))?
-        .ok_or(ResolveError::Missing(*hash))?;
+    {
+        Ok(o) => o.ok_or(ResolveError::Missing(*hash))?,
+        Err(e) if e.kind() == ErrorKind::TooLarge => {
+            tracing::warn!(module = %hash, error = %e, "module too large to fetch");
+            return Err(ResolveError::Module(
+                *hash,
+                ModuleError::TooLarge { bytes: None },
+            ));
+        }
+        Err(e) => return Err(ResolveError::Storage(e.to_string())),
+    };
     tracing::info!(module = %hash, bytes = obj.bytes.len(), "module fetched from the bucket");
     let prepared = runtime
         .prepare(obj.bytes, Some(*hash))
@@ -161,5 +176,67 @@ pub async fn keep_swept<S: ObjectStore>(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeConfig;
+    use crate::store::dir::DirStore;
+
+    fn runtime() -> Runtime {
+        Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// An object under a module's key larger than any module may be is never read whole:
+    /// the fetch refuses it from its size, as an unusable module (the job is dead-lettered,
+    /// not handed back forever), and the worker holds none of it.
+    #[tokio::test]
+    async fn a_module_object_too_large_is_refused_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::open(tmp.path()).unwrap();
+        let hash = ModuleHash::of(b"a module too large to fetch");
+        let path = tmp.path().join(crate::keys::module(&hash));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Sparse: no disk used, the size is what counts.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_MODULE_BYTES + 1).unwrap();
+        let e = resolve(&runtime(), &store, &hash).await.err().unwrap();
+        assert_eq!(
+            e,
+            ResolveError::Module(hash, ModuleError::TooLarge { bytes: None })
+        );
+        assert!(e.to_string().contains("larger than the"), "{e}");
+        // Within the bound it is fetched (and found not to hash to its name).
+        file.set_len(8).unwrap();
+        let e = resolve(&runtime(), &store, &hash).await.err().unwrap();
+        assert!(
+            matches!(e, ResolveError::Module(_, ModuleError::HashMismatch { .. })),
+            "{e}"
+        );
+    }
+
+    /// Compiling refuses bytes over the bound before hashing or parsing them (so
+    /// `module push` refuses them with a clear error).
+    #[test]
+    fn compiling_refuses_a_module_too_large() {
+        let big = vec![0u8; MAX_MODULE_BYTES as usize + 1];
+        let e = runtime().compile(&big, None).err().unwrap();
+        assert_eq!(
+            e,
+            ModuleError::TooLarge {
+                bytes: Some(MAX_MODULE_BYTES + 1)
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with("268435457 bytes, larger than the 268435456"),
+            "{e}"
+        );
     }
 }

@@ -60,6 +60,12 @@ What it adds to moto's S3 app (moto 5.2.5, pinned in setup-venv.sh), and why:
   so moto answers with the whole object, as a server that ignores Range does. The tests of
   the client's refusal of an answer longer than asked use it (host/tests/all/store_s3.rs).
 
+* Another, for a server or proxy that answers with more than any client should read whole:
+  a GET of a key with a path segment `huge-answer`, or a listing whose prefix starts with
+  `huge-answer/`, is answered (after the signature check, without moto) with 32 MiB: the
+  key's as a 400 error body, the listing's as a 200 page. The tests of the client's bound on
+  the answers it reads whole use it (host/tests/all/store_s3.rs).
+
 Nothing else is changed: every S3 behaviour the tests see is moto's.
 """
 
@@ -75,7 +81,7 @@ import threading
 import time
 import traceback
 from email.utils import formatdate
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from moto.core.request import (
     PRESERVED_HEADER_NAMES_ENVIRON_KEY,
@@ -94,6 +100,8 @@ READ_METHODS = ("GET", "HEAD")
 HEALTH_PATH = "/_taskhost/health"
 # A GET of a key under such a segment is answered as if it had no Range header.
 IGNORE_RANGE_SEGMENT = "/ignore-range/"
+HUGE_ANSWER_SEGMENT = "/huge-answer/"
+HUGE_ANSWER_BYTES = 32 << 20
 
 # The front end's limits (those of Python's http.server) and its Server header.
 MAX_LINE = 65536
@@ -116,6 +124,18 @@ def error_response(start_response, status, code, message):
         [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
     )
     return [body]
+
+
+def huge_answer(environ):
+    """The status of the `huge-answer` switch's answer to this request, or None."""
+    if environ.get("REQUEST_METHOD") != "GET":
+        return None
+    if HUGE_ANSWER_SEGMENT in environ.get("PATH_INFO", ""):
+        return "400 Bad Request"
+    prefixes = parse_qs(environ.get("QUERY_STRING", "")).get("prefix", [])
+    if any(p.startswith(HUGE_ANSWER_SEGMENT[1:]) for p in prefixes):
+        return "200 OK"
+    return None
 
 
 def header_value(environ, name):
@@ -254,6 +274,12 @@ class OneAtATime:
 
         if environ.get("REQUEST_METHOD") == "GET" and IGNORE_RANGE_SEGMENT in environ.get("PATH_INFO", ""):
             environ.pop("HTTP_RANGE", None)
+
+        huge = huge_answer(environ)
+        if huge:
+            head = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>Huge</Code><Message>'
+            start_response(huge, [("Content-Type", "application/xml"), ("Content-Length", str(HUGE_ANSWER_BYTES))])
+            return [head + b"x" * (HUGE_ANSWER_BYTES - len(head))]
 
         auth = environ["HTTP_AUTHORIZATION"]
         environ["HTTP_AUTHORIZATION"] = auth.replace("/auto/s3/aws4_request", "/us-east-1/s3/aws4_request")

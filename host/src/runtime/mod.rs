@@ -281,6 +281,11 @@ impl Runtime {
         bytes: &[u8],
         expected: Option<&ModuleHash>,
     ) -> Result<Prepared, ModuleError> {
+        if bytes.len() as u64 > crate::modules::MAX_MODULE_BYTES {
+            return Err(ModuleError::TooLarge {
+                bytes: Some(bytes.len() as u64),
+            });
+        }
         let hash = ModuleHash::of(bytes);
         if let Some(expected) = expected
             && *expected != hash

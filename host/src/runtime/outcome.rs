@@ -21,6 +21,12 @@ pub enum ModuleError {
     CoreModule,
     /// A component that does not compile.
     Invalid(String),
+    /// More bytes than a task module may have ([`crate::modules::MAX_MODULE_BYTES`]).
+    TooLarge {
+        /// Its size in bytes, where known (a fetch refused from the store's answer knows
+        /// only that it is larger).
+        bytes: Option<u64>,
+    },
     /// A component of another world (missing export or unknown imports).
     WrongWorld(String),
     /// The bytes fetched do not hash to the module's name.
@@ -40,6 +46,16 @@ impl std::fmt::Display for ModuleError {
                 "a core WebAssembly module, not a component: build task modules with --target wasm32-wasip2",
             ),
             ModuleError::Invalid(m) => write!(f, "not a valid WebAssembly component: {m}"),
+            ModuleError::TooLarge { bytes } => {
+                if let Some(b) = bytes {
+                    write!(f, "{b} bytes, ")?;
+                }
+                write!(
+                    f,
+                    "larger than the {} bytes a task module may have",
+                    crate::modules::MAX_MODULE_BYTES
+                )
+            }
             ModuleError::WrongWorld(m) => write!(
                 f,
                 "a component of another world, not of {}: {m}",

@@ -129,8 +129,8 @@ impl From<S3Store> for AnyStore {
 }
 
 impl ObjectStore for AnyStore {
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        each!(self, s => s.get(key).await)
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
+        each!(self, s => s.get_at_most(key, max).await)
     }
 
     async fn put_with_note(

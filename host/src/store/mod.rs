@@ -42,6 +42,12 @@ pub struct Object {
 /// metadata per object.
 pub const MAX_NOTE_BYTES: usize = 1024;
 
+/// The most bytes [`ObjectStore::get`] reads: every object taskhost reads whole (a
+/// checkpoint of at most 16 MiB with its header, a result, an error, a record) but a module
+/// ([`crate::modules::MAX_MODULE_BYTES`]) fits in it many times over. A larger object, or a
+/// server that sends more than it announced, is refused before more than this is held.
+pub const MAX_OBJECT_BYTES: u64 = 64 << 20;
+
 /// One object as a listing shows it: its key, size and last write (the store's clock).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -84,6 +90,9 @@ pub enum ErrorKind {
     /// Any other refusal (another 4xx, a 501, a response we cannot use, an invalid key):
     /// retrying the same request would fail the same way.
     BadRequest,
+    /// The object is larger than the read may hold ([`ObjectStore::get_at_most`]), or the
+    /// server sent more than asked: retrying would fail the same way.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -102,6 +111,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::AccessDenied => "access denied",
             ErrorKind::BadRequest => "bad request",
+            ErrorKind::TooLarge => "too large",
         })
     }
 }
@@ -214,8 +224,22 @@ pub async fn probe<S: ObjectStore>(store: &S, key: &str) -> Result<(), StoreErro
 /// taken raw from users, so backends may assume they are made of `[A-Za-z0-9._/-]`.
 #[allow(async_fn_in_trait)]
 pub trait ObjectStore: Multipart + Send + Sync + 'static {
-    /// Reads an object. `Ok(None)` means it does not exist; an error is never `None`.
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
+    /// Reads an object of at most [`MAX_OBJECT_BYTES`] ([`get_at_most`](ObjectStore::get_at_most)).
+    /// `Ok(None)` means it does not exist; an error is never `None`.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send {
+        self.get_at_most(key, MAX_OBJECT_BYTES)
+    }
+
+    /// Reads an object whole if it has at most `max` bytes. A longer one is refused as
+    /// [`ErrorKind::TooLarge`] (its size named) from its announced length before any of it
+    /// is read, or else as soon as more than `max` arrived: what a read holds never passes
+    /// `max` by more than one chunk, whatever the server sends. `Ok(None)` means it does not
+    /// exist.
+    fn get_at_most(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
 
     /// Writes an object if `pre` holds, atomically; returns the new tag.
     fn put(

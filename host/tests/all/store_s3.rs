@@ -255,6 +255,44 @@ async fn the_clock_is_read_from_the_date_header() {
     assert!(err.is_transient(), "{err}");
 }
 
+/// A sick server or proxy that answers with more than the client reads whole (the test
+/// server's `huge-answer` switch: a 400 whose error body is 32 MiB, a listing page of 32 MiB)
+/// fails the call as `TooLarge` once 8 MiB arrived, at the first attempt (the same server
+/// would send the same again), never collecting the answer whole; the client goes on.
+#[tokio::test]
+async fn an_answer_too_long_to_read_whole_is_refused() {
+    let s3 = S3Server::start().await;
+    let store = s3.store("");
+    let e = error_of(
+        store.get("huge-answer/x").await,
+        ErrorKind::TooLarge,
+        "a 32 MiB error body",
+    );
+    assert!(e.contains("longer than the 8388608 bytes"), "{e}");
+    let e = error_of(
+        store.list("huge-answer/").await,
+        ErrorKind::TooLarge,
+        "a 32 MiB listing page",
+    );
+    assert!(e.contains("longer than the 8388608 bytes"), "{e}");
+    // Not retried (the SDK retries an answer it could not read, 5 attempts in all).
+    let requests = s3.requests();
+    let huge = requests
+        .iter()
+        .filter(|r| r.contains("huge-answer"))
+        .count();
+    assert_eq!(huge, 2, "one attempt each: {requests:?}");
+    // An object of more than 8 MiB is still read whole: only answers the SDK collects are
+    // bounded, not an object's bytes.
+    let big = vec![7u8; 9 << 20];
+    store
+        .put("inputs/big", big.clone(), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(store.get("inputs/big").await.unwrap().unwrap().bytes, big);
+    assert_eq!(store.list("inputs/").await.unwrap(), ["inputs/big"]);
+}
+
 /// A ranged read returns at most what was asked; a server that ignores Range (the test
 /// server's `ignore-range/` switch) and answers with more is refused as a clear error
 /// before the body is held, never buffered whole (before the fix a multi-GB input was).
@@ -279,7 +317,7 @@ async fn an_answer_longer_than_asked_is_refused() {
     // One that ignores Range: the whole object is more than asked.
     let e = error_of(
         store.get_range("ignore-range/big", 1000, 10).await,
-        ErrorKind::BadRequest,
+        ErrorKind::TooLarge,
         "an unranged answer",
     );
     assert!(

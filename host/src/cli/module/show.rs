@@ -123,7 +123,13 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     // A module pushed before push records existed: read its bytes once.
     let description = match &entry.record {
         Some(r) => r.description.clone(),
-        None => match store.get(&taskhost::keys::module(&hash)).await? {
+        None => match store
+            .get_at_most(
+                &taskhost::keys::module(&hash),
+                taskhost::modules::MAX_MODULE_BYTES,
+            )
+            .await?
+        {
             Some(obj) => registry::describe::describe(&obj.bytes).unwrap_or_default(),
             None => Description::default(),
         },

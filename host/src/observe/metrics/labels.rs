@@ -143,6 +143,8 @@ label_values! {
         AccessDenied => "access_denied",
         /// [`crate::store::ErrorKind::BadRequest`].
         BadRequest => "bad_request",
+        /// [`crate::store::ErrorKind::TooLarge`].
+        TooLarge => "too_large",
     }
 }
 

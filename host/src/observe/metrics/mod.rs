@@ -339,6 +339,7 @@ impl Metrics {
             K::NotFound => StoreErrorKind::NotFound,
             K::AccessDenied => StoreErrorKind::AccessDenied,
             K::BadRequest => StoreErrorKind::BadRequest,
+            K::TooLarge => StoreErrorKind::TooLarge,
         };
         self.store_errors
             .get_or_create(&StoreKindLabel { kind })

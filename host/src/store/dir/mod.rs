@@ -205,22 +205,46 @@ fn etag_of(bytes: &[u8]) -> ETag {
     ETag(hex::encode(&Sha256::digest(bytes)[..16]))
 }
 
-/// The object at `path`, with its note.
-fn read(path: &Path) -> io::Result<Option<Object>> {
-    let opened = File::open(path).and_then(|mut file| {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok((file, bytes))
-    });
-    match opened {
-        Ok((file, bytes)) => Ok(Some(Object {
-            etag: etag_of(&bytes),
-            note: note::read(&file, path)?,
-            bytes,
-        })),
-        Err(e) if is_absent(&e) => Ok(None),
-        Err(e) => Err(e),
+/// The object at `path`, with its note, if it has at most `max` bytes; a longer one is
+/// refused ([`ErrorKind::TooLarge`]) with no more than `max + 1` bytes read (the file may
+/// grow while it is read: another process's).
+fn read(path: &Path, max: u64) -> Result<Option<Object>, StoreError> {
+    let ctx = || format!("reading {}", path.display());
+    let too_large = |len: u64| {
+        StoreError::new(
+            ErrorKind::TooLarge,
+            anyhow::anyhow!(
+                "{} is {len} bytes, more than the {max} a read of it may hold [too large]",
+                path.display()
+            ),
+        )
+    };
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(io_err(e, ctx)),
+    };
+    let len = file.metadata().map_err(|e| io_err(e, ctx))?.len();
+    if len > max {
+        return Err(too_large(len));
     }
+    let mut bytes = Vec::with_capacity(len as usize);
+    match (&mut file)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+    {
+        Ok(_) => {}
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(io_err(e, ctx)),
+    }
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(Object {
+        etag: etag_of(&bytes),
+        note: note::read(&file, path).map_err(|e| io_err(e, ctx))?,
+        bytes,
+    }))
 }
 
 /// A missing file, or a key prefix (a directory here): no object, as on S3.
@@ -383,13 +407,11 @@ fn join_err(e: tokio::task::JoinError) -> StoreError {
 }
 
 impl ObjectStore for DirStore {
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
         let path = self.path(key)?;
-        tokio::task::spawn_blocking(move || {
-            read(&path).map_err(|e| io_err(e, || format!("reading {}", path.display())))
-        })
-        .await
-        .map_err(join_err)?
+        tokio::task::spawn_blocking(move || read(&path, max))
+            .await
+            .map_err(join_err)?
     }
 
     async fn put_with_note(
@@ -419,7 +441,8 @@ impl ObjectStore for DirStore {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
-        Ok(self.get(key).await?.map(|obj| obj.etag))
+        // The tag is the bytes' digest: a local file of any size is read whole.
+        Ok(self.get_at_most(key, u64::MAX).await?.map(|obj| obj.etag))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

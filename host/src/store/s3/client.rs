@@ -1,5 +1,6 @@
-//! The S3 client: configuration, transport settings, the bucket, and the interceptor that
-//! reads the `Date` header of each answer (the store's clock).
+//! The S3 client: configuration, transport settings, the bucket, the interceptor that bounds
+//! the answers the SDK reads whole (`BoundedAnswers`) and the one that reads the `Date`
+//! header of an answer (the store's clock).
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::interceptors::{
-    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    BeforeDeserializationInterceptorContextMut, BeforeDeserializationInterceptorContextRef,
+    BeforeTransmitInterceptorContextRef,
 };
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -19,7 +21,12 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{BoxError, SdkError};
 use aws_sdk_s3::operation::create_bucket::CreateBucketError;
-use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+use aws_sdk_s3::primitives::{DateTime, DateTimeFormat, SdkBody};
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, RetryClassifierPriority,
+};
 
 use super::{ClockReading, DATE_RESOLUTION_MS, unix_ms};
 
@@ -35,6 +42,11 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts per operation (first try included) of the SDK's standard retry.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// The most bytes of an answer the SDK reads whole (an error's body, a listing's page, a
+/// multipart upload's part list): a page of 1,000 keys of 1 KiB each is about 1.3 MB. A
+/// longer answer fails once this much arrived, as [`super::ErrorKind::TooLarge`]; an
+/// object's bytes (a GetObject that succeeded) are streamed and bounded by their reader.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 /// The only region R2 has. S3-compatible servers that care are mapped by their own setup.
 pub const REGION: &str = "auto";
 
@@ -113,6 +125,8 @@ impl S3Store {
                     .build(),
             )
             .retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS))
+            .interceptor(BoundedAnswers)
+            .retry_classifier(NoRetryOfTooLong)
             .build();
 
         let prefix = match prefix.as_deref().map(|p| p.trim_matches('/')) {
@@ -183,6 +197,63 @@ struct Seen {
     sent_ms: u64,
     received_ms: u64,
     date: Option<String>,
+}
+
+/// Bounds every answer the SDK reads whole to [`MAX_ANSWER_BYTES`]: a sick server or proxy
+/// that sends an endless error body or listing would otherwise have the SDK collect it
+/// until the attempt's timeout, in memory. The one answer it leaves alone is a GetObject's
+/// success, whose body is the object, streamed to a reader that bounds it (`body` in
+/// `mod.rs`).
+#[derive(Debug)]
+struct BoundedAnswers;
+
+impl Intercept for BoundedAnswers {
+    fn name(&self) -> &'static str {
+        "taskhost::BoundedAnswers"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let object = cfg
+            .load::<Metadata>()
+            .is_some_and(|m| m.name() == "GetObject");
+        let response = context.response_mut();
+        if object && response.status().is_success() {
+            return Ok(());
+        }
+        let body = std::mem::replace(response.body_mut(), SdkBody::taken());
+        *response.body_mut() =
+            body.map(|b| SdkBody::from_body_1_x(http_body_util::Limited::new(b, MAX_ANSWER_BYTES)));
+        Ok(())
+    }
+}
+
+/// An answer cut by [`BoundedAnswers`] is not retried: the SDK counts an answer it could not
+/// read as transient, but the same server sends the same answer again.
+#[derive(Debug)]
+struct NoRetryOfTooLong;
+
+impl ClassifyRetry for NoRetryOfTooLong {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.output_or_error() {
+            Some(Err(e)) if super::errors::answer_too_long(e) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "taskhost::NoRetryOfTooLong"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        // After the SDK's own, which call an unreadable answer transient: this one has the
+        // last word.
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
 }
 
 /// An interceptor for one request that records what it saw of time ([`Seen`]).

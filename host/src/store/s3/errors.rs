@@ -119,8 +119,11 @@ pub(crate) fn classify(status: u16, code: Option<&str>, asked: Asked) -> ErrorKi
 /// could not build).
 pub(super) fn kind_of<E>(err: &SdkError<E, HttpResponse>, asked: Asked) -> ErrorKind
 where
-    E: ProvideErrorMetadata,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    if answer_too_long(err) {
+        return ErrorKind::TooLarge;
+    }
     match err {
         SdkError::ConstructionFailure(_) => ErrorKind::BadRequest,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Transient,
@@ -129,6 +132,18 @@ where
             None => ErrorKind::Transient,
         },
     }
+}
+
+/// Whether `err` is an answer cut at [`super::client::MAX_ANSWER_BYTES`] (`BoundedAnswers`).
+pub(super) fn answer_too_long(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(err);
+    while let Some(cause) = e {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        e = cause.source();
+    }
+    false
 }
 
 /// One line that says what went wrong, its kind, and what to check.
@@ -162,6 +177,11 @@ where
             };
             format!("HTTP {status}{code}{message}{hint} [{class}]")
         }
+        _ if answer_too_long(err) => format!(
+            "the answer is longer than the {} bytes this client reads whole (a sick server or \
+             proxy?) [{class}]",
+            super::client::MAX_ANSWER_BYTES
+        ),
         SdkError::TimeoutError(_) => format!("timed out [{class}]"),
         SdkError::DispatchFailure(_) => {
             format!(

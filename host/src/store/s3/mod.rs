@@ -127,29 +127,42 @@ enum Fetched {
 /// Most bytes a GetObject's body is given room for before they arrive.
 const PREALLOCATE_MAX: u64 = 64 << 20;
 
-/// The body of a GetObject, of at most `max` bytes if given: a longer answer (a server
-/// that ignored `Range` and sent the whole object) is refused as `BadRequest`, from its
+/// What a GetObject's body was asked for: the object whole (bounded by what the read takes)
+/// or a range of it.
+#[derive(Clone, Copy)]
+enum Wanted {
+    Whole(u64),
+    Range(u64),
+}
+
+/// The body of a GetObject, of at most the bytes `wanted`: a longer answer (an object larger
+/// than the read takes, a server that ignored `Range` and sent the whole object, or one
+/// that sends more than it announced) is refused as `TooLarge`, from its
 /// `Content-Length` before any of it is read, else as soon as more arrived, so what is
-/// held never passes `max` by more than one chunk.
+/// held never passes the bound by more than one chunk.
 async fn body(
     full: &str,
     resp: Box<aws_sdk_s3::operation::get_object::GetObjectOutput>,
-    max: Option<u64>,
+    wanted: Wanted,
 ) -> Result<Vec<u8>, StoreError> {
-    let too_long = |len: u64, max: u64| {
+    let max = match wanted {
+        Wanted::Whole(max) | Wanted::Range(max) => max,
+    };
+    let too_long = |len: u64| {
+        let why = match wanted {
+            Wanted::Whole(_) => format!("more than the {max} a read of it may hold"),
+            Wanted::Range(_) => {
+                format!("more than the {max} asked for (does the server ignore Range?)")
+            }
+        };
         StoreError::new(
-            ErrorKind::BadRequest,
-            anyhow!(
-                "S3 GetObject of `{full}`: the answer is {len} bytes, more than the {max} asked for \
-                 (does the server ignore Range?) [bad request]"
-            ),
+            ErrorKind::TooLarge,
+            anyhow!("S3 GetObject of `{full}`: the answer is {len} bytes, {why} [too large]"),
         )
     };
     let announced = resp.content_length().map_or(0, |n| n.max(0) as u64);
-    if let Some(max) = max
-        && announced > max
-    {
-        return Err(too_long(announced, max));
+    if announced > max {
+        return Err(too_long(announced));
     }
     let broke_off = |e| {
         StoreError::new(
@@ -162,14 +175,12 @@ async fn body(
     let mut stream = resp.body;
     // Room for what was announced, but never more than asked, nor on a header's word alone
     // more than `PREALLOCATE_MAX`.
-    let room = announced.min(max.unwrap_or(u64::MAX)).min(PREALLOCATE_MAX);
+    let room = announced.min(max).min(PREALLOCATE_MAX);
     let mut out = Vec::with_capacity(room as usize);
     while let Some(chunk) = stream.try_next().await.map_err(broke_off)? {
         out.extend_from_slice(&chunk);
-        if let Some(max) = max
-            && out.len() as u64 > max
-        {
-            return Err(too_long(out.len() as u64, max));
+        if out.len() as u64 > max {
+            return Err(too_long(out.len() as u64));
         }
     }
     Ok(out)
@@ -225,14 +236,14 @@ impl S3Store {
 const NOTE_METADATA: &str = "taskhost";
 
 impl ObjectStore for S3Store {
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
         let full = self.full_key(key);
         let Fetched::Found(resp) = self.get_object(&full, None).await? else {
             return Ok(None);
         };
         let etag = etag_of("GetObject", &full, resp.e_tag())?;
         let note = resp.metadata().and_then(|m| m.get(NOTE_METADATA)).cloned();
-        let bytes = body(&full, resp, None).await?;
+        let bytes = body(&full, resp, Wanted::Whole(max)).await?;
         Ok(Some(Object { bytes, etag, note }))
     }
 
@@ -362,7 +373,7 @@ impl ObjectStore for S3Store {
         // More than asked is refused (a server that ignores Range sends the whole object:
         // a multi-GB input would be held whole); an unranged answer within it is the whole
         // object, which starts at 0.
-        let mut bytes = body(&full, resp, Some(len)).await?;
+        let mut bytes = body(&full, resp, Wanted::Range(len)).await?;
         if !ranged && offset > 0 {
             bytes = bytes.get(offset as usize..).unwrap_or_default().to_vec();
         }

@@ -108,6 +108,7 @@ contract!(
     listing_is_by_prefix_in_lexical_order,
     listing_pages_through_more_than_1000_keys,
     ranged_reads_stop_at_the_end,
+    a_whole_read_refuses_an_object_larger_than_asked,
     a_multipart_upload_is_invisible_until_complete_and_can_be_resumed,
     an_aborted_upload_leaves_the_object_as_it_was,
     a_note_goes_with_the_version_it_was_written_with,

@@ -231,3 +231,29 @@ pub(super) async fn ranged_reads_stop_at_the_end(s3: bool) {
     let missing = keys::input(&ModuleHash::of(b"none").hex());
     assert!(s.store.get_range(&missing, 0, 5).await.unwrap().is_none());
 }
+
+/// A whole read holds at most what its reader asked for: an object of more is refused as
+/// `TooLarge`, naming its size, and an object of exactly that many bytes is read.
+pub(super) async fn a_whole_read_refuses_an_object_larger_than_asked(s3: bool) {
+    let s = Setup::new(s3).await;
+    let key = keys::result(&job("too-large"));
+    let bytes = data(100_000, 7);
+    s.store
+        .put(&key, bytes.clone(), Precondition::None)
+        .await
+        .unwrap();
+    let e = s.store.get_at_most(&key, 99_999).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(!e.is_transient(), "{e}");
+    let said = e.to_string();
+    assert!(
+        said.contains("100000 bytes") && said.contains("99999"),
+        "names the object's size and the bound: {said}"
+    );
+    let got = s.store.get_at_most(&key, 100_000).await.unwrap().unwrap();
+    assert_eq!(got.bytes, bytes, "exactly the bound is read");
+    // `get` reads whole objects up to its own bound.
+    assert_eq!(s.store.get(&key).await.unwrap().unwrap().bytes, bytes);
+    let missing = keys::result(&job("never-written"));
+    assert!(s.store.get_at_most(&missing, 0).await.unwrap().is_none());
+}

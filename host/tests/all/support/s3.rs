@@ -33,6 +33,10 @@ pub const BUCKET: &str = "taskhost-test";
 /// How long a server may take to answer its health check.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The file in the server's directory where it logs each request it answered
+/// (`serve.py --request-log`).
+const REQUEST_LOG: &str = "requests.log";
+
 /// A running `serve.py` with a fresh bucket.
 pub struct S3Server {
     child: Child,
@@ -129,6 +133,8 @@ impl S3Server {
             let mut child = Command::new(python)
                 .arg(&serve)
                 .arg(port.to_string())
+                .arg("--request-log")
+                .arg(dir.path().join(REQUEST_LOG))
                 .env("S3_TEST_ACCESS_KEY_ID", ACCESS_KEY_ID)
                 .env("S3_TEST_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
                 .env("S3_TEST_READONLY_ACCESS_KEY_ID", READONLY_ACCESS_KEY_ID)
@@ -203,6 +209,14 @@ impl S3Server {
             ..self.config(prefix)
         })
         .unwrap()
+    }
+
+    /// Every request answered so far (health checks aside), in order, one line each:
+    /// `METHOD <tab> RAW-URI <tab> STATUS <tab> USER-AGENT`.
+    pub fn requests(&self) -> Vec<String> {
+        let log = self.log.with_file_name(REQUEST_LOG);
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
     }
 
     /// What the server has written to stdout and stderr so far.
