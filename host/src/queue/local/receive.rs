@@ -416,12 +416,15 @@ fn drop_orphan_message(conn: &Connection, message_id: i64) -> Result<(), Fail> {
 }
 
 /// Drops the deliveries of `sub` published before `published_before`.
+/// Drops a subscription's deliveries published before `?2` (every pull runs it: the index
+/// `deliveries_by_age` keeps it from scanning the whole backlog).
+pub(super) const PURGE_EXPIRED: &str =
+    "DELETE FROM deliveries WHERE subscription = ?1 AND published_ms < ?2
+     RETURNING message_id";
+
 fn purge_expired(conn: &Connection, sub: &str, published_before: i64) -> Result<(), Fail> {
     let expired: Vec<i64> = conn
-        .prepare_cached(
-            "DELETE FROM deliveries WHERE subscription = ?1 AND published_ms < ?2
-             RETURNING message_id",
-        )?
+        .prepare_cached(PURGE_EXPIRED)?
         .query_map(params![sub, published_before], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     if !expired.is_empty() {
