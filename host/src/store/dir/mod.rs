@@ -224,7 +224,11 @@ fn read(path: &Path, max: u64) -> Result<Option<Object>, StoreError> {
         Err(e) if is_absent(&e) => return Ok(None),
         Err(e) => return Err(io_err(e, ctx)),
     };
-    let len = file.metadata().map_err(|e| io_err(e, ctx))?.len();
+    let meta = file.metadata().map_err(|e| io_err(e, ctx))?;
+    if meta.is_dir() {
+        return Ok(None); // a key prefix: no object, as on S3
+    }
+    let len = meta.len();
     if len > max {
         return Err(too_large(len));
     }

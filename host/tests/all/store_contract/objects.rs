@@ -256,4 +256,7 @@ pub(super) async fn a_whole_read_refuses_an_object_larger_than_asked(s3: bool) {
     assert_eq!(s.store.get(&key).await.unwrap().unwrap().bytes, bytes);
     let missing = keys::result(&job("never-written"));
     assert!(s.store.get_at_most(&missing, 0).await.unwrap().is_none());
+    // A key prefix is no object, whatever the bound (a directory on the directory store).
+    let prefix = key.rsplit_once('/').unwrap().0;
+    assert!(s.store.get_at_most(prefix, 0).await.unwrap().is_none());
 }
