@@ -38,7 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from metrics_embedded import done_lines, median, parse_stamp, wait_done_cpu
+from logtail import parse_stamp
+from metrics_embedded import done_lines, median, wait_done_cpu
 
 
 # What --strace counts: the calls that create, remove, rename and flush files.

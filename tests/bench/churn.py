@@ -71,6 +71,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logtail import LogTail, parse_stamp
+
 try:
     import boto3
     from botocore.config import Config
@@ -697,7 +699,7 @@ class WorkerPool:
         self.argv = argv
         self.count = count
         self.cdir = cdir
-        self.read_upto = {}  # log file -> bytes done_lines has read of it
+        self.tails = {}  # log file -> its LogTail (done_lines reads only what was appended)
         self.taskhost = contender.kind == "taskhost"
         self.procs = [None] * count
         self.starts = [0] * count
@@ -851,14 +853,7 @@ class WorkerPool:
         each written after the job's result (their own RFC 3339 UTC timestamps)."""
         found = {}
         for log in self.cdir.glob("w*.log"):
-            # Only what was appended since the last look, up to its last whole line.
-            read = self.read_upto.get(log, 0)
-            with open(log, "rb") as f:
-                f.seek(read)
-                chunk = f.read()
-            whole = chunk.rfind(b"\n") + 1
-            self.read_upto[log] = read + whole
-            for line in chunk[:whole].decode(errors="replace").splitlines():
+            for line in self.tails.setdefault(log, LogTail(log)).new_lines():
                 m = DONE_LINE.search(line)
                 if not m:
                     continue
@@ -885,17 +880,6 @@ class WorkerPool:
                 elif "starting " in line and " steps (attempt" in line:
                     starts += 1
         return starts, resumes
-
-
-def parse_stamp(text):
-    """Seconds since the epoch of a log line's RFC 3339 UTC timestamp
-    (`2026-01-02T03:04:05.123456Z`)."""
-    from datetime import datetime, timezone
-
-    day, _, rest = text.rstrip("Z").partition("T")
-    whole, _, frac = rest.partition(".")
-    t = datetime.strptime(f"{day}T{whole}", "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    return t.timestamp() + (float(f"0.{frac}") if frac else 0.0)
 
 
 class Scraper:

@@ -28,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from logtail import LogTail, parse_stamp
+
 
 
 # Loopback only: never through a proxy.
@@ -44,16 +46,6 @@ def median(values):
     values = sorted(values)
     n = len(values)
     return (values[n // 2] + values[(n - 1) // 2]) / 2
-
-
-def parse_stamp(text):
-    """Seconds since the epoch of a log line's RFC 3339 UTC timestamp."""
-    from datetime import datetime, timezone
-
-    day, _, rest = text.rstrip("Z").partition("T")
-    whole, _, frac = rest.partition(".")
-    t = datetime.strptime(f"{day}T{whole}", "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    return t.timestamp() + (float(f"0.{frac}") if frac else 0.0)
 
 
 def proc_fields(pid):
@@ -81,39 +73,14 @@ def done_lines(log):
     ]
 
 
-class DoneCounter:
-    """Counts the `job done` lines of a growing log, reading only what was appended since the
-    last count (re-reading the whole log at every poll cost the benchmark more CPU than the
-    worker it measures once the log held thousands of jobs)."""
-
-    def __init__(self, log):
-        self.log = log
-        self.offset = 0
-        self.partial = b""
-        self.done = 0
-
-    def count(self):
-        try:
-            with open(self.log, "rb") as f:
-                f.seek(self.offset)
-                new = f.read()
-        except FileNotFoundError:
-            return self.done
-        self.offset += len(new)
-        lines = (self.partial + new).split(b"\n")
-        self.partial = lines.pop()
-        self.done += sum(1 for line in lines if b"job done; result stored" in line)
-        return self.done
-
-
 def wait_done_cpu(p, log, jobs, timeout, poll):
     """Waits until the worker `p` logged `jobs` results in `log`; returns its CPU seconds per
     job between the first poll that saw a job done and the last job: without the start (the
-    module's compilation). The log is read incrementally (`DoneCounter`)."""
+    module's compilation). The log is read incrementally (`LogTail`)."""
     deadline = time.monotonic() + timeout
     first = None  # (CPU seconds, jobs done) when the first job was seen done
-    counter = DoneCounter(log)
-    while (done := counter.count()) < jobs:
+    tail, done = LogTail(log), 0
+    while (done := done + sum("job done; result stored" in line for line in tail.new_lines())) < jobs:
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker stopped or timed out; see {log}")
         if first is None and done:
