@@ -99,10 +99,11 @@ impl AckGroups {
                 }
                 std::mem::take(&mut group.waiting)
             };
-            let ids: Vec<String> = batch.iter().flat_map(|(ids, _)| ids.clone()).collect();
+            // The ids are moved into the call, not copied.
+            let (ids, waiters): (Vec<Vec<String>>, Vec<Waiter>) = batch.into_iter().unzip();
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let sent = send(ids).await;
-            for (_, waiter) in batch {
+            let sent = send(ids.concat()).await;
+            for waiter in waiters {
                 let _ = waiter.send(sent.as_ref().map(|_| ()).map_err(PubsubError::copy));
             }
         }
