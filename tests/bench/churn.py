@@ -24,7 +24,9 @@ Scenarios:
   node keeps its disk), unless --restart-on new-node. Measures the wall time from the first worker start to the last correct result.
 * `--scenario small`: 1 worker process, no kills, 200 one-step jobs (step_ms 0); taskhost
   with its default WORKER_SLOTS. Reports jobs/s and S3 requests per job (counted from the S3
-  server's request log, without this script's own requests).
+  server's request log, without this script's own requests). `--phases`: taskhost logs its
+  debug lines as JSON, and where a job's time goes (pull, claim, run, result, ack) is
+  printed after the report, as `ceiling.py --phases` does on the embedded default.
 * `--scenario metrics`: the cost of metrics and heartbeats. taskhost only, 1 worker, 400
   one-step jobs, run --rounds times (3) with both off and on alternately (on: METRICS_ADDR
   set and `/metrics` scraped every SCRAPE_INTERVAL, 1 s, much more often than Prometheus's
@@ -106,6 +108,25 @@ SAFETY_POLL = 10.0  # s, scenario small: the bucket is read this often whatever 
 TICK = 0.1  # s, the main loop's sleep
 # A worker's line saying a job's result is stored (taskhost; guide_worker.py).
 DONE_LINE = re.compile(r"job done; result stored job=(?P<th>\S+)|\] (?P<guide>\S+): done, sum ")
+TASKHOST_DONE = "job done; result stored"
+
+
+def done_of(line):
+    """("th" or "guide", job id, epoch seconds) of a `done` line (taskhost's, as text or as
+    JSON with --phases; guide_worker.py's), else None."""
+    try:
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if rec.get("message") != TASKHOST_DONE:
+                return None
+            return "th", rec.get("job") or rec["job_id"], parse_stamp(rec["timestamp"])
+        m = DONE_LINE.search(line)
+        if not m:
+            return None
+        side = "th" if m.group("th") else "guide"
+        return side, m.group("th") or m.group("guide"), parse_stamp(line.split()[0])
+    except (ValueError, KeyError):
+        return None
 STOP_TIMEOUT = 20.0  # s a worker gets to exit after SIGTERM before SIGKILL
 MAX_CRASHES = 20  # workers that exit by themselves before a contender is given up
 KILL_EVERY = (3.0, 6.0)  # s, uniform: the kill loop's period
@@ -453,6 +474,8 @@ class Bench:
             env["MAX_CRASHES"] = "1000"
             if c.slots is not None:
                 env["WORKER_SLOTS"] = str(c.slots)
+            if self.args.phases:
+                env.update(LOG_FORMAT="json", RUST_LOG="info,taskhost=debug")
         else:
             env["PYTHONUNBUFFERED"] = "1"
         return clean_env(env)
@@ -838,11 +861,9 @@ class WorkerPool:
         stamps = []
         for log in self.cdir.glob("w*.log"):
             for line in log.read_text(errors="replace").splitlines():
-                if "job done; result stored" in line:
-                    try:
-                        stamps.append(parse_stamp(line.split()[0]))
-                    except ValueError:
-                        pass
+                done = done_of(line)
+                if done and done[0] == "th":
+                    stamps.append(done[2])
         if len(stamps) < 2 or max(stamps) <= min(stamps):
             return None
         return (len(stamps) - 1) / (max(stamps) - min(stamps))
@@ -854,16 +875,9 @@ class WorkerPool:
         found = {}
         for log in self.cdir.glob("w*.log"):
             for line in self.tails.setdefault(log, LogTail(log)).new_lines():
-                m = DONE_LINE.search(line)
-                if not m:
-                    continue
-                job = m.group("th") or m.group("guide")
-                if job in seen or job in found:
-                    continue
-                try:
-                    found[job] = parse_stamp(line.split()[0])
-                except ValueError:
-                    pass
+                done = done_of(line)
+                if done and done[1] not in seen and done[1] not in found:
+                    found[done[1]] = done[2]
         return found
 
     def count_job_starts(self):
@@ -1035,6 +1049,20 @@ def report_variants(outcomes):
         )
 
 
+def report_phases(outcomes):
+    """Where a taskhost job's time goes (--phases): per worker log, the medians and means over
+    its jobs of the phases its debug lines delimit (ceiling.py's `phase_times`)."""
+    from ceiling import phase_times
+
+    for o in outcomes:
+        if o.contender.kind != "taskhost":
+            continue
+        for log in sorted(o.log_dir.glob("w*.log")):
+            print(f"{o.contender.label}, {log.name}: phases, ms median / mean over jobs:")
+            for name, (med, mean, n) in phase_times(log).items():
+                print(f"   {name:43} {med:7.3f} / {mean:7.3f}  ({n})")
+
+
 def report(scenario, outcomes):
     if scenario == "metrics":
         return report_metrics(outcomes)
@@ -1112,6 +1140,13 @@ def parse_args():
         "--only", choices=["taskhost", "guide"], help="run only one side (for debugging)"
     )
     ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="scenario small: taskhost logs its debug lines as JSON, and where a job's time "
+        "goes is printed after the report (logging every line slows the run: its rate is "
+        "not the plain one)",
+    )
+    ap.add_argument(
         "--guide-max-delivery-attempts",
         type=int,
         default=5,
@@ -1142,6 +1177,8 @@ def parse_args():
         "(/proc/PID/smaps) and keep the file in the log directory",
     )
     args = ap.parse_args()
+    if args.phases and args.scenario != "small":
+        ap.error("--phases is for --scenario small")
     args.taskhost = args.taskhost.resolve()
     args.wasm = args.wasm.resolve()
     return args
@@ -1218,6 +1255,8 @@ def main():
         if args.scenario == "churn":
             label += f" (restart on {'a new node' if args.restart_on == 'new-node' else 'the node'})"
         report(label, outcomes)
+        if args.phases:
+            report_phases(outcomes)
         ok = all(o.clean for o in outcomes)
         keep = args.keep_logs or not ok
         if not ok:
