@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from logtail import parse_stamp
+from logtail import TASKHOST_DONE, parse_stamp, stamp_of
 from metrics_embedded import done_lines, median, wait_done_cpu
 
 
@@ -55,7 +55,7 @@ def one_run(args, binary, phases=False, trace=None):
         if args.slots:
             env["WORKER_SLOTS"] = str(args.slots)
         if phases:
-            env.update(LOG_FORMAT="json", RUST_LOG="info,taskhost=debug")
+            env.update(PHASES_ENV)
 
         def th(*a):
             return subprocess.run(
@@ -123,11 +123,8 @@ def syscall_counts(trace):
     return counts
 
 
-def stamp_of(line):
-    if line.startswith("{"):
-        return parse_stamp(json.loads(line)["timestamp"])
-    return parse_stamp(line.split()[0])
-
+# The worker's environment for --phases: its debug lines, as JSON, which `phase_times` reads.
+PHASES_ENV = {"LOG_FORMAT": "json", "RUST_LOG": "info,taskhost=debug"}
 
 # (phase, from the line, to the line): each job's lines, by `message`.
 PHASES = [
@@ -135,8 +132,8 @@ PHASES = [
     ("module lookup", "message received", "module ready"),
     ("claim (checkpoint create)", "module ready", "job started"),
     ("run (instantiate + task)", "job started", "task run ended"),
-    ("end (finish + result write)", "task run ended", "job done; result stored"),
-    ("settle (ack)", "job done; result stored", "message settled"),
+    ("end (finish + result write)", "task run ended", TASKHOST_DONE),
+    ("settle (ack)", TASKHOST_DONE, "message settled"),
     ("slot held (received -> slot freed)", "message received", "slot freed"),
     ("commit place held (slot freed -> settled)", "slot freed", "message settled"),
 ]

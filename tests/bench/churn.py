@@ -73,7 +73,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logtail import LogTail, parse_stamp
+from ceiling import PHASES_ENV, phase_times
+from logtail import TASKHOST_DONE, LogTail, parse_stamp, stamp_of
 
 try:
     import boto3
@@ -107,26 +108,7 @@ POLL_INTERVAL = 0.5  # s between two looks at the bucket (scenario small: at the
 SAFETY_POLL = 10.0  # s, scenario small: the bucket is read this often whatever the logs say
 TICK = 0.1  # s, the main loop's sleep
 # A worker's line saying a job's result is stored (taskhost; guide_worker.py).
-DONE_LINE = re.compile(r"job done; result stored job=(?P<th>\S+)|\] (?P<guide>\S+): done, sum ")
-TASKHOST_DONE = "job done; result stored"
-
-
-def done_of(line):
-    """("th" or "guide", job id, epoch seconds) of a `done` line (taskhost's, as text or as
-    JSON with --phases; guide_worker.py's), else None."""
-    try:
-        if line.startswith("{"):
-            rec = json.loads(line)
-            if rec.get("message") != TASKHOST_DONE:
-                return None
-            return "th", rec.get("job") or rec["job_id"], parse_stamp(rec["timestamp"])
-        m = DONE_LINE.search(line)
-        if not m:
-            return None
-        side = "th" if m.group("th") else "guide"
-        return side, m.group("th") or m.group("guide"), parse_stamp(line.split()[0])
-    except (ValueError, KeyError):
-        return None
+DONE_LINE = re.compile(re.escape(TASKHOST_DONE) + r" job=(?P<th>\S+)|\] (?P<guide>\S+): done, sum ")
 STOP_TIMEOUT = 20.0  # s a worker gets to exit after SIGTERM before SIGKILL
 MAX_CRASHES = 20  # workers that exit by themselves before a contender is given up
 KILL_EVERY = (3.0, 6.0)  # s, uniform: the kill loop's period
@@ -475,7 +457,7 @@ class Bench:
             if c.slots is not None:
                 env["WORKER_SLOTS"] = str(c.slots)
             if self.args.phases:
-                env.update(LOG_FORMAT="json", RUST_LOG="info,taskhost=debug")
+                env.update(PHASES_ENV)
         else:
             env["PYTHONUNBUFFERED"] = "1"
         return clean_env(env)
@@ -1049,11 +1031,27 @@ def report_variants(outcomes):
         )
 
 
+def done_of(line):
+    """("th" or "guide", job id, epoch seconds) of a `done` line (taskhost's, as text or as
+    JSON with --phases; guide_worker.py's), else None."""
+    try:
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if rec.get("message") != TASKHOST_DONE:
+                return None
+            return "th", rec.get("job") or rec["job_id"], parse_stamp(rec["timestamp"])
+        m = DONE_LINE.search(line)
+        if not m:
+            return None
+        side = "th" if m.group("th") else "guide"
+        return side, m.group("th") or m.group("guide"), stamp_of(line)
+    except (ValueError, KeyError):
+        return None
+
+
 def report_phases(outcomes):
     """Where a taskhost job's time goes (--phases): per worker log, the medians and means over
     its jobs of the phases its debug lines delimit (ceiling.py's `phase_times`)."""
-    from ceiling import phase_times
-
     for o in outcomes:
         if o.contender.kind != "taskhost":
             continue

@@ -23,6 +23,20 @@ class LogTail:
         return chunk[:whole].decode(errors="replace").splitlines()
 
 
+# The message of taskhost's line saying a job's result is stored (its `done` line).
+TASKHOST_DONE = "job done; result stored"
+
+
+def stamp_of(line):
+    """Seconds since the epoch of a worker's log line, as text (the stamp first) or as JSON
+    (`LOG_FORMAT=json`: its `timestamp`)."""
+    if line.startswith("{"):
+        import json
+
+        return parse_stamp(json.loads(line)["timestamp"])
+    return parse_stamp(line.split()[0])
+
+
 def parse_stamp(text):
     """Seconds since the epoch of a log line's RFC 3339 UTC timestamp
     (`2026-01-02T03:04:05.123456Z`)."""

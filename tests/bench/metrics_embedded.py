@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from logtail import LogTail, parse_stamp
+from logtail import TASKHOST_DONE, LogTail, stamp_of
 
 
 
@@ -69,7 +69,7 @@ def done_lines(log):
     return [
         line
         for line in log.read_text(errors="replace").splitlines()
-        if "job done; result stored" in line
+        if TASKHOST_DONE in line
     ]
 
 
@@ -80,7 +80,7 @@ def wait_done_cpu(p, log, jobs, timeout, poll):
     deadline = time.monotonic() + timeout
     first = None  # (CPU seconds, jobs done) when the first job was seen done
     tail, done = LogTail(log), 0
-    while (done := done + sum("job done; result stored" in line for line in tail.new_lines())) < jobs:
+    while (done := done + sum(TASKHOST_DONE in line for line in tail.new_lines())) < jobs:
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker stopped or timed out; see {log}")
         if first is None and done:
@@ -151,7 +151,7 @@ def one_run(args, on, base_env):
                 if line.startswith(("summary:", "totals:")):
                     return {"instructions": int(line.split()[1]), "scrapes": scrapes[0]}
             raise RuntimeError(f"no summary in {cg_out}")
-        stamps = [parse_stamp(line.split()[0]) for line in done_lines(log)]
+        stamps = [stamp_of(line) for line in done_lines(log)]
         rate = (len(stamps) - 1) / (max(stamps) - min(stamps))
         return {
             "rate": rate,
