@@ -6,7 +6,8 @@
 //! epoch interruption (the CPU time of the thread running it, best of interleaved rounds), ending with the line
 //! `geomean: wasm-fuel/native X.XX, fuel/unmetered Y.YY`; cold compile time; warm start
 //! p50/p99 from memory and from the disk cache, each as the start's CPU time and as wall
-//! time (from the disk: a fresh runtime's creation, the load and the first start apart). Needs the task modules:
+//! time (from the disk: a fresh runtime's creation, the load and the first start apart, and
+//! wasmtime's own deserialization alone, of step-counter and of the smallest component). Needs the task modules:
 //! `tests/build-guests.sh --bench`.
 //!
 //! Knobs (environment): `BENCH_ROUNDS` (default 3), `BENCH_ONLY=md,sort` (a subset of the
@@ -220,6 +221,50 @@ async fn main() {
         p50_p99(&mut total_cpu),
         p50_p99(&mut total_wall)
     );
+
+    // Wasmtime's own part of a load, alone: `Component::deserialize_file` on a fresh runtime's
+    // engine, of step-counter and of the smallest wasip2 component we build (other-world: no
+    // taskhost import, 43 KiB), with neither our file check nor the link. What no change of
+    // ours can take below.
+    let mut floors = Vec::new();
+    for name in ["step_counter", "other_world"] {
+        let bytes = wasm(name);
+        let path = tmp.path().join(format!("{name}.cwasm"));
+        let code = wasmtime::component::Component::new(metered.engine(), &bytes)
+            .and_then(|c| c.serialize())
+            .unwrap();
+        std::fs::write(&path, code).unwrap();
+        let mut cpu = Vec::with_capacity(disk_starts);
+        for _ in 0..disk_starts {
+            let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+            let c = suite::thread_cpu();
+            let component = deserialize_file(rt.engine(), &path);
+            cpu.push(suite::thread_cpu() - c);
+            drop(component);
+        }
+        floors.push(format!(
+            "{name} ({} KiB) CPU {}",
+            bytes.len() / 1024,
+            p50_p99(&mut cpu)
+        ));
+    }
+    println!(
+        "  (wasmtime's deserialize_file alone, on a fresh runtime: {})",
+        floors.join("; ")
+    );
+}
+
+/// `path`, written by `Component::serialize` on an engine of the same configuration.
+// Deserializing compiled code is unsafe in wasmtime: see the SAFETY comment.
+#[allow(unsafe_code)]
+fn deserialize_file(
+    engine: &wasmtime::Engine,
+    path: &std::path::Path,
+) -> wasmtime::component::Component {
+    // SAFETY: the benchmark wrote `path` just before, from `Component::serialize` of a
+    // component compiled by an engine of this very configuration, in its own temporary
+    // directory, and nothing writes it since; wasmtime checks the compatibility header.
+    unsafe { wasmtime::component::Component::deserialize_file(engine, path) }.unwrap()
 }
 
 /// "p50 X us, p99 Y us" of `xs`.
