@@ -151,7 +151,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// An instantiation error that is the host's doing, not the task's: the pool had no free
-/// slot, or anything but the task's own limits and traps.
+/// slot, or anything but the task's own limits and what its code did.
 pub(super) fn is_host_fault(e: &wasmtime::Error, memory_hit: bool) -> bool {
     if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
         .is_some()
@@ -159,9 +159,13 @@ pub(super) fn is_host_fault(e: &wasmtime::Error, memory_hit: bool) -> bool {
         return true;
     }
     // The task's own doing: over its memory, or over its memories / instances / tables
-    // ("resource limit exceeded: memory count too high"), or a trap in its start function.
+    // ("resource limit exceeded: memory count too high"), or anything that ended its start
+    // function: a trap, or an error an import returned to it (`exit`, a full resource
+    // table, an argument past `MAX_CALL_BYTES`), which wasmtime marks with the task's
+    // backtrace.
     let own = memory_hit
         || e.downcast_ref::<Trap>().is_some()
+        || e.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
         || format!("{e:#}").contains("resource limit exceeded");
     !own
 }

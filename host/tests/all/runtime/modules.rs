@@ -165,3 +165,55 @@ async fn a_component_with_many_memories_is_the_tasks_fault() {
     .await;
     assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
 }
+
+/// A component whose core module's start function calls `wasi:cli/exit` with an error: the
+/// import returns an error (not a trap) while the component is being instantiated.
+fn component_exiting_in_start() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component
+  (import "wasi:cli/exit@0.2.0" (instance $exit
+    (export "exit" (func (param "status" (result))))))
+  (core func $exit (canon lower (func $exit "exit")))
+  (core module $m
+    (import "host" "exit" (func $exit (param i32)))
+    (memory (export "memory") 1)
+    (func $start (call $exit (i32.const 1)))
+    (start $start)
+    (func (export "run") (param i32 i32) (result i32) unreachable)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable))
+  (core instance $i (instantiate $m
+    (with "host" (instance (export "exit" (func $exit))))))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc")))))"#,
+    )
+    .unwrap()
+}
+
+/// A task whose start function makes an import fail (here `exit` with an error, which the
+/// host answers with an error, not a trap) fails as the task's own doing, never a host
+/// fault (which would hand the job back forever and count against the node).
+#[tokio::test]
+async fn an_import_failing_in_the_start_function_is_the_tasks_fault() {
+    let rt = runtime();
+    let m = rt
+        .prepare(component_exiting_in_start(), None)
+        .await
+        .expect("the component prepares");
+    let r = run_once(&rt, &m, "{}", JobLimits::default()).await;
+    assert!(
+        matches!(&r.outcome, Outcome::Trapped { message, .. } if message.contains("exit status 1")),
+        "{:?}",
+        r.outcome
+    );
+    // Its slot went back: the worker's other tasks still start.
+    let step = prepare(&rt, "step_counter").await;
+    let r = run_once(
+        &rt,
+        &step,
+        r#"{"job_id":"j","steps":2}"#,
+        JobLimits::default(),
+    )
+    .await;
+    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+}
