@@ -9,7 +9,8 @@
 //! of the dimensions need; element i is i/8 as an f32), and computes with it under the name
 //! `input`, `"repeat"` times (default 1: the benchmark's loop). `"model"`: the input to load
 //! the graph from instead of `model`; `"first"`: an input whose graph is loaded (and held)
-//! before it.
+//! before it; with `"first_context": true` only an execution context of that first graph is
+//! held, its graph dropped.
 //!
 //! Output: `{"stage": "load"|"compute"|"done", "kind": .., "message": ..}` when a call failed
 //! (`kind`: the error kind, e.g. `TooLarge`), else `{"stage": "done", "outputs": {NAME:
@@ -34,6 +35,7 @@ struct Input {
     repeat: Option<u32>,
     model: Option<String>,
     first: Option<String>,
+    first_context: Option<bool>,
 }
 
 fn failed(stage: &str, e: &taskhost_guest::nn::Error) -> Value {
@@ -47,10 +49,18 @@ impl Task for Probe {
     type Output = Value;
 
     fn run(input: Input) -> Result<Value, Error> {
-        let _first = match input.first.as_deref().map(Graph::from_input) {
+        let first = match input.first.as_deref().map(Graph::from_input) {
             None => None,
             Some(Ok(g)) => Some(g),
             Some(Err(e)) => return Ok(failed("first", &e)),
+        };
+        // The first graph held as itself, or only as an execution context of it.
+        let _first = match first {
+            Some(g) if input.first_context == Some(true) => match g.context() {
+                Ok(c) => (None, Some(c)),
+                Err(e) => return Ok(failed("first", &e)),
+            },
+            other => (other, None),
         };
         let graph = match Graph::from_input(input.model.as_deref().unwrap_or("model")) {
             Ok(g) => g,

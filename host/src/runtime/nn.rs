@@ -168,7 +168,7 @@ impl inference::HostGraphExecutionContext for HostState {
         this: Resource<ContextHandle>,
         inputs: Vec<inference::NamedTensor>,
     ) -> NnResult<Vec<inference::NamedTensor>> {
-        let graph = self.table.get(&this)?.graph.clone();
+        let graph = self.table.get(&this)?.graph().clone();
         let mut tensors = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
             tensors.push((name, self.table.delete(t)?));

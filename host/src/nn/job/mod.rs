@@ -17,13 +17,37 @@ use super::{ErrorCode, GRAPH_COST_FACTOR, NnError, NnService, quoted};
 
 /// A graph a task holds: the loaded graph and its cost in the job's budget.
 pub struct GraphHandle {
-    pub(crate) graph: Arc<LoadedGraph>,
+    held: Arc<HeldGraph>,
+}
+
+/// An execution context: the graph it runs (inputs are given to each `compute`). It holds
+/// the graph as its graph resource does, so the job is charged for the graph until the last
+/// of them is dropped: a task that drops a graph and keeps a context of it is charged all
+/// the same.
+pub struct ContextHandle {
+    held: Arc<HeldGraph>,
+}
+
+/// A loaded graph with its cost in the job's budget, shared by the task's graph resource and
+/// its execution contexts.
+struct HeldGraph {
+    graph: Arc<LoadedGraph>,
     _job: Charge,
 }
 
-/// An execution context: the graph it runs (inputs are given to each `compute`).
-pub struct ContextHandle {
-    pub(crate) graph: Arc<LoadedGraph>,
+impl GraphHandle {
+    fn new(graph: Arc<LoadedGraph>, job: Charge) -> GraphHandle {
+        GraphHandle {
+            held: Arc::new(HeldGraph { graph, _job: job }),
+        }
+    }
+}
+
+impl ContextHandle {
+    /// The graph this context runs.
+    pub fn graph(&self) -> &Arc<LoadedGraph> {
+        &self.held.graph
+    }
 }
 
 /// A tensor a task holds, its bytes charged to the job and the worker.
@@ -230,7 +254,7 @@ impl NnJob {
             .charge(graph.cost)
             .ok_or_else(|| too_large_for_job(self.budget.cap(), graph.cost, self.budget.used()))?;
         self.service.hits.fetch_add(1, Ordering::Relaxed);
-        Ok(GraphHandle { graph, _job: job })
+        Ok(GraphHandle::new(graph, job))
     }
 
     /// The graph of the ONNX model `bytes`: from the worker's cache when a job loaded the
@@ -297,7 +321,7 @@ impl NnJob {
             _worker: worker,
         });
         self.service.cache.insert(graph.clone());
-        Ok(GraphHandle { graph, _job: job })
+        Ok(GraphHandle::new(graph, job))
     }
 
     /// Runs `graph` on `inputs` (each named by the graph input's name or its index), giving
@@ -404,7 +428,7 @@ impl GraphHandle {
     /// A new execution context of this graph.
     pub fn context(&self) -> ContextHandle {
         ContextHandle {
-            graph: self.graph.clone(),
+            held: self.held.clone(),
         }
     }
 }

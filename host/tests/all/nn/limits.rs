@@ -377,6 +377,30 @@ async fn host_memory_is_capped_per_job_and_per_worker() {
         "{message}"
     );
 
+    // A graph stays charged to the job while an execution context of it lives, its graph
+    // resource dropped or not: two of the big graph (~6 MiB each) are past a 10 MiB cap
+    // either way, and one fits.
+    let rt = runtime(NnConfig {
+        job_memory: 10 * mib,
+        ..with_ort()
+    });
+    let m = module(&rt, "nn_probe").await;
+    let big = [("model", "m/big")];
+    let r = done(run_job(&store, &rt, &m, "one", "{}", &big).await);
+    assert_eq!(r["stage"], "done", "{r}");
+    for (job, input) in [
+        ("graph", r#"{"first":"model"}"#),
+        ("context", r#"{"first":"model","first_context":true}"#),
+    ] {
+        let r = done(run_job(&store, &rt, &m, job, input, &big).await);
+        assert_eq!(
+            (r["stage"].as_str(), r["kind"].as_str()),
+            (Some("load"), Some("TooLarge")),
+            "{job}: {r}"
+        );
+        assert!(r["message"].as_str().unwrap().contains("job"), "{job}: {r}");
+    }
+
     // The worker's cap, shared by its jobs: a graph past what is left is refused, with a
     // message that says it is the worker's.
     let rt = runtime(NnConfig {
