@@ -10,8 +10,11 @@ venv: onnx, onnxruntime, numpy).
       with one F x F weight (a long inference from a small model)
   models.py nested OUT DEPTH                       # x[4], c -> y: DEPTH nested If
       subgraphs (ONNX Runtime's parser takes about 32; a hostile model nests deeper)
-  models.py external OUT LOCATION                  # x[4] + w, w's 16 bytes read from the
-      file LOCATION ("external data"): the host must refuse it
+  models.py external OUT LOCATION [FORM]           # x[4] + w, w's 16 bytes read from the
+      file LOCATION ("external data"): the host must refuse it. FORM: `dense` (the
+      default) or `sparse` (w a sparse initializer whose values are the external data);
+      LOCATION `address:N` names ONNX Runtime's in-memory marker `*/_ORT_MEM_ADDR_/*` with
+      offset N, read as a pointer. ONNX Runtime before 1.27 reads some of these
   models.py records OUT N FEATURES SEED            # N lines of F comma-separated numbers
   models.py native MODEL RECORDS BATCH OUT [THREADS] # ONNX Runtime on the records in batches:
       OUT gets one line per record, "LABEL,BITS0,BITS1,..." (the f32 scores' bit patterns)
@@ -162,24 +165,40 @@ def nested(out, depth):
         f.write(model)
 
 
-def external(out, location):
-    from onnx import TensorProto, helper
+def external(out, location, form="dense"):
+    from onnx import SparseTensorProto, TensorProto, helper
 
     w = TensorProto()
     w.name = "w"
     w.data_type = TensorProto.FLOAT
     w.dims.extend([4])
     w.data_location = TensorProto.EXTERNAL
-    entry = w.external_data.add()
-    entry.key = "location"
-    entry.value = location
+    if location.startswith("address:"):
+        entries = [("location", "*/_ORT_MEM_ADDR_/*"), ("offset", location[len("address:"):])]
+    else:
+        entries = [("location", location)]
+    for key, value in entries + [("length", "16")]:
+        entry = w.external_data.add()
+        entry.key = key
+        entry.value = value
+    initializers, sparse = [w], []
+    if form == "sparse":
+        indices = helper.make_tensor("w_indices", TensorProto.INT64, [4], [0, 1, 2, 3])
+        s = SparseTensorProto()
+        s.values.CopyFrom(w)
+        s.indices.CopyFrom(indices)
+        s.dims.extend([4])
+        initializers, sparse = [], [s]
+    elif form != "dense":
+        sys.exit(f"external: unknown form {form}")
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "w"], ["y"])],
         "external",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-        [w],
+        initializers,
     )
+    graph.sparse_initializer.extend(sparse)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     with open(out, "wb") as f:
@@ -258,7 +277,7 @@ if __name__ == "__main__":
     elif cmd == "nested":
         nested(args[0], int(args[1]))
     elif cmd == "external":
-        external(args[0], args[1])
+        external(*args[:3])
     elif cmd == "records":
         records(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "native":

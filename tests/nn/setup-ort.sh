@@ -5,18 +5,25 @@
 #
 #   tests/nn/setup-ort.sh           # prints e.g. /root/.cache/taskhost/ort-venv/.../libonnxruntime.so.1.31.1
 #   tests/nn/setup-ort.sh --python  # the same, then prints the venv's python instead
+#   tests/nn/setup-ort.sh --old     # the same, then prints the library of ONNX Runtime
+#                                   # $OLD_ORT_VERSION instead, one the worker must refuse
+#                                   # (host/src/nn/engine.rs, MIN_VERSION)
 #
 # Where: ${TASKHOST_ORT_VENV:-$HOME/.cache/taskhost/ort-venv}. Idempotent: a venv that has the
 # pinned versions is reused as it is. Uses the machine's python3 (3.10+).
 #
 # The onnxruntime version must serve the ONNX Runtime API version the host's `ort` crate asks
-# for (host/Cargo.toml: `ort` feature `api-22`, i.e. ONNX Runtime 1.22 or newer); the test
-# pins one that does. numpy comes with onnxruntime; `onnx` builds the tests' models.
+# for (host/Cargo.toml: `ort` feature `api-22`, i.e. ONNX Runtime 1.22 or newer) and be one the
+# worker loads (host/src/nn/engine.rs, MIN_VERSION: 1.27 or newer); the test pins one that does. numpy comes with onnxruntime; `onnx` builds the tests' models.
 set -euo pipefail
 
 ORT_VERSION=1.31.1
 ONNX_VERSION=1.20.1
+# The newest release older than the worker's oldest (1.27): it reads a sparse initializer's
+# external data from any file or address. Only its library is taken from the wheel.
+OLD_ORT_VERSION=1.26.0
 VENV="${TASKHOST_ORT_VENV:-$HOME/.cache/taskhost/ort-venv}"
+OLD_DIR="$VENV-old-$OLD_ORT_VERSION"
 
 have() {
     [ -x "$VENV/bin/python" ] &&
@@ -41,11 +48,17 @@ print(libs[0])
 PY
 }
 
+# The old release's library in $OLD_DIR, if it is there.
+old_lib() {
+    ls "$OLD_DIR"/libonnxruntime.so* 2>/dev/null | head -n 1
+}
+
 PRINT=lib
 case "${1:-}" in
     "") ;;
     --python) PRINT=python ;;
-    *) echo "usage: setup-ort.sh [--python]" >&2; exit 2 ;;
+    --old) PRINT=old ;;
+    *) echo "usage: setup-ort.sh [--python | --old]" >&2; exit 2 ;;
 esac
 
 if ! have; then
@@ -62,8 +75,33 @@ if ! have; then
         have || { echo "setup-ort.sh: onnxruntime/onnx did not install into $VENV" >&2; exit 1; }
     fi
 fi
-if [ "$PRINT" = python ]; then
-    echo "$VENV/bin/python"
-else
-    lib_path
+if [ "$PRINT" = old ] && [ -z "$(old_lib)" ]; then
+    exec 9>"$VENV.lock"
+    if command -v flock >/dev/null; then flock 9; fi
+    if [ -z "$(old_lib)" ]; then
+        echo "fetching onnxruntime==$OLD_ORT_VERSION's library into $OLD_DIR" >&2
+        rm -rf "$OLD_DIR.tmp" && mkdir -p "$OLD_DIR.tmp"
+        "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+            --only-binary=:all: -d "$OLD_DIR.tmp" "onnxruntime==$OLD_ORT_VERSION" >&2
+        "$VENV/bin/python" - "$OLD_DIR.tmp" <<'PY'
+import glob, os, sys, zipfile
+d = sys.argv[1]
+(wheel,) = glob.glob(os.path.join(d, "onnxruntime-*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if "/capi/libonnxruntime.so" in n]
+    if not names:
+        sys.exit("setup-ort.sh: no libonnxruntime.so* in " + wheel)
+    for n in names:
+        with open(os.path.join(d, os.path.basename(n)), "wb") as out:
+            out.write(z.read(n))
+os.remove(wheel)
+PY
+        rm -rf "$OLD_DIR" && mv "$OLD_DIR.tmp" "$OLD_DIR"
+        [ -n "$(old_lib)" ] || { echo "setup-ort.sh: no library in $OLD_DIR" >&2; exit 1; }
+    fi
 fi
+case "$PRINT" in
+    python) echo "$VENV/bin/python" ;;
+    old) old_lib ;;
+    *) lib_path ;;
+esac

@@ -9,8 +9,9 @@ use taskhost::nn::{NnConfig, Provider};
 #[derive(Args, Debug, Clone)]
 pub struct NnArgs {
     /// ONNX Runtime's shared library (`libonnxruntime.so*`, e.g. from the `onnxruntime` or
-    /// `onnxruntime-gpu` wheel's `onnxruntime/capi/`). Unset: tasks run, but a graph load gets
-    /// `unsupported-operation`.
+    /// `onnxruntime-gpu` wheel's `onnxruntime/capi/`), release 1.27 or newer (older ones let a
+    /// model read the worker's files and memory: refused). Unset: tasks run, but a graph load
+    /// gets `unsupported-operation`.
     #[arg(long = "ort-dylib-path", env = "ORT_DYLIB_PATH", value_name = "FILE")]
     pub ort_dylib_path: Option<PathBuf>,
     /// ONNX Runtime's execution provider: `cpu`, or `cuda` (needs `onnxruntime-gpu`'s library

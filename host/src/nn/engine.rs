@@ -112,6 +112,10 @@ pub fn environment(path: &Path) -> Result<Environment, String> {
     if !path.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
+    // Before `ort` takes the library (once per process): one too old is refused and leaves
+    // the process free to load another.
+    check_version(&library_version(path)?)
+        .map_err(|e| format!("ONNX Runtime at {}: {e}", path.display()))?;
     let env = ort::init_from(path)
         .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
         .with_name("taskhost")
@@ -119,6 +123,69 @@ pub fn environment(path: &Path) -> Result<Environment, String> {
         .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
     *loaded = Some((path.to_owned(), env.clone()));
     Ok(env)
+}
+
+/// The oldest ONNX Runtime the worker loads (major, minor). Older releases let a model's
+/// external data name what the task must never read, and a task reads it back as a tensor:
+/// through 1.23, any file of the worker (an absolute path, or one escaping the empty
+/// directory [`EXTERNAL_DATA_DIR`] points at) and any address of its memory (the location
+/// `*/_ORT_MEM_ADDR_/*` takes the offset as a pointer); through 1.26 still all of these
+/// through a sparse initializer's values. Measured on the `onnxruntime` wheels 1.22.0 to
+/// 1.31.1 with `tests/nn/models.py external` (README, "Model inference").
+pub const MIN_VERSION: (u32, u32) = (1, 27);
+
+/// ONNX Runtime's version (`OrtGetApiBase()->GetVersionString()`, e.g. `1.31.1`) from the
+/// library at `path`, which this loads into the process (as `ort` would next) for good:
+/// ONNX Runtime is never unloaded.
+// Loading a library and calling into it is unsafe: see the SAFETY comments.
+#[allow(unsafe_code)]
+fn library_version(path: &Path) -> Result<String, String> {
+    use std::ffi::{CStr, c_char};
+    let fail = |why: String| format!("cannot load ONNX Runtime from {}: {why}", path.display());
+    // SAFETY: `path` is the library the operator configured as ONNX Runtime's (checked at
+    // start for its entry point); loading it runs its initialisers, as `ort::init_from`,
+    // which loads this same file next, would.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| fail(e.to_string()))?;
+    // SAFETY: ONNX Runtime's C API declares `const OrtApiBase* OrtGetApiBase(void)`, and
+    // `OrtApiBase.GetVersionString` as `const char* (void)` returning a static string.
+    let version = unsafe {
+        let get_base = lib
+            .get::<unsafe extern "system" fn() -> *const ort::sys::OrtApiBase>(ENTRY_POINT)
+            .map_err(|e| fail(e.to_string()))?;
+        let base = get_base();
+        if base.is_null() {
+            return Err(fail("OrtGetApiBase returned nothing".to_owned()));
+        }
+        let text: *const c_char = ((*base).GetVersionString)();
+        if text.is_null() {
+            return Err(fail("it gives no version".to_owned()));
+        }
+        CStr::from_ptr(text).to_string_lossy().into_owned()
+    };
+    // Kept loaded: unloading ONNX Runtime while `ort` may load it again is not supported.
+    std::mem::forget(lib);
+    Ok(version)
+}
+
+/// `Ok` if `version` (`MAJOR.MINOR.PATCH`) is [`MIN_VERSION`] or newer.
+fn check_version(version: &str) -> Result<(), String> {
+    let (min_major, min_minor) = MIN_VERSION;
+    let mut parts = version.split('.').map(str::parse::<u32>);
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        return Err(format!(
+            "cannot tell its version from {:?}",
+            crate::inert::cut(version, 64)
+        ));
+    };
+    if (major, minor) < MIN_VERSION {
+        return Err(format!(
+            "version {major}.{minor} is older than {min_major}.{min_minor}, the oldest the \
+             worker loads: older releases let a model read the worker's files and memory \
+             through its external data (use the onnxruntime or onnxruntime-gpu wheel \
+             {min_major}.{min_minor} or newer)"
+        ));
+    }
+    Ok(())
 }
 
 /// A model loaded into an ONNX Runtime session, with its inputs and outputs.
@@ -205,5 +272,25 @@ impl Model {
             out.push((name.to_owned(), t));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_version;
+
+    #[test]
+    fn releases_before_the_oldest_supported_are_refused() {
+        for old in ["1.22.0", "1.23.2", "1.26.0", "1.26.99", "0.99.0"] {
+            let e = check_version(old).expect_err(old);
+            assert!(e.contains("older than 1.27"), "{old}: {e}");
+        }
+        for ok in ["1.27.0", "1.31.1", "1.40.0-dev", "2.0.0", "1.27"] {
+            assert_eq!(check_version(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "one.two", "1", "1.x.0", "v1.31.1"] {
+            let e = check_version(bad).expect_err(bad);
+            assert!(e.contains("cannot tell its version"), "{bad}: {e}");
+        }
     }
 }

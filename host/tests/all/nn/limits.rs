@@ -51,7 +51,29 @@ async fn malformed_models_are_errors_for_the_task_and_the_worker_runs_on() {
         absolute.to_str().unwrap(),
         secret.to_str().unwrap(),
     ]);
+    // The same through a sparse initializer's values, and ONNX Runtime's in-memory marker
+    // (its offset read as a pointer), dense and sparse: read by releases before 1.27, which
+    // the worker does not load (`an_onnx_runtime_older_than_the_oldest_supported_is_refused`).
+    let sparse = tmp.path().join("sparse.onnx");
+    models(&[
+        "external",
+        sparse.to_str().unwrap(),
+        secret.to_str().unwrap(),
+        "sparse",
+    ]);
+    let address = tmp.path().join("address.onnx");
+    models(&["external", address.to_str().unwrap(), "address:65536"]);
+    let sparse_address = tmp.path().join("sparse_address.onnx");
+    models(&[
+        "external",
+        sparse_address.to_str().unwrap(),
+        "address:65536",
+        "sparse",
+    ]);
     let (store, _dir) = store_with(&[
+        ("m/sparse", &sparse),
+        ("m/address", &address),
+        ("m/sparse_address", &sparse_address),
         ("m/external", &external),
         ("m/absolute", &absolute),
         ("m/good", &good),
@@ -70,6 +92,9 @@ async fn malformed_models_are_errors_for_the_task_and_the_worker_runs_on() {
         "bogus",
         "external",
         "absolute",
+        "sparse",
+        "address",
+        "sparse_address",
     ] {
         let key = format!("m/{bad}");
         let r = done(

@@ -9,7 +9,8 @@ use taskhost::nn::NnConfig;
 use taskhost::store::{ObjectStore, Precondition};
 
 use super::inference::{done, module, run_job, store_with};
-use super::{classifier, runtime, with_ort};
+use super::{classifier, old_ort_lib, ort_lib, runtime, with_ort};
+use crate::support;
 
 /// The error kind of a probe whose graph load failed.
 fn load_error(r: &serde_json::Value) -> Option<&str> {
@@ -138,4 +139,47 @@ async fn a_wrong_onnx_runtime_library_is_a_clear_error() {
         let r = done(run_job(&store, &rt, &step, &job, r#"{"steps":3}"#, &[]).await);
         assert_eq!(r["sum"], 6, "{r}");
     }
+}
+
+/// An ONNX Runtime older than the oldest the worker loads (`nn::engine::MIN_VERSION`, 1.27:
+/// older releases let a model read the worker's files and memory through its external data)
+/// is refused at the first graph load, before ONNX Runtime is started: the task's load gets
+/// `unsupported-operation` and the log says why. The same job with the pinned release runs:
+/// the refusal is the version's. Each in a process of its own (`taskhost run`): ONNX Runtime
+/// is loaded once per process.
+#[tokio::test]
+async fn an_onnx_runtime_older_than_the_oldest_supported_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = classifier(tmp.path(), 4, 3, 1);
+    let (_store, dir) = store_with(&[("m/a", &model)]).await;
+    let wasm = support::guests::wasm("nn_probe");
+    let run = |lib: &std::path::Path, job: &str| {
+        let out = std::process::Command::new(support::cli::BIN)
+            .arg("run")
+            .arg(&wasm)
+            .args(["--job-id", job, "--input"])
+            .arg(r#"{"inputs":{"model":"m/a"},"dims":[1,4]}"#)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .env("ORT_DYLIB_PATH", lib)
+            .env("TASKHOST_CACHE_DIR", tmp.path().join("cache"))
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let last = stdout.lines().last().unwrap_or_default().to_owned();
+        let doc: serde_json::Value = serde_json::from_str(&last).expect(&stdout);
+        (doc, format!("{stdout}{stderr}"))
+    };
+    let old = old_ort_lib();
+    let (r, log) = run(&old, "old");
+    assert_eq!(load_error(&r), Some("UnsupportedOperation"), "{r}");
+    assert!(
+        log.contains("older than 1.27") && log.contains("external data"),
+        "{log}"
+    );
+    let (r, _) = run(&ort_lib(), "pinned");
+    assert_eq!(r["stage"], "done", "{r}");
 }

@@ -53,6 +53,27 @@ pub fn ort_lib() -> PathBuf {
     setup().0.clone()
 }
 
+/// The library of an ONNX Runtime release older than the oldest the worker loads
+/// (`setup-ort.sh --old`).
+pub fn old_ort_lib() -> PathBuf {
+    static OLD: OnceLock<PathBuf> = OnceLock::new();
+    OLD.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("tests/nn/setup-ort.sh"))
+            .arg("--old")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tests/nn/setup-ort.sh --old failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().unwrap().trim())
+    })
+    .clone()
+}
+
 /// Runs tests/nn/models.py with `args`; returns its stdout.
 pub fn models(args: &[&str]) -> String {
     let out = Command::new(&setup().1)
