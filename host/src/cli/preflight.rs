@@ -98,6 +98,27 @@ pub async fn connect_queue(
     wait_for(connect, exit_on_misconfig, health, shutdown).await
 }
 
+/// Sets the embedded queue up (its topics and subscriptions; `setup` is not needed for it),
+/// waiting as for a misconfiguration while that fails (a subscription of another topic, a
+/// queue file that cannot be written), retried with the same backoff in case it mends.
+/// `Ok(None)`: `shutdown` came first. `Err(the sentence)`: with `exit_on_misconfig` set.
+pub async fn ensure_embedded_queue(
+    queue: &Queue,
+    topics: &super::config::TopicArgs,
+    subscription: &super::config::SubscriptionArgs,
+    exit_on_misconfig: bool,
+    health: Option<&Health>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<()>> {
+    let ensure = || async {
+        super::config::ensure_queue(queue, topics, subscription)
+            .await
+            .map(drop)
+            .map_err(|e| Problem::Misconfigured(format!("cannot set up the embedded queue: {e:#}")))
+    };
+    wait_for(ensure, exit_on_misconfig, health, shutdown).await
+}
+
 /// Runs `check` until it passes (`Ok(Some(..))`) or `shutdown` comes first (`Ok(None)`),
 /// waiting for what does not answer and for a misconfiguration as [`Misconfig`] says.
 async fn wait_for<T, F, Fut>(

@@ -267,9 +267,29 @@ pub async fn main(args: WorkerArgs, on_salad: bool) -> anyhow::Result<ExitCode> 
         ))
     });
     let store = store.observed(metrics.clone(), health.clone());
-    if let Queue::Local(_) = queue {
-        // The embedded queue needs no setup step.
-        ensure_queue(&queue, &args.topics, &args.subscription).await?;
+    if let Queue::Local(_) = queue
+        && ensure_queue(&queue, &args.topics, &args.subscription)
+            .await
+            .is_err()
+    {
+        // The embedded queue needs no setup step. One that cannot be set up is waited for
+        // like a queue that cannot be connected to: the startup probe passes, readiness
+        // says why.
+        if let Some(h) = &health {
+            h.set_started();
+        }
+        let exit = args.exit_on_misconfig;
+        let ensured = super::preflight::ensure_embedded_queue(
+            &queue,
+            &args.topics,
+            &args.subscription,
+            exit,
+            health.as_deref(),
+            &shutdown,
+        );
+        if ensured.await?.is_none() {
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     // One instance slot per job slot: a job never waits for or fails on a full pool.
     let host = super::config::host_name(args.host_name.as_deref());

@@ -481,3 +481,37 @@ async fn a_worker_waits_for_its_default_module_tag() {
     );
     worker.terminate(Duration::from_secs(15)).await;
 }
+
+/// On the embedded default, a queue that cannot be set up (here the worker's subscription
+/// exists on another topic: `TOPIC_ID` changed under it) is a misconfiguration like the
+/// others, never an exit 1 that a restart policy turns into a crash loop: one sentence; with
+/// `--exit-on-misconfig` exit 7; by default the worker stays up, not ready (`/readyz` gives
+/// the sentence), and a SIGTERM ends it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_queue_that_cannot_be_set_up_is_waited_for() {
+    let addr = format!("127.0.0.1:{}", support::pubsub::free_port());
+    let cli = CliEnv::embedded("emb-setup");
+    cli.run(&["setup"]).await.success();
+    let moved = cli.set("TOPIC_ID", "emb-setup-other");
+    let says = "cannot set up the embedded queue";
+    let exited = moved
+        .run(&["worker", "--exit-on-misconfig"])
+        .await
+        .failure();
+    assert_eq!(exited.status.code(), Some(7), "{exited}");
+    assert!(exited.stderr.contains(says), "{exited}");
+    assert!(exited.stderr.contains("emb-setup-sub"), "{exited}");
+    let mut worker = moved
+        .set("METRICS_ADDR", &addr)
+        .spawn("worker", &["worker"]);
+    worker.wait_for_log(says, Duration::from_secs(30)).await;
+    let (status, body) = support::probes::get(&addr, "/readyz").expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(says), "{body}");
+    let (status, _) = support::probes::get(&addr, "/livez").expect("/livez answers");
+    assert_eq!(status, 200);
+    worker.assert_running();
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait_exit(support::stack::WORKER_STOP).await;
+    assert!(status.success(), "{status}: {}", worker.log());
+}
