@@ -50,11 +50,11 @@ struct State {
     forgotten_through: u64,
 }
 
-/// A directory recorded for a batch's flush ([`GroupCommit::dirty`]), to wait on.
+/// Directories recorded for a batch's flush ([`GroupCommit::dirty`]), to wait on.
 #[derive(Debug)]
 pub(super) struct Recorded {
     batch: u64,
-    dir: PathBuf,
+    dirs: Vec<PathBuf>,
 }
 
 /// Failed fsyncs remembered for writers that wake late; older batches' are let go whole,
@@ -75,14 +75,14 @@ impl Default for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Records that `dir`'s entries changed: the flush of the batch being gathered makes them
-    /// durable.
-    pub(super) fn dirty(&self, dir: PathBuf) -> Recorded {
+    /// Records that the entries of `dirs` changed: the flush of the batch being gathered
+    /// makes them durable.
+    pub(super) fn dirty(&self, dirs: Vec<PathBuf>) -> Recorded {
         let mut st = lock(&self.state);
-        st.dirty.insert(dir.clone());
+        st.dirty.extend(dirs.iter().cloned());
         Recorded {
             batch: st.gathering,
-            dir,
+            dirs,
         }
     }
 
@@ -170,7 +170,7 @@ impl GroupCommit {
         let _ = flushing.await;
     }
 
-    /// How `recorded`'s directory fared in its batch's flush. Failures are remembered by
+    /// How `recorded`'s directories fared in its batch's flush. Failures are remembered by
     /// whole batches, at least [`FAILED_KEPT`] of them; every waiter is woken when its batch
     /// ends, long before they are let go, but one that was let go anyway is a failure: a
     /// write is never taken as durable unless that is known.
@@ -179,13 +179,16 @@ impl GroupCommit {
         let failed = st
             .failed
             .iter()
-            .find(|(n, d, _)| *n == recorded.batch && *d == recorded.dir);
+            .find(|(n, d, _)| *n == recorded.batch && recorded.dirs.contains(d));
         let error = match failed {
             Some((_, _, e)) => e.clone(),
             None if recorded.batch <= st.forgotten_through => format!(
                 "making {} durable: the outcome of its flush is no longer known (a later \
                  flush failed for many directories)",
-                recorded.dir.display()
+                recorded
+                    .dirs
+                    .first()
+                    .map_or_else(Default::default, |d| d.display().to_string())
             ),
             None => return Ok(()),
         };
@@ -218,8 +221,8 @@ mod tests {
         let commit = Arc::new(GroupCommit::default());
 
         // One batch: a directory that cannot be fsynced beside one that can.
-        let bad = commit.dirty(failing(&tmp));
-        let fine = commit.dirty(good.clone());
+        let bad = commit.dirty(vec![failing(&tmp)]);
+        let fine = commit.dirty(vec![good.clone()]);
         assert!(
             commit.sync(&fine).await.is_ok(),
             "the good directory was flushed"
@@ -228,7 +231,7 @@ mod tests {
 
         // A later batch is gathering when the failed batch's writer asks: it still hears of
         // its own batch's failure, not of the later batch.
-        let later = commit.dirty(good.clone());
+        let later = commit.dirty(vec![good.clone()]);
         let err = commit
             .sync(&bad)
             .await
@@ -238,7 +241,7 @@ mod tests {
         assert_eq!(commit.flushes(), 2);
 
         // The same directory recorded again, after the failure, is flushed anew.
-        let again = commit.dirty(good);
+        let again = commit.dirty(vec![good]);
         assert!(commit.sync(&again).await.is_ok());
         assert_eq!(commit.flushes(), 3);
     }
@@ -254,9 +257,9 @@ mod tests {
         let bad_root = failing(&tmp);
         let n = FAILED_KEPT + 10;
         let bad: Vec<Recorded> = (0..n)
-            .map(|i| commit.dirty(bad_root.join(i.to_string())))
+            .map(|i| commit.dirty(vec![bad_root.join(i.to_string())]))
             .collect();
-        let fine = commit.dirty(tmp.path().to_owned());
+        let fine = commit.dirty(vec![tmp.path().to_owned()]);
         assert!(commit.sync(&fine).await.is_ok());
         for (i, r) in bad.iter().enumerate() {
             assert!(
@@ -268,7 +271,7 @@ mod tests {
         // Two more failed batches let the first go: its writers are told of a failure still.
         for _ in 0..2 {
             let r: Vec<Recorded> = (0..n)
-                .map(|i| commit.dirty(bad_root.join(i.to_string())))
+                .map(|i| commit.dirty(vec![bad_root.join(i.to_string())]))
                 .collect();
             assert!(commit.sync(&r[0]).await.is_err());
         }

@@ -134,6 +134,9 @@ impl KeyLock {
 pub(super) struct Staged {
     /// (temporary file, where it goes), in the order of the renames.
     files: Vec<(PathBuf, PathBuf)>,
+    /// Whether a directory was made for them: its entry, and those of any directories made
+    /// with it, are new in the directories above.
+    made_dir: bool,
 }
 
 impl Staged {
@@ -147,6 +150,11 @@ impl Staged {
         let staged = self.write_temporary(dest, write)?;
         self.files.push(staged);
         Ok(())
+    }
+
+    /// Whether a directory was made for the staged files (see [`changed_dirs`]).
+    pub(super) fn made_dir(&self) -> bool {
+        self.made_dir
     }
 
     /// [`Staged::stage`], renamed before every file staged so far.
@@ -185,7 +193,7 @@ impl Staged {
                 Err(e) if tries < RACE_TRIES && e.kind() == io::ErrorKind::NotFound => {
                     match fs::create_dir_all(dir) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
+                        _ => self.made_dir = true,
                     }
                 }
                 Err(e) => return Err(e),
@@ -228,6 +236,23 @@ fn temporary_name(dest: &Path) -> io::Result<PathBuf> {
         dest,
         &format!("tmp.{}.{seq}.{}", std::process::id(), hex::encode(random)),
     ))
+}
+
+/// The directories whose entries a write of a file into `dir` (under `root`) changes: `dir`,
+/// and when the write made `dir` ([`Staged::made_dir`]), every directory above it up to
+/// `root`, since the made directories' entries are new in them (`create_dir_all` may have
+/// made several levels). A new entry is durable only once its directory is fsynced.
+pub(super) fn changed_dirs(root: &Path, dir: &Path, made_dir: bool) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.to_owned()];
+    if made_dir {
+        dirs.extend(
+            dir.ancestors()
+                .skip(1)
+                .take_while(|d| d.starts_with(root))
+                .map(Path::to_path_buf),
+        );
+    }
+    dirs
 }
 
 /// A write's first half: `stage` writes its temporary files (beside the key at `path`), then

@@ -48,7 +48,7 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
-use lock::{lock_key, stage_then_lock};
+use lock::{changed_dirs, lock_key, stage_then_lock};
 pub use multipart::ABANDONED_UPLOAD_AGE;
 pub use sweep::{STALE_TEMPORARY_AGE, Swept};
 
@@ -113,8 +113,9 @@ impl DirStore {
         let xattrs = std::sync::Arc::clone(&self.xattrs);
         // Recorded on the blocking thread: a caller dropped meanwhile leaves no rename unrecorded.
         let (tag, recorded) = tokio::task::spawn_blocking(move || {
-            let tag = put_blocking(&root, &path, &bytes, &pre, note.as_deref(), &xattrs)?;
-            Ok::<_, StoreError>((tag, commit.dirty(dir)))
+            let (tag, made_dir) =
+                put_blocking(&root, &path, &bytes, &pre, note.as_deref(), &xattrs)?;
+            Ok::<_, StoreError>((tag, commit.dirty(changed_dirs(&root, &dir, made_dir))))
         })
         .await
         .map_err(join_err)??;
@@ -292,7 +293,7 @@ fn put_blocking(
     pre: &Precondition,
     note: Option<&str>,
     xattrs: &note::Xattrs,
-) -> Result<ETag, StoreError> {
+) -> Result<(ETag, bool), StoreError> {
     let ctx = || format!("writing {}", path.display());
     // A create-only write that finds the key taken fails at once, before it writes a file
     // (a claim of a job claimed already): the answer holds at this read, and a write that
@@ -322,6 +323,7 @@ fn put_blocking(
         Ok(hidden_note)
     })
     .map_err(|e| io_err(e, ctx))?;
+    let made_dir = staged.made_dir();
     let result = (|| {
         if !precondition_holds(path, pre).map_err(|e| io_err(e, ctx))? {
             return Err(StoreError::PreconditionFailed);
@@ -332,7 +334,7 @@ fn put_blocking(
             note::remove_hidden(path).and_then(|()| staged.rename_all())
         };
         renamed.map_err(|e| io_err(e, ctx))?;
-        Ok(etag_of(bytes))
+        Ok((etag_of(bytes), made_dir))
     })();
     // After the renames (a failed write's temporary files are gone by now).
     lock.release(root);
@@ -431,7 +433,7 @@ impl ObjectStore for DirStore {
     async fn make_durable(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let dir = path.parent().expect("keys always have a parent").to_owned();
-        let recorded = self.commit.dirty(dir);
+        let recorded = self.commit.dirty(vec![dir]);
         self.commit.sync(&recorded).await
     }
 

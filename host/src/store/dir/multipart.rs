@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::lock::stage_then_lock;
+use super::lock::{changed_dirs, stage_then_lock};
 use super::{DirStore, etag_of, io_err, join_err, note};
 use crate::store::{ETag, ErrorKind, Multipart, StoreError};
 
@@ -24,7 +24,7 @@ fn complete_blocking(
     path: &Path,
     parts_dir: &Path,
     parts: usize,
-) -> Result<ETag, StoreError> {
+) -> Result<(ETag, bool), StoreError> {
     let ctx = || format!("completing the upload of {}", path.display());
     let mut hash = Sha256::new();
     let (staged, (), lock) = stage_then_lock(root, path, |staged| {
@@ -38,6 +38,7 @@ fn complete_blocking(
         })
     })
     .map_err(|e| io_err(e, ctx))?;
+    let made_dir = staged.made_dir();
     // The object has no note: an older one's goes.
     let written = note::remove_hidden(path)
         .and_then(|()| staged.rename_all())
@@ -45,7 +46,7 @@ fn complete_blocking(
     lock.release(root);
     written?;
     let _ = fs::remove_dir_all(parts_dir);
-    Ok(ETag(hex::encode(&hash.finalize()[..16])))
+    Ok((ETag(hex::encode(&hash.finalize()[..16])), made_dir))
 }
 
 impl Multipart for DirStore {
@@ -102,8 +103,8 @@ impl Multipart for DirStore {
         let parent = path.parent().expect("keys always have a parent").to_owned();
         let commit = std::sync::Arc::clone(&self.commit);
         let (tag, recorded) = tokio::task::spawn_blocking(move || {
-            let tag = complete_blocking(&root, &path, &dir, count)?;
-            Ok::<_, StoreError>((tag, commit.dirty(parent)))
+            let (tag, made_dir) = complete_blocking(&root, &path, &dir, count)?;
+            Ok::<_, StoreError>((tag, commit.dirty(changed_dirs(&root, &parent, made_dir))))
         })
         .await
         .map_err(join_err)??;

@@ -326,3 +326,58 @@ async fn make_durable_flushes_what_a_write_left_undone() {
     s.make_durable("jobs/none/result").await.unwrap();
     assert!(s.make_durable("../x").await.is_err(), "an invalid key");
 }
+
+/// A write that makes its key's directory (a job's first) records the directories above it
+/// for the flush too: the new directory's entry is in its parent, durable only once that is
+/// fsynced. A write into a directory that exists records only that one.
+#[tokio::test]
+async fn a_new_directory_is_made_durable_in_the_directories_above_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = DirStore::open(tmp.path()).unwrap();
+    let jobs = s.root().join("jobs");
+    s.put("jobs/a/result", b"r".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(s.commit.is_flushed(&jobs));
+    // A job's first write makes jobs/b: jobs/ holds its new entry, not flushed yet.
+    s.put_undoable("jobs/b/checkpoint", b"c".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(!s.commit.is_flushed(&jobs), "jobs/ was not recorded");
+    assert!(!s.is_durable("jobs/b/checkpoint"));
+    // The next flush (make_durable records only jobs/b) takes jobs/ with it.
+    s.make_durable("jobs/b/checkpoint").await.unwrap();
+    assert!(s.commit.is_flushed(&jobs));
+    assert!(s.is_durable("jobs/b/checkpoint"));
+    // Into a directory that exists: only that one.
+    s.put_undoable("jobs/b/other", b"o".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(
+        s.commit.is_flushed(&jobs),
+        "jobs/ recorded for a write that made nothing"
+    );
+    assert!(!s.is_durable("jobs/b/other"));
+    // Several levels made at once: each directory above the key's, up to the root.
+    s.put_undoable(
+        "jobs/c/artifacts/x/part",
+        b"p".to_vec(),
+        Precondition::Absent,
+    )
+    .await
+    .unwrap();
+    for d in [
+        "jobs/c/artifacts/x",
+        "jobs/c/artifacts",
+        "jobs/c",
+        "jobs",
+        "",
+    ] {
+        let dir = s.root().join(d);
+        assert!(
+            !s.commit.is_flushed(&dir),
+            "{} was not recorded",
+            dir.display()
+        );
+    }
+}
