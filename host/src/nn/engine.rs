@@ -128,7 +128,7 @@ pub fn environment(path: &Path) -> Result<Environment, String> {
 /// The oldest ONNX Runtime the worker loads (major, minor). Older releases let a model's
 /// external data name what the task must never read, and a task reads it back as a tensor:
 /// through 1.23, any file of the worker (an absolute path, or one escaping the empty
-/// directory [`EXTERNAL_DATA_DIR`] points at) and any address of its memory (the location
+/// directory `EXTERNAL_DATA_DIR` points at) and any address of its memory (the location
 /// `*/_ORT_MEM_ADDR_/*` takes the offset as a pointer); through 1.26 still all of these
 /// through a sparse initializer's values. Measured on the `onnxruntime` wheels 1.22.0 to
 /// 1.31.1 with `tests/nn/models.py external` (README, "Model inference").
