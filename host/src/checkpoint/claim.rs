@@ -204,13 +204,16 @@ pub async fn claim<S: ObjectStore>(
         }
     }
     let (header, data) = if start_over {
-        // The old work's result, manifest and error go first: a crash after them leaves a
-        // checkpoint of the old work, which the next claim starts over again. (Its artifact
-        // objects stay until the new run replaces them; no manifest lists them.)
+        // The old work's result, manifest, error and the listing's markers of a cancel or
+        // pause go first: a crash after them leaves a checkpoint of the old work, which the
+        // next claim starts over again. (Its artifact objects stay until the new run
+        // replaces them; no manifest lists them.)
         for stale in [
             result_key,
             crate::keys::manifest(job),
             crate::keys::error(job),
+            crate::keys::stopped(job, "cancel"),
+            crate::keys::stopped(job, "pause"),
         ] {
             store
                 .delete(&stale)

@@ -131,7 +131,8 @@ enum Prepared {
 }
 
 /// Reads the job's stored work and clears what stops it ([`requeue`]); with `module`, moves
-/// the stored work to it first.
+/// the stored work to it first, and back when the job is not requeued (done, stopped,
+/// running): a refused retry changes nothing.
 async fn prepare(
     store: &AnyStore,
     id: &JobId,
@@ -142,21 +143,27 @@ async fn prepare(
         Ok(work) => work,
         Err(why) => return Ok(Prepared::Refused(why, exit::NOT_FOUND)),
     };
-    let work = match module {
+    let key = taskhost::keys::work(id);
+    let (work, original) = match module {
         Some(m) => {
             let moved = work.on_module(m);
-            store
-                .put(
-                    &taskhost::keys::work(id),
-                    moved.encode(),
-                    taskhost::store::Precondition::None,
-                )
+            let tag = store
+                .put(&key, moved.encode(), taskhost::store::Precondition::None)
                 .await?;
-            moved
+            (moved, Some((work, tag)))
         }
-        None => work,
+        None => (work, None),
     };
-    Ok(match requeue(store, id, what).await? {
+    let requeued = requeue(store, id, what).await?;
+    if let (false, Some((original, tag))) = (matches!(requeued, Requeued::Ready { .. }), original) {
+        // Unless another command rewrote it since.
+        let back = taskhost::store::Precondition::Matches(tag);
+        match store.put(&key, original.encode(), back).await {
+            Ok(_) | Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(match requeued {
         Requeued::Ready { cleared } => Prepared::Ready(work, cleared),
         Requeued::Done => Prepared::Refused("done (its result exists)".into(), exit::CONFLICT),
         Requeued::Stopped(c) => {

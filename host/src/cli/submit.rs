@@ -203,6 +203,30 @@ pub fn parse_jobs(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
     }
 }
 
+/// Refuses a job whose document names a module of its own (a `module` field: a worker runs
+/// that one, before the message's attribute) other than `module`, the one `--module`
+/// resolved to and every record of the batch names.
+fn same_module(jobs: &[(JobId, String)], module: &ModuleHash) -> anyhow::Result<()> {
+    for (id, doc) in jobs {
+        let own = serde_json::from_str::<serde_json::Value>(doc)?
+            .get("module")
+            .cloned();
+        let Some(own) = own else { continue };
+        let same = own
+            .as_str()
+            .and_then(|s| s.parse::<ModuleHash>().ok())
+            .is_some_and(|m| m == *module);
+        anyhow::ensure!(
+            same,
+            "job {id}: its \"module\" field ({}) is not the module submitted ({module}, from \
+             --module), and a worker would run the field's: drop the field, or submit the job \
+             with that module",
+            taskhost::inert::Inert(taskhost::inert::cut(&own.to_string(), 80))
+        );
+    }
+    Ok(())
+}
+
 fn parse_json_lines(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
     let mut jobs = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -267,6 +291,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 
     let store = args.store.open()?;
     let module = super::module::resolve_ref(&store, &args.module).await?;
+    same_module(&jobs, &module)?;
     add_inputs(&mut jobs, &Default::default())?;
     let inputs = upload_inputs(&store, &args.inputs, args.quiet).await?;
     add_inputs(&mut jobs, &inputs)?;
@@ -363,6 +388,21 @@ mod tests {
         assert!(add_inputs(&mut reserved, &BTreeMap::new()).is_err());
         assert!(parse_input_arg("data=/tmp/x").is_ok());
         assert!(parse_input_arg("data").is_err() && parse_input_arg(".d=x").is_err());
+        let m = ModuleHash::of(b"m");
+        let other = ModuleHash::of(b"other");
+        let same = format!("{{\"job_id\":\"a\",\"module\":\"{m}\"}}\n{{\"job_id\":\"b\"}}\n");
+        assert!(same_module(&parse_jobs(&same).unwrap(), &m).is_ok());
+        for bad in [
+            format!("{{\"job_id\":\"a\"}}\n{{\"job_id\":\"b\",\"module\":\"{other}\"}}\n"),
+            "{\"job_id\":\"a\",\"module\":7}\n".to_owned(),
+            "{\"job_id\":\"a\",\"module\":\"name:tag\"}\n".to_owned(),
+        ] {
+            let e = same_module(&parse_jobs(&bad).unwrap(), &m).unwrap_err();
+            assert!(
+                e.to_string().contains("is not the module submitted"),
+                "{bad}: {e}"
+            );
+        }
         for bad in [
             "steps\n5\n",
             "job_id,steps\na/b,1\n",

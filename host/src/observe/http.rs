@@ -15,8 +15,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client may take to send its request's head (a stuck client is dropped).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request's head (a stuck client is dropped); the
+/// status page's server (`status::serve`) holds its clients to it too.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One answer: status, content type and body.
 #[derive(Debug, Clone)]

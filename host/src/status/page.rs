@@ -153,7 +153,20 @@ pub async fn read<S: ObjectStore>(
         error = text(store.get(key).await?).map(|reason| poison_reason(key, &reason));
     }
     let header: Option<Header> = match listed.checkpoint_ms {
-        Some(_) => checkpoint::peek(store, job).await?,
+        Some(_) => match store.get(&keys::checkpoint(job)).await? {
+            None => None,
+            Some(o) => match checkpoint::decode(&o.bytes) {
+                Ok((h, _)) => Some(h),
+                // This job's trouble, not the page's: a worker dead-letters it (section 6),
+                // and the page shows it failed, with why, unless a result or error says more.
+                Err(e) => {
+                    if result.is_none() && error.is_none() {
+                        error = Some(format!("its checkpoint is unreadable: {e:#}"));
+                    }
+                    None
+                }
+            },
+        },
         None => None,
     };
     let state = state(result.is_some(), error.is_some(), header.as_ref(), now_ms);
@@ -424,5 +437,37 @@ mod tests {
             (Some(5), Some(9), Some(30))
         );
         assert_eq!(Accounting::total([]), Accounting::default());
+    }
+
+    /// A job whose checkpoint does not decode (damaged, or of a newer format) is shown failed,
+    /// with why, and the page of the others is served all the same.
+    #[tokio::test]
+    async fn an_unreadable_checkpoint_fails_its_job_not_the_page() {
+        use crate::store::{ObjectStore, Precondition};
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::dir::DirStore::open(tmp.path()).unwrap();
+        let (bad, good): (JobId, JobId) = ("bad".parse().unwrap(), "good".parse().unwrap());
+        let damaged = b"not a checkpoint".to_vec();
+        store
+            .put(&keys::checkpoint(&bad), damaged, Precondition::None)
+            .await
+            .unwrap();
+        store
+            .put(&keys::result(&good), b"{}".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+        let scan = super::super::scan(&store).await.unwrap();
+        let selection = Selection {
+            filter: None,
+            page: 0,
+            page_size: DEFAULT_PAGE_SIZE,
+            window: Duration::from_secs(60),
+        };
+        let o = overview(&store, &scan, selection).await.unwrap();
+        let view = |id: &str| o.jobs.iter().find(|v| v.job_id == id).unwrap();
+        assert_eq!(view("bad").state, JobState::Failed);
+        let why = view("bad").error.clone().unwrap();
+        assert!(why.contains("checkpoint is unreadable"), "{why}");
+        assert_eq!(view("good").state, JobState::Done);
     }
 }

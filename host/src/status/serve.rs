@@ -185,6 +185,8 @@ pub async fn serve(
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(crate::observe::http::HEADER_TIMEOUT)
                 .serve_connection(io, service)
                 .await;
         });
@@ -242,5 +244,34 @@ mod tests {
         assert_eq!(api.status(), StatusCode::OK);
         let bad = handle(&app, req("GET", "/api/status?state=nope")).await;
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    }
+
+    /// A client that connects and sends nothing is dropped after the header timeout, as by the
+    /// metrics server: idle connections do not pile up in a long-running `status --serve`.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_no_request_is_dropped() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::Dir(crate::store::dir::DirStore::open(dir.path()).unwrap());
+        let app = Arc::new(App::new(store, Duration::from_secs(60)));
+        let stop = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(serve(
+            app,
+            "127.0.0.1:0".parse().unwrap(),
+            move |a| {
+                let _ = tx.send(a);
+            },
+            stop.clone(),
+        ));
+        let addr = rx.await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut answer = Vec::new();
+        // Virtual time: the header timeout (10 s) passes at once; the guard only if the
+        // server never closes the connection (what it may answer first does not matter).
+        let read = tokio::time::timeout(Duration::from_secs(600), idle.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "the idle connection is still open");
+        stop.cancel();
+        server.await.unwrap().unwrap();
     }
 }

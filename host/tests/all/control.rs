@@ -341,6 +341,17 @@ async fn replay_poison_and_failed(cli: CliEnv, queue: Queue) {
     );
     let s = wait_state(&cli, "bad2", &mut worker, |s| s["state"] == "done").await;
     assert_step_result("bad2", 3, &s);
+    // A retry refused (the job is done) leaves its stored work on its module: reset and
+    // retried, it runs on the step counter again, not on the module the refused retry named.
+    let out = cli
+        .run(&["job", "retry", "bad2", "--module", &broken])
+        .await
+        .failure();
+    assert!(out.stderr.contains("bad2: done"), "{out}");
+    cli.run(&["job", "reset", "bad2", "--yes"]).await.success();
+    cli.run(&["job", "retry", "bad2"]).await.success();
+    let s = wait_state(&cli, "bad2", &mut worker, |s| s["state"] == "done").await;
+    assert_step_result("bad2", 3, &s);
     // Its dead letter is stale now: `replay --all` removes it without running it again.
     let out = cli
         .run(&["dead-letter", "replay", "--all", "--yes"])

@@ -286,8 +286,23 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
     let refused = run(twenty, bind(twenty, &v2, OtherWork::UpgradeModule)).await;
     assert!(matches!(refused, JobEnd::OtherWork(_)), "{refused:?}");
 
-    // Start over: the old result goes, the new work runs from nothing.
+    // Start over: the old result goes, and the listing's markers of a cancel or pause that
+    // `job cancel` / `job pause` left (else the listing shows the new run as stopped); the
+    // new work runs from nothing.
+    let markers = [
+        taskhost::keys::stopped(&job, "cancel"),
+        taskhost::keys::stopped(&job, "pause"),
+    ];
+    for marker in &markers {
+        store
+            .put(marker, b"{}".to_vec(), taskhost::store::Precondition::None)
+            .await
+            .unwrap();
+    }
     let again = run(twenty, bind(twenty, &module, OtherWork::Restart)).await;
+    for marker in &markers {
+        assert!(!store.exists(marker).await.unwrap(), "{marker} left");
+    }
     assert!(
         matches!(again, JobEnd::Done { ref result, attempt: 1 } if result.contains("\"sum\":210")),
         "{again:?}"
