@@ -394,15 +394,18 @@ async fn the_status_page_shows_a_real_run_in_chromium() {
         o["counts"]["done"] == 2 && o["counts"]["failed"] == 1
     })
     .await;
-    // One more job, submitted once no worker runs: it stays queued.
+    // Two more jobs, submitted once no worker runs: one stays queued, one is cancelled.
     stop(&mut worker).await;
     cli.submit_file(
         &module,
         "later.jsonl",
-        "{\"job_id\":\"p-later\",\"steps\":1}\n",
+        "{\"job_id\":\"p-later\",\"steps\":1}\n{\"job_id\":\"p-stop\",\"steps\":1}\n",
     )
     .await
     .success();
+    cli.run(&["job", "cancel", "p-stop", "--yes"])
+        .await
+        .success();
     // A live worker for the workers' table, that takes no job (another subscription).
     let mut idle = cli
         .set("SUBSCRIPTION_ID", "st-page-idle-sub")
@@ -453,7 +456,11 @@ async fn the_status_page_shows_a_real_run_in_chromium() {
         let e = dom[b..].find("</b>").unwrap() + b;
         dom[b..e].to_owned()
     };
-    assert_eq!(count("total"), "4", "{dom}");
+    assert_eq!(count("total"), "5", "{dom}");
+    // Every state has its total (a filter when clicked): the totals add up.
+    assert_eq!(count("cancelled"), "1", "{dom}");
+    assert_eq!(count("paused"), "0", "{dom}");
+    assert!(row(&dom, "p-stop").contains("data-state=\"cancelled\""));
     assert_eq!(count("done"), "2", "{dom}");
     assert_eq!(count("failed"), "1", "{dom}");
     assert_eq!(count("queued"), "1", "{dom}");
