@@ -301,6 +301,17 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Replayed on another module: recorded first as running it (a module `prune` keeps).
+    if let Some(m) = &module {
+        let replayed: Vec<&JobId> = found
+            .iter()
+            .filter(|id| matches!(verdicts.get(*id), Some(Requeued::Ready { .. })))
+            .collect();
+        if let Err(e) = super::submit::record_module(&store, m, &replayed).await {
+            browse.release().await?;
+            return Err(e);
+        }
+    }
     for (topic, messages) in publish {
         if let Err(e) = queue.publish(&topic, messages).await {
             browse.release().await?;

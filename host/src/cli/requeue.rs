@@ -82,7 +82,12 @@ pub async fn main(args: RequeueArgs, what: Requeue) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    // What was cleared is published, whatever failed after it, each job to its own lane.
+    // What was cleared is published, whatever failed after it, each job to its own lane;
+    // moved to another module, recorded first as running it (a module `prune` keeps).
+    if let Some(m) = &module {
+        let ids: Vec<&JobId> = ready.iter().map(|(id, _, _)| id).collect();
+        super::submit::record_module(&store, m, &ids).await?;
+    }
     let works: Vec<StoredWork> = ready.iter().map(|(_, w, _)| w.clone()).collect();
     if let Queue::Local(_) = queue {
         let mut subscription = args.subscription.clone();

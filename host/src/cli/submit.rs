@@ -36,17 +36,42 @@ async fn record_batch(
         Some(b) => (b.clone(), taskhost::store::Precondition::None),
         None => (BatchId::new(), taskhost::store::Precondition::Absent),
     };
-    let key = taskhost::keys::submitted(&batch);
     if jobs.is_empty() {
-        store.delete(&key).await?;
+        store.delete(&taskhost::keys::submitted(&batch)).await?;
         return Ok(batch);
     }
-    let record = taskhost::status::batch::encode(module, jobs.iter().map(|(id, _)| id));
+    write_record(store, &batch, pre, module, jobs.iter().map(|(id, _)| id)).await?;
+    Ok(batch)
+}
+
+/// Records that the jobs `ids` run `module` from now on: a new batch record, the newest that
+/// names them, so `status` and the module's usage (`module rm`, `module prune`) credit it.
+/// What `job retry --module` and `dead-letter replay --module` publish them on.
+pub(super) async fn record_module(
+    store: &taskhost::store::any::AnyStore,
+    module: &ModuleHash,
+    ids: &[&JobId],
+) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let pre = taskhost::store::Precondition::Absent;
+    write_record(store, &BatchId::new(), pre, module, ids.iter().copied()).await
+}
+
+async fn write_record<'a>(
+    store: &taskhost::store::any::AnyStore,
+    batch: &BatchId,
+    pre: taskhost::store::Precondition,
+    module: &ModuleHash,
+    ids: impl Iterator<Item = &'a JobId>,
+) -> anyhow::Result<()> {
+    let record = taskhost::status::batch::encode(module, ids);
     store
-        .put(&key, record.into_bytes(), pre)
+        .put(&taskhost::keys::submitted(batch), record.into_bytes(), pre)
         .await
         .context("cannot record the batch's job ids and module (submitted/)")?;
-    Ok(batch)
+    Ok(())
 }
 
 /// Writes each job's work (`keys::work`: its module, document and lane, as published), up

@@ -474,3 +474,25 @@ async fn a_module_only_queued_jobs_name_is_kept() {
         );
     }
 }
+
+/// A job moved to another module (`job retry --module`, as `dead-letter replay --module`)
+/// names that module from then on (a batch record, the newest naming it): its usage counts
+/// the job, and `module rm` refuses it while the job is queued.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_moved_to_another_module_keeps_that_module() {
+    for kind in KINDS {
+        let env = env(kind, "reg-moved").await;
+        let first = env.push("step_counter", &[]).await;
+        let moved = env.push("prime_count", &[]).await;
+        let jobs = ids("moved", 1);
+        env.submit(&first, &jobs, 10, 0).await;
+        assert_eq!(env.inspect(&moved).await["jobs"]["queued"], 0, "{kind}");
+        env.run(&["job", "retry", &jobs[0], "--module", &moved])
+            .await
+            .success();
+        assert_eq!(env.inspect(&moved).await["jobs"]["queued"], 1, "{kind}");
+        let refused = env.run(&["module", "rm", "--yes", &moved]).await.failure();
+        assert_eq!(refused.status.code(), Some(CONFLICT), "{kind}: {refused}");
+        assert!(env.list().await.contains_key(&moved), "{kind}");
+    }
+}
