@@ -80,6 +80,9 @@ pub struct Reallocator {
     faults: Mutex<(u32, Option<String>)>,
     clock_off_since: Mutex<Option<Instant>>,
     asked: AtomicBool,
+    /// Held while a request is made: events at once (host faults of several slots) wait for
+    /// it and then find it asked, so the request is made once.
+    asking: tokio::sync::Mutex<()>,
 }
 
 impl Reallocator {
@@ -91,6 +94,7 @@ impl Reallocator {
             faults: Mutex::default(),
             clock_off_since: Mutex::default(),
             asked: AtomicBool::new(false),
+            asking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -125,6 +129,7 @@ impl Reallocator {
     /// The node failed a startup self-check (`what`: which, and how): asks for another node
     /// at once. `true`: asked (or asked before); `false`: the request failed (logged).
     pub async fn self_check_failed(&self, what: &str) -> bool {
+        let _asking = self.asking.lock().await;
         if self.asked.load(Ordering::Relaxed) {
             return true;
         }
@@ -157,6 +162,7 @@ impl Reallocator {
     }
 
     async fn consider(&self) {
+        let _asking = self.asking.lock().await;
         if self.asked.load(Ordering::Relaxed) {
             return;
         }

@@ -180,6 +180,32 @@ async fn repeated_host_faults_reallocate_once() {
     assert_eq!(imds.violations(), Vec::<String>::new());
 }
 
+/// Host faults of several slots at once ask once: the first request is made while the
+/// others wait, and they find it made.
+#[tokio::test]
+async fn host_faults_at_once_reallocate_once() {
+    use taskhost::salad::{ReallocateConfig, Reallocator};
+    let imds = StandIn::start();
+    let r = Reallocator::new(
+        client(imds.url()),
+        ReallocateConfig {
+            after_host_faults: 1,
+            ..Default::default()
+        },
+    );
+    let faults = (0..8).map(|i| {
+        let r = &r;
+        async move {
+            r.host_fault(&format!("slot {i}: the pool is exhausted"))
+                .await
+        }
+    });
+    futures_util::future::join_all(faults).await;
+    let reasons = imds.reallocations();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(imds.violations(), Vec::<String>::new());
+}
+
 /// A node that fails the startup self-check (here: compiling far beyond the limit, the
 /// limit set absurdly low) asks for another node once, with its reason, says so on
 /// `/readyz`, takes no job and stays up (a non-zero exit would keep the node from the
