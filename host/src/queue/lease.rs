@@ -93,6 +93,8 @@ pub struct Lease {
     view: LeaseView,
     keeper: tokio::task::JoinHandle<()>,
     settled: bool,
+    /// The nack's delay when the lease is dropped unsettled ([`Lease::handed_back_on_drop_after`]).
+    drop_delay: Duration,
 }
 
 impl std::fmt::Debug for Lease {
@@ -135,7 +137,16 @@ impl Lease {
             },
             keeper,
             settled: false,
+            drop_delay: Duration::ZERO,
         }
+    }
+
+    /// A lease dropped unsettled (its handler panicked) hands its message back after `delay`
+    /// instead of at once: what a host fault's hand-back waits, never an immediate
+    /// redelivery loop across the workers.
+    pub fn handed_back_on_drop_after(mut self, delay: Duration) -> Lease {
+        self.drop_delay = delay;
+        self
     }
 
     /// Counts this lease's extensions (with their lateness) and failed calls in `metrics`.
@@ -200,9 +211,10 @@ impl Drop for Lease {
         }
         self.keeper.abort();
         let shared = Arc::clone(&self.shared);
+        let delay = self.drop_delay;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = nack(&shared, Duration::ZERO).await;
+                let _ = nack(&shared, delay).await;
             });
         }
     }

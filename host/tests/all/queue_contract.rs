@@ -218,6 +218,7 @@ contract!(
     a_nacked_message_comes_back_at_once_with_the_next_attempt,
     a_lapsed_lease_brings_the_message_back,
     a_delayed_nack_brings_it_back_after_the_delay,
+    a_lease_dropped_unsettled_hands_its_message_back_after_its_delay,
     after_max_attempts_the_message_is_dead_lettered,
     a_pull_leases_at_most_what_it_asks_for,
     a_kept_lease_outlives_several_deadlines_and_its_ack_is_final,
@@ -295,6 +296,26 @@ async fn a_delayed_nack_brings_it_back_after_the_delay(local: bool) {
         .await;
     assert_eq!(texts(&again), ["one"]);
     assert_eq!(again[0].message.delivery_attempt, Some(2));
+}
+
+/// A lease dropped without being settled (its handler panicked) nacks its message with the
+/// delay it was given: it comes back after it, not at once.
+async fn a_lease_dropped_unsettled_hands_its_message_back_after_its_delay(local: bool) {
+    let s = Setup::new(local, "dropped", LONG, 100).await;
+    s.publish(&["one"]).await;
+    let first = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    let delay = Duration::from_secs(3);
+    let dropped = Instant::now();
+    drop(Lease::start(s.queue.clone(), SUB, &first[0], LONG).handed_back_on_drop_after(delay));
+    let again = s
+        .pull_back(
+            SUB,
+            dropped + delay,
+            Duration::from_secs(15),
+            "the dropped lease",
+        )
+        .await;
+    assert_eq!(texts(&again), ["one"]);
 }
 
 async fn after_max_attempts_the_message_is_dead_lettered(local: bool) {

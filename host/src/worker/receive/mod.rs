@@ -492,7 +492,12 @@ async fn start_job<S: ObjectStore + Clone + Into<AnyStore>>(
     stopping: &CancellationToken,
     jobs: &mut JoinSet<()>,
 ) {
-    let lease = lease(worker, lane, &received).observe(Arc::clone(&worker.metrics));
+    // A handler that panics drops its lease: the message goes back as a host fault's does,
+    // later, never at once to the next worker.
+    let attempt = received.message.delivery_attempt.unwrap_or(1);
+    let lease = lease(worker, lane, &received)
+        .observe(Arc::clone(&worker.metrics))
+        .handed_back_on_drop_after(crate::worker::decide::retry_delay(attempt));
     if shutdown.is_cancelled() {
         let _ = lease.nack(Duration::ZERO).await;
         return;
@@ -502,8 +507,8 @@ async fn start_job<S: ObjectStore + Clone + Into<AnyStore>>(
     jobs.spawn(async move {
         let handled = worker.handle(received.message, lease, permit, cancel);
         // A panic outside the task's run (which `Runtime::run` catches itself) ends this job
-        // only: its message goes back when the dropped lease nacks it, or when its lease
-        // lapses.
+        // only: its message goes back when the dropped lease nacks it (after the retry
+        // delay), or when its lease lapses.
         if let Err(p) = AssertUnwindSafe(handled).catch_unwind().await {
             let panic = crate::runtime::panic_message(&*p);
             tracing::error!(%panic, "a job's handler panicked (a host fault); its message goes back");
