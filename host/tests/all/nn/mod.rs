@@ -24,24 +24,23 @@ use taskhost::runtime::{Runtime, RuntimeConfig};
 /// ONNX Runtime's library and the venv's python, from `setup-ort.sh` (run once per process).
 fn setup() -> &'static (PathBuf, PathBuf) {
     static SETUP: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    SETUP.get_or_init(|| {
-        let script = repo_root().join("tests/nn/setup-ort.sh");
-        let run = |args: &[&str]| {
-            let out = Command::new("bash")
-                .arg(&script)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "tests/nn/setup-ort.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8(out.stdout).unwrap();
-            PathBuf::from(text.lines().last().unwrap().trim())
-        };
-        (run(&[]), run(&["--python"]))
-    })
+    SETUP.get_or_init(|| (setup_ort(&[]), setup_ort(&["--python"])))
+}
+
+/// The path `tests/nn/setup-ort.sh args` prints last.
+fn setup_ort(args: &[&str]) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("tests/nn/setup-ort.sh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/nn/setup-ort.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(text.lines().last().unwrap().trim())
 }
 
 fn repo_root() -> PathBuf {
@@ -57,21 +56,7 @@ pub fn ort_lib() -> PathBuf {
 /// (`setup-ort.sh --old`).
 pub fn old_ort_lib() -> PathBuf {
     static OLD: OnceLock<PathBuf> = OnceLock::new();
-    OLD.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("tests/nn/setup-ort.sh"))
-            .arg("--old")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tests/nn/setup-ort.sh --old failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        PathBuf::from(text.lines().last().unwrap().trim())
-    })
-    .clone()
+    OLD.get_or_init(|| setup_ort(&["--old"])).clone()
 }
 
 /// Runs tests/nn/models.py with `args`; returns its stdout.

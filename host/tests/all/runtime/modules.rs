@@ -155,9 +155,15 @@ async fn a_component_with_many_memories_is_the_tasks_fault() {
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(_) => panic!("a core module with four memories was accepted"),
     }
-    let step = prepare(&rt, "step_counter").await;
+    other_tasks_still_run(&rt).await;
+}
+
+/// A step-counter job runs to its end on `rt`: what a bad module did left the worker's
+/// other tasks able to start.
+async fn other_tasks_still_run(rt: &Runtime) {
+    let step = prepare(rt, "step_counter").await;
     let r = run_once(
-        &rt,
+        rt,
         &step,
         r#"{"job_id":"j","steps":3}"#,
         JobLimits::default(),
@@ -206,14 +212,6 @@ async fn an_import_failing_in_the_start_function_is_the_tasks_fault() {
         "{:?}",
         r.outcome
     );
-    // Its slot went back: the worker's other tasks still start.
-    let step = prepare(&rt, "step_counter").await;
-    let r = run_once(
-        &rt,
-        &step,
-        r#"{"job_id":"j","steps":2}"#,
-        JobLimits::default(),
-    )
-    .await;
-    assert!(matches!(r.outcome, Outcome::Finished(_)), "{:?}", r.outcome);
+    // Its slot went back.
+    other_tasks_still_run(&rt).await;
 }
