@@ -105,7 +105,7 @@ pub async fn claim<S: ObjectStore>(
     let lease_until_ms = lease.until().unix_ms;
     let lease_period_ms = lease.deadline.as_millis() as u64;
     let fresh = |mut header: Header| {
-        header.attempts += 1;
+        header.attempts = header.attempts.saturating_add(1);
         // The run before did not end cleanly.
         if header.crashes > 0 {
             header.crashed_runs = header.crashed_runs.saturating_add(1);

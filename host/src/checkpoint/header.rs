@@ -241,7 +241,11 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<(Header, Option<Vec<u8>>)> {
         "checkpoint format version {} is not supported (this host reads {FORMAT_VERSION})",
         bytes[4]
     );
-    let has_data = bytes[5] == 1;
+    let has_data = match bytes[5] {
+        0 => false,
+        1 => true,
+        other => anyhow::bail!("checkpoint data flag {other} is neither 0 nor 1: damaged"),
+    };
     let len = u32::from_be_bytes(bytes[6..10].try_into().unwrap()) as usize;
     let rest = &bytes[10..];
     anyhow::ensure!(rest.len() >= len, "checkpoint header is truncated");
@@ -419,6 +423,24 @@ mod props {
                 prop_assert_eq!(h2, h);
                 prop_assert_eq!(d2, d);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod damaged {
+    use super::{Header, decode, encode};
+
+    /// A data flag other than 0 or 1 is damage, never "no data": the task's bytes are not
+    /// silently dropped (the job would start over) but the checkpoint is unreadable.
+    #[test]
+    fn a_data_flag_other_than_0_or_1_is_unreadable() {
+        let mut bytes = encode(&Header::default(), Some(b"state"));
+        assert_eq!(decode(&bytes).unwrap().1.as_deref(), Some(&b"state"[..]));
+        for flag in [2u8, 0x81, 0xff] {
+            bytes[5] = flag;
+            let e = decode(&bytes).unwrap_err();
+            assert!(e.to_string().contains("data flag"), "{flag}: {e}");
         }
     }
 }

@@ -50,13 +50,14 @@ pub enum Recorded {
     Skewed,
 }
 
-/// The lease rule: a recorded lease of `period_ms` (0: unknown, taken as the longest, 600 s)
-/// that ends at `until_ms` has ended once `until_ms <= now + skew allowance`, and is skewed
-/// when `until_ms > now + period + CLOCK_SKEW_ALLOWANCE`.
+/// The lease rule: a recorded lease of `period_ms` (0: unknown, taken as the longest, 600 s;
+/// no owner's is longer, so a longer one, a damaged header's, counts as the longest too) that
+/// ends at `until_ms` has ended once `until_ms <= now + skew allowance`, and is skewed when
+/// `until_ms > now + period + CLOCK_SKEW_ALLOWANCE`.
 pub fn recorded(until_ms: u64, period_ms: u64, now_ms: u64) -> Recorded {
     let period = match period_ms {
         0 => LONGEST_PERIOD_MS,
-        p => p,
+        p => p.min(LONGEST_PERIOD_MS),
     };
     let allowance = CLOCK_SKEW_ALLOWANCE.as_millis() as u64;
     if until_ms <= now_ms.saturating_add(skew_allowance_ms(period_ms)) {
@@ -102,6 +103,11 @@ mod tests {
             (now + 3 * s + 1, s, Recorded::Skewed),
             (now + 602 * s, 0, Recorded::Live),
             (now + 602 * s + 1, 0, Recorded::Skewed),
+            // A period no owner has (a damaged header's): the longest, never a lease that
+            // holds the job for ever.
+            (now + 602 * s, u64::MAX / 2, Recorded::Live),
+            (now + 602 * s + 1, u64::MAX / 2, Recorded::Skewed),
+            (now + 100_000_000 * s, 1_000_000_000 * s, Recorded::Skewed),
             (u64::MAX, 60 * s, Recorded::Skewed),
         ];
         for (until, period, want) in table {

@@ -103,15 +103,13 @@ fn clear(header: &mut Header, what: Requeue) -> Vec<&'static str> {
         Requeue::Resume if header.control.take().is_some() => vec!["pause"],
         Requeue::Resume => vec![],
         Requeue::Retry => {
-            let counted = header.failures + header.crashes + header.storage_failed_runs;
+            // Any of them (a sum of a damaged header's counts could wrap to 0).
+            let counted =
+                header.failures > 0 || header.crashes > 0 || header.storage_failed_runs > 0;
             header.failures = 0;
             header.crashes = 0;
             header.storage_failed_runs = 0;
-            if counted > 0 {
-                vec!["failures"]
-            } else {
-                vec![]
-            }
+            if counted { vec!["failures"] } else { vec![] }
         }
     }
 }
@@ -231,5 +229,17 @@ mod tests {
             requeue(&store, &fresh, Requeue::Retry).await.unwrap(),
             Requeued::Ready { cleared: vec![] }
         );
+    }
+
+    /// Counts a damaged header holds, whose sum would wrap to 0, are still cleared and said.
+    #[test]
+    fn a_retry_clears_counts_whose_sum_wraps() {
+        let mut h = Header {
+            failures: 1 << 31,
+            crashes: 1 << 31,
+            ..Header::default()
+        };
+        assert_eq!(clear(&mut h, Requeue::Retry), vec!["failures"]);
+        assert_eq!((h.failures, h.crashes, h.storage_failed_runs), (0, 0, 0));
     }
 }

@@ -53,7 +53,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
             Outcome::TaskError(msg) => self.task_failed(claimed, msg).await,
             Outcome::Trapped { kind, message } => {
                 checkpointer.update_header(|h| {
-                    h.failures += 1;
+                    h.failures = h.failures.saturating_add(1);
                     h.last_failure = Some(message.clone());
                 });
                 let failures = checkpointer.header().failures;
@@ -81,7 +81,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
         let shown = crate::inert::Inert(&msg);
         tracing::warn!(job = %claimed.job, error = %shown, "the task failed after a storage error; retrying later");
         checkpointer.update_header(|h| {
-            h.storage_failed_runs += 1;
+            h.storage_failed_runs = h.storage_failed_runs.saturating_add(1);
             h.crashes = 0;
         });
         let runs = checkpointer.header().storage_failed_runs;

@@ -258,18 +258,16 @@ impl Artifacts {
 
     /// Bytes of all artifacts, finished and open, but `except` (a name being replaced).
     fn total(st: &State, except: &str) -> u64 {
-        let finished: u64 = st
+        // Saturating: sizes recorded in a (damaged) checkpoint are not trusted to add up.
+        let finished = st
             .finished
             .values()
             .filter(|e| e.name != except)
-            .map(|e| e.size)
-            .sum();
-        finished
-            + st.open
-                .values()
-                .filter(|o| !o.done)
-                .map(Open::size)
-                .sum::<u64>()
+            .fold(0u64, |sum, e| sum.saturating_add(e.size));
+        st.open
+            .values()
+            .filter(|o| !o.done)
+            .fold(finished, |sum, o| sum.saturating_add(o.size()))
     }
 
     /// The fence: `Conflict` (and the job marked lost) unless this worker still owns the
