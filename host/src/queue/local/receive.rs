@@ -304,6 +304,10 @@ struct PendingPull {
 
 impl Drop for PendingPull {
     fn drop(&mut self) {
+        // Closed first: a send after this fails and the leasing thread hands its leases back
+        // itself; one before it is taken here. Without it, leases sent between the take and
+        // the receiver's drop would be dropped with it, held by nobody until their deadline.
+        self.rx.close();
         if let Ok(Ok(orphans)) = self.rx.try_recv()
             && !orphans.is_empty()
         {
