@@ -31,7 +31,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -288,6 +288,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
     // What stops the running jobs: the shutdown, or the end of the loop for any reason (a
     // lane that failed for good with `exit_on_misconfig` hands its jobs back like a shutdown).
     let stopping = shutdown.child_token();
+    let stop_by = std::sync::OnceLock::new();
     let result = receive::receive(
         &worker,
         receive::Loop {
@@ -296,6 +297,7 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
             skewed: &skewed,
             shutdown: &shutdown,
             stopping: &stopping,
+            stop_by: &stop_by,
         },
         &mut jobs,
     )
@@ -305,7 +307,9 @@ pub async fn run<S: ObjectStore + Clone + Into<AnyStore>>(
         running = jobs.len(),
         "worker stopping: no new jobs; stopping running ones at their next yield"
     );
-    let drained = tokio::time::timeout(worker.config.shutdown_timeout, async {
+    // One timeout for the whole way out: what the pulls in flight took of it is gone.
+    let stop_by = *stop_by.get_or_init(|| Instant::now() + worker.config.shutdown_timeout);
+    let drained = tokio::time::timeout_at(stop_by.into(), async {
         while let Some(joined) = jobs.join_next().await {
             log_panic(joined);
         }

@@ -328,11 +328,15 @@ pub(super) struct Loop<'a> {
     pub shutdown: &'a CancellationToken,
     /// Stops the running jobs (given to each).
     pub stopping: &'a CancellationToken,
+    /// When the way out must be over: set when the loop ends (the shutdown timeout from
+    /// then), for the pulls in flight here and the jobs' drain after alike.
+    pub stop_by: &'a std::sync::OnceLock<Instant>,
 }
 
 /// Pulls and starts jobs into `jobs` until `shutdown` (`Ok`), or with `exit_on_misconfig`
-/// until a lane fails for good (`Err(the sentence)`). Pulls still in flight at the end are waited for (at most the shutdown
-/// timeout) and what they got is handed straight back.
+/// until a lane fails for good (`Err(the sentence)`). Pulls still in flight at the end are
+/// waited for (until `stop_by`, the shutdown timeout from the loop's end) and what they got
+/// is handed straight back.
 pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
     worker: &Arc<Worker<S>>,
     l: Loop<'_>,
@@ -477,7 +481,10 @@ pub(super) async fn receive<S: ObjectStore + Clone + Into<AnyStore>>(
         }
     };
     l.stopping.cancel();
-    hand_back_pulls(worker, pulls).await;
+    let stop_by = *l
+        .stop_by
+        .get_or_init(|| Instant::now() + worker.config.shutdown_timeout);
+    hand_back_pulls(worker, pulls, stop_by).await;
     result
 }
 
@@ -535,8 +542,8 @@ fn lease<S>(worker: &Worker<S>, lane: usize, received: &Received) -> Lease {
 
 /// Pulls still in flight return at once (they do not wait for messages): whatever they got
 /// goes straight back. A queue that does not answer never holds the exit up.
-async fn hand_back_pulls<S>(worker: &Worker<S>, mut pulls: JoinSet<Pulled>) {
-    let pulled = tokio::time::timeout(worker.config.shutdown_timeout, async {
+async fn hand_back_pulls<S>(worker: &Worker<S>, mut pulls: JoinSet<Pulled>, stop_by: Instant) {
+    let pulled = tokio::time::timeout_at(stop_by.into(), async {
         while let Some(joined) = pulls.join_next().await {
             if let Ok(Pulled { batch, .. }) = joined {
                 for (lane, received) in batch {

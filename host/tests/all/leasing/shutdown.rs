@@ -135,6 +135,48 @@ async fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
     drop(stack);
 }
 
+/// The way out has one timeout: a pull hung on a queue that does not answer and a drain hung
+/// on a store that does not answer share SHUTDOWN_TIMEOUT_SECONDS, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_pull_and_a_hung_drain_share_the_shutdown_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(8);
+    // This test's own servers: it freezes both.
+    let emulator = support::pubsub::PubsubEmulator::start();
+    let s3 = S3Server::start().await;
+    let cli = CliEnv::new(&emulator, &s3, "e2e-one-out", "one-out")
+        .set("ACK_DEADLINE_SECONDS", LEASE.as_secs().to_string())
+        .set("WORKER_SLOTS", "2")
+        .set("SHUTDOWN_TIMEOUT_SECONDS", TIMEOUT.as_secs().to_string());
+    cli.run(&["setup"]).await.success();
+    let module = cli.push_guest("step_counter").await;
+    let id = "one-out";
+    let path = cli.write_file("one-out.jsonl", job(id, 200, 100) + "\n");
+    let args = ["submit", "--quiet", "--module", &module];
+    cli.run(&[&args[..], &[path.to_str().unwrap()]].concat())
+        .await
+        .success();
+    let mut w = cli.spawn("worker", &["worker"]);
+    w.wait_for_log(&format!("job started job={id}"), WORKER_START)
+        .await;
+    wait_progress_of(&cli, id, 1).await;
+    // The job's drain has a checkpoint to flush (the store frozen), and its free slot's next
+    // pull hangs (the queue frozen; pulls come every 0.5 s at most while idle).
+    s3.freeze(true);
+    emulator.freeze(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let signalled = Instant::now();
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(60)).await;
+    let took = signalled.elapsed();
+    // One timeout, the heartbeat's last delete (at most STOP_WAIT) and 4 s of room for a
+    // loaded machine; a pull's wait and then the drain's, each the whole timeout, is 16 s.
+    let bound = TIMEOUT + STOP_WAIT + Duration::from_secs(4);
+    assert!(took < bound, "exit took {took:?} (bound {bound:?})");
+    assert_eq!(status.code(), Some(0), "{}", w.log());
+    s3.freeze(false);
+    emulator.freeze(false);
+}
+
 /// SIGTERM on the embedded queue: the running job's checkpoint is flushed released (its
 /// lease ended, `lease_until_ms` 0) and its message is ready for another worker at once (not
 /// leased, nothing to wait out), which resumes the job from the checkpoint well before the
