@@ -187,7 +187,7 @@ impl Artifacts {
         let mut st = self.lock();
         self.check_new(&st, name)?;
         if let Some(old) = st.resumable.remove(name) {
-            self.abort_later(name, old.upload);
+            self.abort_if_owned(name, old.upload);
         }
         let open = Open {
             name: name.to_owned(),
@@ -467,8 +467,22 @@ impl Artifacts {
         if let Some(open) = open
             && !open.done
         {
-            self.abort_later(&open.name, open.upload);
+            self.abort_if_owned(&open.name, open.upload);
         }
+    }
+
+    /// Aborts `upload` of `name` in the background, if this worker still owns the job then
+    /// (the fence, as for a write): one that lost it never aborts an upload its new owner
+    /// may be continuing from the checkpoint that records it.
+    fn abort_if_owned(&self, name: &str, upload: Option<String>) {
+        let Some(upload) = upload else { return };
+        let (store, key) = (self.store.clone(), keys::artifact(&self.job, name));
+        let fence = self.fence.clone();
+        tokio::spawn(async move {
+            if let Some(left) = fence.confirm_owned().await {
+                let _ = tokio::time::timeout(left, store.upload_abort(&key, &upload)).await;
+            }
+        });
     }
 
     fn abort_later(&self, name: &str, upload: Option<String>) {

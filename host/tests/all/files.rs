@@ -19,7 +19,7 @@ use taskhost::queue::lease::LeaseView;
 use taskhost::runtime::{JobLimits, Prepared, Runtime};
 use taskhost::store::any::AnyStore;
 use taskhost::store::dir::DirStore;
-use taskhost::store::{ObjectStore, Precondition};
+use taskhost::store::{Multipart as _, ObjectStore, Precondition};
 use tokio_util::sync::CancellationToken;
 
 async fn digest(rt: &Runtime) -> Prepared {
@@ -444,4 +444,74 @@ async fn a_save_and_its_artifact_records_are_written_together() {
         "{} of {VERSIONS} versions torn: {torn:?}",
         torn.len()
     );
+}
+
+/// An artifact handle dropped unfinished discards its upload only while this worker owns the
+/// job: one that lost it (its lease taken over) leaves the upload to the new owner, which may
+/// be continuing it from the checkpoint that records it.
+#[tokio::test]
+async fn a_worker_that_lost_the_job_aborts_no_upload() {
+    for (kind, store, _guard) in stores().await {
+        let job: JobId = "abort".parse().unwrap();
+        let claimed = checkpoint::claim(
+            &store,
+            &job,
+            "a",
+            &live_lease(),
+            &Work::default(),
+            OtherWork::Refuse,
+        )
+        .await
+        .unwrap();
+        let ckpt = checkpoint::Checkpointer::start(
+            store.clone(),
+            &job,
+            claimed,
+            Limits::default(),
+            live_lease(),
+        );
+        let artifacts = taskhost::files::Artifacts::new(
+            store.clone(),
+            job.clone(),
+            vec![],
+            ckpt.fence(),
+            FileLimits::default(),
+        );
+        // Two artifacts, each with a part uploaded: an upload each.
+        let mut open = Vec::new();
+        for name in ["kept", "discarded"] {
+            let h = artifacts.create(name).unwrap();
+            artifacts.write(&h, data(PART_BYTES + 1, 3)).await.unwrap();
+            let upload = artifacts
+                .snapshot()
+                .into_iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.upload)
+                .expect("an upload started");
+            open.push((h, taskhost::keys::artifact(&job, name), upload));
+        }
+        let (discarded, kept) = (open.pop().unwrap(), open.pop().unwrap());
+        // Owned: dropped, its upload is aborted.
+        artifacts.drop_handle(discarded.0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store
+            .upload_exists(&discarded.1, &discarded.2)
+            .await
+            .unwrap()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind}: never aborted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Lost: dropped, its upload stays for the new owner.
+        ckpt.lose();
+        artifacts.drop_handle(kept.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            store.upload_exists(&kept.1, &kept.2).await.unwrap(),
+            "{kind}: a worker that lost the job aborted its upload"
+        );
+    }
 }
