@@ -279,16 +279,27 @@ impl Disk {
             }
         }
         entries.sort_by_key(|e| e.used);
+        let protected = |e: &Entry| {
+            e.path.parent() == Some(&*self.dir)
+                && e.hash
+                    .as_ref()
+                    .is_some_and(|h| Some(h) == keep || users.in_use(h))
+        };
+        // What no eviction can free: if the new file does not fit beside it, nothing is
+        // evicted for nothing (the node's other modules stay cached).
+        let kept: u64 = entries
+            .iter()
+            .filter(|e| protected(e))
+            .map(|e| e.bytes)
+            .sum();
+        if kept.saturating_add(need) > budget {
+            return Err(WriteError::OverBudget { need, budget });
+        }
         for e in entries {
             if total + need <= budget {
                 break;
             }
-            let own = e.path.parent() == Some(&*self.dir);
-            let protected = own
-                && e.hash
-                    .as_ref()
-                    .is_some_and(|h| Some(h) == keep || users.in_use(h));
-            if protected {
+            if protected(&e) {
                 continue;
             }
             match std::fs::remove_file(&e.path) {

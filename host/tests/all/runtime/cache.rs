@@ -245,3 +245,27 @@ async fn a_forgotten_module_leaves_both_caches() {
     assert!(!on_disk(&rt, &b));
     assert!(rt.cached_modules().is_empty());
 }
+
+/// A compiled file that cannot fit the budget beside the files no eviction may remove is not
+/// written, and evicts nothing for it: the node's other modules stay cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_cannot_fit_evicts_nothing() {
+    let small = file_size().await;
+    let big_bytes = support::guests::bytes("classify");
+    let big = {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = cached_runtime(tmp.path(), None);
+        rt.prepare(big_bytes.clone(), None).await.unwrap();
+        rt.disk_cache_bytes()
+    };
+    assert!(big > small, "classify compiles larger: {big} vs {small}");
+    // Room for the small file, not for the big one.
+    let budget = small + (big - small) / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = cached_runtime(tmp.path(), Some(budget));
+    let kept = compile(&rt, 1).await;
+    let hash = ModuleHash::of(&big_bytes);
+    rt.prepare(big_bytes, Some(hash)).await.unwrap();
+    assert!(!on_disk(&rt, &hash), "written past the budget");
+    assert!(on_disk(&rt, &kept), "evicted for a file that could not fit");
+}
