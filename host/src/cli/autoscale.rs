@@ -109,6 +109,15 @@ pub async fn main(args: AutoscaleArgs) -> anyhow::Result<ExitCode> {
             ))
         })
     });
+    // One round a run: the quiet period lives only in the state file between runs, and
+    // without it no run would ever see a quiet period end (never scaling down or stopping).
+    if args.once && !args.dry_run && state_file.is_none() {
+        eprintln!(
+            "error: autoscale --once keeps the quiet period in a state file between runs, and \
+             there is nowhere to keep it: set AUTOSCALE_STATE_FILE (or TASKHOST_CACHE_DIR)"
+        );
+        return Ok(ExitCode::from(exit::ERROR));
+    }
     let window = status::running_window(args.ack_deadline_seconds);
     let mut memory = state_file.as_deref().map(read_state).unwrap_or_default();
     let shutdown = super::shutdown_token();
@@ -119,6 +128,15 @@ pub async fn main(args: AutoscaleArgs) -> anyhow::Result<ExitCode> {
                     if let Some(path) = &state_file
                         && let Err(e) = write_state(path, &kept)
                     {
+                        if args.once {
+                            // The next run would start the quiet period over: say so.
+                            eprintln!(
+                                "error: cannot keep the autoscaling state in {}: {e} (without \
+                                 it, later runs never scale down)",
+                                path.display()
+                            );
+                            return Ok(ExitCode::from(exit::ERROR));
+                        }
                         tracing::warn!(file = %path.display(), "cannot keep the autoscaling state: {e}");
                     }
                     memory = kept;

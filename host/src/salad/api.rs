@@ -168,8 +168,11 @@ impl SaladApi {
                 "SALAD_API_URL must be an http(s) URL, not {base:?}"
             )));
         }
+        // No redirects: the key is a custom header, which reqwest would send on to whatever
+        // host a redirect names (it strips only the standard credential headers).
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             .map_err(|e| ApiError::Setting(format!("cannot build the HTTP client: {e}")))?;

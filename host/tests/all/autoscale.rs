@@ -61,6 +61,35 @@ async fn a_refused_key_is_an_error_that_never_shows_it() {
     assert!(!format!("{err:?}").contains(KEY));
 }
 
+/// A redirect is not followed: the key (a custom header, which an HTTP client would send on
+/// to the host a redirect names) never leaves for another server; the call is an error.
+#[tokio::test]
+async fn a_redirect_is_not_followed_with_the_key() {
+    use std::io::{BufRead as _, Write as _};
+    let api = StandIn::start(1, "running");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirector = format!("http://{}/api/public", listener.local_addr().unwrap());
+    let location = api.url();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}/organizations/{ORG}/projects/{PROJECT}/containers/{GROUP}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let err = client(&redirector, KEY).group().await.unwrap_err();
+    assert!(matches!(err, ApiError::Status { status: 307, .. }), "{err}");
+    assert!(!format!("{err} {err:?}").contains(KEY));
+    assert_eq!(api.requests(), 0, "the redirect was followed");
+}
+
 /// `CliEnv` for the command: the embedded store, the stand-in's URL and names, the key in
 /// the environment, 2 slots per replica, at most 5 replicas.
 fn env(api: &StandIn, name: &str) -> CliEnv {
@@ -196,4 +225,20 @@ async fn bad_settings_and_a_refused_key_exit_7() {
         "{out}"
     );
     assert_eq!(api.calls(), Vec::<String>::new());
+    // A state file that cannot be written: a later `--once` run would start its quiet
+    // period over and never scale down, so this one says so and fails.
+    let blocker = cli.write_file("not-a-dir", "a file");
+    let out = cli
+        .set(
+            "AUTOSCALE_STATE_FILE",
+            blocker.join("state.json").to_str().unwrap(),
+        )
+        .run(&["autoscale", "--once"])
+        .await
+        .failure();
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    assert!(
+        out.stderr.contains("cannot keep the autoscaling state"),
+        "{out}"
+    );
 }
