@@ -112,11 +112,16 @@ pub fn environment(path: &Path) -> Result<Environment, String> {
     if !path.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
+    // One file for the version check and the load: `ort` resolves a relative path against
+    // its executable's directory first, and a bare name would be searched for; the path as
+    // checked here (relative to the working directory) is the one made absolute.
+    let file = std::fs::canonicalize(path)
+        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
     // Before `ort` takes the library (once per process): one too old is refused and leaves
     // the process free to load another.
-    check_version(&library_version(path)?)
+    check_version(&library_version(&file)?)
         .map_err(|e| format!("ONNX Runtime at {}: {e}", path.display()))?;
-    let env = ort::init_from(path)
+    let env = ort::init_from(&file)
         .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
         .with_name("taskhost")
         .build()
@@ -135,16 +140,16 @@ pub fn environment(path: &Path) -> Result<Environment, String> {
 pub const MIN_VERSION: (u32, u32) = (1, 27);
 
 /// ONNX Runtime's version (`OrtGetApiBase()->GetVersionString()`, e.g. `1.31.1`) from the
-/// library at `path`, which this loads into the process (as `ort` would next) for good:
-/// ONNX Runtime is never unloaded.
+/// library at `path` (absolute), which this loads into the process (as `ort` loads the same
+/// file next) for good: ONNX Runtime is never unloaded.
 // Loading a library and calling into it is unsafe: see the SAFETY comments.
 #[allow(unsafe_code)]
 fn library_version(path: &Path) -> Result<String, String> {
     use std::ffi::{CStr, c_char};
     let fail = |why: String| format!("cannot load ONNX Runtime from {}: {why}", path.display());
     // SAFETY: `path` is the library the operator configured as ONNX Runtime's (checked at
-    // start for its entry point); loading it runs its initialisers, as `ort::init_from`,
-    // which loads this same file next, would.
+    // start for its entry point), made absolute; loading it runs its initialisers, as
+    // `ort::init_from`, which loads this same absolute path next, would.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| fail(e.to_string()))?;
     // SAFETY: ONNX Runtime's C API declares `const OrtApiBase* OrtGetApiBase(void)`, and
     // `OrtApiBase.GetVersionString` as `const char* (void)` returning a static string.

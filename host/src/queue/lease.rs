@@ -93,8 +93,9 @@ pub struct Lease {
     view: LeaseView,
     keeper: tokio::task::JoinHandle<()>,
     settled: bool,
-    /// The nack's delay when the lease is dropped unsettled ([`Lease::handed_back_on_drop_after`]).
-    drop_delay: Duration,
+    /// The nack's delay when the lease is dropped unsettled, unless its token is cancelled
+    /// by then ([`Lease::handed_back_on_drop_after`]).
+    drop_delay: Option<(Duration, CancellationToken)>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -137,15 +138,20 @@ impl Lease {
             },
             keeper,
             settled: false,
-            drop_delay: Duration::ZERO,
+            drop_delay: None,
         }
     }
 
     /// A lease dropped unsettled (its handler panicked) hands its message back after `delay`
     /// instead of at once: what a host fault's hand-back waits, never an immediate
-    /// redelivery loop across the workers.
-    pub fn handed_back_on_drop_after(mut self, delay: Duration) -> Lease {
-        self.drop_delay = delay;
+    /// redelivery loop across the workers. Once `at_once` is cancelled (a shutdown, whose
+    /// timeout drops the handlers left), it hands it back at once again.
+    pub fn handed_back_on_drop_after(
+        mut self,
+        delay: Duration,
+        at_once: CancellationToken,
+    ) -> Lease {
+        self.drop_delay = Some((delay, at_once));
         self
     }
 
@@ -211,7 +217,10 @@ impl Drop for Lease {
         }
         self.keeper.abort();
         let shared = Arc::clone(&self.shared);
-        let delay = self.drop_delay;
+        let delay = match &self.drop_delay {
+            Some((delay, at_once)) if !at_once.is_cancelled() => *delay,
+            _ => Duration::ZERO,
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = nack(&shared, delay).await;

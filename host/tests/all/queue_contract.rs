@@ -18,6 +18,7 @@ use taskhost::queue::{
     Stamp, SubscriptionSettings,
 };
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The lease of the tests that watch one lapse.
 const SHORT: Duration = Duration::from_secs(2);
@@ -306,7 +307,11 @@ async fn a_lease_dropped_unsettled_hands_its_message_back_after_its_delay(local:
     let first = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
     let delay = Duration::from_secs(3);
     let dropped = Instant::now();
-    drop(Lease::start(s.queue.clone(), SUB, &first[0], LONG).handed_back_on_drop_after(delay));
+    let shutdown = CancellationToken::new();
+    drop(
+        Lease::start(s.queue.clone(), SUB, &first[0], LONG)
+            .handed_back_on_drop_after(delay, shutdown.clone()),
+    );
     let again = s
         .pull_back(
             SUB,
@@ -316,6 +321,16 @@ async fn a_lease_dropped_unsettled_hands_its_message_back_after_its_delay(local:
         )
         .await;
     assert_eq!(texts(&again), ["one"]);
+    // Dropped once its shutdown began: back at once.
+    shutdown.cancel();
+    let nacked = Instant::now();
+    drop(
+        Lease::start(s.queue.clone(), SUB, &again[0], LONG)
+            .handed_back_on_drop_after(delay, shutdown.clone()),
+    );
+    let third = s.pull_within(SUB, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(texts(&third), ["one"]);
+    assert!(nacked.elapsed() < delay, "{:?}", nacked.elapsed());
 }
 
 async fn after_max_attempts_the_message_is_dead_lettered(local: bool) {

@@ -285,11 +285,12 @@ impl Disk {
                     .as_ref()
                     .is_some_and(|h| Some(h) == keep || users.in_use(h))
         };
-        // What no eviction can free: if the new file does not fit beside it, nothing is
-        // evicted for nothing (the node's other modules stay cached).
+        // What no eviction can free (the file being replaced aside: it does not count): if the
+        // new file does not fit beside it, nothing is evicted for nothing (the node's other
+        // modules stay cached).
         let kept: u64 = entries
             .iter()
-            .filter(|e| protected(e))
+            .filter(|e| protected(e) && (keep.is_none() || e.hash.as_ref() != keep))
             .map(|e| e.bytes)
             .sum();
         if kept.saturating_add(need) > budget {

@@ -500,11 +500,13 @@ async fn start_job<S: ObjectStore + Clone + Into<AnyStore>>(
     jobs: &mut JoinSet<()>,
 ) {
     // A handler that panics drops its lease: the message goes back as a host fault's does,
-    // later, never at once to the next worker.
+    // later, never at once to the next worker (but at once when the shutdown's timeout
+    // drops the handlers left).
     let attempt = received.message.delivery_attempt.unwrap_or(1);
+    let delay = crate::worker::decide::retry_delay(attempt);
     let lease = lease(worker, lane, &received)
         .observe(Arc::clone(&worker.metrics))
-        .handed_back_on_drop_after(crate::worker::decide::retry_delay(attempt));
+        .handed_back_on_drop_after(delay, stopping.clone());
     if shutdown.is_cancelled() {
         let _ = lease.nack(Duration::ZERO).await;
         return;
