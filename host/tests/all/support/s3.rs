@@ -230,12 +230,41 @@ impl S3Server {
     /// answers nothing, like an unreachable R2.
     pub fn freeze(&self, frozen: bool) {
         let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        let pid = self.child.id();
         // SAFETY: kill(2) takes plain integers and touches no memory of ours; the child is
         // not reaped (that happens in Drop), so its PID cannot have been reused.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, signal);
+            libc::kill(pid as libc::pid_t, signal);
+        }
+        // A signal is delivered asynchronously: frozen only once the kernel says every thread
+        // of the process is stopped (state `T`), so that nothing the caller sends next is
+        // answered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while frozen && !all_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the S3 test server (pid {pid}) did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Whether every thread of process `pid` is stopped: each `/proc/<pid>/task/<tid>/stat`'s
+/// state letter (after the command's parentheses) is `T`.
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+                Some(state == 'T')
+            })
+            .unwrap_or(false)
+    })
 }
 
 impl Drop for S3Server {
