@@ -475,21 +475,23 @@ impl Artifacts {
     /// (the fence, as for a write): one that lost it never aborts an upload its new owner
     /// may be continuing from the checkpoint that records it.
     fn abort_if_owned(&self, name: &str, upload: Option<String>) {
-        let Some(upload) = upload else { return };
-        let (store, key) = (self.store.clone(), keys::artifact(&self.job, name));
-        let fence = self.fence.clone();
-        tokio::spawn(async move {
-            if let Some(left) = fence.confirm_owned().await {
-                let _ = tokio::time::timeout(left, store.upload_abort(&key, &upload)).await;
-            }
-        });
+        self.abort(name, upload, Some(self.fence.clone()));
     }
 
-    fn abort_later(&self, name: &str, upload: Option<String>) {
+    /// Aborts `upload` of `name` in the background; with `fence`, only while it holds (and
+    /// bounded by the time it still holds).
+    fn abort(&self, name: &str, upload: Option<String>, fence: Option<Fence>) {
         let Some(upload) = upload else { return };
         let (store, key) = (self.store.clone(), keys::artifact(&self.job, name));
         tokio::spawn(async move {
-            let _ = store.upload_abort(&key, &upload).await;
+            let left = match fence {
+                Some(fence) => match fence.confirm_owned().await {
+                    Some(left) => left,
+                    None => return,
+                },
+                None => Duration::MAX,
+            };
+            let _ = tokio::time::timeout(left, store.upload_abort(&key, &upload)).await;
         });
     }
 
@@ -514,7 +516,8 @@ impl Artifacts {
             .collect();
         drop(st);
         for (name, upload) in open.into_iter().chain(resumable) {
-            self.abort_later(&name, upload);
+            // Our result is durable: no fence left to ask.
+            self.abort(&name, upload, None);
         }
     }
 }

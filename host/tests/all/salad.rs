@@ -149,19 +149,23 @@ async fn off_saladcloud_the_service_is_never_called() {
     assert_eq!(imds.requests(), 0);
 }
 
+/// A reallocator that asks `imds` after `after_host_faults` host faults in a row.
+fn reallocator(imds: &StandIn, after_host_faults: u32) -> taskhost::salad::Reallocator {
+    taskhost::salad::Reallocator::new(
+        client(imds.url()),
+        taskhost::salad::ReallocateConfig {
+            after_host_faults,
+            ..Default::default()
+        },
+    )
+}
+
 /// Reallocation asks once, with its reason, after the configured host faults in a row, and
 /// never for faults a done job separated.
 #[tokio::test]
 async fn repeated_host_faults_reallocate_once() {
-    use taskhost::salad::{ReallocateConfig, Reallocator};
     let imds = StandIn::start();
-    let r = Reallocator::new(
-        client(imds.url()),
-        ReallocateConfig {
-            after_host_faults: 3,
-            ..Default::default()
-        },
-    );
+    let r = reallocator(&imds, 3);
     r.host_fault("instantiate failed").await;
     r.host_fault("instantiate failed").await;
     r.job_done();
@@ -184,15 +188,8 @@ async fn repeated_host_faults_reallocate_once() {
 /// others wait, and they find it made.
 #[tokio::test]
 async fn host_faults_at_once_reallocate_once() {
-    use taskhost::salad::{ReallocateConfig, Reallocator};
     let imds = StandIn::start();
-    let r = Reallocator::new(
-        client(imds.url()),
-        ReallocateConfig {
-            after_host_faults: 1,
-            ..Default::default()
-        },
-    );
+    let r = reallocator(&imds, 1);
     let faults = (0..8).map(|i| {
         let r = &r;
         async move {

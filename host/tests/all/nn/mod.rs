@@ -29,18 +29,20 @@ fn setup() -> &'static (PathBuf, PathBuf) {
 
 /// The path `tests/nn/setup-ort.sh args` prints last.
 fn setup_ort(args: &[&str]) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("tests/nn/setup-ort.sh"))
-        .args(args)
-        .output()
-        .unwrap();
+    let script = repo_root().join("tests/nn/setup-ort.sh");
+    let text = stdout_of(Command::new("bash").arg(script).args(args));
+    PathBuf::from(text.lines().last().unwrap().trim())
+}
+
+/// What `cmd` printed, once it exited 0 (else a panic with what it said on stderr).
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "tests/nn/setup-ort.sh {args:?} failed: {}",
+        "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(text.lines().last().unwrap().trim())
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn repo_root() -> PathBuf {
@@ -61,17 +63,8 @@ pub fn old_ort_lib() -> PathBuf {
 
 /// Runs tests/nn/models.py with `args`; returns its stdout.
 pub fn models(args: &[&str]) -> String {
-    let out = Command::new(&setup().1)
-        .arg(repo_root().join("tests/nn/models.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "models.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let script = repo_root().join("tests/nn/models.py");
+    stdout_of(Command::new(&setup().1).arg(script).args(args))
 }
 
 /// Wasi-nn settings with ONNX Runtime.
