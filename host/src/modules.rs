@@ -117,7 +117,10 @@ pub async fn push<S: ObjectStore>(
     runtime
         .prepare(bytes.clone(), Some(hash))
         .await
-        .map_err(|e| anyhow::anyhow!("not uploaded: the file is {e}"))?;
+        .map_err(|e| match e {
+            ModuleError::NodeFault(_) => anyhow::anyhow!("not uploaded: {e}"),
+            e => anyhow::anyhow!("not uploaded: the file is {e}"),
+        })?;
     match store
         .put(&crate::keys::module(&hash), bytes, Precondition::Absent)
         .await

@@ -82,11 +82,8 @@ pub enum OtherWork {
 /// as the owner's lease).
 ///
 /// First a create-only write (`If-None-Match: *`): on a new job that one request is the whole
-/// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read, the
-/// result is checked for ([`ClaimError::AlreadyDone`]), and the claim takes the job over only
-/// if its lease is released, expired or skewed ([`ownership::recorded`]), with a write `If-Match`
-/// on the tag read, incrementing `attempts`. A live lease, or a claim that loses the race for
-/// the write, is [`ClaimError::Busy`].
+/// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read and
+/// [`take_over`] decides and writes.
 ///
 /// The claim's writes need not be durable ([`ObjectStore::put_undoable`]): a power loss that
 /// undoes one also killed every worker that could hold the claim (the directory store is
@@ -101,27 +98,8 @@ pub async fn claim<S: ObjectStore>(
     on_other_work: OtherWork,
 ) -> Result<Claimed, ClaimError> {
     let key = key(job);
-    let result_key = crate::keys::result(job);
-    let lease_until_ms = lease.until().unix_ms;
-    let lease_period_ms = lease.deadline.as_millis() as u64;
-    let fresh = |mut header: Header| {
-        header.attempts = header.attempts.saturating_add(1);
-        // The run before did not end cleanly.
-        if header.crashes > 0 {
-            header.crashed_runs = header.crashed_runs.saturating_add(1);
-        }
-        // Until it ends cleanly, this run counts as one that crashed.
-        header.crashes = header.crashes.saturating_add(1);
-        header.owner = owner.to_owned();
-        header.lease_until_ms = lease_until_ms;
-        header.lease_period_ms = lease_period_ms;
-        header.module = work.module.clone();
-        header.input_sha256 = work.input_sha256.clone();
-        header.updated_ms = now_ms();
-        header.nonce = nonce();
-        header
-    };
-    let header = fresh(Header::default());
+    let claimer = Claimer { owner, lease, work };
+    let header = claimer.fresh(Header::default());
     match store
         .put_undoable(&key, encode(&header, None), Precondition::Absent)
         .await
@@ -145,6 +123,57 @@ pub async fn claim<S: ObjectStore>(
             "{key} vanished while being claimed"
         )));
     };
+    take_over(store, job, &claimer, on_other_work, current).await
+}
+
+/// Who claims, under which lease, for which work.
+struct Claimer<'a> {
+    owner: &'a str,
+    lease: &'a LeaseView,
+    work: &'a Work,
+}
+
+impl Claimer<'_> {
+    /// `header` as this claim writes it: one more attempt, this owner and lease and work.
+    fn fresh(&self, mut header: Header) -> Header {
+        header.attempts = header.attempts.saturating_add(1);
+        // The run before did not end cleanly.
+        if header.crashes > 0 {
+            header.crashed_runs = header.crashed_runs.saturating_add(1);
+        }
+        // Until it ends cleanly, this run counts as one that crashed.
+        header.crashes = header.crashes.saturating_add(1);
+        header.owner = self.owner.to_owned();
+        header.lease_until_ms = self.lease.until().unix_ms;
+        header.lease_period_ms = self.lease.deadline.as_millis() as u64;
+        header.module = self.work.module.clone();
+        header.input_sha256 = self.work.input_sha256.clone();
+        header.updated_ms = now_ms();
+        header.nonce = nonce();
+        header
+    }
+}
+
+/// The claim of a job whose checkpoint exists (`current`, as read): the result is checked
+/// for ([`ClaimError::AlreadyDone`]), and the job is taken over only if its lease is
+/// released, expired or skewed ([`ownership::recorded`]), with a write `If-Match` on the tag
+/// read, incrementing `attempts`. A live lease, or a claim that loses the race for the
+/// write, is [`ClaimError::Busy`].
+///
+/// Starting over (`"restart": true`), or finding a start-over that its claimer did not
+/// finish, the winner of the write deletes the old work's outputs only after it: a claim
+/// that loses deletes nothing, so it never deletes what the winner's run wrote meanwhile.
+/// Until they are gone the header says so ([`Header::old_outputs`]); it is cleared, `If-Match`
+/// again, before the run.
+async fn take_over<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+    claimer: &Claimer<'_>,
+    on_other_work: OtherWork,
+    current: crate::store::Object,
+) -> Result<Claimed, ClaimError> {
+    let (key, result_key) = (key(job), crate::keys::result(job));
+    let work = claimer.work;
     let (header, data) = decode(&current.bytes)
         .map_err(|e| ClaimError::Unreadable(format!("{key} is unreadable: {e:#}")))?;
     let stored = Work {
@@ -166,10 +195,12 @@ pub async fn claim<S: ObjectStore>(
             )));
         }
     };
-    let done = store
-        .exists(&result_key)
-        .await
-        .map_err(|e| ClaimError::Storage(e.to_string()))?;
+    // A result under the key while a start-over is unfinished may be the old work's.
+    let done = !header.old_outputs
+        && store
+            .exists(&result_key)
+            .await
+            .map_err(|e| ClaimError::Storage(e.to_string()))?;
     if done && !start_over {
         // Written by another process, maybe not durable yet (the directory store's group
         // commit): durable before the job is acked as done.
@@ -203,11 +234,38 @@ pub async fn claim<S: ObjectStore>(
             ),
         }
     }
-    let (header, data) = if start_over {
+    let (mut header, data) = if start_over {
+        let old_outputs = Header {
+            old_outputs: true,
+            ..Header::default()
+        };
+        (claimer.fresh(old_outputs), None)
+    } else {
+        (claimer.fresh(header), data)
+    };
+    let until_ms = header.lease_until_ms;
+    let lost = || ClaimError::Busy {
+        owner: "another worker (claimed it just now)".into(),
+        until_ms,
+    };
+    let mut etag = match store
+        .put_undoable(
+            &key,
+            encode(&header, data.as_deref()),
+            Precondition::Matches(current.etag),
+        )
+        .await
+    {
+        Ok(etag) => etag,
+        Err(StoreError::PreconditionFailed) => return Err(lost()),
+        Err(e) => return Err(ClaimError::Storage(e.to_string())),
+    };
+    let claimed_at = tokio::time::Instant::now();
+    if header.old_outputs {
         // The old work's result, manifest, error and the listing's markers of a cancel or
-        // pause go first: a crash after them leaves a checkpoint of the old work, which the
-        // next claim starts over again. (Its artifact objects stay until the new run
-        // replaces them; no manifest lists them.)
+        // pause. (Its artifact objects stay until the new run replaces them; no manifest
+        // lists them.) A crash before the flag is cleared leaves it set: the next claim,
+        // once this lease has lapsed, deletes them again.
         for stale in [
             result_key,
             crate::keys::manifest(job),
@@ -220,25 +278,26 @@ pub async fn claim<S: ObjectStore>(
                 .await
                 .map_err(|e| ClaimError::Storage(e.to_string()))?;
         }
-        (fresh(Header::default()), None)
-    } else {
-        (fresh(header), data)
-    };
-    match store
-        .put_undoable(
-            &key,
-            encode(&header, data.as_deref()),
-            Precondition::Matches(current.etag),
-        )
-        .await
-    {
-        Ok(etag) => Ok(Claimed { header, data, etag }),
-        Err(StoreError::PreconditionFailed) => Err(ClaimError::Busy {
-            owner: "another worker (claimed it just now)".into(),
-            until_ms: lease_until_ms,
-        }),
-        Err(e) => Err(ClaimError::Storage(e.to_string())),
+        header.old_outputs = false;
+        // The key's next write, spaced as every checkpoint write is (R2: one per second).
+        tokio::time::sleep_until(claimed_at + super::DEFAULT_MIN_WRITE_INTERVAL).await;
+        header.updated_ms = now_ms();
+        header.nonce = nonce();
+        // Refused: a user's cancel or pause came in between; the next claim finds it.
+        etag = match store
+            .put_undoable(
+                &key,
+                encode(&header, data.as_deref()),
+                Precondition::Matches(etag),
+            )
+            .await
+        {
+            Ok(etag) => etag,
+            Err(StoreError::PreconditionFailed) => return Err(lost()),
+            Err(e) => return Err(ClaimError::Storage(e.to_string())),
+        };
     }
+    Ok(Claimed { header, data, etag })
 }
 
 /// Reads a job's checkpoint header without claiming it (for `status`).
@@ -310,6 +369,96 @@ mod tests {
             )
             .await
             .unwrap();
+    }
+
+    fn work(input: &str) -> Work {
+        Work {
+            module: format!("sha256:{}", "ab".repeat(32)),
+            input_sha256: input.repeat(64),
+        }
+    }
+
+    async fn put(store: &DirStore, key: &str, bytes: &[u8]) {
+        store
+            .put(key, bytes.to_vec(), Precondition::None)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restart_that_loses_its_claim_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let (lease, stop) = LeaseView::detached(Duration::from_secs(60));
+        let job: JobId = "restarted".parse().unwrap();
+        let (old, new) = (work("0"), work("1"));
+        // The old work, done.
+        let old_claimer = Claimer {
+            owner: "old",
+            lease: &lease,
+            work: &old,
+        };
+        let mut header = old_claimer.fresh(Header::default());
+        header.lease_until_ms = 0;
+        put(&store, &key(&job), &encode(&header, None)).await;
+        put(&store, &crate::keys::result(&job), b"old result").await;
+        // Two restart messages: the loser read the old work's checkpoint before the winner
+        // claimed, ran and stored its result.
+        let read_by_loser = store.get(&key(&job)).await.unwrap().unwrap();
+        let winner = claim(&store, &job, "winner", &lease, &new, OtherWork::Restart)
+            .await
+            .unwrap();
+        assert!(!winner.header.old_outputs);
+        assert!(!store.exists(&crate::keys::result(&job)).await.unwrap());
+        put(&store, &crate::keys::result(&job), b"new result").await;
+        let loser = Claimer {
+            owner: "loser",
+            lease: &lease,
+            work: &new,
+        };
+        let lost = take_over(&store, &job, &loser, OtherWork::Restart, read_by_loser).await;
+        assert!(matches!(lost, Err(ClaimError::Busy { .. })), "{lost:?}");
+        let result = store.get(&crate::keys::result(&job)).await.unwrap();
+        assert_eq!(result.unwrap().bytes, b"new result");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_start_over_left_unfinished_is_finished_by_the_next_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let (lease, stop) = LeaseView::detached(Duration::from_secs(60));
+        let job: JobId = "half-restarted".parse().unwrap();
+        let new = work("1");
+        // A restart's claim whose worker died before deleting the old work's outputs.
+        let dead = Claimer {
+            owner: "dead",
+            lease: &lease,
+            work: &new,
+        };
+        let mut header = dead.fresh(Header {
+            old_outputs: true,
+            ..Header::default()
+        });
+        let live_until = header.lease_until_ms;
+        put(&store, &key(&job), &encode(&header, None)).await;
+        for k in [crate::keys::result(&job), crate::keys::error(&job)] {
+            put(&store, &k, b"the old work's").await;
+        }
+        let again = || claim(&store, &job, "next", &lease, &new, OtherWork::Refuse);
+        // Its lease still holds: busy (its result is not taken for this work's).
+        assert!(matches!(again().await, Err(ClaimError::Busy { owner, .. }) if owner == "dead"));
+        header.lease_until_ms = 0;
+        put(&store, &key(&job), &encode(&header, None)).await;
+        let claimed = again().await.unwrap();
+        assert_eq!(claimed.header.owner, "next");
+        assert!(!claimed.header.old_outputs);
+        for k in [crate::keys::result(&job), crate::keys::error(&job)] {
+            assert!(!store.exists(&k).await.unwrap(), "{k} left");
+        }
+        let stored = peek(&store, &job).await.unwrap().unwrap();
+        assert!(!stored.old_outputs && stored.lease_until_ms >= live_until);
+        stop.cancel();
     }
 
     #[tokio::test]

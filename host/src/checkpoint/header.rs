@@ -80,6 +80,13 @@ pub struct Header {
     /// stops; a claim that finds it does not run the job (docs/design.md "Job control").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<Control>,
+    /// Written by a claim that starts the job over (`"restart": true`) before it deletes the
+    /// old work's result, manifest, error and the listing's markers: while it is set, a
+    /// result under the job's key may be the old work's and is not trusted. The claim clears
+    /// it once they are gone, before the run; a claim that finds it set (its claimer died in
+    /// between) deletes them again (docs/design.md "A job is bound to its work").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub old_outputs: bool,
     /// Milliseconds since the Unix epoch at this write.
     #[serde(default)]
     pub updated_ms: u64,
@@ -346,6 +353,8 @@ mod props {
                         by,
                         at_ms,
                     }),
+                    // Either value, from a bit of another field (the tuples are full).
+                    old_outputs: host_compute_ms & 1 == 1,
                     updated_ms,
                     nonce,
                 },

@@ -12,7 +12,8 @@ use super::sandbox::MAX_RESOURCES_PER_TASK;
 use super::{MAX_CALL_BYTES, SUPPORTED_WORLDS};
 use crate::ids::ModuleHash;
 
-/// Why a file is not a usable task module.
+/// Why a file is not a usable task module, or (`NodeFault`) why this node could not make it
+/// ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModuleError {
     /// The bytes are not WebAssembly at all.
@@ -29,6 +30,10 @@ pub enum ModuleError {
     },
     /// A component of another world (missing export or unknown imports).
     WrongWorld(String),
+    /// The node, not the module: compiling it failed for want of memory or a system call
+    /// refused (an mmap's ENOMEM on a sick node), [`is_node_compile_fault`]. Another node,
+    /// or this one later, may compile it.
+    NodeFault(String),
     /// The bytes fetched do not hash to the module's name.
     HashMismatch {
         /// The hash the module was asked for by (its name in the store).
@@ -61,6 +66,9 @@ impl std::fmt::Display for ModuleError {
                 "a component of another world, not of {}: {m}",
                 SUPPORTED_WORLDS.join(" or ")
             ),
+            ModuleError::NodeFault(m) => {
+                write!(f, "this node could not compile it (not the module's doing): {m}")
+            }
             ModuleError::HashMismatch { expected, actual } => {
                 write!(f, "module bytes hash to {actual}, not {expected} (corrupted or tampered with)")
             }
@@ -170,6 +178,13 @@ pub(super) fn is_host_fault(e: &wasmtime::Error, memory_hit: bool) -> bool {
     !own
 }
 
+/// Whether a compile error is the node's doing rather than the module's: wasmtime ran out
+/// of memory, or a system call (an mmap for the code, a file) was refused. What the module
+/// is (invalid bytes, a function Cranelift refuses) fails the same way on every node.
+pub(super) fn is_node_compile_fault(e: &wasmtime::Error) -> bool {
+    e.is::<wasmtime::OutOfMemory>() || e.is::<rustix::io::Errno>() || e.is::<std::io::Error>()
+}
+
 /// Whether `e` is the store's resource table refusing one more entry.
 fn table_full(e: &wasmtime::Error) -> bool {
     use wasmtime::component::ResourceTableError;
@@ -218,4 +233,34 @@ pub(super) fn classify_trap(
         }
     };
     Outcome::Trapped { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compile_error_is_the_nodes_only_when_memory_or_a_system_call_failed() {
+        let enomem = wasmtime::Error::from(rustix::io::Errno::NOMEM).context("mapping the code");
+        assert!(is_node_compile_fault(&enomem));
+        let oom = wasmtime::Error::from(wasmtime::OutOfMemory::new(1 << 30));
+        assert!(is_node_compile_fault(&oom));
+        let io = wasmtime::Error::from(std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+            .context("failed to open file");
+        assert!(is_node_compile_fault(&io));
+        // What the module is: the same on every node.
+        let engine = wasmtime::Engine::default();
+        for bytes in [
+            &b"\0asm\x0d\0\x01\0garbage"[..],
+            b"\0asm\x0d\0\x01\0\x01\x05",
+        ] {
+            let invalid = wasmtime::component::Component::new(&engine, bytes)
+                .err()
+                .unwrap();
+            assert!(!is_node_compile_fault(&invalid), "{invalid:#}");
+        }
+        assert!(!is_node_compile_fault(&wasmtime::Error::msg(
+            "function too large"
+        )));
+    }
 }

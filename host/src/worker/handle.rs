@@ -25,6 +25,7 @@ use crate::observe::metrics::{JobOutcome, Settle};
 use crate::observe::{Health, Metrics};
 use crate::queue::lease::Lease;
 use crate::queue::{IncomingMessage, OutgoingMessage, Queue};
+use crate::runtime::ModuleError;
 use crate::store::any::AnyStore;
 use crate::store::{ObjectStore, Precondition};
 use crate::time::now_ms;
@@ -180,6 +181,11 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                     .hand_back_for_storage(id, what, &m, lease, attempt)
                     .await;
             }
+            Err(ResolveError::Module(h, ModuleError::NodeFault(m))) => {
+                return self
+                    .hand_back_for_node_fault(id, &h, &m, lease, attempt)
+                    .await;
+            }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "unusable module");
                 let (outcome, reason) = (JobOutcome::BadModule, e.to_string());
@@ -243,13 +249,10 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         let attempt = message.delivery_attempt.unwrap_or(runs.max(1));
         drop(counted);
         self.count(id, &end);
-        if let Some(r) = &self.config.reallocator {
-            if let Some(m) = end.node_fault() {
-                let (r, m) = (Arc::clone(r), m.to_owned());
-                tokio::spawn(async move { r.host_fault(&m).await });
-            } else if matches!(end, JobEnd::Done { .. }) {
-                r.job_done();
-            }
+        if let Some(m) = end.node_fault() {
+            self.tell_reallocator(m);
+        } else if let (Some(r), JobEnd::Done { .. }) = (&self.config.reallocator, &end) {
+            r.job_done();
         }
         if matches!(end, JobEnd::Storage(_)) {
             self.storage_failures.failed();
@@ -326,6 +329,33 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         Stats::bump(&self.stats.retried);
         self.metrics.job_ended(JobOutcome::Storage);
         self.settle(Settle::HandBack, lease.nack(delay).await);
+    }
+
+    /// A module this node could not compile (out of memory, a system call refused): a host
+    /// fault, never the module's or the job's; the job goes back for later (to another node,
+    /// or to this one once it recovers).
+    async fn hand_back_for_node_fault(
+        &self,
+        id: &crate::ids::JobId,
+        module: &crate::ids::ModuleHash,
+        error: &str,
+        lease: Lease,
+        attempt: u32,
+    ) {
+        let delay = retry_delay(attempt);
+        tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "this node could not compile the module (a host fault, not counted against the job); handing the job back for later");
+        Stats::bump(&self.stats.host_faults);
+        self.metrics.job_ended(JobOutcome::HostFault);
+        self.tell_reallocator(&format!("cannot compile module {module}: {error}"));
+        self.settle(Settle::HandBack, lease.nack(delay).await);
+    }
+
+    /// Counts a host fault toward reallocating the node (on SaladCloud).
+    fn tell_reallocator(&self, message: &str) {
+        if let Some(r) = &self.config.reallocator {
+            let (r, m) = (Arc::clone(r), message.to_owned());
+            tokio::spawn(async move { r.host_fault(&m).await });
+        }
     }
 
     /// One log line and one counter per job end.
