@@ -133,11 +133,10 @@ pub async fn read<S: ObjectStore>(
     listed: &Listed,
     now_ms: u64,
 ) -> anyhow::Result<JobView> {
-    let text =
-        |o: Option<crate::store::Object>| o.map(|o| String::from_utf8_lossy(&o.bytes).into_owned());
+    let text = |o: Option<crate::store::Object>| o.map(|o| shown(&o.bytes));
     let (result, note) = if listed.result {
         match store.get(&keys::result(job)).await? {
-            Some(o) => (Some(String::from_utf8_lossy(&o.bytes).into_owned()), o.note),
+            Some(o) => (Some(shown(&o.bytes)), o.note),
             None => (None, None),
         }
     } else {
@@ -176,6 +175,25 @@ pub async fn read<S: ObjectStore>(
             bytes: listed.artifacts.1,
         });
     Ok(view(job, state, header, result, note, error, artifacts))
+}
+
+/// The most of a result's or error's text an overview keeps per job: a page of 500 jobs
+/// (or `status --all`) holds a few MiB, not 1 MiB of result per job. `status JOB_ID` shows
+/// the whole.
+pub const SHOWN_TEXT_BYTES: usize = 4096;
+
+/// `bytes` as text, cut to [`SHOWN_TEXT_BYTES`] (on a character boundary) with a note of
+/// its whole size when longer.
+fn shown(bytes: &[u8]) -> String {
+    if bytes.len() <= SHOWN_TEXT_BYTES {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let head = &bytes[..crate::inert::cut_bytes(bytes, SHOWN_TEXT_BYTES)];
+    format!(
+        "{}… (cut: {} bytes in all; `taskhost status JOB_ID` shows it whole)",
+        String::from_utf8_lossy(head),
+        bytes.len()
+    )
 }
 
 /// A job's state from what is stored of it, the one place that derives it: a result is
@@ -437,6 +455,42 @@ mod tests {
             (Some(5), Some(9), Some(30))
         );
         assert_eq!(Accounting::total([]), Accounting::default());
+    }
+
+    /// An overview keeps a few KiB of each result, cut on a character, not the 1 MiB a
+    /// result may have; a small one whole.
+    #[tokio::test]
+    async fn an_overview_holds_a_few_kib_of_each_result() {
+        use crate::store::{ObjectStore, Precondition};
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::dir::DirStore::open(tmp.path()).unwrap();
+        // Two-byte characters from an odd offset: a cut at an even length splits one.
+        let big = format!("a{}", "é".repeat(500_000));
+        for (id, text) in [("big", big.as_str()), ("small", "{\"sum\": 55}")] {
+            let key = keys::result(&id.parse().unwrap());
+            store
+                .put(&key, text.as_bytes().to_vec(), Precondition::None)
+                .await
+                .unwrap();
+        }
+        let scan = super::super::scan(&store).await.unwrap();
+        let selection = Selection {
+            filter: None,
+            page: 0,
+            page_size: 500,
+            window: Duration::from_secs(60),
+        };
+        let o = overview(&store, &scan, selection).await.unwrap();
+        let result = |id: &str| {
+            let v = o.jobs.iter().find(|v| v.job_id == id).unwrap();
+            v.result.clone().unwrap()
+        };
+        let shown = result("big");
+        let (head, tail) = shown.split_once('…').unwrap();
+        assert!(head.len() <= SHOWN_TEXT_BYTES && head.len() > SHOWN_TEXT_BYTES - 4);
+        assert!(big.starts_with(head) && !head.contains('\u{fffd}'));
+        assert!(tail.contains("1000001 bytes in all"), "{tail}");
+        assert_eq!(result("small"), "{\"sum\": 55}");
     }
 
     /// A job whose checkpoint does not decode (damaged, or of a newer format) is shown failed,
