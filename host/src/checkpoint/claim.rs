@@ -83,7 +83,7 @@ pub enum OtherWork {
 ///
 /// First a create-only write (`If-None-Match: *`): on a new job that one request is the whole
 /// claim (no result can exist without a checkpoint). If a checkpoint exists, it is read and
-/// [`take_over`] decides and writes.
+/// `take_over` decides and writes.
 ///
 /// The claim's writes need not be durable ([`ObjectStore::put_undoable`]): a power loss that
 /// undoes one also killed every worker that could hold the claim (the directory store is

@@ -31,7 +31,7 @@ pub enum ModuleError {
     /// A component of another world (missing export or unknown imports).
     WrongWorld(String),
     /// The node, not the module: compiling it failed for want of memory or a system call
-    /// refused (an mmap's ENOMEM on a sick node), [`is_node_compile_fault`]. Another node,
+    /// refused (an mmap's ENOMEM on a sick node): `is_node_compile_fault`. Another node,
     /// or this one later, may compile it.
     NodeFault(String),
     /// The bytes fetched do not hash to the module's name.
