@@ -74,7 +74,7 @@ pub async fn request<S: ObjectStore>(
 }
 
 /// The listing's marker of `control` (its record as JSON, for a reader without the header).
-async fn write_marker<S: ObjectStore>(
+pub(super) async fn write_marker<S: ObjectStore>(
     store: &S,
     job: &JobId,
     control: &Control,
@@ -163,5 +163,27 @@ mod tests {
             Requested::AlreadyDone
         );
         assert_eq!(read(&store, &done).await, None);
+        // A result a start-over has yet to delete is the old work's: the cancel is recorded.
+        let restarting: JobId = "restarting".parse().unwrap();
+        let header = super::super::Header {
+            old_outputs: true,
+            ..Default::default()
+        };
+        let (checkpoint, result) = (key(&restarting), crate::keys::result(&restarting));
+        let encoded = super::super::encode(&header, None);
+        store
+            .put(&checkpoint, encoded, Precondition::None)
+            .await
+            .unwrap();
+        store
+            .put(&result, b"{}".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+        let got = request(&store, &restarting, &control(Action::Cancel)).await;
+        assert!(matches!(got, Ok(Requested::Recorded { .. })), "{got:?}");
+        assert_eq!(
+            read(&store, &restarting).await,
+            Some(control(Action::Cancel))
+        );
     }
 }

@@ -36,8 +36,9 @@ pub enum Rewritten<K, W> {
 
 /// Reads `job`'s header (a default one when the job has no checkpoint), lets `change` decide
 /// and change it, and writes it back conditionally (see the module's doc). With
-/// `result_wins`, a job whose result exists is left alone, checked before every read: a
-/// finished job stays done. `doing` names the change in the error of a header that kept
+/// `result_wins`, a job whose result exists is left alone, checked after every read: a
+/// finished job stays done (but for a result a start-over has yet to delete: the header's
+/// `old_outputs`). `doing` names the change in the error of a header that kept
 /// changing ("the cancel was being recorded").
 pub async fn rewrite_header<S: ObjectStore, K, W>(
     store: &S,
@@ -48,9 +49,6 @@ pub async fn rewrite_header<S: ObjectStore, K, W>(
 ) -> Result<Rewritten<K, W>, StoreError> {
     let key = key(job);
     for _ in 0..TRIES {
-        if result_wins && store.exists(&crate::keys::result(job)).await? {
-            return Ok(Rewritten::Done);
-        }
         let (mut header, data, precondition) = match store.get(&key).await? {
             None => (Header::default(), None, Precondition::Absent),
             Some(current) => {
@@ -65,6 +63,9 @@ pub async fn rewrite_header<S: ObjectStore, K, W>(
                 (header, data, Precondition::Matches(current.etag))
             }
         };
+        if result_wins && !header.old_outputs && store.exists(&crate::keys::result(job)).await? {
+            return Ok(Rewritten::Done);
+        }
         let written = match change(&mut header) {
             Edit::Keep(kept) => return Ok(Rewritten::Kept(kept)),
             Edit::Write(written) => written,

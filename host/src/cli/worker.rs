@@ -74,7 +74,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
     pub shutdown_timeout_secs: f64,
     /// How long after a job was published its missing module is waited for (the job goes
-    /// back with a growing delay meanwhile), in seconds; then it is dead-lettered.
+    /// back with a growing delay meanwhile), in seconds; then it is dead-lettered. The same
+    /// for a module the nodes that take the job cannot compile for a reason of their own
+    /// (out of memory).
     #[arg(long, env = "MISSING_MODULE_RETRY_SECONDS", default_value_t = DEFAULT_MISSING_MODULE_RETRY.as_secs())]
     pub missing_module_retry_secs: u64,
     /// The host name a worker's id starts with (`<host>-<pid>-<random>`); default: the

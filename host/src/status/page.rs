@@ -197,14 +197,16 @@ fn shown(bytes: &[u8]) -> String {
 }
 
 /// A job's state from what is stored of it, the one place that derives it: a result is
-/// done (whatever else is stored), an error failed, a user's cancel or pause recorded in the
+/// done (whatever else is stored, but for a start-over's `old_outputs`), an error failed, a user's cancel or pause recorded in the
 /// checkpoint header cancelled or paused, a live owner's lease (the ownership rule, as a
 /// claim reads it at `now_ms`) running, any other checkpoint waiting, nothing queued.
 pub fn state(result: bool, error: bool, header: Option<&Header>, now_ms: u64) -> JobState {
-    if result {
+    // While a start-over has yet to delete them, a result and an error are the old work's.
+    let old_outputs = header.is_some_and(|h| h.old_outputs);
+    if result && !old_outputs {
         return JobState::Done;
     }
-    if error {
+    if error && !old_outputs {
         return JobState::Failed;
     }
     let Some(h) = header else {
@@ -270,8 +272,9 @@ pub fn view(
         progress,
         attempts: h.attempts,
         failures: h.failures,
-        result,
-        error,
+        // While a start-over has yet to delete them, they are the old work's (`state`).
+        result: result.filter(|_| !h.old_outputs),
+        error: error.filter(|_| !h.old_outputs),
         control: h.control.clone(),
         accounting,
         artifacts,
@@ -398,6 +401,10 @@ mod tests {
             }),
             ..lease(now + 5_000)
         };
+        let restarting = |until_ms| Header {
+            old_outputs: true,
+            ..lease(until_ms)
+        };
         let cases = [
             (true, true, Some(lease(now + 5_000)), JobState::Done),
             (false, true, Some(lease(now + 5_000)), JobState::Failed),
@@ -416,6 +423,9 @@ mod tests {
             (false, false, Some(lease(now + 5_000)), JobState::Running),
             (false, false, Some(lease(now - 1)), JobState::Waiting),
             (false, false, None, JobState::Queued),
+            // A start-over yet to delete the old work's result and error: not done, not failed.
+            (true, true, Some(restarting(now + 5_000)), JobState::Running),
+            (true, false, Some(restarting(now - 1)), JobState::Waiting),
         ];
         for (result, error, header, expected) in cases {
             assert_eq!(

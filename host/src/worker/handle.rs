@@ -152,11 +152,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
             Ok(m) => m,
             Err(ResolveError::Missing(h)) => {
                 let window = self.config.missing_module_retry;
-                let waited = Duration::from_millis(
-                    message
-                        .publish_time_ms
-                        .map_or(0, |t| now_ms().saturating_sub(t)),
-                );
+                let waited = waited_since_publish(&message);
                 if waited < window {
                     let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
                     tracing::warn!(job = %id, module = %h, waited_s = waited.as_secs(), retry_in = ?delay, "module not in the store (yet); handing the job back");
@@ -182,8 +178,21 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                     .await;
             }
             Err(ResolveError::Module(h, ModuleError::NodeFault(m))) => {
+                let window = self.config.missing_module_retry;
+                let waited = waited_since_publish(&message);
+                if waited < window {
+                    let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
+                    return self.hand_back_uncompiled(id, &h, &m, lease, delay).await;
+                }
+                let reason = format!(
+                    "module {h} could not be compiled on the nodes that took the job for {} s \
+                     after it was published (MISSING_MODULE_RETRY_SECONDS={}): {m}",
+                    waited.as_secs(),
+                    window.as_secs()
+                );
+                let outcome = JobOutcome::BadModule;
                 return self
-                    .hand_back_for_node_fault(id, &h, &m, lease, attempt)
+                    .dead_letter_unless_done(&message, &job, outcome, &reason, lease, attempt)
                     .await;
             }
             Err(e) => {
@@ -332,21 +341,31 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
     }
 
     /// A module this node could not compile (out of memory, a system call refused): a host
-    /// fault, never the module's or the job's; the job goes back for later (to another node,
-    /// or to this one once it recovers).
-    async fn hand_back_for_node_fault(
+    /// fault, not counted against the job, which goes back for `delay` (to another node, or
+    /// to this one once it recovers). Counted toward reallocating the node only when the
+    /// node's fixed check module does not compile either: a module that needs more than
+    /// every node gives must not send the fleet from node to node.
+    async fn hand_back_uncompiled(
         &self,
         id: &crate::ids::JobId,
         module: &crate::ids::ModuleHash,
         error: &str,
         lease: Lease,
-        attempt: u32,
+        delay: Duration,
     ) {
-        let delay = retry_delay(attempt);
-        tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "this node could not compile the module (a host fault, not counted against the job); handing the job back for later");
+        let rt = self.executor.runtime.clone();
+        let node_cannot = !matches!(
+            tokio::task::spawn_blocking(move || rt.compile_check()).await,
+            Ok(Ok(_))
+        );
         Stats::bump(&self.stats.host_faults);
         self.metrics.job_ended(JobOutcome::HostFault);
-        self.tell_reallocator(&format!("cannot compile module {module}: {error}"));
+        if node_cannot {
+            tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "this node cannot compile modules, not even its check module (a host fault, not counted against the job); handing the job back for later");
+            self.tell_reallocator(&format!("cannot compile module {module}: {error}"));
+        } else {
+            tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "this node could not compile the module, though its check module compiles (a host fault, not counted against the job); handing the job back for later");
+        }
         self.settle(Settle::HandBack, lease.nack(delay).await);
     }
 
@@ -535,4 +554,13 @@ fn truncate(s: &str, max: usize) -> String {
         cut -= 1;
     }
     format!("{}...", &s[..cut])
+}
+
+/// How long ago `message` was published (zero when the queue does not say).
+fn waited_since_publish(message: &IncomingMessage) -> Duration {
+    Duration::from_millis(
+        message
+            .publish_time_ms
+            .map_or(0, |t| now_ms().saturating_sub(t)),
+    )
 }

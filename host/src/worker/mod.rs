@@ -104,8 +104,9 @@ pub struct WorkerConfig {
     pub default_module: Option<ModuleHash>,
     /// `SHUTDOWN_TIMEOUT_SECONDS`: the longest a shutdown waits for tasks to flush.
     pub shutdown_timeout: Duration,
-    /// `MISSING_MODULE_RETRY_SECONDS`: how long after publication a missing module is
-    /// waited for before the job is dead-lettered.
+    /// `MISSING_MODULE_RETRY_SECONDS`: how long after publication a missing module, or one
+    /// the nodes could not compile for a reason of their own, is waited for before the job
+    /// is dead-lettered.
     pub missing_module_retry: Duration,
     /// Where workers on this node record the jobs they hold (`<cache dir>/workers`), so
     /// that the next one started here hands a dead one's jobs back at once

@@ -187,6 +187,54 @@ async fn a_trapping_task_is_retried_until_max_failures() {
     assert!(left.is_empty(), "left on the subscription: {left:?}");
 }
 
+/// A node that cannot compile (its kernel refuses to make memory executable: ENOMEM, as
+/// when it is out of memory) hands a valid module's job back as a host fault, never
+/// dead-letters it as a bad module, and says the node itself cannot compile (its check
+/// module fails too); once `MISSING_MODULE_RETRY_SECONDS` has passed since the job was
+/// published, the job is dead-lettered with the reason. The worker stays up throughout.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_compile_hands_the_job_back_until_the_window_ends() {
+    const WINDOW: Duration = Duration::from_secs(6);
+    let e = Embedded::new("uncompiled", "step_counter").await;
+    let id = "uncompiled";
+    let mut w = e
+        .cli
+        .set("MISSING_MODULE_RETRY_SECONDS", WINDOW.as_secs().to_string())
+        .spawn_refusing_executable_memory("worker", &["worker"]);
+    w.wait_for_log("worker started", WORKER_START).await;
+    let published = Instant::now();
+    e.submit(id, r#""steps":3,"step_ms":0"#).await;
+    w.wait_for_log(
+        "this node cannot compile modules, not even its check module",
+        JOB_END,
+    )
+    .await;
+    let job: JobId = id.parse().unwrap();
+    let first = w.log();
+    assert!(
+        !job_lines(&first, "cannot compile modules", id).is_empty(),
+        "{first}"
+    );
+    w.wait_for_log("dead-lettered", JOB_END).await;
+    // Not before the window: a bad module would have been dead-lettered at its first try.
+    assert!(published.elapsed() >= WINDOW, "{}", w.log());
+    w.assert_running();
+    stop(&mut w).await;
+    let log = w.log();
+    assert!(!log.contains("job started"), "{log}");
+    assert!(!log.contains("unusable module"), "{log}");
+    let error = e.store.get(&keys::error(&job)).await.unwrap();
+    let error = String::from_utf8(error.expect("an error object").bytes).unwrap();
+    assert!(
+        error.contains("could not be compiled on the nodes that took the job")
+            && error.contains("MISSING_MODULE_RETRY_SECONDS=6"),
+        "{error}"
+    );
+    let dead = e.pull(true, Duration::from_secs(2), Settle::Ack).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+}
+
 /// Waits until `w`'s log has `n` lines with `what` for job `id`.
 async fn wait_for_lines(w: &mut Proc, what: &str, id: &str, n: usize) {
     let deadline = Instant::now() + JOB_END;

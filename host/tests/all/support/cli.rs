@@ -273,10 +273,28 @@ impl CliEnv {
     /// Starts `taskhost ARGS` in the background (stdout and stderr into one log file).
     /// The returned [`Proc`] kills it on drop.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_with(name, args, |_| {})
+    }
+
+    /// [`CliEnv::spawn`] on a node whose kernel refuses to make memory executable
+    /// ([`super::seccomp`]): wasmtime cannot publish compiled code there.
+    #[cfg(target_arch = "x86_64")]
+    pub fn spawn_refusing_executable_memory(&self, name: &str, args: &[&str]) -> Proc {
+        use std::os::unix::process::CommandExt as _;
+        self.spawn_with(name, args, |cmd| {
+            // SAFETY: the closure only installs a seccomp filter (prctl), async-signal-safe.
+            unsafe {
+                cmd.pre_exec(super::seccomp::refuse_executable_memory);
+            }
+        })
+    }
+
+    fn spawn_with(&self, name: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Proc {
         let log = self.fresh(name, ".log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = self
-            .command(name, args)
+        let mut command = self.command(name, args);
+        configure(&mut command);
+        let child = command
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

@@ -15,5 +15,7 @@ pub mod probes;
 pub mod pubsub;
 pub mod s3;
 pub mod salad_api;
+#[cfg(target_arch = "x86_64")]
+pub mod seccomp;
 pub mod stack;
 pub mod sts;
