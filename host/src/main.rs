@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             None => cli::main(cli).await,
         }
     };
-    match rt.block_on(run) {
+    let code = match rt.block_on(run) {
         Ok(code) => code,
         Err(e) if json => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
@@ -71,5 +71,10 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(cli::exit::ERROR)
         }
-    }
+    };
+    // Blocking work still running (a worker's compile of a module, a read on a hung network
+    // filesystem, given up by its shutdown) is not waited for past this: a dropped runtime would wait for it without end, past
+    // SHUTDOWN_TIMEOUT_SECONDS. Nothing it leaves undone was acked.
+    rt.shutdown_timeout(cli::EXIT_GRACE);
+    code
 }

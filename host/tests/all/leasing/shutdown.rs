@@ -265,3 +265,51 @@ async fn status_of(cli: &CliEnv, id: &str) -> serde_json::Value {
     let mut statuses = status(cli, &[id.to_string()]).await;
     statuses.remove(id).unwrap()
 }
+
+/// Blocking work in flight does not hold up the exit: SIGTERM while the worker's read of a
+/// job's module from the directory store never returns (the module's file is a FIFO no one
+/// writes, as a read on a hung network filesystem would hang), and the worker exits 0
+/// within the shutdown timeout and its grace (the job's message comes back when its lease
+/// lapses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_read_that_never_returns_does_not_hold_up_the_exit() {
+    use taskhost::queue::OutgoingMessage;
+    let cli = CliEnv::embedded("hung-read")
+        .set("WORKER_SLOTS", "1")
+        .set("SHUTDOWN_TIMEOUT_SECONDS", "2")
+        // For "message received" (the handler's first line).
+        .set("RUST_LOG", "info,taskhost::worker::handle=debug");
+    let hash = taskhost::ids::ModuleHash::of(b"a module never read");
+    let fifo = std::path::Path::new(cli.var("STORE_DIR")).join(taskhost::keys::module(&hash));
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path, alive for the call.
+    #[allow(unsafe_code)]
+    let made = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    let mut w = cli.spawn("worker", &["worker"]);
+    w.wait_for_log("worker started", WORKER_START).await;
+    let queue = Queue::Local(LocalQueue::open(cli.var("QUEUE_FILE")).await.unwrap());
+    let data = format!(r#"{{"job_id":"hung-read","module":"{hash}","steps":3}}"#);
+    let message = OutgoingMessage {
+        data: data.into_bytes(),
+        attributes: Default::default(),
+    };
+    queue
+        .publish(cli.var("TOPIC_ID"), vec![message])
+        .await
+        .unwrap();
+    w.wait_for_log("message received", WORKER_START).await;
+    // Its handler is in the read now (nothing else is between the two).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(60)).await;
+    let took = signalled.elapsed();
+    let log = w.log();
+    assert!(!log.contains("module fetched"), "{log}");
+    // The timeout, the grace and 4 s of room for a loaded machine.
+    let bound = Duration::from_secs(2 + 1 + 4);
+    assert!(took < bound, "exit took {took:?} (bound {bound:?}):\n{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+}
