@@ -16,7 +16,7 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
     /// checkpoint write recorded (see the module docs), and the result is written
     /// create-only: a one-step job costs two requests, the claim and the result. A job with
     /// artifacts writes their manifest first, under the same proof: they become visible with
-    /// the result. Every write after the proof is bounded by the time the proof still holds
+    /// the result; a later run without artifacts deletes a manifest an earlier owner left. Every write after the proof is bounded by the time the proof still holds
     /// ([`Executor::write_owned`]); unfinished uploads are aborted only once the result is
     /// durable.
     pub(super) async fn finish(
@@ -44,6 +44,18 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
                 .await
             {
                 return end;
+            }
+        } else if claimed.attempt > 1 {
+            // A worker that held the job before may have written its manifest and lost the
+            // job before its result: not this run's. (A first run has no one before it, and
+            // a start-over deleted the old work's.)
+            match within(&proof, self.store.delete(&keys::manifest(job))).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return JobEnd::Storage(e.to_string()),
+                None => {
+                    tracing::warn!(job = %job, "a manifest's delete outlasted this worker's hold on the job; giving the job up");
+                    return JobEnd::LeaseLost;
+                }
             }
         }
         // The job's accounting rides on the result as its note: no request of its own.

@@ -324,3 +324,56 @@ async fn a_job_id_reused_for_other_work_is_refused_unless_asked() {
         JobEnd::AlreadyDone
     );
 }
+
+/// A manifest that a worker which lost the job wrote before its result (its artifacts are
+/// not the job's) does not outlive the run that finishes the job without artifacts.
+#[tokio::test]
+async fn a_manifest_an_earlier_owner_left_goes_with_a_run_without_artifacts() {
+    let (_tmp, store) = dir_store();
+    let rt = runtime();
+    let m = prepare(&rt, "step_counter").await;
+    let job: JobId = "left-manifest".parse().unwrap();
+    let ex = executor(store.clone(), rt, JobLimits::default());
+    // The earlier owner's run: claimed (attempt 1), its manifest written, then it lost the
+    // job (its lease ended, released here) before the result.
+    let input = r#"{"job_id":"left-manifest","steps":3}"#;
+    let work = Work::of(&taskhost::ids::ModuleHash::of(b"step counter"), input);
+    let (lease, stop) = taskhost::queue::lease::LeaseView::detached(Duration::from_secs(30));
+    let earlier = checkpoint::claim(&store, &job, "earlier", &lease, &work, OtherWork::Refuse)
+        .await
+        .unwrap();
+    stop.cancel();
+    let mut header = earlier.header.clone();
+    header.lease_until_ms = 0;
+    let key = taskhost::keys::checkpoint(&job);
+    let released = checkpoint::encode(&header, None);
+    store.put(&key, released, Precondition::None).await.unwrap();
+    let manifest = taskhost::keys::manifest(&job);
+    let stale = br#"{"artifacts":[{"name":"old.bin","size":3,"etag":"x"}]}"#.to_vec();
+    store
+        .put(&manifest, stale, Precondition::None)
+        .await
+        .unwrap();
+
+    let binding = JobBinding {
+        work,
+        on_other_work: OtherWork::Refuse,
+        inputs: Default::default(),
+        deletion_cost: None,
+    };
+    let end = ex
+        .execute(
+            &job,
+            &m,
+            input,
+            &binding,
+            live_lease(),
+            CancellationToken::new(),
+        )
+        .await;
+    assert!(matches!(end, JobEnd::Done { attempt: 2, .. }), "{end:?}");
+    assert!(
+        !store.exists(&manifest).await.unwrap(),
+        "the earlier owner's manifest is left"
+    );
+}
