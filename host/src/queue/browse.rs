@@ -3,14 +3,16 @@
 //! and held under one lease until the caller acks some and hands the rest back at once.
 //! Nothing is acked unless asked for, so a reader that stops anywhere loses no message
 //! (what it holds comes back when [`BROWSE_LEASE`] lapses, or at once after
-//! [`Browse::release`]).
+//! [`Browse::release`]). While it is held, the lease is extended every half of it, so a
+//! reader may take as long as it needs (a person answering a prompt, a long replay).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{IncomingMessage, Queue, QueueError, Received};
 
-/// The lease the messages are read under: long enough to list them and republish the chosen
-/// ones; a reader that dies holds them this long at most.
+/// The lease the messages are read under, extended every half of it while they are held; a
+/// reader that dies holds them this long at most.
 pub const BROWSE_LEASE: Duration = Duration::from_secs(120);
 /// Empty pulls in a row that end the reading (a pull returns at once, and a server may
 /// answer empty while it still holds messages: the emulator does now and then).
@@ -26,22 +28,45 @@ pub struct Browse {
     queue: Queue,
     sub: String,
     held: Vec<Received>,
+    /// The ack ids still held, which the keeper extends; locked for each extension, ack and
+    /// release, so that none of them lands out of order.
+    leased: Arc<tokio::sync::Mutex<Vec<String>>>,
+    keeper: tokio::task::JoinHandle<()>,
 }
 
 impl Queue {
-    /// Reads the messages of `sub` (at most `limit`), holding each under [`BROWSE_LEASE`];
-    /// each read counts a delivery attempt, as every pull does. A message delivered twice
-    /// while held (at-least-once) is shown once.
+    /// Reads the messages of `sub` (at most `limit`), holding each under [`BROWSE_LEASE`]
+    /// (extended while held); each read counts a delivery attempt, as every pull does. A
+    /// message delivered twice while held (at-least-once) is shown once.
     pub async fn browse(&self, sub: &str, limit: usize) -> Result<Browse, QueueError> {
+        self.browse_leased(sub, limit, BROWSE_LEASE).await
+    }
+
+    /// [`Queue::browse`] under a lease of `lease` (at least the queue's shortest deadline).
+    pub async fn browse_leased(
+        &self,
+        sub: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Browse, QueueError> {
+        let leased = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let keeper = tokio::spawn(keep(
+            self.clone(),
+            sub.to_owned(),
+            Arc::clone(&leased),
+            lease,
+        ));
         let mut browse = Browse {
             queue: self.clone(),
             sub: sub.to_owned(),
             held: Vec::new(),
+            leased,
+            keeper,
         };
         let mut empty = 0;
         while browse.held.len() < limit && empty < EMPTY_PULLS {
             let want = PULL.min(limit - browse.held.len());
-            let got = match self.pull(sub, want, BROWSE_LEASE).await {
+            let got = match self.pull(sub, want, lease).await {
                 Ok(got) => got,
                 Err(e) => {
                     // Hand back what was read before failing.
@@ -54,10 +79,40 @@ impl Queue {
                 tokio::time::sleep(EMPTY_WAIT).await;
             } else {
                 empty = 0;
+                let mut leased = browse.leased.lock().await;
+                leased.extend(got.iter().map(|r| r.ack_id.clone()));
                 browse.held.extend(got);
             }
         }
         Ok(browse)
+    }
+}
+
+/// Extends the lease of every ack id in `leased` every half `lease`, for as long as the
+/// [`Browse`] lives. A failed extension is tried again at the next turn (the lease then
+/// holds at least half of it: the queue may hand some back meanwhile, which only means a
+/// message is read again, never lost).
+async fn keep(
+    queue: Queue,
+    sub: String,
+    leased: Arc<tokio::sync::Mutex<Vec<String>>>,
+    lease: Duration,
+) {
+    loop {
+        tokio::time::sleep(lease / 2).await;
+        let held = leased.lock().await;
+        if held.is_empty() {
+            continue;
+        }
+        if let Err(e) = queue.modify_ack_deadline(&sub, &held, lease).await {
+            tracing::warn!(subscription = %sub, error = %e, "could not extend the lease of the messages read; retrying");
+        }
+    }
+}
+
+impl Drop for Browse {
+    fn drop(&mut self) {
+        self.keeper.abort();
     }
 }
 
@@ -82,21 +137,25 @@ impl Browse {
             .partition(|r| message_ids.contains(&r.message.message_id.as_str()));
         self.held = kept;
         let ack_ids: Vec<String> = done.iter().map(|r| r.ack_id.clone()).collect();
+        let mut leased = self.leased.lock().await;
         let acked = self.queue.acknowledge(&self.sub, &ack_ids).await;
         if acked.is_err() {
             // Still held: released with the rest.
             self.held.extend(done);
         }
+        *leased = self.held.iter().map(|r| r.ack_id.clone()).collect();
         acked
     }
 
     /// Hands every message still held back at once (the subscription delivers it again).
     pub async fn release(&mut self) -> Result<(), QueueError> {
         let ack_ids: Vec<String> = self.held.iter().map(|r| r.ack_id.clone()).collect();
+        let mut leased = self.leased.lock().await;
         self.queue
             .modify_ack_deadline(&self.sub, &ack_ids, Duration::ZERO)
             .await?;
         self.held.clear();
+        leased.clear();
         Ok(())
     }
 }

@@ -225,6 +225,7 @@ contract!(
     a_kept_lease_outlives_several_deadlines_and_its_ack_is_final,
     a_lost_lease_is_noticed,
     a_lease_asking_past_the_longest_deadline_ends_no_later_than_the_servers,
+    a_browse_holds_what_it_read_until_it_settles_it,
 );
 
 async fn a_nacked_message_comes_back_at_once_with_the_next_attempt(local: bool) {
@@ -410,6 +411,44 @@ async fn a_kept_lease_outlives_several_deadlines_and_its_ack_is_final(local: boo
     // little later): an ack that did not take would bring it back.
     let span = (acked + deadline / 2).saturating_duration_since(Instant::now());
     s.nothing_for(SUB, span, "an acked message came back").await;
+}
+
+/// `dead-letter replay` reads the messages under a browse: they stay held past several
+/// leases while the reader takes its time (a person at a prompt), an acked one is gone, and
+/// the rest come back at once when released.
+async fn a_browse_holds_what_it_read_until_it_settles_it(local: bool) {
+    // 5 s: extended every 2.5 s, room for a loaded machine's late timer and slow call.
+    let lease = Duration::from_secs(5);
+    let s = Setup::new(local, "browse", lease, 100).await;
+    s.publish(&["one", "two", "three"]).await;
+    let mut browse = s.queue.browse_leased(SUB, 10, lease).await.unwrap();
+    let read: Vec<String> = browse.messages().iter().map(|m| text(m)).collect();
+    assert_eq!(read.len(), 3, "{read:?}");
+    s.nothing_for(
+        SUB,
+        lease * 2 + Duration::from_secs(1),
+        "a browsed message lapsed",
+    )
+    .await;
+    let first = browse.messages()[0].message_id.clone();
+    browse.ack(&[&first]).await.unwrap();
+    s.nothing_for(SUB, lease, "a browsed message lapsed after an ack")
+        .await;
+    browse.release().await.unwrap();
+    let mut back = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while back.len() < 2 && Instant::now() < until {
+        back.extend(texts(
+            &s.pull_within(SUB, 10, LONG, Duration::from_secs(1)).await,
+        ));
+    }
+    back.sort();
+    let mut want: Vec<String> = read[1..].to_vec();
+    want.sort();
+    assert_eq!(
+        back, want,
+        "released: not back at once, or the acked one came back"
+    );
 }
 
 async fn a_lost_lease_is_noticed(local: bool) {
