@@ -73,8 +73,9 @@ fn main() -> ExitCode {
         }
     };
     // Blocking work still running (a worker's compile of a module, a read on a hung network
-    // filesystem, given up by its shutdown) is not waited for past this: a dropped runtime would wait for it without end, past
-    // SHUTDOWN_TIMEOUT_SECONDS. Nothing it leaves undone was acked.
+    // filesystem, given up by its shutdown) is not waited for past this: a dropped runtime
+    // would wait for it without end, past SHUTDOWN_TIMEOUT_SECONDS. Nothing it leaves undone
+    // was acked.
     rt.shutdown_timeout(cli::EXIT_GRACE);
     code
 }

@@ -196,7 +196,7 @@ async fn take_over<S: ObjectStore>(
         }
     };
     // A result under the key while a start-over is unfinished may be the old work's.
-    let done = !header.old_outputs
+    let done = header.outputs_current()
         && store
             .exists(&result_key)
             .await

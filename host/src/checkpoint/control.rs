@@ -50,7 +50,7 @@ pub async fn request<S: ObjectStore>(
             super::ownership::recorded(header.lease_until_ms, header.lease_period_ms, now_ms())
                 == super::ownership::Recorded::Live;
         header.control = Some(control.clone());
-        Edit::Write(running)
+        Edit::Write((running, header.outputs_current()))
     })
     .await?;
     match rewritten {
@@ -59,12 +59,12 @@ pub async fn request<S: ObjectStore>(
             write_marker(store, job, &existing).await?;
             Ok(Requested::AlreadyRecorded(existing))
         }
-        Rewritten::Written(running) => {
+        Rewritten::Written((running, current)) => {
             if control.action == Action::Cancel {
                 store.delete(&crate::keys::stopped(job, "pause")).await?;
             }
             write_marker(store, job, control).await?;
-            let done_since = store.exists(&crate::keys::result(job)).await?;
+            let done_since = current && store.exists(&crate::keys::result(job)).await?;
             Ok(Requested::Recorded {
                 running,
                 done_since,
@@ -180,7 +180,11 @@ mod tests {
             .await
             .unwrap();
         let got = request(&store, &restarting, &control(Action::Cancel)).await;
-        assert!(matches!(got, Ok(Requested::Recorded { .. })), "{got:?}");
+        let recorded = Requested::Recorded {
+            running: false,
+            done_since: false,
+        };
+        assert_eq!(got.unwrap(), recorded);
         assert_eq!(
             read(&store, &restarting).await,
             Some(control(Action::Cancel))

@@ -197,6 +197,13 @@ pub struct RunUsage {
 }
 
 impl Header {
+    /// Whether a result or error stored under the job's keys is this work's: not while a
+    /// start-over has yet to delete the old work's ([`Header::old_outputs`]). The one rule
+    /// every reader of a result's existence asks (a listing, which reads no header, cannot).
+    pub fn outputs_current(&self) -> bool {
+        !self.old_outputs
+    }
+
     /// Adds an ended run's figures to the totals.
     pub fn add_run(&mut self, run: &RunUsage) {
         self.fuel_used = self.fuel_used.saturating_add(run.fuel);

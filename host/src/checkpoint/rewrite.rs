@@ -63,7 +63,10 @@ pub async fn rewrite_header<S: ObjectStore, K, W>(
                 (header, data, Precondition::Matches(current.etag))
             }
         };
-        if result_wins && !header.old_outputs && store.exists(&crate::keys::result(job)).await? {
+        if result_wins
+            && header.outputs_current()
+            && store.exists(&crate::keys::result(job)).await?
+        {
             return Ok(Rewritten::Done);
         }
         let written = match change(&mut header) {

@@ -152,9 +152,12 @@ async fn look<S: ObjectStore>(store: &S, id: &JobId) -> anyhow::Result<Looked> {
         .as_ref()
         .and_then(|c| checkpoint::decode(&c.bytes).ok())
         .map(|(h, _)| h);
-    let done = store.exists(&keys::result(id)).await?;
-    // A live lease on a job without a result: a worker runs it now. (A finished job's last
-    // lease is left to expire; it holds nothing.)
+    let current = header
+        .as_ref()
+        .is_none_or(checkpoint::Header::outputs_current);
+    let done = current && store.exists(&keys::result(id)).await?;
+    // A live lease on a job without a result (of its work): a worker runs it now. (A
+    // finished job's last lease is left to expire; it holds nothing.)
     let live = |h: &checkpoint::Header| {
         ownership::recorded(h.lease_until_ms, h.lease_period_ms, now_ms())
             == ownership::Recorded::Live

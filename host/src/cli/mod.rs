@@ -33,12 +33,12 @@ use clap::{Parser, Subcommand};
 
 use taskhost::observe::logs::LogFormat;
 
-/// Exit codes, one per meaning, shared by the commands (listed in `taskhost --help` by
-/// [`exit::HELP`] and in the README).
 /// How long the process waits, once a command has returned, for blocking work still running
 /// (a compile, a file write) before it exits without it: 1 s.
 pub const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Exit codes, one per meaning, shared by the commands (listed in `taskhost --help` by
+/// [`exit::HELP`] and in the README).
 pub mod exit {
     /// The job failed: the task reported a failure (`run`), or a result is wrong or missing
     /// (`demo`).

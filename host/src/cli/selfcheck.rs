@@ -1,5 +1,6 @@
 //! The node's own startup checks, run once before the first job: the module cache directory
-//! can be written, and compiling takes about what it takes on any machine. What they find
+//! can be written, and compiling works (not refused for want of memory or by a system call)
+//! and takes about what it takes on any machine. What they find
 //! is either the node's problem (its disk fails, its CPU is far too slow: on SaladCloud the
 //! worker asks for another node) or one every node shares (a cache directory the image or
 //! the settings make unwritable: never a reason to reallocate; the worker runs without the
@@ -8,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use taskhost::runtime::{COMPILE_CHECK_NORM, Runtime};
+use taskhost::runtime::{COMPILE_CHECK_NORM, ModuleError, Runtime};
 
 /// The default limit of the compile check (`REALLOCATE_AFTER_COMPILE_SECONDS`): 30 s, some
 /// 150 times what an ordinary machine takes ([`COMPILE_CHECK_NORM`]).
@@ -51,6 +52,11 @@ pub async fn run(
         let rt = runtime.clone();
         let t = match tokio::task::spawn_blocking(move || rt.compile_check()).await {
             Ok(Ok(t)) => t,
+            Ok(Err(ModuleError::NodeFault(m))) => {
+                return Some(NodeProblem(format!(
+                    "this node cannot compile modules, not even the check module: {m}"
+                )));
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the compile check's module did not compile; skipping the check");
                 return None;

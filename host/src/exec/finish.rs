@@ -16,7 +16,8 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Executor<S> {
     /// checkpoint write recorded (see the module docs), and the result is written
     /// create-only: a one-step job costs two requests, the claim and the result. A job with
     /// artifacts writes their manifest first, under the same proof: they become visible with
-    /// the result; a later run without artifacts deletes a manifest an earlier owner left. Every write after the proof is bounded by the time the proof still holds
+    /// the result; a later run without artifacts deletes a manifest an earlier owner left.
+    /// Every write after the proof is bounded by the time the proof still holds
     /// ([`Executor::write_owned`]); unfinished uploads are aborted only once the result is
     /// durable.
     pub(super) async fn finish(

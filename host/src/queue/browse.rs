@@ -98,8 +98,10 @@ async fn keep(
     leased: Arc<tokio::sync::Mutex<Vec<String>>>,
     lease: Duration,
 ) {
+    let mut turns = tokio::time::interval_at(tokio::time::Instant::now() + lease / 2, lease / 2);
+    turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(lease / 2).await;
+        turns.tick().await;
         let held = leased.lock().await;
         if held.is_empty() {
             continue;
@@ -131,20 +133,18 @@ impl Browse {
     }
 
     /// Acks the messages with these ids (every delivery of each held): they are consumed.
+    /// Until the ack has answered they stay held (and extended), so an ack that fails, or
+    /// that its caller gives up, leaves them to be released with the rest.
     pub async fn ack(&mut self, message_ids: &[&str]) -> Result<(), QueueError> {
-        let (done, kept): (Vec<Received>, Vec<Received>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|r| message_ids.contains(&r.message.message_id.as_str()));
-        self.held = kept;
-        let ack_ids: Vec<String> = done.iter().map(|r| r.ack_id.clone()).collect();
+        let chosen = |r: &Received| message_ids.contains(&r.message.message_id.as_str());
+        let ack_ids: Vec<String> = (self.held.iter().filter(|r| chosen(r)))
+            .map(|r| r.ack_id.clone())
+            .collect();
         let mut leased = self.leased.lock().await;
-        let acked = self.queue.acknowledge(&self.sub, &ack_ids).await;
-        if acked.is_err() {
-            // Still held: released with the rest.
-            self.held.extend(done);
-        }
+        self.queue.acknowledge(&self.sub, &ack_ids).await?;
+        self.held.retain(|r| !chosen(r));
         *leased = self.held.iter().map(|r| r.ack_id.clone()).collect();
-        acked
+        Ok(())
     }
 
     /// Hands every message still held back at once (the subscription delivers it again).

@@ -38,7 +38,7 @@ use crate::ids::{JobId, ModuleHash};
 pub use cache::{DEFAULT_CACHE_MAX_BYTES, MAX_BYTES_IN_MEMORY, MAX_MODULES_IN_MEMORY, Prepared};
 use host::HostState;
 pub use outcome::{ModuleError, Outcome, RunReport, TrapKind, panic_message};
-use outcome::{classify_trap, is_host_fault, is_node_compile_fault};
+use outcome::{classify_trap, compile_error, is_host_fault};
 pub use sandbox::{
     DEFAULT_FUEL_YIELD_INTERVAL, DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TASK_TIMEOUT, EVENT_INTERVAL, JobLimits, LimitError, MAX_CALL_BYTES, MAX_RESULT_BYTES,
@@ -297,13 +297,7 @@ impl Runtime {
         }
         check_header(bytes)?;
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            if is_node_compile_fault(&e) {
-                ModuleError::NodeFault(format!("{e:#}"))
-            } else {
-                ModuleError::Invalid(format!("{e:#}"))
-            }
-        })?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| compile_error(&e))?;
         tracing::info!(
             module = %hash,
             ms = started.elapsed().as_millis() as u64,

@@ -178,6 +178,16 @@ pub(super) fn is_host_fault(e: &wasmtime::Error, memory_hit: bool) -> bool {
     !own
 }
 
+/// A compile error as a [`ModuleError`]: the node's ([`ModuleError::NodeFault`]) or the
+/// module's ([`ModuleError::Invalid`]).
+pub(super) fn compile_error(e: &wasmtime::Error) -> ModuleError {
+    if is_node_compile_fault(e) {
+        ModuleError::NodeFault(format!("{e:#}"))
+    } else {
+        ModuleError::Invalid(format!("{e:#}"))
+    }
+}
+
 /// Whether a compile error is the node's doing rather than the module's: wasmtime ran out
 /// of memory, or a system call (an mmap for the code, a file) was refused. What the module
 /// is (invalid bytes, a function Cranelift refuses) fails the same way on every node.

@@ -17,12 +17,13 @@ const STEPS: u32 = 40;
 
 impl Runtime {
     /// Compiles the check module (never cached) and returns how long it took.
-    /// `Err`: the engine refused it (a bug of ours; never the node's doing).
+    /// `Err`: [`ModuleError::NodeFault`] when this node cannot compile (out of memory, a
+    /// system call refused); any other error is the engine refusing it (a bug of ours).
     pub fn compile_check(&self) -> Result<Duration, ModuleError> {
         let bytes = check_module();
         let started = Instant::now();
         wasmtime::Module::new(self.engine(), &bytes)
-            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+            .map_err(|e| super::outcome::compile_error(&e))?;
         Ok(started.elapsed())
     }
 }

@@ -59,7 +59,9 @@ pub fn running_window(ack_deadline_seconds: u32) -> Duration {
 
 impl Listed {
     /// The job's state by the listing: a checkpoint written within `window` of `now_ms` (both
-    /// the store's clock) counts as running (a live owner rewrites it every half lease).
+    /// the store's clock) counts as running (a live owner rewrites it every half lease). A
+    /// listing reads no header: a result a start-over has yet to delete counts as done here
+    /// (the page's row, `page::state`, reads the header and says otherwise).
     pub fn state(&self, now_ms: u64, window: Duration) -> JobState {
         match self.checkpoint_ms {
             _ if self.result => JobState::Done,

@@ -197,16 +197,16 @@ fn shown(bytes: &[u8]) -> String {
 }
 
 /// A job's state from what is stored of it, the one place that derives it: a result is
-/// done (whatever else is stored, but for a start-over's `old_outputs`), an error failed, a user's cancel or pause recorded in the
-/// checkpoint header cancelled or paused, a live owner's lease (the ownership rule, as a
-/// claim reads it at `now_ms`) running, any other checkpoint waiting, nothing queued.
+/// done (whatever else is stored, but for a start-over's `old_outputs`), an error failed,
+/// a user's cancel or pause recorded in the checkpoint header cancelled or paused, a live
+/// owner's lease (the ownership rule, as a claim reads it at `now_ms`) running, any other
+/// checkpoint waiting, nothing queued.
 pub fn state(result: bool, error: bool, header: Option<&Header>, now_ms: u64) -> JobState {
-    // While a start-over has yet to delete them, a result and an error are the old work's.
-    let old_outputs = header.is_some_and(|h| h.old_outputs);
-    if result && !old_outputs {
+    let current = header.is_none_or(Header::outputs_current);
+    if result && current {
         return JobState::Done;
     }
-    if error && !old_outputs {
+    if error && current {
         return JobState::Failed;
     }
     let Some(h) = header else {
@@ -272,9 +272,8 @@ pub fn view(
         progress,
         attempts: h.attempts,
         failures: h.failures,
-        // While a start-over has yet to delete them, they are the old work's (`state`).
-        result: result.filter(|_| !h.old_outputs),
-        error: error.filter(|_| !h.old_outputs),
+        result: result.filter(|_| h.outputs_current()),
+        error: error.filter(|_| h.outputs_current()),
         control: h.control.clone(),
         accounting,
         artifacts,

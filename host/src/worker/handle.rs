@@ -151,20 +151,21 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         let module = match modules::resolve(&self.executor.runtime, store, &job.module).await {
             Ok(m) => m,
             Err(ResolveError::Missing(h)) => {
-                let window = self.config.missing_module_retry;
-                let waited = waited_since_publish(&message);
-                if waited < window {
-                    let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
-                    tracing::warn!(job = %id, module = %h, waited_s = waited.as_secs(), retry_in = ?delay, "module not in the store (yet); handing the job back");
-                    Stats::bump(&self.stats.retried);
-                    self.metrics.job_ended(JobOutcome::ModuleMissing);
-                    return self.settle(Settle::HandBack, lease.nack(delay).await);
-                }
+                let waited = match self.module_retry(&message, attempt) {
+                    Ok(delay) => {
+                        let waited_s = waited_since_publish(&message).as_secs();
+                        tracing::warn!(job = %id, module = %h, waited_s, retry_in = ?delay, "module not in the store (yet); handing the job back");
+                        Stats::bump(&self.stats.retried);
+                        self.metrics.job_ended(JobOutcome::ModuleMissing);
+                        return self.settle(Settle::HandBack, lease.nack(delay).await);
+                    }
+                    Err(waited) => waited,
+                };
                 let reason = format!(
                     "module {h} is not in the store {} s after the job was published \
                      (MISSING_MODULE_RETRY_SECONDS={}): push it with `taskhost module push`",
                     waited.as_secs(),
-                    window.as_secs()
+                    self.config.missing_module_retry.as_secs()
                 );
                 let outcome = JobOutcome::ModuleMissing;
                 return self
@@ -178,17 +179,15 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
                     .await;
             }
             Err(ResolveError::Module(h, ModuleError::NodeFault(m))) => {
-                let window = self.config.missing_module_retry;
-                let waited = waited_since_publish(&message);
-                if waited < window {
-                    let delay = retry_delay(attempt).min(window - waited + Duration::from_secs(1));
-                    return self.hand_back_uncompiled(id, &h, &m, lease, delay).await;
-                }
+                let waited = match self.module_retry(&message, attempt) {
+                    Ok(delay) => return self.hand_back_uncompiled(id, &h, &m, lease, delay).await,
+                    Err(waited) => waited,
+                };
                 let reason = format!(
                     "module {h} could not be compiled on the nodes that took the job for {} s \
                      after it was published (MISSING_MODULE_RETRY_SECONDS={}): {m}",
                     waited.as_secs(),
-                    window.as_secs()
+                    self.config.missing_module_retry.as_secs()
                 );
                 let outcome = JobOutcome::BadModule;
                 return self
@@ -301,7 +300,11 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         let done = match job.restart {
             true => Ok(false),
             false => match store.exists(&key).await {
-                Ok(true) => store.make_durable(&key).await.map(|()| true),
+                Ok(true) => match crate::checkpoint::peek(store, &job.job_id).await {
+                    // A result a start-over has yet to delete is not this work's.
+                    Ok(Some(h)) if !h.outputs_current() => Ok(false),
+                    _ => store.make_durable(&key).await.map(|()| true),
+                },
                 other => other,
             },
         };
@@ -340,6 +343,18 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         self.settle(Settle::HandBack, lease.nack(delay).await);
     }
 
+    /// The delay to hand a job back with while its module is not ready (not in the store
+    /// yet, or not compiled by the nodes that took it), up to `MISSING_MODULE_RETRY_SECONDS`
+    /// after it was published; `Err`: that window is over (how long ago it was published).
+    fn module_retry(&self, message: &IncomingMessage, attempt: u32) -> Result<Duration, Duration> {
+        let window = self.config.missing_module_retry;
+        let waited = waited_since_publish(message);
+        if waited >= window {
+            return Err(waited);
+        }
+        Ok(retry_delay(attempt).min(window - waited + Duration::from_secs(1)))
+    }
+
     /// A module this node could not compile (out of memory, a system call refused): a host
     /// fault, not counted against the job, which goes back for `delay` (to another node, or
     /// to this one once it recovers). Counted toward reallocating the node only when the
@@ -354,9 +369,9 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         delay: Duration,
     ) {
         let rt = self.executor.runtime.clone();
-        let node_cannot = !matches!(
+        let node_cannot = matches!(
             tokio::task::spawn_blocking(move || rt.compile_check()).await,
-            Ok(Ok(_))
+            Ok(Err(ModuleError::NodeFault(_)))
         );
         Stats::bump(&self.stats.host_faults);
         self.metrics.job_ended(JobOutcome::HostFault);

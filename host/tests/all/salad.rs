@@ -210,21 +210,50 @@ async fn host_faults_at_once_reallocate_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_fails_its_self_check_asks_for_another() {
     let imds = StandIn::start();
-    let port = support::pubsub::free_port();
-    let addr = format!("127.0.0.1:{port}");
     let cli = CliEnv::embedded("salad-selfcheck")
         .set("SALAD_MACHINE_ID", "machine-slow")
         .set("SALAD_IMDS_URL", imds.url())
-        .set("METRICS_ADDR", &addr)
         .set("REALLOCATE_AFTER_COMPILE_SECONDS", "0.000001");
-    let mut worker = cli.spawn("worker", &["worker"]);
+    asks_for_another(
+        &imds,
+        cli,
+        |cli| cli.spawn("worker", &["worker"]),
+        "compiling",
+    )
+    .await;
+}
+
+/// The same for a node that cannot compile at all (its kernel refuses to make memory
+/// executable: ENOMEM, as when it is out of memory), with the default limit.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_compile_asks_for_another() {
+    let imds = StandIn::start();
+    let cli = CliEnv::embedded("salad-cannot-compile")
+        .set("SALAD_MACHINE_ID", "machine-no-exec")
+        .set("SALAD_IMDS_URL", imds.url());
+    let spawn = |cli: &CliEnv| cli.spawn_refusing_executable_memory("worker", &["worker"]);
+    asks_for_another(&imds, cli, spawn, "cannot compile modules").await;
+}
+
+/// Starts the worker (`spawn`, on `cli` with a metrics address added) and checks that it
+/// fails its self-check, saying `says`, as a node should.
+async fn asks_for_another(
+    imds: &StandIn,
+    cli: CliEnv,
+    spawn: impl FnOnce(&CliEnv) -> support::cli::Proc,
+    says: &str,
+) {
+    let port = support::pubsub::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = spawn(&cli.set("METRICS_ADDR", &addr));
     worker
         .wait_for_log("reallocation asked", Duration::from_secs(60))
         .await;
     let reasons = imds.reallocations();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(
-        reasons[0].contains("startup self-check") && reasons[0].contains("compiling"),
+        reasons[0].contains("startup self-check") && reasons[0].contains(says),
         "{reasons:?}"
     );
     let body = http_get(&addr, "/readyz");

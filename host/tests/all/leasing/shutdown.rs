@@ -308,6 +308,8 @@ async fn a_store_read_that_never_returns_does_not_hold_up_the_exit() {
     let took = signalled.elapsed();
     let log = w.log();
     assert!(!log.contains("module fetched"), "{log}");
+    // The drain waited on the hung read until its timeout: the read was in flight.
+    assert!(log.contains("shutdown timeout"), "{log}");
     // The timeout, the grace and 4 s of room for a loaded machine.
     let bound = Duration::from_secs(2 + 1 + 4);
     assert!(took < bound, "exit took {took:?} (bound {bound:?}):\n{log}");
