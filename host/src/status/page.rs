@@ -466,6 +466,18 @@ mod tests {
         assert_eq!(Accounting::total([]), Accounting::default());
     }
 
+    /// The first page of `page_size` jobs of `store`'s overview.
+    async fn first_page(store: &crate::store::dir::DirStore, page_size: usize) -> Overview {
+        let scan = super::super::scan(store).await.unwrap();
+        let selection = Selection {
+            filter: None,
+            page: 0,
+            page_size,
+            window: Duration::from_secs(60),
+        };
+        overview(store, &scan, selection).await.unwrap()
+    }
+
     /// An overview keeps a few KiB of each result, cut on a character, not the 1 MiB a
     /// result may have; a small one whole.
     #[tokio::test]
@@ -482,14 +494,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let scan = super::super::scan(&store).await.unwrap();
-        let selection = Selection {
-            filter: None,
-            page: 0,
-            page_size: 500,
-            window: Duration::from_secs(60),
-        };
-        let o = overview(&store, &scan, selection).await.unwrap();
+        let o = first_page(&store, 500).await;
         let result = |id: &str| {
             let v = o.jobs.iter().find(|v| v.job_id == id).unwrap();
             v.result.clone().unwrap()
@@ -519,14 +524,7 @@ mod tests {
             .put(&keys::result(&good), b"{}".to_vec(), Precondition::None)
             .await
             .unwrap();
-        let scan = super::super::scan(&store).await.unwrap();
-        let selection = Selection {
-            filter: None,
-            page: 0,
-            page_size: DEFAULT_PAGE_SIZE,
-            window: Duration::from_secs(60),
-        };
-        let o = overview(&store, &scan, selection).await.unwrap();
+        let o = first_page(&store, DEFAULT_PAGE_SIZE).await;
         let view = |id: &str| o.jobs.iter().find(|v| v.job_id == id).unwrap();
         assert_eq!(view("bad").state, JobState::Failed);
         let why = view("bad").error.clone().unwrap();

@@ -375,12 +375,13 @@ impl<S: ObjectStore + Clone + Into<AnyStore>> Worker<S> {
         );
         Stats::bump(&self.stats.host_faults);
         self.metrics.job_ended(JobOutcome::HostFault);
-        if node_cannot {
-            tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "this node cannot compile modules, not even its check module (a host fault, not counted against the job); handing the job back for later");
+        let why = if node_cannot {
             self.tell_reallocator(&format!("cannot compile module {module}: {error}"));
+            "this node cannot compile modules, not even its check module"
         } else {
-            tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "this node could not compile the module, though its check module compiles (a host fault, not counted against the job); handing the job back for later");
-        }
+            "this node could not compile the module, though its check module compiles"
+        };
+        tracing::error!(job = %id, module = %module, error = %error, retry_in = ?delay, "{why} (a host fault, not counted against the job); handing the job back for later");
         self.settle(Settle::HandBack, lease.nack(delay).await);
     }
 
