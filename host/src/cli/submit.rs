@@ -67,10 +67,24 @@ async fn write_record<'a>(
     ids: impl Iterator<Item = &'a JobId>,
 ) -> anyhow::Result<()> {
     let record = taskhost::status::batch::encode(module, ids);
-    store
+    match store
         .put(&taskhost::keys::submitted(batch), record.into_bytes(), pre)
         .await
-        .context("cannot record the batch's job ids and module (submitted/)")?;
+    {
+        // A fresh random id: only our own write, retried after its answer was lost, is there.
+        Err(taskhost::store::StoreError::PreconditionFailed) => Ok(()),
+        written => written
+            .map(drop)
+            .context("cannot record the batch's job ids and module (submitted/)"),
+    }
+}
+
+/// Whether every job's work can be stored ([`taskhost::job::StoredWork::new`]).
+fn check_works(module: &ModuleHash, jobs: &[(JobId, String)]) -> anyhow::Result<()> {
+    for (id, doc) in jobs {
+        taskhost::job::StoredWork::new(module, doc)
+            .map_err(|e| anyhow::anyhow!("job {id}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -218,14 +232,29 @@ fn add_inputs(
     Ok(())
 }
 
-/// Reads jobs from CSV (when the text's first line has no `{`) or JSON lines.
+/// Reads jobs from CSV (when the text's first line has no `{`) or JSON lines (a leading
+/// byte-order mark skipped); a job id named twice is refused (each id runs once: the second
+/// would be acked as done, or refused as other work, and its work lost).
 pub fn parse_jobs(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    if first.trim_start().starts_with('{') {
-        parse_json_lines(text)
+    let jobs = if first.trim_start().starts_with('{') {
+        parse_json_lines(text)?
     } else {
-        parse_csv(text)
+        parse_csv(text)?
+    };
+    let mut seen = std::collections::HashMap::with_capacity(jobs.len());
+    for (n, (id, _)) in jobs.iter().enumerate() {
+        if let Some(first) = seen.insert(id, n) {
+            anyhow::bail!(
+                "job id {id} is named twice (the file's jobs {} and {}): each job id runs \
+                 once, so give each job its own id",
+                first + 1,
+                n + 1
+            );
+        }
     }
+    Ok(jobs)
 }
 
 /// Refuses a job whose document names a module of its own (a `module` field: a worker runs
@@ -320,6 +349,8 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     add_inputs(&mut jobs, &Default::default())?;
     let inputs = upload_inputs(&store, &args.inputs, args.quiet).await?;
     add_inputs(&mut jobs, &inputs)?;
+    // Every job's work as it will be stored, checked before anything is published.
+    check_works(&module, &jobs)?;
     let ps = args.pubsub.connect().await?;
     let mut subscription = args.subscription.clone();
     if let Queue::Local(_) = ps {
@@ -366,11 +397,16 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     bar.abandon();
-                    // The record names only what went out (best effort).
-                    let _ = record_batch(&store, Some(&batch), &module, &record[..sent]).await;
+                    // The record names what may have gone out (best effort): this group
+                    // may have been published in part, and a queued job that no record
+                    // names would not keep its module from `module rm` / `prune`.
+                    let maybe = &record[..sent + chunk.len()];
+                    let _ = record_batch(&store, Some(&batch), &module, maybe).await;
                     anyhow::bail!(
-                        "{e}; {published} jobs were published before this batch \
-                         (resubmitting is safe: a job whose result exists is not run again)"
+                        "{e}; {published} jobs were published before the group of {} that \
+                         failed, which may have gone out in part (resubmitting is safe: a \
+                         job whose result exists is not run again)",
+                        chunk.len()
                     );
                 }
             }
@@ -436,5 +472,38 @@ mod tests {
         ] {
             assert!(parse_jobs(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_job_id_named_twice_is_refused_naming_both() {
+        for text in [
+            "job_id,steps\nj-1,1\nj-2,2\nj-1,3\n",
+            "{\"job_id\":\"j-1\"}\n{\"job_id\":\"j-2\"}\n{\"job_id\":\"j-1\",\"steps\":3}\n",
+        ] {
+            let e = parse_jobs(text).unwrap_err().to_string();
+            assert!(
+                e.contains("j-1 is named twice") && e.contains("jobs 1 and 3"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_lines_after_a_byte_order_mark_are_json_lines() {
+        let jobs = parse_jobs("\u{feff}{\"job_id\":\"a\",\"steps\":3}\n").unwrap();
+        assert_eq!(jobs[0].0.as_str(), "a");
+        let csv = parse_jobs("\u{feff}job_id,steps\nb,1\n").unwrap();
+        assert_eq!(csv[0].0.as_str(), "b");
+    }
+
+    #[test]
+    fn every_work_is_checked_before_anything_is_published() {
+        let m = ModuleHash::of(b"m");
+        let mut jobs =
+            parse_jobs("{\"job_id\":\"a\"}\n{\"job_id\":\"b\",\"restart\":\"yes\"}\n").unwrap();
+        add_inputs(&mut jobs, &Default::default()).unwrap();
+        let e = check_works(&m, &jobs).unwrap_err().to_string();
+        assert!(e.starts_with("job b:"), "{e}");
+        assert!(check_works(&m, &jobs[..1]).is_ok());
     }
 }
