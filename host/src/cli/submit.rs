@@ -171,11 +171,21 @@ fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// Uploads each input file once (content-addressed) and returns name → key.
+/// Refuses an input name `--input` gives twice (the last would silently win).
+fn distinct_input_names(inputs: &[(String, PathBuf)]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in inputs {
+        anyhow::ensure!(seen.insert(name), "--input names `{name}` twice");
+    }
+    Ok(())
+}
+
 async fn upload_inputs(
     store: &taskhost::store::any::AnyStore,
     inputs: &[(String, PathBuf)],
     quiet: bool,
 ) -> anyhow::Result<BTreeMap<String, String>> {
+    distinct_input_names(inputs)?;
     let mut keys = BTreeMap::new();
     for (name, path) in inputs {
         let (sha, size) = taskhost::files::transfer::hash_file(path)?;
@@ -233,8 +243,9 @@ fn add_inputs(
 }
 
 /// Reads jobs from CSV (when the text's first line has no `{`) or JSON lines (a leading
-/// byte-order mark skipped); a job id named twice is refused (each id runs once: the second
-/// would be acked as done, or refused as other work, and its work lost).
+/// byte-order mark skipped); a job id named twice for different work is refused (each id
+/// runs once: the second would be acked as done, or refused as other work, and its work
+/// lost). The same job twice is published twice, as asked: the copy is absorbed.
 pub fn parse_jobs(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -244,14 +255,15 @@ pub fn parse_jobs(text: &str) -> anyhow::Result<Vec<(JobId, String)>> {
         parse_csv(text)?
     };
     let mut seen = std::collections::HashMap::with_capacity(jobs.len());
-    for (n, (id, _)) in jobs.iter().enumerate() {
-        if let Some(first) = seen.insert(id, n) {
-            anyhow::bail!(
-                "job id {id} is named twice (the file's jobs {} and {}): each job id runs \
-                 once, so give each job its own id",
+    for (n, (id, doc)) in jobs.iter().enumerate() {
+        match seen.insert(id, (n, doc)) {
+            Some((first, same)) if same != doc => anyhow::bail!(
+                "job id {id} is named twice for different work (the file's jobs {} and {}): \
+                 each job id runs once, so give each job its own id",
                 first + 1,
                 n + 1
-            );
+            ),
+            _ => {}
         }
     }
     Ok(jobs)
@@ -379,8 +391,13 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         // Each job's work, then the batch's ids, are stored before its messages go out, so
         // `status` shows every job as queued from the moment it is published, and `job
         // resume` / `job retry` find what to publish again.
-        store_works(&store, &module, &args.lane, record).await?;
-        let batch = record_batch(&store, None, &module, record).await?;
+        let midway = || format!("{published} jobs were published before this");
+        store_works(&store, &module, &args.lane, record)
+            .await
+            .with_context(midway)?;
+        let batch = record_batch(&store, None, &module, record)
+            .await
+            .with_context(midway)?;
         let mut sent = 0usize;
         for chunk in record.chunks(BATCH) {
             let messages = chunk
@@ -448,6 +465,9 @@ mod tests {
             parse_jobs("{\"job_id\":\"a\",\"inputs\":{\"d\":\"jobs/b/result\"}}\n").unwrap();
         assert!(add_inputs(&mut reserved, &BTreeMap::new()).is_err());
         assert!(parse_input_arg("data=/tmp/x").is_ok());
+        let twice = [("d".to_owned(), "a".into()), ("d".to_owned(), "b".into())];
+        assert!(distinct_input_names(&twice).is_err());
+        assert!(distinct_input_names(&twice[..1]).is_ok());
         assert!(parse_input_arg("data").is_err() && parse_input_arg(".d=x").is_err());
         let m = ModuleHash::of(b"m");
         let other = ModuleHash::of(b"other");
@@ -475,7 +495,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_id_named_twice_is_refused_naming_both() {
+    fn a_job_id_named_twice_for_different_work_is_refused_naming_both() {
         for text in [
             "job_id,steps\nj-1,1\nj-2,2\nj-1,3\n",
             "{\"job_id\":\"j-1\"}\n{\"job_id\":\"j-2\"}\n{\"job_id\":\"j-1\",\"steps\":3}\n",
@@ -486,6 +506,9 @@ mod tests {
                 "{e}"
             );
         }
+        // The very same job twice: both published, as asked.
+        let twice = parse_jobs("job_id,steps\nj-1,1\nj-1,1\n").unwrap();
+        assert_eq!(twice.len(), 2);
     }
 
     #[test]
