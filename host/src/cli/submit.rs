@@ -170,7 +170,6 @@ fn parse_input_arg(s: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_owned(), PathBuf::from(path)))
 }
 
-/// Uploads each input file once (content-addressed) and returns name → key.
 /// Refuses an input name `--input` gives twice (the last would silently win).
 fn distinct_input_names(inputs: &[(String, PathBuf)]) -> anyhow::Result<()> {
     let mut seen = std::collections::BTreeSet::new();
@@ -180,6 +179,7 @@ fn distinct_input_names(inputs: &[(String, PathBuf)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Uploads each input file once (content-addressed) and returns name → key.
 async fn upload_inputs(
     store: &taskhost::store::any::AnyStore,
     inputs: &[(String, PathBuf)],
