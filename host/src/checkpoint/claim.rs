@@ -161,10 +161,10 @@ impl Claimer<'_> {
 /// write, is [`ClaimError::Busy`].
 ///
 /// Starting over (`"restart": true`), or finding a start-over that its claimer did not
-/// finish, the winner of the write deletes the old work's outputs only after it: a claim
-/// that loses deletes nothing, so it never deletes what the winner's run wrote meanwhile.
-/// Until they are gone the header says so ([`Header::old_outputs`]); it is cleared, `If-Match`
-/// again, before the run.
+/// finish, the winner of the write deletes the old work's outputs only after it
+/// (`start_over.rs`): a claim that loses deletes nothing, so it never deletes what the
+/// winner's run wrote meanwhile. Until they are gone the header says so
+/// ([`Header::old_outputs`]); it is cleared, `If-Match` again, before the run.
 async fn take_over<S: ObjectStore>(
     store: &S,
     job: &JobId,
@@ -261,124 +261,16 @@ async fn take_over<S: ObjectStore>(
     if !header.old_outputs {
         return Ok(Claimed { header, data, etag });
     }
-    let claimed_at = tokio::time::Instant::now();
-    match delete_old_outputs(store, job, &mut header, etag.clone(), claimed_at).await {
-        Ok(etag) => Ok(Claimed { header, data, etag }),
-        Err(Unfinished::Refused) => Err(after_refused_clear(store, job, &header).await),
-        Err(Unfinished::Failed(e)) => {
-            // So that the next delivery need not wait out this lease (best effort).
-            header.lease_until_ms = 0;
-            header.nonce = nonce();
-            let released = encode(&header, None);
-            let _ = store.put(&key, released, Precondition::Matches(etag)).await;
-            Err(e)
-        }
-    }
+    let etag = super::start_over::finish(store, job, &mut header, etag).await?;
+    Ok(Claimed { header, data, etag })
 }
 
 /// A claim that lost the race for the checkpoint's write.
-fn lost(until_ms: u64) -> ClaimError {
+pub(super) fn lost(until_ms: u64) -> ClaimError {
     ClaimError::Busy {
         owner: "another worker (claimed it just now)".into(),
         until_ms,
     }
-}
-
-/// Why a start-over's claim did not finish ([`delete_old_outputs`]).
-enum Unfinished {
-    /// The write that clears the flag was refused: someone wrote the checkpoint since.
-    Refused,
-    /// The store failed, or the claim's lease ran out first.
-    Failed(ClaimError),
-}
-
-/// The winner of a start-over's claim (`header`, written with tag `etag` at `claimed_at`):
-/// deletes the old work's result, manifest, error and the listing's markers of a cancel or
-/// pause (its artifact objects stay until the new run replaces them; no manifest lists
-/// them), each while the claim's lease still lets it write and bounded by the time left,
-/// then clears [`Header::old_outputs`] `If-Match` `etag`, [`DEFAULT_MIN_WRITE_INTERVAL`]
-/// after the claim (R2: one write per second per key). Returns the new tag.
-///
-/// [`DEFAULT_MIN_WRITE_INTERVAL`]: super::DEFAULT_MIN_WRITE_INTERVAL
-async fn delete_old_outputs<S: ObjectStore>(
-    store: &S,
-    job: &JobId,
-    header: &mut Header,
-    etag: ETag,
-    claimed_at: tokio::time::Instant,
-) -> Result<ETag, Unfinished> {
-    let ran_out = || {
-        Unfinished::Failed(ClaimError::Busy {
-            owner:
-                "this worker's claim, whose lease ran out while it deleted the old work's outputs"
-                    .into(),
-            until_ms: header.lease_until_ms,
-        })
-    };
-    let failed = |e: StoreError| Unfinished::Failed(ClaimError::Storage(e.to_string()));
-    for stale in [
-        crate::keys::result(job),
-        crate::keys::manifest(job),
-        crate::keys::error(job),
-        crate::keys::stopped(job, "cancel"),
-        crate::keys::stopped(job, "pause"),
-    ] {
-        let left = ownership::writable_for(header.lease_until_ms, header.lease_period_ms, now_ms())
-            .ok_or_else(ran_out)?;
-        match tokio::time::timeout(left, store.delete(&stale)).await {
-            Ok(answer) => answer.map_err(failed)?,
-            Err(_) => return Err(ran_out()),
-        }
-    }
-    tokio::time::sleep_until(claimed_at + super::DEFAULT_MIN_WRITE_INTERVAL).await;
-    if ownership::writable_for(header.lease_until_ms, header.lease_period_ms, now_ms()).is_none() {
-        return Err(ran_out());
-    }
-    header.old_outputs = false;
-    header.updated_ms = now_ms();
-    header.nonce = nonce();
-    match store
-        .put_undoable(&key(job), encode(header, None), Precondition::Matches(etag))
-        .await
-    {
-        Ok(etag) => Ok(etag),
-        Err(StoreError::PreconditionFailed) => Err(Unfinished::Refused),
-        Err(e) => Err(failed(e)),
-    }
-}
-
-/// The end of a start-over whose clearing write was refused. Only a user's cancel or pause
-/// writes a checkpoint another worker holds: then the job is stopped (its listing's marker,
-/// which the deletes may have removed, written again, and this claim's lease released);
-/// anything else is [`ClaimError::Busy`].
-async fn after_refused_clear<S: ObjectStore>(
-    store: &S,
-    job: &JobId,
-    header: &Header,
-) -> ClaimError {
-    let busy = || lost(header.lease_until_ms);
-    let Ok(Some(current)) = store.get(&key(job)).await else {
-        return busy();
-    };
-    let Ok((mut now, data)) = decode(&current.bytes) else {
-        return busy();
-    };
-    let Some(control) = now.control.clone() else {
-        return busy();
-    };
-    if let Err(e) = super::control::write_marker(store, job, &control).await {
-        tracing::warn!(job = %job, error = %e, "could not write the listing's marker of a cancel or pause again");
-    }
-    if now.owner == header.owner {
-        now.lease_until_ms = 0;
-        now.updated_ms = now_ms();
-        now.nonce = nonce();
-        let released = encode(&now, data.as_deref());
-        let _ = store
-            .put(&key(job), released, Precondition::Matches(current.etag))
-            .await;
-    }
-    ClaimError::Stopped(control)
 }
 
 /// Reads a job's checkpoint header without claiming it (for `status`).
@@ -544,77 +436,6 @@ mod tests {
         let stored = peek(&store, &job).await.unwrap().unwrap();
         assert!(!stored.old_outputs && stored.lease_until_ms >= live_until);
         stop.cancel();
-    }
-
-    #[tokio::test]
-    async fn a_start_over_deletes_nothing_once_its_lease_is_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DirStore::open(dir.path()).unwrap();
-        let job: JobId = "late".parse().unwrap();
-        let mut header = Header {
-            old_outputs: true,
-            owner: "me".into(),
-            lease_until_ms: now_ms() + 1_000,
-            lease_period_ms: 60_000,
-            ..Header::default()
-        };
-        let etag = store
-            .put(&key(&job), encode(&header, None), Precondition::None)
-            .await
-            .unwrap();
-        put(&store, &crate::keys::result(&job), b"someone's").await;
-        // Less than twice the skew allowance left: no more writes for this claim.
-        let got =
-            delete_old_outputs(&store, &job, &mut header, etag, tokio::time::Instant::now()).await;
-        assert!(matches!(
-            got,
-            Err(Unfinished::Failed(ClaimError::Busy { .. }))
-        ));
-        assert!(store.exists(&crate::keys::result(&job)).await.unwrap());
-        assert!(peek(&store, &job).await.unwrap().unwrap().old_outputs);
-    }
-
-    #[tokio::test]
-    async fn a_cancel_that_refused_a_start_overs_clearing_stops_the_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DirStore::open(dir.path()).unwrap();
-        let job: JobId = "cancelled-meanwhile".parse().unwrap();
-        let mine = Header {
-            owner: "me".into(),
-            lease_until_ms: now_ms() + 30_000,
-            lease_period_ms: 60_000,
-            ..Header::default()
-        };
-        // The user's cancel, written over this claim's header: its marker went with the
-        // old work's outputs.
-        let control = super::super::Control {
-            action: super::super::Action::Cancel,
-            by: "u@h".into(),
-            at_ms: 1,
-        };
-        let cancelled = Header {
-            control: Some(control.clone()),
-            old_outputs: true,
-            ..mine.clone()
-        };
-        put(&store, &key(&job), &encode(&cancelled, None)).await;
-        assert_eq!(
-            after_refused_clear(&store, &job, &mine).await,
-            ClaimError::Stopped(control)
-        );
-        let marker = crate::keys::stopped(&job, "cancel");
-        assert!(store.exists(&marker).await.unwrap());
-        assert_eq!(peek(&store, &job).await.unwrap().unwrap().lease_until_ms, 0);
-        // Written by anyone else (a takeover): busy, nothing written.
-        let other = Header {
-            owner: "other".into(),
-            ..mine.clone()
-        };
-        put(&store, &key(&job), &encode(&other, None)).await;
-        assert!(matches!(
-            after_refused_clear(&store, &job, &mine).await,
-            ClaimError::Busy { .. }
-        ));
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@ mod header;
 pub mod ownership;
 pub mod requeue;
 mod rewrite;
+mod start_over;
 mod writer;
 
 pub use claim::{Abandoned, ClaimError, Claimed, OtherWork, claim, peek, release_abandoned};
